@@ -1,0 +1,36 @@
+"""What Matters: a FHIR R4 service for a patient's priorities and the goals that come from them."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from service.config import Config
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """Build the application; the only place that wires concrete classes together."""
+    from service import api
+    from service.fhir.interactions import FhirService
+    from service.storage.sql import SqlStore
+    from service.validation.definitions import Definitions
+    from service.validation.structure import StructureValidator
+
+    config = config or Config.from_env()
+    app = Flask(__name__, instance_relative_config=False)
+    app.config["WHATMATTERS"] = config
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    store = SqlStore.from_url(config.database_url, config.db_pool_size)
+    if config.auto_migrate:
+        store.migrate()
+    definitions = Definitions()
+    validator = StructureValidator(definitions)
+    app.extensions["whatmatters.store"] = store
+    app.extensions["whatmatters.fhir"] = FhirService(
+        store,
+        validator,
+        default_page_size=config.default_page_size,
+        max_page_size=config.max_page_size,
+    )
+    api.register(app, config.base_path)
+    return app

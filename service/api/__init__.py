@@ -1,0 +1,68 @@
+"""The HTTP adapters: blueprints and the one error handler that renders OperationOutcomes."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from service.api.fhir_views import build_blueprint
+from service.api.negotiation import render_error
+from service.errors import (
+    FhirError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+)
+from service.storage import StorageError, StoreUnavailable
+
+log = logging.getLogger("whatmatters.api")
+
+
+def register(app: Flask, base_path: str) -> None:
+    """Mount the FHIR API and make every error an OperationOutcome."""
+    app.register_blueprint(build_blueprint(base_path))
+
+    @app.errorhandler(FhirError)
+    def _fhir_error(error: FhirError) -> Response:
+        return render_error(request, error)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(_error: RequestEntityTooLarge) -> Response:
+        limit = app.config.get("MAX_CONTENT_LENGTH")
+        return render_error(
+            request, PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes")
+        )
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> Response:
+        code = error.code or 500
+        if code == 404:
+            fhir: FhirError = NotFound(f"There is nothing at {request.path}")
+        elif code == 405:
+            fhir = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+            fhir.headers.update({"Allow": ", ".join(error.valid_methods or [])})  # type: ignore[attr-defined]
+        else:
+            fhir = FhirError(error.description or error.name)
+            fhir.status = code
+            fhir.code = "invalid" if code < 500 else "exception"
+        return render_error(request, fhir)
+
+    @app.errorhandler(StoreUnavailable)
+    def _unavailable(_error: StoreUnavailable) -> Response:
+        error = ServiceUnavailable("The database is not reachable; retry shortly")
+        error.headers["Retry-After"] = "5"
+        return render_error(request, error)
+
+    @app.errorhandler(StorageError)
+    def _storage(error: StorageError) -> Response:
+        log.error("storage error on %s %s: %s", request.method, request.path, type(error).__name__)
+        return render_error(request, FhirError("The database could not complete the request"))
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        # Logged with its traceback, but never shown to the client.
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return render_error(request, FhirError("An unexpected error occurred"))

@@ -1,0 +1,147 @@
+"""The FHIR REST API under the base URL (default ``/fhir``): thin adapters over FhirService."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from flask import Blueprint, Response, current_app, request
+
+from service.api.negotiation import prefer, render, request_body, response_type
+from service.config import Config
+from service.errors import BadRequest
+from service.fhir.bundles import process_bundle
+from service.fhir.capability import capability_statement
+from service.fhir.interactions import FhirService, Result
+from service.fhir.model import parse_etag
+from service.fhir.search import parse_query_string
+
+STARTED = datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _service() -> FhirService:
+    service: FhirService = current_app.extensions["whatmatters.fhir"]
+    return service
+
+
+def base_url() -> str:
+    """The FHIR base URL as clients see it, for Location headers and fullUrls."""
+    config: Config = current_app.config["WHATMATTERS"]
+    if config.public_base_url:
+        return config.public_base_url.rstrip("/")
+    return request.host_url.rstrip("/") + config.base_path
+
+
+def _if_match() -> int | None:
+    value = request.headers.get("If-Match")
+    return parse_etag(value) if value is not None else None
+
+
+def _criteria() -> str:
+    return request.query_string.decode("utf-8", errors="strict")
+
+
+def _params() -> list[tuple[str, str]]:
+    try:
+        return parse_query_string(_criteria())
+    except UnicodeDecodeError as exc:
+        raise BadRequest("The query string is not valid UTF-8") from exc
+
+
+def _reply(result: Result, write: bool = False) -> Response:
+    return render(request, result, base_url(), write=write)
+
+
+def _strict() -> bool:
+    return (prefer(request, "handling") or "lenient") == "strict"
+
+
+def _search_params() -> list[tuple[str, str]]:
+    params = _params()
+    if request.method == "POST":
+        if request.mimetype != "application/x-www-form-urlencoded":
+            raise BadRequest("POST _search takes application/x-www-form-urlencoded parameters")
+        params += parse_query_string(request.get_data(as_text=True))
+    return params
+
+
+def build_blueprint(base_path: str) -> Blueprint:
+    """Create the FHIR blueprint mounted at ``base_path``."""
+    bp = Blueprint("fhir", __name__, url_prefix=base_path)
+
+    @bp.before_request
+    def _negotiate() -> None:
+        response_type(request)  # 406 early, before any work is done
+
+    @bp.get("/metadata")
+    def metadata() -> Response:
+        return _reply(Result(200, body=capability_statement(base_url(), STARTED)))
+
+    @bp.post("", strict_slashes=False)
+    def bundle() -> Response:
+        body, _ = request_body(request)
+        return _reply(process_bundle(_service(), body, base_url(), prefer(request, "return")))
+
+    @bp.get("/_history")
+    def history_system() -> Response:
+        return _reply(_service().history(None, None, _params(), base_url()))
+
+    @bp.route("/<type_>", methods=["GET"])
+    @bp.route("/<type_>/_search", methods=["GET", "POST"])
+    def search_type(type_: str) -> Response:
+        params = _search_params()
+        return _reply(_service().search_type(type_, params, base_url(), strict=_strict()))
+
+    @bp.post("/<type_>")
+    def create(type_: str) -> Response:
+        body, _ = request_body(request)
+        if_none_exist = request.headers.get("If-None-Exist")
+        return _reply(_service().create(type_, body, if_none_exist), write=True)
+
+    @bp.put("/<type_>")
+    def conditional_update(type_: str) -> Response:
+        body, _ = request_body(request)
+        result = _service().conditional_update(type_, _criteria(), body, _if_match())
+        return _reply(result, write=True)
+
+    @bp.patch("/<type_>")
+    def conditional_patch(type_: str) -> Response:
+        body, _ = request_body(request, allow_patch=True)
+        return _reply(
+            _service().conditional_patch(type_, _criteria(), body, _if_match()), write=True
+        )
+
+    @bp.delete("/<type_>")
+    def conditional_delete(type_: str) -> Response:
+        return _reply(_service().conditional_delete(type_, _criteria()), write=True)
+
+    @bp.get("/<type_>/_history")
+    def history_type(type_: str) -> Response:
+        return _reply(_service().history(type_, None, _params(), base_url()))
+
+    @bp.get("/<type_>/<id_>")
+    def read(type_: str, id_: str) -> Response:
+        return _reply(_service().read(type_, id_))
+
+    @bp.put("/<type_>/<id_>")
+    def update(type_: str, id_: str) -> Response:
+        body, _ = request_body(request)
+        return _reply(_service().update(type_, id_, body, _if_match()), write=True)
+
+    @bp.patch("/<type_>/<id_>")
+    def patch(type_: str, id_: str) -> Response:
+        body, _ = request_body(request, allow_patch=True)
+        return _reply(_service().patch(type_, id_, body, _if_match()), write=True)
+
+    @bp.delete("/<type_>/<id_>")
+    def delete(type_: str, id_: str) -> Response:
+        return _reply(_service().delete(type_, id_, _if_match()), write=True)
+
+    @bp.get("/<type_>/<id_>/_history")
+    def history_instance(type_: str, id_: str) -> Response:
+        return _reply(_service().history(type_, id_, _params(), base_url()))
+
+    @bp.get("/<type_>/<id_>/_history/<version>")
+    def vread(type_: str, id_: str, version: str) -> Response:
+        return _reply(_service().vread(type_, id_, version))
+
+    return bp

@@ -1,0 +1,159 @@
+"""Content negotiation and rendering: https://hl7.org/fhir/R4/http.html#mime-type."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Request, Response
+
+from service.errors import FhirError, Issue, NotAcceptable, UnsupportedMediaType
+from service.fhir.interactions import Result, operation_outcome
+from service.fhir.model import etag, http_date, parse_json
+
+FHIR_JSON = "application/fhir+json"
+JSON_TYPES = frozenset({FHIR_JSON, "application/json", "application/json+fhir", "text/json"})
+JSON_PATCH = "application/json-patch+json"
+_FORMAT_ALIASES = {"json": FHIR_JSON, "application/json": "application/json"}
+
+
+def response_type(request: Request) -> str:
+    """Pick the response media type from _format or Accept; 406 if JSON is not acceptable."""
+    requested = request.args.get("_format")
+    if requested is not None:
+        # A literal '+' in a query string reads as a space (application/fhir json).
+        fmt = requested.strip().lower().replace(" ", "+")
+        if fmt in _FORMAT_ALIASES:
+            return _FORMAT_ALIASES[fmt]
+        if fmt.split(";")[0].strip() in JSON_TYPES:
+            return FHIR_JSON
+        raise NotAcceptable(f"_format={requested} cannot be produced; this server speaks JSON")
+    accept = request.headers.get("Accept", "").strip()
+    if not accept:
+        return FHIR_JSON
+    best: tuple[float, str] | None = None
+    for part in accept.split(","):
+        pieces = [p.strip() for p in part.split(";")]
+        media = pieces[0].lower()
+        quality = 1.0
+        for param in pieces[1:]:
+            if param.startswith("q="):
+                try:
+                    quality = float(param[2:])
+                except ValueError:
+                    quality = 0.0
+        if quality <= 0:
+            continue
+        if media in (FHIR_JSON, "application/json+fhir", "*/*", "application/*"):
+            chosen = FHIR_JSON
+        elif media in ("application/json", "text/json"):
+            chosen = "application/json"
+        else:
+            continue
+        if best is None or quality > best[0]:
+            best = (quality, chosen)
+    if best is None:
+        raise NotAcceptable(
+            f"Accept: {accept} cannot be met; this server answers in application/fhir+json"
+        )
+    return best[1]
+
+
+def request_body(request: Request, allow_patch: bool = False) -> tuple[Any, bool]:
+    """Parse the JSON body; return (value, is_json_patch). 415 for other media types."""
+    content_type = (request.mimetype or "").lower()
+    is_patch = content_type == JSON_PATCH
+    if is_patch and not allow_patch:
+        raise UnsupportedMediaType("application/json-patch+json is only accepted by PATCH")
+    if content_type and not is_patch and content_type not in JSON_TYPES:
+        raise UnsupportedMediaType(
+            f"Content-Type {content_type} is not supported; send application/fhir+json"
+            + (" or application/json-patch+json" if allow_patch else "")
+        )
+    if allow_patch and not is_patch:
+        raise UnsupportedMediaType(
+            "PATCH accepts JSON Patch (application/json-patch+json); FHIRPath Patch is not "
+            "supported"
+        )
+    return parse_json(request.get_data(cache=False)), is_patch
+
+
+def prefer(request: Request, key: str) -> str | None:
+    """The value of one Prefer token, e.g. prefer(request, 'return') -> 'minimal'."""
+    for part in request.headers.get("Prefer", "").split(","):
+        for token in part.split(";"):
+            name, _, value = token.strip().partition("=")
+            if name.strip().lower() == key:
+                return value.strip().strip('"')
+    return None
+
+
+def _dumps(value: Any, pretty: bool) -> str:
+    if pretty:
+        return json.dumps(value, ensure_ascii=False, indent=2)
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _pretty(request: Request) -> bool:
+    return request.args.get("_pretty", "").lower() == "true"
+
+
+def render(
+    request: Request,
+    result: Result,
+    base: str,
+    *,
+    write: bool = False,
+) -> Response:
+    """Turn an interaction Result into an HTTP response with the spec's headers."""
+    media = response_type(request)
+    headers: dict[str, str] = {}
+    body: str | None = None
+    stored = result.stored
+    if stored is not None:
+        headers["ETag"] = etag(stored.version)
+        headers["Last-Modified"] = http_date(stored.last_updated_us)
+        if result.location:
+            headers["Location"] = f"{base}/{stored.type}/{stored.id}/_history/{stored.version}"
+    pretty = _pretty(request)
+    if write and result.status != 204:
+        returned = prefer(request, "return") or "representation"
+        if returned == "minimal":
+            body = None
+        elif returned == "OperationOutcome":
+            target = f"{stored.type}/{stored.id}" if stored is not None else "the resource"
+            verb = "Created" if result.status == 201 else "Updated"
+            issues = result.issues or [Issue("information", "informational", f"{verb} {target}")]
+            body = _dumps(operation_outcome(issues), pretty)
+        elif stored is not None and stored.content is not None:
+            body = _stored_text(stored.content, pretty)
+        elif result.body is not None:
+            body = _dumps(result.body, pretty)
+    elif result.status != 204:
+        if stored is not None and stored.content is not None:
+            body = _stored_text(stored.content, pretty)
+        elif result.body is not None:
+            body = _dumps(result.body, pretty)
+    response = Response(body if body is not None else b"", status=result.status, headers=headers)
+    if body is not None:
+        response.content_type = f"{media}; charset=utf-8"
+    return response
+
+
+def _stored_text(content: str, pretty: bool) -> str:
+    return _dumps(parse_json(content), True) if pretty else content
+
+
+def render_error(request: Request | None, error: FhirError) -> Response:
+    """Render any FhirError as an OperationOutcome with its status and headers."""
+    media = FHIR_JSON
+    if request is not None:
+        try:
+            media = response_type(request)
+        except NotAcceptable:
+            media = FHIR_JSON  # an error must still be readable
+    pretty = request is not None and _pretty(request)
+    body = _dumps(operation_outcome(error.outcome_issues()), pretty)
+    response = Response(body, status=error.status, headers=dict(error.headers))
+    response.content_type = f"{media}; charset=utf-8"
+    return response

@@ -1,0 +1,101 @@
+"""The ``whatmatters`` command: serve, init-db, vendor-definitions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from service.config import Config, ConfigError
+
+
+def _serve(config: Config, args: argparse.Namespace) -> int:
+    from gunicorn.app.base import BaseApplication
+
+    from service import create_app
+
+    if config.auto_migrate:
+        _init_db(config, args)
+    # Each worker builds its own app (and connection pool) after the fork.
+    worker_config = replace(config, auto_migrate=False)
+
+    class _Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{config.host}:{config.port}")
+            self.cfg.set("workers", args.workers)
+            self.cfg.set("threads", args.threads)
+            self.cfg.set("accesslog", None)
+            self.cfg.set("graceful_timeout", 20)
+
+        def load(self) -> object:
+            return create_app(worker_config)
+
+    print(
+        f"What Matters FHIR service on http://{config.host}:{config.port}{config.base_path} "
+        f"({config.database_url.split(':', 1)[0]})",
+        flush=True,
+    )
+    _Server().run()
+    return 0
+
+
+def _init_db(config: Config, _args: argparse.Namespace) -> int:
+    from service.storage.sql import SqlStore
+
+    store = SqlStore.from_url(config.database_url)
+    applied = store.migrate()
+    store.close()
+    if applied:
+        for line in applied:
+            print(f"applied migration {line}")
+    else:
+        print("schema is current")
+    return 0
+
+
+def _vendor(_config: Config, args: argparse.Namespace) -> int:
+    from service.validation.vendor import vendor
+
+    for name, count in vendor(Path(args.package)).items():
+        print(f"{name}: {count} resources")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the whatmatters command line."""
+    parser = argparse.ArgumentParser(prog="whatmatters", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the FHIR service (gunicorn)")
+    serve.add_argument("--workers", type=int, default=1, help="gunicorn worker processes")
+    serve.add_argument("--threads", type=int, default=4, help="threads per worker")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8080)")
+    serve.set_defaults(run=_serve)
+    init_db = sub.add_parser("init-db", help="create or migrate the database schema")
+    init_db.set_defaults(run=_init_db)
+    vendor = sub.add_parser(
+        "vendor-definitions", help="regenerate the vendored R4 definitions from the npm package"
+    )
+    vendor.add_argument("package", help="path to hl7.fhir.r4.examples-4.0.1.tgz")
+    vendor.set_defaults(run=_vendor)
+    args = parser.parse_args(argv)
+    try:
+        config = Config.from_env()
+        overrides = {}
+        if getattr(args, "host", None):
+            overrides["host"] = args.host
+        if getattr(args, "port", None):
+            overrides["port"] = args.port
+        if overrides:
+            config = replace(config, **overrides)
+    except ConfigError as exc:
+        print(f"whatmatters: {exc}", file=sys.stderr)
+        return 2
+    result: int = args.run(config, args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

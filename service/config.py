@@ -1,0 +1,88 @@
+"""Service configuration: one frozen object, read from WHATMATTERS_* variables by the CLI."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+DEFAULT_DATABASE_URL = "sqlite:///instance/whatmatters.db"
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+class ConfigError(ValueError):
+    """A configuration value cannot be used."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of one running service; safe local defaults, tests pass their own."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    host: str = "127.0.0.1"
+    port: int = 8080
+    base_path: str = "/fhir"
+    # The absolute base URL used in Location headers and Bundle fullUrls when set;
+    # otherwise the URL the request came in on is used.
+    public_base_url: str | None = None
+    max_body_bytes: int = 10 * 1024 * 1024
+    auto_migrate: bool = True
+    profiles_dir: Path = field(default_factory=lambda: Path("profiles"))
+    mappings_dir: Path = field(default_factory=lambda: Path("mappings"))
+    default_page_size: int = 50
+    max_page_size: int = 1000
+    db_pool_size: int = 5
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        """Build a Config from WHATMATTERS_* variables, falling back to the defaults."""
+        env = os.environ if environ is None else environ
+        config = cls()
+        changes: dict[str, object] = {}
+        for name, current in (
+            ("database_url", config.database_url),
+            ("host", config.host),
+            ("base_path", config.base_path),
+            ("public_base_url", config.public_base_url),
+        ):
+            value = env.get(f"WHATMATTERS_{name.upper()}")
+            if value is not None and value != current:
+                changes[name] = value
+        for name in (
+            "port",
+            "max_body_bytes",
+            "default_page_size",
+            "max_page_size",
+            "db_pool_size",
+        ):
+            raw = env.get(f"WHATMATTERS_{name.upper()}")
+            if raw is not None:
+                try:
+                    changes[name] = int(raw)
+                except ValueError as exc:
+                    raise ConfigError(f"WHATMATTERS_{name.upper()} must be a whole number") from exc
+        for name in ("profiles_dir", "mappings_dir"):
+            raw = env.get(f"WHATMATTERS_{name.upper()}")
+            if raw is not None:
+                changes[name] = Path(raw)
+        raw = env.get("WHATMATTERS_AUTO_MIGRATE")
+        if raw is not None:
+            changes["auto_migrate"] = _boolean("WHATMATTERS_AUTO_MIGRATE", raw)
+        return replace(config, **changes)  # type: ignore[arg-type]
+
+    def __post_init__(self) -> None:
+        if not self.base_path.startswith("/") or self.base_path.endswith("/"):
+            raise ConfigError("base_path must start with '/' and not end with '/'")
+        if self.max_body_bytes <= 0 or self.default_page_size <= 0 or self.max_page_size <= 0:
+            raise ConfigError("sizes must be positive")
+
+
+def _boolean(name: str, raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ConfigError(f"{name} must be true or false, not {raw!r}")

@@ -1,0 +1,430 @@
+"""batch and transaction Bundles: https://hl7.org/fhir/R4/http.html#transaction.
+
+A transaction is all-or-nothing in one store transaction. Entries are processed in the order
+the specification gives (DELETE, POST, PUT/PATCH, GET); ``urn:uuid`` and other fullUrls are
+resolved to the ids the server assigns, and conditional references such as
+``Patient?identifier=system|value`` are resolved by search (none: 404, several: 412).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote
+
+from service.errors import BadRequest, FhirError, Issue, NotFound, PreconditionFailed
+from service.fhir.interactions import (
+    FhirService,
+    Result,
+    _json_patch,
+    check_id,
+    check_type,
+    operation_outcome,
+)
+from service.fhir.model import etag, instant, parse_etag, parse_json
+from service.fhir.search import parse_query_string
+from service.storage import StoredResource, Transaction
+
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+
+
+@dataclass
+class EntryOp:
+    """One Bundle entry, parsed."""
+
+    index: int
+    method: str
+    type: str | None
+    id: str | None
+    version: str | None
+    query: str | None
+    resource: dict[str, Any] | None
+    full_url: str | None
+    if_match: int | None
+    if_none_exist: str | None
+    history: bool = False
+
+    @property
+    def expr(self) -> str:
+        """The FHIRPath of this entry."""
+        return f"Bundle.entry[{self.index}]"
+
+
+def process_bundle(
+    service: FhirService, bundle: Any, base: str, prefer_return: str | None = None
+) -> Result:
+    """Process a batch or transaction Bundle posted to the base URL."""
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise BadRequest("Only a batch or transaction Bundle may be posted to the base URL")
+    kind = bundle.get("type")
+    if kind not in ("batch", "transaction"):
+        raise BadRequest(
+            f"Bundle.type must be batch or transaction to be processed, not {kind!r}",
+            expression=("Bundle.type",),
+        )
+    entries = bundle.get("entry", [])
+    if kind == "transaction":
+        service.check_resource(bundle, "Bundle")
+    else:
+        # In a batch each entry's resource stands or falls on its own, in its own response.
+        shell = {**bundle, "entry": [_without_resource(e) for e in entries]}
+        if not entries:
+            shell.pop("entry", None)
+        service.check_resource(shell, "Bundle")
+    if kind == "transaction":
+        ops = [_parse_entry(i, e, base) for i, e in enumerate(entries)]
+        results = service.run(lambda tx: _transaction(service, tx, ops, base))
+    else:
+        results = _batch(service, entries, base)
+    response_entries = [_response_entry(result, base, prefer_return) for result in results]
+    body: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "type": f"{kind}-response",
+        "meta": {"lastUpdated": instant(service.clock())},
+    }
+    if response_entries:
+        body["entry"] = response_entries
+    return Result(200, body=body)
+
+
+def _batch(service: FhirService, entries: list[Any], base: str) -> list[Result | FhirError]:
+    results: list[Result | FhirError] = []
+    for index, entry in enumerate(entries):
+        try:
+            op = _parse_entry(index, entry, base)
+        except FhirError as exc:
+            results.append(exc)
+            continue
+        try:
+            if op.method in ("GET", "HEAD"):
+                results.append(_execute(service, None, op, {}, base))
+            else:
+                results.append(
+                    service.run(
+                        lambda tx, op=op: _execute(service, tx, op, {}, base),  # type: ignore[misc]
+                        retry=op.if_match is None,
+                    )
+                )
+        except FhirError as exc:
+            results.append(_at_entry(exc, op))
+    return results
+
+
+def _without_resource(entry: Any) -> Any:
+    if isinstance(entry, dict) and "resource" in entry:
+        return {k: v for k, v in entry.items() if k != "resource"}
+    return entry
+
+
+def _transaction(
+    service: FhirService, tx: Transaction, ops: list[EntryOp], base: str
+) -> list[Result | FhirError]:
+    mapping: dict[str, str] = {}
+    targets: dict[tuple[str, str], int] = {}
+    resolved: list[EntryOp] = []
+    for op in ops:
+        try:
+            op = _resolve_identity(service, tx, op)
+        except FhirError as exc:
+            raise _at_entry(exc, op) from exc
+        resolved.append(op)
+        if op.method in ("POST", "PUT", "PATCH", "DELETE") and op.type and op.id:
+            key = (op.type, op.id)
+            if key in targets:
+                raise BadRequest(
+                    f"Bundle.entry[{targets[key]}] and Bundle.entry[{op.index}] both change "
+                    f"{op.type}/{op.id}; a transaction may change a resource only once",
+                    expression=(op.expr,),
+                )
+            targets[key] = op.index
+        if op.full_url and op.type and op.id and op.method in ("POST", "PUT"):
+            mapping[op.full_url] = f"{op.type}/{op.id}"
+            if op.full_url.startswith(base + "/"):
+                mapping[op.full_url[len(base) + 1 :]] = f"{op.type}/{op.id}"
+    results: list[Result | FhirError | None] = [None] * len(resolved)
+    for op in sorted(resolved, key=lambda o: (_ORDER[o.method], o.index)):
+        try:
+            results[op.index] = _execute(service, tx, op, mapping, base)
+        except FhirError as exc:
+            raise _at_entry(exc, op) from exc
+    return [r for r in results if r is not None]
+
+
+def _resolve_identity(service: FhirService, tx: Transaction, op: EntryOp) -> EntryOp:
+    """Fix the id each write entry will have, so references to it can be rewritten."""
+    assert op.type is not None or op.method in ("GET", "HEAD")
+    if op.method == "POST" and op.type:
+        if op.if_none_exist:
+            existing = service.match_one_or_none(tx, op.type, op.if_none_exist, "If-None-Exist")
+            if existing is not None:
+                return replace(op, id=existing.id, method="POST")
+        return replace(op, id=str(uuid.uuid4()), if_none_exist=None)
+    if op.method in ("PUT", "PATCH", "DELETE") and op.type and op.id is None and op.query:
+        match = service.match_one_or_none(tx, op.type, op.query, f"The conditional {op.method}")
+        if match is not None:
+            return replace(op, id=match.id)
+        if op.method == "PUT":
+            body_id = (op.resource or {}).get("id")
+            return replace(op, id=body_id if isinstance(body_id, str) else str(uuid.uuid4()))
+        if op.method == "PATCH":
+            raise NotFound(f"No {op.type} matches the criteria of the conditional patch")
+    return op
+
+
+def _execute(
+    service: FhirService,
+    tx: Transaction | None,
+    op: EntryOp,
+    mapping: dict[str, str],
+    base: str,
+) -> Result:
+    if op.method in ("GET", "HEAD"):
+        return _read_entry(service, tx, op, base)
+    assert tx is not None
+    assert op.type is not None
+    if op.method == "DELETE":
+        if op.id is None:
+            return service.conditional_delete_in(tx, op.type, op.query or "")
+        return service.delete_in(tx, op.type, op.id, op.if_match)
+    if op.method == "PATCH":
+        operations = _patch_operations(op)
+        if op.id is None:
+            raise NotFound(f"No {op.type} matches the criteria of the conditional patch")
+        return service.patch_in(tx, op.type, op.id, operations, op.if_match)
+    resource = _rewrite(op.resource or {}, mapping)
+    resource = _resolve_conditional_references(service, tx, resource)
+    service.check_resource(resource, op.type)
+    if op.method == "POST":
+        if op.if_none_exist:
+            return service.create_in(tx, op.type, resource, op.if_none_exist)
+        return service.create_in(tx, op.type, resource, new_id=op.id)
+    if op.id is None:
+        return service.conditional_update_in(tx, op.type, op.query or "", resource, op.if_match)
+    if resource.get("id") is None and op.query is not None:
+        resource = {**resource, "id": op.id}
+    if resource.get("id") != op.id:
+        raise BadRequest(
+            f"The resource id {resource.get('id')!r} does not match the id {op.id!r} in the "
+            "entry URL",
+            expression=("resource.id",),
+        )
+    return service.update_in(tx, op.type, op.id, resource, op.if_match)
+
+
+def _read_entry(service: FhirService, tx: Transaction | None, op: EntryOp, base: str) -> Result:
+    if op.type is None:
+        raise BadRequest("Only reads, searches and history of a resource type are allowed here")
+
+    def run(inner: Callable[[Transaction], Result]) -> Result:
+        return inner(tx) if tx is not None else service.read_only(inner)
+
+    if op.history:
+        params = parse_query_string(op.query or "")
+        return service.history(op.type, op.id, params, base, tx=tx)
+    if op.id is None:
+        params = parse_query_string(op.query or "")
+        return service.search_type(op.type, params, base, tx=tx)
+    type_, id_ = op.type, op.id
+    if op.version is not None:
+        version = op.version
+        return run(lambda t: service.vread_in(t, type_, id_, version))
+    return run(lambda t: service.read_in(t, type_, id_))
+
+
+def _parse_entry(index: int, entry: Any, base: str) -> EntryOp:
+    where = f"Bundle.entry[{index}]"
+    request = entry.get("request") if isinstance(entry, dict) else None
+    if not isinstance(request, dict) or "method" not in request or "url" not in request:
+        raise BadRequest(
+            f"{where} needs request.method and request.url", expression=(f"{where}.request",)
+        )
+    method = request["method"]
+    if method not in _ORDER:
+        raise BadRequest(f"{where}: unknown method {method!r}", expression=(f"{where}.request",))
+    url: str = request["url"]
+    if url.startswith(base + "/"):
+        url = url[len(base) + 1 :]
+    path, _, query = url.partition("?")
+    segments = [unquote(s) for s in path.strip("/").split("/") if s]
+    resource = entry.get("resource")
+    try:
+        if_match = parse_etag(request["ifMatch"]) if "ifMatch" in request else None
+    except BadRequest as exc:
+        raise BadRequest(exc.diagnostics, expression=(f"{where}.request.ifMatch",)) from exc
+    op = EntryOp(
+        index=index,
+        method=method,
+        type=segments[0] if segments else None,
+        id=None,
+        version=None,
+        query=query or None,
+        resource=resource,
+        full_url=entry.get("fullUrl"),
+        if_match=if_match,
+        if_none_exist=request.get("ifNoneExist"),
+    )
+    try:
+        if op.type is not None:
+            check_type(op.type)
+        if len(segments) >= 2:
+            if segments[1] == "_history":
+                op.history = True
+            else:
+                check_id(segments[1])
+                op.id = segments[1]
+        if len(segments) >= 3:
+            if segments[2] != "_history" or len(segments) > 4:
+                raise BadRequest(f"{where}: request.url {url!r} is not understood")
+            if len(segments) == 4:
+                op.version = segments[3]
+            else:
+                op.history = True
+        if op.type is None and method != "GET":
+            raise BadRequest(f"{where}: request.url must name a resource type")
+    except FhirError as exc:
+        raise _at_entry(exc, op) from exc
+    if method in ("POST", "PUT"):
+        if not isinstance(resource, dict):
+            raise BadRequest(f"{where} needs a resource", expression=(f"{where}.resource",))
+        if resource.get("resourceType") != op.type:
+            raise BadRequest(
+                f"{where}: the resource is a {resource.get('resourceType')!r} but the URL "
+                f"names {op.type!r}",
+                expression=(f"{where}.resource",),
+            )
+        if method == "PUT" and op.id is None and op.query is None:
+            raise BadRequest(f"{where}: PUT needs Type/id or Type?criteria")
+        if method == "POST" and (op.id is not None or op.query):
+            raise BadRequest(f"{where}: POST creates at the type URL, e.g. {op.type!r}")
+    if method in ("DELETE", "PATCH") and op.id is None and op.query is None:
+        raise BadRequest(f"{where}: {method} needs Type/id or Type?criteria")
+    return op
+
+
+def _patch_operations(op: EntryOp) -> Any:
+    resource = op.resource or {}
+    if resource.get("resourceType") != "Binary" or resource.get("contentType") not in (
+        "application/json-patch+json",
+    ):
+        raise BadRequest(
+            "A PATCH entry carries its JSON Patch as a Binary resource with contentType "
+            "application/json-patch+json",
+            expression=("resource",),
+        )
+    try:
+        raw = base64.b64decode(resource.get("data", ""), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequest("Binary.data is not valid base64", expression=("resource.data",)) from exc
+    return _json_patch(parse_json(raw, "The JSON Patch"))
+
+
+def _rewrite(value: Any, mapping: dict[str, str]) -> Any:
+    """Replace references to entries' fullUrls with the ids the server gave them."""
+    if not mapping:
+        return value
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if key == "div" and isinstance(item, str):
+                for old, new in mapping.items():
+                    if old.startswith("urn:"):
+                        item = item.replace(f'"{old}"', f'"{new}"')
+                out[key] = item
+            else:
+                out[key] = _rewrite(item, mapping)
+        return out
+    if isinstance(value, list):
+        return [_rewrite(item, mapping) for item in value]
+    if isinstance(value, str) and value in mapping:
+        return mapping[value]
+    return value
+
+
+def _resolve_conditional_references(service: FhirService, tx: Transaction, value: Any) -> Any:
+    """Replace references like ``Patient?identifier=s|v`` with the one resource they match."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if key == "reference" and isinstance(item, str) and "?" in item:
+                type_ = item.split("?", 1)[0]
+                check_type(type_)
+                match = service.match_one_or_none(tx, type_, item, "The conditional reference")
+                if match is None:
+                    raise NotFound(
+                        f"The conditional reference {item!r} matches no resource",
+                    )
+                out[key] = f"{match.type}/{match.id}"
+            else:
+                out[key] = _resolve_conditional_references(service, tx, item)
+        return out
+    if isinstance(value, list):
+        return [_resolve_conditional_references(service, tx, item) for item in value]
+    return value
+
+
+def _at_entry(exc: FhirError, op: EntryOp) -> FhirError:
+    """Re-state an error so it says which entry failed."""
+    issues = [
+        Issue(
+            i.severity,
+            i.code,
+            f"{op.expr}: {i.diagnostics}",
+            tuple(_prefix(e, op) for e in i.expression) or (op.expr,),
+        )
+        for i in exc.outcome_issues()
+    ]
+    clone = type(exc)(f"{op.expr}: {exc.diagnostics}", issues=issues, headers=exc.headers)
+    return clone
+
+
+def _prefix(expression: str, op: EntryOp) -> str:
+    if expression.startswith("Bundle."):
+        return expression
+    if op.type and expression.startswith(op.type):
+        return f"{op.expr}.resource{expression[len(op.type) :]}"
+    return f"{op.expr}.{expression}"
+
+
+def _status(code: int) -> str:
+    return f"{code} {HTTPStatus(code).phrase}"
+
+
+def _response_entry(
+    result: Result | FhirError, base: str, prefer_return: str | None
+) -> dict[str, Any]:
+    if isinstance(result, FhirError):
+        return {
+            "response": {
+                "status": _status(result.status),
+                "outcome": operation_outcome(result.outcome_issues()),
+            }
+        }
+    response: dict[str, Any] = {"status": _status(result.status)}
+    entry: dict[str, Any] = {}
+    stored: StoredResource | None = result.stored
+    if stored is not None:
+        response["etag"] = etag(stored.version)
+        response["lastModified"] = instant(stored.last_updated_us)
+        if not stored.deleted:
+            entry["fullUrl"] = f"{base}/{stored.type}/{stored.id}"
+        if result.location or (result.status in (200, 201) and stored.content is not None):
+            response["location"] = f"{stored.type}/{stored.id}/_history/{stored.version}"
+        if stored.content is not None and prefer_return != "minimal":
+            entry["resource"] = parse_json(stored.content)
+    elif result.body is not None and prefer_return != "minimal":
+        entry["resource"] = result.body
+    if prefer_return == "OperationOutcome":
+        response["outcome"] = operation_outcome(
+            [Issue("information", "informational", f"{_status(result.status)}")]
+        )
+    entry["response"] = response
+    return entry
+
+
+__all__ = ["PreconditionFailed", "process_bundle"]

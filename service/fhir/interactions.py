@@ -1,0 +1,656 @@
+"""The FHIR R4 RESTful interactions, without I/O: https://hl7.org/fhir/R4/http.html.
+
+``FhirService`` receives its collaborators (a Store and a validator) and returns ``Result``
+objects; the API layer turns them into HTTP responses. Every write runs in one store
+transaction; a write that loses a race without ``If-Match`` is retried, one with ``If-Match``
+gets 412.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlencode
+
+import jsonpatch
+
+from service.errors import (
+    BadRequest,
+    Conflict,
+    FhirError,
+    Gone,
+    InvalidResource,
+    Issue,
+    NotFound,
+    NotSupported,
+    PreconditionFailed,
+    Unprocessable,
+)
+from service.fhir import search as fhir_search
+from service.fhir.model import (
+    SUPPORTED_TYPES,
+    dump_json,
+    identifier_tokens,
+    instant,
+    now_us,
+    parse_instant,
+    parse_json,
+    with_meta,
+)
+from service.storage import (
+    HistoryQuery,
+    Query,
+    Store,
+    StoredResource,
+    Transaction,
+    VersionConflict,
+)
+from service.validation.structure import is_valid_id
+
+T = TypeVar("T")
+WRITE_RETRIES = 5
+
+
+class Validator(Protocol):
+    """Checks a resource and returns every problem found."""
+
+    def validate(self, resource: Any, expected_type: str | None = None) -> list[Issue]:
+        """Return the issues of ``resource``; errors make it unacceptable."""
+
+
+@dataclass
+class Result:
+    """What an interaction produced: a status, the version concerned and/or a body."""
+
+    status: int
+    stored: StoredResource | None = None
+    body: dict[str, Any] | None = None
+    location: bool = False
+    issues: list[Issue] = field(default_factory=list)
+
+    def resource_text(self) -> str | None:
+        """The stored JSON of the version, served without re-parsing."""
+        return self.stored.content if self.stored is not None else None
+
+
+def check_type(type_: str) -> None:
+    """Refuse resource types this server does not store (404 not-supported)."""
+    if type_ not in SUPPORTED_TYPES:
+        raise NotSupported(
+            f"Resource type {type_!r} is not supported here; this server stores "
+            + ", ".join(SUPPORTED_TYPES),
+        )
+
+
+def check_id(id_: str) -> None:
+    """Refuse ids that are not valid FHIR ids."""
+    if not is_valid_id(id_):
+        raise BadRequest(f"{id_!r} is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)")
+
+
+class FhirService:
+    """The FHIR interactions over one Store, checked by one Validator."""
+
+    def __init__(
+        self,
+        store: Store,
+        validator: Validator,
+        *,
+        default_page_size: int = 50,
+        max_page_size: int = 1000,
+        clock: Callable[[], int] = now_us,
+    ) -> None:
+        self.store = store
+        self.validator = validator
+        self.default_page_size = default_page_size
+        self.max_page_size = max_page_size
+        self.clock = clock
+
+    # -- transactions -------------------------------------------------------------------------
+
+    def run(self, work: Callable[[Transaction], T], *, retry: bool = True) -> T:
+        """Run ``work`` in one write transaction, retrying if it lost a race to another writer."""
+        attempts = WRITE_RETRIES if retry else 1
+        for attempt in range(attempts):
+            try:
+                with self.store.transaction(write=True) as tx:
+                    return work(tx)
+            except VersionConflict as exc:
+                if attempt < attempts - 1:
+                    time.sleep(random.uniform(0, 0.01 * 2**attempt))  # jitter, then try again
+                    continue
+                if retry:
+                    raise Conflict(
+                        "The resource was changed by another request at the same time; "
+                        "retry the request"
+                    ) from exc
+                raise PreconditionFailed(
+                    "The resource was changed by another request (version conflict)"
+                ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _within(self, tx: Transaction | None, work: Callable[[Transaction], T]) -> T:
+        return work(tx) if tx is not None else self.read_only(work)
+
+    def read_only(self, work: Callable[[Transaction], T]) -> T:
+        """Run ``work`` in a read transaction."""
+        with self.store.transaction(write=False) as tx:
+            return work(tx)
+
+    # -- instance level -----------------------------------------------------------------------
+
+    def read(self, type_: str, id_: str) -> Result:
+        """read: https://hl7.org/fhir/R4/http.html#read."""
+        check_type(type_)
+        check_id(id_)
+        return self.read_only(lambda tx: self.read_in(tx, type_, id_))
+
+    def read_in(self, tx: Transaction, type_: str, id_: str) -> Result:
+        """read within an open transaction."""
+        current = tx.read(type_, id_)
+        if current is None:
+            raise NotFound(f"{type_}/{id_} is not known")
+        if current.deleted:
+            raise Gone(f"{type_}/{id_} was deleted", headers=_version_headers(current))
+        return Result(200, stored=current)
+
+    def vread(self, type_: str, id_: str, version: str) -> Result:
+        """vread: https://hl7.org/fhir/R4/http.html#vread."""
+        check_type(type_)
+        check_id(id_)
+        return self.read_only(lambda tx: self.vread_in(tx, type_, id_, version))
+
+    def vread_in(self, tx: Transaction, type_: str, id_: str, version: str) -> Result:
+        """vread within an open transaction."""
+        if not version.isdigit():
+            raise NotFound(f"{type_}/{id_} has no version {version!r}")
+        found = tx.vread(type_, id_, int(version))
+        if found is None:
+            if tx.read(type_, id_) is None:
+                raise NotFound(f"{type_}/{id_} is not known")
+            raise NotFound(f"{type_}/{id_} has no version {version}")
+        if found.deleted:
+            raise Gone(f"Version {version} of {type_}/{id_} is a deletion")
+        return Result(200, stored=found)
+
+    def create(self, type_: str, resource: Any, if_none_exist: str | None = None) -> Result:
+        """create and conditional create: https://hl7.org/fhir/R4/http.html#create."""
+        check_type(type_)
+        self.check_resource(resource, type_)
+        return self.run(lambda tx: self.create_in(tx, type_, resource, if_none_exist))
+
+    def create_in(
+        self,
+        tx: Transaction,
+        type_: str,
+        resource: dict[str, Any],
+        if_none_exist: str | None = None,
+        new_id: str | None = None,
+    ) -> Result:
+        """create within an open transaction."""
+        if if_none_exist is not None:
+            existing = self.match_one_or_none(tx, type_, if_none_exist, "If-None-Exist")
+            if existing is not None:
+                return Result(200, stored=existing, location=True)
+        id_ = new_id or str(uuid.uuid4())
+        stored = self._write(tx, type_, id_, resource, None, "POST")
+        return Result(201, stored=stored, location=True)
+
+    def update(self, type_: str, id_: str, resource: Any, if_match: int | None = None) -> Result:
+        """update and update-as-create: https://hl7.org/fhir/R4/http.html#update."""
+        check_type(type_)
+        check_id(id_)
+        self.check_resource(resource, type_)
+        body_id = resource.get("id")
+        if body_id is None:
+            raise BadRequest(
+                f"The resource has no id; an update must carry the id {id_!r} of the URL",
+                expression=(f"{type_}.id",),
+            )
+        if body_id != id_:
+            raise BadRequest(
+                f"The resource id {body_id!r} does not match the id {id_!r} in the URL",
+                expression=(f"{type_}.id",),
+            )
+        return self.run(
+            lambda tx: self.update_in(tx, type_, id_, resource, if_match),
+            retry=if_match is None,
+        )
+
+    def update_in(
+        self,
+        tx: Transaction,
+        type_: str,
+        id_: str,
+        resource: dict[str, Any],
+        if_match: int | None = None,
+        method: str = "PUT",
+    ) -> Result:
+        """update within an open transaction."""
+        tx.lock(f"{type_}/{id_}")  # writers of one resource queue instead of conflicting
+        current = tx.read(type_, id_)
+        _check_if_match(current, type_, id_, if_match)
+        stored = self._write(tx, type_, id_, resource, current, method)
+        created = current is None or current.deleted
+        return Result(201 if created else 200, stored=stored, location=created)
+
+    def conditional_update(
+        self, type_: str, criteria: str, resource: Any, if_match: int | None = None
+    ) -> Result:
+        """conditional update: https://hl7.org/fhir/R4/http.html#cond-update."""
+        check_type(type_)
+        self.check_resource(resource, type_)
+        return self.run(
+            lambda tx: self.conditional_update_in(tx, type_, criteria, resource, if_match),
+            retry=if_match is None,
+        )
+
+    def conditional_update_in(
+        self,
+        tx: Transaction,
+        type_: str,
+        criteria: str,
+        resource: dict[str, Any],
+        if_match: int | None = None,
+    ) -> Result:
+        """conditional update within an open transaction."""
+        match = self.match_one_or_none(tx, type_, criteria, "The conditional update")
+        body_id = resource.get("id")
+        if match is None:
+            if body_id is not None:
+                check_id(body_id)
+                existing = tx.read(type_, body_id)
+                if existing is not None and not existing.deleted:
+                    raise Conflict(
+                        f"No resource matches the criteria, but {type_}/{body_id} exists and "
+                        "does not match them"
+                    )
+                return self.update_in(tx, type_, body_id, resource, if_match)
+            return self.create_in(tx, type_, resource)
+        if body_id is not None and body_id != match.id:
+            raise BadRequest(
+                f"The resource id {body_id!r} differs from the id {match.id!r} of the "
+                "resource the criteria matched",
+                expression=(f"{type_}.id",),
+            )
+        return self.update_in(tx, type_, match.id, resource, if_match)
+
+    def patch(self, type_: str, id_: str, patch_body: Any, if_match: int | None = None) -> Result:
+        """patch with JSON Patch: https://hl7.org/fhir/R4/http.html#patch."""
+        check_type(type_)
+        check_id(id_)
+        operations = _json_patch(patch_body)
+        return self.run(
+            lambda tx: self.patch_in(tx, type_, id_, operations, if_match),
+            retry=if_match is None,
+        )
+
+    def conditional_patch(
+        self, type_: str, criteria: str, patch_body: Any, if_match: int | None = None
+    ) -> Result:
+        """conditional patch: the criteria must match exactly one resource."""
+        check_type(type_)
+        operations = _json_patch(patch_body)
+
+        def work(tx: Transaction) -> Result:
+            match = self.match_one_or_none(tx, type_, criteria, "The conditional patch")
+            if match is None:
+                raise NotFound(f"No {type_} matches the criteria of the conditional patch")
+            return self.patch_in(tx, type_, match.id, operations, if_match)
+
+        return self.run(work, retry=if_match is None)
+
+    def patch_in(
+        self,
+        tx: Transaction,
+        type_: str,
+        id_: str,
+        operations: jsonpatch.JsonPatch,
+        if_match: int | None = None,
+    ) -> Result:
+        """patch within an open transaction."""
+        tx.lock(f"{type_}/{id_}")
+        current = tx.read(type_, id_)
+        if current is None:
+            raise NotFound(f"{type_}/{id_} is not known")
+        if current.deleted:
+            raise Gone(f"{type_}/{id_} was deleted")
+        _check_if_match(current, type_, id_, if_match)
+        original = parse_json(current.content or "{}")
+        try:
+            patched = operations.apply(original)
+        except jsonpatch.JsonPatchTestFailed as exc:
+            raise PreconditionFailed(f"A JSON Patch test operation failed: {exc}") from exc
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+            raise Unprocessable(f"The JSON Patch cannot be applied: {exc}") from exc
+        except (TypeError, ValueError, KeyError, IndexError) as exc:
+            raise Unprocessable(f"The JSON Patch cannot be applied: {exc}") from exc
+        if not isinstance(patched, dict) or patched.get("id") != id_:
+            raise Unprocessable("A patch must not change or remove the resource id")
+        if patched.get("resourceType") != type_:
+            raise Unprocessable("A patch must not change the resourceType")
+        self.check_resource(patched, type_)
+        stored = self._write(tx, type_, id_, patched, current, "PATCH")
+        return Result(200, stored=stored)
+
+    def delete(self, type_: str, id_: str, if_match: int | None = None) -> Result:
+        """delete (logical, history kept): https://hl7.org/fhir/R4/http.html#delete."""
+        check_type(type_)
+        check_id(id_)
+        return self.run(lambda tx: self.delete_in(tx, type_, id_, if_match), retry=if_match is None)
+
+    def delete_in(
+        self, tx: Transaction, type_: str, id_: str, if_match: int | None = None
+    ) -> Result:
+        """delete within an open transaction; deleting what is absent or deleted is a no-op."""
+        tx.lock(f"{type_}/{id_}")
+        current = tx.read(type_, id_)
+        _check_if_match(current, type_, id_, if_match)
+        if current is None or current.deleted:
+            return Result(204, stored=current)
+        marker = StoredResource(
+            type=type_,
+            id=id_,
+            version=current.version + 1,
+            last_updated_us=self._tick(current),
+            deleted=True,
+            content=None,
+            method="DELETE",
+        )
+        tx.put(marker, current.version)
+        return Result(204, stored=marker)
+
+    def conditional_delete(self, type_: str, criteria: str) -> Result:
+        """conditional delete: https://hl7.org/fhir/R4/http.html#3.1.0.7.1 (single match)."""
+        check_type(type_)
+        return self.run(lambda tx: self.conditional_delete_in(tx, type_, criteria))
+
+    def conditional_delete_in(self, tx: Transaction, type_: str, criteria: str) -> Result:
+        """conditional delete within an open transaction."""
+        match = self.match_one_or_none(tx, type_, criteria, "The conditional delete")
+        if match is None:
+            return Result(204)
+        return self.delete_in(tx, type_, match.id)
+
+    # -- type and system level ----------------------------------------------------------------
+
+    def search_type(
+        self,
+        type_: str,
+        params: Sequence[tuple[str, str]],
+        base: str,
+        *,
+        strict: bool = False,
+        tx: Transaction | None = None,
+    ) -> Result:
+        """search: https://hl7.org/fhir/R4/search.html (the parameters of search.py)."""
+        check_type(type_)
+        parsed = fhir_search.parse_search(
+            type_,
+            params,
+            strict=strict,
+            default_count=self.default_page_size,
+            max_count=self.max_page_size,
+        )
+        query = parsed.query
+        probe = Query(
+            type=query.type,
+            ids=query.ids,
+            tokens=query.tokens,
+            count=query.count + 1,
+            offset=query.offset,
+        )
+        found = self._within(tx, lambda t: t.search(probe, with_total=parsed.total))
+        page = found.resources[: query.count]
+        entries: list[dict[str, Any]] = [
+            {
+                "fullUrl": f"{base}/{item.type}/{item.id}",
+                "resource": parse_json(item.content or "{}"),
+                "search": {"mode": "match"},
+            }
+            for item in page
+        ]
+        if parsed.warnings:
+            entries.append(
+                {
+                    "resource": operation_outcome(parsed.warnings),
+                    "search": {"mode": "outcome"},
+                }
+            )
+        links = [{"relation": "self", "url": _search_url(base, type_, parsed.used, query.offset)}]
+        if len(found.resources) > query.count and query.count > 0:
+            links.append(
+                {
+                    "relation": "next",
+                    "url": _search_url(base, type_, parsed.used, query.offset + query.count),
+                }
+            )
+        if query.offset > 0:
+            previous = max(0, query.offset - max(query.count, 1))
+            links.append(
+                {"relation": "previous", "url": _search_url(base, type_, parsed.used, previous)}
+            )
+        bundle: dict[str, Any] = {
+            "resourceType": "Bundle",
+            "id": str(uuid.uuid4()),
+            "meta": {"lastUpdated": instant(self.clock())},
+            "type": "searchset",
+        }
+        if found.total is not None:
+            bundle["total"] = found.total
+        bundle["link"] = links
+        bundle["entry"] = entries
+        if not entries:
+            del bundle["entry"]
+        return Result(200, body=bundle)
+
+    def history(
+        self,
+        type_: str | None,
+        id_: str | None,
+        params: Sequence[tuple[str, str]],
+        base: str,
+        tx: Transaction | None = None,
+    ) -> Result:
+        """history (instance, type, system): https://hl7.org/fhir/R4/http.html#history."""
+        if type_ is not None:
+            check_type(type_)
+        if id_ is not None:
+            check_id(id_)
+        count = self.default_page_size
+        since: int | None = None
+        before: int | None = None
+        kept: list[tuple[str, str]] = []
+        for name, value in params:
+            if name == "_count":
+                try:
+                    count = min(max(int(value), 0), self.max_page_size)
+                except ValueError as exc:
+                    raise BadRequest(f"_count must be a whole number, not {value!r}") from exc
+                kept.append((name, str(count)))
+            elif name == "_since":
+                since = parse_instant(value, "_since")
+                kept.append((name, value))
+            elif name == "_page":
+                if not value.isdigit():
+                    raise BadRequest("_page must come from a link of an earlier page")
+                before = int(value)
+            elif name not in ("_format", "_pretty"):
+                raise BadRequest(f"The history parameter {name!r} is not supported")
+
+        def work(t: Transaction) -> list[StoredResource]:
+            if id_ is not None and type_ is not None and t.read(type_, id_) is None:
+                raise NotFound(f"{type_}/{id_} is not known")
+            query = HistoryQuery(type_, id_, since, before, count + 1)
+            return t.history(query)
+
+        versions = self._within(tx, work)
+        page = versions[:count]
+        path = "/".join(p for p in (base, type_, id_, "_history") if p)
+        links = [{"relation": "self", "url": _with_params(path, kept, before)}]
+        if len(versions) > count and page:
+            links.append({"relation": "next", "url": _with_params(path, kept, page[-1].seq)})
+        bundle: dict[str, Any] = {
+            "resourceType": "Bundle",
+            "id": str(uuid.uuid4()),
+            "meta": {"lastUpdated": instant(self.clock())},
+            "type": "history",
+            "link": links,
+        }
+        entries = [_history_entry(base, item) for item in page]
+        if entries:
+            bundle["entry"] = entries
+        return Result(200, body=bundle)
+
+    # -- helpers shared with bundles ----------------------------------------------------------
+
+    def check_resource(self, resource: Any, type_: str) -> None:
+        """Raise InvalidResource with every base-R4 problem of ``resource``."""
+        issues = self.validator.validate(resource, type_)
+        errors = [i for i in issues if i.severity in ("error", "fatal")]
+        if errors:
+            raise InvalidResource(
+                f"The {type_} is not valid FHIR R4: {errors[0].diagnostics}"
+                + (f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""),
+                issues=issues,
+            )
+
+    def match_one_or_none(
+        self, tx: Transaction, type_: str, criteria: str, what: str
+    ) -> StoredResource | None:
+        """Resolve conditional criteria: None for no match, 412 for several."""
+        query = fhir_search.parse_conditional(type_, criteria, self.max_page_size)
+        tx.lock(f"{type_}?{_lock_key(query)}")
+        found = tx.search(query).resources
+        if len(found) > 1:
+            raise PreconditionFailed(
+                f"{what} criteria {criteria!r} match more than one {type_}; "
+                "make them more selective"
+            )
+        return found[0] if found else None
+
+    def _tick(self, current: StoredResource | None) -> int:
+        moment = self.clock()
+        if current is not None and moment <= current.last_updated_us:
+            moment = current.last_updated_us + 1000  # keep lastUpdated increasing per resource
+        return moment
+
+    def _write(
+        self,
+        tx: Transaction,
+        type_: str,
+        id_: str,
+        resource: dict[str, Any],
+        current: StoredResource | None,
+        method: str,
+    ) -> StoredResource:
+        version = current.version + 1 if current is not None else 1
+        moment = self._tick(current)
+        content = with_meta(resource, id_, version, moment)
+        stored = StoredResource(
+            type=type_,
+            id=id_,
+            version=version,
+            last_updated_us=moment,
+            deleted=False,
+            content=dump_json(content),
+            method=method,
+        )
+        tx.put(
+            stored,
+            current.version if current is not None else None,
+            list(identifier_tokens(content)),
+        )
+        return stored
+
+
+def operation_outcome(issues: Sequence[Issue]) -> dict[str, Any]:
+    """Build an OperationOutcome resource from issues."""
+    return {"resourceType": "OperationOutcome", "issue": [i.to_fhir() for i in issues]}
+
+
+def _version_headers(stored: StoredResource) -> dict[str, str]:
+    return {"ETag": f'W/"{stored.version}"'}
+
+
+def _check_if_match(
+    current: StoredResource | None, type_: str, id_: str, if_match: int | None
+) -> None:
+    if if_match is None:
+        return
+    if current is None:
+        raise PreconditionFailed(
+            f"If-Match names version {if_match}, but {type_}/{id_} does not exist"
+        )
+    if current.version != if_match:
+        raise PreconditionFailed(
+            f"If-Match names version {if_match}, but the current version of {type_}/{id_} "
+            f"is {current.version}"
+        )
+
+
+def _json_patch(body: Any) -> jsonpatch.JsonPatch:
+    if not isinstance(body, list):
+        raise BadRequest("A JSON Patch document must be a JSON array of operations")
+    for index, op in enumerate(body):
+        if not isinstance(op, dict) or "op" not in op or "path" not in op:
+            raise BadRequest(f"JSON Patch operation {index} needs 'op' and 'path'")
+        if op["op"] not in ("add", "remove", "replace", "move", "copy", "test"):
+            raise BadRequest(f"JSON Patch operation {index} has an unknown op {op['op']!r}")
+    try:
+        return jsonpatch.JsonPatch(body)
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+        raise BadRequest(f"The JSON Patch document is not valid: {exc}") from exc
+
+
+def _lock_key(query: Query) -> str:
+    tokens = sorted(
+        (t.param, tuple(sorted((s or "", c or "") for s, c in t.values))) for t in query.tokens
+    )
+    return dump_json([list(query.ids or ()), [[p, [list(v) for v in vs]] for p, vs in tokens]])
+
+
+def _history_entry(base: str, item: StoredResource) -> dict[str, Any]:
+    url = f"{item.type}/{item.id}"
+    entry: dict[str, Any] = {"fullUrl": f"{base}/{url}"}
+    if item.deleted:
+        entry["request"] = {"method": "DELETE", "url": url}
+        entry["response"] = {
+            "status": "204 No Content",
+            "etag": f'W/"{item.version}"',
+            "lastModified": instant(item.last_updated_us),
+        }
+        return entry
+    entry["resource"] = parse_json(item.content or "{}")
+    created = item.version == 1 or item.method == "POST"
+    entry["request"] = {
+        "method": item.method if item.method in ("POST", "PUT", "PATCH") else "PUT",
+        "url": item.type if item.method == "POST" else url,
+    }
+    entry["response"] = {
+        "status": "201 Created" if created else "200 OK",
+        "etag": f'W/"{item.version}"',
+        "lastModified": instant(item.last_updated_us),
+    }
+    return entry
+
+
+def _with_params(path: str, params: Sequence[tuple[str, str]], page: int | None) -> str:
+    items = list(params)
+    if page is not None:
+        items.append(("_page", str(page)))
+    return path + ("?" + urlencode(items) if items else "")
+
+
+def _search_url(base: str, type_: str, params: Sequence[tuple[str, str]], offset: int) -> str:
+    items = list(params)
+    if offset:
+        items.append(("_offset", str(offset)))
+    return f"{base}/{type_}" + ("?" + urlencode(items) if items else "")
+
+
+__all__ = ["FhirError", "FhirService", "Result", "operation_outcome"]

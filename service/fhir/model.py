@@ -1,0 +1,172 @@
+"""Resource-level helpers of the FHIR core: supported types, JSON, meta, time and ETags."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any
+
+from service.errors import BadRequest
+from service.storage import StoredResource, TokenRow
+
+FHIR_VERSION = "4.0.1"
+SUPPORTED_TYPES: tuple[str, ...] = (
+    "Goal",
+    "List",
+    "Observation",
+    "Patient",
+    "Provenance",
+    "Questionnaire",
+    "QuestionnaireResponse",
+)
+# Types whose resources carry Resource.identifier (token search parameter ``identifier``).
+IDENTIFIER_TYPES = frozenset(
+    {"Goal", "List", "Observation", "Patient", "Questionnaire", "QuestionnaireResponse"}
+)
+MAX_JSON_DEPTH = 100
+_ETAG = re.compile(r'^(?:W/)?"([0-9]+)"$')
+
+
+class _DuplicateKeys(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKeys(key)
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(body: bytes | str, what: str = "The request body") -> Any:
+    """Parse JSON strictly: UTF-8 only, no duplicate keys, no NaN/Infinity, bounded depth."""
+    if isinstance(body, bytes):
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadRequest(
+                f"{what} is not valid UTF-8 (byte {exc.start}): FHIR JSON is UTF-8"
+            ) from exc
+    else:
+        text = body
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if not text.strip():
+        raise BadRequest(f"{what} is empty")
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except _DuplicateKeys as exc:
+        raise BadRequest(f"{what} repeats the JSON property {exc.args[0]!r}") from exc
+    except RecursionError as exc:
+        raise BadRequest(f"{what} is nested too deeply") from exc
+    except ValueError as exc:
+        raise BadRequest(f"{what} is not valid JSON: {exc}") from exc
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise BadRequest(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+def _depth(value: Any) -> int:
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
+def dump_json(value: Any) -> str:
+    """Serialise compactly and without escaping: the patient's words stay as they were sent."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def now_us() -> int:
+    """The current time in whole milliseconds, expressed in microseconds since the epoch."""
+    micros = int(datetime.now(UTC).timestamp() * 1_000_000)
+    return micros - micros % 1000
+
+
+def instant(micros: int) -> str:
+    """Format a time as a FHIR instant with milliseconds and an explicit UTC offset."""
+    moment = datetime.fromtimestamp(micros / 1_000_000, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def http_date(micros: int) -> str:
+    """Format a time as an HTTP-date for Last-Modified."""
+    return format_datetime(datetime.fromtimestamp(micros / 1_000_000, UTC), usegmt=True)
+
+
+def parse_instant(value: str, what: str) -> int:
+    """Parse a FHIR instant or dateTime (with a time zone) into microseconds since the epoch."""
+    text = value.strip().replace("Z", "+00:00").replace(" ", "+")
+    try:
+        if len(text) == 4:
+            moment = datetime(int(text), 1, 1, tzinfo=UTC)
+        elif len(text) == 7:
+            moment = datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=UTC)
+        else:
+            moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise BadRequest(f"{what} must be a FHIR instant, not {value!r}") from exc
+    if moment.tzinfo is None:
+        if len(text) == 10:
+            moment = moment.replace(tzinfo=UTC)
+        else:
+            raise BadRequest(f"{what} needs a time zone: {value!r}")
+    return int(moment.timestamp() * 1_000_000)
+
+
+def etag(version: int) -> str:
+    """The weak ETag of a version: https://hl7.org/fhir/R4/http.html#versioning."""
+    return f'W/"{version}"'
+
+
+def parse_etag(value: str) -> int:
+    """Read the version from an If-Match value such as W/"3"."""
+    match = _ETAG.match(value.strip())
+    if match is None:
+        raise BadRequest(f'If-Match must be an ETag such as W/"3", not {value!r}')
+    return int(match.group(1))
+
+
+def with_meta(resource: dict[str, Any], id_: str, version: int, micros: int) -> dict[str, Any]:
+    """Return the resource with the server-owned id, meta.versionId and meta.lastUpdated."""
+    meta = dict(resource.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = instant(micros)
+    out: dict[str, Any] = {"resourceType": resource["resourceType"], "id": id_, "meta": meta}
+    for key, value in resource.items():
+        if key not in out:
+            out[key] = value
+    return out
+
+
+def identifier_tokens(resource: dict[str, Any]) -> Iterator[TokenRow]:
+    """Index rows for the ``identifier`` search parameter (Resource.identifier)."""
+    if resource.get("resourceType") not in IDENTIFIER_TYPES:
+        return
+    raw = resource.get("identifier")
+    items = raw if isinstance(raw, list) else [raw] if isinstance(raw, dict) else []
+    for item in items:
+        if isinstance(item, dict) and isinstance(item.get("value"), str):
+            system = item.get("system")
+            yield TokenRow("identifier", system if isinstance(system, str) else None, item["value"])
+
+
+def reference_of(stored: StoredResource) -> str:
+    """The relative reference of a stored resource, e.g. ``Patient/123``."""
+    return f"{stored.type}/{stored.id}"

@@ -1,0 +1,241 @@
+"""The official R4 definitions (StructureDefinitions, ValueSets, CodeSystems) the service uses."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from service.validation.vendor import DEFINITIONS_DIR
+
+FHIR_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
+REGEX_EXT = "http://hl7.org/fhir/StructureDefinition/regex"
+FHIRPATH_SYSTEM = "http://hl7.org/fhirpath/System."
+_SYSTEM_TYPES = {
+    "String": "string",
+    "Boolean": "boolean",
+    "Integer": "integer",
+    "Decimal": "decimal",
+    "Date": "date",
+    "DateTime": "dateTime",
+    "Time": "time",
+}
+
+
+@dataclass(frozen=True)
+class ElementDef:
+    """The parts of an ElementDefinition the structural validator needs."""
+
+    path: str
+    name: str  # last path segment, "value[x]" for choices
+    min: int
+    max: str
+    types: tuple[str, ...]
+    content_reference: str | None
+    binding_strength: str | None
+    value_set: str | None
+
+    @property
+    def is_choice(self) -> bool:
+        """Whether this is a choice element such as value[x]."""
+        return self.name.endswith("[x]")
+
+    @property
+    def repeats(self) -> bool:
+        """Whether the element may repeat (is a JSON array)."""
+        return self.max != "1" and self.max != "0"
+
+
+@dataclass
+class TypeModel:
+    """A StructureDefinition's snapshot, indexed by element path."""
+
+    url: str
+    type: str
+    kind: str
+    abstract: bool
+    elements: dict[str, ElementDef] = field(default_factory=dict)
+    children: dict[str, dict[str, ElementDef]] = field(default_factory=dict)
+    regex: re.Pattern[str] | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def _type_code(entry: dict[str, Any]) -> str:
+    code: str = entry["code"]
+    if code.startswith(FHIRPATH_SYSTEM):
+        for ext in entry.get("extension", []):
+            if ext.get("url") == FHIR_TYPE_EXT:
+                return str(ext.get("valueUrl") or ext.get("valueString"))
+        return _SYSTEM_TYPES.get(code[len(FHIRPATH_SYSTEM) :], "string")
+    return code
+
+
+def _build_model(sd: dict[str, Any]) -> TypeModel:
+    model = TypeModel(
+        url=sd["url"],
+        type=sd["type"],
+        kind=sd["kind"],
+        abstract=bool(sd.get("abstract")),
+        raw=sd,
+    )
+    for element in sd["snapshot"]["element"]:
+        path: str = element["path"]
+        if "sliceName" in element:
+            continue
+        binding = element.get("binding", {})
+        definition = ElementDef(
+            path=path,
+            name=path.rsplit(".", 1)[-1],
+            min=int(element.get("min", 0)),
+            max=str(element.get("max", "*")),
+            types=tuple(_type_code(t) for t in element.get("type", [])),
+            content_reference=element.get("contentReference"),
+            binding_strength=binding.get("strength"),
+            value_set=binding["valueSet"].split("|", 1)[0] if "valueSet" in binding else None,
+        )
+        model.elements[path] = definition
+        if "." in path:
+            parent = path.rsplit(".", 1)[0]
+            model.children.setdefault(parent, {})[definition.name] = definition
+        if sd["kind"] == "primitive-type" and path == f"{sd['type']}.value":
+            for entry in element.get("type", []):
+                for ext in entry.get("extension", []):
+                    if ext.get("url") == REGEX_EXT:
+                        model.regex = re.compile(ext["valueString"])
+    return model
+
+
+class Definitions:
+    """Loads the vendored R4 definitions once and answers questions about types and codes."""
+
+    def __init__(self, directory: Path = DEFINITIONS_DIR) -> None:
+        self._directory = directory
+        self._models: dict[str, TypeModel] = {}
+
+    @cached_property
+    def _structure_definitions(self) -> dict[str, dict[str, Any]]:
+        path = self._directory / "r4-structuredefinitions.json"
+        sds: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
+        return {sd["type"]: sd for sd in sds}
+
+    @cached_property
+    def _terminology(self) -> dict[str, dict[str, Any]]:
+        path = self._directory / "r4-terminology.json"
+        items: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
+        return {(r["resourceType"] + "|" + r["url"]): r for r in items}
+
+    @cached_property
+    def search_parameters(self) -> list[dict[str, Any]]:
+        """The official SearchParameters whose base includes a stored resource type."""
+        path = self._directory / "r4-searchparameters.json"
+        result: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
+        return result
+
+    @cached_property
+    def resource_types(self) -> frozenset[str]:
+        """Every concrete resource type of FHIR R4."""
+        return frozenset(
+            t
+            for t, sd in self._structure_definitions.items()
+            if sd["kind"] == "resource" and not sd.get("abstract")
+        )
+
+    def model(self, type_name: str) -> TypeModel | None:
+        """The indexed StructureDefinition of a base type, or None if R4 has no such type."""
+        model = self._models.get(type_name)
+        if model is None:
+            sd = self._structure_definitions.get(type_name)
+            if sd is None:
+                return None
+            model = _build_model(sd)
+            self._models[type_name] = model
+        return model
+
+    @cached_property
+    def _expansions(self) -> dict[str, frozenset[tuple[str, str]] | None]:
+        return {}
+
+    def expand(self, value_set_url: str) -> frozenset[tuple[str, str]] | None:
+        """The (system, code) pairs of a value set, or None if it cannot be expanded locally."""
+        if value_set_url not in self._expansions:
+            self._expansions[value_set_url] = self._expand(value_set_url, depth=0)
+        return self._expansions[value_set_url]
+
+    def _expand(self, url: str, depth: int) -> frozenset[tuple[str, str]] | None:
+        vs = self._terminology.get("ValueSet|" + url)
+        if vs is None or depth > 10 or "compose" not in vs:
+            return None
+        included: set[tuple[str, str]] = set()
+        for part in vs["compose"].get("include", []):
+            codes = self._part_codes(part, depth)
+            if codes is None:
+                return None
+            included |= codes
+        for part in vs["compose"].get("exclude", []):
+            codes = self._part_codes(part, depth)
+            if codes is None:
+                return None
+            included -= codes
+        return frozenset(included)
+
+    def _part_codes(self, part: dict[str, Any], depth: int) -> set[tuple[str, str]] | None:
+        result: set[tuple[str, str]] | None = None
+        system = part.get("system")
+        if system is not None:
+            if "concept" in part:
+                result = {(system, c["code"]) for c in part["concept"]}
+            else:
+                cs = self._terminology.get("CodeSystem|" + system)
+                if cs is None or cs.get("content", "complete") != "complete":
+                    return None
+                if "filter" in part:
+                    result = _filtered(system, cs["concept"], part["filter"])
+                    if result is None:
+                        return None
+                else:
+                    result = {(system, code) for code in _all_codes(cs["concept"])}
+        for nested in part.get("valueSet", []):
+            codes = self._expand(nested.split("|", 1)[0], depth + 1)
+            if codes is None:
+                return None
+            result = set(codes) if result is None else result & codes
+        return result
+
+
+def _all_codes(concepts: list[dict[str, Any]]) -> list[str]:
+    codes: list[str] = []
+    for c in concepts:
+        codes.append(c["code"])
+        codes.extend(_all_codes(c.get("concept", [])))
+    return codes
+
+
+def _filtered(
+    system: str, concepts: list[dict[str, Any]], filters: list[dict[str, Any]]
+) -> set[tuple[str, str]] | None:
+    result: set[tuple[str, str]] | None = None
+    for f in filters:
+        if f.get("property") != "concept" or f.get("op") not in ("is-a", "descendent-of"):
+            return None
+        found = _find(concepts, f["value"])
+        if found is None:
+            return None
+        codes = set(_all_codes(found.get("concept", [])))
+        if f["op"] == "is-a":
+            codes.add(found["code"])
+        pairs = {(system, c) for c in codes}
+        result = pairs if result is None else result & pairs
+    return result
+
+
+def _find(concepts: list[dict[str, Any]], code: str) -> dict[str, Any] | None:
+    for c in concepts:
+        if c["code"] == code:
+            return c
+        found = _find(c.get("concept", []), code)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,369 @@
+"""Base R4 structural validation: https://hl7.org/fhir/R4/json.html and the base snapshots.
+
+Checks, for a resource in JSON: element names (unknown elements are errors), JSON shapes that
+follow from cardinality (arrays for repeating elements), minimum cardinality, choice types,
+primitive formats (the regex of each R4 primitive type), and required bindings that can be
+expanded from the vendored code systems. Every problem is reported, each with its FHIRPath.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from service.errors import Issue
+from service.validation.definitions import Definitions, ElementDef, TypeModel
+
+ID_MAX = 64
+_INT_RANGES = {
+    "integer": (-(2**31), 2**31 - 1),
+    "unsignedInt": (0, 2**31 - 1),
+    "positiveInt": (1, 2**31 - 1),
+}
+_STRING_PRIMITIVES = frozenset(
+    {
+        "string",
+        "code",
+        "id",
+        "markdown",
+        "uri",
+        "url",
+        "canonical",
+        "oid",
+        "uuid",
+        "base64Binary",
+        "instant",
+        "date",
+        "dateTime",
+        "time",
+        "xhtml",
+    }
+)
+_CODED = frozenset({"code", "Coding", "CodeableConcept"})
+
+
+def _capitalise(type_code: str) -> str:
+    return type_code[0].upper() + type_code[1:]
+
+
+class StructureValidator:
+    """Validate resources against the base R4 StructureDefinitions."""
+
+    def __init__(self, definitions: Definitions) -> None:
+        self._definitions = definitions
+
+    def validate(self, resource: Any, expected_type: str | None = None) -> list[Issue]:
+        """Return every base-R4 problem of ``resource``; an empty list means it is valid."""
+        issues: list[Issue] = []
+        if not isinstance(resource, dict):
+            return [Issue("error", "structure", "A resource must be a JSON object", ())]
+        resource_type = resource.get("resourceType")
+        if not isinstance(resource_type, str):
+            return [Issue("error", "required", "The resource has no resourceType", ())]
+        if expected_type is not None and resource_type != expected_type:
+            return [
+                Issue(
+                    "error",
+                    "invalid",
+                    f"The resourceType is {resource_type!r} but {expected_type!r} was expected",
+                    ("resourceType",),
+                )
+            ]
+        self._resource(resource, resource_type, resource_type, issues)
+        return issues
+
+    def _resource(self, node: dict[str, Any], rtype: str, expr: str, issues: list[Issue]) -> None:
+        model = self._definitions.model(rtype)
+        if model is None or model.kind != "resource" or model.abstract:
+            issues.append(
+                Issue("error", "structure", f"{rtype!r} is not a FHIR R4 resource type", (expr,))
+            )
+            return
+        rid = node.get("id")
+        if isinstance(rid, str) and not is_valid_id(rid):
+            issues.append(
+                Issue(
+                    "error",
+                    "value",
+                    "A resource id is 1 to 64 letters, digits, '-' and '.'",
+                    (f"{expr}.id",),
+                )
+            )
+        self._object(node, model, rtype, expr, issues, is_resource=True)
+
+    def _object(
+        self,
+        node: dict[str, Any],
+        model: TypeModel,
+        path: str,
+        expr: str,
+        issues: list[Issue],
+        is_resource: bool = False,
+    ) -> None:
+        children = model.children.get(path, {})
+        choices = {d.name[:-3]: d for d in children.values() if d.is_choice}
+        seen: set[str] = set()
+        chosen: dict[str, set[str]] = {}
+        if not node:
+            issues.append(
+                Issue("error", "structure", "An element must have a value or children", (expr,))
+            )
+            return
+        for key, value in node.items():
+            if is_resource and key == "resourceType":
+                continue
+            primitive_ext = key.startswith("_")
+            name = key[1:] if primitive_ext else key
+            definition, type_code = self._lookup(children, choices, name)
+            if definition is None or type_code is None:
+                issues.append(
+                    Issue(
+                        "error",
+                        "structure",
+                        f"Unknown element {key!r}: {path} has no such element in FHIR R4",
+                        (f"{expr}.{key}",),
+                    )
+                )
+                continue
+            base_name = definition.name[:-3] if definition.is_choice else definition.name
+            if definition.is_choice:
+                chosen.setdefault(base_name, set()).add(type_code)
+                if len(chosen[base_name]) > 1:
+                    issues.append(
+                        Issue(
+                            "error",
+                            "structure",
+                            f"Only one type of {definition.name} may be present",
+                            (f"{expr}.{key}",),
+                        )
+                    )
+            seen.add(base_name)
+            self._element(
+                value, definition, type_code, model, f"{expr}.{name}", issues, primitive_ext
+            )
+        for definition in children.values():
+            if definition.min > 0:
+                base_name = definition.name[:-3] if definition.is_choice else definition.name
+                if base_name not in seen:
+                    issues.append(
+                        Issue(
+                            "error",
+                            "required",
+                            f"{definition.path} is required (minimum cardinality "
+                            f"{definition.min}) but is missing",
+                            (f"{expr}.{base_name}" if not definition.is_choice else expr,),
+                        )
+                    )
+
+    @staticmethod
+    def _lookup(
+        children: dict[str, ElementDef], choices: dict[str, ElementDef], name: str
+    ) -> tuple[ElementDef | None, str | None]:
+        definition = children.get(name)
+        if definition is not None and not definition.is_choice:
+            if definition.content_reference is not None:
+                return definition, "#"
+            return definition, definition.types[0] if definition.types else None
+        for prefix, choice in choices.items():
+            if name.startswith(prefix) and len(name) > len(prefix):
+                suffix = name[len(prefix) :]
+                for type_code in choice.types:
+                    if _capitalise(type_code) == suffix:
+                        return choice, type_code
+        return None, None
+
+    def _element(
+        self,
+        value: Any,
+        definition: ElementDef,
+        type_code: str,
+        model: TypeModel,
+        expr: str,
+        issues: list[Issue],
+        primitive_ext: bool,
+    ) -> None:
+        if definition.repeats and not definition.is_choice:
+            if not isinstance(value, list):
+                issues.append(
+                    Issue(
+                        "error",
+                        "structure",
+                        f"{definition.path} repeats, so it must be a JSON array",
+                        (expr,),
+                    )
+                )
+                return
+            if not value:
+                issues.append(Issue("error", "structure", "Arrays must not be empty", (expr,)))
+                return
+            for index, item in enumerate(value):
+                if item is None and primitive_ext:
+                    continue
+                if item is None:
+                    # null keeps primitive arrays aligned with their _name companions
+                    continue
+                self._single(
+                    item, definition, type_code, model, f"{expr}[{index}]", issues, primitive_ext
+                )
+            if not primitive_ext and all(v is None for v in value):
+                issues.append(
+                    Issue("error", "structure", "An array must not hold only nulls", (expr,))
+                )
+            return
+        if isinstance(value, list):
+            issues.append(
+                Issue(
+                    "error",
+                    "structure",
+                    f"{definition.path} does not repeat, so it must not be a JSON array",
+                    (expr,),
+                )
+            )
+            return
+        self._single(value, definition, type_code, model, expr, issues, primitive_ext)
+
+    def _single(
+        self,
+        value: Any,
+        definition: ElementDef,
+        type_code: str,
+        model: TypeModel,
+        expr: str,
+        issues: list[Issue],
+        primitive_ext: bool,
+    ) -> None:
+        if primitive_ext:
+            element_model = self._definitions.model("Element")
+            if not isinstance(value, dict) or element_model is None:
+                issues.append(
+                    Issue("error", "structure", "A '_' companion must be a JSON object", (expr,))
+                )
+                return
+            self._object(value, element_model, "Element", expr, issues)
+            return
+        if type_code == "#":
+            target = (definition.content_reference or "#").lstrip("#")
+            self._complex(value, model, target, expr, issues)
+            return
+        if type_code in ("BackboneElement", "Element") and definition.path in model.children:
+            self._complex(value, model, definition.path, expr, issues)
+            return
+        if type_code == "Resource":
+            if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+                issues.append(
+                    Issue("error", "structure", "A resource here needs a resourceType", (expr,))
+                )
+                return
+            self._resource(value, value["resourceType"], expr, issues)
+            return
+        type_model = self._definitions.model(type_code)
+        if type_model is None:
+            issues.append(Issue("error", "structure", f"Unknown type {type_code!r}", (expr,)))
+            return
+        if type_model.kind == "primitive-type":
+            self._primitive(value, type_code, type_model, expr, issues)
+        else:
+            self._complex(value, type_model, type_code, expr, issues)
+        if definition.binding_strength == "required" and type_code in _CODED:
+            self._binding(value, definition, type_code, expr, issues)
+
+    def _complex(
+        self, value: Any, model: TypeModel, path: str, expr: str, issues: list[Issue]
+    ) -> None:
+        if not isinstance(value, dict):
+            issues.append(Issue("error", "structure", f"{path} must be a JSON object", (expr,)))
+            return
+        self._object(value, model, path, expr, issues)
+
+    @staticmethod
+    def _primitive(
+        value: Any, type_code: str, model: TypeModel, expr: str, issues: list[Issue]
+    ) -> None:
+        problem: str | None = None
+        if type_code == "boolean":
+            if not isinstance(value, bool):
+                problem = "must be true or false"
+        elif type_code in _INT_RANGES:
+            low, high = _INT_RANGES[type_code]
+            if isinstance(value, bool) or not isinstance(value, int):
+                problem = "must be a JSON whole number"
+            elif not low <= value <= high:
+                problem = f"must be between {low} and {high}"
+        elif type_code == "decimal":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                problem = "must be a JSON number"
+            elif isinstance(value, float) and not math.isfinite(value):
+                problem = "must be a finite number"
+        elif type_code in _STRING_PRIMITIVES:
+            if not isinstance(value, str):
+                problem = "must be a JSON string"
+            elif (value.strip() == "" and type_code != "string") or value == "":
+                problem = "must not be empty"
+            elif type_code == "xhtml":
+                if not value.lstrip().startswith("<div"):
+                    problem = "must be an XHTML <div> element"
+            elif model.regex is not None and model.regex.fullmatch(value) is None:
+                problem = "is not a valid " + type_code
+        if problem is not None:
+            issues.append(
+                Issue(
+                    "error",
+                    "value",
+                    f"The value {_short(value)} {problem} ({type_code})",
+                    (expr,),
+                )
+            )
+
+    def _binding(
+        self, value: Any, definition: ElementDef, type_code: str, expr: str, issues: list[Issue]
+    ) -> None:
+        if definition.value_set is None:
+            return
+        allowed = self._definitions.expand(definition.value_set)
+        if allowed is None:
+            return  # the value set draws on a code system we cannot expand locally
+        if type_code == "code":
+            if isinstance(value, str) and value and not any(code == value for _, code in allowed):
+                issues.append(
+                    Issue(
+                        "error",
+                        "code-invalid",
+                        f"The code {value!r} is not in the required value set "
+                        f"{definition.value_set}",
+                        (expr,),
+                    )
+                )
+            return
+        if not isinstance(value, dict):
+            return
+        codings = [value] if type_code == "Coding" else value.get("coding", [])
+        if not isinstance(codings, list):
+            return
+        pairs = [
+            (c.get("system"), c.get("code")) for c in codings if isinstance(c, dict) and "code" in c
+        ]
+        if not pairs:
+            return
+        if not any(pair in allowed for pair in pairs):
+            shown = ", ".join(f"{s}|{c}" for s, c in pairs)
+            issues.append(
+                Issue(
+                    "error",
+                    "code-invalid",
+                    f"None of the codes ({shown}) is in the required value set "
+                    f"{definition.value_set}",
+                    (expr,),
+                )
+            )
+
+
+def is_valid_id(value: str) -> bool:
+    """Whether ``value`` is a valid FHIR id: https://hl7.org/fhir/R4/datatypes.html#id."""
+    if not 1 <= len(value) <= ID_MAX:
+        return False
+    return all(ch.isascii() and (ch.isalnum() or ch in "-.") for ch in value)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,265 @@
+"""batch and transaction: https://hl7.org/fhir/R4/http.html#transaction."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from flask.testing import FlaskClient
+
+from tests.builders import FHIR_JSON, goal, observation, outcome_issues, patient
+
+JSON_HEADERS = {"Content-Type": FHIR_JSON}
+NHS = "https://fhir.nhs.uk/Id/nhs-number"
+
+
+def _entry(
+    method: str, url: str, resource: dict | None = None, full_url: str | None = None, **request: str
+) -> dict:
+    entry: dict = {"request": {"method": method, "url": url, **request}}
+    if resource is not None:
+        entry["resource"] = resource
+    if full_url is not None:
+        entry["fullUrl"] = full_url
+    return entry
+
+
+def _bundle(kind: str, *entries: dict) -> dict:
+    return {"resourceType": "Bundle", "type": kind, "entry": list(entries)}
+
+
+def _post(client: FlaskClient, bundle: dict, **headers: str):
+    return client.post("/fhir", json=bundle, headers={**JSON_HEADERS, **headers})
+
+
+def _total(client: FlaskClient, type_: str) -> int:
+    return int(client.get(f"/fhir/{type_}?_total=accurate").get_json()["total"])
+
+
+def test_transaction_resolves_urn_uuid_references(client: FlaskClient) -> None:
+    pat = "urn:uuid:8c0e8a3e-1111-4b7e-9e56-000000000001"
+    obs = "urn:uuid:8c0e8a3e-1111-4b7e-9e56-000000000002"
+    bundle = _bundle(
+        "transaction",
+        _entry(
+            "POST",
+            "Goal",
+            goal(subject={"reference": pat}, addresses=[{"reference": obs}]),
+            obs.replace("2", "3"),
+        ),
+        _entry("POST", "Observation", observation(subject={"reference": pat}), obs),
+        _entry("POST", "Patient", patient(), pat),
+    )
+    response = _post(client, bundle)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    result = response.get_json()
+    assert result["type"] == "transaction-response"
+    statuses = [e["response"]["status"] for e in result["entry"]]
+    assert statuses == ["201 Created"] * 3
+    goal_loc, obs_loc, pat_loc = (e["response"]["location"] for e in result["entry"])
+    assert pat_loc.startswith("Patient/")
+    assert pat_loc.endswith("/_history/1")
+    stored_goal = client.get("/fhir/" + goal_loc.split("/_history")[0]).get_json()
+    assert stored_goal["subject"]["reference"] == pat_loc.split("/_history")[0]
+    assert stored_goal["addresses"][0]["reference"] == obs_loc.split("/_history")[0]
+    for entry in result["entry"]:
+        assert entry["response"]["etag"] == 'W/"1"'
+        assert entry["fullUrl"].startswith("http://test.local/fhir/")
+
+
+def test_transaction_is_all_or_nothing(client: FlaskClient) -> None:
+    bad = observation(status="not-a-status")
+    bundle = _bundle(
+        "transaction", _entry("POST", "Patient", patient()), _entry("POST", "Observation", bad)
+    )
+    response = _post(client, bundle)
+    assert response.status_code == 400
+    issue = outcome_issues(response)[0]
+    assert issue["expression"] == ["Bundle.entry[1].resource.status"]
+    assert _total(client, "Patient") == 0
+
+
+def test_transaction_failure_in_a_late_entry_rolls_back_earlier_writes(
+    client: FlaskClient,
+) -> None:
+    client.put("/fhir/Patient/p1", json=patient(id="p1"), headers=JSON_HEADERS)
+    bundle = _bundle(
+        "transaction",
+        _entry("PUT", "Patient/p1", patient(id="p1", gender="male")),
+        _entry("DELETE", "Goal/whatever"),
+        _entry("PUT", "Goal/g1", goal(id="g1"), ifMatch='W/"3"'),
+    )
+    response = _post(client, bundle)
+    assert response.status_code == 412
+    outcome_issues(response)
+    assert client.get("/fhir/Patient/p1").get_json()["gender"] == "female"
+    assert client.get("/fhir/Goal/g1").status_code == 404
+
+
+def test_transaction_resolves_conditional_reference(client: FlaskClient) -> None:
+    client.put("/fhir/Patient/p1", json=patient(id="p1"), headers=JSON_HEADERS)
+    ref = f"Patient?identifier={NHS}|9000000009"
+    bundle = _bundle("transaction", _entry("POST", "Goal", goal(subject={"reference": ref})))
+    response = _post(client, bundle)
+    assert response.status_code == 200
+    location = response.get_json()["entry"][0]["response"]["location"]
+    stored = client.get("/fhir/" + location.split("/_history")[0]).get_json()
+    assert stored["subject"]["reference"] == "Patient/p1"
+
+
+def test_transaction_conditional_reference_with_no_match_fails(client: FlaskClient) -> None:
+    ref = f"Patient?identifier={NHS}|nobody"
+    bundle = _bundle("transaction", _entry("POST", "Goal", goal(subject={"reference": ref})))
+    response = _post(client, bundle)
+    assert response.status_code == 404
+    assert "Bundle.entry[0]" in outcome_issues(response)[0]["diagnostics"]
+    assert _total(client, "Goal") == 0
+
+
+def test_transaction_conditional_reference_with_several_matches_is_412(
+    client: FlaskClient,
+) -> None:
+    client.post("/fhir/Patient", json=patient(), headers=JSON_HEADERS)
+    client.post("/fhir/Patient", json=patient(), headers=JSON_HEADERS)
+    ref = f"Patient?identifier={NHS}|9000000009"
+    bundle = _bundle("transaction", _entry("POST", "Goal", goal(subject={"reference": ref})))
+    response = _post(client, bundle)
+    assert response.status_code == 412
+    outcome_issues(response)
+
+
+def test_transaction_conditional_create_reuses_existing_and_references_it(
+    client: FlaskClient,
+) -> None:
+    client.put("/fhir/Patient/p1", json=patient(id="p1"), headers=JSON_HEADERS)
+    pat = "urn:uuid:0f8fad5b-d9cb-469f-a165-70867728950e"
+    bundle = _bundle(
+        "transaction",
+        _entry("POST", "Patient", patient(), pat, ifNoneExist=f"identifier={NHS}|9000000009"),
+        _entry("POST", "Goal", goal(subject={"reference": pat})),
+    )
+    response = _post(client, bundle)
+    assert response.status_code == 200
+    entries = response.get_json()["entry"]
+    assert entries[0]["response"]["status"] == "200 OK"
+    assert entries[0]["response"]["location"].startswith("Patient/p1/")
+    goal_url = entries[1]["response"]["location"].split("/_history")[0]
+    assert client.get(f"/fhir/{goal_url}").get_json()["subject"]["reference"] == "Patient/p1"
+    assert _total(client, "Patient") == 1
+
+
+def test_transaction_processes_delete_before_create_and_get_last(client: FlaskClient) -> None:
+    client.put("/fhir/Goal/g1", json=goal(id="g1"), headers=JSON_HEADERS)
+    bundle = _bundle(
+        "transaction",
+        _entry("GET", "Goal?_id=g1,g2"),
+        _entry("PUT", "Goal/g2", goal(id="g2")),
+        _entry("DELETE", "Goal/g1"),
+    )
+    response = _post(client, bundle)
+    assert response.status_code == 200
+    entries = response.get_json()["entry"]
+    # GET runs last (spec order: DELETE, POST, PUT, GET): it sees g2 created and g1 deleted
+    found = [e["resource"]["id"] for e in entries[0]["resource"]["entry"]]
+    assert found == ["g2"]
+    assert entries[1]["response"]["status"] == "201 Created"
+    assert entries[2]["response"]["status"] == "204 No Content"
+
+
+def test_transaction_that_changes_one_resource_twice_is_400(client: FlaskClient) -> None:
+    bundle = _bundle(
+        "transaction", _entry("PUT", "Goal/g1", goal(id="g1")), _entry("DELETE", "Goal/g1")
+    )
+    response = _post(client, bundle)
+    assert response.status_code == 400
+    outcome_issues(response)
+
+
+def test_transaction_patch_entry_uses_binary_json_patch(client: FlaskClient) -> None:
+    client.put("/fhir/Goal/g1", json=goal(id="g1"), headers=JSON_HEADERS)
+    ops = [{"op": "replace", "path": "/lifecycleStatus", "value": "completed"}]
+    binary = {
+        "resourceType": "Binary",
+        "contentType": "application/json-patch+json",
+        "data": base64.b64encode(json.dumps(ops).encode()).decode(),
+    }
+    response = _post(client, _bundle("transaction", _entry("PATCH", "Goal/g1", binary)))
+    assert response.status_code == 200
+    assert client.get("/fhir/Goal/g1").get_json()["lifecycleStatus"] == "completed"
+
+
+def test_transaction_conditional_update_entry(client: FlaskClient) -> None:
+    bundle = _bundle(
+        "transaction", _entry("PUT", f"Patient?identifier={NHS}|9000000009", patient())
+    )
+    first = _post(client, bundle)
+    second = _post(client, bundle)
+    assert first.get_json()["entry"][0]["response"]["status"] == "201 Created"
+    assert second.get_json()["entry"][0]["response"]["status"] == "200 OK"
+    assert _total(client, "Patient") == 1
+
+
+def test_transaction_with_prefer_minimal_omits_resources(client: FlaskClient) -> None:
+    response = _post(
+        client,
+        _bundle("transaction", _entry("POST", "Patient", patient())),
+        Prefer="return=minimal",
+    )
+    entry = response.get_json()["entry"][0]
+    assert "resource" not in entry
+    assert entry["response"]["status"] == "201 Created"
+
+
+def test_batch_entries_succeed_or_fail_independently(client: FlaskClient) -> None:
+    bundle = _bundle(
+        "batch",
+        _entry("POST", "Patient", patient()),
+        _entry("POST", "Observation", observation(status="bogus")),
+        _entry("GET", "Patient/missing"),
+        _entry("POST", "Condition", {"resourceType": "Condition"}),
+    )
+    response = _post(client, bundle)
+    assert response.status_code == 200
+    result = response.get_json()
+    assert result["type"] == "batch-response"
+    statuses = [e["response"]["status"] for e in result["entry"]]
+    assert statuses[0] == "201 Created"
+    assert statuses[1].startswith("400")
+    assert statuses[2].startswith("404")
+    assert statuses[3].startswith("404")
+    outcome = result["entry"][1]["response"]["outcome"]
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["expression"] == ["Bundle.entry[1].resource.status"]
+    assert _total(client, "Patient") == 1
+
+
+def test_batch_get_search_entry_returns_searchset(client: FlaskClient) -> None:
+    client.put("/fhir/Patient/p1", json=patient(id="p1"), headers=JSON_HEADERS)
+    response = _post(
+        client, _bundle("batch", _entry("GET", f"Patient?identifier={NHS}|9000000009"))
+    )
+    entry = response.get_json()["entry"][0]
+    assert entry["response"]["status"] == "200 OK"
+    assert entry["resource"]["type"] == "searchset"
+    assert entry["resource"]["entry"][0]["resource"]["id"] == "p1"
+
+
+def test_bundle_of_other_type_is_400(client: FlaskClient) -> None:
+    response = _post(client, {"resourceType": "Bundle", "type": "collection"})
+    assert response.status_code == 400
+    assert outcome_issues(response)[0]["expression"] == ["Bundle.type"]
+
+
+def test_non_bundle_posted_to_base_is_400(client: FlaskClient) -> None:
+    response = _post(client, patient())
+    assert response.status_code == 400
+    outcome_issues(response)
+
+
+def test_entry_without_request_is_400(client: FlaskClient) -> None:
+    response = _post(
+        client,
+        {"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": patient()}]},
+    )
+    assert response.status_code == 400
+    outcome_issues(response)

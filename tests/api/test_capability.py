@@ -1,0 +1,58 @@
+"""GET [base]/metadata: https://hl7.org/fhir/R4/http.html#capabilities."""
+
+from __future__ import annotations
+
+from flask.testing import FlaskClient
+
+from service.fhir.model import SUPPORTED_TYPES
+
+
+def test_metadata_is_an_r4_capability_statement(client: FlaskClient) -> None:
+    response = client.get("/fhir/metadata")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["resourceType"] == "CapabilityStatement"
+    assert body["fhirVersion"] == "4.0.1"
+    assert body["kind"] == "instance"
+    assert "application/fhir+json" in body["format"]
+    assert body["patchFormat"] == ["application/json-patch+json"]
+
+
+def test_metadata_lists_exactly_the_supported_types(client: FlaskClient) -> None:
+    rest = client.get("/fhir/metadata").get_json()["rest"][0]
+    assert rest["mode"] == "server"
+    assert sorted(r["type"] for r in rest["resource"]) == sorted(SUPPORTED_TYPES)
+    assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch", "history-system"}
+
+
+def test_metadata_lists_interactions_and_conditional_support(client: FlaskClient) -> None:
+    goal = next(
+        r
+        for r in client.get("/fhir/metadata").get_json()["rest"][0]["resource"]
+        if r["type"] == "Goal"
+    )
+    assert {i["code"] for i in goal["interaction"]} == {
+        "read",
+        "vread",
+        "update",
+        "patch",
+        "delete",
+        "history-instance",
+        "history-type",
+        "create",
+        "search-type",
+    }
+    assert goal["conditionalCreate"] is True
+    assert goal["conditionalUpdate"] is True
+    assert goal["conditionalDelete"] == "single"
+    assert goal["updateCreate"] is True
+    assert goal["versioning"] == "versioned-update"
+
+
+def test_every_advertised_search_parameter_works(client: FlaskClient) -> None:
+    for resource in client.get("/fhir/metadata").get_json()["rest"][0]["resource"]:
+        for param in resource["searchParam"]:
+            response = client.get(
+                f"/fhir/{resource['type']}?{param['name']}=x", headers={"Prefer": "handling=strict"}
+            )
+            assert response.status_code == 200, (resource["type"], param["name"])

@@ -1,0 +1,109 @@
+"""Search by _id and identifier: https://hl7.org/fhir/R4/search.html#token."""
+
+from __future__ import annotations
+
+from flask.testing import FlaskClient
+
+from tests.builders import FHIR_JSON, outcome_issues, patient
+
+JSON_HEADERS = {"Content-Type": FHIR_JSON}
+NHS = "https://fhir.nhs.uk/Id/nhs-number"
+MRN = "urn:oid:1.2.36.146.595.217.0.1"
+
+
+def _ids(client: FlaskClient, query: str) -> list[str]:
+    response = client.get(f"/fhir/Patient?{query}")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    bundle = response.get_json()
+    assert bundle["type"] == "searchset"
+    return sorted(
+        e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"
+    )
+
+
+def _setup(client: FlaskClient) -> None:
+    client.put(
+        "/fhir/Patient/a",
+        json=patient(id="a", identifier=[{"system": NHS, "value": "1"}]),
+        headers=JSON_HEADERS,
+    )
+    client.put(
+        "/fhir/Patient/b",
+        json=patient(id="b", identifier=[{"system": MRN, "value": "1"}]),
+        headers=JSON_HEADERS,
+    )
+    client.put(
+        "/fhir/Patient/c", json=patient(id="c", identifier=[{"value": "1"}]), headers=JSON_HEADERS
+    )
+    client.put(
+        "/fhir/Patient/d",
+        json=patient(id="d", identifier=[{"system": NHS, "value": "2"}]),
+        headers=JSON_HEADERS,
+    )
+
+
+def test_identifier_token_forms(client: FlaskClient) -> None:
+    _setup(client)
+    assert _ids(client, f"identifier={NHS}|1") == ["a"]
+    assert _ids(client, "identifier=1") == ["a", "b", "c"]
+    assert _ids(client, "identifier=|1") == ["c"]
+    assert _ids(client, f"identifier={NHS}|") == ["a", "d"]
+
+
+def test_comma_is_or_and_repetition_is_and(client: FlaskClient) -> None:
+    _setup(client)
+    assert _ids(client, f"identifier={NHS}|1,{MRN}|1") == ["a", "b"]
+    assert _ids(client, f"identifier={NHS}|&identifier=1") == ["a"]
+
+
+def test_id_parameter(client: FlaskClient) -> None:
+    _setup(client)
+    assert _ids(client, "_id=a,c") == ["a", "c"]
+    assert _ids(client, "_id=a&identifier=2") == []
+
+
+def test_deleted_resources_are_not_found(client: FlaskClient) -> None:
+    _setup(client)
+    client.delete("/fhir/Patient/a")
+    assert _ids(client, "identifier=1") == ["b", "c"]
+
+
+def test_unknown_parameter_is_ignored_with_a_warning(client: FlaskClient) -> None:
+    _setup(client)
+    bundle = client.get("/fhir/Patient?nickname=Ada&_id=a").get_json()
+    matches = [e for e in bundle["entry"] if e["search"]["mode"] == "match"]
+    outcomes = [e for e in bundle["entry"] if e["search"]["mode"] == "outcome"]
+    assert [e["resource"]["id"] for e in matches] == ["a"]
+    assert outcomes[0]["resource"]["issue"][0]["severity"] == "warning"
+    assert "nickname" in outcomes[0]["resource"]["issue"][0]["diagnostics"]
+
+
+def test_unknown_parameter_with_strict_handling_is_400(client: FlaskClient) -> None:
+    response = client.get("/fhir/Patient?nickname=Ada", headers={"Prefer": "handling=strict"})
+    assert response.status_code == 400
+    outcome_issues(response)
+
+
+def test_count_pages_with_next_and_previous(client: FlaskClient) -> None:
+    _setup(client)
+    first = client.get("/fhir/Patient?_count=3").get_json()
+    assert len(first["entry"]) == 3
+    links = {link["relation"]: link["url"] for link in first["link"]}
+    assert "next" in links
+    assert "previous" not in links
+    second = client.get(links["next"].replace("http://test.local", "")).get_json()
+    assert len(second["entry"]) == 1
+    assert {link["relation"] for link in second["link"]} == {"self", "previous"}
+
+
+def test_total_accurate(client: FlaskClient) -> None:
+    _setup(client)
+    assert client.get("/fhir/Patient?_total=accurate&_count=1").get_json()["total"] == 4
+    assert "total" not in client.get("/fhir/Patient").get_json()
+
+
+def test_post_search_with_form_parameters(client: FlaskClient) -> None:
+    _setup(client)
+    response = client.post("/fhir/Patient/_search", data={"identifier": f"{NHS}|2"})
+    assert response.status_code == 200
+    assert [e["resource"]["id"] for e in response.get_json()["entry"]] == ["d"]

@@ -1,0 +1,48 @@
+"""Builders for test resources: small, valid by default, changed with keyword arguments."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.conftest import FIXTURES
+
+FHIR_JSON = "application/fhir+json"
+BASE = "http://test.local/fhir"
+
+
+def fixture(name: str) -> dict[str, Any]:
+    """Load a JSON fixture from tests/fixtures."""
+    data: dict[str, Any] = json.loads((FIXTURES / name).read_text(encoding="utf-8"))
+    return data
+
+
+def patient(**changes: Any) -> dict[str, Any]:
+    """A valid Patient with an NHS-number-style identifier."""
+    resource = fixture("patient.json")
+    resource.update(changes)
+    return resource
+
+
+def goal(**changes: Any) -> dict[str, Any]:
+    """A valid what-matters Goal for Patient/p1."""
+    resource = fixture("goal.json")
+    resource.update(changes)
+    return resource
+
+
+def observation(**changes: Any) -> dict[str, Any]:
+    """A valid what-matters statement Observation for Patient/p1."""
+    resource = fixture("observation.json")
+    resource.update(changes)
+    return resource
+
+
+def outcome_issues(response: Any) -> list[dict[str, Any]]:
+    """Assert the response is an OperationOutcome and return its issues."""
+    body = response.get_json(force=True)
+    assert body["resourceType"] == "OperationOutcome", body
+    assert response.headers["Content-Type"].startswith(FHIR_JSON)
+    issues: list[dict[str, Any]] = body["issue"]
+    assert issues
+    return issues

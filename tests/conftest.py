@@ -1,0 +1,126 @@
+"""Shared fixtures: the database under test (SQLite by default, PostgreSQL when
+WHATMATTERS_TEST_DATABASE_URL names one), the Flask app and a test client."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import text
+
+from service import create_app
+from service.config import Config
+from service.storage.sql import SqlStore, metadata
+
+PG_ENV = "WHATMATTERS_TEST_DATABASE_URL"
+
+
+def _database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    configured = os.environ.get(PG_ENV)
+    if configured:
+        return configured
+    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The database all tests of this run use."""
+    return _database_url(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def sql_store(database_url: str) -> Iterator[SqlStore]:
+    """One migrated SqlStore for the session."""
+    store = SqlStore.from_url(database_url)
+    with store.engine.begin() as conn:
+        metadata.drop_all(conn)
+    store.migrate()
+    yield store
+    store.close()
+
+
+def wipe(store: SqlStore) -> None:
+    """Remove every row, keeping the schema."""
+    with store.engine.begin() as conn:
+        for table in ("search_token", "resources", "resource_versions"):
+            conn.execute(text(f"DELETE FROM {table}"))
+
+
+@pytest.fixture
+def config(database_url: str, sql_store: SqlStore) -> Config:
+    """A Config pointing at the (emptied) test database."""
+    wipe(sql_store)
+    return Config(database_url=database_url, public_base_url="http://test.local/fhir")
+
+
+@pytest.fixture
+def app(config: Config) -> Iterator[Flask]:
+    """The application under test."""
+    application = create_app(config)
+    yield application
+    application.extensions["whatmatters.store"].close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A test client for the application."""
+    return app.test_client()
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def live_server(database_url: str, sql_store: SqlStore) -> Iterator[str]:
+    """The service under gunicorn (4 worker processes) on a free loopback port."""
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    port = _free_port()
+    env = {
+        **os.environ,
+        "WHATMATTERS_DATABASE_URL": database_url,
+        "WHATMATTERS_AUTO_MIGRATE": "false",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}",
+         "--workers", "4", "--threads", "4", "--worker-class", "gthread"],
+        cwd=Path(__file__).parent.parent,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}/fhir"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if requests.get(f"{base}/metadata", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            _, err = process.communicate()
+            raise RuntimeError(f"gunicorn did not start: {err.decode()[-2000:]}")
+        time.sleep(0.2)
+    yield base
+    process.terminate()
+    process.wait(timeout=30)
+    if process.stderr is not None:
+        process.stderr.close()
