@@ -23,7 +23,7 @@ def create_app(config: Config | None = None) -> Flask:
     store = SqlStore.from_url(config.database_url, config.db_pool_size)
     if config.auto_migrate:
         store.migrate()
-    definitions = Definitions()
+    definitions = Definitions.shared()
     validator = StructureValidator(definitions)
     app.extensions["whatmatters.store"] = store
     app.extensions["whatmatters.fhir"] = FhirService(

@@ -99,8 +99,20 @@ def live_server(database_url: str, sql_store: SqlStore) -> Iterator[str]:
         "WHATMATTERS_AUTO_MIGRATE": "false",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}",
-         "--workers", "4", "--threads", "4", "--worker-class", "gthread"],
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "wsgi:app",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "4",
+            "--threads",
+            "4",
+            "--worker-class",
+            "gthread",
+        ],
         cwd=Path(__file__).parent.parent,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -48,7 +48,7 @@ def _params() -> list[tuple[str, str]]:
 
 
 def _reply(result: Result, write: bool = False) -> Response:
-    return render(request, result, base_url(), write=write)
+    return render(request, result, base_url, write=write)
 
 
 def _strict() -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from flask import Request, Response
@@ -101,7 +102,7 @@ def _pretty(request: Request) -> bool:
 def render(
     request: Request,
     result: Result,
-    base: str,
+    base: Callable[[], str],
     *,
     write: bool = False,
 ) -> Response:
@@ -114,7 +115,7 @@ def render(
         headers["ETag"] = etag(stored.version)
         headers["Last-Modified"] = http_date(stored.last_updated_us)
         if result.location:
-            headers["Location"] = f"{base}/{stored.type}/{stored.id}/_history/{stored.version}"
+            headers["Location"] = f"{base()}/{stored.type}/{stored.id}/_history/{stored.version}"
     pretty = _pretty(request)
     if write and result.status != 204:
         returned = prefer(request, "return") or "representation"

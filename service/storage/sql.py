@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -159,6 +160,17 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+# Built once: composing these clauses per call costs more than running them.
+_READ_CURRENT = select(resources).where(
+    resources.c.res_type == bindparam("t"), resources.c.res_id == bindparam("i")
+)
+_READ_VERSION = select(resource_versions).where(
+    resource_versions.c.res_type == bindparam("t"),
+    resource_versions.c.res_id == bindparam("i"),
+    resource_versions.c.version == bindparam("v"),
+)
+
+
 def _row_to_resource(row: Any) -> StoredResource:
     return StoredResource(
         type=row.res_type,
@@ -181,20 +193,12 @@ class SqlTransaction:
 
     def read(self, type_: str, id_: str) -> StoredResource | None:
         """Return the current version, or None."""
-        row = self._conn.execute(
-            select(resources).where(resources.c.res_type == type_, resources.c.res_id == id_)
-        ).first()
+        row = self._conn.execute(_READ_CURRENT, {"t": type_, "i": id_}).first()
         return _row_to_resource(row) if row else None
 
     def vread(self, type_: str, id_: str, version: int) -> StoredResource | None:
         """Return one version, or None."""
-        row = self._conn.execute(
-            select(resource_versions).where(
-                resource_versions.c.res_type == type_,
-                resource_versions.c.res_id == id_,
-                resource_versions.c.version == version,
-            )
-        ).first()
+        row = self._conn.execute(_READ_VERSION, {"t": type_, "i": id_, "v": version}).first()
         return _row_to_resource(row) if row else None
 
     def put(

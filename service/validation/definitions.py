@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,12 @@ class Definitions:
     def __init__(self, directory: Path = DEFINITIONS_DIR) -> None:
         self._directory = directory
         self._models: dict[str, TypeModel] = {}
+
+    @classmethod
+    @cache
+    def shared(cls) -> Definitions:
+        """The vendored definitions, loaded once per process (they never change at run time)."""
+        return cls()
 
     @cached_property
     def _structure_definitions(self) -> dict[str, dict[str, Any]]:

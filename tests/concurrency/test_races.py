@@ -39,12 +39,14 @@ def test_twenty_identical_conditional_creates_make_one_resource(
         with requests.Session() as session:
             statuses = _at_once(
                 20,
-                lambda _i, body=body, value=value: session.post(
-                    f"{live_server}/Patient",
-                    json=body,
-                    headers={**HEADERS, "If-None-Exist": f"identifier={NHS}|{value}"},
-                    timeout=60,
-                ).status_code,
+                lambda _i, body=body, value=value: (
+                    session.post(
+                        f"{live_server}/Patient",
+                        json=body,
+                        headers={**HEADERS, "If-None-Exist": f"identifier={NHS}|{value}"},
+                        timeout=60,
+                    ).status_code
+                ),
             )
         assert sorted(statuses) == [200] * 19 + [201], statuses
         found = requests.get(
@@ -58,17 +60,20 @@ def test_two_updates_racing_on_one_if_match_give_one_200_and_one_412(
 ) -> None:
     for round_ in range(10):
         id_ = f"g-race-{round_}"
-        created = requests.put(f"{live_server}/Goal/{id_}", json=goal(id=id_), headers=HEADERS,
-                               timeout=30)
+        created = requests.put(
+            f"{live_server}/Goal/{id_}", json=goal(id=id_), headers=HEADERS, timeout=30
+        )
         assert created.status_code == 201
         statuses = _at_once(
             2,
-            lambda i, id_=id_: requests.put(
-                f"{live_server}/Goal/{id_}",
-                json=goal(id=id_, lifecycleStatus=["on-hold", "cancelled"][i]),
-                headers={**HEADERS, "If-Match": 'W/"1"'},
-                timeout=60,
-            ).status_code,
+            lambda i, id_=id_: (
+                requests.put(
+                    f"{live_server}/Goal/{id_}",
+                    json=goal(id=id_, lifecycleStatus=["on-hold", "cancelled"][i]),
+                    headers={**HEADERS, "If-Match": 'W/"1"'},
+                    timeout=60,
+                ).status_code
+            ),
         )
         assert sorted(statuses) == [200, 412], statuses
         current = requests.get(f"{live_server}/Goal/{id_}", timeout=30)
@@ -81,8 +86,11 @@ def test_updates_without_if_match_racing_all_succeed_as_new_versions(
     requests.put(f"{live_server}/Goal/busy", json=goal(id="busy"), headers=HEADERS, timeout=30)
     statuses = _at_once(
         8,
-        lambda _i: requests.put(f"{live_server}/Goal/busy", json=goal(id="busy"), headers=HEADERS,
-                                timeout=60).status_code,
+        lambda _i: (
+            requests.put(
+                f"{live_server}/Goal/busy", json=goal(id="busy"), headers=HEADERS, timeout=60
+            ).status_code
+        ),
     )
     assert statuses == [200] * 8
     history = requests.get(f"{live_server}/Goal/busy/_history?_count=50", timeout=30).json()

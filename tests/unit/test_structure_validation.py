@@ -1,0 +1,133 @@
+"""Base R4 structural validation: https://hl7.org/fhir/R4/json.html and the base snapshots."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from service.validation.definitions import Definitions
+from service.validation.structure import StructureValidator
+from tests.builders import goal, observation, patient
+
+
+@pytest.fixture(scope="module")
+def validator() -> StructureValidator:
+    return StructureValidator(Definitions.shared())
+
+
+def _problems(validator: StructureValidator, resource: Any) -> set[tuple[str, str]]:
+    return {(i.code, i.expression[0] if i.expression else "") for i in validator.validate(resource)}
+
+
+def test_valid_resources_have_no_issues(validator: StructureValidator) -> None:
+    for resource in (patient(), goal(), observation()):
+        assert validator.validate(resource) == []
+
+
+def test_unknown_element_is_an_error_at_its_path(validator: StructureValidator) -> None:
+    bad = patient(name=[{"family": "Okafor", "nickname": "Ada"}])
+    assert _problems(validator, bad) == {("structure", "Patient.name[0].nickname")}
+
+
+def test_missing_required_element(validator: StructureValidator) -> None:
+    bad = goal()
+    del bad["lifecycleStatus"]
+    assert ("required", "Goal.lifecycleStatus") in _problems(validator, bad)
+
+
+def test_required_binding_on_code(validator: StructureValidator) -> None:
+    assert ("code-invalid", "Goal.lifecycleStatus") in _problems(
+        validator, goal(lifecycleStatus="maybe")
+    )
+
+
+def test_required_binding_is_checked_inside_data_types(validator: StructureValidator) -> None:
+    bad = observation(valueQuantity={"value": 1, "comparator": "about"})
+    del bad["valueString"]
+    assert ("code-invalid", "Observation.valueQuantity.comparator") in _problems(validator, bad)
+
+
+def test_repeating_element_must_be_an_array(validator: StructureValidator) -> None:
+    assert ("structure", "Patient.name") in _problems(validator, patient(name={"family": "X"}))
+
+
+def test_single_element_must_not_be_an_array(validator: StructureValidator) -> None:
+    assert ("structure", "Patient.gender") in _problems(validator, patient(gender=["female"]))
+
+
+def test_empty_array_and_empty_object_are_errors(validator: StructureValidator) -> None:
+    found = _problems(validator, patient(name=[], maritalStatus={}))
+    assert ("structure", "Patient.name") in found
+    assert ("structure", "Patient.maritalStatus") in found
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("birthDate", "07/03/1941"),
+        ("birthDate", "1941-13-01"),
+        ("active", "true"),
+        ("multipleBirthInteger", 1.5),
+        ("multipleBirthInteger", True),
+        ("deceasedDateTime", "2020-01-01T10:00"),
+    ],
+)
+def test_primitive_formats(validator: StructureValidator, field: str, value: Any) -> None:
+    assert ("value", f"Patient.{field}") in _problems(validator, patient(**{field: value}))
+
+
+def test_choice_type_with_unknown_type_suffix(validator: StructureValidator) -> None:
+    bad = observation(valueText="x")
+    del bad["valueString"]
+    assert ("structure", "Observation.valueText") in _problems(validator, bad)
+
+
+def test_two_types_of_one_choice_are_an_error(validator: StructureValidator) -> None:
+    bad = observation(valueBoolean=True)
+    assert any(code == "structure" for code, _ in _problems(validator, bad))
+
+
+def test_primitive_extension_companion_is_allowed(validator: StructureValidator) -> None:
+    ok = patient(_birthDate={"extension": [{"url": "http://example.org/x", "valueString": "y"}]})
+    assert validator.validate(ok) == []
+
+
+def test_content_reference_recursion(validator: StructureValidator) -> None:
+    response = {
+        "resourceType": "QuestionnaireResponse",
+        "status": "completed",
+        "item": [
+            {
+                "linkId": "1",
+                "item": [
+                    {
+                        "linkId": "1.1",
+                        "answer": [{"valueString": "Family", "item": [{"text": "x"}]}],
+                    }
+                ],
+            }
+        ],
+    }
+    assert _problems(validator, response) == {
+        ("required", "QuestionnaireResponse.item[0].item[0].answer[0].item[0].linkId")
+    }
+
+
+def test_contained_resources_are_validated(validator: StructureValidator) -> None:
+    bad = goal(contained=[{"resourceType": "Patient", "id": "c1", "gender": "robot"}])
+    assert ("code-invalid", "Goal.contained[0].gender") in _problems(validator, bad)
+
+
+def test_every_problem_is_reported_at_once(validator: StructureValidator) -> None:
+    bad = goal(lifecycleStatus="x", startDate="soon", extra=1)
+    assert len(validator.validate(bad)) == 3
+
+
+def test_wrong_resource_type_is_reported(validator: StructureValidator) -> None:
+    issues = validator.validate(patient(), expected_type="Goal")
+    assert issues[0].expression == ("resourceType",)
+
+
+def test_invalid_id(validator: StructureValidator) -> None:
+    assert ("value", "Patient.id") in _problems(validator, patient(id="has space"))
