@@ -1,0 +1,88 @@
+"""The whatmatters command: init-db and serve on the embedded SQLite default."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from tests.conftest import _free_port
+
+BIN = Path(sys.executable).parent / "whatmatters"
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WHATMATTERS_")}
+    return env
+
+
+def test_init_db_creates_the_sqlite_schema_and_is_idempotent(tmp_path: Path) -> None:
+    first = subprocess.run(
+        [str(BIN), "init-db"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "applied migration 1" in first.stdout
+    assert (tmp_path / "instance" / "whatmatters.db").exists()
+    again = subprocess.run(
+        [str(BIN), "init-db"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "schema is current" in again.stdout
+
+
+def test_serve_answers_metadata_on_the_sqlite_default(tmp_path: Path) -> None:
+    port = _free_port()
+    process = subprocess.Popen(
+        [str(BIN), "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        response = None
+        while time.monotonic() < deadline:
+            try:
+                response = requests.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=2)
+                break
+            except requests.ConnectionError:
+                assert process.poll() is None, process.stdout.read() if process.stdout else ""
+                time.sleep(0.2)
+        assert response is not None
+        assert response.status_code == 200
+        assert response.json()["fhirVersion"] == "4.0.1"
+        assert (tmp_path / "instance" / "whatmatters.db").exists()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def test_bad_configuration_is_refused_with_a_message(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(BIN), "init-db"],
+        cwd=tmp_path,
+        env={**_env(), "WHATMATTERS_PORT": "eighty"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "WHATMATTERS_PORT" in result.stderr
