@@ -11,8 +11,10 @@ def create_app(config: Config | None = None) -> Flask:
     """Build the application; the only place that wires concrete classes together."""
     from service import api
     from service.fhir.interactions import FhirService
+    from service.fhir.searchparams import SearchParameters
     from service.storage.sql import SqlStore
     from service.validation.definitions import Definitions
+    from service.validation.profiles import load_profile_resources, search_parameters
     from service.validation.structure import StructureValidator
 
     config = config or Config.from_env()
@@ -25,10 +27,16 @@ def create_app(config: Config | None = None) -> Flask:
         store.migrate()
     definitions = Definitions.shared()
     validator = StructureValidator(definitions)
+    profile_resources = load_profile_resources(config.profiles_dir)
+    search_params = SearchParameters.shared(
+        definitions.search_parameters + search_parameters(profile_resources)
+    )
     app.extensions["whatmatters.store"] = store
     app.extensions["whatmatters.fhir"] = FhirService(
         store,
         validator,
+        search_params,
+        definitions,
         default_page_size=config.default_page_size,
         max_page_size=config.max_page_size,
     )

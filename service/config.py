@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+_PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = "sqlite:///instance/whatmatters.db"
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
@@ -29,8 +30,9 @@ class Config:
     public_base_url: str | None = None
     max_body_bytes: int = 10 * 1024 * 1024
     auto_migrate: bool = True
-    profiles_dir: Path = field(default_factory=lambda: Path("profiles"))
-    mappings_dir: Path = field(default_factory=lambda: Path("mappings"))
+    # The repository's folders by default; deployments point these at their own copies.
+    profiles_dir: Path = field(default_factory=lambda: _PROJECT / "profiles")
+    mappings_dir: Path = field(default_factory=lambda: _PROJECT / "mappings")
     default_page_size: int = 50
     max_page_size: int = 1000
     db_pool_size: int = 5

@@ -46,8 +46,9 @@ def sql_store(database_url: str) -> Iterator[SqlStore]:
 def wipe(store: SqlStore) -> None:
     """Remove every row, keeping the schema."""
     with store.engine.begin() as conn:
-        for table in ("search_token", "resources", "resource_versions"):
-            conn.execute(text(f"DELETE FROM {table}"))
+        for table in reversed(metadata.sorted_tables):
+            if table.name != "schema_migrations":
+                conn.execute(text(f"DELETE FROM {table.name}"))
 
 
 @pytest.fixture

@@ -74,7 +74,8 @@ def build_blueprint(base_path: str) -> Blueprint:
 
     @bp.get("/metadata")
     def metadata() -> Response:
-        return _reply(Result(200, body=capability_statement(base_url(), STARTED)))
+        statement = capability_statement(base_url(), STARTED, _service().search_params)
+        return _reply(Result(200, body=statement))
 
     @bp.post("", strict_slashes=False)
     def bundle() -> Response:

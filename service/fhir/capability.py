@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.fhir.model import FHIR_VERSION, SUPPORTED_TYPES
-from service.fhir.search import supported_parameters
+from service.fhir.searchparams import SearchParameters
 
 SOFTWARE_NAME = "What Matters"
 SOFTWARE_VERSION = "0.1.0"
@@ -23,13 +23,30 @@ _INTERACTIONS = (
     "create",
     "search-type",
 )
-_PARAM_DOCS = {
-    "_id": "Logical id of the resource (comma-separated for OR)",
-    "identifier": "Resource.identifier as system|value, |value, system| or value",
-}
+_SPECIAL_PARAMS = [
+    {
+        "name": "_id",
+        "definition": "http://hl7.org/fhir/SearchParameter/Resource-id",
+        "type": "token",
+    },
+    {
+        "name": "_lastUpdated",
+        "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
+        "type": "date",
+    },
+]
 
 
-def capability_statement(base: str, released: str) -> dict[str, Any]:
+def _search_params(params: SearchParameters, type_: str) -> list[dict[str, Any]]:
+    listed = list(_SPECIAL_PARAMS)
+    for code, param in sorted(params.for_type(type_).items()):
+        if code in ("_id", "_lastUpdated"):
+            continue
+        listed.append({"name": code, "definition": param.url, "type": param.type})
+    return listed
+
+
+def capability_statement(base: str, released: str, params: SearchParameters) -> dict[str, Any]:
     """Build the CapabilityStatement for the server at ``base``."""
     resources = []
     for type_ in SUPPORTED_TYPES:
@@ -46,17 +63,21 @@ def capability_statement(base: str, released: str) -> dict[str, Any]:
                 "conditionalUpdate": True,
                 "conditionalDelete": "single",
                 "referencePolicy": ["literal", "logical"],
-                "searchParam": [
-                    {
-                        "name": name,
-                        "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"
-                        if name == "_id"
-                        else f"http://hl7.org/fhir/SearchParameter/{type_}-identifier",
-                        "type": kind,
-                        "documentation": _PARAM_DOCS[name],
-                    }
-                    for name, kind in supported_parameters(type_).items()
+                "searchInclude": [
+                    *sorted(
+                        f"{type_}:{code}"
+                        for code, p in params.for_type(type_).items()
+                        if p.type == "reference"
+                    ),
+                    "*",
                 ],
+                "searchRevInclude": sorted(
+                    f"{source}:{code}"
+                    for source in SUPPORTED_TYPES
+                    for code, p in params.for_type(source).items()
+                    if p.type == "reference" and (type_ in p.targets or not p.targets)
+                ),
+                "searchParam": _search_params(params, type_),
             }
         )
     return {

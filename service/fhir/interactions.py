@@ -30,17 +30,17 @@ from service.errors import (
     PreconditionFailed,
     Unprocessable,
 )
-from service.fhir import search as fhir_search
 from service.fhir.model import (
     SUPPORTED_TYPES,
     dump_json,
-    identifier_tokens,
     instant,
     now_us,
     parse_instant,
     parse_json,
     with_meta,
 )
+from service.fhir.search import SearchParser, parse_conditional
+from service.fhir.searchparams import SearchParameters
 from service.storage import (
     HistoryQuery,
     Query,
@@ -49,6 +49,7 @@ from service.storage import (
     Transaction,
     VersionConflict,
 )
+from service.validation.definitions import Definitions
 from service.validation.structure import is_valid_id
 
 T = TypeVar("T")
@@ -99,6 +100,8 @@ class FhirService:
         self,
         store: Store,
         validator: Validator,
+        search_params: SearchParameters,
+        definitions: Definitions,
         *,
         default_page_size: int = 50,
         max_page_size: int = 1000,
@@ -106,6 +109,8 @@ class FhirService:
     ) -> None:
         self.store = store
         self.validator = validator
+        self.search_params = search_params
+        self.definitions = definitions
         self.default_page_size = default_page_size
         self.max_page_size = max_page_size
         self.clock = clock
@@ -387,66 +392,11 @@ class FhirService:
         strict: bool = False,
         tx: Transaction | None = None,
     ) -> Result:
-        """search: https://hl7.org/fhir/R4/search.html (the parameters of search.py)."""
+        """search: https://hl7.org/fhir/R4/search.html."""
+        from service.fhir.searching import search_type
+
         check_type(type_)
-        parsed = fhir_search.parse_search(
-            type_,
-            params,
-            strict=strict,
-            default_count=self.default_page_size,
-            max_count=self.max_page_size,
-        )
-        query = parsed.query
-        probe = Query(
-            type=query.type,
-            ids=query.ids,
-            tokens=query.tokens,
-            count=query.count + 1,
-            offset=query.offset,
-        )
-        found = self._within(tx, lambda t: t.search(probe, with_total=parsed.total))
-        page = found.resources[: query.count]
-        entries: list[dict[str, Any]] = [
-            {
-                "fullUrl": f"{base}/{item.type}/{item.id}",
-                "resource": parse_json(item.content or "{}"),
-                "search": {"mode": "match"},
-            }
-            for item in page
-        ]
-        if parsed.warnings:
-            entries.append(
-                {
-                    "resource": operation_outcome(parsed.warnings),
-                    "search": {"mode": "outcome"},
-                }
-            )
-        links = [{"relation": "self", "url": _search_url(base, type_, parsed.used, query.offset)}]
-        if len(found.resources) > query.count and query.count > 0:
-            links.append(
-                {
-                    "relation": "next",
-                    "url": _search_url(base, type_, parsed.used, query.offset + query.count),
-                }
-            )
-        if query.offset > 0:
-            previous = max(0, query.offset - max(query.count, 1))
-            links.append(
-                {"relation": "previous", "url": _search_url(base, type_, parsed.used, previous)}
-            )
-        bundle: dict[str, Any] = {
-            "resourceType": "Bundle",
-            "id": str(uuid.uuid4()),
-            "meta": {"lastUpdated": instant(self.clock())},
-            "type": "searchset",
-        }
-        if found.total is not None:
-            bundle["total"] = found.total
-        bundle["link"] = links
-        bundle["entry"] = entries
-        if not entries:
-            del bundle["entry"]
-        return Result(200, body=bundle)
+        return search_type(self, type_, params, base, strict=strict, tx=tx)
 
     def history(
         self,
@@ -523,9 +473,9 @@ class FhirService:
         self, tx: Transaction, type_: str, criteria: str, what: str
     ) -> StoredResource | None:
         """Resolve conditional criteria: None for no match, 412 for several."""
-        query = fhir_search.parse_conditional(type_, criteria, self.max_page_size)
+        query = parse_conditional(SearchParser(self.search_params), type_, criteria)
         tx.lock(f"{type_}?{_lock_key(query)}")
-        found = tx.search(query).resources
+        found = tx.read_many(tx.search_keys(query, 2))
         if len(found) > 1:
             raise PreconditionFailed(
                 f"{what} criteria {criteria!r} match more than one {type_}; "
@@ -563,7 +513,7 @@ class FhirService:
         tx.put(
             stored,
             current.version if current is not None else None,
-            list(identifier_tokens(content)),
+            self.search_params.index(content),
         )
         return stored
 
@@ -608,10 +558,8 @@ def _json_patch(body: Any) -> jsonpatch.JsonPatch:
 
 
 def _lock_key(query: Query) -> str:
-    tokens = sorted(
-        (t.param, tuple(sorted((s or "", c or "") for s, c in t.values))) for t in query.tokens
-    )
-    return dump_json([list(query.ids or ()), [[p, [list(v) for v in vs]] for p, vs in tokens]])
+    # Criteria print the same whatever order the client wrote them in.
+    return "&".join(sorted(repr(c) for c in query.criteria))
 
 
 def _history_entry(base: str, item: StoredResource) -> dict[str, Any]:
@@ -644,13 +592,6 @@ def _with_params(path: str, params: Sequence[tuple[str, str]], page: int | None)
     if page is not None:
         items.append(("_page", str(page)))
     return path + ("?" + urlencode(items) if items else "")
-
-
-def _search_url(base: str, type_: str, params: Sequence[tuple[str, str]], offset: int) -> str:
-    items = list(params)
-    if offset:
-        items.append(("_offset", str(offset)))
-    return f"{base}/{type_}" + ("?" + urlencode(items) if items else "")
 
 
 __all__ = ["FhirError", "FhirService", "Result", "operation_outcome"]

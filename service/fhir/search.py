@@ -1,51 +1,109 @@
-"""Search criteria: parse FHIR search parameters into a storage Query.
+"""Search parameters to storage criteria: https://hl7.org/fhir/R4/search.html.
 
-https://hl7.org/fhir/R4/search.html. This first version supports ``_id`` and ``identifier``
-(token); the CapabilityStatement lists exactly these. Criteria used by conditional interactions
-are always parsed strictly, because an ignored parameter would widen the match.
+Covers the parameter types token, string, date, number, quantity, reference, uri and composite;
+prefixes (eq ne gt lt ge le sa eb ap); the modifiers :missing :exact :contains :not :text
+:above :below :identifier and type modifiers; chains, reverse chains (_has); _sort, _count,
+_total, _include/_revinclude (with :iterate), _summary and _elements. Unknown or malformed
+parameters are ignored with a warning, or refused (400) when the client asks for strict
+handling and always in the criteria of conditional interactions.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from urllib.parse import parse_qsl
 
 from service.errors import BadRequest, Issue
-from service.fhir.model import IDENTIFIER_TYPES
-from service.storage import Query, TokenCriterion
+from service.fhir.dates import date_range, now_micros
+from service.fhir.model import SUPPORTED_TYPES
+from service.fhir.searchparams import SearchParam, SearchParameters, fold, parse_reference
+from service.storage import (
+    CompositeMatch,
+    Criterion,
+    HasCriterion,
+    IdCriterion,
+    LastUpdatedCriterion,
+    Match,
+    MissingCriterion,
+    ParamCriterion,
+    QuantityMatch,
+    Query,
+    RangeMatch,
+    ReferenceMatch,
+    SortKey,
+    StringMatch,
+    TokenMatch,
+    UriMatch,
+)
 
-# Parameters that shape the result rather than select resources.
-RESULT_PARAMETERS = frozenset({"_count", "_total", "_offset", "_format", "_pretty"})
+PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+_PREFIX = re.compile(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)(?=[0-9+\-.])")
+RESULT_PARAMETERS = frozenset(
+    {
+        "_count",
+        "_total",
+        "_sort",
+        "_include",
+        "_revinclude",
+        "_summary",
+        "_elements",
+        "_page_token",
+        "_offset",
+        "_format",
+        "_pretty",
+        "_contained",
+        "_containedType",
+    }
+)
+SUMMARY_MODES = frozenset({"true", "false", "text", "data", "count"})
 
 
-def supported_parameters(type_: str) -> dict[str, str]:
-    """The search parameters this server answers for a type, with their FHIR types."""
-    params = {"_id": "token"}
-    if type_ in IDENTIFIER_TYPES:
-        params["identifier"] = "token"
-    return params
+class Ignored(Exception):
+    """A parameter that cannot be used; ignored with a warning unless handling is strict."""
+
+
+@dataclass(frozen=True)
+class Include:
+    """One _include or _revinclude: ``source_type:param[:target_type]``."""
+
+    source_type: str
+    param: str | None  # None for *
+    target_type: str | None
+    reverse: bool
+    iterate: bool
 
 
 @dataclass
-class ParsedSearch:
-    """A query plus what the client should be told about parameters that were not used."""
+class SearchRequest:
+    """A parsed search: the query plus how to shape the result."""
 
     query: Query
+    count: int
     warnings: list[Issue] = field(default_factory=list)
     total: bool = False
+    includes: list[Include] = field(default_factory=list)
+    summary: str | None = None
+    elements: tuple[str, ...] | None = None
+    page_token: str | None = None
+    offset: int = 0
     used: list[tuple[str, str]] = field(default_factory=list)
 
 
 def split_escaped(value: str, separator: str) -> list[str]:
-    """Split on ``separator`` except where escaped with a backslash (search.html#escaping)."""
+    """Split on ``separator`` except where escaped with a backslash (search.html#escaping).
+
+    Escapes are kept in the pieces, so they can be split again; ``_unescape`` the leaves.
+    """
     parts: list[str] = []
     current: list[str] = []
     index = 0
     while index < len(value):
         char = value[index]
-        if char == "\\" and index + 1 < len(value) and value[index + 1] in "\\,$|":
-            current.append(value[index + 1])
+        if char == "\\" and index + 1 < len(value):
+            current.append(value[index : index + 2])
             index += 2
             continue
         if char == separator:
@@ -58,18 +116,8 @@ def split_escaped(value: str, separator: str) -> list[str]:
     return parts
 
 
-def _token(raw: str, name: str) -> tuple[str | None, str | None]:
-    pieces = split_escaped(raw, "|")
-    if len(pieces) == 1:
-        if not pieces[0]:
-            raise BadRequest(f"Search parameter {name} has an empty value")
-        return None, pieces[0]
-    if len(pieces) != 2:
-        raise BadRequest(f"Search parameter {name} must be code, system|code or |code")
-    system, code = pieces
-    if not system and not code:
-        raise BadRequest(f"Search parameter {name} has an empty value")
-    return system, (code or None)
+def _unescape(value: str) -> str:
+    return re.sub(r"\\([\\,$|])", r"\1", value)
 
 
 def parse_query_string(query_string: str) -> list[tuple[str, str]]:
@@ -80,92 +128,360 @@ def parse_query_string(query_string: str) -> list[tuple[str, str]]:
         raise BadRequest(f"The search criteria cannot be read: {exc}") from exc
 
 
-def parse_search(
-    type_: str,
-    params: Sequence[tuple[str, str]],
-    *,
-    strict: bool,
-    default_count: int,
-    max_count: int,
-) -> ParsedSearch:
-    """Turn search parameters into a Query; unknown ones are errors if strict, else warnings."""
-    supported = supported_parameters(type_)
-    ids: set[str] | None = None
-    tokens: list[TokenCriterion] = []
-    warnings: list[Issue] = []
-    used: list[tuple[str, str]] = []
-    count = default_count
-    offset = 0
-    total = False
-    for name, value in params:
+class SearchParser:
+    """Turns (name, value) pairs into a SearchRequest for one resource type."""
+
+    def __init__(self, params: SearchParameters, base: str = "") -> None:
+        self.params = params
+        self.base = base.rstrip("/")
+
+    # -- the whole request --------------------------------------------------------------------
+
+    def parse(
+        self,
+        type_: str,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        strict: bool,
+        default_count: int,
+        max_count: int,
+    ) -> SearchRequest:
+        """Parse all parameters of a search of ``type_``."""
+        criteria: list[Criterion] = []
+        sort: tuple[SortKey, ...] = ()
+        request = SearchRequest(query=Query(type_), count=default_count)
+        for name, value in pairs:
+            try:
+                if name in RESULT_PARAMETERS or name.startswith(("_include", "_revinclude")):
+                    sort = self._result_parameter(request, type_, name, value, max_count) or sort
+                else:
+                    criteria.append(self.criterion(type_, name, value))
+                    request.used.append((name, value))
+                    continue
+                if name not in ("_page_token", "_offset", "_format", "_pretty"):
+                    request.used.append((name, value))
+            except Ignored as exc:
+                if strict:
+                    raise BadRequest(str(exc), expression=(name,)) from exc
+                request.warnings.append(
+                    Issue("warning", "not-supported", f"{exc}; the parameter was ignored")
+                )
+        request.query = Query(
+            type=type_,
+            criteria=tuple(criteria),
+            sort=sort,
+            count=request.count,
+            offset=0,
+        )
+        return request
+
+    def _result_parameter(
+        self, request: SearchRequest, type_: str, name: str, value: str, max_count: int
+    ) -> tuple[SortKey, ...] | None:
         if name == "_count":
-            count = _whole(name, value, minimum=0)
-            count = min(count, max_count)
-            used.append((name, str(count)))
-            continue
-        if name == "_offset":
-            offset = _whole(name, value, minimum=0)
-            continue
-        if name == "_total":
+            request.count = min(_whole(name, value), max_count)
+        elif name == "_offset":
+            request.offset = _whole(name, value)
+        elif name == "_page_token":
+            request.page_token = value
+        elif name == "_total":
             if value not in ("none", "estimate", "accurate"):
-                raise BadRequest("_total must be none, estimate or accurate")
-            total = value != "none"
-            used.append((name, value))
-            continue
-        if name in ("_format", "_pretty"):
-            continue
-        base, _, modifier = name.partition(":")
-        if base not in supported or modifier:
-            message = (
-                f"The search parameter {name!r} is not supported for {type_}"
-                if base not in supported
-                else f"The modifier :{modifier} is not supported for {base}"
-            )
-            if strict:
-                raise BadRequest(message, expression=(name,))
-            warnings.append(Issue("warning", "not-supported", message + "; it was ignored"))
-            continue
-        if base == "_id":
-            values = {v for v in split_escaped(value, ",") if v}
-            if not values:
-                raise BadRequest("Search parameter _id has an empty value")
-            ids = values if ids is None else ids & values
+                raise Ignored("_total must be none, estimate or accurate")
+            request.total = value != "none"
+        elif name == "_summary":
+            if value not in SUMMARY_MODES:
+                raise Ignored("_summary must be true, text, data, count or false")
+            request.summary = None if value == "false" else value
+        elif name == "_elements":
+            request.elements = tuple(e.strip() for e in value.split(",") if e.strip())
+        elif name == "_sort":
+            return self._sort(type_, value)
+        elif name.startswith(("_include", "_revinclude")):
+            request.includes.append(self._include(type_, name, value))
+        elif name in ("_format", "_pretty"):
+            pass
         else:
-            alternatives = tuple(_token(v, base) for v in split_escaped(value, ","))
-            tokens.append(TokenCriterion(base, alternatives))
-        used.append((name, value))
-    query = Query(
-        type=type_,
-        ids=tuple(sorted(ids)) if ids is not None else None,
-        tokens=tuple(tokens),
-        count=count,
-        offset=offset,
-    )
-    return ParsedSearch(query=query, warnings=warnings, total=total, used=used)
+            raise Ignored(f"{name} is not supported")
+        return None
+
+    def _sort(self, type_: str, value: str) -> tuple[SortKey, ...]:
+        keys = []
+        for item in value.split(","):
+            item = item.strip()
+            descending = item.startswith("-")
+            code = item.lstrip("-")
+            if code in ("_id", "_lastUpdated"):
+                keys.append(SortKey(code, code, descending))
+                continue
+            param = self.params.get(type_, code)
+            if param is None or param.type == "composite":
+                raise Ignored(f"_sort: {code!r} is not a sortable search parameter of {type_}")
+            keys.append(SortKey(param.type, code, descending))
+        return tuple(keys)
+
+    def _include(self, type_: str, name: str, value: str) -> Include:
+        reverse = name.startswith("_revinclude")
+        modifier = name.partition(":")[2]
+        if modifier not in ("", "iterate", "recurse"):
+            raise Ignored(f"{name}: only the :iterate modifier is supported")
+        iterate = modifier in ("iterate", "recurse")
+        if value == "*":
+            return Include(type_, None, None, reverse, iterate)
+        pieces = value.split(":")
+        if len(pieces) not in (2, 3):
+            raise Ignored(f"{name}={value} must be Type:parameter or Type:parameter:TargetType")
+        source, code = pieces[0], pieces[1]
+        target = pieces[2] if len(pieces) == 3 else None
+        if source not in SUPPORTED_TYPES:
+            raise Ignored(f"{name}: {source!r} is not a resource type stored here")
+        if code != "*":
+            param = self.params.get(source, code)
+            if param is None or param.type != "reference":
+                raise Ignored(f"{name}: {source}:{code} is not a reference search parameter")
+        return Include(source, None if code == "*" else code, target, reverse, iterate)
+
+    # -- one criterion ------------------------------------------------------------------------
+
+    def criterion(self, type_: str, name: str, value: str) -> Criterion:
+        """One search parameter as a criterion; raises Ignored if it cannot be used."""
+        if name.startswith("_has:"):
+            return self._has(type_, name, value)
+        head, dot, tail = name.partition(".")
+        if dot:
+            return self._chain(type_, head, tail, value)
+        code, _, modifier = name.partition(":")
+        if code == "_id":
+            if modifier:
+                raise Ignored(f"_id does not take the :{modifier} modifier")
+            ids = tuple(v for v in (_unescape(x) for x in split_escaped(value, ",")) if v)
+            if not ids:
+                raise Ignored("_id needs a value")
+            return IdCriterion(ids)
+        if code == "_lastUpdated":
+            if modifier:
+                raise Ignored(f"_lastUpdated does not take the :{modifier} modifier")
+            return LastUpdatedCriterion(tuple(_date_match(v) for v in split_escaped(value, ",")))
+        param = self.params.get(type_, code)
+        if param is None:
+            raise Ignored(f"{code!r} is not a search parameter of {type_}")
+        if modifier == "missing":
+            if value not in ("true", "false"):
+                raise Ignored(f"{name} must be true or false")
+            return MissingCriterion(param.type, code, value == "true")
+        if param.type == "reference" and modifier == "identifier":
+            matches = tuple(_token_match(v) for v in split_escaped(value, ","))
+            return ParamCriterion("token", f"{code}:identifier", matches)
+        return self._param(param, modifier, value)
+
+    def _param(self, param: SearchParam, modifier: str, value: str) -> ParamCriterion:
+        kind = param.type
+        values = split_escaped(value, ",")
+        if any(v == "" for v in values):
+            raise Ignored(f"{param.code} has an empty value")
+        negate = False
+        matches: list[Match] = []
+        if kind == "token":
+            if modifier == "not":
+                negate = True
+            elif modifier == "text":
+                matches = [TokenMatch(None, None, fold(_unescape(v))) for v in values]
+            elif modifier:
+                raise Ignored(f"The modifier :{modifier} is not supported for token {param.code}")
+            matches = matches or [_token_match(v) for v in values]
+        elif kind == "string":
+            mode = {"": "prefix", "exact": "exact", "contains": "contains"}.get(modifier)
+            if mode is None:
+                raise Ignored(f"The modifier :{modifier} is not supported for string {param.code}")
+            matches = [
+                StringMatch(mode, _unescape(v) if mode == "exact" else fold(_unescape(v)))
+                for v in values
+            ]
+        elif kind == "uri":
+            mode = {"": "exact", "above": "above", "below": "below"}.get(modifier)
+            if mode is None:
+                raise Ignored(f"The modifier :{modifier} is not supported for uri {param.code}")
+            matches = [UriMatch(mode, _unescape(v)) for v in values]
+        elif kind in ("date", "number", "quantity", "composite"):
+            if modifier:
+                raise Ignored(f"The modifier :{modifier} is not supported for {kind} {param.code}")
+            if kind == "date":
+                matches = [_date_match(v) for v in values]
+            elif kind == "number":
+                matches = [_number_match(v) for v in values]
+            elif kind == "quantity":
+                matches = [_quantity_match(v) for v in values]
+            else:
+                matches = [self._composite_match(param, v) for v in values]
+        elif kind == "reference":
+            matches = [self._reference_match(param, modifier, v) for v in values]
+        return ParamCriterion(kind, param.code, tuple(matches), negate)
+
+    def _reference_match(self, param: SearchParam, modifier: str, value: str) -> ReferenceMatch:
+        value = _unescape(value)
+        if modifier and modifier not in SUPPORTED_TYPES and modifier[:1].isupper():
+            raise Ignored(f"{modifier} is not a resource type stored here")
+        if modifier and not modifier[:1].isupper():
+            raise Ignored(f"The modifier :{modifier} is not supported for reference {param.code}")
+        if self.base and value.startswith(self.base + "/"):
+            value = value[len(self.base) + 1 :]
+        type_, id_, url = parse_reference(value)
+        if url is not None and type_ is None:
+            if "/" not in value and ":" not in value:  # a bare id
+                return ReferenceMatch(target_type=modifier or None, target_id=value)
+            return ReferenceMatch(url=value.split("|", 1)[0])
+        if url is not None:
+            return ReferenceMatch(url=url)
+        if modifier and type_ != modifier:
+            raise Ignored(f"{value} is not a {modifier}")
+        return ReferenceMatch(target_type=type_, target_id=id_)
+
+    def _composite_match(self, param: SearchParam, value: str) -> CompositeMatch:
+        parts = split_escaped(value, "$")
+        if len(parts) != 2:
+            raise Ignored(f"{param.code} needs code$value, e.g. http://loinc.org|1234-5$gt5")
+        token = _token_match(parts[0])
+        second = param.components[1].type
+        match: TokenMatch | QuantityMatch | StringMatch | RangeMatch
+        if second == "token":
+            match = _token_match(parts[1])
+        elif second == "quantity":
+            match = _quantity_match(parts[1])
+        elif second == "date":
+            match = _date_match(parts[1])
+        else:
+            match = StringMatch("prefix", fold(_unescape(parts[1])))
+        return CompositeMatch(token, match)
+
+    def _chain(self, type_: str, head: str, tail: str, value: str) -> ParamCriterion:
+        code, _, type_modifier = head.partition(":")
+        param = self.params.get(type_, code)
+        if param is None or param.type != "reference":
+            raise Ignored(
+                f"{code!r} is not a reference search parameter of {type_}, so it cannot be chained"
+            )
+        candidates = [type_modifier] if type_modifier else list(param.targets)
+        matches = []
+        for target in candidates:
+            if target not in SUPPORTED_TYPES:
+                continue
+            try:
+                chained = self.criterion(target, tail, value)
+            except Ignored:
+                if type_modifier:
+                    raise
+                continue
+            matches.append(ReferenceMatch(types=(target,), chain=(chained,)))
+        if not matches:
+            raise Ignored(f"No target of {type_}.{code} has the search parameter {tail!r}")
+        return ParamCriterion("reference", code, tuple(matches))
+
+    def _has(self, type_: str, name: str, value: str) -> HasCriterion:
+        pieces = name.split(":", 3)
+        if len(pieces) != 4:
+            raise Ignored(f"{name} must be _has:Type:reference:parameter")
+        _, source, ref_code, rest = pieces
+        if source not in SUPPORTED_TYPES:
+            raise Ignored(f"_has: {source!r} is not a resource type stored here")
+        ref = self.params.get(source, ref_code)
+        if ref is None or ref.type != "reference":
+            raise Ignored(f"_has: {source}:{ref_code} is not a reference search parameter")
+        return HasCriterion(source, ref_code, (self.criterion(source, rest, value),))
 
 
-def parse_conditional(type_: str, criteria: str, max_count: int) -> Query:
+def _whole(name: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise Ignored(f"{name} must be a whole number, not {value!r}") from exc
+    if number < 0:
+        raise Ignored(f"{name} must not be negative")
+    return number
+
+
+def _token_match(raw: str) -> TokenMatch:
+    pieces = split_escaped(raw, "|")
+    if len(pieces) == 1:
+        code = _unescape(pieces[0])
+        if not code:
+            raise Ignored("A token needs a code")
+        return TokenMatch(None, code)
+    if len(pieces) != 2:
+        raise Ignored(f"A token is code, system|code, |code or system|, not {raw!r}")
+    system, code = _unescape(pieces[0]), _unescape(pieces[1])
+    if not system and not code:
+        raise Ignored("A token needs a system or a code")
+    return TokenMatch(system, code or None)
+
+
+def _split_prefix(value: str) -> tuple[str, str]:
+    match = _PREFIX.match(value)
+    if match:
+        return match.group(1), value[2:]
+    return "eq", value
+
+
+def _date_match(value: str) -> RangeMatch:
+    prefix, text = _split_prefix(value)
+    span = date_range(text.replace(" ", "+"))
+    if span is None:
+        raise Ignored(f"{value!r} is not a FHIR date or dateTime")
+    low, high = span
+    if prefix == "ap":
+        widen = max(abs(now_micros() - low) // 10, 86_400_000_000)
+        return RangeMatch("ap", low - widen, high + widen)
+    return RangeMatch(prefix, low, high)
+
+
+def _number_range(prefix: str, text: str) -> RangeMatch:
+    try:
+        number = Decimal(text)
+    except InvalidOperation as exc:
+        raise Ignored(f"{text!r} is not a number") from exc
+    if not number.is_finite():
+        raise Ignored(f"{text!r} is not a finite number")
+    value = float(number)
+    exponent = number.as_tuple().exponent
+    half = 0.5 * 10 ** (exponent if isinstance(exponent, int) else 0)
+    if prefix in ("eq", "ne"):
+        return RangeMatch(prefix, value - half, value + half)
+    if prefix == "ap":
+        spread = abs(value) * 0.1
+        return RangeMatch("ap", value - spread, value + spread)
+    return RangeMatch(prefix, value, value)
+
+
+def _number_match(value: str) -> RangeMatch:
+    prefix, text = _split_prefix(value)
+    return _number_range(prefix, text)
+
+
+def _quantity_match(value: str) -> QuantityMatch:
+    pieces = split_escaped(value, "|")
+    if len(pieces) not in (1, 3):
+        raise Ignored(f"A quantity is [prefix]number|system|code, not {value!r}")
+    prefix, text = _split_prefix(pieces[0])
+    system = _unescape(pieces[1]) if len(pieces) == 3 and pieces[1] else None
+    code = _unescape(pieces[2]) if len(pieces) == 3 and pieces[2] else None
+    return QuantityMatch(_number_range(prefix, text), system, code)
+
+
+def parse_conditional(parser: SearchParser, type_: str, criteria: str) -> Query:
     """Parse the criteria of a conditional interaction (strict; at least one criterion)."""
     text = criteria.split("?", 1)[1] if "?" in criteria else criteria
     prefix = criteria.split("?", 1)[0] if "?" in criteria else None
     if prefix and prefix.rstrip("/").rsplit("/", 1)[-1] != type_:
         raise BadRequest(f"The criteria {criteria!r} do not search {type_}")
-    params = [(k, v) for k, v in parse_query_string(text) if k not in ("_format", "_pretty")]
-    if not params:
+    pairs = [(k, v) for k, v in parse_query_string(text) if k not in ("_format", "_pretty")]
+    if not pairs:
         raise BadRequest("Conditional criteria must name at least one search parameter")
-    for name, _ in params:
-        if name in RESULT_PARAMETERS:
+    for name, _ in pairs:
+        if name in RESULT_PARAMETERS or name.startswith(("_include", "_revinclude")):
             raise BadRequest(f"{name} cannot be used in conditional criteria")
-    parsed = parse_search(type_, params, strict=True, default_count=2, max_count=max_count)
+    request = parser.parse(type_, pairs, strict=True, default_count=2, max_count=2)
     # Two matches are enough to tell one from several.
-    return Query(type=type_, ids=parsed.query.ids, tokens=parsed.query.tokens, count=2)
+    return Query(type=type_, criteria=request.query.criteria, count=2)
 
 
-def _whole(name: str, value: str, minimum: int) -> int:
-    try:
-        number = int(value)
-    except ValueError as exc:
-        raise BadRequest(f"{name} must be a whole number, not {value!r}") from exc
-    if number < minimum:
-        raise BadRequest(f"{name} must be at least {minimum}")
-    return number
+def supported_parameters(params: SearchParameters, type_: str) -> dict[str, SearchParam]:
+    """The search parameters this server answers for a type (for the CapabilityStatement)."""
+    return dict(sorted(params.for_type(type_).items()))

@@ -6,7 +6,7 @@ one resource cannot both win (``VersionConflict``); the FHIR core maps that to 4
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -40,21 +40,221 @@ class StoredResource:
 
 @dataclass(frozen=True)
 class TokenRow:
-    """A token index row: the resource matches ``param=system|code``."""
+    """A token index row: the resource matches ``param=system|code``; ``text`` serves :text."""
 
     param: str
     system: str | None
     code: str
+    text: str | None = None  # normalised display or CodeableConcept.text
 
 
 @dataclass(frozen=True)
-class TokenCriterion:
-    """Match resources with any of ``values`` for one token parameter (OR within, AND across)."""
+class StringRow:
+    """A string index row: ``norm`` is case- and accent-folded, ``exact`` as written."""
 
     param: str
-    # (system, code): system None means any system and "" means no system (the |code form);
-    # code None means any code of the system (the system| form).
-    values: tuple[tuple[str | None, str | None], ...]
+    norm: str
+    exact: str
+
+
+@dataclass(frozen=True)
+class RangeRow:
+    """A date (microseconds) or number row: the value is the range [low, high]."""
+
+    param: str
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class QuantityRow:
+    """A quantity row: the value range plus its unit system and code."""
+
+    param: str
+    low: float
+    high: float
+    system: str | None
+    code: str | None
+
+
+@dataclass(frozen=True)
+class ReferenceRow:
+    """A reference row: a local target (type and id) or an absolute or canonical URL."""
+
+    param: str
+    target_type: str | None
+    target_id: str | None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class UriRow:
+    """A uri row."""
+
+    param: str
+    value: str
+
+
+@dataclass(frozen=True)
+class CompositeRow:
+    """A two-part composite row (e.g. Observation code-value-quantity): a token and a value."""
+
+    param: str
+    system: str | None
+    code: str
+    value_system: str | None = None
+    value_code: str | None = None
+    low: float | None = None
+    high: float | None = None
+    text: str | None = None
+
+
+@dataclass
+class IndexRows:
+    """Every index row of one resource version, written with it in one transaction."""
+
+    tokens: list[TokenRow] = field(default_factory=list)
+    strings: list[StringRow] = field(default_factory=list)
+    dates: list[RangeRow] = field(default_factory=list)
+    numbers: list[RangeRow] = field(default_factory=list)
+    quantities: list[QuantityRow] = field(default_factory=list)
+    references: list[ReferenceRow] = field(default_factory=list)
+    uris: list[UriRow] = field(default_factory=list)
+    composites: list[CompositeRow] = field(default_factory=list)
+
+
+# -- search criteria: what a query asks of the index (built by the FHIR core) -----------------
+
+
+@dataclass(frozen=True)
+class TokenMatch:
+    """system None: any; "": none. code None: any. text: prefix of the folded text instead."""
+
+    system: str | None
+    code: str | None
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class StringMatch:
+    """mode: prefix (on the folded value), exact (as written) or contains (folded)."""
+
+    mode: str
+    value: str
+
+
+@dataclass(frozen=True)
+class RangeMatch:
+    """A comparison of the stored range with the search range [low, high].
+
+    op is one of eq ne gt lt ge le sa eb ap (https://hl7.org/fhir/R4/search.html#prefix);
+    for ap the core has already widened [low, high].
+    """
+
+    op: str
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class QuantityMatch:
+    """A range comparison plus the unit (system None: any; code matches code or unit)."""
+
+    range: RangeMatch
+    system: str | None
+    code: str | None
+
+
+@dataclass(frozen=True)
+class ReferenceMatch:
+    """A local target, a URL, or (chained) any target of ``types`` matching ``chain``."""
+
+    target_type: str | None = None
+    target_id: str | None = None
+    url: str | None = None
+    types: tuple[str, ...] = ()
+    chain: tuple[Criterion, ...] = ()
+
+
+@dataclass(frozen=True)
+class UriMatch:
+    """mode: exact, above (the stored uri is a prefix of value) or below (value is a prefix)."""
+
+    mode: str
+    value: str
+
+
+@dataclass(frozen=True)
+class CompositeMatch:
+    """The token part and the value part of a composite parameter."""
+
+    token: TokenMatch
+    value: TokenMatch | QuantityMatch | StringMatch | RangeMatch
+
+
+Match = (
+    TokenMatch
+    | StringMatch
+    | RangeMatch
+    | QuantityMatch
+    | ReferenceMatch
+    | UriMatch
+    | CompositeMatch
+)
+
+
+@dataclass(frozen=True)
+class ParamCriterion:
+    """One search parameter: any of ``matches`` (OR); ``negate`` for :not (none of them)."""
+
+    kind: str  # token string date number quantity reference uri composite
+    param: str
+    matches: tuple[Match, ...]
+    negate: bool = False
+
+
+@dataclass(frozen=True)
+class MissingCriterion:
+    """:missing=true (no index row for the parameter) or :missing=false (at least one)."""
+
+    kind: str
+    param: str
+    missing: bool
+
+
+@dataclass(frozen=True)
+class IdCriterion:
+    """_id: the resource id is one of ``ids``."""
+
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LastUpdatedCriterion:
+    """_lastUpdated compared as a date range (microseconds)."""
+
+    matches: tuple[RangeMatch, ...]
+
+
+@dataclass(frozen=True)
+class HasCriterion:
+    """_has: the resource is referenced through ``param`` by a ``source_type`` matching all."""
+
+    source_type: str
+    param: str
+    criteria: tuple[Criterion, ...]
+
+
+Criterion = ParamCriterion | MissingCriterion | IdCriterion | LastUpdatedCriterion | HasCriterion
+
+
+@dataclass(frozen=True)
+class SortKey:
+    """Sort by a parameter (kind says which index) or by _id / _lastUpdated."""
+
+    kind: str  # token string date number quantity reference uri _id _lastUpdated
+    param: str
+    descending: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,8 +262,8 @@ class Query:
     """A search within one resource type, answered from the index tables only."""
 
     type: str
-    ids: tuple[str, ...] | None = None
-    tokens: tuple[TokenCriterion, ...] = ()
+    criteria: tuple[Criterion, ...] = ()
+    sort: tuple[SortKey, ...] = ()
     count: int = 50
     offset: int = 0
 
@@ -79,14 +279,6 @@ class HistoryQuery:
     count: int = 50
 
 
-@dataclass
-class SearchResult:
-    """The current versions that matched, and how many matched in all when asked for."""
-
-    resources: list[StoredResource] = field(default_factory=list)
-    total: int | None = None
-
-
 class Transaction(Protocol):
     """One database transaction: everything it writes commits together or not at all."""
 
@@ -100,15 +292,45 @@ class Transaction(Protocol):
         self,
         resource: StoredResource,
         replaces: int | None,
-        tokens: Sequence[TokenRow] = (),
+        index: IndexRows | None = None,
     ) -> None:
         """Store a new version; ``replaces`` is the current version it supersedes (None: new).
 
         Raises VersionConflict if the current version is no longer ``replaces``.
         """
 
-    def search(self, query: Query, with_total: bool = False) -> SearchResult:
-        """Return current, non-deleted resources matching ``query``."""
+    def search_keys(self, query: Query, limit: int) -> list[tuple[str, str]]:
+        """Return the (type, id) of up to ``limit`` matches in query order."""
+
+    def count(self, query: Query) -> int:
+        """Return how many current resources match ``query``."""
+
+    def read_many(self, keys: Sequence[tuple[str, str]]) -> list[StoredResource]:
+        """Return the current, non-deleted versions of the given resources."""
+
+    def references_from(
+        self, keys: Sequence[tuple[str, str]], param: str | None
+    ) -> list[tuple[str, str]]:
+        """Return local targets referenced by the given resources (through ``param``)."""
+
+    def referencing(
+        self, source_type: str, param: str | None, keys: Sequence[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        """Return resources of ``source_type`` that reference any of ``keys``."""
+
+    def save_search(self, search_id: str, keys: Sequence[tuple[str, str]], created_us: int) -> None:
+        """Keep the ordered matches of a search so that its pages stay stable."""
+
+    def saved_search(
+        self, search_id: str, offset: int, count: int
+    ) -> tuple[list[tuple[str, str]], int] | None:
+        """Return a page of a kept search and its total, or None if it expired."""
+
+    def replace_index(self, type_: str, id_: str, index: IndexRows) -> None:
+        """Replace the index rows of the current version (reindexing)."""
+
+    def current_keys(self, after: tuple[str, str] | None, limit: int) -> list[tuple[str, str]]:
+        """Return current, non-deleted resource keys in key order after ``after``."""
 
     def history(self, query: HistoryQuery) -> list[StoredResource]:
         """Return versions newest first."""
@@ -131,14 +353,3 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release connections."""
-
-
-def iter_tokens(values: Iterator[TokenRow]) -> list[TokenRow]:
-    """Drop duplicate token rows, keeping their first order."""
-    seen: set[TokenRow] = set()
-    out: list[TokenRow] = []
-    for row in values:
-        if row not in seen:
-            seen.add(row)
-            out.append(row)
-    return out

@@ -1,4 +1,7 @@
-"""MemoryStore: the Store port in process memory, for unit tests and the contract suite."""
+"""MemoryStore: the Store port in process memory, for unit tests and the contract suite.
+
+It answers searches from the same IndexRows the SQL store keeps, with the same semantics.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +9,112 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from service.storage import (
+    CompositeMatch,
+    Criterion,
+    HasCriterion,
     HistoryQuery,
+    IdCriterion,
+    IndexRows,
+    LastUpdatedCriterion,
+    Match,
+    MissingCriterion,
+    ParamCriterion,
+    QuantityMatch,
     Query,
-    SearchResult,
+    RangeMatch,
+    ReferenceMatch,
+    SortKey,
     StoredResource,
-    TokenRow,
+    StringMatch,
+    TokenMatch,
+    UriMatch,
     VersionConflict,
 )
+
+Key = tuple[str, str]
+_ROWS = {
+    "token": "tokens",
+    "string": "strings",
+    "date": "dates",
+    "number": "numbers",
+    "quantity": "quantities",
+    "reference": "references",
+    "uri": "uris",
+    "composite": "composites",
+}
+_SORT_FIELD = {
+    "token": "code",
+    "string": "norm",
+    "date": "low",
+    "number": "low",
+    "quantity": "low",
+    "reference": "target_id",
+    "uri": "value",
+    "composite": "code",
+}
+
+
+def in_range(match: RangeMatch, low: float, high: float) -> bool:
+    """The same prefix semantics as the SQL store (search.html#prefix)."""
+    inside = low >= match.low and high <= match.high
+    return {
+        "eq": inside,
+        "ne": not inside,
+        "gt": high > match.high,
+        "lt": low < match.low,
+        "ge": high > match.high or inside,
+        "le": low < match.low or inside,
+        "sa": low > match.high,
+        "eb": high < match.low,
+        "ap": low <= match.high and high >= match.low,
+    }[match.op]
+
+
+def _token(match: TokenMatch, system: str | None, code: str | None, text: str | None) -> bool:
+    if match.text is not None:
+        return text is not None and text.startswith(match.text)
+    if match.code is not None and code != match.code:
+        return False
+    if match.system == "":
+        return system is None
+    return match.system is None or system == match.system
+
+
+def _string(match: StringMatch, norm: str | None, exact: str | None) -> bool:
+    if match.mode == "exact":
+        return exact == match.value
+    if norm is None:
+        return False
+    if match.mode == "contains":
+        return match.value in norm
+    return norm.startswith(match.value)
+
+
+def _uri(match: UriMatch, value: str) -> bool:
+    if match.mode == "below":
+        return value == match.value or value.startswith(match.value + "/")
+    if match.mode == "above":
+        return match.value == value or match.value.startswith(value + "/")
+    return value == match.value
 
 
 @dataclass
 class _State:
-    versions: dict[tuple[str, str], list[StoredResource]] = field(default_factory=dict)
-    tokens: dict[tuple[str, str], list[TokenRow]] = field(default_factory=dict)
+    versions: dict[Key, list[StoredResource]] = field(default_factory=dict)
+    index: dict[Key, IndexRows] = field(default_factory=dict)
     log: list[StoredResource] = field(default_factory=list)
+    saved: dict[str, list[Key]] = field(default_factory=dict)
     seq: int = 0
 
     def copy(self) -> _State:
         return _State(
             versions={k: list(v) for k, v in self.versions.items()},
-            tokens=dict(self.tokens),
+            index=dict(self.index),
             log=list(self.log),
+            saved=dict(self.saved),
             seq=self.seq,
         )
 
@@ -52,7 +138,7 @@ class MemoryTransaction:
         return None
 
     def put(
-        self, resource: StoredResource, replaces: int | None, tokens: Sequence[TokenRow] = ()
+        self, resource: StoredResource, replaces: int | None, index: IndexRows | None = None
     ) -> None:
         """Store a new version if ``replaces`` is still current."""
         key = (resource.type, resource.id)
@@ -63,32 +149,190 @@ class MemoryTransaction:
         stored = replace(resource, seq=self.state.seq)
         self.state.versions.setdefault(key, []).append(stored)
         self.state.log.append(stored)
-        self.state.tokens[key] = [] if resource.deleted else list(tokens)
+        self.state.index[key] = IndexRows() if resource.deleted else index or IndexRows()
 
-    def search(self, query: Query, with_total: bool = False) -> SearchResult:
-        """Match current resources on ids and token rows."""
-        matches: list[StoredResource] = []
-        for (type_, id_), versions in self.state.versions.items():
-            current = versions[-1]
-            if type_ != query.type or current.deleted:
-                continue
-            if query.ids is not None and id_ not in query.ids:
-                continue
-            rows = self.state.tokens.get((type_, id_), [])
-            if all(
-                any(
-                    row.param == crit.param
-                    and (code is None or row.code == code)
-                    and (system is None or (row.system or "") == system)
-                    for row in rows
-                    for system, code in crit.values
+    def replace_index(self, type_: str, id_: str, index: IndexRows) -> None:
+        """Replace the index rows of a resource."""
+        self.state.index[(type_, id_)] = index
+
+    def _current(self, type_: str) -> Iterator[StoredResource]:
+        for (t, _), versions in self.state.versions.items():
+            if t == type_ and not versions[-1].deleted:
+                yield versions[-1]
+
+    def _matches(self, type_: str, stored: StoredResource, criteria: Sequence[Criterion]) -> bool:
+        rows = self.state.index.get((type_, stored.id), IndexRows())
+        return all(self._criterion(type_, stored, rows, c) for c in criteria)
+
+    def _criterion(
+        self, type_: str, stored: StoredResource, rows: IndexRows, criterion: Criterion
+    ) -> bool:
+        if isinstance(criterion, IdCriterion):
+            return stored.id in criterion.ids
+        if isinstance(criterion, LastUpdatedCriterion):
+            lu = stored.last_updated_us
+            return any(in_range(m, lu, lu + 999) for m in criterion.matches)
+        if isinstance(criterion, MissingCriterion):
+            present = any(r.param == criterion.param for r in getattr(rows, _ROWS[criterion.kind]))
+            return present != criterion.missing
+        if isinstance(criterion, HasCriterion):
+            for source in self._current(criterion.source_type):
+                source_rows = self.state.index.get((source.type, source.id), IndexRows())
+                points_here = any(
+                    r.param == criterion.param
+                    and r.target_type == type_
+                    and r.target_id == stored.id
+                    for r in source_rows.references
                 )
-                for crit in query.tokens
+                if points_here and self._matches(source.type, source, criterion.criteria):
+                    return True
+            return False
+        assert isinstance(criterion, ParamCriterion)
+        candidates = [r for r in getattr(rows, _ROWS[criterion.kind]) if r.param == criterion.param]
+        hit = any(self._match(row, m) for row in candidates for m in criterion.matches)
+        return not hit if criterion.negate else hit
+
+    def _match(self, row: Any, match: Match) -> bool:
+        if isinstance(match, TokenMatch):
+            return _token(match, row.system, row.code, row.text)
+        if isinstance(match, StringMatch):
+            return _string(match, row.norm, row.exact)
+        if isinstance(match, QuantityMatch):
+            return (
+                in_range(match.range, row.low, row.high)
+                and (match.system is None or row.system == match.system)
+                and (match.code is None or row.code == match.code)
+            )
+        if isinstance(match, RangeMatch):
+            return in_range(match, row.low, row.high)
+        if isinstance(match, UriMatch):
+            return _uri(match, row.value)
+        if isinstance(match, CompositeMatch):
+            return self._composite(row, match)
+        return self._reference(row, match)
+
+    def _composite(self, row: Any, match: CompositeMatch) -> bool:
+        if not _token(match.token, row.system, row.code, None):
+            return False
+        value = match.value
+        if isinstance(value, TokenMatch):
+            return _token(value, row.value_system, row.value_code, None)
+        if isinstance(value, QuantityMatch):
+            return (
+                row.low is not None
+                and in_range(value.range, row.low, row.high)
+                and (value.system is None or row.value_system == value.system)
+                and (value.code is None or row.value_code == value.code)
+            )
+        if isinstance(value, RangeMatch):
+            return row.low is not None and in_range(value, row.low, row.high)
+        return _string(value, row.text, None)
+
+    def _reference(self, row: Any, match: ReferenceMatch) -> bool:
+        if match.chain:
+            if row.target_type not in match.types or row.target_id is None:
+                return False
+            target = self.read(row.target_type, row.target_id)
+            return (
+                target is not None
+                and not target.deleted
+                and self._matches(row.target_type, target, match.chain)
+            )
+        return (
+            (match.url is None or row.url == match.url)
+            and (match.target_type is None or row.target_type == match.target_type)
+            and (match.target_id is None or row.target_id == match.target_id)
+            and (not match.types or row.target_type in match.types)
+        )
+
+    def _sorted(self, query: Query) -> list[StoredResource]:
+        found = [
+            r for r in self._current(query.type) if self._matches(query.type, r, query.criteria)
+        ]
+        found.sort(key=lambda r: r.id)
+        for key in reversed(query.sort):
+            found.sort(key=lambda r, key=key: self._sort_value(query.type, r, key))  # type: ignore[misc]
+        return found
+
+    def _sort_value(self, type_: str, stored: StoredResource, key: SortKey) -> tuple[int, Any]:
+        if key.kind == "_id":
+            value: Any = stored.id
+        elif key.kind == "_lastUpdated":
+            value = stored.last_updated_us
+        else:
+            rows = self.state.index.get((type_, stored.id), IndexRows())
+            values = [
+                getattr(r, _SORT_FIELD[key.kind])
+                for r in getattr(rows, _ROWS[key.kind])
+                if r.param == key.param
+            ]
+            values = [v for v in values if v is not None]
+            if not values:
+                return (1, 0)  # resources without a value sort last either way
+            value = max(values) if key.descending else min(values)
+        if key.descending:
+            return (0, _Reversed(value))
+        return (0, value)
+
+    def search_keys(self, query: Query, limit: int) -> list[Key]:
+        """Return up to ``limit`` matching keys in query order from ``query.offset``."""
+        found = self._sorted(query)
+        return [(r.type, r.id) for r in found[query.offset : query.offset + limit]]
+
+    def count(self, query: Query) -> int:
+        """Return how many resources match."""
+        return len(self._sorted(query))
+
+    def read_many(self, keys: Sequence[Key]) -> list[StoredResource]:
+        """Return current, non-deleted versions in the order given."""
+        out = []
+        for key in keys:
+            current = self.read(*key)
+            if current is not None and not current.deleted:
+                out.append(current)
+        return out
+
+    def references_from(self, keys: Sequence[Key], param: str | None) -> list[Key]:
+        """Return local targets referenced by the given resources."""
+        out: list[Key] = []
+        for key in keys:
+            for row in self.state.index.get(key, IndexRows()).references:
+                if (param is None or row.param == param) and row.target_id and row.target_type:
+                    target = (row.target_type, row.target_id)
+                    if target not in out:
+                        out.append(target)
+        return out
+
+    def referencing(self, source_type: str, param: str | None, keys: Sequence[Key]) -> list[Key]:
+        """Return resources of ``source_type`` referencing any of ``keys``."""
+        wanted = set(keys)
+        out: list[Key] = []
+        for source in self._current(source_type):
+            rows = self.state.index.get((source.type, source.id), IndexRows()).references
+            if any(
+                (param is None or r.param == param) and (r.target_type, r.target_id) in wanted
+                for r in rows
             ):
-                matches.append(current)
-        matches.sort(key=lambda r: (r.last_updated_us, r.seq))
-        page = matches[query.offset : query.offset + query.count]
-        return SearchResult(page, len(matches) if with_total else None)
+                out.append((source.type, source.id))
+        return out
+
+    def save_search(self, search_id: str, keys: Sequence[Key], created_us: int) -> None:
+        """Keep the ordered matches of a search."""
+        self.state.saved[search_id] = list(keys)
+
+    def saved_search(self, search_id: str, offset: int, count: int) -> tuple[list[Key], int] | None:
+        """Return one page of a kept search."""
+        keys = self.state.saved.get(search_id)
+        if keys is None:
+            return None
+        return keys[offset : offset + count], len(keys)
+
+    def current_keys(self, after: Key | None, limit: int) -> list[Key]:
+        """Return current keys in order after ``after``."""
+        keys = sorted(k for k, v in self.state.versions.items() if not v[-1].deleted)
+        if after is not None:
+            keys = [k for k in keys if k > after]
+        return keys[:limit]
 
     def history(self, query: HistoryQuery) -> list[StoredResource]:
         """Return versions newest first."""
@@ -109,6 +353,23 @@ class MemoryTransaction:
 
     def lock(self, key: str) -> None:
         """Nothing to do: write transactions already run one at a time."""
+
+
+class _Reversed:
+    """Wraps a value so that sorting ascending orders it descending."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __lt__(self, other: _Reversed) -> bool:
+        result: bool = self.value > other.value
+        return result
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Reversed) and self.value == other.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
 
 
 class MemoryStore:

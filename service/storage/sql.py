@@ -3,36 +3,25 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
+    ColumnElement,
     Connection,
     Engine,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
     and_,
     bindparam,
     create_engine,
     delete,
     event,
-    exists,
     func,
     insert,
     or_,
     select,
     text,
-    true,
     update,
 )
 from sqlalchemy.engine import make_url
@@ -40,78 +29,25 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from service.storage import (
     HistoryQuery,
+    IndexRows,
     Query,
-    SearchResult,
     StorageError,
     StoredResource,
     StoreUnavailable,
-    TokenRow,
     VersionConflict,
 )
-
-metadata = MetaData()
-_SEQ = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
-
-resource_versions = Table(
-    "resource_versions",
+from service.storage.schema import (
+    INDEX_TABLES,
+    MIGRATIONS,
     metadata,
-    Column("seq", _SEQ, primary_key=True, autoincrement=True),
-    Column("res_type", String(64), nullable=False),
-    Column("res_id", String(64), nullable=False),
-    Column("version", Integer, nullable=False),
-    Column("last_updated", BigInteger, nullable=False),
-    Column("deleted", Boolean, nullable=False),
-    Column("method", String(8), nullable=False),
-    Column("content", Text, nullable=True),
-    UniqueConstraint("res_type", "res_id", "version", name="uq_resource_versions_version"),
-    Index("ix_resource_versions_type_seq", "res_type", "seq"),
-    Index("ix_resource_versions_id_seq", "res_type", "res_id", "seq"),
+    resource_versions,
+    resources,
+    saved_search,
+    saved_search_result,
+    schema_migrations,
+    search_reference,
 )
-
-resources = Table(
-    "resources",
-    metadata,
-    Column("res_type", String(64), primary_key=True),
-    Column("res_id", String(64), primary_key=True),
-    Column("version", Integer, nullable=False),
-    Column("last_updated", BigInteger, nullable=False),
-    Column("deleted", Boolean, nullable=False),
-    Column("seq", BigInteger, nullable=False),
-    Column("method", String(8), nullable=False),
-    Column("content", Text, nullable=True),
-    Index("ix_resources_type_updated", "res_type", "last_updated", "seq"),
-)
-
-search_token = Table(
-    "search_token",
-    metadata,
-    Column("res_type", String(64), nullable=False),
-    Column("res_id", String(64), nullable=False),
-    Column("param", String(100), nullable=False),
-    Column("system", Text, nullable=True),
-    Column("code", Text, nullable=False),
-    Index("ix_search_token_lookup", "res_type", "param", "code", "system"),
-    Index("ix_search_token_resource", "res_type", "res_id"),
-)
-
-schema_migrations = Table(
-    "schema_migrations",
-    metadata,
-    Column("version", Integer, primary_key=True),
-    Column("description", Text, nullable=False),
-)
-
-_MIGRATION_TABLES = [resource_versions, resources, search_token]
-
-
-def _initial_schema(conn: Connection) -> None:
-    metadata.create_all(conn, tables=_MIGRATION_TABLES)
-
-
-# Append-only: a released migration never changes; a schema change is a new entry.
-MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
-    (1, "resources, versions and token index", _initial_schema),
-]
+from service.storage.sqlsearch import SearchSql
 
 
 def _advisory_key(key: str) -> int:
@@ -184,6 +120,29 @@ def _row_to_resource(row: Any) -> StoredResource:
     )
 
 
+_INDEX_FIELDS: dict[str, tuple[str, ...]] = {
+    "token": ("system", "code", "text"),
+    "string": ("norm", "exact"),
+    "date": ("low", "high"),
+    "number": ("low", "high"),
+    "quantity": ("low", "high", "system", "code"),
+    "reference": ("target_type", "target_id", "url"),
+    "uri": ("value",),
+    "composite": ("system", "code", "value_system", "value_code", "low", "high", "text"),
+}
+_INDEX_ROWS = {
+    "token": "tokens",
+    "string": "strings",
+    "date": "dates",
+    "number": "numbers",
+    "quantity": "quantities",
+    "reference": "references",
+    "uri": "uris",
+    "composite": "composites",
+}
+_SQL = SearchSql()
+
+
 class SqlTransaction:
     """One database transaction on a SQLAlchemy connection."""
 
@@ -202,7 +161,7 @@ class SqlTransaction:
         return _row_to_resource(row) if row else None
 
     def put(
-        self, resource: StoredResource, replaces: int | None, tokens: Sequence[TokenRow] = ()
+        self, resource: StoredResource, replaces: int | None, index: IndexRows | None = None
     ) -> None:
         """Store a new version if ``replaces`` is still the current one."""
         values = {
@@ -233,53 +192,168 @@ class SqlTransaction:
                     raise VersionConflict(f"{resource.type}/{resource.id} changed")
         except IntegrityError as exc:
             raise VersionConflict(f"{resource.type}/{resource.id} changed") from exc
-        self._conn.execute(
-            delete(search_token).where(
-                search_token.c.res_type == resource.type, search_token.c.res_id == resource.id
-            )
+        self.replace_index(
+            resource.type, resource.id, IndexRows() if resource.deleted else index or IndexRows()
         )
-        if tokens and not resource.deleted:
+
+    def replace_index(self, type_: str, id_: str, index: IndexRows) -> None:
+        """Replace every index row of a resource."""
+        for kind, table in INDEX_TABLES.items():
+            rows = getattr(index, _INDEX_ROWS[kind])
             self._conn.execute(
-                insert(search_token),
-                [{**key, "param": t.param, "system": t.system, "code": t.code} for t in tokens],
+                delete(table).where(table.c.res_type == type_, table.c.res_id == id_)
+            )
+            if rows:
+                fields = _INDEX_FIELDS[kind]
+                self._conn.execute(
+                    insert(table),
+                    [
+                        {
+                            "res_type": type_,
+                            "res_id": id_,
+                            "param": row.param,
+                            **{f: getattr(row, f) for f in fields},
+                        }
+                        for row in rows
+                    ],
+                )
+
+    def search_keys(self, query: Query, limit: int) -> list[tuple[str, str]]:
+        """Return the keys of up to ``limit`` matches, in query order, from ``query.offset``."""
+        statement = (
+            _SQL.select_matches(query, [resources.c.res_type, resources.c.res_id])
+            .order_by(*_SQL.order(query, resources))
+            .limit(limit)
+            .offset(query.offset)
+        )
+        return [(row.res_type, row.res_id) for row in self._conn.execute(statement)]
+
+    def count(self, query: Query) -> int:
+        """Return how many resources match ``query``."""
+        statement = _SQL.select_matches(query, [func.count()])
+        return int(self._conn.execute(statement).scalar_one())
+
+    def read_many(self, keys: Sequence[tuple[str, str]]) -> list[StoredResource]:
+        """Return the current, non-deleted versions of ``keys``, in the order given."""
+        found: dict[tuple[str, str], StoredResource] = {}
+        by_type: dict[str, list[str]] = {}
+        for type_, id_ in keys:
+            by_type.setdefault(type_, []).append(id_)
+        for type_, ids in by_type.items():
+            for start in range(0, len(ids), 500):
+                rows = self._conn.execute(
+                    select(resources).where(
+                        resources.c.res_type == type_,
+                        resources.c.res_id.in_(ids[start : start + 500]),
+                        resources.c.deleted.is_(False),
+                    )
+                )
+                for row in rows:
+                    found[(row.res_type, row.res_id)] = _row_to_resource(row)
+        return [found[k] for k in keys if k in found]
+
+    def references_from(
+        self, keys: Sequence[tuple[str, str]], param: str | None
+    ) -> list[tuple[str, str]]:
+        """Return the local targets the given resources reference (through ``param``)."""
+        ref = search_reference
+        out: list[tuple[str, str]] = []
+        by_type: dict[str, list[str]] = {}
+        for type_, id_ in keys:
+            by_type.setdefault(type_, []).append(id_)
+        for type_, ids in by_type.items():
+            conditions = [
+                ref.c.res_type == type_,
+                ref.c.res_id.in_(ids),
+                ref.c.target_id.is_not(None),
+            ]
+            if param is not None:
+                conditions.append(ref.c.param == param)
+            statement = select(ref.c.target_type, ref.c.target_id).where(*conditions).distinct()
+            out.extend((r.target_type, r.target_id) for r in self._conn.execute(statement))
+        return out
+
+    def referencing(
+        self, source_type: str, param: str | None, keys: Sequence[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        """Return resources of ``source_type`` that reference any of ``keys``."""
+        ref = search_reference
+        out: list[tuple[str, str]] = []
+        by_type: dict[str, list[str]] = {}
+        for type_, id_ in keys:
+            by_type.setdefault(type_, []).append(id_)
+        for type_, ids in by_type.items():
+            conditions = [
+                ref.c.res_type == source_type,
+                ref.c.target_type == type_,
+                ref.c.target_id.in_(ids),
+            ]
+            if param is not None:
+                conditions.append(ref.c.param == param)
+            statement = select(ref.c.res_type, ref.c.res_id).where(*conditions).distinct()
+            out.extend((r.res_type, r.res_id) for r in self._conn.execute(statement))
+        return out
+
+    def save_search(self, search_id: str, keys: Sequence[tuple[str, str]], created_us: int) -> None:
+        """Keep the ordered matches of a search; drop searches older than a day."""
+        stale = select(saved_search.c.search_id).where(
+            saved_search.c.created < created_us - 86_400_000_000
+        )
+        self._conn.execute(
+            delete(saved_search_result).where(saved_search_result.c.search_id.in_(stale))
+        )
+        self._conn.execute(
+            delete(saved_search).where(saved_search.c.created < created_us - 86_400_000_000)
+        )
+        self._conn.execute(
+            insert(saved_search).values(search_id=search_id, created=created_us, total=len(keys))
+        )
+        for start in range(0, len(keys), 1000):
+            self._conn.execute(
+                insert(saved_search_result),
+                [
+                    {"search_id": search_id, "position": start + i, "res_type": t, "res_id": r}
+                    for i, (t, r) in enumerate(keys[start : start + 1000])
+                ],
             )
 
-    def search(self, query: Query, with_total: bool = False) -> SearchResult:
-        """Match current resources using the index tables only."""
-        conditions = [resources.c.res_type == query.type, resources.c.deleted.is_(False)]
-        if query.ids is not None:
-            conditions.append(resources.c.res_id.in_(query.ids))
-        for criterion in query.tokens:
-            alternatives = []
-            for system, code in criterion.values:
-                match = [] if code is None else [search_token.c.code == code]
-                if system == "":
-                    match.append(search_token.c.system.is_(None))
-                elif system is not None:
-                    match.append(search_token.c.system == system)
-                alternatives.append(and_(true(), *match))
+    def saved_search(
+        self, search_id: str, offset: int, count: int
+    ) -> tuple[list[tuple[str, str]], int] | None:
+        """Return one page of a kept search and its total, or None if it is gone."""
+        total = self._conn.execute(
+            select(saved_search.c.total).where(saved_search.c.search_id == search_id)
+        ).scalar_one_or_none()
+        if total is None:
+            return None
+        rows = self._conn.execute(
+            select(saved_search_result.c.res_type, saved_search_result.c.res_id)
+            .where(
+                saved_search_result.c.search_id == search_id,
+                saved_search_result.c.position >= offset,
+                saved_search_result.c.position < offset + count,
+            )
+            .order_by(saved_search_result.c.position)
+        )
+        return [(r.res_type, r.res_id) for r in rows], int(total)
+
+    def current_keys(self, after: tuple[str, str] | None, limit: int) -> list[tuple[str, str]]:
+        """Return current, non-deleted keys in (type, id) order after ``after``."""
+        conditions: list[ColumnElement[bool]] = [resources.c.deleted.is_(False)]
+        if after is not None:
             conditions.append(
-                exists().where(
-                    search_token.c.res_type == resources.c.res_type,
-                    search_token.c.res_id == resources.c.res_id,
-                    search_token.c.param == criterion.param,
-                    or_(*alternatives),
+                or_(
+                    resources.c.res_type > after[0],
+                    and_(resources.c.res_type == after[0], resources.c.res_id > after[1]),
                 )
             )
         statement = (
-            select(resources)
+            select(resources.c.res_type, resources.c.res_id)
             .where(*conditions)
-            .order_by(resources.c.last_updated, resources.c.seq)
-            .limit(query.count)
-            .offset(query.offset)
+            .order_by(resources.c.res_type, resources.c.res_id)
+            .limit(limit)
         )
-        found = [_row_to_resource(r) for r in self._conn.execute(statement)]
-        total = None
-        if with_total:
-            total = self._conn.execute(
-                select(func.count()).select_from(resources).where(*conditions)
-            ).scalar_one()
-        return SearchResult(found, total)
+        return [(r.res_type, r.res_id) for r in self._conn.execute(statement)]
 
     def history(self, query: HistoryQuery) -> list[StoredResource]:
         """Return versions newest first."""
@@ -300,6 +374,20 @@ class SqlTransaction:
         """Serialise transactions on ``key`` (SQLite writers are serialised already)."""
         if self._dialect == "postgresql":
             self._conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _advisory_key(key)})
+
+    def execute_explain(self, query: Query) -> list[str]:
+        """Return the database's plan for ``query`` (used by the index-usage tests)."""
+        statement = (
+            _SQL.select_matches(query, [resources.c.res_type, resources.c.res_id])
+            .order_by(*_SQL.order(query, resources))
+            .limit(query.count)
+        )
+        compiled = statement.compile(
+            dialect=self._conn.dialect, compile_kwargs={"literal_binds": True}
+        )
+        prefix = "EXPLAIN QUERY PLAN " if self._dialect == "sqlite" else "EXPLAIN "
+        rows = self._conn.exec_driver_sql(prefix + str(compiled)).all()
+        return [" ".join(str(c) for c in row) for row in rows]
 
 
 class SqlStore:

@@ -49,10 +49,40 @@ def test_metadata_lists_interactions_and_conditional_support(client: FlaskClient
     assert goal["versioning"] == "versioned-update"
 
 
+SAMPLE = {
+    "token": "x",
+    "string": "x",
+    "date": "2020-01-01",
+    "number": "1",
+    "quantity": "1",
+    "reference": "Patient/x",
+    "uri": "http://example.org/x",
+}
+
+
+def _sample(param: dict) -> str:
+    if param["type"] != "composite":
+        return SAMPLE[param["type"]]
+    if "quantity" in param["name"]:
+        return "x$1"
+    return "x$2020" if "date" in param["name"] else "x$y"
+
+
 def test_every_advertised_search_parameter_works(client: FlaskClient) -> None:
     for resource in client.get("/fhir/metadata").get_json()["rest"][0]["resource"]:
         for param in resource["searchParam"]:
             response = client.get(
-                f"/fhir/{resource['type']}?{param['name']}=x", headers={"Prefer": "handling=strict"}
+                f"/fhir/{resource['type']}?{param['name']}={_sample(param)}",
+                headers={"Prefer": "handling=strict"},
             )
-            assert response.status_code == 200, (resource["type"], param["name"])
+            assert response.status_code == 200, (resource["type"], param["name"], response.data)
+
+
+def test_includes_are_advertised(client: FlaskClient) -> None:
+    goal = next(
+        r
+        for r in client.get("/fhir/metadata").get_json()["rest"][0]["resource"]
+        if r["type"] == "Goal"
+    )
+    assert "Goal:subject" in goal["searchInclude"]
+    assert "Provenance:target" in goal["searchRevInclude"]

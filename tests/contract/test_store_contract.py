@@ -8,10 +8,13 @@ import pytest
 
 from service.storage import (
     HistoryQuery,
+    IdCriterion,
+    IndexRows,
+    ParamCriterion,
     Query,
     Store,
     StoredResource,
-    TokenCriterion,
+    TokenMatch,
     TokenRow,
     VersionConflict,
 )
@@ -67,7 +70,7 @@ def test_put_with_stale_replaces_raises_version_conflict(store: Store) -> None:
 
 def _write_then_fail(store: Store) -> None:
     with store.transaction() as tx:
-        tx.put(_version("a", 1), None, [TokenRow("identifier", "s", "1")])
+        tx.put(_version("a", 1), None, _tokens(("s", "1")))
         raise RuntimeError("boom")
 
 
@@ -76,20 +79,25 @@ def test_failed_transaction_writes_nothing(store: Store) -> None:
         _write_then_fail(store)
     with store.transaction(write=False) as tx:
         assert tx.read("Goal", "a") is None
-        assert tx.search(Query("Goal")).resources == []
+        assert tx.search_keys(Query("Goal"), 10) == []
         assert tx.history(HistoryQuery()) == []
+
+
+def _tokens(*pairs: tuple[str | None, str]) -> IndexRows:
+    return IndexRows(tokens=[TokenRow("identifier", s, c) for s, c in pairs])
 
 
 def test_search_by_token_forms(store: Store) -> None:
     with store.transaction() as tx:
-        tx.put(_version("a", 1), None, [TokenRow("identifier", "s", "1")])
-        tx.put(_version("b", 1), None, [TokenRow("identifier", None, "1")])
-        tx.put(_version("c", 1), None, [TokenRow("identifier", "s", "2")])
+        tx.put(_version("a", 1), None, _tokens(("s", "1")))
+        tx.put(_version("b", 1), None, _tokens((None, "1")))
+        tx.put(_version("c", 1), None, _tokens(("s", "2")))
 
     def ids(*values: tuple[str | None, str | None]) -> list[str]:
-        query = Query("Goal", tokens=(TokenCriterion("identifier", values),))
+        matches = tuple(TokenMatch(s, c) for s, c in values)
+        query = Query("Goal", criteria=(ParamCriterion("token", "identifier", matches),))
         with store.transaction(write=False) as tx:
-            return sorted(r.id for r in tx.search(query).resources)
+            return sorted(k[1] for k in tx.search_keys(query, 100))
 
     assert ids(("s", "1")) == ["a"]
     assert ids((None, "1")) == ["a", "b"]
@@ -101,13 +109,17 @@ def test_search_by_token_forms(store: Store) -> None:
 def test_search_skips_deleted_and_counts_total(store: Store) -> None:
     with store.transaction() as tx:
         for id_ in "abc":
-            tx.put(_version(id_, 1), None, [TokenRow("identifier", "s", "1")])
+            tx.put(_version(id_, 1), None, _tokens(("s", "1")))
         tx.put(_version("b", 2, deleted=True), 1)
     with store.transaction(write=False) as tx:
-        result = tx.search(Query("Goal", count=1), with_total=True)
-        assert result.total == 2
-        assert len(result.resources) == 1
-        assert sorted(r.id for r in tx.search(Query("Goal", ids=("a", "b"))).resources) == ["a"]
+        assert tx.count(Query("Goal")) == 2
+        assert tx.search_keys(Query("Goal"), 1) == [("Goal", "a")]
+        by_id = Query("Goal", criteria=(IdCriterion(("a", "b")),))
+        assert tx.search_keys(by_id, 10) == [("Goal", "a")]
+        assert [r.id for r in tx.read_many([("Goal", "c"), ("Goal", "b"), ("Goal", "a")])] == [
+            "c",
+            "a",
+        ]
 
 
 def test_history_is_newest_first_and_pages_by_sequence(store: Store) -> None:

@@ -1,0 +1,71 @@
+"""FHIR date, dateTime and instant values as microsecond ranges (search.html#date).
+
+A value stands for the whole period its precision implies: ``2026`` is the year 2026,
+``2026-11-20`` the day, ``2026-11-20T10:15`` that minute. Values without a time zone are taken
+as UTC. Ranges are closed: [first microsecond, last microsecond].
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from datetime import UTC, datetime, timedelta, timezone
+
+_PATTERN = re.compile(
+    r"^(?P<year>\d{4})(?:-(?P<month>\d{2})(?:-(?P<day>\d{2})"
+    r"(?:T(?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?:\.(?P<fraction>\d+))?)?"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(moment: datetime) -> int:
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def date_range(value: str) -> tuple[int, int] | None:
+    """The closed microsecond range of a FHIR date/dateTime/instant, or None if malformed."""
+    match = _PATTERN.match(value.strip())
+    if match is None:
+        return None
+    parts = match.groupdict()
+    try:
+        year = int(parts["year"])
+        month = int(parts["month"] or 1)
+        day = int(parts["day"] or 1)
+        hour = int(parts["hour"] or 0)
+        minute = int(parts["minute"] or 0)
+        second = int(parts["second"] or 0)
+        fraction = parts["fraction"] or ""
+        micro = int((fraction + "000000")[:6]) if fraction else 0
+        tz = UTC
+        if parts["tz"] and parts["tz"] != "Z":
+            sign = 1 if parts["tz"][0] == "+" else -1
+            hours, minutes = parts["tz"][1:].split(":")
+            tz = timezone(sign * timedelta(hours=int(hours), minutes=int(minutes)))
+        start = datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
+    except ValueError:
+        return None
+    if parts["month"] is None:
+        end = datetime(year + 1, 1, 1, tzinfo=tz) if year < 9999 else None
+    elif parts["day"] is None:
+        days = calendar.monthrange(year, month)[1]
+        end = start + timedelta(days=days)
+    elif parts["hour"] is None:
+        end = start + timedelta(days=1)
+    elif parts["second"] is None:
+        end = start + timedelta(minutes=1)
+    elif not fraction:
+        end = start + timedelta(seconds=1)
+    else:
+        end = start + timedelta(microseconds=max(1, 10 ** (6 - min(len(fraction), 6))))
+    low = _micros(start)
+    last = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    high = _micros(end) - 1 if end is not None else _micros(last)
+    return low, high
+
+
+def now_micros() -> int:
+    """The current time in microseconds since the epoch."""
+    return _micros(datetime.now(UTC))

@@ -1,0 +1,196 @@
+"""Run a search and build its searchset Bundle: https://hl7.org/fhir/R4/search.html.
+
+Paging: when a search has more matches than one page, its ordered matches are kept (up to
+``MAX_KEPT``) under a token, and ``next``/``previous`` links page through that list. Writes made
+while a client pages therefore neither repeat nor skip a match.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from service.errors import Gone, Issue
+from service.fhir.model import instant, parse_json
+from service.fhir.search import Include, SearchParser, SearchRequest
+from service.fhir.subsetting import subset
+from service.storage import StoredResource, Transaction
+
+if TYPE_CHECKING:
+    from service.fhir.interactions import FhirService, Result
+
+MAX_KEPT = 20_000
+MAX_INCLUDED = 1_000
+ITERATE_DEPTH = 4
+Key = tuple[str, str]
+
+
+def search_type(
+    service: FhirService,
+    type_: str,
+    params: Sequence[tuple[str, str]],
+    base: str,
+    *,
+    strict: bool,
+    tx: Transaction | None,
+) -> Result:
+    """Search one resource type and return a searchset Bundle."""
+    from service.fhir.interactions import Result, operation_outcome
+
+    request = SearchParser(service.search_params, base).parse(
+        type_,
+        params,
+        strict=strict,
+        default_count=service.default_page_size,
+        max_count=service.max_page_size,
+    )
+    warnings = list(request.warnings)
+
+    def read(work: Any) -> Any:
+        return work(tx) if tx is not None else service.read_only(work)
+
+    total: int | None = None
+    token = request.page_token
+    offset = request.offset if token else 0
+    count = request.count
+    if request.summary == "count":
+        total = read(lambda t: t.count(request.query))
+        keys: list[Key] = []
+        more = False
+    elif token is not None:
+        kept = read(lambda t: t.saved_search(token, offset, count))
+        if kept is None:
+            raise Gone("This search has expired; run it again from the first page")
+        keys, kept_total = kept
+        more = offset + count < kept_total
+        if request.total:
+            total = kept_total
+    else:
+        keys = read(lambda t: t.search_keys(request.query, count + 1))
+        more = len(keys) > count
+        keys = keys[:count]
+        if more:
+            every = read(lambda t: t.search_keys(request.query, MAX_KEPT + 1))
+            if len(every) > MAX_KEPT:
+                warnings.append(
+                    Issue(
+                        "warning",
+                        "too-costly",
+                        f"More than {MAX_KEPT} resources match; only the first {MAX_KEPT} can "
+                        "be paged through. Narrow the search.",
+                    )
+                )
+                every = every[:MAX_KEPT]
+            token = str(uuid.uuid4())
+            moment = service.clock()
+            new_token = token
+            if tx is not None:
+                tx.save_search(new_token, every, moment)
+            else:
+                service.run(lambda t: t.save_search(new_token, every, moment))
+            if request.total:
+                total = len(every)
+        if request.total and total is None:
+            total = len(keys) if not more else read(lambda t: t.count(request.query))
+    matches = read(lambda t: t.read_many(keys))
+    included = read(lambda t: _includes(t, request.includes, matches)) if matches else []
+    entries = [_entry(service, base, item, "match", request) for item in matches]
+    entries += [_entry(service, base, item, "include", request) for item in included]
+    if warnings:
+        entries.append({"resource": operation_outcome(warnings), "search": {"mode": "outcome"}})
+    links = [{"relation": "self", "url": _url(base, type_, request.used, token, offset, count)}]
+    if more and token is not None and count > 0:
+        links.append(
+            {
+                "relation": "next",
+                "url": _url(base, type_, request.used, token, offset + count, count),
+            }
+        )
+    if token is not None and offset > 0:
+        links.append(
+            {
+                "relation": "previous",
+                "url": _url(base, type_, request.used, token, max(0, offset - count), count),
+            }
+        )
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "meta": {"lastUpdated": instant(service.clock())},
+        "type": "searchset",
+    }
+    if total is not None:
+        bundle["total"] = total
+    bundle["link"] = links
+    if entries:
+        bundle["entry"] = entries
+    return Result(200, body=bundle)
+
+
+def _entry(
+    service: FhirService, base: str, item: StoredResource, mode: str, request: SearchRequest
+) -> dict[str, Any]:
+    resource = parse_json(item.content or "{}")
+    resource = subset(service.definitions, resource, request.summary, request.elements)
+    return {
+        "fullUrl": f"{base}/{item.type}/{item.id}",
+        "resource": resource,
+        "search": {"mode": mode},
+    }
+
+
+def _includes(
+    tx: Transaction, includes: Sequence[Include], matches: Sequence[StoredResource]
+) -> list[StoredResource]:
+    """Resolve _include and _revinclude (https://hl7.org/fhir/R4/search.html#include)."""
+    if not includes:
+        return []
+    seen: set[Key] = {(m.type, m.id) for m in matches}
+    found: list[StoredResource] = []
+    frontier: list[Key] = list(seen)
+    for depth in range(ITERATE_DEPTH):
+        rules = [i for i in includes if depth == 0 or i.iterate]
+        if not rules or not frontier:
+            break
+        new_keys: list[Key] = []
+        for rule in rules:
+            sources = [k for k in frontier if rule.reverse or k[0] == rule.source_type]
+            if not sources:
+                continue
+            if rule.reverse:
+                keys = tx.referencing(rule.source_type, rule.param, sources)
+            else:
+                keys = tx.references_from(sources, rule.param)
+                if rule.target_type is not None:
+                    keys = [k for k in keys if k[0] == rule.target_type]
+            for key in keys:
+                if key not in seen:
+                    seen.add(key)
+                    new_keys.append(key)
+        new_keys = new_keys[: MAX_INCLUDED - len(found)]
+        resources = tx.read_many(new_keys)
+        found.extend(resources)
+        frontier = [(r.type, r.id) for r in resources]
+        if len(found) >= MAX_INCLUDED:
+            break
+    return found
+
+
+def _url(
+    base: str,
+    type_: str,
+    params: Sequence[tuple[str, str]],
+    token: str | None,
+    offset: int,
+    count: int,
+) -> str:
+    items = [(k, v) for k, v in params if k != "_count"]
+    items.append(("_count", str(count)))
+    if token is not None:
+        items += [("_page_token", token), ("_offset", str(offset))]
+    return f"{base}/{type_}?" + urlencode(items)
+
+
+__all__ = ["search_type"]
