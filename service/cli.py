@@ -55,6 +55,27 @@ def _init_db(config: Config, _args: argparse.Namespace) -> int:
     return 0
 
 
+def _reindex(config: Config, args: argparse.Namespace) -> int:
+    from service import build_fhir_service
+
+    service = build_fhir_service(config)
+    width = 30
+
+    def bar(done: int, total: int) -> None:
+        filled = width * done // max(total, 1)
+        percent = 100 * done // max(total, 1)
+        sys.stderr.write(
+            f"\rreindex [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {percent}%"
+        )
+        sys.stderr.flush()
+
+    count = service.reindex(batch_size=args.batch, restart=args.restart, progress=bar)
+    sys.stderr.write("\n")
+    print(f"reindexed {count} resources")
+    service.store.close()
+    return 0
+
+
 def _vendor(_config: Config, args: argparse.Namespace) -> int:
     from service.validation.vendor import vendor
 
@@ -75,6 +96,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.set_defaults(run=_serve)
     init_db = sub.add_parser("init-db", help="create or migrate the database schema")
     init_db.set_defaults(run=_init_db)
+    reindex = sub.add_parser(
+        "reindex",
+        help="rebuild the search index (resumable: an interrupted run continues where it stopped)",
+    )
+    reindex.add_argument("--batch", type=int, default=500, help="resources per transaction")
+    reindex.add_argument("--restart", action="store_true", help="start again from the beginning")
+    reindex.set_defaults(run=_reindex)
     vendor = sub.add_parser(
         "vendor-definitions", help="regenerate the vendored R4 definitions from the npm package"
     )

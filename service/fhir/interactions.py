@@ -456,6 +456,49 @@ class FhirService:
             bundle["entry"] = entries
         return Result(200, body=bundle)
 
+    # -- maintenance ----------------------------------------------------------------------------
+
+    def reindex(
+        self,
+        batch_size: int = 500,
+        restart: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Rebuild the search index of every current resource, in short batches.
+
+        Each batch is one transaction that also records how far the job got, so an interrupted
+        reindex resumes where it stopped; readers are never blocked for longer than a batch.
+        Returns how many resources were reindexed in all.
+        """
+        job = "reindex"
+        total = self.read_only(lambda tx: sum(tx.count(Query(t)) for t in SUPPORTED_TYPES))
+        state = self.read_only(lambda tx: tx.progress(job))
+        if restart or state is None:
+            last: tuple[str, str] | None = None
+            done = 0
+        else:
+            last, done = state
+
+        def batch(tx: Transaction) -> tuple[tuple[str, str] | None, int]:
+            keys = tx.current_keys(last, batch_size)
+            for type_, id_ in keys:
+                tx.lock(f"{type_}/{id_}")  # the same lock a writer of this resource takes
+                current = tx.read(type_, id_)
+                if current is None or current.deleted or current.content is None:
+                    continue
+                tx.replace_index(type_, id_, self.search_params.index(parse_json(current.content)))
+            new_last = keys[-1] if keys else None
+            tx.set_progress(job, new_last, done + len(keys) if keys else None)
+            return new_last, len(keys)
+
+        while True:
+            last, count = self.run(batch)
+            done += count
+            if progress is not None:
+                progress(done, max(total, done))
+            if last is None:
+                return done
+
     # -- helpers shared with bundles ----------------------------------------------------------
 
     def check_resource(self, resource: Any, type_: str) -> None:

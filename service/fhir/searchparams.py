@@ -71,16 +71,38 @@ class SearchParam:
     components: tuple[Component, ...] = ()
     expression: str = ""
 
-    def evaluate(self, resource: dict[str, Any]) -> list[tuple[Any, str | None]]:
-        """The values of this parameter in ``resource``, each with its required target type."""
+    def evaluate(
+        self, resource: dict[str, Any], strict: bool = False
+    ) -> list[tuple[Any, str | None]]:
+        """The values of this parameter in ``resource``, each with its required target type.
+
+        fhirpathpy raises bare Exceptions on data it cannot walk; a write must not fail for
+        that, so the parameter then has no value (``strict`` re-raises, for tests).
+        """
         out: list[tuple[Any, str | None]] = []
         for evaluator, target_type in self.evaluators:
             try:
                 values = evaluator(resource)
-            except Exception:  # noqa: BLE001 - fhirpathpy raises bare Exceptions on odd data
+            except Exception:
+                if strict:
+                    raise
                 values = []
             out.extend((value, target_type) for value in values)
         return out
+
+
+def _as_to_of_type(expression: str) -> str:
+    """Make R4 expressions runnable by fhirpathpy.
+
+    They apply ``as`` to collections (Observation.component.value as Quantity), which FHIRPath
+    only allows on one item; ``ofType`` is the collection-safe equivalent.
+    """
+    expression = re.sub(r"\.as\((\w+)\)", r".ofType(\1)", expression)
+    # fhirpathpy has no hasExtension(); this is its definition in FHIRPath terms.
+    expression = re.sub(
+        r"hasExtension\(('[^']*')\)", r"extension.where(url = \1).exists()", expression
+    )
+    return re.sub(r"\s+as\s+(\w+)", r".ofType(\1)", expression)
 
 
 def _parts_for(expression: str, type_: str) -> list[str]:
@@ -160,7 +182,7 @@ class SearchParameters:
             for part in parts:
                 resolved = _RESOLVE.search(part)
                 target_type = resolved.group(1) if resolved else None
-                text = _RESOLVE.sub("", part)
+                text = _as_to_of_type(_RESOLVE.sub("", part))
                 param.evaluators.append((compile_fhirpath(text, R4_MODEL), target_type))
             if kind == "composite":
                 components = []

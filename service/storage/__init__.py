@@ -335,6 +335,12 @@ class Transaction(Protocol):
     def history(self, query: HistoryQuery) -> list[StoredResource]:
         """Return versions newest first."""
 
+    def progress(self, name: str) -> tuple[tuple[str, str] | None, int] | None:
+        """Return (last key, count done) of a resumable job such as reindex, or None."""
+
+    def set_progress(self, name: str, last: tuple[str, str] | None, done: int | None) -> None:
+        """Record a job's progress; ``done`` None forgets the job."""
+
     def lock(self, key: str) -> None:
         """Serialise transactions that use the same key (e.g. a conditional create)."""
 

@@ -107,6 +107,7 @@ class _State:
     index: dict[Key, IndexRows] = field(default_factory=dict)
     log: list[StoredResource] = field(default_factory=list)
     saved: dict[str, list[Key]] = field(default_factory=dict)
+    jobs: dict[str, tuple[Key | None, int]] = field(default_factory=dict)
     seq: int = 0
 
     def copy(self) -> _State:
@@ -115,6 +116,7 @@ class _State:
             index=dict(self.index),
             log=list(self.log),
             saved=dict(self.saved),
+            jobs=dict(self.jobs),
             seq=self.seq,
         )
 
@@ -350,6 +352,17 @@ class MemoryTransaction:
             if len(out) >= query.count:
                 break
         return out
+
+    def progress(self, name: str) -> tuple[Key | None, int] | None:
+        """Return a job's progress."""
+        return self.state.jobs.get(name)
+
+    def set_progress(self, name: str, last: Key | None, done: int | None) -> None:
+        """Record or forget a job's progress."""
+        if done is None:
+            self.state.jobs.pop(name, None)
+        else:
+            self.state.jobs[name] = (last, done)
 
     def lock(self, key: str) -> None:
         """Nothing to do: write transactions already run one at a time."""

@@ -40,6 +40,7 @@ from service.storage.schema import (
     INDEX_TABLES,
     MIGRATIONS,
     metadata,
+    reindex_progress,
     resource_versions,
     resources,
     saved_search,
@@ -369,6 +370,29 @@ class SqlTransaction:
             conditions.append(table.c.seq < query.before_seq)
         statement = select(table).where(*conditions).order_by(table.c.seq.desc()).limit(query.count)
         return [_row_to_resource(r) for r in self._conn.execute(statement)]
+
+    def progress(self, name: str) -> tuple[tuple[str, str] | None, int] | None:
+        """Return a job's (last key, done), or None."""
+        row = self._conn.execute(
+            select(reindex_progress).where(reindex_progress.c.name == name)
+        ).first()
+        if row is None:
+            return None
+        last = (row.last_type, row.last_id) if row.last_type is not None else None
+        return last, int(row.done)
+
+    def set_progress(self, name: str, last: tuple[str, str] | None, done: int | None) -> None:
+        """Record a job's progress, or forget it when ``done`` is None."""
+        self._conn.execute(delete(reindex_progress).where(reindex_progress.c.name == name))
+        if done is not None:
+            self._conn.execute(
+                insert(reindex_progress).values(
+                    name=name,
+                    last_type=last[0] if last else None,
+                    last_id=last[1] if last else None,
+                    done=done,
+                )
+            )
 
     def lock(self, key: str) -> None:
         """Serialise transactions on ``key`` (SQLite writers are serialised already)."""
