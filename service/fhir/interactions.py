@@ -43,6 +43,7 @@ from service.fhir.search import SearchParser, parse_conditional
 from service.fhir.searchparams import SearchParameters
 from service.storage import (
     HistoryQuery,
+    IndexRows,
     Query,
     Store,
     StoredResource,
@@ -186,7 +187,10 @@ class FhirService:
         """create and conditional create: https://hl7.org/fhir/R4/http.html#create."""
         check_type(type_)
         self.check_resource(resource, type_)
-        return self.run(lambda tx: self.create_in(tx, type_, resource, if_none_exist))
+        # Indexed before the transaction: the rows do not depend on the server-owned meta, and
+        # work done here does not hold the database's write lock.
+        index = self.search_params.index(resource)
+        return self.run(lambda tx: self.create_in(tx, type_, resource, if_none_exist, index=index))
 
     def create_in(
         self,
@@ -195,6 +199,7 @@ class FhirService:
         resource: dict[str, Any],
         if_none_exist: str | None = None,
         new_id: str | None = None,
+        index: IndexRows | None = None,
     ) -> Result:
         """create within an open transaction."""
         if if_none_exist is not None:
@@ -202,7 +207,7 @@ class FhirService:
             if existing is not None:
                 return Result(200, stored=existing, location=True)
         id_ = new_id or str(uuid.uuid4())
-        stored = self._write(tx, type_, id_, resource, None, "POST")
+        stored = self._write(tx, type_, id_, resource, None, "POST", index)
         return Result(201, stored=stored, location=True)
 
     def update(self, type_: str, id_: str, resource: Any, if_match: int | None = None) -> Result:
@@ -221,8 +226,9 @@ class FhirService:
                 f"The resource id {body_id!r} does not match the id {id_!r} in the URL",
                 expression=(f"{type_}.id",),
             )
+        index = self.search_params.index(resource)
         return self.run(
-            lambda tx: self.update_in(tx, type_, id_, resource, if_match),
+            lambda tx: self.update_in(tx, type_, id_, resource, if_match, index=index),
             retry=if_match is None,
         )
 
@@ -234,12 +240,13 @@ class FhirService:
         resource: dict[str, Any],
         if_match: int | None = None,
         method: str = "PUT",
+        index: IndexRows | None = None,
     ) -> Result:
         """update within an open transaction."""
         tx.lock(f"{type_}/{id_}")  # writers of one resource queue instead of conflicting
         current = tx.read(type_, id_)
         _check_if_match(current, type_, id_, if_match)
-        stored = self._write(tx, type_, id_, resource, current, method)
+        stored = self._write(tx, type_, id_, resource, current, method, index)
         created = current is None or current.deleted
         return Result(201 if created else 200, stored=stored, location=created)
 
@@ -540,6 +547,7 @@ class FhirService:
         resource: dict[str, Any],
         current: StoredResource | None,
         method: str,
+        index: IndexRows | None = None,
     ) -> StoredResource:
         version = current.version + 1 if current is not None else 1
         moment = self._tick(current)
@@ -556,7 +564,7 @@ class FhirService:
         tx.put(
             stored,
             current.version if current is not None else None,
-            self.search_params.index(content),
+            index if index is not None else self.search_params.index(content),
         )
         return stored
 

@@ -68,6 +68,11 @@ class SearchParam:
     url: str
     targets: tuple[str, ...] = ()
     evaluators: list[tuple[Callable[..., list[Any]], str | None]] = field(default_factory=list)
+    # The top-level element each evaluator starts from ("" when it cannot be told): an
+    # evaluator whose element is absent from a resource is skipped, which makes indexing
+    # several times faster for the sparse resources clinical systems send.
+    roots: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)  # the FHIRPath each evaluator runs
     components: tuple[Component, ...] = ()
     expression: str = ""
 
@@ -80,7 +85,9 @@ class SearchParam:
         that, so the parameter then has no value (``strict`` re-raises, for tests).
         """
         out: list[tuple[Any, str | None]] = []
-        for evaluator, target_type in self.evaluators:
+        for (evaluator, target_type), root in zip(self.evaluators, self.roots, strict=True):
+            if root and not _present(resource, root):
+                continue
             try:
                 values = evaluator(resource)
             except Exception:
@@ -89,6 +96,65 @@ class SearchParam:
                 values = []
             out.extend((value, target_type) for value in values)
         return out
+
+
+_SIMPLE_PATH = re.compile(r"^(\w+)((?:\.\w+)+)$")
+
+
+def _compile(expression: str, type_: str) -> Callable[..., list[Any]]:
+    """Compile with fhirpathpy, or to a plain walk for a simple dotted path (most of them).
+
+    The walk gives the same values as fhirpathpy for paths such as ``Patient.name.given`` or
+    ``Observation.effective`` (a choice element) in a fraction of the time.
+    """
+    match = _SIMPLE_PATH.match(expression.strip())
+    if match is None or match.group(1) != type_:
+        compiled: Callable[..., list[Any]] = compile_fhirpath(expression, R4_MODEL)
+        return compiled
+    steps = tuple(match.group(2).split(".")[1:])
+
+    def walk(resource: dict[str, Any]) -> list[Any]:
+        nodes: list[Any] = [resource]
+        for step in steps:
+            found: list[Any] = []
+            for node in nodes:
+                if not isinstance(node, dict):
+                    continue
+                if step in node:
+                    values = [node[step]]
+                else:
+                    values = [
+                        v
+                        for k, v in node.items()
+                        if k.startswith(step) and k[len(step) : len(step) + 1].isupper()
+                    ]
+                for value in values:
+                    found.extend(value if isinstance(value, list) else [value])
+            nodes = found
+        return [n for n in nodes if n is not None]
+
+    return walk
+
+
+_ROOT = re.compile(r"^\(*(\w+)\.(\w+)")
+
+
+def _root_element(expression: str, type_: str) -> str:
+    """The first element below the resource that ``expression`` reads, or "" if unclear."""
+    match = _ROOT.match(expression.strip())
+    if match is None or match.group(1) != type_:
+        return ""
+    name = match.group(2)
+    return name if name[:1].islower() else ""
+
+
+def _present(resource: dict[str, Any], root: str) -> bool:
+    if root in resource or "_" + root in resource:
+        return True
+    # choice elements: value -> valueQuantity, deceased -> deceasedDateTime ...
+    return any(
+        key.startswith(root) and key[len(root) : len(root) + 1].isupper() for key in resource
+    )
 
 
 def _as_to_of_type(expression: str) -> str:
@@ -183,7 +249,9 @@ class SearchParameters:
                 resolved = _RESOLVE.search(part)
                 target_type = resolved.group(1) if resolved else None
                 text = _as_to_of_type(_RESOLVE.sub("", part))
-                param.evaluators.append((compile_fhirpath(text, R4_MODEL), target_type))
+                param.evaluators.append((_compile(text, type_), target_type))
+                param.roots.append(_root_element(text, type_))
+                param.texts.append(text)
             if kind == "composite":
                 components = []
                 for comp in sp.get("component", []):

@@ -326,6 +326,12 @@ class Transaction(Protocol):
     ) -> tuple[list[tuple[str, str]], int] | None:
         """Return a page of a kept search and its total, or None if it expired."""
 
+    def insert_new(self, items: Sequence[tuple[StoredResource, IndexRows]]) -> None:
+        """Store first versions of many new resources at once (bulk loading).
+
+        Raises VersionConflict if any of them exists already.
+        """
+
     def replace_index(self, type_: str, id_: str, index: IndexRows) -> None:
         """Replace the index rows of the current version (reindexing)."""
 

@@ -153,6 +153,11 @@ class MemoryTransaction:
         self.state.log.append(stored)
         self.state.index[key] = IndexRows() if resource.deleted else index or IndexRows()
 
+    def insert_new(self, items: Sequence[tuple[StoredResource, IndexRows]]) -> None:
+        """Store many new resources."""
+        for resource, index in items:
+            self.put(resource, None, index)
+
     def replace_index(self, type_: str, id_: str, index: IndexRows) -> None:
         """Replace the index rows of a resource."""
         self.state.index[(type_, id_)] = index

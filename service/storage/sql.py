@@ -142,6 +142,10 @@ _INDEX_ROWS = {
     "composite": "composites",
 }
 _SQL = SearchSql()
+_DELETE_INDEX = {
+    kind: delete(table).where(table.c.res_type == bindparam("t"), table.c.res_id == bindparam("i"))
+    for kind, table in INDEX_TABLES.items()
+}
 
 
 class SqlTransaction:
@@ -193,17 +197,67 @@ class SqlTransaction:
                     raise VersionConflict(f"{resource.type}/{resource.id} changed")
         except IntegrityError as exc:
             raise VersionConflict(f"{resource.type}/{resource.id} changed") from exc
-        self.replace_index(
-            resource.type, resource.id, IndexRows() if resource.deleted else index or IndexRows()
-        )
+        rows = IndexRows() if resource.deleted else index or IndexRows()
+        # A resource written for the first time has no index rows to remove.
+        self._write_index(resource.type, resource.id, rows, clear=replaces is not None)
+
+    def insert_new(self, items: Sequence[tuple[StoredResource, IndexRows]]) -> None:
+        """Store many new resources with a few multi-row statements."""
+        if not items:
+            return
+        version_rows = [
+            {
+                "res_type": r.type,
+                "res_id": r.id,
+                "version": r.version,
+                "last_updated": r.last_updated_us,
+                "deleted": r.deleted,
+                "method": r.method,
+                "content": r.content,
+            }
+            for r, _ in items
+        ]
+        try:
+            returned = self._conn.execute(
+                insert(resource_versions).returning(
+                    resource_versions.c.res_type,
+                    resource_versions.c.res_id,
+                    resource_versions.c.seq,
+                    sort_by_parameter_order=True,
+                ),
+                version_rows,
+            ).all()
+            seqs = {(row.res_type, row.res_id): row.seq for row in returned}
+            self._conn.execute(
+                insert(resources),
+                [{**row, "seq": seqs[(row["res_type"], row["res_id"])]} for row in version_rows],
+            )
+        except IntegrityError as exc:
+            raise VersionConflict("a resource of the batch exists already") from exc
+        for kind, table in INDEX_TABLES.items():
+            fields = _INDEX_FIELDS[kind]
+            rows = [
+                {
+                    "res_type": r.type,
+                    "res_id": r.id,
+                    "param": row.param,
+                    **{f: getattr(row, f) for f in fields},
+                }
+                for r, index in items
+                for row in getattr(index, _INDEX_ROWS[kind])
+            ]
+            if rows:
+                self._conn.execute(insert(table), rows)
 
     def replace_index(self, type_: str, id_: str, index: IndexRows) -> None:
         """Replace every index row of a resource."""
+        self._write_index(type_, id_, index, clear=True)
+
+    def _write_index(self, type_: str, id_: str, index: IndexRows, clear: bool) -> None:
         for kind, table in INDEX_TABLES.items():
             rows = getattr(index, _INDEX_ROWS[kind])
-            self._conn.execute(
-                delete(table).where(table.c.res_type == type_, table.c.res_id == id_)
-            )
+            if clear:
+                self._conn.execute(_DELETE_INDEX[kind], {"t": type_, "i": id_})
             if rows:
                 fields = _INDEX_FIELDS[kind]
                 self._conn.execute(

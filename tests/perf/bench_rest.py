@@ -13,20 +13,15 @@ as a Markdown table and written to .benchmarks/rest.json.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
-import multiprocessing as mp
 import os
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.perf.driver import ROOT, Request, drive, start, stop
+
 PATIENT = json.dumps(
     {
         "resourceType": "Patient",
@@ -36,110 +31,20 @@ PATIENT = json.dumps(
         "birthDate": "1941-03-07",
     }
 ).encode()
-HEADERS = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _start(
-    app: str, database_url: str, workers: int, threads: int
-) -> tuple[subprocess.Popen[bytes], int]:
-    port = _free_port()
-    env = {**os.environ, "WHATMATTERS_DATABASE_URL": database_url, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            app,
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-            "--threads",
-            str(threads),
-            "--worker-class",
-            "gthread",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/fhir/Patient/warmup")
-            conn.getresponse().read()
-            return process, port
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"{app} did not start")
-
-
-def _client(port: int, kind: str, ids: list[str], seconds: float, out: Any) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    latencies: list[float] = []
-    created: list[str] = []
-    errors = 0
-    index = 0
-    stop = time.monotonic() + seconds
-    while time.monotonic() < stop:
-        start = time.perf_counter()
-        if kind == "create":
-            conn.request("POST", "/fhir/Patient", body=PATIENT, headers=HEADERS)
-        else:
-            conn.request("GET", f"/fhir/Patient/{ids[index % len(ids)]}", headers=HEADERS)
-            index += 1
-        response = conn.getresponse()
-        body = response.read()
-        latencies.append(time.perf_counter() - start)
-        if response.status not in (200, 201):
-            errors += 1
-        elif kind == "create" and len(created) < 2000:
-            created.append(json.loads(body)["id"])
-    out.put((latencies, created, errors))
-
-
-def _load(port: int, kind: str, ids: list[str], clients: int, seconds: float) -> dict[str, Any]:
-    queue: Any = mp.Queue()
-    procs = [
-        mp.Process(target=_client, args=(port, kind, ids, seconds, queue)) for _ in range(clients)
-    ]
-    for p in procs:
-        p.start()
-    results = [queue.get() for _ in procs]
-    for p in procs:
-        p.join()
-    latencies = sorted(lat for r in results for lat in r[0])
-    return {
-        "requests": len(latencies),
-        "errors": sum(r[2] for r in results),
-        "throughput": len(latencies) / seconds,
-        "p50_ms": 1000 * statistics.median(latencies),
-        "p95_ms": 1000 * latencies[int(0.95 * (len(latencies) - 1))],
-        "ids": [i for r in results for i in r[1]],
-    }
 
 
 def _measure(app: str, database_url: str, args: argparse.Namespace) -> dict[str, Any]:
-    process, port = _start(app, database_url, args.workers, args.threads)
+    process, port = start(app, database_url, args.workers, args.threads)
+    creates: list[Request] = [("POST", "/fhir/Patient", PATIENT)]
     try:
-        _load(port, "create", [], args.clients, 1.0)  # warm up connections and caches
-        create = _load(port, "create", [], args.clients, args.seconds)
-        read = _load(port, "read", create["ids"], args.clients, args.seconds)
+        drive(port, creates, args.clients, 1.0)  # warm up connections and caches
+        create = drive(port, creates, args.clients, args.seconds, keep=2000)
+        ids = [json.loads(body)["id"] for body in create.pop("bodies")]
+        reads: list[Request] = [("GET", f"/fhir/Patient/{i}", None) for i in ids]
+        read = drive(port, reads, args.clients, args.seconds)
+        read.pop("bodies")
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop(process)
     return {"create": create, "read": read}
 
 
