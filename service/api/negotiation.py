@@ -135,6 +135,8 @@ def render(
             body = _stored_text(stored.content, pretty)
         elif result.body is not None:
             body = _dumps(result.body, pretty)
+        elif result.text is not None:
+            body = _stored_text(result.text, pretty)
     response = Response(body if body is not None else b"", status=result.status, headers=headers)
     if body is not None:
         response.content_type = f"{media}; charset=utf-8"

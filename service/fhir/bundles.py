@@ -419,6 +419,8 @@ def _response_entry(
             entry["resource"] = parse_json(stored.content)
     elif result.body is not None and prefer_return != "minimal":
         entry["resource"] = result.body
+    elif result.text is not None and prefer_return != "minimal":
+        entry["resource"] = parse_json(result.text)
     if prefer_return == "OperationOutcome":
         response["outcome"] = operation_outcome(
             [Issue("information", "informational", f"{_status(result.status)}")]

@@ -71,6 +71,8 @@ class Result:
     status: int
     stored: StoredResource | None = None
     body: dict[str, Any] | None = None
+    # A body already serialised (search Bundles are spliced from stored JSON, not re-encoded)
+    text: str | None = None
     location: bool = False
     issues: list[Issue] = field(default_factory=list)
 

@@ -327,7 +327,10 @@ class SearchParser:
         type_, id_, url = parse_reference(value)
         if url is not None and type_ is None:
             if "/" not in value and ":" not in value:  # a bare id
-                return ReferenceMatch(target_type=modifier or None, target_id=value)
+                if modifier:
+                    return ReferenceMatch(target_type=modifier, target_id=value)
+                # Naming the possible target types lets the index serve the whole key.
+                return ReferenceMatch(target_id=value, types=param.targets)
             return ReferenceMatch(url=value.split("|", 1)[0])
         if url is not None:
             return ReferenceMatch(url=url)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from service.errors import Gone, Issue
-from service.fhir.model import instant, parse_json
+from service.fhir.model import dump_json, instant, parse_json
 from service.fhir.search import Include, SearchParser, SearchRequest
 from service.fhir.subsetting import subset
 from service.storage import StoredResource, Transaction
@@ -25,6 +25,7 @@ MAX_KEPT = 20_000
 MAX_INCLUDED = 1_000
 ITERATE_DEPTH = 4
 Key = tuple[str, str]
+Page = tuple[list[StoredResource], list[StoredResource]]
 
 
 def search_type(
@@ -52,10 +53,11 @@ def search_type(
         return work(tx) if tx is not None else service.read_only(work)
 
     total: int | None = None
+    page: Page | None = None
     token = request.page_token
     offset = request.offset if token else 0
     count = request.count
-    if request.summary == "count":
+    if request.summary == "count" or count == 0:
         total = read(lambda t: t.count(request.query))
         keys: list[Key] = []
         more = False
@@ -68,10 +70,21 @@ def search_type(
         if request.total:
             total = kept_total
     else:
-        keys = read(lambda t: t.search_keys(request.query, count + 1))
-        more = len(keys) > count
-        keys = keys[:count]
-        if more:
+
+        def first_page(t: Transaction) -> tuple[list[Key], Page | None]:
+            found = t.search_keys(request.query, count + 1)
+            if len(found) > count:
+                return found[:count], None
+            # One page holds every match: read it in the same transaction.
+            return found, _page(t, request, found)
+
+        keys, done = read(first_page)
+        more = done is None
+        if done is not None:
+            page = done
+            if request.total:
+                total = len(keys)
+        else:
             every = read(lambda t: t.search_keys(request.query, MAX_KEPT + 1))
             if len(every) > MAX_KEPT:
                 warnings.append(
@@ -83,6 +96,7 @@ def search_type(
                     )
                 )
                 every = every[:MAX_KEPT]
+            keys = every[:count]  # the first page comes from the kept list, like the rest
             token = str(uuid.uuid4())
             moment = service.clock()
             new_token = token
@@ -92,14 +106,14 @@ def search_type(
                 service.run(lambda t: t.save_search(new_token, every, moment))
             if request.total:
                 total = len(every)
-        if request.total and total is None:
-            total = len(keys) if not more else read(lambda t: t.count(request.query))
-    matches = read(lambda t: t.read_many(keys))
-    included = read(lambda t: _includes(t, request.includes, matches)) if matches else []
+    if page is None:
+        page = read(lambda t: _page(t, request, keys))
+    matches, included = page
     entries = [_entry(service, base, item, "match", request) for item in matches]
     entries += [_entry(service, base, item, "include", request) for item in included]
     if warnings:
-        entries.append({"resource": operation_outcome(warnings), "search": {"mode": "outcome"}})
+        outcome = {"resource": operation_outcome(warnings), "search": {"mode": "outcome"}}
+        entries.append(dump_json(outcome))
     links = [{"relation": "self", "url": _url(base, type_, request.used, token, offset, count)}]
     if more and token is not None and count > 0:
         links.append(
@@ -124,21 +138,31 @@ def search_type(
     if total is not None:
         bundle["total"] = total
     bundle["link"] = links
+    text = dump_json(bundle)
     if entries:
-        bundle["entry"] = entries
-    return Result(200, body=bundle)
+        text = text[:-1] + ',"entry":[' + ",".join(entries) + "]}"
+    return Result(200, text=text)
+
+
+def _page(t: Transaction, request: SearchRequest, keys: list[Key]) -> Page:
+    matches = t.read_many(keys)
+    return matches, _includes(t, request.includes, matches) if matches else []
 
 
 def _entry(
     service: FhirService, base: str, item: StoredResource, mode: str, request: SearchRequest
-) -> dict[str, Any]:
-    resource = parse_json(item.content or "{}")
-    resource = subset(service.definitions, resource, request.summary, request.elements)
-    return {
-        "fullUrl": f"{base}/{item.type}/{item.id}",
-        "resource": resource,
-        "search": {"mode": mode},
-    }
+) -> str:
+    """One entry as JSON text; the stored resource is spliced in unless it must be subsetted."""
+    full_url = dump_json(f"{base}/{item.type}/{item.id}")
+    content = item.content or "{}"
+    if request.summary is not None or request.elements is not None:
+        resource = subset(
+            service.definitions, parse_json(content), request.summary, request.elements
+        )
+        content = dump_json(resource)
+    return (
+        '{"fullUrl":' + full_url + ',"resource":' + content + ',"search":{"mode":"' + mode + '"}}'
+    )
 
 
 def _includes(

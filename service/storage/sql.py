@@ -17,7 +17,6 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
-    func,
     insert,
     or_,
     select,
@@ -48,7 +47,7 @@ from service.storage.schema import (
     schema_migrations,
     search_reference,
 )
-from service.storage.sqlsearch import SearchSql
+from service.storage.sqlsearch import read_many_sql, select_sql
 
 
 def _advisory_key(key: str) -> int:
@@ -141,7 +140,6 @@ _INDEX_ROWS = {
     "uri": "uris",
     "composite": "composites",
 }
-_SQL = SearchSql()
 _DELETE_INDEX = {
     kind: delete(table).where(table.c.res_type == bindparam("t"), table.c.res_id == bindparam("i"))
     for kind, table in INDEX_TABLES.items()
@@ -273,20 +271,21 @@ class SqlTransaction:
                     ],
                 )
 
+    def _placeholder(self) -> str:
+        return "?" if self._dialect == "sqlite" else "%s"
+
     def search_keys(self, query: Query, limit: int) -> list[tuple[str, str]]:
         """Return the keys of up to ``limit`` matches, in query order, from ``query.offset``."""
-        statement = (
-            _SQL.select_matches(query, [resources.c.res_type, resources.c.res_id])
-            .order_by(*_SQL.order(query, resources))
-            .limit(limit)
-            .offset(query.offset)
+        sql, params = select_sql(
+            query, self._placeholder(), "r.res_type, r.res_id", limit, query.offset
         )
-        return [(row.res_type, row.res_id) for row in self._conn.execute(statement)]
+        rows = self._conn.exec_driver_sql(sql, tuple(params))
+        return [(row[0], row[1]) for row in rows]
 
     def count(self, query: Query) -> int:
         """Return how many resources match ``query``."""
-        statement = _SQL.select_matches(query, [func.count()])
-        return int(self._conn.execute(statement).scalar_one())
+        sql, params = select_sql(query, self._placeholder(), "COUNT(*)", None)
+        return int(self._conn.exec_driver_sql(sql, tuple(params)).scalar_one())
 
     def read_many(self, keys: Sequence[tuple[str, str]]) -> list[StoredResource]:
         """Return the current, non-deleted versions of ``keys``, in the order given."""
@@ -294,17 +293,22 @@ class SqlTransaction:
         by_type: dict[str, list[str]] = {}
         for type_, id_ in keys:
             by_type.setdefault(type_, []).append(id_)
+        mark = self._placeholder()
         for type_, ids in by_type.items():
             for start in range(0, len(ids), 500):
-                rows = self._conn.execute(
-                    select(resources).where(
-                        resources.c.res_type == type_,
-                        resources.c.res_id.in_(ids[start : start + 500]),
-                        resources.c.deleted.is_(False),
+                chunk = ids[start : start + 500]
+                sql = read_many_sql(mark, len(chunk))
+                for row in self._conn.exec_driver_sql(sql, (type_, False, *chunk)):
+                    found[(row[0], row[1])] = StoredResource(
+                        type=row[0],
+                        id=row[1],
+                        version=row[2],
+                        last_updated_us=row[3],
+                        deleted=bool(row[4]),
+                        content=row[5],
+                        method=row[6],
+                        seq=row[7],
                     )
-                )
-                for row in rows:
-                    found[(row.res_type, row.res_id)] = _row_to_resource(row)
         return [found[k] for k in keys if k in found]
 
     def references_from(
@@ -455,16 +459,9 @@ class SqlTransaction:
 
     def execute_explain(self, query: Query) -> list[str]:
         """Return the database's plan for ``query`` (used by the index-usage tests)."""
-        statement = (
-            _SQL.select_matches(query, [resources.c.res_type, resources.c.res_id])
-            .order_by(*_SQL.order(query, resources))
-            .limit(query.count)
-        )
-        compiled = statement.compile(
-            dialect=self._conn.dialect, compile_kwargs={"literal_binds": True}
-        )
+        sql, params = select_sql(query, self._placeholder(), "r.res_type, r.res_id", query.count, 0)
         prefix = "EXPLAIN QUERY PLAN " if self._dialect == "sqlite" else "EXPLAIN "
-        rows = self._conn.exec_driver_sql(prefix + str(compiled)).all()
+        rows = self._conn.exec_driver_sql(prefix + sql, tuple(params)).all()
         return [" ".join(str(c) for c in row) for row in rows]
 
 

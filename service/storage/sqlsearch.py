@@ -1,16 +1,20 @@
 """Translate search criteria into SQL over the index tables (never over resource bodies).
 
-Each criterion becomes ``res_id IN (SELECT res_id FROM <index> WHERE res_type = :type AND
-param = :param AND ...)``: an uncorrelated subquery that both SQLite and PostgreSQL drive from
-the index's (res_type, param, value) B-tree, then look up by primary key.
+The most selective criterion drives the query as ``res_id IN (SELECT res_id FROM <index>
+WHERE res_type = ? AND param = ? AND ...)``, served by the index's (res_type, param, value)
+B-tree; every other criterion is a correlated ``EXISTS`` probe on the index's (res_type,
+res_id) key. SQLite materialises each IN list, so a broad criterion (category=what-matters)
+written as IN would cost time in proportion to the whole table rather than to one patient.
+
+The SQL is built as text with driver placeholders: composing SQLAlchemy expressions for every
+search cost more than running the query.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
-
-from sqlalchemy import ColumnElement, Select, Table, and_, false, func, not_, or_, select, true
 
 from service.storage import (
     CompositeMatch,
@@ -30,8 +34,17 @@ from service.storage import (
     TokenMatch,
     UriMatch,
 )
-from service.storage.schema import INDEX_TABLES, resources, search_reference
 
+TABLES = {
+    "token": "search_token",
+    "string": "search_string",
+    "date": "search_date",
+    "number": "search_number",
+    "quantity": "search_quantity",
+    "reference": "search_reference",
+    "uri": "search_uri",
+    "composite": "search_composite",
+}
 _SORT_COLUMNS = {
     "token": "code",
     "string": "norm",
@@ -42,85 +55,11 @@ _SORT_COLUMNS = {
     "uri": "value",
     "composite": "code",
 }
+_TOP = "\U0010ffff"  # above every character: [v, v + _TOP) holds the strings starting with v
 
 
 def _escape_like(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def range_condition(
-    match: RangeMatch, low: ColumnElement[Any], high: ColumnElement[Any]
-) -> ColumnElement[bool]:
-    """Compare a stored range [low, high] with the search range (search.html#prefix)."""
-    s_low, s_high = match.low, match.high
-    inside = and_(low >= s_low, high <= s_high)
-    op = match.op
-    if op == "eq":
-        return inside
-    if op == "ne":
-        return not_(inside)
-    if op == "gt":
-        return high > s_high
-    if op == "lt":
-        return low < s_low
-    if op == "ge":
-        return or_(high > s_high, inside)
-    if op == "le":
-        return or_(low < s_low, inside)
-    if op == "sa":
-        return low > s_high
-    if op == "eb":
-        return high < s_low
-    if op == "ap":
-        return and_(low <= s_high, high >= s_low)
-    raise ValueError(f"unknown prefix {op}")
-
-
-def _token(table: Table, match: TokenMatch, prefix: str = "") -> ColumnElement[bool]:
-    system = table.c[prefix + "system"]
-    code = table.c[prefix + "code"]
-    parts: list[ColumnElement[bool]] = []
-    if match.text is not None:
-        column = table.c["text"]
-        return and_(column >= match.text, column < match.text + "\U0010ffff")
-    if match.code is not None:
-        parts.append(code == match.code)
-    if match.system == "":
-        parts.append(system.is_(None))
-    elif match.system is not None:
-        parts.append(system == match.system)
-    return and_(true(), *parts)
-
-
-def _string(table: Table, match: StringMatch, norm: str = "norm") -> ColumnElement[bool]:
-    if match.mode == "exact":
-        return table.c["exact"] == match.value
-    column = table.c[norm]
-    if match.mode == "contains":
-        return column.like(f"%{_escape_like(match.value)}%", escape="\\")
-    # A range on the folded value, so the B-tree serves the prefix match on both databases.
-    return and_(column >= match.value, column < match.value + "\U0010ffff")
-
-
-def _quantity(table: Table, match: QuantityMatch) -> ColumnElement[bool]:
-    parts = [range_condition(match.range, table.c.low, table.c.high)]
-    if match.system is not None:
-        parts.append(table.c.system == match.system)
-    if match.code is not None:
-        parts.append(table.c.code == match.code)
-    return and_(*parts)
-
-
-def _uri(table: Table, match: UriMatch) -> ColumnElement[bool]:
-    column = table.c.value
-    if match.mode == "below":
-        return or_(
-            column == match.value, column.like(_escape_like(match.value) + "/%", escape="\\")
-        )
-    if match.mode == "above":
-        prefixes = _uri_prefixes(match.value)
-        return column.in_(prefixes)
-    return column == match.value
 
 
 def _uri_prefixes(value: str) -> list[str]:
@@ -131,153 +70,298 @@ def _uri_prefixes(value: str) -> list[str]:
     return [f"{scheme}://" + "/".join(pieces[: i + 1]) for i in range(len(pieces))]
 
 
-def _composite(table: Table, match: CompositeMatch) -> ColumnElement[bool]:
-    parts = [_token(table, match.token)]
-    value = match.value
-    if isinstance(value, TokenMatch):
-        parts.append(_token(table, value, prefix="value_"))
-    elif isinstance(value, QuantityMatch):
-        parts.append(range_condition(value.range, table.c.low, table.c.high))
-        if value.system is not None:
-            parts.append(table.c.value_system == value.system)
-        if value.code is not None:
-            parts.append(table.c.value_code == value.code)
-    elif isinstance(value, RangeMatch):
-        parts.append(range_condition(value, table.c.low, table.c.high))
-    else:
-        parts.append(_string(table, value, norm="text"))
-    return and_(*parts)
-
-
-class SearchSql:
-    """Builds the SELECT for a Query."""
-
-    def match(self, kind: str, table: Table, match: Match) -> ColumnElement[bool]:
-        """The condition one match puts on its index table."""
-        if isinstance(match, TokenMatch):
-            return _token(table, match)
-        if isinstance(match, StringMatch):
-            return _string(table, match)
-        if isinstance(match, QuantityMatch):
-            return _quantity(table, match)
-        if isinstance(match, RangeMatch):
-            return range_condition(match, table.c.low, table.c.high)
-        if isinstance(match, UriMatch):
-            return _uri(table, match)
-        if isinstance(match, CompositeMatch):
-            return _composite(table, match)
-        return self._reference(table, match)
-
-    def _reference(self, table: Table, match: ReferenceMatch) -> ColumnElement[bool]:
-        if match.chain:
-            target = resources.alias()
-            chained = select(target.c.res_id).where(
-                target.c.res_type.in_(match.types),
-                target.c.deleted.is_(False),
-                *self.conditions(match.types[0], target, match.chain),
+# How well a criterion narrows a search, best first: the driver of the query is the best one.
+def _rank(criterion: Criterion) -> int:
+    if isinstance(criterion, IdCriterion):
+        return 0
+    if isinstance(criterion, ParamCriterion) and not criterion.negate:
+        if criterion.kind == "reference":
+            specific = all(
+                isinstance(m, ReferenceMatch) and (m.target_id or m.url or m.chain)
+                for m in criterion.matches
             )
-            return and_(table.c.target_type.in_(match.types), table.c.target_id.in_(chained))
-        parts: list[ColumnElement[bool]] = []
-        if match.url is not None:
-            parts.append(table.c.url == match.url)
-        if match.target_type is not None:
-            parts.append(table.c.target_type == match.target_type)
-        if match.target_id is not None:
-            parts.append(table.c.target_id == match.target_id)
-        if match.types:
-            parts.append(table.c.target_type.in_(match.types))
-        return and_(true(), *parts)
+            return 1 if specific else 5
+        if criterion.kind == "token":
+            specific = all(
+                isinstance(m, TokenMatch) and m.code is not None for m in criterion.matches
+            )
+            return 2 if specific else 5
+        if criterion.kind in ("string", "uri", "composite"):
+            return 3
+        return 4
+    if isinstance(criterion, HasCriterion):
+        return 4
+    return 9  # negations, :missing and _lastUpdated never drive
 
-    def _ids_matching(self, type_: str, criterion: ParamCriterion) -> Select[Any]:
-        table = INDEX_TABLES[criterion.kind]
-        return select(table.c.res_id).where(
-            table.c.res_type == type_,
-            table.c.param == criterion.param,
-            or_(*(self.match(criterion.kind, table, m) for m in criterion.matches)),
+
+def _driver(criteria: Sequence[Criterion]) -> int | None:
+    ranked = [(_rank(c), i) for i, c in enumerate(criteria)]
+    if not ranked:
+        return None
+    rank, index = min(ranked)
+    return index if rank < 9 else None
+
+
+@dataclass
+class SqlBuilder:
+    """Accumulates SQL text and its parameters for one statement."""
+
+    placeholder: str  # "?" (sqlite3) or "%s" (psycopg)
+    params: list[Any] = field(default_factory=list)
+    aliases: int = 0
+
+    def p(self, value: Any) -> str:
+        """A placeholder bound to ``value``."""
+        self.params.append(value)
+        return self.placeholder
+
+    def alias(self, prefix: str) -> str:
+        """A fresh table alias."""
+        self.aliases += 1
+        return f"{prefix}{self.aliases}"
+
+    # -- matches on one index row (alias i) -----------------------------------------------
+
+    def range(self, match: RangeMatch, low: str, high: str) -> str:
+        """Compare a stored range [low, high] with the search range (search.html#prefix)."""
+        op = match.op
+        if op == "gt":
+            return f"{high} > {self.p(match.high)}"
+        if op == "lt":
+            return f"{low} < {self.p(match.low)}"
+        if op == "sa":
+            return f"{low} > {self.p(match.high)}"
+        if op == "eb":
+            return f"{high} < {self.p(match.low)}"
+        if op == "ap":
+            return f"({low} <= {self.p(match.high)} AND {high} >= {self.p(match.low)})"
+        # Placeholders must be created in the order they appear in the text.
+        if op == "ge":
+            first = f"{high} > {self.p(match.high)}"
+        elif op == "le":
+            first = f"{low} < {self.p(match.low)}"
+        elif op in ("eq", "ne"):
+            first = ""
+        else:
+            raise ValueError(f"unknown prefix {op}")
+        inside = f"({low} >= {self.p(match.low)} AND {high} <= {self.p(match.high)})"
+        if op == "eq":
+            return inside
+        if op == "ne":
+            return f"NOT {inside}"
+        return f"({first} OR {inside})"
+
+    def token(self, i: str, match: TokenMatch, prefix: str = "") -> str:
+        """A token match on columns ``{prefix}system`` and ``{prefix}code``."""
+        if match.text is not None:
+            return f"({i}.text >= {self.p(match.text)} AND {i}.text < {self.p(match.text + _TOP)})"
+        parts = []
+        if match.code is not None:
+            parts.append(f"{i}.{prefix}code = {self.p(match.code)}")
+        if match.system == "":
+            parts.append(f"{i}.{prefix}system IS NULL")
+        elif match.system is not None:
+            parts.append(f"{i}.{prefix}system = {self.p(match.system)}")
+        return "(" + " AND ".join(parts) + ")" if parts else "1 = 1"
+
+    def string(self, i: str, match: StringMatch, norm: str = "norm") -> str:
+        """A string match: prefix (a range, so the B-tree serves it), exact or contains."""
+        if match.mode == "exact":
+            return f"{i}.exact = {self.p(match.value)}"
+        if match.mode == "contains":
+            pattern = "%" + _escape_like(match.value) + "%"
+            return f"{i}.{norm} LIKE {self.p(pattern)} ESCAPE '\\'"
+        return (
+            f"({i}.{norm} >= {self.p(match.value)} AND {i}.{norm} < {self.p(match.value + _TOP)})"
         )
 
-    def conditions(
-        self, type_: str, alias: Any, criteria: Sequence[Criterion]
-    ) -> list[ColumnElement[bool]]:
-        """The WHERE conditions that apply ``criteria`` to the resources ``alias``."""
-        out: list[ColumnElement[bool]] = []
-        for criterion in criteria:
+    def match(self, i: str, match: Match) -> str:
+        """The condition one match puts on index row ``i``."""
+        if isinstance(match, TokenMatch):
+            return self.token(i, match)
+        if isinstance(match, StringMatch):
+            return self.string(i, match)
+        if isinstance(match, QuantityMatch):
+            parts = [self.range(match.range, f"{i}.low", f"{i}.high")]
+            if match.system is not None:
+                parts.append(f"{i}.system = {self.p(match.system)}")
+            if match.code is not None:
+                parts.append(f"{i}.code = {self.p(match.code)}")
+            return "(" + " AND ".join(parts) + ")"
+        if isinstance(match, RangeMatch):
+            return self.range(match, f"{i}.low", f"{i}.high")
+        if isinstance(match, UriMatch):
+            return self.uri(i, match)
+        if isinstance(match, CompositeMatch):
+            return self.composite(i, match)
+        return self.reference(i, match)
+
+    def uri(self, i: str, match: UriMatch) -> str:
+        """uri: exact, :below (value or under it) or :above (value's parents)."""
+        if match.mode == "below":
+            like = _escape_like(match.value) + "/%"
+            return (
+                f"({i}.value = {self.p(match.value)} OR {i}.value LIKE {self.p(like)} ESCAPE '\\')"
+            )
+        if match.mode == "above":
+            marks = ", ".join(self.p(v) for v in _uri_prefixes(match.value))
+            return f"{i}.value IN ({marks})"
+        return f"{i}.value = {self.p(match.value)}"
+
+    def composite(self, i: str, match: CompositeMatch) -> str:
+        """The token part and the value part of a composite row."""
+        parts = [self.token(i, match.token)]
+        value = match.value
+        if isinstance(value, TokenMatch):
+            parts.append(self.token(i, value, prefix="value_"))
+        elif isinstance(value, QuantityMatch):
+            parts.append(self.range(value.range, f"{i}.low", f"{i}.high"))
+            if value.system is not None:
+                parts.append(f"{i}.value_system = {self.p(value.system)}")
+            if value.code is not None:
+                parts.append(f"{i}.value_code = {self.p(value.code)}")
+        elif isinstance(value, RangeMatch):
+            parts.append(self.range(value, f"{i}.low", f"{i}.high"))
+        else:
+            parts.append(self.string(i, value, norm="text"))
+        return "(" + " AND ".join(parts) + ")"
+
+    def reference(self, i: str, match: ReferenceMatch) -> str:
+        """A local target, a URL, or a chain into the target's own criteria."""
+        if match.chain:
+            target = self.alias("t")
+            head = (
+                f"({i}.target_type = {self.p(match.types[0])} AND {i}.target_id IN "
+                f"(SELECT {target}.res_id FROM resources {target} WHERE {target}.res_type = "
+                f"{self.p(match.types[0])} AND {target}.deleted = {self.p(False)}"
+            )
+            conditions = self.conditions(match.types[0], target, match.chain)
+            return head + "".join(f" AND {c}" for c in conditions) + "))"
+        parts = []
+        if match.url is not None:
+            parts.append(f"{i}.url = {self.p(match.url)}")
+        if match.target_type is not None:
+            parts.append(f"{i}.target_type = {self.p(match.target_type)}")
+        elif match.types:
+            marks = ", ".join(self.p(t) for t in match.types)
+            parts.append(f"{i}.target_type IN ({marks})")
+        if match.target_id is not None:
+            parts.append(f"{i}.target_id = {self.p(match.target_id)}")
+        return "(" + " AND ".join(parts) + ")" if parts else "1 = 1"
+
+    # -- criteria on a resource (alias r) ---------------------------------------------------
+
+    def conditions(self, type_: str, r: str, criteria: Sequence[Criterion]) -> list[str]:
+        """The WHERE conditions that apply ``criteria`` to resources ``r`` of ``type_``."""
+        driver = _driver(criteria)
+        out: list[str] = []
+        for position, criterion in enumerate(criteria):
+            drive = position == driver
             if isinstance(criterion, IdCriterion):
-                out.append(alias.c.res_id.in_(criterion.ids) if criterion.ids else false())
+                if not criterion.ids:
+                    out.append("1 = 0")
+                else:
+                    marks = ", ".join(self.p(v) for v in criterion.ids)
+                    out.append(f"{r}.res_id IN ({marks})")
             elif isinstance(criterion, LastUpdatedCriterion):
-                column = alias.c.last_updated
-                out.append(
-                    or_(*(range_condition(m, column, column + 999) for m in criterion.matches))
-                )
+                column = f"{r}.last_updated"
+                alternatives = [
+                    self.range(m, column, f"({column} + 999)") for m in criterion.matches
+                ]
+                out.append("(" + " OR ".join(alternatives) + ")")
             elif isinstance(criterion, ParamCriterion):
-                subquery = self._ids_matching(type_, criterion)
-                out.append(
-                    alias.c.res_id.not_in(subquery)
-                    if criterion.negate
-                    else alias.c.res_id.in_(subquery)
-                )
+                out.append(self._param(type_, r, criterion, drive))
             elif isinstance(criterion, MissingCriterion):
-                table = INDEX_TABLES[criterion.kind]
-                present = select(table.c.res_id).where(
-                    table.c.res_type == type_, table.c.param == criterion.param
+                i = self.alias("i")
+                probe = (
+                    f"EXISTS (SELECT 1 FROM {TABLES[criterion.kind]} {i} WHERE {i}.res_type = "
+                    f"{self.p(type_)} AND {i}.res_id = {r}.res_id AND {i}.param = "
+                    f"{self.p(criterion.param)})"
                 )
-                out.append(
-                    alias.c.res_id.not_in(present)
-                    if criterion.missing
-                    else alias.c.res_id.in_(present)
-                )
+                out.append(f"NOT {probe}" if criterion.missing else probe)
             elif isinstance(criterion, HasCriterion):
-                out.append(alias.c.res_id.in_(self._has(type_, criterion)))
+                out.append(self._has(type_, r, criterion, drive))
         return out
 
-    def _has(self, type_: str, criterion: HasCriterion) -> Select[Any]:
-        source = resources.alias()
-        sources = select(source.c.res_id).where(
-            source.c.res_type == criterion.source_type,
-            source.c.deleted.is_(False),
-            *self.conditions(criterion.source_type, source, criterion.criteria),
-        )
-        ref = search_reference
-        return select(ref.c.target_id).where(
-            ref.c.res_type == criterion.source_type,
-            ref.c.param == criterion.param,
-            ref.c.target_type == type_,
-            ref.c.res_id.in_(sources),
-        )
-
-    def order(self, query: Query, alias: Any) -> list[Any]:
-        """ORDER BY terms: the requested keys, then a stable tie-breaker."""
-        terms: list[Any] = []
-        for key in query.sort:
-            terms.append(self._sort_term(query.type, alias, key))
-        terms.append(alias.c.res_id)
-        return terms
-
-    def _sort_term(self, type_: str, alias: Any, key: SortKey) -> Any:
-        if key.kind == "_id":
-            column: Any = alias.c.res_id
-        elif key.kind == "_lastUpdated":
-            column = alias.c.last_updated
-        else:
-            table = INDEX_TABLES[key.kind]
-            value = table.c[_SORT_COLUMNS[key.kind]]
-            aggregate = func.max(value) if key.descending else func.min(value)
-            column = (
-                select(aggregate)
-                .where(
-                    table.c.res_type == alias.c.res_type,
-                    table.c.res_id == alias.c.res_id,
-                    table.c.param == key.param,
-                )
-                .scalar_subquery()
+    def _param(self, type_: str, r: str, criterion: ParamCriterion, drive: bool) -> str:
+        table = TABLES[criterion.kind]
+        i = self.alias("i")
+        if drive and not criterion.negate:
+            head = (
+                f"{r}.res_id IN (SELECT {i}.res_id FROM {table} {i} WHERE {i}.res_type = "
+                f"{self.p(type_)} AND {i}.param = {self.p(criterion.param)}"
             )
-        return column.desc().nulls_last() if key.descending else column.asc().nulls_last()
+        else:
+            head = (
+                f"EXISTS (SELECT 1 FROM {table} {i} WHERE {i}.res_type = {self.p(type_)} AND "
+                f"{i}.res_id = {r}.res_id AND {i}.param = {self.p(criterion.param)}"
+            )
+        matches = " OR ".join(self.match(i, m) for m in criterion.matches)
+        clause = f"{head} AND ({matches}))"
+        return f"NOT {clause}" if criterion.negate else clause
 
-    def select_matches(self, query: Query, columns: Sequence[Any]) -> Select[Any]:
-        """SELECT ``columns`` of the current, non-deleted resources matching ``query``."""
-        alias = resources
-        return select(*columns).where(
-            alias.c.res_type == query.type,
-            alias.c.deleted.is_(False),
-            *self.conditions(query.type, alias, query.criteria),
+    def _has(self, type_: str, r: str, criterion: HasCriterion, drive: bool) -> str:
+        ref = self.alias("h")
+        source = self.alias("s")
+        # Placeholders are created in text order: the reference row first, then the sources.
+        where = (
+            f"{ref}.res_type = {self.p(criterion.source_type)} AND {ref}.param = "
+            f"{self.p(criterion.param)} AND {ref}.target_type = {self.p(type_)}"
         )
+        sources = (
+            f"SELECT {source}.res_id FROM resources {source} WHERE {source}.res_type = "
+            f"{self.p(criterion.source_type)} AND {source}.deleted = {self.p(False)}"
+        )
+        sources += "".join(
+            f" AND {c}" for c in self.conditions(criterion.source_type, source, criterion.criteria)
+        )
+        if drive:
+            return (
+                f"{r}.res_id IN (SELECT {ref}.target_id FROM search_reference {ref} WHERE "
+                f"{where} AND {ref}.res_id IN ({sources}))"
+            )
+        return (
+            f"EXISTS (SELECT 1 FROM search_reference {ref} WHERE {where} AND "
+            f"{ref}.target_id = {r}.res_id AND {ref}.res_id IN ({sources}))"
+        )
+
+    def sort_term(self, r: str, key: SortKey) -> str:
+        """One ORDER BY term; resources without a value sort last either way."""
+        if key.kind == "_id":
+            column = f"{r}.res_id"
+        elif key.kind == "_lastUpdated":
+            column = f"{r}.last_updated"
+        else:
+            i = self.alias("o")
+            aggregate = "MAX" if key.descending else "MIN"
+            column = (
+                f"(SELECT {aggregate}({i}.{_SORT_COLUMNS[key.kind]}) FROM {TABLES[key.kind]} {i}"
+                f" WHERE {i}.res_type = {r}.res_type AND {i}.res_id = {r}.res_id AND {i}.param"
+                f" = {self.p(key.param)})"
+            )
+        return f"{column} {'DESC' if key.descending else 'ASC'} NULLS LAST"
+
+
+def select_sql(
+    query: Query, placeholder: str, columns: str, limit: int | None, offset: int = 0
+) -> tuple[str, list[Any]]:
+    """SQL and parameters selecting ``columns`` of the current resources matching ``query``."""
+    b = SqlBuilder(placeholder)
+    where = [f"r.res_type = {b.p(query.type)}", f"r.deleted = {b.p(False)}"]
+    where += b.conditions(query.type, "r", query.criteria)
+    sql = f"SELECT {columns} FROM resources r WHERE " + " AND ".join(where)
+    if limit is not None:
+        order = [b.sort_term("r", key) for key in query.sort] + ["r.res_id ASC"]
+        sql += " ORDER BY " + ", ".join(order)
+        sql += f" LIMIT {int(limit)} OFFSET {int(offset)}"
+    return sql, b.params
+
+
+def read_many_sql(placeholder: str, count: int) -> str:
+    """SQL reading the current versions of ``count`` ids of one type (values bound)."""
+    marks = ", ".join(placeholder for _ in range(count))
+    return (
+        "SELECT res_type, res_id, version, last_updated, deleted, content, method, seq"
+        f" FROM resources WHERE res_type = {placeholder} AND deleted = {placeholder}"
+        f" AND res_id IN ({marks})"
+    )

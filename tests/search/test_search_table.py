@@ -6,6 +6,7 @@ the run (SQLite by default, PostgreSQL with WHATMATTERS_TEST_DATABASE_URL).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -101,6 +102,10 @@ CASES: list[tuple[str, str, list[str]]] = [
         ["obs-bp", "obs-hr", "obs-smoke", "obs-wm1", "obs-wm2", "obs-wt"],
     ),
     ("Observation", "value-date=2026-01-01", ["obs-date"]),
+    ("Observation", "date=ge2026-11-20T10:15:00Z", ["obs-bp", "obs-wm1"]),
+    ("Observation", "date=le2026-11-18", ["obs-hr", "obs-smoke", "obs-wm2", "obs-wt"]),
+    ("Observation", "date=le2026-11-01", ["obs-hr", "obs-smoke"]),
+    ("Observation", "date=gt2026-11-01&date=lt2026-11-21", ["obs-wm1", "obs-wm2", "obs-wt"]),
     ("Goal", "start-date=2026-11-20", ["goal-walk"]),
     ("Goal", "target-date=lt2027-06", ["goal-walk"]),
     ("Provenance", "recorded=le2026-11-19", ["prov-2"]),
@@ -185,8 +190,9 @@ CASES: list[tuple[str, str, list[str]]] = [
 
 def _search(service: FhirService, type_: str, query: str) -> dict[str, Any]:
     result = service.search_type(type_, parse_qsl(query, keep_blank_values=True), BASE, strict=True)
-    assert result.body is not None
-    return result.body
+    assert result.text is not None
+    bundle: dict[str, Any] = json.loads(result.text)
+    return bundle
 
 
 def _ids(bundle: dict[str, Any], mode: str = "match") -> list[str]:
