@@ -37,7 +37,10 @@ def _if_match() -> int | None:
 
 
 def _criteria() -> str:
-    return request.query_string.decode("utf-8", errors="strict")
+    try:
+        return request.query_string.decode("utf-8", errors="strict")
+    except UnicodeDecodeError as exc:
+        raise BadRequest("The query string is not valid UTF-8") from exc
 
 
 def _params() -> list[tuple[str, str]]:
@@ -70,6 +73,7 @@ def build_blueprint(base_path: str) -> Blueprint:
 
     @bp.before_request
     def _negotiate() -> None:
+        _criteria()  # 400 for a query string that is not UTF-8, before anything reads it
         response_type(request)  # 406 early, before any work is done
 
     @bp.get("/metadata")

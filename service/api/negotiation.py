@@ -153,9 +153,12 @@ def render_error(request: Request | None, error: FhirError) -> Response:
     if request is not None:
         try:
             media = response_type(request)
-        except NotAcceptable:
+            pretty = _pretty(request)
+        except (NotAcceptable, UnicodeDecodeError):
             media = FHIR_JSON  # an error must still be readable
-    pretty = request is not None and _pretty(request)
+            pretty = False
+    else:
+        pretty = False
     body = _dumps(operation_outcome(error.outcome_issues()), pretty)
     response = Response(body, status=error.status, headers=dict(error.headers))
     response.content_type = f"{media}; charset=utf-8"

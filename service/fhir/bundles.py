@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -17,7 +18,14 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
-from service.errors import BadRequest, FhirError, Issue, NotFound, PreconditionFailed
+from service.errors import (
+    BadRequest,
+    Conflict,
+    FhirError,
+    Issue,
+    NotFound,
+    PreconditionFailed,
+)
 from service.fhir.interactions import (
     FhirService,
     Result,
@@ -30,6 +38,7 @@ from service.fhir.model import etag, instant, parse_etag, parse_json
 from service.fhir.search import parse_query_string
 from service.storage import StoredResource, Transaction
 
+log = logging.getLogger("whatmatters.fhir")
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 
 
@@ -68,6 +77,8 @@ def process_bundle(
             expression=("Bundle.type",),
         )
     entries = bundle.get("entry", [])
+    if not isinstance(entries, list):
+        raise BadRequest("Bundle.entry must be a JSON array", expression=("Bundle.entry",))
     if kind == "transaction":
         service.check_resource(bundle, "Bundle")
     else:
@@ -113,6 +124,11 @@ def _batch(service: FhirService, entries: list[Any], base: str) -> list[Result |
                 )
         except FhirError as exc:
             results.append(_at_entry(exc, op))
+        except Exception:
+            log.exception("batch entry %d failed unexpectedly", index)
+            results.append(
+                _at_entry(FhirError("An unexpected error occurred processing this entry"), op)
+            )
     return results
 
 
@@ -128,13 +144,17 @@ def _transaction(
     mapping: dict[str, str] = {}
     targets: dict[tuple[str, str], int] = {}
     resolved: list[EntryOp] = []
+    created: dict[tuple[str, str], str] = {}
     for op in ops:
         try:
-            op = _resolve_identity(service, tx, op)
+            op = _resolve_identity(service, tx, op, created)
         except FhirError as exc:
             raise _at_entry(exc, op) from exc
         resolved.append(op)
-        if op.method in ("POST", "PUT", "PATCH", "DELETE") and op.type and op.id:
+        writes = op.method in ("PUT", "PATCH", "DELETE") or (
+            op.method == "POST" and not op.if_none_exist  # a matched conditional writes nothing
+        )
+        if writes and op.type and op.id:
             key = (op.type, op.id)
             if key in targets:
                 raise BadRequest(
@@ -156,14 +176,25 @@ def _transaction(
     return [r for r in results if r is not None]
 
 
-def _resolve_identity(service: FhirService, tx: Transaction, op: EntryOp) -> EntryOp:
-    """Fix the id each write entry will have, so references to it can be rewritten."""
+def _resolve_identity(
+    service: FhirService, tx: Transaction, op: EntryOp, created: dict[tuple[str, str], str]
+) -> EntryOp:
+    """Fix the id each write entry will have, so references to it can be rewritten.
+
+    ``created`` remembers the conditional creates of this transaction that matched nothing:
+    a second entry with the same criteria resolves to the resource the first one creates.
+    """
     assert op.type is not None or op.method in ("GET", "HEAD")
     if op.method == "POST" and op.type:
         if op.if_none_exist:
+            key = (op.type, op.if_none_exist)
+            if key in created:
+                return replace(op, id=created[key])
             existing = service.match_one_or_none(tx, op.type, op.if_none_exist, "If-None-Exist")
             if existing is not None:
                 return replace(op, id=existing.id, method="POST")
+            created[key] = str(uuid.uuid4())
+            return replace(op, id=created[key], if_none_exist=None)
         return replace(op, id=str(uuid.uuid4()), if_none_exist=None)
     if op.method in ("PUT", "PATCH", "DELETE") and op.type and op.id is None and op.query:
         match = service.match_one_or_none(tx, op.type, op.query, f"The conditional {op.method}")
@@ -171,7 +202,16 @@ def _resolve_identity(service: FhirService, tx: Transaction, op: EntryOp) -> Ent
             return replace(op, id=match.id)
         if op.method == "PUT":
             body_id = (op.resource or {}).get("id")
-            return replace(op, id=body_id if isinstance(body_id, str) else str(uuid.uuid4()))
+            if isinstance(body_id, str):
+                check_id(body_id)
+                existing = tx.read(op.type, body_id)
+                if existing is not None and not existing.deleted:
+                    raise Conflict(
+                        f"No {op.type} matches {op.query!r}, but {op.type}/{body_id} exists "
+                        "and does not match them"
+                    )
+                return replace(op, id=body_id)
+            return replace(op, id=str(uuid.uuid4()))
         if op.method == "PATCH":
             raise NotFound(f"No {op.type} matches the criteria of the conditional patch")
     return op

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import calendar
 import re
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
 _PATTERN = re.compile(
     r"^(?P<year>\d{4})(?:-(?P<month>\d{2})(?:-(?P<day>\d{2})"
@@ -45,8 +45,28 @@ def date_range(value: str) -> tuple[int, int] | None:
             hours, minutes = parts["tz"][1:].split(":")
             tz = timezone(sign * timedelta(hours=int(hours), minutes=int(minutes)))
         start = datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
-    except ValueError:
+        _micros(start)
+    except (ValueError, OverflowError):
         return None
+    try:
+        end = _end(parts, start, year, month, fraction, tz)
+    except OverflowError:
+        end = None  # the period runs to the end of the calendar (9999-12-31 ...)
+    low = _micros(start)
+    last = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    high = _micros(end) - 1 if end is not None else _micros(last)
+    return low, high
+
+
+def _end(
+    parts: dict[str, str | None],
+    start: datetime,
+    year: int,
+    month: int,
+    fraction: str,
+    tz: tzinfo,
+) -> datetime | None:
+    """The first moment after the period a value of this precision covers."""
     if parts["month"] is None:
         end = datetime(year + 1, 1, 1, tzinfo=tz) if year < 9999 else None
     elif parts["day"] is None:
@@ -60,10 +80,7 @@ def date_range(value: str) -> tuple[int, int] | None:
         end = start + timedelta(seconds=1)
     else:
         end = start + timedelta(microseconds=max(1, 10 ** (6 - min(len(fraction), 6))))
-    low = _micros(start)
-    last = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
-    high = _micros(end) - 1 if end is not None else _micros(last)
-    return low, high
+    return end
 
 
 def now_micros() -> int:

@@ -9,6 +9,7 @@ gets 412.
 from __future__ import annotations
 
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -54,6 +55,7 @@ from service.validation.definitions import Definitions
 from service.validation.structure import is_valid_id
 
 T = TypeVar("T")
+_DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII digits that fit a 64-bit integer
 WRITE_RETRIES = 5
 
 
@@ -174,7 +176,7 @@ class FhirService:
 
     def vread_in(self, tx: Transaction, type_: str, id_: str, version: str) -> Result:
         """vread within an open transaction."""
-        if not version.isdigit():
+        if not _DIGITS.fullmatch(version):
             raise NotFound(f"{type_}/{id_} has no version {version!r}")
         found = tx.vread(type_, id_, int(version))
         if found is None:
@@ -435,7 +437,7 @@ class FhirService:
                 since = parse_instant(value, "_since")
                 kept.append((name, value))
             elif name == "_page":
-                if not value.isdigit():
+                if not _DIGITS.fullmatch(value):
                     raise BadRequest("_page must come from a link of an earlier page")
                 before = int(value)
             elif name not in ("_format", "_pretty"):

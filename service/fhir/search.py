@@ -58,11 +58,21 @@ RESULT_PARAMETERS = frozenset(
         "_containedType",
     }
 )
+MAX_VALUES = 100
+MAX_VALUE_LENGTH = 1000
 SUMMARY_MODES = frozenset({"true", "false", "text", "data", "count"})
 
 
 class Ignored(Exception):
     """A parameter that cannot be used; ignored with a warning unless handling is strict."""
+
+
+class Invalid(Ignored):
+    """A known parameter with a malformed value or an unsupported modifier: always a 400.
+
+    Ignoring it would widen the search (patient=Patient/1, with a stray comma would return
+    every patient's data), so it is refused even under lenient handling, as HAPI FHIR does.
+    """
 
 
 @dataclass(frozen=True)
@@ -161,7 +171,7 @@ class SearchParser:
                 if name not in ("_page_token", "_offset", "_format", "_pretty"):
                     request.used.append((name, value))
             except Ignored as exc:
-                if strict:
+                if strict or isinstance(exc, Invalid):
                     raise BadRequest(str(exc), expression=(name,)) from exc
                 request.warnings.append(
                     Issue("warning", "not-supported", f"{exc}; the parameter was ignored")
@@ -186,11 +196,11 @@ class SearchParser:
             request.page_token = value
         elif name == "_total":
             if value not in ("none", "estimate", "accurate"):
-                raise Ignored("_total must be none, estimate or accurate")
+                raise Invalid("_total must be none, estimate or accurate")
             request.total = value != "none"
         elif name == "_summary":
             if value not in SUMMARY_MODES:
-                raise Ignored("_summary must be true, text, data, count or false")
+                raise Invalid("_summary must be true, text, data, count or false")
             request.summary = None if value == "false" else value
         elif name == "_elements":
             request.elements = tuple(e.strip() for e in value.split(",") if e.strip())
@@ -252,21 +262,21 @@ class SearchParser:
         code, _, modifier = name.partition(":")
         if code == "_id":
             if modifier:
-                raise Ignored(f"_id does not take the :{modifier} modifier")
+                raise Invalid(f"_id does not take the :{modifier} modifier")
             ids = tuple(v for v in (_unescape(x) for x in split_escaped(value, ",")) if v)
             if not ids:
                 raise Ignored("_id needs a value")
             return IdCriterion(ids)
         if code == "_lastUpdated":
             if modifier:
-                raise Ignored(f"_lastUpdated does not take the :{modifier} modifier")
+                raise Invalid(f"_lastUpdated does not take the :{modifier} modifier")
             return LastUpdatedCriterion(tuple(_date_match(v) for v in split_escaped(value, ",")))
         param = self.params.get(type_, code)
         if param is None:
             raise Ignored(f"{code!r} is not a search parameter of {type_}")
         if modifier == "missing":
             if value not in ("true", "false"):
-                raise Ignored(f"{name} must be true or false")
+                raise Invalid(f"{name} must be true or false")
             return MissingCriterion(param.type, code, value == "true")
         if param.type == "reference" and modifier == "identifier":
             matches = tuple(_token_match(v) for v in split_escaped(value, ","))
@@ -275,9 +285,17 @@ class SearchParser:
 
     def _param(self, param: SearchParam, modifier: str, value: str) -> ParamCriterion:
         kind = param.type
-        values = split_escaped(value, ",")
-        if any(v == "" for v in values):
+        # An empty part of a list (a stray comma) adds nothing to the OR; an empty value
+        # leaves the parameter out, as it says nothing.
+        values = [v for v in split_escaped(value, ",") if v != ""]
+        if not values:
             raise Ignored(f"{param.code} has an empty value")
+        if len(values) > MAX_VALUES or any(len(v) > MAX_VALUE_LENGTH for v in values):
+            raise Invalid(
+                f"{param.code} takes at most {MAX_VALUES} values of {MAX_VALUE_LENGTH} characters"
+            )
+        if any(ch < " " for v in values for ch in v):
+            raise Invalid(f"{param.code} contains control characters")
         negate = False
         matches: list[Match] = []
         if kind == "token":
@@ -286,12 +304,12 @@ class SearchParser:
             elif modifier == "text":
                 matches = [TokenMatch(None, None, fold(_unescape(v))) for v in values]
             elif modifier:
-                raise Ignored(f"The modifier :{modifier} is not supported for token {param.code}")
+                raise Invalid(f"The modifier :{modifier} is not supported for token {param.code}")
             matches = matches or [_token_match(v) for v in values]
         elif kind == "string":
             mode = {"": "prefix", "exact": "exact", "contains": "contains"}.get(modifier)
             if mode is None:
-                raise Ignored(f"The modifier :{modifier} is not supported for string {param.code}")
+                raise Invalid(f"The modifier :{modifier} is not supported for string {param.code}")
             matches = [
                 StringMatch(mode, _unescape(v) if mode == "exact" else fold(_unescape(v)))
                 for v in values
@@ -299,11 +317,11 @@ class SearchParser:
         elif kind == "uri":
             mode = {"": "exact", "above": "above", "below": "below"}.get(modifier)
             if mode is None:
-                raise Ignored(f"The modifier :{modifier} is not supported for uri {param.code}")
+                raise Invalid(f"The modifier :{modifier} is not supported for uri {param.code}")
             matches = [UriMatch(mode, _unescape(v)) for v in values]
         elif kind in ("date", "number", "quantity", "composite"):
             if modifier:
-                raise Ignored(f"The modifier :{modifier} is not supported for {kind} {param.code}")
+                raise Invalid(f"The modifier :{modifier} is not supported for {kind} {param.code}")
             if kind == "date":
                 matches = [_date_match(v) for v in values]
             elif kind == "number":
@@ -319,9 +337,9 @@ class SearchParser:
     def _reference_match(self, param: SearchParam, modifier: str, value: str) -> ReferenceMatch:
         value = _unescape(value)
         if modifier and modifier not in SUPPORTED_TYPES and modifier[:1].isupper():
-            raise Ignored(f"{modifier} is not a resource type stored here")
+            raise Invalid(f"{modifier} is not a resource type stored here")
         if modifier and not modifier[:1].isupper():
-            raise Ignored(f"The modifier :{modifier} is not supported for reference {param.code}")
+            raise Invalid(f"The modifier :{modifier} is not supported for reference {param.code}")
         if self.base and value.startswith(self.base + "/"):
             value = value[len(self.base) + 1 :]
         type_, id_, url = parse_reference(value)
@@ -333,15 +351,15 @@ class SearchParser:
                 return ReferenceMatch(target_id=value, types=param.targets)
             return ReferenceMatch(url=value.split("|", 1)[0])
         if url is not None:
-            return ReferenceMatch(url=url)
+            return ReferenceMatch(url=url.split("|", 1)[0])
         if modifier and type_ != modifier:
-            raise Ignored(f"{value} is not a {modifier}")
+            raise Invalid(f"{value} is not a {modifier}")
         return ReferenceMatch(target_type=type_, target_id=id_)
 
     def _composite_match(self, param: SearchParam, value: str) -> CompositeMatch:
         parts = split_escaped(value, "$")
         if len(parts) != 2:
-            raise Ignored(f"{param.code} needs code$value, e.g. http://loinc.org|1234-5$gt5")
+            raise Invalid(f"{param.code} needs code$value, e.g. http://loinc.org|1234-5$gt5")
         token = _token_match(parts[0])
         second = param.components[1].type
         match: TokenMatch | QuantityMatch | StringMatch | RangeMatch
@@ -395,9 +413,9 @@ def _whole(name: str, value: str) -> int:
     try:
         number = int(value)
     except ValueError as exc:
-        raise Ignored(f"{name} must be a whole number, not {value!r}") from exc
+        raise Invalid(f"{name} must be a whole number, not {value!r}") from exc
     if number < 0:
-        raise Ignored(f"{name} must not be negative")
+        raise Invalid(f"{name} must not be negative")
     return number
 
 
@@ -406,13 +424,13 @@ def _token_match(raw: str) -> TokenMatch:
     if len(pieces) == 1:
         code = _unescape(pieces[0])
         if not code:
-            raise Ignored("A token needs a code")
+            raise Invalid("A token needs a code")
         return TokenMatch(None, code)
     if len(pieces) != 2:
-        raise Ignored(f"A token is code, system|code, |code or system|, not {raw!r}")
+        raise Invalid(f"A token is code, system|code, |code or system|, not {raw!r}")
     system, code = _unescape(pieces[0]), _unescape(pieces[1])
     if not system and not code:
-        raise Ignored("A token needs a system or a code")
+        raise Invalid("A token needs a system or a code")
     return TokenMatch(system, code or None)
 
 
@@ -427,7 +445,7 @@ def _date_match(value: str) -> RangeMatch:
     prefix, text = _split_prefix(value)
     span = date_range(text.replace(" ", "+"))
     if span is None:
-        raise Ignored(f"{value!r} is not a FHIR date or dateTime")
+        raise Invalid(f"{value!r} is not a FHIR date or dateTime")
     low, high = span
     if prefix == "ap":
         widen = max(abs(now_micros() - low) // 10, 86_400_000_000)
@@ -439,9 +457,9 @@ def _number_range(prefix: str, text: str) -> RangeMatch:
     try:
         number = Decimal(text)
     except InvalidOperation as exc:
-        raise Ignored(f"{text!r} is not a number") from exc
-    if not number.is_finite():
-        raise Ignored(f"{text!r} is not a finite number")
+        raise Invalid(f"{text!r} is not a number") from exc
+    if not number.is_finite() or not -300 <= number.adjusted() <= 300:
+        raise Invalid(f"{text!r} is not a number this server can compare (|exponent| > 300)")
     value = float(number)
     exponent = number.as_tuple().exponent
     half = 0.5 * 10 ** (exponent if isinstance(exponent, int) else 0)
@@ -461,7 +479,7 @@ def _number_match(value: str) -> RangeMatch:
 def _quantity_match(value: str) -> QuantityMatch:
     pieces = split_escaped(value, "|")
     if len(pieces) not in (1, 3):
-        raise Ignored(f"A quantity is [prefix]number|system|code, not {value!r}")
+        raise Invalid(f"A quantity is [prefix]number|system|code, not {value!r}")
     prefix, text = _split_prefix(pieces[0])
     system = _unescape(pieces[1]) if len(pieces) == 3 and pieces[1] else None
     code = _unescape(pieces[2]) if len(pieces) == 3 and pieces[2] else None
@@ -470,8 +488,14 @@ def _quantity_match(value: str) -> QuantityMatch:
 
 def parse_conditional(parser: SearchParser, type_: str, criteria: str) -> Query:
     """Parse the criteria of a conditional interaction (strict; at least one criterion)."""
-    text = criteria.split("?", 1)[1] if "?" in criteria else criteria
-    prefix = criteria.split("?", 1)[0] if "?" in criteria else None
+    head, mark, tail = criteria.partition("?")
+    # "Patient?identifier=..." names the type; a "?" after the first "=" is part of a value.
+    if mark and "=" not in head:
+        prefix: str | None = head
+        text = tail
+    else:
+        prefix = None
+        text = criteria
     if prefix and prefix.rstrip("/").rsplit("/", 1)[-1] != type_:
         raise BadRequest(f"The criteria {criteria!r} do not search {type_}")
     pairs = [(k, v) for k, v in parse_query_string(text) if k not in ("_format", "_pretty")]

@@ -55,7 +55,7 @@ def search_type(
     total: int | None = None
     page: Page | None = None
     token = request.page_token
-    offset = request.offset if token else 0
+    offset = request.offset
     count = request.count
     if request.summary == "count" or count == 0:
         total = read(lambda t: t.count(request.query))
@@ -73,7 +73,7 @@ def search_type(
 
         def first_page(t: Transaction) -> tuple[list[Key], Page | None]:
             found = t.search_keys(request.query, count + 1)
-            if len(found) > count:
+            if len(found) > count or offset > 0:
                 return found[:count], None
             # One page holds every match: read it in the same transaction.
             return found, _page(t, request, found)
@@ -96,7 +96,9 @@ def search_type(
                     )
                 )
                 every = every[:MAX_KEPT]
-            keys = every[:count]  # the first page comes from the kept list, like the rest
+            # The page asked for comes from the kept list, like every later page.
+            keys = every[offset : offset + count]
+            more = offset + count < len(every)
             token = str(uuid.uuid4())
             moment = service.clock()
             new_token = token
@@ -105,7 +107,8 @@ def search_type(
             else:
                 service.run(lambda t: t.save_search(new_token, every, moment))
             if request.total:
-                total = len(every)
+                capped = len(every) >= MAX_KEPT
+                total = read(lambda t: t.count(request.query)) if capped else len(every)
     if page is None:
         page = read(lambda t: _page(t, request, keys))
     matches, included = page

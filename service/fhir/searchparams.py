@@ -295,6 +295,16 @@ class SearchParameters:
         return rows
 
 
+# B-tree entries must stay small (PostgreSQL refuses index rows over about 2.7 kB); longer
+# values are not indexed for exact and prefix matching, only stored in full where a column is
+# not part of an index key.
+MAX_INDEXED = 1000
+
+
+def _fits(*values: str | None) -> bool:
+    return all(v is None or len(v) <= MAX_INDEXED for v in values)
+
+
 def _dedupe(rows: IndexRows) -> None:
     for name in (
         "tokens",
@@ -319,9 +329,13 @@ def _add_rows(rows: IndexRows, param: SearchParam, value: Any, target_type: str 
     kind = param.type
     code = param.code
     if kind == "token":
-        rows.tokens.extend(TokenRow(code, s, c, t) for s, c, t in tokens_of(value))
+        rows.tokens.extend(
+            TokenRow(code, s, c, t[:MAX_INDEXED] if t else t)
+            for s, c, t in tokens_of(value)
+            if _fits(s, c)
+        )
     elif kind == "string":
-        rows.strings.extend(StringRow(code, fold(s), s) for s in strings_of(value))
+        rows.strings.extend(StringRow(code, fold(s)[:MAX_INDEXED], s) for s in strings_of(value))
     elif kind == "date":
         span = dates_of(value)
         if span is not None:
@@ -336,11 +350,12 @@ def _add_rows(rows: IndexRows, param: SearchParam, value: Any, target_type: str 
     elif kind == "reference":
         for row in references_of(code, value, target_type):
             if isinstance(row, ReferenceRow):
-                rows.references.append(row)
-            else:
+                if _fits(row.url):
+                    rows.references.append(row)
+            elif _fits(row.system, row.code):
                 rows.tokens.append(row)
     elif kind == "uri":
-        if isinstance(value, str) and value:
+        if isinstance(value, str) and value and _fits(value):
             rows.uris.append(UriRow(code, value))
     elif kind == "composite" and isinstance(value, dict):
         rows.composites.extend(composites_of(param, value))
@@ -460,11 +475,12 @@ def parse_reference(reference: str) -> tuple[str | None, str | None, str | None]
     """Split a reference into (type, id, url): relative refs give a type and id."""
     text = reference.split("/_history/", 1)[0]
     pieces = text.split("/")
-    if "://" not in text and not text.startswith(("urn:", "#")) and len(pieces) == 2:
+    local = "://" not in text and not text.startswith(("urn:", "#")) and len(pieces) == 2
+    if local and len(pieces[0]) <= 64 and len(pieces[1]) <= 64:
         return pieces[0], pieces[1], None
     if "://" in text and len(pieces) >= 2:
         type_, id_ = pieces[-2], pieces[-1]
-        if type_[:1].isupper():
+        if type_[:1].isupper() and len(type_) <= 64 and len(id_) <= 64:
             return type_, id_, text
     return None, None, text
 
@@ -505,6 +521,10 @@ def _component_values(component: Component, node: dict[str, Any]) -> list[Any]:
 
 def composites_of(param: SearchParam, node: dict[str, Any]) -> list[CompositeRow]:
     """Composite rows: every token of the first component with every value of the second."""
+    return [r for r in _composites(param, node) if _fits(r.system, r.code)]
+
+
+def _composites(param: SearchParam, node: dict[str, Any]) -> list[CompositeRow]:
     first, second = param.components
     rows: list[CompositeRow] = []
     for code_value in _component_values(first, node):

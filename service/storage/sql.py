@@ -49,6 +49,21 @@ from service.storage.schema import (
 )
 from service.storage.sqlsearch import read_many_sql, select_sql
 
+# Failures worth a 503 and a retry: the database is down, restarting, or busy. Anything else
+# (a statement too large, a value the column cannot hold) would fail again the same way.
+_TRANSIENT_SQLSTATES = ("08", "53", "57P")
+_TRANSIENT_SQLITE = ("locked", "busy", "unable to open", "disk i/o")
+
+
+def _transient(exc: DBAPIError) -> bool:
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate.startswith(_TRANSIENT_SQLSTATES) or sqlstate == "40001"
+    if isinstance(exc, OperationalError):
+        message = str(exc.orig).lower()
+        return any(word in message for word in _TRANSIENT_SQLITE) or "connect" in message
+    return False
+
 
 def _advisory_key(key: str) -> int:
     digest = hashlib.sha256(key.encode("utf-8")).digest()
@@ -489,7 +504,7 @@ class SqlStore:
         except (OperationalError, DBAPIError) as exc:
             if isinstance(exc, IntegrityError):
                 raise VersionConflict(str(exc.orig)) from exc
-            if exc.connection_invalidated or isinstance(exc, OperationalError):
+            if exc.connection_invalidated or _transient(exc):
                 raise StoreUnavailable("The database is not reachable") from exc
             raise StorageError("The database rejected the operation") from exc
 

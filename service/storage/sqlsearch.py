@@ -199,9 +199,11 @@ class SqlBuilder:
     def uri(self, i: str, match: UriMatch) -> str:
         """uri: exact, :below (value or under it) or :above (value's parents)."""
         if match.mode == "below":
-            like = _escape_like(match.value) + "/%"
+            # substr, not LIKE: SQLite's LIKE ignores case, and URIs are case-sensitive
+            under = match.value + "/"
             return (
-                f"({i}.value = {self.p(match.value)} OR {i}.value LIKE {self.p(like)} ESCAPE '\\')"
+                f"({i}.value = {self.p(match.value)} OR substr({i}.value, 1, "
+                f"{self.p(len(under))}) = {self.p(under)})"
             )
         if match.mode == "above":
             marks = ", ".join(self.p(v) for v in _uri_prefixes(match.value))

@@ -9,6 +9,7 @@ expanded from the vendored code systems. Every problem is reported, each with it
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from service.errors import Issue
@@ -39,6 +40,7 @@ _STRING_PRIMITIVES = frozenset(
         "xhtml",
     }
 )
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 _CODED = frozenset({"code", "Coding", "CodeableConcept"})
 
 
@@ -297,6 +299,9 @@ class StructureValidator:
         elif type_code in _STRING_PRIMITIVES:
             if not isinstance(value, str):
                 problem = "must be a JSON string"
+            elif _CONTROL.search(value):
+                # datatypes.html#string: no characters below U+0020 but tab, CR and LF
+                problem = "contains a control character"
             elif (value.strip() == "" and type_code != "string") or value == "":
                 problem = "must not be empty"
             elif type_code == "xhtml":

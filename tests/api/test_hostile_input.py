@@ -1,0 +1,214 @@
+"""Odd and hostile input gets a clear 4xx OperationOutcome, never a 500, a hang or a search
+that silently widens (https://hl7.org/fhir/R4/search.html#errors)."""
+
+from __future__ import annotations
+
+import pytest
+from flask.testing import FlaskClient
+
+from tests.builders import FHIR_JSON, goal, observation, outcome_issues, patient
+
+JSON = {"Content-Type": FHIR_JSON}
+NHS = "https://fhir.nhs.uk/Id/nhs-number"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "Observation?value-quantity=1e999999999",
+        "Observation?value-quantity=1e400",
+        "List?entry-count=9e99999",
+        "Patient?birthdate=2024-02-30",
+        "Patient?birthdate=soon",
+        "Patient?gender:in=http://example.org/vs",
+        "Patient?family:below=x",
+        "Patient?identifier=a|b|c",
+        "Observation?code-value-quantity=nodollar",
+        "Patient?_count=many",
+        "Patient?_count=-1",
+        "Patient?_summary=maybe",
+        "Patient?gender=" + ",".join(["female"] * 101),
+        "Patient?family=" + "x" * 1001,
+        "Patient?family=a%00b",
+    ],
+)
+def test_malformed_value_or_unsupported_modifier_is_400(client: FlaskClient, query: str) -> None:
+    response = client.get(f"/fhir/{query}")
+    assert response.status_code == 400, response.get_data(as_text=True)[:300]
+    assert outcome_issues(response)[0]["severity"] == "error"
+
+
+def test_stray_comma_does_not_widen_a_search(client: FlaskClient) -> None:
+    client.put("/fhir/Goal/g1", json=goal(id="g1"), headers=JSON)
+    client.put(
+        "/fhir/Goal/g2", json=goal(id="g2", subject={"reference": "Patient/p2"}), headers=JSON
+    )
+    bundle = client.get("/fhir/Goal?patient=Patient/p1,").get_json()
+    assert [e["resource"]["id"] for e in bundle["entry"]] == ["g1"]
+
+
+def test_open_ended_dates_at_the_end_of_the_calendar(client: FlaskClient) -> None:
+    sent = goal(id="g9", target=[{"dueDate": "9999-12-31"}])
+    assert client.put("/fhir/Goal/g9", json=sent, headers=JSON).status_code == 201
+    found = client.get("/fhir/Goal?target-date=9999-12-31").get_json()
+    assert [e["resource"]["id"] for e in found["entry"]] == ["g9"]
+    assert client.get("/fhir/Goal?target-date=gt9999-12").status_code == 200
+
+
+def test_control_characters_in_strings_are_refused(client: FlaskClient) -> None:
+    response = client.post(
+        "/fhir/Observation", json=observation(valueString="a\u0000b"), headers=JSON
+    )
+    assert response.status_code == 400
+    assert outcome_issues(response)[0]["expression"] == ["Observation.valueString"]
+    ok = client.post(
+        "/fhir/Observation", json=observation(valueString="line one\nline\ttwo"), headers=JSON
+    )
+    assert ok.status_code == 201
+
+
+@pytest.mark.parametrize(
+    "path", ["/fhir/Goal/g1/_history/\u00b2", "/fhir/Goal/g1/_history/99999999999999999999999"]
+)
+def test_odd_version_numbers_are_404(client: FlaskClient, path: str) -> None:
+    client.put("/fhir/Goal/g1", json=goal(id="g1"), headers=JSON)
+    assert client.get(path).status_code == 404
+
+
+def test_history_page_token_must_be_a_number(client: FlaskClient) -> None:
+    assert client.get("/fhir/_history?_page=\u00b2").status_code == 400
+
+
+def test_conditional_criteria_that_are_not_utf8_are_400(client: FlaskClient) -> None:
+    # WSGI carries the query string as latin-1 text: "\xff" is the byte 0xFF on the wire
+    raw = client.open(
+        "/fhir/Patient", method="DELETE", environ_overrides={"QUERY_STRING": "identifier=\xff"}
+    )
+    assert raw.status_code == 400
+    outcome_issues(raw)
+
+
+def test_question_mark_inside_a_criteria_value(client: FlaskClient) -> None:
+    odd = [{"system": "http://example.org/?a", "value": "1"}]
+    client.post("/fhir/Patient", json=patient(identifier=odd), headers=JSON)
+    response = client.post(
+        "/fhir/Patient",
+        json=patient(identifier=odd),
+        headers={**JSON, "If-None-Exist": "identifier=http://example.org/?a|1"},
+    )
+    assert response.status_code == 200
+
+
+def test_search_by_versioned_canonical(client: FlaskClient) -> None:
+    response = {
+        "resourceType": "QuestionnaireResponse",
+        "id": "qr1",
+        "status": "completed",
+        "questionnaire": "http://whatmatters.example/fhir/Questionnaire/wmty|2.0",
+    }
+    client.put("/fhir/QuestionnaireResponse/qr1", json=response, headers=JSON)
+    url = "http://whatmatters.example/fhir/Questionnaire/wmty"
+    for value in (url, url + "|2.0"):
+        bundle = client.get(f"/fhir/QuestionnaireResponse?questionnaire={value}").get_json()
+        assert [e["resource"]["id"] for e in bundle["entry"]] == ["qr1"]
+
+
+def test_uri_below_is_case_sensitive(client: FlaskClient) -> None:
+    q = {
+        "resourceType": "Questionnaire",
+        "id": "q1",
+        "status": "active",
+        "url": "http://example.org/fhir/Q/one",
+    }
+    client.put("/fhir/Questionnaire/q1", json=q, headers=JSON)
+    found = client.get("/fhir/Questionnaire?url:below=http://example.org/fhir").get_json()
+    assert [e["resource"]["id"] for e in found["entry"]] == ["q1"]
+    other = client.get("/fhir/Questionnaire?url:below=http://EXAMPLE.org/fhir").get_json()
+    assert "entry" not in other
+
+
+def test_offset_without_a_token_pages(client: FlaskClient) -> None:
+    for n in range(5):
+        client.put(f"/fhir/Patient/p{n}", json=patient(id=f"p{n}"), headers=JSON)
+    bundle = client.get("/fhir/Patient?_count=2&_offset=2").get_json()
+    assert [e["resource"]["id"] for e in bundle["entry"]] == ["p2", "p3"]
+    relations = {link["relation"] for link in bundle["link"]}
+    assert relations == {"self", "next", "previous"}
+
+
+def test_batch_with_entry_that_is_not_an_array_is_400(client: FlaskClient) -> None:
+    for entry in (None, 5, "x"):
+        response = client.post(
+            "/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": entry}, headers=JSON
+        )
+        assert response.status_code == 400
+        outcome_issues(response)
+
+
+def test_transaction_conditional_update_does_not_overwrite_an_unrelated_id(
+    client: FlaskClient,
+) -> None:
+    client.put("/fhir/Patient/p1", json=patient(id="p1"), headers=JSON)
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": patient(
+                    id="p1", identifier=[{"system": NHS, "value": "new"}], gender="male"
+                ),
+                "request": {"method": "PUT", "url": f"Patient?identifier={NHS}|new"},
+            }
+        ],
+    }
+    response = client.post("/fhir", json=bundle, headers=JSON)
+    assert response.status_code == 409
+    assert client.get("/fhir/Patient/p1").get_json()["gender"] == "female"
+
+
+def test_transaction_with_two_identical_conditional_creates_makes_one(
+    client: FlaskClient,
+) -> None:
+    criteria = f"identifier={NHS}|twice"
+    body = patient(identifier=[{"system": NHS, "value": "twice"}])
+    first, second = (
+        "urn:uuid:11111111-1111-4111-8111-111111111111",
+        "urn:uuid:22222222-2222-4222-8222-222222222222",
+    )
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": first,
+                "resource": body,
+                "request": {"method": "POST", "url": "Patient", "ifNoneExist": criteria},
+            },
+            {
+                "fullUrl": second,
+                "resource": body,
+                "request": {"method": "POST", "url": "Patient", "ifNoneExist": criteria},
+            },
+            {
+                "resource": goal(subject={"reference": second}),
+                "request": {"method": "POST", "url": "Goal"},
+            },
+        ],
+    }
+    response = client.post("/fhir", json=bundle, headers=JSON)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    statuses = [e["response"]["status"] for e in response.get_json()["entry"]]
+    assert statuses[:2] == ["201 Created", "200 OK"]
+    found = client.get(f"/fhir/Patient?{criteria}&_total=accurate").get_json()
+    assert found["total"] == 1
+    patient_id = found["entry"][0]["resource"]["id"]
+    goals = client.get(f"/fhir/Goal?subject=Patient/{patient_id}").get_json()
+    assert len(goals["entry"]) == 1
+
+
+def test_reference_with_a_very_long_id_is_stored(client: FlaskClient) -> None:
+    long_ref = "Patient/" + "x" * 200
+    response = client.post("/fhir/Goal", json=goal(subject={"reference": long_ref}), headers=JSON)
+    assert response.status_code == 201
+    found = client.get(f"/fhir/Goal?subject={long_ref}").get_json()
+    assert len(found.get("entry", [])) == 1
