@@ -122,6 +122,13 @@ _READ_VERSION = select(resource_versions).where(
 )
 
 
+def _by_type(keys: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for type_, id_ in keys:
+        grouped.setdefault(type_, []).append(id_)
+    return grouped
+
+
 def _row_to_resource(row: Any) -> StoredResource:
     return StoredResource(
         type=row.res_type,
@@ -305,11 +312,8 @@ class SqlTransaction:
     def read_many(self, keys: Sequence[tuple[str, str]]) -> list[StoredResource]:
         """Return the current, non-deleted versions of ``keys``, in the order given."""
         found: dict[tuple[str, str], StoredResource] = {}
-        by_type: dict[str, list[str]] = {}
-        for type_, id_ in keys:
-            by_type.setdefault(type_, []).append(id_)
         mark = self._placeholder()
-        for type_, ids in by_type.items():
+        for type_, ids in _by_type(keys).items():
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 sql = read_many_sql(mark, len(chunk))
@@ -332,19 +336,10 @@ class SqlTransaction:
         """Return the local targets the given resources reference (through ``param``)."""
         ref = search_reference
         out: list[tuple[str, str]] = []
-        by_type: dict[str, list[str]] = {}
-        for type_, id_ in keys:
-            by_type.setdefault(type_, []).append(id_)
-        for type_, ids in by_type.items():
-            conditions = [
-                ref.c.res_type == type_,
-                ref.c.res_id.in_(ids),
-                ref.c.target_id.is_not(None),
-            ]
-            if param is not None:
-                conditions.append(ref.c.param == param)
-            statement = select(ref.c.target_type, ref.c.target_id).where(*conditions).distinct()
-            out.extend((r.target_type, r.target_id) for r in self._conn.execute(statement))
+        for type_, ids in _by_type(keys).items():
+            conditions = [ref.c.res_type == type_, ref.c.res_id.in_(ids)]
+            conditions.append(ref.c.target_id.is_not(None))
+            out += self._references(ref.c.target_type, ref.c.target_id, conditions, param)
         return out
 
     def referencing(
@@ -353,20 +348,19 @@ class SqlTransaction:
         """Return resources of ``source_type`` that reference any of ``keys``."""
         ref = search_reference
         out: list[tuple[str, str]] = []
-        by_type: dict[str, list[str]] = {}
-        for type_, id_ in keys:
-            by_type.setdefault(type_, []).append(id_)
-        for type_, ids in by_type.items():
-            conditions = [
-                ref.c.res_type == source_type,
-                ref.c.target_type == type_,
-                ref.c.target_id.in_(ids),
-            ]
-            if param is not None:
-                conditions.append(ref.c.param == param)
-            statement = select(ref.c.res_type, ref.c.res_id).where(*conditions).distinct()
-            out.extend((r.res_type, r.res_id) for r in self._conn.execute(statement))
+        for type_, ids in _by_type(keys).items():
+            conditions = [ref.c.res_type == source_type, ref.c.target_type == type_]
+            conditions.append(ref.c.target_id.in_(ids))
+            out += self._references(ref.c.res_type, ref.c.res_id, conditions, param)
         return out
+
+    def _references(
+        self, type_column: Any, id_column: Any, conditions: list[Any], param: str | None
+    ) -> list[tuple[str, str]]:
+        if param is not None:
+            conditions.append(search_reference.c.param == param)
+        statement = select(type_column, id_column).where(*conditions).distinct()
+        return [(row[0], row[1]) for row in self._conn.execute(statement)]
 
     def save_search(self, search_id: str, keys: Sequence[tuple[str, str]], created_us: int) -> None:
         """Keep the ordered matches of a search; drop searches older than a day."""
