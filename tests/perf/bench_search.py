@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -140,9 +140,7 @@ def main() -> int:
     out.mkdir(exist_ok=True)
     (out / f"search-{args.database}.json").write_text(json.dumps(results, indent=2))
     service.store.close()
-    if args.database == "sqlite":
-        for path in Path(tmp).glob("search.db*"):
-            path.unlink()
+    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
