@@ -36,6 +36,23 @@ def _if_match() -> int | None:
     return parse_etag(value) if value is not None else None
 
 
+def _if_none_match() -> list[int] | None:
+    """The versions named by If-None-Match (W/"3", "3" or *), or None without the header."""
+    value = request.headers.get("If-None-Match")
+    if value is None:
+        return None
+    versions: list[int] = []
+    for part in value.split(","):
+        part = part.strip()
+        if part == "*":
+            return []
+        try:
+            versions.append(parse_etag(part))
+        except BadRequest:
+            continue  # an ETag that is not one of ours never matches
+    return versions if versions else [-1]
+
+
 def _criteria() -> str:
     try:
         return request.query_string.decode("utf-8", errors="strict")
@@ -125,7 +142,14 @@ def build_blueprint(base_path: str) -> Blueprint:
 
     @bp.get("/<type_>/<id_>")
     def read(type_: str, id_: str) -> Response:
-        return _reply(_service().read(type_, id_))
+        since = request.if_modified_since
+        result = _service().read(
+            type_,
+            id_,
+            if_none_match=_if_none_match(),
+            if_modified_since=int(since.timestamp()) if since is not None else None,
+        )
+        return _reply(result)
 
     @bp.put("/<type_>/<id_>")
     def update(type_: str, id_: str) -> Response:

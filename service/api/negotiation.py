@@ -117,6 +117,8 @@ def render(
         if result.location:
             headers["Location"] = f"{base()}/{stored.type}/{stored.id}/_history/{stored.version}"
     pretty = _pretty(request)
+    if result.status == 304:
+        return Response(b"", status=304, headers=headers)
     if write and result.status != 204:
         returned = prefer(request, "return") or "representation"
         if returned == "minimal":

@@ -153,11 +153,31 @@ class FhirService:
 
     # -- instance level -----------------------------------------------------------------------
 
-    def read(self, type_: str, id_: str) -> Result:
-        """read: https://hl7.org/fhir/R4/http.html#read."""
+    def read(
+        self,
+        type_: str,
+        id_: str,
+        if_none_match: Sequence[int] | None = None,
+        if_modified_since: int | None = None,
+    ) -> Result:
+        """read and conditional read: https://hl7.org/fhir/R4/http.html#read, #cread.
+
+        ``if_none_match`` holds the versions the client has (an empty list stands for "*");
+        ``if_modified_since`` is a time in seconds since the epoch. 304 when nothing changed.
+        """
         check_type(type_)
         check_id(id_)
-        return self.read_only(lambda tx: self.read_in(tx, type_, id_))
+        result = self.read_only(lambda tx: self.read_in(tx, type_, id_))
+        stored = result.stored
+        assert stored is not None
+        if if_none_match is not None:
+            if not if_none_match or stored.version in if_none_match:
+                return Result(304, stored=stored)
+        elif if_modified_since is not None and stored.last_updated_us // 1_000_000 <= (
+            if_modified_since
+        ):
+            return Result(304, stored=stored)
+        return result
 
     def read_in(self, tx: Transaction, type_: str, id_: str) -> Result:
         """read within an open transaction."""

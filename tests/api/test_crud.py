@@ -305,3 +305,33 @@ def test_delete_with_stale_if_match_is_412(client: FlaskClient) -> None:
     response = client.delete("/fhir/Goal/g1", headers={"If-Match": 'W/"5"'})
     assert response.status_code == 412
     assert client.get("/fhir/Goal/g1").status_code == 200
+
+
+# -- conditional read: http.html#cread ---------------------------------------------------------
+
+
+def test_read_with_current_etag_in_if_none_match_is_304(client: FlaskClient) -> None:
+    client.put("/fhir/Goal/g1", json=goal(id="g1"), headers=JSON_HEADERS)
+    response = client.get("/fhir/Goal/g1", headers={"If-None-Match": 'W/"1"'})
+    assert response.status_code == 304
+    assert response.data == b""
+    assert response.headers["ETag"] == 'W/"1"'
+
+
+def test_read_with_old_etag_in_if_none_match_is_200(client: FlaskClient) -> None:
+    client.put("/fhir/Goal/g1", json=goal(id="g1"), headers=JSON_HEADERS)
+    client.put("/fhir/Goal/g1", json=goal(id="g1", lifecycleStatus="on-hold"), headers=JSON_HEADERS)
+    response = client.get("/fhir/Goal/g1", headers={"If-None-Match": 'W/"1"'})
+    assert response.status_code == 200
+    assert response.get_json()["lifecycleStatus"] == "on-hold"
+
+
+def test_read_with_if_modified_since(client: FlaskClient) -> None:
+    created = client.put("/fhir/Goal/g1", json=goal(id="g1"), headers=JSON_HEADERS)
+    last_modified = created.headers["Last-Modified"]
+    unchanged = client.get("/fhir/Goal/g1", headers={"If-Modified-Since": last_modified})
+    assert unchanged.status_code == 304
+    old = client.get(
+        "/fhir/Goal/g1", headers={"If-Modified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}
+    )
+    assert old.status_code == 200
