@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +9,7 @@ from flask import Request, Response
 
 from service.errors import FhirError, Issue, NotAcceptable, UnsupportedMediaType
 from service.fhir.interactions import Result, operation_outcome
-from service.fhir.model import etag, http_date, parse_json
+from service.fhir.model import dump_json, etag, http_date, parse_json
 
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = frozenset({FHIR_JSON, "application/json", "application/json+fhir", "text/json"})
@@ -90,9 +89,7 @@ def prefer(request: Request, key: str) -> str | None:
 
 
 def _dumps(value: Any, pretty: bool) -> str:
-    if pretty:
-        return json.dumps(value, ensure_ascii=False, indent=2)
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return dump_json(value, indent=2 if pretty else None)
 
 
 def _pretty(request: Request) -> bool:

@@ -6,6 +6,7 @@ import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from email.utils import format_datetime
 from typing import Any
 
@@ -43,6 +44,34 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+class FhirDecimal(Decimal):
+    """A JSON number with a fraction or exponent, keeping the text it was written as.
+
+    FHIR decimals carry their precision in their digits (72.50 is not 72.5); floats would lose
+    it, so numbers are read as decimals and written back exactly as they came.
+    """
+
+    text: str
+
+    def __new__(cls, text: str) -> FhirDecimal:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
+_NUMBER_MARK = "\u0000#"
+_NUMBER_TOKEN = re.compile(r'"\\u0000#([-+.0-9eE]+)\\u0000"')
+
+
+def _number_placeholder(value: Any) -> str:
+    if isinstance(value, Decimal):
+        text = getattr(value, "text", None) or str(value)
+        # A control character cannot occur in stored FHIR strings (the validator refuses
+        # them), so the marked string can only be one of these placeholders.
+        return f"{_NUMBER_MARK}{text}\u0000"
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -63,7 +92,12 @@ def parse_json(body: bytes | str, what: str = "The request body") -> Any:
     if not text.strip():
         raise BadRequest(f"{what} is empty")
     try:
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        value = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_reject_constant,
+            parse_float=FhirDecimal,
+        )
     except _DuplicateKeys as exc:
         raise BadRequest(f"{what} repeats the JSON property {exc.args[0]!r}") from exc
     except RecursionError as exc:
@@ -88,9 +122,19 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def dump_json(value: Any) -> str:
-    """Serialise compactly and without escaping: the patient's words stay as they were sent."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+def dump_json(value: Any, indent: int | None = None) -> str:
+    """Serialise without escaping (the patient's words stay as sent), decimals as written."""
+    separators = (",", ":") if indent is None else (",", ": ")
+    text = json.dumps(
+        value,
+        ensure_ascii=False,
+        separators=separators,
+        indent=indent,
+        default=_number_placeholder,
+    )
+    if "\\u0000#" not in text:
+        return text
+    return _NUMBER_TOKEN.sub(r"\1", text)
 
 
 def now_us() -> int:

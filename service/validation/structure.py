@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 from typing import Any
 
 from service.errors import Issue
@@ -292,9 +293,9 @@ class StructureValidator:
             elif not low <= value <= high:
                 problem = f"must be between {low} and {high}"
         elif type_code == "decimal":
-            if isinstance(value, bool) or not isinstance(value, int | float):
+            if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
                 problem = "must be a JSON number"
-            elif isinstance(value, float) and not math.isfinite(value):
+            elif isinstance(value, float | Decimal) and not math.isfinite(value):
                 problem = "must be a finite number"
         elif type_code in _STRING_PRIMITIVES:
             if not isinstance(value, str):

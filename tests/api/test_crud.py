@@ -335,3 +335,22 @@ def test_read_with_if_modified_since(client: FlaskClient) -> None:
         "/fhir/Goal/g1", headers={"If-Modified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}
     )
     assert old.status_code == 200
+
+
+def test_decimals_keep_the_precision_they_were_sent_with(client: FlaskClient) -> None:
+    # https://hl7.org/fhir/R4/datatypes.html#decimal: precision is part of the value
+    body = (
+        '{"resourceType":"Observation","id":"wt","status":"final",'
+        '"code":{"text":"Body weight"},"valueQuantity":{"value":72.50,"unit":"kg"},'
+        '"component":[{"code":{"text":"tiny"},"valueQuantity":{"value":1.0E-7}}]}'
+    )
+    assert client.put("/fhir/Observation/wt", data=body, headers=JSON_HEADERS).status_code == 201
+    for url in (
+        "/fhir/Observation/wt",
+        "/fhir/Observation?_id=wt",
+        "/fhir/Observation/wt/_history",
+        "/fhir/Observation/wt?_pretty=true",
+    ):
+        text = client.get(url).get_data(as_text=True)
+        assert "72.50" in text, url
+        assert "1.0E-7" in text, url
