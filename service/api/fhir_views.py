@@ -149,7 +149,7 @@ def build_blueprint(base_path: str) -> Blueprint:
             if_none_match=_if_none_match(),
             if_modified_since=int(since.timestamp()) if since is not None else None,
         )
-        return _reply(result)
+        return _reply(_service().shape(result, _params()))
 
     @bp.put("/<type_>/<id_>")
     def update(type_: str, id_: str) -> Response:
@@ -171,6 +171,6 @@ def build_blueprint(base_path: str) -> Blueprint:
 
     @bp.get("/<type_>/<id_>/_history/<version>")
     def vread(type_: str, id_: str, version: str) -> Response:
-        return _reply(_service().vread(type_, id_, version))
+        return _reply(_service().shape(_service().vread(type_, id_, version), _params()))
 
     return bp

@@ -130,12 +130,12 @@ def render(
         elif result.body is not None:
             body = _dumps(result.body, pretty)
     elif result.status != 204:
-        if stored is not None and stored.content is not None:
+        if result.text is not None:
+            body = _stored_text(result.text, pretty)
+        elif stored is not None and stored.content is not None:
             body = _stored_text(stored.content, pretty)
         elif result.body is not None:
             body = _dumps(result.body, pretty)
-        elif result.text is not None:
-            body = _stored_text(result.text, pretty)
     response = Response(body if body is not None else b"", status=result.status, headers=headers)
     if body is not None:
         response.content_type = f"{media}; charset=utf-8"

@@ -42,6 +42,7 @@ from service.fhir.model import (
 )
 from service.fhir.search import SearchParser, parse_conditional
 from service.fhir.searchparams import SearchParameters
+from service.fhir.subsetting import subset
 from service.storage import (
     HistoryQuery,
     IndexRows,
@@ -187,6 +188,24 @@ class FhirService:
         if current.deleted:
             raise Gone(f"{type_}/{id_} was deleted", headers=_version_headers(current))
         return Result(200, stored=current)
+
+    def shape(self, result: Result, params: Sequence[tuple[str, str]]) -> Result:
+        """Apply _summary / _elements to a read or vread (search.html#summary)."""
+        summary: str | None = None
+        elements: tuple[str, ...] | None = None
+        for name, value in params:
+            if name == "_summary":
+                if value not in ("true", "text", "data", "false"):
+                    raise BadRequest("_summary on a read must be true, text, data or false")
+                summary = None if value == "false" else value
+            elif name == "_elements":
+                elements = tuple(e.strip() for e in value.split(",") if e.strip())
+        if (summary is None and elements is None) or result.stored is None:
+            return result
+        resource = subset(
+            self.definitions, parse_json(result.stored.content or "{}"), summary, elements
+        )
+        return Result(result.status, stored=result.stored, text=dump_json(resource))
 
     def vread(self, type_: str, id_: str, version: str) -> Result:
         """vread: https://hl7.org/fhir/R4/http.html#vread."""

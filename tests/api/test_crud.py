@@ -354,3 +354,21 @@ def test_decimals_keep_the_precision_they_were_sent_with(client: FlaskClient) ->
         text = client.get(url).get_data(as_text=True)
         assert "72.50" in text, url
         assert "1.0E-7" in text, url
+
+
+def test_read_with_summary_and_elements(client: FlaskClient) -> None:
+    # https://hl7.org/fhir/R4/search.html#summary also applies to read
+    client.put(
+        "/fhir/Patient/p1",
+        json=patient(id="p1", communication=[{"language": {"text": "Yoruba"}}]),
+        headers=JSON_HEADERS,
+    )
+    summary = client.get("/fhir/Patient/p1?_summary=true").get_json()
+    assert "name" in summary
+    assert "communication" not in summary
+    assert summary["meta"]["tag"][-1]["code"] == "SUBSETTED"
+    elements = client.get("/fhir/Patient/p1/_history/1?_elements=gender").get_json()
+    assert set(elements) == {"resourceType", "id", "meta", "gender"}
+    assert client.get("/fhir/Patient/p1?_summary=count").status_code == 400
+    full = client.get("/fhir/Patient/p1").get_json()
+    assert "communication" in full
