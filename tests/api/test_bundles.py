@@ -68,6 +68,21 @@ def test_transaction_resolves_urn_uuid_references(client: FlaskClient) -> None:
 
 
 def test_transaction_is_all_or_nothing(client: FlaskClient) -> None:
+    client.put("/fhir/Goal/g1", json=goal(id="g1"), headers=JSON_HEADERS)
+    # POST entries run before PUT entries: the Patient is written, then the stale PUT fails
+    bundle = _bundle(
+        "transaction",
+        _entry("POST", "Patient", patient()),
+        _entry("PUT", "Goal/g1", goal(id="g1", lifecycleStatus="on-hold"), ifMatch='W/"9"'),
+    )
+    response = _post(client, bundle)
+    assert response.status_code == 412
+    assert outcome_issues(response)[0]["expression"] == ["Bundle.entry[1]"]
+    assert _total(client, "Patient") == 0
+    assert client.get("/fhir/Goal/g1").get_json()["lifecycleStatus"] == "active"
+
+
+def test_transaction_with_an_invalid_resource_is_400_at_its_path(client: FlaskClient) -> None:
     bad = observation(status="not-a-status")
     bundle = _bundle(
         "transaction", _entry("POST", "Patient", patient()), _entry("POST", "Observation", bad)
@@ -162,6 +177,12 @@ def test_transaction_processes_delete_before_create_and_get_last(client: FlaskCl
     # GET runs last (spec order: DELETE, POST, PUT, GET): it sees g2 created and g1 deleted
     found = [e["resource"]["id"] for e in entries[0]["resource"]["entry"]]
     assert found == ["g2"]
+    # and the DELETE ran before the PUT: history lists newest first
+    history = client.get("/fhir/Goal/_history").get_json()["entry"]
+    assert [(e["request"]["method"], e["fullUrl"].rsplit("/", 1)[1]) for e in history[:2]] == [
+        ("PUT", "g2"),
+        ("DELETE", "g1"),
+    ]
     assert entries[1]["response"]["status"] == "201 Created"
     assert entries[2]["response"]["status"] == "204 No Content"
 

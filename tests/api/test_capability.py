@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from flask.testing import FlaskClient
 
-from service.fhir.model import SUPPORTED_TYPES
-
 
 def test_metadata_is_an_r4_capability_statement(client: FlaskClient) -> None:
     response = client.get("/fhir/metadata")
@@ -21,7 +19,18 @@ def test_metadata_is_an_r4_capability_statement(client: FlaskClient) -> None:
 def test_metadata_lists_exactly_the_supported_types(client: FlaskClient) -> None:
     rest = client.get("/fhir/metadata").get_json()["rest"][0]
     assert rest["mode"] == "server"
-    assert sorted(r["type"] for r in rest["resource"]) == sorted(SUPPORTED_TYPES)
+    stored = [
+        "Goal",
+        "List",
+        "Observation",
+        "Patient",
+        "Provenance",
+        "Questionnaire",
+        "QuestionnaireResponse",
+    ]
+    assert sorted(r["type"] for r in rest["resource"]) == stored
+    for type_ in stored:
+        assert client.get(f"/fhir/{type_}").status_code == 200
     assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch", "history-system"}
 
 
@@ -68,7 +77,7 @@ def _sample(param: dict) -> str:
     return "x$2020" if "date" in param["name"] else "x$y"
 
 
-def test_every_advertised_search_parameter_works(client: FlaskClient) -> None:
+def test_every_advertised_search_parameter_is_accepted(client: FlaskClient) -> None:
     for resource in client.get("/fhir/metadata").get_json()["rest"][0]["resource"]:
         for param in resource["searchParam"]:
             response = client.get(

@@ -256,10 +256,9 @@ def test_prefer_return_operation_outcome(client: FlaskClient) -> None:
 
 
 def test_prefer_return_representation_is_the_default(client: FlaskClient) -> None:
-    response = client.post(
-        "/fhir/Patient", json=patient(), headers={**JSON_HEADERS, "Prefer": "return=representation"}
-    )
+    response = client.post("/fhir/Patient", json=patient(), headers=JSON_HEADERS)
     assert response.get_json()["resourceType"] == "Patient"
+    assert response.get_json()["id"] in response.headers["Location"]
 
 
 # -- delete: http.html#delete ------------------------------------------------------------------

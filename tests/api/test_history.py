@@ -66,8 +66,8 @@ def test_history_count_pages_with_next_links_until_done(client: FlaskClient) -> 
         bundle = client.get(url).get_json()
         pages += 1
         seen += [e["fullUrl"] for e in bundle["entry"]]
-        # a write between pages must not shift what the next page returns
-        client.put("/fhir/Goal/late", json=goal(id="late"), headers=JSON_HEADERS)
+        # a new Patient version between pages must not shift what the next page returns
+        client.put("/fhir/Patient/p0", json=patient(id="p0", gender="other"), headers=JSON_HEADERS)
         nxt = [link["url"] for link in bundle["link"] if link["relation"] == "next"]
         url = ""
         if nxt:

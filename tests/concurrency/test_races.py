@@ -36,18 +36,18 @@ def test_twenty_identical_conditional_creates_make_one_resource(
     for round_ in range(3):
         value = f"race-{round_}"
         body = patient(identifier=[{"system": NHS, "value": value}])
-        with requests.Session() as session:
-            statuses = _at_once(
-                20,
-                lambda _i, body=body, value=value: (
-                    session.post(
-                        f"{live_server}/Patient",
-                        json=body,
-                        headers={**HEADERS, "If-None-Exist": f"identifier={NHS}|{value}"},
-                        timeout=60,
-                    ).status_code
-                ),
-            )
+        # a connection per request: requests does not promise a Session is thread-safe
+        statuses = _at_once(
+            20,
+            lambda _i, body=body, value=value: (
+                requests.post(
+                    f"{live_server}/Patient",
+                    json=body,
+                    headers={**HEADERS, "If-None-Exist": f"identifier={NHS}|{value}"},
+                    timeout=60,
+                ).status_code
+            ),
+        )
         assert sorted(statuses) == [200] * 19 + [201], statuses
         found = requests.get(
             f"{live_server}/Patient?identifier={NHS}|{value}&_total=accurate", timeout=30

@@ -39,24 +39,34 @@ def test_paging_returns_each_match_once_during_writes(
     stop = threading.Event()
     written = {"created": 0, "updated": 0}
 
+    failures: list[str] = []
+
     def writer() -> None:
+        try:
+            write()
+        except Exception as exc:  # noqa: BLE001 - reported to the test below
+            failures.append(repr(exc))
+
+    def write() -> None:
         with requests.Session() as session:
             n = 0
             while not stop.is_set():
-                session.post(
+                created = session.post(
                     f"{live_server}/Observation",
                     json=observation(),
                     headers={"Content-Type": FHIR_JSON},
                     timeout=30,
                 )
+                assert created.status_code == 201, created.text
                 written["created"] += 1
                 target = original[(n * 37) % MATCHES]
-                session.put(
+                updated = session.put(
                     f"{live_server}/Observation/{target}",
                     json=observation(id=target, status="amended"),
                     headers={"Content-Type": FHIR_JSON},
                     timeout=30,
                 )
+                assert updated.status_code == 200, updated.text
                 written["updated"] += 1
                 n += 1
 
@@ -84,6 +94,7 @@ def test_paging_returns_each_match_once_during_writes(
         stop.set()
         if thread.is_alive():
             thread.join(timeout=60)
+    assert failures == []
     assert written["created"] > 0
     assert written["updated"] > 0
     assert len(seen) == len(set(seen)), "a match was returned twice"

@@ -67,7 +67,9 @@ def test_reindex_resumes_after_interruption(service: FhirService) -> None:
     state = service.read_only(lambda tx: tx.progress("reindex"))
     assert state is not None
     assert state[1] == 10
-    resumed = service.reindex(batch_size=5)
+    reports: list[int] = []
+    resumed = service.reindex(batch_size=5, progress=lambda done, total: reports.append(done))
+    assert reports[0] == 15  # 10 done before the interruption, then one batch of 5
     assert resumed == len(resources())
     assert _female(service) == ["pat-ada", "pat-bjo"]
     assert service.read_only(lambda tx: tx.progress("reindex")) is None
