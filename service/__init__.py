@@ -34,6 +34,7 @@ def build_fhir_service(config: Config) -> FhirService:
         StructureValidator(definitions),
         search_params,
         definitions,
+        thorough=StructureValidator(definitions, invariants=True),
         default_page_size=config.default_page_size,
         max_page_size=config.max_page_size,
     )

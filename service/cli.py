@@ -76,6 +76,42 @@ def _reindex(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate(_config: Config, args: argparse.Namespace) -> int:
+    from service.errors import FhirError
+    from service.fhir.model import parse_json
+    from service.validation.definitions import Definitions
+    from service.validation.structure import StructureValidator
+
+    validator = StructureValidator(Definitions.shared(), invariants=True)
+    errors = 0
+    for name in args.files:
+        path = Path(name)
+        try:
+            resource = parse_json(path.read_bytes(), what=str(path))
+        except (OSError, FhirError) as exc:
+            print(f"{path}: error: {exc}")
+            errors += 1
+            continue
+        type_ = resource.get("resourceType") if isinstance(resource, dict) else None
+        base = f"http://hl7.org/fhir/StructureDefinition/{type_}"
+        if args.profile and args.profile != base:
+            print(
+                f"{path}: error: the profile {args.profile} is not known; "
+                f"only {base} can be checked"
+            )
+            errors += 1
+            continue
+        issues = validator.validate(resource)
+        for issue in issues:
+            where = ", ".join(issue.expression) or "-"
+            print(f"{path}: {issue.severity} [{issue.code}] {where}: {issue.diagnostics}")
+        failed = [i for i in issues if i.severity in ("error", "fatal")]
+        errors += len(failed)
+        if not issues:
+            print(f"{path}: no issues")
+    return 1 if errors else 0
+
+
 def _vendor(_config: Config, args: argparse.Namespace) -> int:
     from service.validation.vendor import vendor
 
@@ -103,6 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     reindex.add_argument("--batch", type=int, default=500, help="resources per transaction")
     reindex.add_argument("--restart", action="store_true", help="start again from the beginning")
     reindex.set_defaults(run=_reindex)
+    validate = sub.add_parser(
+        "validate", help="check FHIR JSON files against the R4 definitions (exit 1 on errors)"
+    )
+    validate.add_argument("files", nargs="+", help="FHIR resources in JSON")
+    validate.add_argument("--profile", help="canonical URL of the profile to check against")
+    validate.set_defaults(run=_validate)
     vendor = sub.add_parser(
         "vendor-definitions", help="regenerate the vendored R4 definitions from the npm package"
     )

@@ -136,6 +136,18 @@ def build_blueprint(base_path: str) -> Blueprint:
     def conditional_delete(type_: str) -> Response:
         return _reply(_service().conditional_delete(type_, _criteria()), write=True)
 
+    @bp.post("/<type_>/$validate")
+    def validate_type(type_: str) -> Response:
+        body, _ = request_body(request)
+        return _reply(_service().validate_operation(type_, body))
+
+    @bp.post("/<type_>/<id_>/$validate")
+    def validate_instance(type_: str, id_: str) -> Response:
+        body = (
+            request_body(request)[0] if request.content_length else {"resourceType": "Parameters"}
+        )
+        return _reply(_service().validate_operation(type_, body, id_))
+
     @bp.get("/<type_>/_history")
     def history_type(type_: str) -> Response:
         return _reply(_service().history(type_, None, _params(), base_url()))

@@ -78,6 +78,12 @@ def capability_statement(base: str, released: str, params: SearchParameters) -> 
                     if p.type == "reference" and (type_ in p.targets or not p.targets)
                 ),
                 "searchParam": _search_params(params, type_),
+                "operation": [
+                    {
+                        "name": "validate",
+                        "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+                    }
+                ],
             }
         )
     return {

@@ -109,6 +109,7 @@ class FhirService:
         search_params: SearchParameters,
         definitions: Definitions,
         *,
+        thorough: Validator | None = None,
         default_page_size: int = 50,
         max_page_size: int = 1000,
         clock: Callable[[], int] = now_us,
@@ -117,6 +118,8 @@ class FhirService:
         self.validator = validator
         self.search_params = search_params
         self.definitions = definitions
+        # $validate also runs the snapshot invariants, which writes do not (yet) pay for
+        self.thorough = thorough or validator
         self.default_page_size = default_page_size
         self.max_page_size = max_page_size
         self.clock = clock
@@ -506,6 +509,40 @@ class FhirService:
             bundle["entry"] = entries
         return Result(200, body=bundle)
 
+    # -- operations -----------------------------------------------------------------------------
+
+    def validate_operation(self, type_: str, body: Any, id_: str | None = None) -> Result:
+        """$validate: https://hl7.org/fhir/R4/resource-operation-validate.html.
+
+        The answer is an OperationOutcome (200) listing every issue, or one information issue
+        when there is none. Profiles other than the base definition are not known yet.
+        """
+        check_type(type_)
+        resource, profile = _validate_input(body)
+        if resource is None:
+            if id_ is None:
+                raise BadRequest(
+                    "$validate needs a resource, as the body or a 'resource' parameter"
+                )
+            check_id(id_)
+            stored = self.read(type_, id_).stored
+            assert stored is not None
+            resource = parse_json(stored.content or "{}")
+        issues = list(self.thorough.validate(resource, type_))
+        base = f"http://hl7.org/fhir/StructureDefinition/{type_}"
+        if profile is not None and profile.split("|", 1)[0] != base:
+            issues.append(
+                Issue(
+                    "error",
+                    "not-supported",
+                    f"The profile {profile} is not known to this server; only the base "
+                    f"definition {base} can be checked",
+                )
+            )
+        if not issues:
+            issues.append(Issue("information", "informational", "No issues were found"))
+        return Result(200, body=operation_outcome(issues))
+
     # -- maintenance ----------------------------------------------------------------------------
 
     def reindex(
@@ -615,6 +652,25 @@ class FhirService:
 def operation_outcome(issues: Sequence[Issue]) -> dict[str, Any]:
     """Build an OperationOutcome resource from issues."""
     return {"resourceType": "OperationOutcome", "issue": [i.to_fhir() for i in issues]}
+
+
+def _validate_input(body: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """Split a $validate body into the resource and the profile asked for."""
+    if not isinstance(body, dict):
+        raise BadRequest("The $validate body must be a resource or a Parameters resource")
+    if body.get("resourceType") != "Parameters":
+        return body, None
+    resource: dict[str, Any] | None = None
+    profile: str | None = None
+    for parameter in body.get("parameter", []):
+        if not isinstance(parameter, dict):
+            continue
+        if parameter.get("name") == "resource" and isinstance(parameter.get("resource"), dict):
+            resource = parameter["resource"]
+        elif parameter.get("name") == "profile":
+            value = parameter.get("valueUri") or parameter.get("valueCanonical")
+            profile = value if isinstance(value, str) else None
+    return resource, profile
 
 
 def _version_headers(stored: StoredResource) -> dict[str, str]:

@@ -37,6 +37,8 @@ class ElementDef:
     content_reference: str | None
     binding_strength: str | None
     value_set: str | None
+    # (key, severity, human, FHIRPath expression) of each invariant on this element
+    constraints: tuple[tuple[str, str, str, str], ...] = ()
 
     @property
     def is_choice(self) -> bool:
@@ -95,6 +97,11 @@ def _build_model(sd: dict[str, Any]) -> TypeModel:
             content_reference=element.get("contentReference"),
             binding_strength=binding.get("strength"),
             value_set=binding["valueSet"].split("|", 1)[0] if "valueSet" in binding else None,
+            constraints=tuple(
+                (c["key"], c.get("severity", "error"), c.get("human", ""), c["expression"])
+                for c in element.get("constraint", [])
+                if c.get("expression")
+            ),
         )
         model.elements[path] = definition
         if "." in path:

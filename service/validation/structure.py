@@ -8,10 +8,16 @@ expanded from the vendored code systems. Every problem is reported, each with it
 
 from __future__ import annotations
 
+import copy
 import math
 import re
+from contextvars import ContextVar
 from decimal import Decimal
 from typing import Any
+
+from fhirpathpy import compile as compile_fhirpath
+from fhirpathpy.engine.nodes import ResourceNode
+from fhirpathpy.models import models
 
 from service.errors import Issue
 from service.validation.definitions import Definitions, ElementDef, TypeModel
@@ -41,6 +47,14 @@ _STRING_PRIMITIVES = frozenset(
         "xhtml",
     }
 )
+# ele-1 (a value or children) is what the structural walk already checks, element by element;
+# txt-1/txt-2 use htmlChecks(), which FHIRPath engines define for themselves; que-7 tests
+# "answer is Boolean", which fhirpathpy answers false for a FHIR boolean (a false alarm on the
+# official Questionnaire-bb example).
+NOT_EVALUATED = frozenset({"ele-1", "txt-1", "txt-2", "que-7"})
+_RESOURCE: ContextVar[dict[str, Any] | None] = ContextVar("resource", default=None)
+_ROOT: ContextVar[dict[str, Any] | None] = ContextVar("root_resource", default=None)
+_TRACE = re.compile(r"\.trace\('[^']*'(?:,[^()]*)?\)")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 _CODED = frozenset({"code", "Coding", "CodeableConcept"})
 
@@ -50,13 +64,30 @@ def _capitalise(type_code: str) -> str:
 
 
 class StructureValidator:
-    """Validate resources against the base R4 StructureDefinitions."""
+    """Validate resources against the base R4 StructureDefinitions.
 
-    def __init__(self, definitions: Definitions) -> None:
+    With ``invariants`` the FHIRPath constraints of the snapshots are evaluated too
+    (fhirpathpy, R4 model), except the few listed in ``NOT_EVALUATED``.
+    """
+
+    def __init__(self, definitions: Definitions, invariants: bool = False) -> None:
         self._definitions = definitions
+        self._invariants = invariants
+        self._compiled: dict[str, Any] = {}
 
     def validate(self, resource: Any, expected_type: str | None = None) -> list[Issue]:
         """Return every base-R4 problem of ``resource``; an empty list means it is valid."""
+        if self._invariants and isinstance(resource, dict):
+            # fhirpathpy may annotate what it walks: evaluate on a private copy
+            resource = copy.deepcopy(resource)
+            token = _ROOT.set(resource)
+            try:
+                return self._validate(resource, expected_type)
+            finally:
+                _ROOT.reset(token)
+        return self._validate(resource, expected_type)
+
+    def _validate(self, resource: Any, expected_type: str | None) -> list[Issue]:
         issues: list[Issue] = []
         if not isinstance(resource, dict):
             return [Issue("error", "structure", "A resource must be a JSON object", ())]
@@ -92,6 +123,13 @@ class StructureValidator:
                     (f"{expr}.id",),
                 )
             )
+        if self._invariants:
+            token = _RESOURCE.set(node)
+            try:
+                self._object(node, model, rtype, expr, issues, is_resource=True)
+            finally:
+                _RESOURCE.reset(token)
+            return
         self._object(node, model, rtype, expr, issues, is_resource=True)
 
     def _object(
@@ -144,6 +182,10 @@ class StructureValidator:
             self._element(
                 value, definition, type_code, model, f"{expr}.{name}", issues, primitive_ext
             )
+        if self._invariants:
+            element = model.elements.get(path)
+            if element is not None and element.constraints:
+                self._check_invariants(node, path, element.constraints, expr, issues)
         for definition in children.values():
             if definition.min > 0:
                 base_name = definition.name[:-3] if definition.is_choice else definition.name
@@ -157,6 +199,47 @@ class StructureValidator:
                             (f"{expr}.{base_name}" if not definition.is_choice else expr,),
                         )
                     )
+
+    def _check_invariants(
+        self,
+        node: dict[str, Any],
+        path: str,
+        constraints: tuple[tuple[str, str, str, str], ...],
+        expr: str,
+        issues: list[Issue],
+    ) -> None:
+        context = {"resource": _RESOURCE.get(), "rootResource": _ROOT.get()}
+        for key, severity, human, expression in constraints:
+            if key in NOT_EVALUATED:
+                continue
+            compiled = self._compiled.get(expression)
+            if compiled is None:
+                # trace() would print to standard output; it does not change the result
+                quiet = _TRACE.sub("", expression)
+                compiled = compile_fhirpath(quiet, models["r4"])
+                self._compiled[expression] = compiled
+            try:
+                typed = ResourceNode.create_node(node, path)  # type: ignore[no-untyped-call]
+                result = compiled(typed, context)
+            except Exception:  # noqa: BLE001 - fhirpathpy raises bare Exceptions
+                issues.append(
+                    Issue(
+                        "information",
+                        "informational",
+                        f"Invariant {key} could not be evaluated here and was skipped",
+                        (expr,),
+                    )
+                )
+                continue
+            if result == [False]:
+                issues.append(
+                    Issue(
+                        "error" if severity == "error" else "warning",
+                        "invariant",
+                        f"{key}: {human}",
+                        (expr,),
+                    )
+                )
 
     @staticmethod
     def _lookup(

@@ -131,3 +131,34 @@ def test_wrong_resource_type_is_reported(validator: StructureValidator) -> None:
 
 def test_invalid_id(validator: StructureValidator) -> None:
     assert ("value", "Patient.id") in _problems(validator, patient(id="has space"))
+
+
+def test_invariants_of_the_base_snapshots_are_checked_when_asked() -> None:
+    thorough = StructureValidator(Definitions.shared(), invariants=True)
+    # gol-1 lives on Goal.target: a detail needs a measure
+    text = {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">x</div>'}
+    bad = goal(text=text, target=[{"detailString": "walk to the shop"}])
+    found = {(i.code, i.expression[0]) for i in thorough.validate(bad) if i.severity == "error"}
+    assert found == {("invariant", "Goal.target[0]")}
+    assert thorough.validate(goal(text=text)) == []
+
+
+def test_no_invariant_false_alarms_on_the_official_examples() -> None:
+    from tests.r4_package import examples
+
+    thorough = StructureValidator(Definitions.shared(), invariants=True)
+    for name, resource in examples(
+        "Goal",
+        "Observation",
+        "Patient",
+        "List",
+        "QuestionnaireResponse",
+        "Questionnaire",
+        "Provenance",
+    ).items():
+        errors = [
+            i
+            for i in thorough.validate(resource)
+            if i.code == "invariant" and i.severity == "error"
+        ]
+        assert errors == [], name

@@ -1,0 +1,102 @@
+"""$validate (https://hl7.org/fhir/R4/resource-operation-validate.html) and the validate command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from flask.testing import FlaskClient
+
+from tests.builders import FHIR_JSON, goal, observation, outcome_issues
+
+JSON = {"Content-Type": FHIR_JSON}
+NARRATIVE = {
+    "status": "generated",
+    "div": '<div xmlns="http://www.w3.org/1999/xhtml">Walk to the corner shop</div>',
+}
+
+
+def narrated_goal(**changes: object) -> dict:
+    """A Goal with narrative, so that dom-6 (a resource should have narrative) is met."""
+    return goal(text=NARRATIVE, **changes)
+
+
+def test_validate_a_valid_resource_reports_no_issues(client: FlaskClient) -> None:
+    response = client.post("/fhir/Goal/$validate", json=narrated_goal(), headers=JSON)
+    assert response.status_code == 200
+    issues = outcome_issues(response)
+    assert [i["severity"] for i in issues] == ["information"]
+
+
+def test_validate_warns_about_a_resource_without_narrative(client: FlaskClient) -> None:
+    issues = outcome_issues(client.post("/fhir/Goal/$validate", json=goal(), headers=JSON))
+    assert [(i["severity"], i["diagnostics"][:5]) for i in issues] == [("warning", "dom-6")]
+
+
+def test_validate_reports_structure_and_invariant_errors_without_writing(
+    client: FlaskClient,
+) -> None:
+    # obs-6: dataAbsentReason SHALL only be present if value[x] is not present
+    bad = observation(dataAbsentReason={"text": "asked, not answered"}, status="bogus")
+    response = client.post("/fhir/Observation/$validate", json=bad, headers=JSON)
+    assert response.status_code == 200
+    found = {
+        (i["severity"], i["code"], i["expression"][0])
+        for i in outcome_issues(response)
+        if i["severity"] == "error"
+    }
+    assert ("error", "invariant", "Observation") in found
+    assert ("error", "code-invalid", "Observation.status") in found
+    assert "entry" not in client.get("/fhir/Observation").get_json()
+
+
+def test_validate_takes_parameters_with_resource_and_profile(client: FlaskClient) -> None:
+    params = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "resource", "resource": narrated_goal()},
+            {"name": "profile", "valueUri": "http://hl7.org/fhir/StructureDefinition/Goal"},
+        ],
+    }
+    response = client.post("/fhir/Goal/$validate", json=params, headers=JSON)
+    assert [i["severity"] for i in outcome_issues(response)] == ["information"]
+    unknown = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "resource", "resource": narrated_goal()},
+            {"name": "profile", "valueUri": "http://example.org/StructureDefinition/other"},
+        ],
+    }
+    issues = outcome_issues(client.post("/fhir/Goal/$validate", json=unknown, headers=JSON))
+    assert issues[0]["code"] == "not-supported"
+
+
+def test_validate_a_stored_resource(client: FlaskClient) -> None:
+    client.put("/fhir/Goal/g1", json=narrated_goal(id="g1"), headers=JSON)
+    response = client.post("/fhir/Goal/g1/$validate")
+    assert [i["severity"] for i in outcome_issues(response)] == ["information"]
+    assert client.post("/fhir/Goal/missing/$validate").status_code == 404
+
+
+def test_validate_command_exits_1_on_errors(tmp_path: Path) -> None:
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(narrated_goal()), encoding="utf-8")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(goal(lifecycleStatus="sort-of")), encoding="utf-8")
+    command = str(Path(sys.executable).parent / "whatmatters")
+    ok = subprocess.run(
+        [command, "validate", str(good)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "no issues" in ok.stdout
+    failed = subprocess.run(
+        [command, "validate", str(good), str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert failed.returncode == 1
+    assert "bad.json: error [code-invalid] Goal.lifecycleStatus" in failed.stdout
