@@ -18,6 +18,16 @@ from typing import Any
 PACKAGE = "hl7.fhir.r4.examples"
 VERSION = "4.0.1"
 FILE_NAME = f"{PACKAGE}-{VERSION}.tgz"
+# The resource types the service stores, whose examples the tests walk.
+STORED_TYPES = (
+    "Goal",
+    "Observation",
+    "Patient",
+    "List",
+    "QuestionnaireResponse",
+    "Questionnaire",
+    "Provenance",
+)
 
 
 def package_path() -> Path:

@@ -13,17 +13,9 @@ import pytest
 from flask.testing import FlaskClient
 
 from tests.builders import FHIR_JSON, outcome_issues
-from tests.r4_package import examples
+from tests.r4_package import STORED_TYPES, examples
 
-ROUND_TRIP_TYPES = (
-    "Goal",
-    "Observation",
-    "Patient",
-    "List",
-    "QuestionnaireResponse",
-    "Questionnaire",
-    "Provenance",
-)
+ROUND_TRIP_TYPES = STORED_TYPES
 # The R4 package itself ships this example without the linkId that Questionnaire.item
 # requires (min 1); the server must refuse it, and say where.
 INVALID_IN_R4 = {"Questionnaire-qs1.json": "Questionnaire.item[0].item[0].linkId"}

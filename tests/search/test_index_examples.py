@@ -11,18 +11,10 @@ from fhirpathpy.models import models
 
 from service.fhir.searchparams import SearchParameters
 from service.storage.memory import MemoryStore
-from tests.r4_package import examples
+from tests.r4_package import STORED_TYPES, examples
 from tests.search.conftest import build_service
 
-TYPES = (
-    "Goal",
-    "Observation",
-    "Patient",
-    "List",
-    "QuestionnaireResponse",
-    "Questionnaire",
-    "Provenance",
-)
+TYPES = STORED_TYPES
 EXAMPLES = examples(*TYPES)
 
 
