@@ -143,9 +143,10 @@ def build_blueprint(base_path: str) -> Blueprint:
 
     @bp.post("/<type_>/<id_>/$validate")
     def validate_instance(type_: str, id_: str) -> Response:
-        body = (
-            request_body(request)[0] if request.content_length else {"resourceType": "Parameters"}
-        )
+        # No body asks to check the stored resource; a chunked body has no Content-Length
+        chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+        empty = not request.content_length and not chunked
+        body = {"resourceType": "Parameters"} if empty else request_body(request)[0]
         return _reply(_service().validate_operation(type_, body, id_))
 
     @bp.get("/<type_>/_history")

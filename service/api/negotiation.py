@@ -75,7 +75,7 @@ def request_body(request: Request, allow_patch: bool = False) -> tuple[Any, bool
             "PATCH accepts JSON Patch (application/json-patch+json); FHIRPath Patch is not "
             "supported"
         )
-    return parse_json(request.get_data(cache=False)), is_patch
+    return parse_json(request.get_data(cache=True)), is_patch
 
 
 def prefer(request: Request, key: str) -> str | None:

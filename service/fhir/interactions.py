@@ -515,10 +515,19 @@ class FhirService:
         """$validate: https://hl7.org/fhir/R4/resource-operation-validate.html.
 
         The answer is an OperationOutcome (200) listing every issue, or one information issue
-        when there is none. Profiles other than the base definition are not known yet.
+        when there is none. ``mode`` create, update and delete are honoured; profiles other
+        than the base definition are not known yet.
         """
         check_type(type_)
-        resource, profile = _validate_input(body)
+        resource, profile, mode = _validate_input(body)
+        issues: list[Issue] = []
+        if mode == "delete":
+            if id_ is None:
+                raise BadRequest("mode=delete needs the resource's id in the URL")
+            check_id(id_)
+            self.read(type_, id_)  # 404 or 410 if there is nothing to delete
+            issues.append(Issue("information", "informational", f"{type_}/{id_} can be deleted"))
+            return Result(200, body=operation_outcome(issues))
         if resource is None:
             if id_ is None:
                 raise BadRequest(
@@ -528,7 +537,18 @@ class FhirService:
             stored = self.read(type_, id_).stored
             assert stored is not None
             resource = parse_json(stored.content or "{}")
-        issues = list(self.thorough.validate(resource, type_))
+        issues += self.thorough.validate(resource, type_)
+        if mode == "update" or (id_ is not None and isinstance(resource, dict)):
+            body_id = resource.get("id") if isinstance(resource, dict) else None
+            if id_ is not None and body_id != id_:
+                issues.append(
+                    Issue(
+                        "error",
+                        "invalid",
+                        f"An update of {type_}/{id_} needs a resource with id {id_!r}",
+                        (f"{type_}.id",),
+                    )
+                )
         base = f"http://hl7.org/fhir/StructureDefinition/{type_}"
         if profile is not None and profile.split("|", 1)[0] != base:
             issues.append(
@@ -654,23 +674,40 @@ def operation_outcome(issues: Sequence[Issue]) -> dict[str, Any]:
     return {"resourceType": "OperationOutcome", "issue": [i.to_fhir() for i in issues]}
 
 
-def _validate_input(body: Any) -> tuple[dict[str, Any] | None, str | None]:
-    """Split a $validate body into the resource and the profile asked for."""
+def _validate_input(body: Any) -> tuple[dict[str, Any] | None, str | None, str | None]:
+    """Split a $validate body into the resource, the profile and the mode asked for."""
     if not isinstance(body, dict):
         raise BadRequest("The $validate body must be a resource or a Parameters resource")
     if body.get("resourceType") != "Parameters":
-        return body, None
+        return body, None, None
+    parameters = body.get("parameter", [])
+    if not isinstance(parameters, list):
+        raise BadRequest(
+            "Parameters.parameter must be an array", expression=("Parameters.parameter",)
+        )
     resource: dict[str, Any] | None = None
     profile: str | None = None
-    for parameter in body.get("parameter", []):
+    mode: str | None = None
+    for index, parameter in enumerate(parameters):
+        where = (f"Parameters.parameter[{index}]",)
         if not isinstance(parameter, dict):
-            continue
-        if parameter.get("name") == "resource" and isinstance(parameter.get("resource"), dict):
+            raise BadRequest("Each parameter must be an object", expression=where)
+        name = parameter.get("name")
+        if name == "resource":
+            if not isinstance(parameter.get("resource"), dict):
+                raise BadRequest("The 'resource' parameter needs a resource", expression=where)
             resource = parameter["resource"]
-        elif parameter.get("name") == "profile":
-            value = parameter.get("valueUri") or parameter.get("valueCanonical")
-            profile = value if isinstance(value, str) else None
-    return resource, profile
+        elif name == "profile":
+            value = parameter.get("valueUri", parameter.get("valueCanonical"))
+            if not isinstance(value, str):
+                raise BadRequest("The 'profile' parameter needs a valueUri", expression=where)
+            profile = value
+        elif name == "mode":
+            value = parameter.get("valueCode")
+            if value not in ("create", "update", "delete"):
+                raise BadRequest("mode must be create, update or delete", expression=where)
+            mode = value
+    return resource, profile, mode
 
 
 def _version_headers(stored: StoredResource) -> dict[str, str]:

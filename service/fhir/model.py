@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -59,17 +60,14 @@ class FhirDecimal(Decimal):
         return number
 
 
-_NUMBER_MARK = "\u0000#"
-_NUMBER_TOKEN = re.compile(r'"\\u0000#([-+.0-9eE]+)\\u0000"')
+def _number_placeholder(marker: str) -> Any:
+    def default(value: Any) -> str:
+        if isinstance(value, Decimal):
+            text = getattr(value, "text", None) or str(value)
+            return f"\u0000{marker}{text}\u0000"
+        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
-
-def _number_placeholder(value: Any) -> str:
-    if isinstance(value, Decimal):
-        text = getattr(value, "text", None) or str(value)
-        # A control character cannot occur in stored FHIR strings (the validator refuses
-        # them), so the marked string can only be one of these placeholders.
-        return f"{_NUMBER_MARK}{text}\u0000"
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    return default
 
 
 def _reject_constant(name: str) -> Any:
@@ -125,16 +123,20 @@ def _depth(value: Any) -> int:
 def dump_json(value: Any, indent: int | None = None) -> str:
     """Serialise without escaping (the patient's words stay as sent), decimals as written."""
     separators = (",", ":") if indent is None else (",", ": ")
+    # Decimals are written as marked strings, then unquoted. The marker is new for every call,
+    # so no string in the value (a search parameter echoed in an error, say) can look like one.
+    marker = secrets.token_hex(8) + ":"
     text = json.dumps(
         value,
         ensure_ascii=False,
         separators=separators,
         indent=indent,
-        default=_number_placeholder,
+        default=_number_placeholder(marker),
     )
-    if "\\u0000#" not in text:
+    if marker not in text:
         return text
-    return _NUMBER_TOKEN.sub(r"\1", text)
+    token = re.compile(r'"\\u0000' + marker + r'([-+.0-9eE]+)\\u0000"')
+    return token.sub(r"\1", text)
 
 
 def now_us() -> int:

@@ -294,8 +294,8 @@ class SearchParser:
             raise Invalid(
                 f"{param.code} takes at most {MAX_VALUES} values of {MAX_VALUE_LENGTH} characters"
             )
-        if any(ch < " " for v in values for ch in v):
-            raise Invalid(f"{param.code} contains control characters")
+        if any("\x00" in v for v in values):
+            raise Invalid(f"{param.code} contains the character U+0000")
         negate = False
         matches: list[Match] = []
         if kind == "token":

@@ -9,6 +9,7 @@ filter on the reference's type. https://hl7.org/fhir/R4/searchparameter.html
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -438,7 +439,8 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float | Decimal):
-        return float(value)
+        number = float(value)
+        return number if math.isfinite(number) else None  # beyond a double: not indexed
     return None
 
 

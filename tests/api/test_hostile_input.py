@@ -61,6 +61,11 @@ def test_control_characters_in_strings_are_refused(client: FlaskClient) -> None:
     )
     assert response.status_code == 400
     assert outcome_issues(response)[0]["expression"] == ["Observation.valueString"]
+    # other control characters are discouraged (SHOULD NOT), not forbidden: a warning only
+    tolerated = client.post(
+        "/fhir/Observation", json=observation(valueString="bell\u0007"), headers=JSON
+    )
+    assert tolerated.status_code == 201
     ok = client.post(
         "/fhir/Observation", json=observation(valueString="line one\nline\ttwo"), headers=JSON
     )
@@ -77,6 +82,13 @@ def test_odd_version_numbers_are_404(client: FlaskClient, path: str) -> None:
 
 def test_history_page_token_must_be_a_number(client: FlaskClient) -> None:
     assert client.get("/fhir/_history?_page=\u00b2").status_code == 400
+
+
+def test_an_error_echoing_marker_like_text_is_still_valid_json(client: FlaskClient) -> None:
+    # a parameter name that looks like the decimal placeholder the writer uses internally
+    response = client.get("/fhir/Patient?%00%23e%00=x", headers={"Prefer": "handling=strict"})
+    assert response.status_code == 400
+    outcome_issues(response)  # parses as JSON
 
 
 def test_conditional_criteria_that_are_not_utf8_are_400(client: FlaskClient) -> None:

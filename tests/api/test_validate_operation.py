@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from io import BytesIO
 from pathlib import Path
 
 from flask.testing import FlaskClient
@@ -100,3 +101,48 @@ def test_validate_command_exits_1_on_errors(tmp_path: Path) -> None:
     )
     assert failed.returncode == 1
     assert "bad.json: error [code-invalid] Goal.lifecycleStatus" in failed.stdout
+
+
+def test_malformed_parameters_are_400(client: FlaskClient) -> None:
+    for body in (
+        {"resourceType": "Parameters", "parameter": 5},
+        {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": [1]}]},
+        {"resourceType": "Parameters", "parameter": [{"name": "profile", "valueUri": 5}]},
+        {"resourceType": "Parameters", "parameter": [{"name": "mode", "valueCode": "patch"}]},
+    ):
+        response = client.post("/fhir/Goal/$validate", json=body, headers=JSON)
+        assert response.status_code == 400, body
+        outcome_issues(response)
+
+
+def test_mode_update_needs_the_url_id_and_mode_delete_checks_existence(
+    client: FlaskClient,
+) -> None:
+    client.put("/fhir/Goal/g1", json=narrated_goal(id="g1"), headers=JSON)
+    other = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "mode", "valueCode": "update"},
+            {"name": "resource", "resource": narrated_goal(id="other")},
+        ],
+    }
+    issues = outcome_issues(client.post("/fhir/Goal/g1/$validate", json=other, headers=JSON))
+    assert [(i["severity"], i["expression"]) for i in issues] == [("error", ["Goal.id"])]
+    delete = {"resourceType": "Parameters", "parameter": [{"name": "mode", "valueCode": "delete"}]}
+    ok = client.post("/fhir/Goal/g1/$validate", json=delete, headers=JSON)
+    assert [i["severity"] for i in outcome_issues(ok)] == ["information"]
+    assert client.post("/fhir/Goal/nope/$validate", json=delete, headers=JSON).status_code == 404
+
+
+def test_a_chunked_body_on_the_instance_route_is_validated(client: FlaskClient) -> None:
+    client.put("/fhir/Goal/g1", json=narrated_goal(id="g1"), headers=JSON)
+    bad = json.dumps(narrated_goal(id="g1", lifecycleStatus="sort-of")).encode()
+    response = client.post(
+        "/fhir/Goal/g1/$validate",
+        input_stream=BytesIO(bad),
+        headers={**JSON, "Transfer-Encoding": "chunked"},
+        # as gunicorn sets it for a chunked request it has decoded
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    codes = [i["code"] for i in outcome_issues(response)]
+    assert "code-invalid" in codes
