@@ -17,7 +17,6 @@ from decimal import Decimal, InvalidOperation
 from urllib.parse import parse_qsl
 
 from service.errors import BadRequest, Issue
-from service.fhir.dates import date_range, now_micros
 from service.fhir.model import SUPPORTED_TYPES
 from service.fhir.searchparams import SearchParam, SearchParameters, fold, parse_reference
 from service.storage import (
@@ -38,6 +37,7 @@ from service.storage import (
     TokenMatch,
     UriMatch,
 )
+from service.validation.dates import date_range, now_micros
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _PREFIX = re.compile(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)(?=[0-9+\-.])")

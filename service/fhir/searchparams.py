@@ -20,7 +20,6 @@ from typing import Any
 from fhirpathpy import compile as compile_fhirpath
 from fhirpathpy.models import models
 
-from service.fhir.dates import date_range
 from service.fhir.model import SUPPORTED_TYPES
 from service.storage import (
     CompositeRow,
@@ -32,6 +31,7 @@ from service.storage import (
     TokenRow,
     UriRow,
 )
+from service.validation.dates import date_range
 
 R4_MODEL = models["r4"]
 _COMPILED: dict[str, SearchParameters] = {}

@@ -20,6 +20,7 @@ from fhirpathpy.engine.nodes import ResourceNode
 from fhirpathpy.models import models
 
 from service.errors import Issue
+from service.validation.dates import date_range
 from service.validation.definitions import Definitions, ElementDef, TypeModel
 
 ID_MAX = 64
@@ -53,12 +54,36 @@ _STRING_PRIMITIVES = frozenset(
 # - que-7 tests "answer is Boolean", which fhirpathpy answers false for a FHIR boolean (a false
 #   alarm on the official Questionnaire-bb example);
 # - per-1, rng-2, age-1, ctm-1 and dom-3 raise errors inside fhirpathpy (hasValue(), comparing
-#   quantities, 'as' on a collection), so they could never be checked;
+#   quantities, 'as' on a collection); per-1 and rng-2 are checked in Python below;
 # - ref-1 looks up %rootResource.contained.id for every reference, which is quadratic in the
 #   size of the resource.
 NOT_EVALUATED = frozenset(
     {"ele-1", "txt-1", "txt-2", "que-7", "per-1", "rng-2", "age-1", "ctm-1", "dom-3", "ref-1"}
 )
+
+
+def _period_reversed(node: dict[str, Any]) -> bool:
+    """per-1 (start <= end), where the two values certainly disagree at their precision."""
+    start, end = node.get("start"), node.get("end")
+    if not isinstance(start, str) or not isinstance(end, str):
+        return False
+    first, last = date_range(start), date_range(end)
+    return first is not None and last is not None and first[0] > last[1]
+
+
+def _range_reversed(node: dict[str, Any]) -> bool:
+    """rng-2 (low <= high) for a Range whose two ends have the same unit."""
+    low, high = node.get("low"), node.get("high")
+    if not isinstance(low, dict) or not isinstance(high, dict):
+        return False
+    a, b = low.get("value"), high.get("value")
+    same_unit = (low.get("system"), low.get("code")) == (high.get("system"), high.get("code"))
+    numbers = all(isinstance(v, int | float | Decimal) and not isinstance(v, bool) for v in (a, b))
+    return same_unit and numbers and a > b  # type: ignore[operator]
+
+
+# Invariants fhirpathpy cannot run, checked here in Python instead.
+_PYTHON_CHECKS = {"per-1": _period_reversed, "rng-2": _range_reversed}
 _RESOURCE: ContextVar[dict[str, Any] | None] = ContextVar("resource", default=None)
 _ROOT: ContextVar[dict[str, Any] | None] = ContextVar("root_resource", default=None)
 _TRACE = re.compile(r"\.trace\('[^']*'(?:,[^()]*)?\)")
@@ -218,6 +243,9 @@ class StructureValidator:
         context = {"resource": _RESOURCE.get(), "rootResource": _ROOT.get()}
         for key, severity, human, expression in constraints:
             if key in NOT_EVALUATED:
+                failed = _PYTHON_CHECKS.get(key)
+                if failed is not None and failed(node):
+                    issues.append(Issue(severity, "invariant", f"{key}: {human}", (expr,)))
                 continue
             compiled = self._compiled.get(expression)
             if compiled is None:

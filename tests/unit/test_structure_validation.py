@@ -154,3 +154,27 @@ def test_no_invariant_false_alarms_on_the_official_examples() -> None:
             if i.code == "invariant" and i.severity == "error"
         ]
         assert errors == [], name
+
+
+def test_period_and_range_order_are_checked_in_python() -> None:
+    thorough = StructureValidator(Definitions.shared(), invariants=True)
+    text = {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">x</div>'}
+    reversed_period = observation(text=text, effectivePeriod={"start": "2020-02", "end": "2019"})
+    del reversed_period["effectiveDateTime"]
+    found = [
+        (i.diagnostics[:5], i.expression[0])
+        for i in thorough.validate(reversed_period)
+        if i.severity == "error"
+    ]
+    assert found == [("per-1", "Observation.effectivePeriod")]
+    same_year = observation(text=text, effectivePeriod={"start": "2020-02", "end": "2020"})
+    del same_year["effectiveDateTime"]
+    assert [i for i in thorough.validate(same_year) if i.severity == "error"] == []
+    reversed_range = observation(text=text, valueRange={"low": {"value": 5}, "high": {"value": 1}})
+    del reversed_range["valueString"]
+    found = [
+        (i.diagnostics[:5], i.expression[0])
+        for i in thorough.validate(reversed_range)
+        if i.severity == "error"
+    ]
+    assert found == [("rng-2", "Observation.valueRange")]
