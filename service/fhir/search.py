@@ -180,8 +180,6 @@ class SearchParser:
             type=type_,
             criteria=tuple(criteria),
             sort=sort,
-            count=request.count,
-            offset=0,
         )
         return request
 
@@ -506,7 +504,7 @@ def parse_conditional(parser: SearchParser, type_: str, criteria: str) -> Query:
             raise BadRequest(f"{name} cannot be used in conditional criteria")
     request = parser.parse(type_, pairs, strict=True, default_count=2, max_count=2)
     # Two matches are enough to tell one from several.
-    return Query(type=type_, criteria=request.query.criteria, count=2)
+    return Query(type=type_, criteria=request.query.criteria)
 
 
 def supported_parameters(params: SearchParameters, type_: str) -> dict[str, SearchParam]:

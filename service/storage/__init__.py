@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol
 
 
 class StorageError(Exception):
@@ -121,6 +121,36 @@ class IndexRows:
     references: list[ReferenceRow] = field(default_factory=list)
     uris: list[UriRow] = field(default_factory=list)
     composites: list[CompositeRow] = field(default_factory=list)
+
+    def of(self, kind: str) -> list[Any]:
+        """The rows of one parameter type (token, string, date, ...)."""
+        rows: list[Any] = getattr(self, INDEX_KINDS[kind].rows)
+        return rows
+
+
+@dataclass(frozen=True)
+class IndexKind:
+    """How one search parameter type is kept: where its rows are, and what they hold."""
+
+    rows: str  # the IndexRows attribute
+    fields: tuple[str, ...]  # the row's values besides param (also the table's columns)
+    sort_field: str  # what _sort orders by (the smallest or largest of a resource's rows)
+
+
+def _values(row_type: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(row_type) if f.name != "param")
+
+
+INDEX_KINDS = {
+    "token": IndexKind("tokens", _values(TokenRow), "code"),
+    "string": IndexKind("strings", _values(StringRow), "norm"),
+    "date": IndexKind("dates", _values(RangeRow), "low"),
+    "number": IndexKind("numbers", _values(RangeRow), "low"),
+    "quantity": IndexKind("quantities", _values(QuantityRow), "low"),
+    "reference": IndexKind("references", _values(ReferenceRow), "target_id"),
+    "uri": IndexKind("uris", _values(UriRow), "value"),
+    "composite": IndexKind("composites", _values(CompositeRow), "code"),
+}
 
 
 # -- search criteria: what a query asks of the index (built by the FHIR core) -----------------
@@ -264,8 +294,6 @@ class Query:
     type: str
     criteria: tuple[Criterion, ...] = ()
     sort: tuple[SortKey, ...] = ()
-    count: int = 50
-    offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -300,7 +328,7 @@ class Transaction(Protocol):
         """
 
     def search_keys(self, query: Query, limit: int) -> list[tuple[str, str]]:
-        """Return the (type, id) of up to ``limit`` matches in query order."""
+        """Return the (type, id) of the first ``limit`` matches, in query order."""
 
     def count(self, query: Query) -> int:
         """Return how many current resources match ``query``."""

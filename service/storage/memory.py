@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from service.storage import (
+    INDEX_KINDS,
     CompositeMatch,
     Criterion,
     HasCriterion,
@@ -35,26 +36,6 @@ from service.storage import (
 )
 
 Key = tuple[str, str]
-_ROWS = {
-    "token": "tokens",
-    "string": "strings",
-    "date": "dates",
-    "number": "numbers",
-    "quantity": "quantities",
-    "reference": "references",
-    "uri": "uris",
-    "composite": "composites",
-}
-_SORT_FIELD = {
-    "token": "code",
-    "string": "norm",
-    "date": "low",
-    "number": "low",
-    "quantity": "low",
-    "reference": "target_id",
-    "uri": "value",
-    "composite": "code",
-}
 
 
 def in_range(match: RangeMatch, low: float, high: float) -> bool:
@@ -180,7 +161,7 @@ class MemoryTransaction:
             lu = stored.last_updated_us
             return any(in_range(m, lu, lu + 999) for m in criterion.matches)
         if isinstance(criterion, MissingCriterion):
-            present = any(r.param == criterion.param for r in getattr(rows, _ROWS[criterion.kind]))
+            present = any(r.param == criterion.param for r in rows.of(criterion.kind))
             return present != criterion.missing
         if isinstance(criterion, HasCriterion):
             for source in self._current(criterion.source_type):
@@ -195,7 +176,7 @@ class MemoryTransaction:
                     return True
             return False
         assert isinstance(criterion, ParamCriterion)
-        candidates = [r for r in getattr(rows, _ROWS[criterion.kind]) if r.param == criterion.param]
+        candidates = [r for r in rows.of(criterion.kind) if r.param == criterion.param]
         hit = any(self._match(row, m) for row in candidates for m in criterion.matches)
         return not hit if criterion.negate else hit
 
@@ -269,8 +250,8 @@ class MemoryTransaction:
         else:
             rows = self.state.index.get((type_, stored.id), IndexRows())
             values = [
-                getattr(r, _SORT_FIELD[key.kind])
-                for r in getattr(rows, _ROWS[key.kind])
+                getattr(r, INDEX_KINDS[key.kind].sort_field)
+                for r in rows.of(key.kind)
                 if r.param == key.param
             ]
             values = [v for v in values if v is not None]
@@ -282,9 +263,8 @@ class MemoryTransaction:
         return (0, value)
 
     def search_keys(self, query: Query, limit: int) -> list[Key]:
-        """Return up to ``limit`` matching keys in query order from ``query.offset``."""
-        found = self._sorted(query)
-        return [(r.type, r.id) for r in found[query.offset : query.offset + limit]]
+        """Return the first ``limit`` matching keys in query order."""
+        return [(r.type, r.id) for r in self._sorted(query)[:limit]]
 
     def count(self, query: Query) -> int:
         """Return how many resources match."""

@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from service.storage import (
+    INDEX_KINDS,
     HistoryQuery,
     IndexRows,
     Query,
@@ -122,6 +123,12 @@ _READ_VERSION = select(resource_versions).where(
 )
 
 
+def _index_row(type_: str, id_: str, kind: str, row: Any) -> dict[str, Any]:
+    """The column values of one index row."""
+    values = {f: getattr(row, f) for f in INDEX_KINDS[kind].fields}
+    return {"res_type": type_, "res_id": id_, "param": row.param, **values}
+
+
 def _by_type(keys: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
     grouped: dict[str, list[str]] = {}
     for type_, id_ in keys:
@@ -142,26 +149,6 @@ def _row_to_resource(row: Any) -> StoredResource:
     )
 
 
-_INDEX_FIELDS: dict[str, tuple[str, ...]] = {
-    "token": ("system", "code", "text"),
-    "string": ("norm", "exact"),
-    "date": ("low", "high"),
-    "number": ("low", "high"),
-    "quantity": ("low", "high", "system", "code"),
-    "reference": ("target_type", "target_id", "url"),
-    "uri": ("value",),
-    "composite": ("system", "code", "value_system", "value_code", "low", "high", "text"),
-}
-_INDEX_ROWS = {
-    "token": "tokens",
-    "string": "strings",
-    "date": "dates",
-    "number": "numbers",
-    "quantity": "quantities",
-    "reference": "references",
-    "uri": "uris",
-    "composite": "composites",
-}
 _DELETE_INDEX = {
     kind: delete(table).where(table.c.res_type == bindparam("t"), table.c.res_id == bindparam("i"))
     for kind, table in INDEX_TABLES.items()
@@ -255,16 +242,8 @@ class SqlTransaction:
         except IntegrityError as exc:
             raise VersionConflict("a resource of the batch exists already") from exc
         for kind, table in INDEX_TABLES.items():
-            fields = _INDEX_FIELDS[kind]
             rows = [
-                {
-                    "res_type": r.type,
-                    "res_id": r.id,
-                    "param": row.param,
-                    **{f: getattr(row, f) for f in fields},
-                }
-                for r, index in items
-                for row in getattr(index, _INDEX_ROWS[kind])
+                _index_row(r.type, r.id, kind, row) for r, index in items for row in index.of(kind)
             ]
             if rows:
                 self._conn.execute(insert(table), rows)
@@ -275,32 +254,18 @@ class SqlTransaction:
 
     def _write_index(self, type_: str, id_: str, index: IndexRows, clear: bool) -> None:
         for kind, table in INDEX_TABLES.items():
-            rows = getattr(index, _INDEX_ROWS[kind])
+            rows = index.of(kind)
             if clear:
                 self._conn.execute(_DELETE_INDEX[kind], {"t": type_, "i": id_})
             if rows:
-                fields = _INDEX_FIELDS[kind]
-                self._conn.execute(
-                    insert(table),
-                    [
-                        {
-                            "res_type": type_,
-                            "res_id": id_,
-                            "param": row.param,
-                            **{f: getattr(row, f) for f in fields},
-                        }
-                        for row in rows
-                    ],
-                )
+                self._conn.execute(insert(table), [_index_row(type_, id_, kind, r) for r in rows])
 
     def _placeholder(self) -> str:
         return "?" if self._dialect == "sqlite" else "%s"
 
     def search_keys(self, query: Query, limit: int) -> list[tuple[str, str]]:
-        """Return the keys of up to ``limit`` matches, in query order, from ``query.offset``."""
-        sql, params = select_sql(
-            query, self._placeholder(), "r.res_type, r.res_id", limit, query.offset
-        )
+        """Return the keys of the first ``limit`` matches, in query order."""
+        sql, params = select_sql(query, self._placeholder(), "r.res_type, r.res_id", limit)
         rows = self._conn.exec_driver_sql(sql, tuple(params))
         return [(row[0], row[1]) for row in rows]
 
@@ -466,9 +431,9 @@ class SqlTransaction:
         if self._dialect == "postgresql":
             self._conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _advisory_key(key)})
 
-    def execute_explain(self, query: Query) -> list[str]:
+    def execute_explain(self, query: Query, limit: int = 50) -> list[str]:
         """Return the database's plan for ``query`` (used by the index-usage tests)."""
-        sql, params = select_sql(query, self._placeholder(), "r.res_type, r.res_id", query.count, 0)
+        sql, params = select_sql(query, self._placeholder(), "r.res_type, r.res_id", limit)
         prefix = "EXPLAIN QUERY PLAN " if self._dialect == "sqlite" else "EXPLAIN "
         rows = self._conn.exec_driver_sql(prefix + sql, tuple(params)).all()
         return [" ".join(str(c) for c in row) for row in rows]

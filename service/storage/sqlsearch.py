@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.storage import (
+    INDEX_KINDS,
     CompositeMatch,
     Criterion,
     HasCriterion,
@@ -34,27 +35,9 @@ from service.storage import (
     TokenMatch,
     UriMatch,
 )
+from service.storage.schema import INDEX_TABLES
 
-TABLES = {
-    "token": "search_token",
-    "string": "search_string",
-    "date": "search_date",
-    "number": "search_number",
-    "quantity": "search_quantity",
-    "reference": "search_reference",
-    "uri": "search_uri",
-    "composite": "search_composite",
-}
-_SORT_COLUMNS = {
-    "token": "code",
-    "string": "norm",
-    "date": "low",
-    "number": "low",
-    "quantity": "low",
-    "reference": "target_id",
-    "uri": "value",
-    "composite": "code",
-}
+TABLES = {kind: table.name for kind, table in INDEX_TABLES.items()}
 _TOP = "\U0010ffff"  # above every character: [v, v + _TOP) holds the strings starting with v
 
 
@@ -336,8 +319,9 @@ class SqlBuilder:
         else:
             i = self.alias("o")
             aggregate = "MAX" if key.descending else "MIN"
+            value = INDEX_KINDS[key.kind].sort_field
             column = (
-                f"(SELECT {aggregate}({i}.{_SORT_COLUMNS[key.kind]}) FROM {TABLES[key.kind]} {i}"
+                f"(SELECT {aggregate}({i}.{value}) FROM {TABLES[key.kind]} {i}"
                 f" WHERE {i}.res_type = {r}.res_type AND {i}.res_id = {r}.res_id AND {i}.param"
                 f" = {self.p(key.param)})"
             )
@@ -345,7 +329,7 @@ class SqlBuilder:
 
 
 def select_sql(
-    query: Query, placeholder: str, columns: str, limit: int | None, offset: int = 0
+    query: Query, placeholder: str, columns: str, limit: int | None
 ) -> tuple[str, list[Any]]:
     """SQL and parameters selecting ``columns`` of the current resources matching ``query``."""
     b = SqlBuilder(placeholder)
@@ -355,7 +339,7 @@ def select_sql(
     if limit is not None:
         order = [b.sort_term("r", key) for key in query.sort] + ["r.res_id ASC"]
         sql += " ORDER BY " + ", ".join(order)
-        sql += f" LIMIT {int(limit)} OFFSET {int(offset)}"
+        sql += f" LIMIT {int(limit)}"
     return sql, b.params
 
 
