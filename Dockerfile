@@ -18,8 +18,7 @@ USER whatmatters
 ENV PATH=/opt/whatmatters/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     WHATMATTERS_HOST=0.0.0.0 \
-    WHATMATTERS_PROFILES_DIR=/app/profiles \
-    WHATMATTERS_MAPPINGS_DIR=/app/mappings
+    WHATMATTERS_PROFILES_DIR=/app/profiles
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --retries=3 \
     CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/fhir/metadata', timeout=4).status == 200 else 1)"

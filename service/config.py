@@ -30,9 +30,8 @@ class Config:
     public_base_url: str | None = None
     max_body_bytes: int = 10 * 1024 * 1024
     auto_migrate: bool = True
-    # The repository's folders by default; deployments point these at their own copies.
+    # The repository's folder by default; deployments point it at their own copy.
     profiles_dir: Path = field(default_factory=lambda: _PROJECT / "profiles")
-    mappings_dir: Path = field(default_factory=lambda: _PROJECT / "mappings")
     default_page_size: int = 50
     max_page_size: int = 1000
     db_pool_size: int = 5
@@ -65,10 +64,9 @@ class Config:
                     changes[name] = int(raw)
                 except ValueError as exc:
                     raise ConfigError(f"WHATMATTERS_{name.upper()} must be a whole number") from exc
-        for name in ("profiles_dir", "mappings_dir"):
-            raw = env.get(f"WHATMATTERS_{name.upper()}")
-            if raw is not None:
-                changes[name] = Path(raw)
+        raw_dir = env.get("WHATMATTERS_PROFILES_DIR")
+        if raw_dir is not None:
+            changes["profiles_dir"] = Path(raw_dir)
         raw = env.get("WHATMATTERS_AUTO_MIGRATE")
         if raw is not None:
             changes["auto_migrate"] = _boolean("WHATMATTERS_AUTO_MIGRATE", raw)

@@ -61,10 +61,7 @@ def _criteria() -> str:
 
 
 def _params() -> list[tuple[str, str]]:
-    try:
-        return parse_query_string(_criteria())
-    except UnicodeDecodeError as exc:
-        raise BadRequest("The query string is not valid UTF-8") from exc
+    return parse_query_string(_criteria())
 
 
 def _reply(result: Result, write: bool = False) -> Response:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from email.utils import format_datetime
 from typing import Any
 
 from service.errors import BadRequest
-from service.storage import StoredResource, TokenRow
 
 FHIR_VERSION = "4.0.1"
 SUPPORTED_TYPES: tuple[str, ...] = (
@@ -23,10 +21,6 @@ SUPPORTED_TYPES: tuple[str, ...] = (
     "Provenance",
     "Questionnaire",
     "QuestionnaireResponse",
-)
-# Types whose resources carry Resource.identifier (token search parameter ``identifier``).
-IDENTIFIER_TYPES = frozenset(
-    {"Goal", "List", "Observation", "Patient", "Questionnaire", "QuestionnaireResponse"}
 )
 MAX_JSON_DEPTH = 100
 _ETAG = re.compile(r'^(?:W/)?"([0-9]+)"$')
@@ -199,20 +193,3 @@ def with_meta(resource: dict[str, Any], id_: str, version: int, micros: int) -> 
         if key not in out:
             out[key] = value
     return out
-
-
-def identifier_tokens(resource: dict[str, Any]) -> Iterator[TokenRow]:
-    """Index rows for the ``identifier`` search parameter (Resource.identifier)."""
-    if resource.get("resourceType") not in IDENTIFIER_TYPES:
-        return
-    raw = resource.get("identifier")
-    items = raw if isinstance(raw, list) else [raw] if isinstance(raw, dict) else []
-    for item in items:
-        if isinstance(item, dict) and isinstance(item.get("value"), str):
-            system = item.get("system")
-            yield TokenRow("identifier", system if isinstance(system, str) else None, item["value"])
-
-
-def reference_of(stored: StoredResource) -> str:
-    """The relative reference of a stored resource, e.g. ``Patient/123``."""
-    return f"{stored.type}/{stored.id}"

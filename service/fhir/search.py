@@ -505,8 +505,3 @@ def parse_conditional(parser: SearchParser, type_: str, criteria: str) -> Query:
     request = parser.parse(type_, pairs, strict=True, default_count=2, max_count=2)
     # Two matches are enough to tell one from several.
     return Query(type=type_, criteria=request.query.criteria)
-
-
-def supported_parameters(params: SearchParameters, type_: str) -> dict[str, SearchParam]:
-    """The search parameters this server answers for a type (for the CapabilityStatement)."""
-    return dict(sorted(params.for_type(type_).items()))

@@ -75,7 +75,6 @@ class SearchParam:
     roots: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)  # the FHIRPath each evaluator runs
     components: tuple[Component, ...] = ()
-    expression: str = ""
 
     def evaluate(
         self, resource: dict[str, Any], strict: bool = False
@@ -244,7 +243,6 @@ class SearchParameters:
                 type=kind,
                 url=sp["url"],
                 targets=tuple(sp.get("target", [])),
-                expression=" | ".join(parts),
             )
             for part in parts:
                 resolved = _RESOLVE.search(part)

@@ -485,12 +485,6 @@ class SqlStore:
                 applied.append(f"{version}: {description}")
         return applied
 
-    def schema_current(self) -> bool:
-        """Whether every migration has been applied."""
-        with self.transaction(write=False) as tx:
-            done = set(tx._conn.execute(select(schema_migrations.c.version)).scalars())
-        return all(version in done for version, _, _ in MIGRATIONS)
-
     def check(self) -> None:
         """Raise StoreUnavailable if the database does not answer."""
         with self.transaction(write=False) as tx:

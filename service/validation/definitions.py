@@ -121,6 +121,7 @@ class Definitions:
     def __init__(self, directory: Path = DEFINITIONS_DIR) -> None:
         self._directory = directory
         self._models: dict[str, TypeModel] = {}
+        self._expansions: dict[str, frozenset[tuple[str, str]] | None] = {}
 
     @classmethod
     @cache
@@ -147,15 +148,6 @@ class Definitions:
         result: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
         return result
 
-    @cached_property
-    def resource_types(self) -> frozenset[str]:
-        """Every concrete resource type of FHIR R4."""
-        return frozenset(
-            t
-            for t, sd in self._structure_definitions.items()
-            if sd["kind"] == "resource" and not sd.get("abstract")
-        )
-
     def model(self, type_name: str) -> TypeModel | None:
         """The indexed StructureDefinition of a base type, or None if R4 has no such type."""
         model = self._models.get(type_name)
@@ -166,10 +158,6 @@ class Definitions:
             model = _build_model(sd)
             self._models[type_name] = model
         return model
-
-    @cached_property
-    def _expansions(self) -> dict[str, frozenset[tuple[str, str]] | None]:
-        return {}
 
     def expand(self, value_set_url: str) -> frozenset[tuple[str, str]] | None:
         """The (system, code) pairs of a value set, or None if it cannot be expanded locally."""
