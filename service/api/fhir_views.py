@@ -11,8 +11,9 @@ from service.config import Config
 from service.errors import BadRequest
 from service.fhir.bundles import process_bundle
 from service.fhir.capability import capability_statement
-from service.fhir.interactions import FhirService, Result
+from service.fhir.interactions import FhirService
 from service.fhir.model import parse_etag
+from service.fhir.results import Result
 from service.fhir.search import parse_query_string
 
 STARTED = datetime.now(UTC).isoformat(timespec="seconds")

@@ -8,8 +8,8 @@ from typing import Any
 from flask import Request, Response
 
 from service.errors import FhirError, Issue, NotAcceptable, UnsupportedMediaType
-from service.fhir.interactions import Result, operation_outcome
 from service.fhir.model import dump_json, etag, http_date, parse_json
+from service.fhir.results import Result, operation_outcome
 
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = frozenset({FHIR_JSON, "application/json", "application/json+fhir", "text/json"})
@@ -123,7 +123,7 @@ def render(
         elif returned == "OperationOutcome":
             target = f"{stored.type}/{stored.id}" if stored is not None else "the resource"
             verb = "Created" if result.status == 201 else "Updated"
-            issues = result.issues or [Issue("information", "informational", f"{verb} {target}")]
+            issues = [Issue("information", "informational", f"{verb} {target}")]
             body = _dumps(operation_outcome(issues), pretty)
         elif stored is not None and stored.content is not None:
             body = _stored_text(stored.content, pretty)

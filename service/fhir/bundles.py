@@ -28,13 +28,12 @@ from service.errors import (
 )
 from service.fhir.interactions import (
     FhirService,
-    Result,
-    _json_patch,
     check_id,
     check_type,
-    operation_outcome,
+    parse_json_patch,
 )
 from service.fhir.model import etag, instant, parse_etag, parse_json
+from service.fhir.results import Result, operation_outcome
 from service.fhir.search import parse_query_string
 from service.storage import StoredResource, Transaction
 
@@ -365,7 +364,7 @@ def _patch_operations(op: EntryOp) -> Any:
         raw = base64.b64decode(resource.get("data", ""), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise BadRequest("Binary.data is not valid base64", expression=("resource.data",)) from exc
-    return _json_patch(parse_json(raw, "The JSON Patch"))
+    return parse_json_patch(parse_json(raw, "The JSON Patch"))
 
 
 def _rewrite(value: Any, mapping: dict[str, str]) -> Any:

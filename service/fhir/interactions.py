@@ -13,7 +13,6 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlencode
 
@@ -40,7 +39,9 @@ from service.fhir.model import (
     parse_json,
     with_meta,
 )
+from service.fhir.results import Result, operation_outcome
 from service.fhir.search import SearchParser, parse_conditional
+from service.fhir.searching import search_type
 from service.fhir.searchparams import SearchParameters
 from service.fhir.subsetting import subset
 from service.storage import (
@@ -65,23 +66,6 @@ class Validator(Protocol):
 
     def validate(self, resource: Any, expected_type: str | None = None) -> list[Issue]:
         """Return the issues of ``resource``; errors make it unacceptable."""
-
-
-@dataclass
-class Result:
-    """What an interaction produced: a status, the version concerned and/or a body."""
-
-    status: int
-    stored: StoredResource | None = None
-    body: dict[str, Any] | None = None
-    # A body already serialised (search Bundles are spliced from stored JSON, not re-encoded)
-    text: str | None = None
-    location: bool = False
-    issues: list[Issue] = field(default_factory=list)
-
-    def resource_text(self) -> str | None:
-        """The stored JSON of the version, served without re-parsing."""
-        return self.stored.content if self.stored is not None else None
 
 
 def check_type(type_: str) -> None:
@@ -341,7 +325,7 @@ class FhirService:
         """patch with JSON Patch: https://hl7.org/fhir/R4/http.html#patch."""
         check_type(type_)
         check_id(id_)
-        operations = _json_patch(patch_body)
+        operations = parse_json_patch(patch_body)
         return self.run(
             lambda tx: self.patch_in(tx, type_, id_, operations, if_match),
             retry=if_match is None,
@@ -352,7 +336,7 @@ class FhirService:
     ) -> Result:
         """conditional patch: the criteria must match exactly one resource."""
         check_type(type_)
-        operations = _json_patch(patch_body)
+        operations = parse_json_patch(patch_body)
 
         def work(tx: Transaction) -> Result:
             match = self.match_one_or_none(tx, type_, criteria, "The conditional patch")
@@ -446,8 +430,6 @@ class FhirService:
         tx: Transaction | None = None,
     ) -> Result:
         """search: https://hl7.org/fhir/R4/search.html."""
-        from service.fhir.searching import search_type
-
         check_type(type_)
         return search_type(self, type_, params, base, strict=strict, tx=tx)
 
@@ -669,11 +651,6 @@ class FhirService:
         return stored
 
 
-def operation_outcome(issues: Sequence[Issue]) -> dict[str, Any]:
-    """Build an OperationOutcome resource from issues."""
-    return {"resourceType": "OperationOutcome", "issue": [i.to_fhir() for i in issues]}
-
-
 def _validate_input(body: Any) -> tuple[dict[str, Any] | None, str | None, str | None]:
     """Split a $validate body into the resource, the profile and the mode asked for."""
     if not isinstance(body, dict):
@@ -730,7 +707,7 @@ def _check_if_match(
         )
 
 
-def _json_patch(body: Any) -> jsonpatch.JsonPatch:
+def parse_json_patch(body: Any) -> jsonpatch.JsonPatch:
     if not isinstance(body, list):
         raise BadRequest("A JSON Patch document must be a JSON array of operations")
     for index, op in enumerate(body):
@@ -781,4 +758,4 @@ def _with_params(path: str, params: Sequence[tuple[str, str]], page: int | None)
     return path + ("?" + urlencode(items) if items else "")
 
 
-__all__ = ["FhirError", "FhirService", "Result", "operation_outcome"]
+__all__ = ["FhirError", "FhirService", "Result"]

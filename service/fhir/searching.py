@@ -14,12 +14,13 @@ from urllib.parse import urlencode
 
 from service.errors import Gone, Issue
 from service.fhir.model import dump_json, instant, parse_json
+from service.fhir.results import Result, operation_outcome
 from service.fhir.search import Include, SearchParser, SearchRequest
 from service.fhir.subsetting import subset
 from service.storage import StoredResource, Transaction
 
 if TYPE_CHECKING:
-    from service.fhir.interactions import FhirService, Result
+    from service.fhir.interactions import FhirService
 
 MAX_KEPT = 20_000
 MAX_INCLUDED = 1_000
@@ -38,8 +39,6 @@ def search_type(
     tx: Transaction | None,
 ) -> Result:
     """Search one resource type and return a searchset Bundle."""
-    from service.fhir.interactions import Result, operation_outcome
-
     request = SearchParser(service.search_params, base).parse(
         type_,
         params,
