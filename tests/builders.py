@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from tests.conftest import FIXTURES
@@ -46,3 +50,19 @@ def outcome_issues(response: Any) -> list[dict[str, Any]]:
     issues: list[dict[str, Any]] = body["issue"]
     assert issues
     return issues
+
+
+def whatmatters(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed whatmatters command, without the caller's WHATMATTERS_* settings."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WHATMATTERS_")}
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "whatmatters"), *args],
+        cwd=cwd,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import requests
 
+from tests.builders import whatmatters
 from tests.conftest import _free_port
 
 BIN = Path(sys.executable).parent / "whatmatters"
@@ -21,26 +22,12 @@ def _env() -> dict[str, str]:
 
 
 def test_init_db_creates_the_sqlite_schema_and_is_idempotent(tmp_path: Path) -> None:
-    first = subprocess.run(
-        [str(BIN), "init-db"],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    first = whatmatters("init-db", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
     assert "applied migration 1" in first.stdout
     assert (tmp_path / "instance" / "whatmatters.db").exists()
-    again = subprocess.run(
-        [str(BIN), "init-db"],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    again = whatmatters("init-db", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
     assert "schema is current" in again.stdout
 
 
@@ -75,14 +62,6 @@ def test_serve_answers_metadata_on_the_sqlite_default(tmp_path: Path) -> None:
 
 
 def test_bad_configuration_is_refused_with_a_message(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [str(BIN), "init-db"],
-        cwd=tmp_path,
-        env={**_env(), "WHATMATTERS_PORT": "eighty"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = whatmatters("init-db", cwd=tmp_path, env={"WHATMATTERS_PORT": "eighty"})
     assert result.returncode == 2
     assert "WHATMATTERS_PORT" in result.stderr

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from io import BytesIO
 from pathlib import Path
 
 from flask.testing import FlaskClient
 
-from tests.builders import FHIR_JSON, goal, observation, outcome_issues
+from tests.builders import FHIR_JSON, goal, observation, outcome_issues, whatmatters
 
 JSON = {"Content-Type": FHIR_JSON}
 NARRATIVE = {
@@ -86,19 +84,10 @@ def test_validate_command_exits_1_on_errors(tmp_path: Path) -> None:
     good.write_text(json.dumps(narrated_goal()), encoding="utf-8")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(goal(lifecycleStatus="sort-of")), encoding="utf-8")
-    command = str(Path(sys.executable).parent / "whatmatters")
-    ok = subprocess.run(
-        [command, "validate", str(good)], capture_output=True, text=True, timeout=120, check=False
-    )
+    ok = whatmatters("validate", str(good))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "no issues" in ok.stdout
-    failed = subprocess.run(
-        [command, "validate", str(good), str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    failed = whatmatters("validate", str(good), str(bad))
     assert failed.returncode == 1
     assert "bad.json: error [code-invalid] Goal.lifecycleStatus" in failed.stdout
 

@@ -29,11 +29,11 @@ def build_service(store: Store) -> FhirService:
     return FhirService(store, StructureValidator(definitions), params, definitions)
 
 
-@pytest.fixture(scope="module", params=["memory", "sql"])
-def loaded(request: pytest.FixtureRequest, sql_store: SqlStore) -> FhirService:
-    """The data set, written through the service (so it is validated and indexed)."""
+def loaded_service(backend: str, sql_store: SqlStore) -> FhirService:
+    """The data set on a fresh MemoryStore or the emptied SQL store, written through the
+    service (so it is validated and indexed)."""
     store: Store
-    if request.param == "memory":
+    if backend == "memory":
         store = MemoryStore()
     else:
         wipe(sql_store)
@@ -42,3 +42,9 @@ def loaded(request: pytest.FixtureRequest, sql_store: SqlStore) -> FhirService:
     for resource in resources():
         service.update(resource["resourceType"], resource["id"], resource)
     return service
+
+
+@pytest.fixture(scope="module", params=["memory", "sql"])
+def loaded(request: pytest.FixtureRequest, sql_store: SqlStore) -> FhirService:
+    """The data set, loaded once per module and backend (the tests only read it)."""
+    return loaded_service(request.param, sql_store)

@@ -5,24 +5,16 @@ from __future__ import annotations
 import pytest
 
 from service.fhir.interactions import FhirService
-from service.storage import IdCriterion, IndexRows, ParamCriterion, Query, Store, TokenMatch
-from service.storage.memory import MemoryStore
+from service.storage import IdCriterion, IndexRows, ParamCriterion, Query, TokenMatch
 from service.storage.sql import SqlStore
-from tests.conftest import wipe
-from tests.search.conftest import build_service
+from tests.search.conftest import loaded_service
 from tests.search.dataset import resources
 
 
 @pytest.fixture(params=["memory", "sql"])
 def service(request: pytest.FixtureRequest, sql_store: SqlStore) -> FhirService:
-    store: Store = MemoryStore()
-    if request.param == "sql":
-        wipe(sql_store)
-        store = sql_store
-    built = build_service(store)
-    for resource in resources():
-        built.update(resource["resourceType"], resource["id"], resource)
-    return built
+    """The data set, loaded afresh for each test (reindexing changes the index)."""
+    return loaded_service(request.param, sql_store)
 
 
 def _female(service: FhirService) -> list[str]:
