@@ -106,7 +106,6 @@ def render(
     """Turn an interaction Result into an HTTP response with the spec's headers."""
     media = response_type(request)
     headers: dict[str, str] = {}
-    body: str | None = None
     stored = result.stored
     if stored is not None:
         headers["ETag"] = etag(stored.version)
@@ -114,32 +113,31 @@ def render(
         if result.location:
             headers["Location"] = f"{base()}/{stored.type}/{stored.id}/_history/{stored.version}"
     pretty = _pretty(request)
-    if result.status == 304:
-        return Response(b"", status=304, headers=headers)
-    if write and result.status != 204:
-        returned = prefer(request, "return") or "representation"
-        if returned == "minimal":
-            body = None
-        elif returned == "OperationOutcome":
-            target = f"{stored.type}/{stored.id}" if stored is not None else "the resource"
-            verb = "Created" if result.status == 201 else "Updated"
-            issues = [Issue("information", "informational", f"{verb} {target}")]
-            body = _dumps(operation_outcome(issues), pretty)
-        elif stored is not None and stored.content is not None:
-            body = _stored_text(stored.content, pretty)
-        elif result.body is not None:
-            body = _dumps(result.body, pretty)
-    elif result.status != 204:
-        if result.text is not None:
-            body = _stored_text(result.text, pretty)
-        elif stored is not None and stored.content is not None:
-            body = _stored_text(stored.content, pretty)
-        elif result.body is not None:
-            body = _dumps(result.body, pretty)
+    returned = (prefer(request, "return") or "representation") if write else "representation"
+    if result.status in (204, 304) or returned == "minimal":
+        body = None
+    elif returned == "OperationOutcome":
+        target = f"{stored.type}/{stored.id}" if stored is not None else "the resource"
+        verb = "Created" if result.status == 201 else "Updated"
+        issues = [Issue("information", "informational", f"{verb} {target}")]
+        body = _dumps(operation_outcome(issues), pretty)
+    else:
+        body = _representation(result, pretty)
     response = Response(body if body is not None else b"", status=result.status, headers=headers)
     if body is not None:
         response.content_type = f"{media}; charset=utf-8"
     return response
+
+
+def _representation(result: Result, pretty: bool) -> str | None:
+    """The body of a result: pre-serialised text, the stored version, or a built resource."""
+    if result.text is not None:
+        return _stored_text(result.text, pretty)
+    if result.stored is not None and result.stored.content is not None:
+        return _stored_text(result.stored.content, pretty)
+    if result.body is not None:
+        return _dumps(result.body, pretty)
+    return None
 
 
 def _stored_text(content: str, pretty: bool) -> str:

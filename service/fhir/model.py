@@ -54,14 +54,19 @@ class FhirDecimal(Decimal):
         return number
 
 
-def _number_placeholder(marker: str) -> Any:
-    def default(value: Any) -> str:
-        if isinstance(value, Decimal):
-            text = getattr(value, "text", None) or str(value)
-            return f"\u0000{marker}{text}\u0000"
-        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+class _DecimalMarker:
+    """Writes decimals as marked strings; the marker is made on the first decimal met."""
 
-    return default
+    def __init__(self) -> None:
+        self.marker: str | None = None
+
+    def __call__(self, value: Any) -> str:
+        if not isinstance(value, Decimal):
+            raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+        if self.marker is None:
+            self.marker = secrets.token_hex(8) + ":"
+        text = getattr(value, "text", None) or str(value)
+        return f"\u0000{self.marker}{text}\u0000"
 
 
 def _reject_constant(name: str) -> Any:
@@ -119,17 +124,13 @@ def dump_json(value: Any, indent: int | None = None) -> str:
     separators = (",", ":") if indent is None else (",", ": ")
     # Decimals are written as marked strings, then unquoted. The marker is new for every call,
     # so no string in the value (a search parameter echoed in an error, say) can look like one.
-    marker = secrets.token_hex(8) + ":"
+    decimals = _DecimalMarker()
     text = json.dumps(
-        value,
-        ensure_ascii=False,
-        separators=separators,
-        indent=indent,
-        default=_number_placeholder(marker),
+        value, ensure_ascii=False, separators=separators, indent=indent, default=decimals
     )
-    if marker not in text:
+    if decimals.marker is None:
         return text
-    token = re.compile(r'"\\u0000' + marker + r'([-+.0-9eE]+)\\u0000"')
+    token = re.compile(r'"\\u0000' + decimals.marker + r'([-+.0-9eE]+)\\u0000"')
     return token.sub(r"\1", text)
 
 
