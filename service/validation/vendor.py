@@ -5,7 +5,8 @@ The source is the npm package ``hl7.fhir.r4.examples`` 4.0.1 (CC0-1.0), fetched 
 result is written to ``service/validation/definitions/``. Only what the service needs is kept:
 every base StructureDefinition (resources and data types, without narrative, mappings and
 documentation prose), the ValueSets and CodeSystems reached from their required bindings, and
-the SearchParameters of the resource types the service stores.
+the SearchParameters of the resource types the service stores, and the core extension
+definitions (so extensions such as goal-acceptance are checked, not only tolerated).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ _SD_KEEP = (
     "type",
     "baseDefinition",
     "derivation",
+    "context",
     "snapshot",
 )
 SEARCH_TYPES = (
@@ -108,6 +110,13 @@ def vendor(package: Path, target: Path = DEFINITIONS_DIR) -> dict[str, int]:
         and r.get("derivation", "specialization") == "specialization"
         and r.get("kind") in ("resource", "complex-type", "primitive-type")
     ]
+    extensions = [
+        r
+        for r in resources.values()
+        if r.get("resourceType") == "StructureDefinition"
+        and r.get("type") == "Extension"
+        and r.get("derivation") == "constraint"
+    ]
     value_sets = {
         _canonical(r["url"]): r for r in resources.values() if r.get("resourceType") == "ValueSet"
     }
@@ -115,7 +124,7 @@ def vendor(package: Path, target: Path = DEFINITIONS_DIR) -> dict[str, int]:
         _canonical(r["url"]): r for r in resources.values() if r.get("resourceType") == "CodeSystem"
     }
     wanted_vs: set[str] = set()
-    for sd in sds:
+    for sd in sds + extensions:
         for element in sd["snapshot"]["element"]:
             binding = element.get("binding", {})
             if binding.get("strength") == "required" and "valueSet" in binding:
@@ -155,6 +164,9 @@ def vendor(package: Path, target: Path = DEFINITIONS_DIR) -> dict[str, int]:
             list(kept_vs.values()) + list(kept_cs.values()), key=lambda r: r["url"]
         ),
         "r4-searchparameters.json": sorted(search_parameters, key=lambda r: r["url"]),
+        "r4-extensions.json": sorted(
+            (_strip_structure_definition(sd) for sd in extensions), key=lambda s: s["url"]
+        ),
     }
     for name, content in files.items():
         (target / name).write_text(
