@@ -10,33 +10,42 @@ from service.config import Config
 
 if TYPE_CHECKING:
     from service.fhir.interactions import FhirService
+    from service.storage import Store
 
 
 def build_fhir_service(config: Config) -> FhirService:
-    """Wire the FHIR core to its store, validator and search parameters."""
-    from service.fhir.interactions import FhirService
-    from service.fhir.searchparams import SearchParameters
+    """Open the configured database and wire the FHIR core to it."""
     from service.storage.sql import SqlStore
-    from service.validation.definitions import Definitions
-    from service.validation.profiles import load_profile_resources, search_parameters
-    from service.validation.structure import StructureValidator
 
     store = SqlStore.from_url(config.database_url, config.db_pool_size)
     if config.auto_migrate:
         store.migrate()
+    return wire_fhir_service(config, store)
+
+
+def wire_fhir_service(config: Config, store: Store) -> FhirService:
+    """The FHIR core over ``store``: profiles loaded and checked, validators, search params."""
+    from service.fhir.interactions import FhirService
+    from service.fhir.searchparams import SearchParameters
+    from service.validation.definitions import Definitions
+    from service.validation.profiles import ProfileRegistry, search_parameters
+    from service.validation.validator import ResourceValidator
+
     definitions = Definitions.shared()
-    profile_resources = load_profile_resources(config.profiles_dir)
+    registry = ProfileRegistry.load(definitions, config.profiles_dir)
     search_params = SearchParameters.shared(
-        definitions.search_parameters + search_parameters(profile_resources)
+        definitions.search_parameters + search_parameters([f.resource for f in registry.files])
     )
+    required = dict(config.required_profiles)
     return FhirService(
         store,
-        StructureValidator(definitions),
+        ResourceValidator(registry, required_profiles=required),
         search_params,
         definitions,
-        thorough=StructureValidator(definitions, invariants=True),
+        thorough=ResourceValidator(registry, invariants=True, required_profiles=required),
         default_page_size=config.default_page_size,
         max_page_size=config.max_page_size,
+        return_warnings=config.validation_warnings,
     )
 
 

@@ -18,6 +18,11 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 
     if config.auto_migrate:
         _init_db(config, args)
+    # Broken profiles stop the service here, with the file and element, not in each worker.
+    from service import wire_fhir_service
+    from service.storage.memory import MemoryStore
+
+    wire_fhir_service(config, MemoryStore())
     # Each worker builds its own app (and connection pool) after the fork.
     worker_config = replace(config, auto_migrate=False)
 
@@ -76,13 +81,15 @@ def _reindex(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _validate(_config: Config, args: argparse.Namespace) -> int:
+def _validate(config: Config, args: argparse.Namespace) -> int:
     from service.errors import FhirError
     from service.fhir.model import parse_json
     from service.validation.definitions import Definitions
-    from service.validation.structure import StructureValidator
+    from service.validation.profiles import ProfileRegistry
+    from service.validation.validator import ResourceValidator
 
-    validator = StructureValidator(Definitions.shared(), invariants=True)
+    registry = ProfileRegistry.load(Definitions.shared(), config.profiles_dir)
+    validator = ResourceValidator(registry, invariants=True)
     errors = 0
     for name in args.files:
         path = Path(name)
@@ -92,16 +99,7 @@ def _validate(_config: Config, args: argparse.Namespace) -> int:
             print(f"{path}: error: {exc}")
             errors += 1
             continue
-        type_ = resource.get("resourceType") if isinstance(resource, dict) else None
-        base = f"http://hl7.org/fhir/StructureDefinition/{type_}"
-        if args.profile and args.profile != base:
-            print(
-                f"{path}: error: the profile {args.profile} is not known; "
-                f"only {base} can be checked"
-            )
-            errors += 1
-            continue
-        issues = validator.validate(resource)
+        issues = validator.validate(resource) + validator.validate_profiles(resource, args.profile)
         for issue in issues:
             where = ", ".join(issue.expression) or "-"
             print(f"{path}: {issue.severity} [{issue.code}] {where}: {issue.diagnostics}")
@@ -163,7 +161,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"whatmatters: {exc}", file=sys.stderr)
         return 2
-    result: int = args.run(config, args)
+    from service.validation.profiles import ProfileError
+
+    try:
+        result: int = args.run(config, args)
+    except ProfileError as exc:
+        print(f"whatmatters: the profiles cannot be used: {exc}", file=sys.stderr)
+        return 2
     return result
 
 

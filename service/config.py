@@ -35,6 +35,13 @@ class Config:
     default_page_size: int = 50
     max_page_size: int = 1000
     db_pool_size: int = 5
+    # Profiles every write of a type must meet (any one of them), e.g.
+    # (("Goal", ("http://whatmatters.example/fhir/StructureDefinition/wmty-personal-goal",)),).
+    # Empty by default: EHRs send ordinary Goals and Observations too (DESIGN.md section 2).
+    required_profiles: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # Whether validation warnings accompany successful writes (Prefer: return=OperationOutcome,
+    # Bundle entry outcomes) and 422 errors.
+    validation_warnings: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -67,9 +74,13 @@ class Config:
         raw_dir = env.get("WHATMATTERS_PROFILES_DIR")
         if raw_dir is not None:
             changes["profiles_dir"] = Path(raw_dir)
-        raw = env.get("WHATMATTERS_AUTO_MIGRATE")
+        for name in ("auto_migrate", "validation_warnings"):
+            raw = env.get(f"WHATMATTERS_{name.upper()}")
+            if raw is not None:
+                changes[name] = _boolean(f"WHATMATTERS_{name.upper()}", raw)
+        raw = env.get("WHATMATTERS_REQUIRED_PROFILES")
         if raw is not None:
-            changes["auto_migrate"] = _boolean("WHATMATTERS_AUTO_MIGRATE", raw)
+            changes["required_profiles"] = parse_required_profiles(raw)
         return replace(config, **changes)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
@@ -77,6 +88,23 @@ class Config:
             raise ConfigError("base_path must start with '/' and not end with '/'")
         if self.max_body_bytes <= 0 or self.default_page_size <= 0 or self.max_page_size <= 0:
             raise ConfigError("sizes must be positive")
+
+
+def parse_required_profiles(raw: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Parse ``Goal=URL,Observation=URL|URL``: the profiles each type must meet (any one)."""
+    result: dict[str, tuple[str, ...]] = {}
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        type_, sep, urls = part.partition("=")
+        profiles = tuple(u.strip() for u in urls.split("|") if u.strip())
+        if not sep or not type_.strip().isidentifier() or not profiles:
+            raise ConfigError(
+                f"WHATMATTERS_REQUIRED_PROFILES: {part!r} is not TYPE=URL (several URLs: URL|URL)"
+            )
+        result[type_.strip()] = result.get(type_.strip(), ()) + profiles
+    return tuple(sorted(result.items()))
 
 
 def _boolean(name: str, raw: str) -> bool:

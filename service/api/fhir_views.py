@@ -93,7 +93,10 @@ def build_blueprint(base_path: str) -> Blueprint:
 
     @bp.get("/metadata")
     def metadata() -> Response:
-        statement = capability_statement(base_url(), STARTED, _service().search_params)
+        fhir = _service()
+        statement = capability_statement(
+            base_url(), STARTED, fhir.search_params, fhir.validator.supported_profiles
+        )
         return _reply(Result(200, body=statement))
 
     @bp.post("", strict_slashes=False)

@@ -119,7 +119,7 @@ def render(
     elif returned == "OperationOutcome":
         target = f"{stored.type}/{stored.id}" if stored is not None else "the resource"
         verb = "Created" if result.status == 201 else "Updated"
-        issues = [Issue("information", "informational", f"{verb} {target}")]
+        issues = [Issue("information", "informational", f"{verb} {target}"), *result.issues]
         body = _dumps(operation_outcome(issues), pretty)
     else:
         body = _representation(result, pretty)

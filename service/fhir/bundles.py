@@ -31,6 +31,7 @@ from service.fhir.interactions import (
     check_id,
     check_type,
     parse_json_patch,
+    without_resource,
 )
 from service.fhir.model import etag, instant, parse_etag, parse_json
 from service.fhir.results import Result, operation_outcome
@@ -82,7 +83,7 @@ def process_bundle(
         service.check_resource(bundle, "Bundle")
     else:
         # In a batch each entry's resource stands or falls on its own, in its own response.
-        shell = {**bundle, "entry": [_without_resource(e) for e in entries]}
+        shell = {**bundle, "entry": [without_resource(e) for e in entries]}
         if not entries:
             shell.pop("entry", None)
         service.check_resource(shell, "Bundle")
@@ -129,12 +130,6 @@ def _batch(service: FhirService, entries: list[Any], base: str) -> list[Result |
                 _at_entry(FhirError("An unexpected error occurred processing this entry"), op)
             )
     return results
-
-
-def _without_resource(entry: Any) -> Any:
-    if isinstance(entry, dict) and "resource" in entry:
-        return {k: v for k, v in entry.items() if k != "resource"}
-    return entry
 
 
 def _transaction(

@@ -5,6 +5,7 @@ It lists exactly what this server does, built from the same tables the code uses
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from service.fhir.model import FHIR_VERSION, SUPPORTED_TYPES
@@ -46,14 +47,25 @@ def _search_params(params: SearchParameters, type_: str) -> list[dict[str, Any]]
     return listed
 
 
-def capability_statement(base: str, released: str, params: SearchParameters) -> dict[str, Any]:
-    """Build the CapabilityStatement for the server at ``base``."""
+def capability_statement(
+    base: str,
+    released: str,
+    params: SearchParameters,
+    supported_profiles: Callable[[str], list[str]] = lambda _type: [],
+) -> dict[str, Any]:
+    """Build the CapabilityStatement for the server at ``base``.
+
+    ``supported_profiles`` gives, per type, the profiles the server validates against
+    (CapabilityStatement.rest.resource.supportedProfile).
+    """
     resources = []
     for type_ in SUPPORTED_TYPES:
+        supported = supported_profiles(type_)
         resources.append(
             {
                 "type": type_,
                 "profile": f"http://hl7.org/fhir/StructureDefinition/{type_}",
+                **({"supportedProfile": supported} if supported else {}),
                 "interaction": [{"code": code} for code in _INTERACTIONS],
                 "versioning": "versioned-update",
                 "readHistory": True,

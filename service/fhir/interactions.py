@@ -13,6 +13,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlencode
 
@@ -65,7 +66,13 @@ class Validator(Protocol):
     """Checks a resource and returns every problem found."""
 
     def validate(self, resource: Any, expected_type: str | None = None) -> list[Issue]:
-        """Return the issues of ``resource``; errors make it unacceptable."""
+        """Return the base R4 issues of ``resource``; errors make it unacceptable (400)."""
+
+    def validate_profiles(self, resource: Any, profile: str | None = None) -> list[Issue]:
+        """Return the extension and profile issues of ``resource`` (errors: 422)."""
+
+    def supported_profiles(self, type_: str) -> list[str]:
+        """The profiles of ``type_`` the validator knows."""
 
 
 def check_type(type_: str) -> None:
@@ -97,6 +104,7 @@ class FhirService:
         default_page_size: int = 50,
         max_page_size: int = 1000,
         clock: Callable[[], int] = now_us,
+        return_warnings: bool = True,
     ) -> None:
         self.store = store
         self.validator = validator
@@ -107,6 +115,7 @@ class FhirService:
         self.default_page_size = default_page_size
         self.max_page_size = max_page_size
         self.clock = clock
+        self.return_warnings = return_warnings
 
     # -- transactions -------------------------------------------------------------------------
 
@@ -216,11 +225,14 @@ class FhirService:
     def create(self, type_: str, resource: Any, if_none_exist: str | None = None) -> Result:
         """create and conditional create: https://hl7.org/fhir/R4/http.html#create."""
         check_type(type_)
-        self.check_resource(resource, type_)
+        warnings = self.check_resource(resource, type_)
         # Indexed before the transaction: the rows do not depend on the server-owned meta, and
         # work done here does not hold the database's write lock.
         index = self.search_params.index(resource)
-        return self.run(lambda tx: self.create_in(tx, type_, resource, if_none_exist, index=index))
+        result = self.run(
+            lambda tx: self.create_in(tx, type_, resource, if_none_exist, index=index)
+        )
+        return replace(result, issues=warnings)
 
     def create_in(
         self,
@@ -244,7 +256,7 @@ class FhirService:
         """update and update-as-create: https://hl7.org/fhir/R4/http.html#update."""
         check_type(type_)
         check_id(id_)
-        self.check_resource(resource, type_)
+        warnings = self.check_resource(resource, type_)
         body_id = resource.get("id")
         if body_id is None:
             raise BadRequest(
@@ -257,10 +269,11 @@ class FhirService:
                 expression=(f"{type_}.id",),
             )
         index = self.search_params.index(resource)
-        return self.run(
+        result = self.run(
             lambda tx: self.update_in(tx, type_, id_, resource, if_match, index=index),
             retry=if_match is None,
         )
+        return replace(result, issues=warnings)
 
     def update_in(
         self,
@@ -285,11 +298,12 @@ class FhirService:
     ) -> Result:
         """conditional update: https://hl7.org/fhir/R4/http.html#cond-update."""
         check_type(type_)
-        self.check_resource(resource, type_)
-        return self.run(
+        warnings = self.check_resource(resource, type_)
+        result = self.run(
             lambda tx: self.conditional_update_in(tx, type_, criteria, resource, if_match),
             retry=if_match is None,
         )
+        return replace(result, issues=warnings)
 
     def conditional_update_in(
         self,
@@ -498,7 +512,7 @@ class FhirService:
 
         The answer is an OperationOutcome (200) listing every issue, or one information issue
         when there is none. ``mode`` create, update and delete are honoured; profiles other
-        than the base definition are not known yet.
+        than the base definition are checked when the profiles folder holds them.
         """
         check_type(type_)
         resource, profile, mode = _validate_input(body)
@@ -520,6 +534,7 @@ class FhirService:
             assert stored is not None
             resource = parse_json(stored.content or "{}")
         issues += self.thorough.validate(resource, type_)
+        issues += self.thorough.validate_profiles(resource, profile)
         if mode == "update" or (id_ is not None and isinstance(resource, dict)):
             body_id = resource.get("id") if isinstance(resource, dict) else None
             if id_ is not None and body_id != id_:
@@ -531,16 +546,6 @@ class FhirService:
                         (f"{type_}.id",),
                     )
                 )
-        base = f"http://hl7.org/fhir/StructureDefinition/{type_}"
-        if profile is not None and profile.split("|", 1)[0] != base:
-            issues.append(
-                Issue(
-                    "error",
-                    "not-supported",
-                    f"The profile {profile} is not known to this server; only the base "
-                    f"definition {base} can be checked",
-                )
-            )
         if not issues:
             issues.append(Issue("information", "informational", "No issues were found"))
         return Result(200, body=operation_outcome(issues))
@@ -590,16 +595,49 @@ class FhirService:
 
     # -- helpers shared with bundles ----------------------------------------------------------
 
-    def check_resource(self, resource: Any, type_: str) -> None:
-        """Raise InvalidResource with every base-R4 problem of ``resource``."""
+    def check_resource(self, resource: Any, type_: str) -> tuple[Issue, ...]:
+        """Raise for a resource that may not be stored; return its warnings.
+
+        Base R4 problems give 400 (InvalidResource); a profile the resource claims or that
+        configuration requires for its type, when not met, gives 422 (Unprocessable).
+        """
         issues = self.validator.validate(resource, type_)
+        self._refuse_errors(issues, InvalidResource, f"The {type_} is not valid FHIR R4")
+        issues += self.profile_issues(resource, type_)
+        self._refuse_errors(issues, Unprocessable, f"The {type_} does not meet its profile")
+        if not self.return_warnings:
+            return ()
+        return tuple(i for i in issues if i.severity == "warning")
+
+    def _refuse_errors(self, issues: list[Issue], error: type[FhirError], lead: str) -> None:
         errors = [i for i in issues if i.severity in ("error", "fatal")]
         if errors:
-            raise InvalidResource(
-                f"The {type_} is not valid FHIR R4: {errors[0].diagnostics}"
+            raise error(
+                f"{lead}: {errors[0].diagnostics}"
                 + (f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""),
-                issues=issues,
+                issues=issues if self.return_warnings else errors,
             )
+
+    def profile_issues(self, resource: dict[str, Any], type_: str) -> list[Issue]:
+        """Profile issues of a resource, or of each resource a Bundle carries."""
+        if type_ != "Bundle" or not isinstance(resource.get("entry"), list):
+            return self.validator.validate_profiles(resource)
+        entries = resource["entry"]
+        shell = {**resource, "entry": [without_resource(e) for e in entries]}
+        issues = self.validator.validate_profiles(shell)
+        for index, entry in enumerate(entries):
+            inner = entry.get("resource") if isinstance(entry, dict) else None
+            if not isinstance(inner, dict) or not isinstance(inner.get("resourceType"), str):
+                continue
+            prefix = f"Bundle.entry[{index}].resource"
+            kind = inner["resourceType"]
+            for issue in self.validator.validate_profiles(inner):
+                moved = tuple(
+                    prefix + e[len(kind) :] if e == kind or e.startswith(kind + ".") else e
+                    for e in issue.expression
+                )
+                issues.append(replace(issue, expression=moved or (prefix,)))
+        return issues
 
     def match_one_or_none(
         self, tx: Transaction, type_: str, criteria: str, what: str
@@ -649,6 +687,13 @@ class FhirService:
             index if index is not None else self.search_params.index(content),
         )
         return stored
+
+
+def without_resource(entry: Any) -> Any:
+    """A Bundle entry without its resource (the shell the Bundle itself is checked with)."""
+    if isinstance(entry, dict) and "resource" in entry:
+        return {k: v for k, v in entry.items() if k != "resource"}
+    return entry
 
 
 def _validate_input(body: Any) -> tuple[dict[str, Any] | None, str | None, str | None]:

@@ -20,6 +20,8 @@ class Result:
     # A body already serialised (search Bundles are spliced from stored JSON, not re-encoded)
     text: str | None = None
     location: bool = False
+    # Validation warnings of a write, returned with Prefer: return=OperationOutcome
+    issues: tuple[Issue, ...] = ()
 
 
 def operation_outcome(issues: Sequence[Issue]) -> dict[str, Any]:

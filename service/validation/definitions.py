@@ -11,6 +11,7 @@ from typing import Any
 
 from service.validation.vendor import DEFINITIONS_DIR
 
+BASE_SD = "http://hl7.org/fhir/StructureDefinition/"
 FHIR_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
 REGEX_EXT = "http://hl7.org/fhir/StructureDefinition/regex"
 FHIRPATH_SYSTEM = "http://hl7.org/fhirpath/System."
@@ -39,6 +40,8 @@ class ElementDef:
     value_set: str | None
     # (key, severity, human, FHIRPath expression) of each invariant on this element
     constraints: tuple[tuple[str, str, str, str], ...] = ()
+    # The resource types a Reference here may point at (from the type's targetProfile)
+    targets: tuple[str, ...] = ()
 
     @property
     def is_choice(self) -> bool:
@@ -102,6 +105,12 @@ def _build_model(sd: dict[str, Any]) -> TypeModel:
                 for c in element.get("constraint", [])
                 if c.get("expression")
             ),
+            targets=tuple(
+                str(url).rsplit("/", 1)[-1]
+                for t in element.get("type", [])
+                if t.get("code") == "Reference"
+                for url in t.get("targetProfile", [])
+            ),
         )
         model.elements[path] = definition
         if "." in path:
@@ -147,6 +156,38 @@ class Definitions:
         path = self._directory / "r4-searchparameters.json"
         result: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
         return result
+
+    @cached_property
+    def _extensions(self) -> dict[str, dict[str, Any]]:
+        path = self._directory / "r4-extensions.json"
+        sds: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
+        return {sd["url"]: sd for sd in sds}
+
+    def structure_definition(self, url: str) -> dict[str, Any] | None:
+        """A base StructureDefinition or core extension definition (with snapshot), by URL."""
+        url = url.split("|", 1)[0]
+        if url.startswith(BASE_SD):
+            sd = self._structure_definitions.get(url[len(BASE_SD) :])
+            if sd is not None and sd["url"] == url:
+                return sd
+        return self._extensions.get(url)
+
+    def overlay(self, resources: list[dict[str, Any]]) -> Definitions:
+        """These definitions plus the ValueSets and CodeSystems among ``resources``."""
+        combined = Definitions(self._directory)
+        combined._models = self._models  # base types are the same; share their models
+        combined.__dict__["_structure_definitions"] = self._structure_definitions
+        local = {
+            r["resourceType"] + "|" + r["url"]: r
+            for r in resources
+            if r.get("resourceType") in ("ValueSet", "CodeSystem") and "url" in r
+        }
+        combined.__dict__["_terminology"] = {**self._terminology, **local}
+        return combined
+
+    def code_system(self, url: str) -> dict[str, Any] | None:
+        """A CodeSystem we hold (vendored or from the profiles folder), by URL."""
+        return self._terminology.get("CodeSystem|" + url)
 
     def model(self, type_name: str) -> TypeModel | None:
         """The indexed StructureDefinition of a base type, or None if R4 has no such type."""

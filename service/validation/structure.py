@@ -15,13 +15,10 @@ from contextvars import ContextVar
 from decimal import Decimal
 from typing import Any
 
-from fhirpathpy import compile as compile_fhirpath
-from fhirpathpy.engine.nodes import ResourceNode
-from fhirpathpy.models import models
-
 from service.errors import Issue
 from service.validation.dates import date_range
 from service.validation.definitions import Definitions, ElementDef, TypeModel
+from service.validation.fhirpath import InvariantEngine
 
 ID_MAX = 64
 _INT_RANGES = {
@@ -86,7 +83,6 @@ def _range_reversed(node: dict[str, Any]) -> bool:
 _PYTHON_CHECKS = {"per-1": _period_reversed, "rng-2": _range_reversed}
 _RESOURCE: ContextVar[dict[str, Any] | None] = ContextVar("resource", default=None)
 _ROOT: ContextVar[dict[str, Any] | None] = ContextVar("root_resource", default=None)
-_TRACE = re.compile(r"\.trace\('[^']*'(?:,[^()]*)?\)")
 _CONTROL = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f]")
 _CODED = frozenset({"code", "Coding", "CodeableConcept"})
 
@@ -105,7 +101,7 @@ class StructureValidator:
     def __init__(self, definitions: Definitions, invariants: bool = False) -> None:
         self._definitions = definitions
         self._invariants = invariants
-        self._compiled: dict[str, Any] = {}
+        self._engine = InvariantEngine()
 
     def validate(self, resource: Any, expected_type: str | None = None) -> list[Issue]:
         """Return every base-R4 problem of ``resource``; an empty list means it is valid."""
@@ -155,14 +151,11 @@ class StructureValidator:
                     (f"{expr}.id",),
                 )
             )
-        if self._invariants:
-            token = _RESOURCE.set(node)
-            try:
-                self._object(node, model, rtype, expr, issues, is_resource=True)
-            finally:
-                _RESOURCE.reset(token)
-            return
-        self._object(node, model, rtype, expr, issues, is_resource=True)
+        token = _RESOURCE.set(node)  # for invariants and contained (#id) references
+        try:
+            self._object(node, model, rtype, expr, issues, is_resource=True)
+        finally:
+            _RESOURCE.reset(token)
 
     def _object(
         self,
@@ -247,16 +240,10 @@ class StructureValidator:
                 if failed is not None and failed(node):
                     issues.append(Issue(severity, "invariant", f"{key}: {human}", (expr,)))
                 continue
-            compiled = self._compiled.get(expression)
-            if compiled is None:
-                # trace() would print to standard output; it does not change the result
-                quiet = _TRACE.sub("", expression)
-                compiled = compile_fhirpath(quiet, models["r4"])
-                self._compiled[expression] = compiled
-            try:
-                typed = ResourceNode.create_node(node, path)  # type: ignore[no-untyped-call]
-                result = compiled(typed, context)
-            except Exception:  # noqa: BLE001 - fhirpathpy raises bare Exceptions
+            holds = self._engine.holds(
+                node, path, expression, context["resource"], context["rootResource"]
+            )
+            if holds is None:
                 issues.append(
                     Issue(
                         "information",
@@ -266,7 +253,7 @@ class StructureValidator:
                     )
                 )
                 continue
-            if result == [False]:
+            if not holds:
                 issues.append(
                     Issue(
                         "error" if severity == "error" else "warning",
@@ -387,6 +374,18 @@ class StructureValidator:
             self._complex(value, type_model, type_code, expr, issues)
         if definition.binding_strength == "required" and type_code in _CODED:
             self._binding(value, definition, type_code, expr, issues)
+        if type_code == "Reference" and definition.targets and "Resource" not in definition.targets:
+            kind = reference_type(value, _RESOURCE.get())
+            if kind is not None and kind not in definition.targets:
+                issues.append(
+                    Issue(
+                        "error",
+                        "structure",
+                        f"{definition.path} may refer to {', '.join(definition.targets)}, "
+                        f"not {kind}",
+                        (f"{expr}.reference",),
+                    )
+                )
 
     def _complex(
         self, value: Any, model: TypeModel, path: str, expr: str, issues: list[Issue]
@@ -490,6 +489,27 @@ class StructureValidator:
                     (expr,),
                 )
             )
+
+
+def reference_type(reference: Any, root: dict[str, Any] | None) -> str | None:
+    """The resource type a Reference points at, when its ``reference`` says so."""
+    if not isinstance(reference, dict):
+        return None
+    target = reference.get("reference")
+    if not isinstance(target, str) or not target or target.startswith(("urn:", "?")):
+        return reference.get("type") if isinstance(reference.get("type"), str) else None
+    if target.startswith("#"):
+        for contained in (root or {}).get("contained", []) or []:
+            if isinstance(contained, dict) and contained.get("id") == target[1:]:
+                kind = contained.get("resourceType")
+                return kind if isinstance(kind, str) else None
+        return None
+    parts = target.split("?", 1)[0].split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
+    if len(parts) >= 2 and parts[-2][:1].isupper():
+        return parts[-2]
+    return None
 
 
 def is_valid_id(value: str) -> bool:

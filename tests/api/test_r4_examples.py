@@ -16,9 +16,15 @@ from tests.builders import FHIR_JSON, outcome_issues
 from tests.r4_package import STORED_TYPES, examples
 
 ROUND_TRIP_TYPES = STORED_TYPES
-# The R4 package itself ships this example without the linkId that Questionnaire.item
-# requires (min 1); the server must refuse it, and say where.
-INVALID_IN_R4 = {"Questionnaire-qs1.json": "Questionnaire.item[0].item[0].linkId"}
+# The R4 package itself ships two examples that break base R4 rules; the server must refuse
+# them, and say where:
+# - qs1 lacks the linkId that Questionnaire.item requires (min 1);
+# - clinical-gender has an Encounter as performer, which Observation.performer's targetProfile
+#   (Practitioner, PractitionerRole, Organization, CareTeam, Patient, RelatedPerson) excludes.
+INVALID_IN_R4 = {
+    "Questionnaire-qs1.json": "Questionnaire.item[0].item[0].linkId",
+    "Observation-clinical-gender.json": "Observation.performer[0].reference",
+}
 EXAMPLES = examples(*ROUND_TRIP_TYPES)
 
 

@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from service import wire_fhir_service
+from service.config import Config
 from service.fhir.interactions import FhirService
-from service.fhir.searchparams import SearchParameters
 from service.storage import Store
 from service.storage.memory import MemoryStore
 from service.storage.sql import SqlStore
-from service.validation.definitions import Definitions
-from service.validation.profiles import load_profile_resources, search_parameters
-from service.validation.structure import StructureValidator
 from tests.conftest import wipe
 from tests.search.dataset import resources
-
-PROFILES = Path(__file__).resolve().parents[2] / "profiles"
 
 
 def build_service(store: Store) -> FhirService:
     """A FhirService wired as create_app wires it, on ``store``."""
-    definitions = Definitions.shared()
-    params = SearchParameters.shared(
-        definitions.search_parameters + search_parameters(load_profile_resources(PROFILES))
-    )
-    return FhirService(store, StructureValidator(definitions), params, definitions)
+    return wire_fhir_service(Config(), store)
 
 
 def loaded_service(backend: str, sql_store: SqlStore) -> FhirService:

@@ -1,0 +1,778 @@
+"""Validate a resource against a profile: https://hl7.org/fhir/R4/profiling.html.
+
+The base validator (``structure.py``) has already checked the base R4 rules; this module
+checks what each profile adds: cardinality, types and reference targets, ``fixed[x]`` and
+``pattern[x]``, bindings, invariants and slicing. ``check_extensions`` resolves every
+extension of a resource, checks its context and validates it against its definition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from service.errors import Issue
+from service.validation.definitions import BASE_SD, Definitions, TypeModel
+from service.validation.fhirpath import InvariantEngine
+from service.validation.profiles import ProfileRegistry
+from service.validation.snapshots import CHANGED
+from service.validation.structure import reference_type
+from service.validation.terminology import code_format_problem
+
+# Invariants every element and extension carries in the base; the base validator owns them.
+_BASE_KEYS = frozenset({"ele-1", "ext-1"})
+
+
+@dataclass
+class ElementNode:
+    """One element of a snapshot, with its children and slices."""
+
+    element: dict[str, Any]
+    changed: frozenset[str]
+    children: dict[str, ElementNode] = field(default_factory=dict)
+    slices: list[ElementNode] = field(default_factory=list)
+    relevant: bool = False
+
+    @property
+    def id(self) -> str:
+        """The element id, with slice names."""
+        return str(self.element["id"])
+
+    @property
+    def path(self) -> str:
+        """The element path, without slice names."""
+        return str(self.element["path"])
+
+    @property
+    def name(self) -> str:
+        """The last path segment: ``coding``, ``value[x]``."""
+        return self.path.rsplit(".", 1)[-1]
+
+    @property
+    def min(self) -> int:
+        """Minimum cardinality."""
+        return int(self.element.get("min", 0))
+
+    @property
+    def max(self) -> float:
+        """Maximum cardinality (infinity for ``*``)."""
+        value = self.element.get("max", "*")
+        return float("inf") if value == "*" else float(int(value))
+
+    @property
+    def type_codes(self) -> list[str]:
+        """The type codes the element allows."""
+        return [str(t.get("code")) for t in self.element.get("type", [])]
+
+    def has(self, key: str) -> bool:
+        """Whether the profile set ``key`` on this element."""
+        return key in self.changed
+
+
+def build_tree(elements: list[dict[str, Any]], everything: bool = False) -> ElementNode:
+    """Index snapshot elements as a tree; ``everything`` checks every rule, not only changes."""
+    nodes: dict[str, ElementNode] = {}
+    root: ElementNode | None = None
+    for element in elements:
+        changed = (
+            frozenset(element)
+            | {f"constraint:{c.get('key')}" for c in element.get("constraint", [])}
+            if everything
+            else frozenset(element.get(CHANGED, ()))
+        )
+        node = ElementNode(element, changed)
+        element_id = str(element.get("id", element["path"]))
+        nodes[element_id] = node
+        parent_id, _, last = element_id.rpartition(".")
+        if not parent_id:
+            root = node
+            continue
+        if ":" in last:
+            owner = nodes.get(f"{parent_id}.{last.split(':', 1)[0]}")
+            if owner is not None:
+                owner.slices.append(node)
+            continue
+        parent = nodes.get(parent_id)
+        if parent is not None:
+            parent.children[last] = node
+    if root is None:
+        raise ValueError("a snapshot needs a root element")
+    _mark(root)
+    return root
+
+
+def _mark(node: ElementNode) -> bool:
+    relevant = bool(node.changed - {"short", "definition", "comment", "mustSupport", "alias"})
+    for child in node.children.values():
+        relevant = _mark(child) or relevant
+    for item in node.slices:
+        _mark(item)
+        relevant = True
+    node.relevant = relevant
+    return relevant
+
+
+def _capitalise(code: str) -> str:
+    return code[0].upper() + code[1:]
+
+
+def matches_pattern(value: Any, pattern: Any) -> bool:
+    """pattern[x] semantics: every property of the pattern is in the value, recursively."""
+    if isinstance(pattern, dict):
+        if not isinstance(value, dict):
+            return False
+        return all(key in value and matches_pattern(value[key], p) for key, p in pattern.items())
+    if isinstance(pattern, list):
+        items = value if isinstance(value, list) else [value]
+        return all(any(matches_pattern(v, p) for v in items) for p in pattern)
+    return _same(value, pattern)
+
+
+def matches_fixed(value: Any, fixed: Any) -> bool:
+    """fixed[x] semantics: the value is exactly the fixed value."""
+    if isinstance(fixed, dict):
+        return (
+            isinstance(value, dict)
+            and value.keys() == fixed.keys()
+            and all(matches_fixed(value[k], fixed[k]) for k in fixed)
+        )
+    if isinstance(fixed, list):
+        return (
+            isinstance(value, list)
+            and len(value) == len(fixed)
+            and all(matches_fixed(v, f) for v, f in zip(value, fixed, strict=True))
+        )
+    return _same(value, fixed)
+
+
+def _same(value: Any, expected: Any) -> bool:
+    if isinstance(expected, bool) or isinstance(value, bool):
+        return value is expected
+    if isinstance(expected, int | float | Decimal) and isinstance(value, int | float | Decimal):
+        return Decimal(str(value)) == Decimal(str(expected))
+    return bool(value == expected)
+
+
+def _fixed_or_pattern(element: dict[str, Any]) -> tuple[str, Any] | None:
+    for key, value in element.items():
+        if key.startswith("fixed") and key != "fixed":
+            return "fixed", value
+        if key.startswith("pattern") and key != "pattern":
+            return "pattern", value
+    return None
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict) and isinstance(value.get("coding"), list):
+        return ", ".join(_describe(c) for c in value["coding"])
+    if isinstance(value, dict) and "code" in value:
+        return f"{value.get('system', '')}|{value['code']}".lstrip("|")
+    return repr(value)
+
+
+class ProfileValidator:
+    """Check resources against the profiles of a registry (and extensions against theirs)."""
+
+    def __init__(self, registry: ProfileRegistry) -> None:
+        self.registry = registry
+        self.definitions: Definitions = registry.definitions
+        self._trees: dict[tuple[str, bool], ElementNode | None] = {}
+        self.engine = InvariantEngine()
+
+    def tree(self, url: str, everything: bool = False) -> ElementNode | None:
+        """The element tree of a profile or extension definition, built once."""
+        key = (url.split("|", 1)[0], everything)
+        if key not in self._trees:
+            elements = self.registry.snapshot(key[0])
+            self._trees[key] = None if elements is None else build_tree(elements, everything)
+        return self._trees[key]
+
+    def knows(self, url: str) -> bool:
+        """Whether ``url`` is a profile this validator can check."""
+        return self.registry.structure_definition(url) is not None
+
+    def profile_type(self, url: str) -> str | None:
+        """The resource type a profile constrains."""
+        sd = self.registry.structure_definition(url)
+        return None if sd is None else sd.get("type")
+
+    def validate(self, resource: dict[str, Any], url: str) -> list[Issue]:
+        """Every way ``resource`` fails the profile ``url`` (which must be known)."""
+        tree = self.tree(url)
+        sd = self.registry.structure_definition(url)
+        if tree is None or sd is None:
+            return [Issue("error", "not-found", f"The profile {url} is not known", ())]
+        kind = resource.get("resourceType")
+        if sd.get("type") != kind:
+            return [
+                Issue(
+                    "error",
+                    "invalid",
+                    f"The profile {url} is for {sd.get('type')}, not {kind}",
+                    ("resourceType",),
+                )
+            ]
+        run = _Run(self, resource, str(sd.get("name") or url))
+        run.item(resource, tree, str(kind))
+        return run.issues
+
+    def check_extensions(self, resource: dict[str, Any]) -> list[Issue]:
+        """Resolve every extension: unknown ones are warned, misplaced or invalid ones errors."""
+        issues: list[Issue] = []
+        kind = resource.get("resourceType")
+        model = self.definitions.model(kind) if isinstance(kind, str) else None
+        if model is not None:
+            self._walk(resource, _Place(model, str(kind), str(kind), str(kind)), resource, issues)
+        return issues
+
+    # -- extensions -----------------------------------------------------------------------------
+
+    def _walk(
+        self, node: dict[str, Any], place: _Place, root: dict[str, Any], issues: list[Issue]
+    ) -> None:
+        model = place.model
+        children = model.children.get(place.path, {})
+        for key, value in node.items():
+            if key in ("extension", "modifierExtension") and isinstance(value, list):
+                for index, item in enumerate(value):
+                    if isinstance(item, dict):
+                        where = f"{place.expr}.{key}[{index}]"
+                        self._extension(item, key, place, where, root, issues)
+                continue
+            name = key[1:] if key.startswith("_") else key
+            definition = children.get(name)
+            type_code: str | None = None
+            if definition is None:
+                for child in children.values():
+                    prefix = child.name[:-3]
+                    if child.is_choice and name.startswith(prefix):
+                        suffix = name[len(prefix) :]
+                        type_code = next((t for t in child.types if _capitalise(t) == suffix), None)
+                        if type_code is not None:
+                            definition = child
+                            break
+            elif definition.types:
+                type_code = definition.types[0]
+            if definition is None:
+                continue
+            epath = f"{place.epath}.{definition.name}"
+            # the names an extension's context may use for this element
+            names = {epath, f"{place.epath}.{name}", definition.path}
+            if type_code:
+                names.add(type_code)
+            items = value if isinstance(value, list) else [value]
+            for index, item in enumerate(items):
+                if not isinstance(item, dict):
+                    continue
+                where = (
+                    f"{place.expr}.{key}[{index}]"
+                    if isinstance(value, list)
+                    else f"{place.expr}.{key}"
+                )
+                if key.startswith("_"):
+                    element_model = self.definitions.model("Element")
+                    if element_model is not None:
+                        inner_place = _Place(
+                            element_model, "Element", epath, where, frozenset(names)
+                        )
+                        self._walk(item, inner_place, root, issues)
+                    continue
+                if definition.content_reference is not None:
+                    target = definition.content_reference.lstrip("#")
+                    names.add("BackboneElement")
+                    self._walk(
+                        item, _Place(model, target, epath, where, frozenset(names)), root, issues
+                    )
+                elif (
+                    type_code in ("BackboneElement", "Element")
+                    and definition.path in model.children
+                ):
+                    names.add("BackboneElement")
+                    inner_place = _Place(model, definition.path, epath, where, frozenset(names))
+                    self._walk(item, inner_place, root, issues)
+                elif type_code == "Resource" and isinstance(item.get("resourceType"), str):
+                    kind = item["resourceType"]
+                    inner = self.definitions.model(kind)
+                    if inner is not None:
+                        self._walk(item, _Place(inner, kind, kind, where), item, issues)
+                elif type_code is not None:
+                    inner = self.definitions.model(type_code)
+                    if inner is not None and inner.kind == "complex-type":
+                        inner_place = _Place(inner, type_code, epath, where, frozenset(names))
+                        self._walk(item, inner_place, root, issues)
+
+    def _extension(
+        self,
+        item: dict[str, Any],
+        key: str,
+        place: _Place,
+        expr: str,
+        root: dict[str, Any],
+        issues: list[Issue],
+    ) -> None:
+        url = item.get("url")
+        if not isinstance(url, str):
+            return  # the base validator reports the missing url
+        sd = self.registry.structure_definition(url)
+        if sd is None or sd.get("type") != "Extension":
+            modifier = key == "modifierExtension"
+            issues.append(
+                Issue(
+                    "error" if modifier else "warning",
+                    "extension",
+                    f"The extension {url} is not known to this server, so its content was not "
+                    "checked"
+                    + (
+                        "; a modifier extension that is not understood cannot be accepted"
+                        if modifier
+                        else ""
+                    ),
+                    (expr,),
+                )
+            )
+            return
+        contexts = sd.get("context", [])
+        if contexts and not any(place.allows(c) for c in contexts):
+            allowed = ", ".join(str(c.get("expression")) for c in contexts)
+            issues.append(
+                Issue(
+                    "error",
+                    "structure",
+                    f"The extension {url} is not allowed on {place.epath}; its definition allows "
+                    f"it on: {allowed}",
+                    (expr,),
+                )
+            )
+        local = sd.get("url") in self.registry.local
+        tree = self.tree(url, everything=not local)
+        if tree is not None:
+            run = _Run(self, root, str(sd.get("title") or sd.get("name")) if local else url)
+            run.item(item, tree, expr)
+            issues.extend(run.issues)
+        # nested extensions with absolute URLs are extensions in their own right
+        extension_model = self.definitions.model("Extension")
+        for index, inner in enumerate(item.get("extension", []) or []):
+            if (
+                extension_model is not None
+                and isinstance(inner, dict)
+                and ":" in str(inner.get("url", ""))
+            ):
+                inner_place = _Place(
+                    extension_model,
+                    "Extension",
+                    f"{place.epath}.extension",
+                    expr,
+                    frozenset({"Extension"}),
+                )
+                self._extension(
+                    inner, "extension", inner_place, f"{expr}.extension[{index}]", root, issues
+                )
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where the extension walk is: the type model, paths, and the names of the element."""
+
+    model: TypeModel
+    path: str  # the element's path in ``model``
+    epath: str  # the element's path from the resource (Patient.contact.name.family)
+    expr: str  # FHIRPath of the node, with indexes
+    names: frozenset[str] = frozenset()
+
+    def allows(self, context: dict[str, Any]) -> bool:
+        """Whether an extension with this context may sit on this element."""
+        if context.get("type") != "element":
+            return True  # fhirpath and extension contexts are not checked
+        expression = str(context.get("expression", ""))
+        if expression in ("Element", "Base") or expression in self.names:
+            return True
+        if expression in (self.path, self.epath):
+            return True
+        if self.model.kind == "resource" and self.path == self.model.type:
+            return expression in (self.model.type, "Resource", "DomainResource")
+        # Observation.value[x] written as Observation.valueQuantity, and the reverse
+        wanted = expression.replace("[x]", "")
+        return any(wanted == name.replace("[x]", "") for name in self.names)
+
+
+class _Run:
+    """One validation of one instance against one element tree."""
+
+    def __init__(self, owner: ProfileValidator, root: dict[str, Any], profile: str) -> None:
+        self.owner = owner
+        self.root = root
+        self.profile = profile
+        self.issues: list[Issue] = []
+
+    def add(self, severity: str, code: str, message: str, expr: str) -> None:
+        self.issues.append(Issue(severity, code, f"{message} (profile {self.profile})", (expr,)))
+
+    # An item is one value (object or primitive) at one element
+    def item(self, value: Any, node: ElementNode, expr: str, type_code: str | None = None) -> None:
+        fixed = _fixed_or_pattern(node.element) if node.changed else None
+        if fixed is not None:
+            kind, expected = fixed
+            ok = (
+                matches_fixed(value, expected)
+                if kind == "fixed"
+                else matches_pattern(value, expected)
+            )
+            if not ok:
+                self.add(
+                    "error",
+                    "value",
+                    f"{node.path} must {'be' if kind == 'fixed' else 'match'} "
+                    f"{_describe(expected)}, found {_describe(value)}",
+                    expr,
+                )
+        if node.has("binding"):
+            self.binding(value, node, expr, type_code)
+        if node.has("type") and type_code in ("Reference", None) and "Reference" in node.type_codes:
+            self.reference(value, node, expr)
+        for constraint in node.element.get("constraint", []):
+            key = constraint.get("key")
+            if key in _BASE_KEYS or f"constraint:{key}" not in node.changed:
+                continue
+            holds = self.owner.engine.holds(
+                value, node.path, constraint["expression"], self.root, self.root
+            )
+            if holds is None:
+                self.add(
+                    "information", "informational", f"Invariant {key} could not be evaluated", expr
+                )
+            elif not holds:
+                severity = "error" if constraint.get("severity", "error") == "error" else "warning"
+                self.add(severity, "invariant", f"{key}: {constraint.get('human', '')}", expr)
+        if isinstance(value, dict) and node.children:
+            self.children(value, node, expr)
+
+    def children(self, value: dict[str, Any], node: ElementNode, expr: str) -> None:
+        for child in node.children.values():
+            if not child.relevant:
+                continue
+            found = list(self.values(value, child, expr))
+            self.element(found, child, f"{expr}.{child.name.replace('[x]', '')}")
+
+    def values(
+        self, value: dict[str, Any], child: ElementNode, expr: str
+    ) -> Iterator[tuple[Any, str, str | None]]:
+        name = child.name
+        if name.endswith("[x]"):
+            prefix = name[:-3]
+            for key, item in value.items():
+                if key.startswith(prefix) and key[len(prefix) : len(prefix) + 1].isupper():
+                    suffix = key[len(prefix) :]
+                    # complex types keep their capital (Quantity); primitives do not (string)
+                    complex_type = self.owner.definitions.model(suffix) is not None
+                    code = suffix if complex_type else suffix[0].lower() + suffix[1:]
+                    yield item, f"{expr}.{key}", code
+            return
+        item = value.get(name)
+        if item is None:
+            return
+        types = child.type_codes
+        single = types[0] if len(types) == 1 else None
+        if isinstance(item, list):
+            for index, entry in enumerate(item):
+                if entry is not None:
+                    yield entry, f"{expr}.{name}[{index}]", single
+        else:
+            yield item, f"{expr}.{name}", single
+
+    def element(
+        self, found: list[tuple[Any, str, str | None]], node: ElementNode, expr: str
+    ) -> None:
+        count = len(found)
+        if node.has("min") and count < node.min:
+            self.add(
+                "error",
+                "required",
+                f"{node.path} needs at least {node.min} value(s) but has {count}",
+                expr,
+            )
+        if node.has("max") and count > node.max:
+            self.add(
+                "error",
+                "structure",
+                f"{node.path} allows at most {node.element.get('max')} value(s) but has {count}",
+                found[int(node.max)][1] if node.max < count else expr,
+            )
+        if node.has("type"):
+            allowed = node.type_codes
+            for _, where, code in found:
+                if code is not None and allowed and code not in allowed:
+                    self.add(
+                        "error",
+                        "structure",
+                        f"{node.path} may only be {', '.join(allowed)}, not {code}",
+                        where,
+                    )
+        for item, where, code in found:
+            self.item(item, node, where, code)
+        if node.slices:
+            self.slicing(found, node, expr)
+
+    def slicing(
+        self, found: list[tuple[Any, str, str | None]], node: ElementNode, expr: str
+    ) -> None:
+        slicing = node.element.get("slicing", {})
+        discriminators = slicing.get("discriminator", [])
+        rules = slicing.get("rules", "open")
+        assigned: list[int | None] = []
+        for item, _, code in found:
+            match = None
+            for number, candidate in enumerate(node.slices):
+                if self.in_slice(item, code, candidate, discriminators):
+                    match = number
+                    break
+            assigned.append(match)
+        for number, candidate in enumerate(node.slices):
+            members = [f for f, a in zip(found, assigned, strict=True) if a == number]
+            name = candidate.element.get("sliceName")
+            if len(members) < candidate.min:
+                self.add(
+                    "error",
+                    "required",
+                    f"{node.path} needs at least {candidate.min} item(s) in slice '{name}'"
+                    f"{_slice_hint(candidate)} but has {len(members)}",
+                    expr,
+                )
+            if len(members) > candidate.max:
+                self.add(
+                    "error",
+                    "structure",
+                    f"{node.path} allows at most {candidate.element.get('max')} item(s) in "
+                    f"slice '{name}' but has {len(members)}",
+                    members[int(candidate.max)][1],
+                )
+            for item, where, code in members:
+                self.item(item, candidate, where, code)
+        names = ", ".join(str(s.element.get("sliceName")) for s in node.slices)
+        seen_unmatched = False
+        last = -1
+        for (_, where, _), slot in zip(found, assigned, strict=True):
+            if slot is None:
+                seen_unmatched = True
+                if rules == "closed":
+                    self.add(
+                        "error",
+                        "structure",
+                        f"{where} matches none of the slices of {node.path} ({names}), and the "
+                        "slicing is closed",
+                        where,
+                    )
+                continue
+            if rules == "openAtEnd" and seen_unmatched:
+                self.add(
+                    "error",
+                    "structure",
+                    f"{node.path} is sliced openAtEnd: items outside the slices must come last",
+                    where,
+                )
+            if slicing.get("ordered") and slot < last:
+                self.add(
+                    "error",
+                    "structure",
+                    f"{node.path} is sliced in order ({names}); {where} is out of order",
+                    where,
+                )
+            last = max(last, slot)
+
+    def in_slice(
+        self,
+        item: Any,
+        code: str | None,
+        candidate: ElementNode,
+        discriminators: list[dict[str, Any]],
+    ) -> bool:
+        if not discriminators:
+            return False
+        for discriminator in discriminators:
+            kind = discriminator.get("type")
+            path = str(discriminator.get("path", "$this"))
+            if kind in ("value", "pattern"):
+                expected = _discriminator_value(candidate, path)
+                if expected is None:
+                    return False
+                mode, wanted = expected
+                actual = _at(item, path)
+                test = matches_fixed if mode == "fixed" and kind == "value" else matches_pattern
+                if not any(test(v, wanted) for v in actual):
+                    return False
+            elif kind == "exists":
+                target = _node_at(candidate, path)
+                present = bool(_at(item, path))
+                if target is None:
+                    return False
+                if target.min > 0 and not present:
+                    return False
+                if target.max == 0 and present:
+                    return False
+            elif kind == "type":
+                target = _node_at(candidate, path)
+                actual_type = (
+                    item.get("resourceType")
+                    if isinstance(item, dict) and "resourceType" in item
+                    else code
+                )
+                if target is None or actual_type not in target.type_codes:
+                    return False
+            elif kind == "profile":
+                target = _node_at(candidate, path)
+                profiles = [
+                    p
+                    for t in (target.element.get("type", []) if target else [])
+                    for p in t.get("profile", [])
+                ]
+                values = _at(item, path)
+                if not profiles or not values:
+                    return False
+                if not any(
+                    all(i.severity not in ("error", "fatal") for i in self.owner.validate(v, p))
+                    for v in values
+                    if isinstance(v, dict)
+                    for p in profiles
+                ):
+                    return False
+            else:
+                return False
+        return True
+
+    def binding(self, value: Any, node: ElementNode, expr: str, type_code: str | None) -> None:
+        binding = node.element.get("binding", {})
+        strength = binding.get("strength")
+        url = str(binding.get("valueSet", "")).split("|", 1)[0]
+        if strength not in ("required", "extensible") or not url:
+            return
+        if isinstance(value, str):
+            pairs: list[tuple[str | None, str]] = [(None, value)]
+        elif isinstance(value, dict):
+            codings = value.get("coding", []) if "coding" in value or "text" in value else [value]
+            pairs = [
+                (c.get("system"), c["code"])
+                for c in codings
+                if isinstance(c, dict) and isinstance(c.get("code"), str)
+            ]
+        else:
+            return
+        allowed = self.owner.definitions.expand(url)
+        if allowed is None:
+            for system, code in pairs:
+                problem = code_format_problem(system, code)
+                if problem is not None:
+                    self.add("error", "code-invalid", problem, expr)
+            if pairs:
+                self.add(
+                    "information",
+                    "informational",
+                    f"The value set {url} cannot be expanded here; only the format of the code "
+                    "was checked",
+                    expr,
+                )
+            return
+        if not pairs:
+            return  # text alone: there is no code to check
+        hit = any(
+            (system, code) in allowed if system is not None else any(code == c for _, c in allowed)
+            for system, code in pairs
+        )
+        if hit:
+            return
+        shown = ", ".join(f"{s}|{c}" if s else c for s, c in pairs)
+        if strength == "required":
+            self.add(
+                "error",
+                "code-invalid",
+                f"{shown} is not in the value set {url}, which {node.path} requires",
+                expr,
+            )
+        else:
+            self.add(
+                "warning",
+                "code-invalid",
+                f"{shown} is not in the value set {url}, which {node.path} should use when a "
+                "code in it fits (extensible binding)",
+                expr,
+            )
+
+    def reference(self, value: Any, node: ElementNode, expr: str) -> None:
+        targets = [
+            p
+            for t in node.element.get("type", [])
+            if t.get("code") == "Reference"
+            for p in t.get("targetProfile", [])
+        ]
+        if not targets:
+            return
+        kind = reference_type(value, self.root)
+        if kind is None:
+            return
+        allowed: list[str] = []
+        for target in targets:
+            if target.startswith(BASE_SD) and "/" not in target[len(BASE_SD) :]:
+                allowed.append(target[len(BASE_SD) :])
+            else:
+                declared = self.owner.profile_type(target)
+                if declared:
+                    allowed.append(declared)
+        if allowed and kind not in allowed and "Resource" not in allowed:
+            self.add(
+                "error",
+                "structure",
+                f"{node.path} must refer to {' or '.join(sorted(set(allowed)))}, not {kind}",
+                f"{expr}.reference" if isinstance(value, dict) and "reference" in value else expr,
+            )
+
+
+def _slice_hint(candidate: ElementNode) -> str:
+    fixed = _fixed_or_pattern(candidate.element)
+    if fixed is not None:
+        return f" ({_describe(fixed[1])})"
+    profiles = [p for t in candidate.element.get("type", []) for p in t.get("profile", [])]
+    return f" ({', '.join(profiles)})" if profiles else ""
+
+
+def _at(item: Any, path: str) -> list[Any]:
+    """The values at a simple discriminator path (``$this``, ``url``, ``coding.code``)."""
+    current = [item]
+    if path in ("$this", ""):
+        return current
+    for part in path.split("."):
+        if part == "$this":
+            continue
+        following: list[Any] = []
+        for value in current:
+            if isinstance(value, dict) and part in value:
+                found = value[part]
+                following.extend(found if isinstance(found, list) else [found])
+        current = following
+    return current
+
+
+def _node_at(node: ElementNode, path: str) -> ElementNode | None:
+    current: ElementNode | None = node
+    if path in ("$this", ""):
+        return node
+    for part in path.split("."):
+        if part == "$this" or current is None:
+            continue
+        current = current.children.get(part)
+    return current
+
+
+def _discriminator_value(candidate: ElementNode, path: str) -> tuple[str, Any] | None:
+    target = _node_at(candidate, path)
+    if target is not None:
+        found = _fixed_or_pattern(target.element)
+        if found is not None:
+            return found
+    if path == "url":
+        profiles = [p for t in candidate.element.get("type", []) for p in t.get("profile", [])]
+        if profiles:
+            return "fixed", profiles[0]
+    return None
+
+
+__all__ = ["ElementNode", "ProfileValidator", "build_tree", "matches_fixed", "matches_pattern"]

@@ -1,0 +1,111 @@
+"""The validator the FHIR core uses: base R4 rules, extensions, and profiles.
+
+``validate`` answers the base question (is this FHIR R4 at all: 400 when not);
+``validate_profiles`` answers the profile question (does it meet every profile it claims in
+``meta.profile``, the one asked for, and the ones configuration requires for its type: 422 when
+not). Callers decide what to do with the issues.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from service.errors import Issue
+from service.validation.conformance import ProfileValidator
+from service.validation.profiles import ProfileError, ProfileRegistry
+from service.validation.structure import StructureValidator
+
+_FAILED = ("error", "fatal")
+
+
+class ResourceValidator:
+    """Validate resources against the base definitions and the registry's profiles."""
+
+    def __init__(
+        self,
+        registry: ProfileRegistry,
+        invariants: bool = False,
+        required_profiles: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.structure = StructureValidator(registry.definitions, invariants=invariants)
+        self.profiles = ProfileValidator(registry)
+        self.required = dict(required_profiles or {})
+        for type_, urls in self.required.items():
+            for url in urls:
+                if self.profiles.profile_type(url) != type_:
+                    raise ProfileError(f"required profile {url} is not a known profile of {type_}")
+
+    def validate(self, resource: Any, expected_type: str | None = None) -> list[Issue]:
+        """The base R4 issues of ``resource`` (structure, formats, required bindings)."""
+        return self.structure.validate(resource, expected_type)
+
+    def validate_profiles(self, resource: Any, profile: str | None = None) -> list[Issue]:
+        """Extension and profile issues: claimed, asked-for and required profiles."""
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            return []
+        issues = self.profiles.check_extensions(resource)
+        type_ = resource["resourceType"]
+        meta = resource.get("meta")
+        claimed = meta.get("profile", []) if isinstance(meta, dict) else []
+        claimed = [c for c in claimed if isinstance(c, str)] if isinstance(claimed, list) else []
+        checked: set[str] = set()
+        for index, url in enumerate(claimed):
+            canonical = url.split("|", 1)[0]
+            if canonical == f"http://hl7.org/fhir/StructureDefinition/{type_}":
+                continue  # the base definition: already checked
+            if not self.profiles.knows(canonical):
+                issues.append(
+                    Issue(
+                        "warning",
+                        "not-supported",
+                        f"The profile {url} claimed in meta.profile is not known to this server, "
+                        "so the resource was not checked against it",
+                        (f"{type_}.meta.profile[{index}]",),
+                    )
+                )
+                continue
+            checked.add(canonical)
+            issues += self.profiles.validate(resource, canonical)
+        if profile is not None:
+            canonical = profile.split("|", 1)[0]
+            if canonical == f"http://hl7.org/fhir/StructureDefinition/{type_}":
+                pass
+            elif not self.profiles.knows(canonical):
+                issues.append(
+                    Issue(
+                        "error",
+                        "not-supported",
+                        f"The profile {profile} is not known to this server; known profiles of "
+                        f"{type_}: {', '.join(self.registry.profiles_of(type_)) or 'none'}",
+                    )
+                )
+            elif canonical not in checked:
+                checked.add(canonical)
+                issues += self.profiles.validate(resource, canonical)
+        required = self.required.get(type_, ())
+        if required and not checked.intersection(required):
+            issues += self._required(resource, type_, required)
+        return issues
+
+    def _required(self, resource: dict[str, Any], type_: str, urls: tuple[str, ...]) -> list[Issue]:
+        """Issues unless ``resource`` meets one of the required profiles."""
+        first: list[Issue] | None = None
+        for url in urls:
+            found = self.profiles.validate(resource, url)
+            if not any(i.severity in _FAILED for i in found):
+                return found
+            first = found if first is None else first
+        lead = Issue(
+            "error",
+            "processing",
+            f"Every {type_} stored here must meet "
+            + (urls[0] if len(urls) == 1 else "one of " + ", ".join(urls)),
+            (type_,),
+        )
+        return [lead, *(first or [])]
+
+    def supported_profiles(self, type_: str) -> list[str]:
+        """The profiles of ``type_`` this server can check (for the CapabilityStatement)."""
+        return self.registry.profiles_of(type_)
