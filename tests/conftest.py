@@ -125,7 +125,7 @@ def live_server(database_url: str, sql_store: SqlStore) -> Iterator[str]:
         try:
             if requests.get(f"{base}/metadata", timeout=2).status_code == 200:
                 break
-        except requests.ConnectionError:
+        except requests.RequestException:  # refused, or a worker still starting up
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()

@@ -34,37 +34,28 @@ class ElementNode:
     children: dict[str, ElementNode] = field(default_factory=dict)
     slices: list[ElementNode] = field(default_factory=list)
     relevant: bool = False
+    # Worked out once when the tree is built, since every validation asks
+    fixed: tuple[str, Any] | None = None
+    invariants: tuple[dict[str, Any], ...] = ()
+    checks_reference: bool = False
+    relevant_children: tuple[ElementNode, ...] = ()
 
-    @property
-    def id(self) -> str:
-        """The element id, with slice names."""
-        return str(self.element["id"])
+    # From the element, read once: id (with slice names), path, last segment, cardinality
+    id: str = field(init=False)
+    path: str = field(init=False)
+    name: str = field(init=False)
+    min: int = field(init=False)
+    max: float = field(init=False)
+    type_codes: list[str] = field(init=False)
 
-    @property
-    def path(self) -> str:
-        """The element path, without slice names."""
-        return str(self.element["path"])
-
-    @property
-    def name(self) -> str:
-        """The last path segment: ``coding``, ``value[x]``."""
-        return self.path.rsplit(".", 1)[-1]
-
-    @property
-    def min(self) -> int:
-        """Minimum cardinality."""
-        return int(self.element.get("min", 0))
-
-    @property
-    def max(self) -> float:
-        """Maximum cardinality (infinity for ``*``)."""
-        value = self.element.get("max", "*")
-        return float("inf") if value == "*" else float(int(value))
-
-    @property
-    def type_codes(self) -> list[str]:
-        """The type codes the element allows."""
-        return [str(t.get("code")) for t in self.element.get("type", [])]
+    def __post_init__(self) -> None:
+        self.id = str(self.element.get("id", self.element["path"]))
+        self.path = str(self.element["path"])
+        self.name = self.path.rsplit(".", 1)[-1]
+        self.min = int(self.element.get("min", 0))
+        high = self.element.get("max", "*")
+        self.max = float("inf") if high == "*" else float(int(high))
+        self.type_codes = [str(t.get("code")) for t in self.element.get("type", [])]
 
     def has(self, key: str) -> bool:
         """Whether the profile set ``key`` on this element."""
@@ -83,6 +74,13 @@ def build_tree(elements: list[dict[str, Any]], everything: bool = False) -> Elem
             else frozenset(element.get(CHANGED, ()))
         )
         node = ElementNode(element, changed)
+        node.fixed = _fixed_or_pattern(element) if changed else None
+        node.invariants = tuple(
+            c
+            for c in element.get("constraint", [])
+            if c.get("key") not in _BASE_KEYS and f"constraint:{c.get('key')}" in changed
+        )
+        node.checks_reference = "type" in changed and "Reference" in node.type_codes
         element_id = str(element.get("id", element["path"]))
         nodes[element_id] = node
         parent_id, _, last = element_id.rpartition(".")
@@ -111,6 +109,7 @@ def _mark(node: ElementNode) -> bool:
         _mark(item)
         relevant = True
     node.relevant = relevant
+    node.relevant_children = tuple(c for c in node.children.values() if c.relevant)
     return relevant
 
 
@@ -218,12 +217,28 @@ class ProfileValidator:
         run.item(resource, tree, str(kind))
         return run.issues
 
+    def conforms(self, value: Any, url: str, root: dict[str, Any]) -> bool:
+        """Whether ``value`` (a resource or a data type) meets the definition ``url``."""
+        sd = self.registry.structure_definition(url)
+        tree = self.tree(
+            url, everything=sd is not None and sd.get("url") not in self.registry.local
+        )
+        if tree is None:
+            return False
+        if isinstance(value, dict) and "resourceType" in value:
+            if sd is None or value["resourceType"] != sd.get("type"):
+                return False
+            root = value
+        run = _Run(self, root, url)
+        run.item(value, tree, tree.path)
+        return not any(i.severity in ("error", "fatal") for i in run.issues)
+
     def check_extensions(self, resource: dict[str, Any]) -> list[Issue]:
         """Resolve every extension: unknown ones are warned, misplaced or invalid ones errors."""
         issues: list[Issue] = []
         kind = resource.get("resourceType")
         model = self.definitions.model(kind) if isinstance(kind, str) else None
-        if model is not None:
+        if model is not None and _has_extensions(resource):
             self._walk(resource, _Place(model, str(kind), str(kind), str(kind)), resource, issues)
         return issues
 
@@ -241,6 +256,8 @@ class ProfileValidator:
                         where = f"{place.expr}.{key}[{index}]"
                         self._extension(item, key, place, where, root, issues)
                 continue
+            if not isinstance(value, dict | list) or not _has_extensions(value):
+                continue  # nothing below here to check
             name = key[1:] if key.startswith("_") else key
             definition = children.get(name)
             type_code: str | None = None
@@ -371,6 +388,17 @@ class ProfileValidator:
                 )
 
 
+def _has_extensions(node: Any) -> bool:
+    """Whether any object inside ``node`` has extensions (most resources have none)."""
+    if isinstance(node, dict):
+        if "extension" in node or "modifierExtension" in node:
+            return True
+        return any(isinstance(v, dict | list) and _has_extensions(v) for v in node.values())
+    if isinstance(node, list):
+        return any(isinstance(v, dict | list) and _has_extensions(v) for v in node)
+    return False
+
+
 @dataclass(frozen=True)
 class _Place:
     """Where the extension walk is: the type model, paths, and the names of the element."""
@@ -411,7 +439,7 @@ class _Run:
 
     # An item is one value (object or primitive) at one element
     def item(self, value: Any, node: ElementNode, expr: str, type_code: str | None = None) -> None:
-        fixed = _fixed_or_pattern(node.element) if node.changed else None
+        fixed = node.fixed
         if fixed is not None:
             kind, expected = fixed
             ok = (
@@ -429,12 +457,10 @@ class _Run:
                 )
         if node.has("binding"):
             self.binding(value, node, expr, type_code)
-        if node.has("type") and type_code in ("Reference", None) and "Reference" in node.type_codes:
+        if node.checks_reference and type_code in ("Reference", None):
             self.reference(value, node, expr)
-        for constraint in node.element.get("constraint", []):
+        for constraint in node.invariants:
             key = constraint.get("key")
-            if key in _BASE_KEYS or f"constraint:{key}" not in node.changed:
-                continue
             holds = self.owner.engine.holds(
                 value, node.path, constraint["expression"], self.root, self.root
             )
@@ -445,13 +471,11 @@ class _Run:
             elif not holds:
                 severity = "error" if constraint.get("severity", "error") == "error" else "warning"
                 self.add(severity, "invariant", f"{key}: {constraint.get('human', '')}", expr)
-        if isinstance(value, dict) and node.children:
+        if isinstance(value, dict) and node.relevant_children:
             self.children(value, node, expr)
 
     def children(self, value: dict[str, Any], node: ElementNode, expr: str) -> None:
-        for child in node.children.values():
-            if not child.relevant:
-                continue
+        for child in node.relevant_children:
             found = list(self.values(value, child, expr))
             self.element(found, child, f"{expr}.{child.name.replace('[x]', '')}")
 
@@ -629,12 +653,7 @@ class _Run:
                 values = _at(item, path)
                 if not profiles or not values:
                     return False
-                if not any(
-                    all(i.severity not in ("error", "fatal") for i in self.owner.validate(v, p))
-                    for v in values
-                    if isinstance(v, dict)
-                    for p in profiles
-                ):
+                if not any(self.owner.conforms(v, p, self.root) for v in values for p in profiles):
                     return False
             else:
                 return False
