@@ -58,8 +58,11 @@ def create_app(config: Config | None = None) -> Flask:
     app.config["WHATMATTERS"] = config
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    from service.priorities.operations import WhatMatters
+
     fhir = build_fhir_service(config)
     app.extensions["whatmatters.store"] = fhir.store
     app.extensions["whatmatters.fhir"] = fhir
+    app.extensions["whatmatters.priorities"] = WhatMatters(fhir)
     api.register(app, config.base_path)
     return app

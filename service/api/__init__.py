@@ -7,8 +7,10 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from service.api.facade import build_facade
 from service.api.fhir_views import build_blueprint
 from service.api.negotiation import render_error
+from service.api.page import build_page
 from service.errors import (
     FhirError,
     MethodNotAllowed,
@@ -24,6 +26,8 @@ log = logging.getLogger("whatmatters.api")
 def register(app: Flask, base_path: str) -> None:
     """Mount the FHIR API and make every error an OperationOutcome."""
     app.register_blueprint(build_blueprint(base_path))
+    app.register_blueprint(build_facade())
+    app.register_blueprint(build_page())
 
     @app.errorhandler(FhirError)
     def _fhir_error(error: FhirError) -> Response:

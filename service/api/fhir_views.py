@@ -15,6 +15,7 @@ from service.fhir.interactions import FhirService
 from service.fhir.model import parse_etag
 from service.fhir.results import Result
 from service.fhir.search import parse_query_string
+from service.priorities.operations import WhatMatters, parse_history_flag
 
 STARTED = datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -22,6 +23,12 @@ STARTED = datetime.now(UTC).isoformat(timespec="seconds")
 def _service() -> FhirService:
     service: FhirService = current_app.extensions["whatmatters.fhir"]
     return service
+
+
+def what_matters() -> WhatMatters:
+    """The what-matters operations of this application."""
+    operations: WhatMatters = current_app.extensions["whatmatters.priorities"]
+    return operations
 
 
 def base_url() -> str:
@@ -103,6 +110,21 @@ def build_blueprint(base_path: str) -> Blueprint:
     def bundle() -> Response:
         body, _ = request_body(request)
         return _reply(process_bundle(_service(), body, base_url(), prefer(request, "return")))
+
+    @bp.post("/Patient/<id_>/$record-what-matters")
+    def record_what_matters(id_: str) -> Response:
+        body, _ = request_body(request)
+        return _reply(what_matters().record(id_, body, base_url()))
+
+    @bp.post("/Patient/$record-what-matters")
+    def record_what_matters_by_identifier() -> Response:
+        body, _ = request_body(request)
+        return _reply(what_matters().record(None, body, base_url()))
+
+    @bp.get("/Patient/<id_>/$what-matters")
+    def get_what_matters(id_: str) -> Response:
+        history = parse_history_flag(request.args.get("history"))
+        return _reply(what_matters().what_matters(id_, history, base_url()))
 
     @bp.get("/_history")
     def history_system() -> Response:

@@ -10,6 +10,7 @@ from typing import Any
 
 from service.fhir.model import FHIR_VERSION, SUPPORTED_TYPES
 from service.fhir.searchparams import SearchParameters
+from service.validation.profiles import CANONICAL_BASE
 
 SOFTWARE_NAME = "What Matters"
 SOFTWARE_VERSION = "0.1.0"
@@ -45,6 +46,12 @@ def _search_params(params: SearchParameters, type_: str) -> list[dict[str, Any]]
             continue
         listed.append({"name": code, "definition": param.url, "type": param.type})
     return listed
+
+
+_PATIENT_OPERATIONS = [
+    {"name": code, "definition": f"{CANONICAL_BASE}/OperationDefinition/{code}"}
+    for code in ("record-what-matters", "what-matters")
+]
 
 
 def capability_statement(
@@ -94,7 +101,8 @@ def capability_statement(
                     {
                         "name": "validate",
                         "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
-                    }
+                    },
+                    *(_PATIENT_OPERATIONS if type_ == "Patient" else []),
                 ],
             }
         )
