@@ -107,7 +107,10 @@ def _compile(expression: str, type_: str) -> Callable[..., list[Any]]:
     The walk gives the same values as fhirpathpy for paths such as ``Patient.name.given`` or
     ``Observation.effective`` (a choice element) in a fraction of the time.
     """
-    match = _SIMPLE_PATH.match(expression.strip())
+    stripped = expression.strip()
+    if stripped == type_:
+        return lambda resource: [resource]  # composite parameters start at the resource
+    match = _SIMPLE_PATH.match(_of_type_as_path(stripped))
     if match is None or match.group(1) != type_:
         compiled: Callable[..., list[Any]] = compile_fhirpath(expression, R4_MODEL)
         return compiled
@@ -134,6 +137,22 @@ def _compile(expression: str, type_: str) -> Callable[..., list[Any]]:
         return [n for n in nodes if n is not None]
 
     return walk
+
+
+_OF_TYPE = re.compile(r"^\((\w+(?:\.\w+)*)\.(\w+)\.ofType\(([A-Za-z]+)\)\)((?:\.\w+)*)$")
+
+
+def _of_type_as_path(expression: str) -> str:
+    """``(Observation.value.ofType(Quantity)).code`` as the path ``Observation.valueQuantity.code``.
+
+    A choice element's JSON name is the element name plus the type name, so the walk reads the
+    one key that holds that type (R4 choice types have no subtypes to include).
+    """
+    match = _OF_TYPE.match(expression)
+    if match is None:
+        return expression
+    head, element, type_name, tail = match.groups()
+    return f"{head}.{element}{type_name[0].upper()}{type_name[1:]}{tail}"
 
 
 _ROOT = re.compile(r"^\(*(\w+)\.(\w+)")
