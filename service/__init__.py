@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
 from service.config import Config
 
 if TYPE_CHECKING:
+    from service.fhir.ingest import Mappings
     from service.fhir.interactions import FhirService
     from service.storage import Store
 
@@ -49,6 +50,30 @@ def wire_fhir_service(config: Config, store: Store) -> FhirService:
     )
 
 
+def load_mappings(config: Config) -> Mappings:
+    """The mapping files and the Questionnaires they read (from the profiles folder)."""
+    from service.fhir.ingest import Mappings
+    from service.mapping.files import MappingError, load_folder
+    from service.validation.profiles import load_profile_resources
+
+    resources = load_profile_resources(config.profiles_dir)
+
+    def by_url(kind: str) -> dict[str, dict[str, Any]]:
+        return {str(r["url"]): r for r in resources if r.get("resourceType") == kind and "url" in r}
+
+    mappings = Mappings(
+        load_folder(config.mappings_dir), by_url("Questionnaire"), by_url("ConceptMap")
+    )
+    for mapping in mappings.files.values():
+        for name, codemap in mapping.content.get("codemaps", {}).items():
+            if "conceptmap" in codemap and codemap["conceptmap"] not in mappings.conceptmaps:
+                raise MappingError(
+                    f"{mapping.where(f'codemaps.{name}.conceptmap')}: no ConceptMap "
+                    f"{codemap['conceptmap']} in {config.profiles_dir}"
+                )
+    return mappings
+
+
 def create_app(config: Config | None = None) -> Flask:
     """Build the application; with build_fhir_service, the only place that wires classes."""
     from service import api
@@ -64,5 +89,6 @@ def create_app(config: Config | None = None) -> Flask:
     app.extensions["whatmatters.store"] = fhir.store
     app.extensions["whatmatters.fhir"] = fhir
     app.extensions["whatmatters.priorities"] = WhatMatters(fhir)
+    app.extensions["whatmatters.mappings"] = load_mappings(config)
     api.register(app, config.base_path)
     return app

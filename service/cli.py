@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -110,6 +111,116 @@ def _validate(config: Config, args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _map_check(config: Config, args: argparse.Namespace) -> int:
+    from service.mapping.files import MappingError, load_mapping
+
+    failed = 0
+    for name in args.files:
+        try:
+            mapping = load_mapping(Path(name))
+        except MappingError as exc:
+            print(str(exc))
+            failed += 1
+            continue
+        rules = len(mapping.content["rules"])
+        tests = len(mapping.content.get("tests", []))
+        print(f"{name}: mapping {mapping.name!r} is valid ({rules} rules, {tests} tests)")
+    return 1 if failed else 0
+
+
+def _map_test(config: Config, args: argparse.Namespace) -> int:
+    from service import load_mappings
+    from service.mapping.files import load_mapping
+    from service.mapping.golden import run_golden
+    from service.validation.definitions import Definitions
+    from service.validation.profiles import ProfileRegistry
+    from service.validation.validator import ResourceValidator
+
+    loaded = load_mappings(config)
+    mappings = (
+        [load_mapping(Path(f)) for f in args.files] if args.files else list(loaded.files.values())
+    )
+    validator = ResourceValidator(ProfileRegistry.load(Definitions.shared(), config.profiles_dir))
+    failed = total = 0
+    for mapping in mappings:
+        for result in run_golden(mapping, loaded.questionnaires, loaded.conceptmaps):
+            total += 1
+            problems = [result.detail] if result.detail else []
+            for number, resource in enumerate(result.outputs, start=1):
+                issues = validator.validate(resource) + validator.validate_profiles(resource)
+                problems += [
+                    f"resource {number} is not valid: {', '.join(i.expression)}: {i.diagnostics}"
+                    for i in issues
+                    if i.severity in ("error", "fatal")
+                ]
+            if result.passed and not problems:
+                print(f"PASS {result.where} {result.mapping}: {result.name}")
+                continue
+            failed += 1
+            print(f"FAIL {result.where} {result.mapping}: {result.name}")
+            for problem in problems:
+                print(f"     {problem}")
+    print(f"{total - failed} passed, {failed} failed")
+    return 1 if failed or not total else 0
+
+
+def _map_run(config: Config, args: argparse.Namespace) -> int:
+    from service import build_fhir_service, load_mappings
+    from service.errors import FhirError
+    from service.fhir.ingest import ingest
+    from service.mapping.files import load_mapping
+
+    mapping = load_mapping(Path(args.mapping))
+    source = Path(args.input)
+    size = max(source.stat().st_size, 1)
+    read = 0
+
+    def lines() -> Iterator[str]:
+        nonlocal read
+        with source.open(encoding="utf-8-sig", newline="") as handle:
+            for line in handle:
+                read += len(line.encode("utf-8"))
+                yield line
+
+    def bar(records: int) -> None:
+        done = min(read, size) if mapping.content["source"]["format"] == "csv" else size
+        width = 30
+        filled = width * done // size
+        sys.stderr.write(
+            f"\r{mapping.name} [{'#' * filled}{'.' * (width - filled)}] "
+            f"{100 * done // size}% {records} records"
+        )
+        sys.stderr.flush()
+
+    streamed = mapping.content["source"]["format"] == "csv"
+    data = lines() if streamed else source.read_bytes()
+    loaded = load_mappings(config)
+    fhir = build_fhir_service(config)
+    try:
+        result, report = ingest(
+            fhir,
+            mapping,
+            data,
+            loaded.questionnaires,
+            dry_run=args.dry_run,
+            progress=bar,
+            conceptmaps=loaded.conceptmaps,
+        )
+    except FhirError as error:
+        sys.stderr.write("\n")
+        for issue in error.outcome_issues():
+            print(f"error: {issue.diagnostics}")
+        return 1
+    finally:
+        fhir.store.close()
+    sys.stderr.write("\n")
+    if args.dry_run:
+        print(json.dumps(result.body, ensure_ascii=False, indent=2, default=str))
+    for issue in report.summary():
+        print(issue.diagnostics + (" (dry run: nothing written)" if args.dry_run else ""))
+    return 0
+
+
 def _vendor(_config: Config, args: argparse.Namespace) -> int:
     from service.validation.vendor import vendor
 
@@ -143,6 +254,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     validate.add_argument("files", nargs="+", help="FHIR resources in JSON")
     validate.add_argument("--profile", help="canonical URL of the profile to check against")
     validate.set_defaults(run=_validate)
+    mapping = sub.add_parser("map", help="check, test and run inbound mappings (mappings/)")
+    map_sub = mapping.add_subparsers(dest="map_command", required=True)
+    check = map_sub.add_parser("check", help="check mapping files (schema and lint)")
+    check.add_argument("files", nargs="+", help="mapping files (YAML)")
+    check.set_defaults(run=_map_check)
+    golden = map_sub.add_parser("test", help="run the golden tests inside mapping files")
+    golden.add_argument("files", nargs="*", help="mapping files (default: the mappings folder)")
+    golden.set_defaults(run=_map_test)
+    run = map_sub.add_parser("run", help="map an input and write it in one transaction")
+    run.add_argument("mapping", help="the mapping file")
+    run.add_argument("input", help="the input file (HL7 v2, CSV, JSON, QuestionnaireResponse)")
+    run.add_argument("--dry-run", action="store_true", help="show the Bundle; write nothing")
+    run.set_defaults(run=_map_run)
     vendor = sub.add_parser(
         "vendor-definitions", help="regenerate the vendored R4 definitions from the npm package"
     )
@@ -161,12 +285,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"whatmatters: {exc}", file=sys.stderr)
         return 2
+    from service.mapping.files import MappingError
     from service.validation.profiles import ProfileError
 
     try:
         result: int = args.run(config, args)
     except ProfileError as exc:
         print(f"whatmatters: the profiles cannot be used: {exc}", file=sys.stderr)
+        return 2
+    except MappingError as exc:
+        print(f"whatmatters: {exc}", file=sys.stderr)
         return 2
     return result
 

@@ -32,6 +32,7 @@ class Config:
     auto_migrate: bool = True
     # The repository's folder by default; deployments point it at their own copy.
     profiles_dir: Path = field(default_factory=lambda: _PROJECT / "profiles")
+    mappings_dir: Path = field(default_factory=lambda: _PROJECT / "mappings")
     default_page_size: int = 50
     max_page_size: int = 1000
     db_pool_size: int = 5
@@ -71,9 +72,10 @@ class Config:
                     changes[name] = int(raw)
                 except ValueError as exc:
                     raise ConfigError(f"WHATMATTERS_{name.upper()} must be a whole number") from exc
-        raw_dir = env.get("WHATMATTERS_PROFILES_DIR")
-        if raw_dir is not None:
-            changes["profiles_dir"] = Path(raw_dir)
+        for name in ("profiles_dir", "mappings_dir"):
+            raw_dir = env.get(f"WHATMATTERS_{name.upper()}")
+            if raw_dir is not None:
+                changes[name] = Path(raw_dir)
         for name in ("auto_migrate", "validation_warnings"):
             raw = env.get(f"WHATMATTERS_{name.upper()}")
             if raw is not None:

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
+from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
 from service.api.negotiation import prefer, render, request_body, response_type
 from service.config import Config
-from service.errors import BadRequest
+from service.errors import BadRequest, UnsupportedMediaType
 from service.fhir.bundles import process_bundle
 from service.fhir.capability import capability_statement
+from service.fhir.ingest import Mappings, ingest
 from service.fhir.interactions import FhirService
 from service.fhir.model import parse_etag
 from service.fhir.results import Result
 from service.fhir.search import parse_query_string
 from service.priorities.operations import WhatMatters, parse_history_flag
 
+INGEST_TYPES = {
+    "csv": ("text/csv",),
+    "hl7v2": ("x-application/hl7-v2+er7", "application/hl7-v2", "text/plain"),
+    "json": ("application/json", "application/x-ndjson", "application/fhir+json"),
+    "questionnaire-response": ("application/fhir+json", "application/json"),
+}
 STARTED = datetime.now(UTC).isoformat(timespec="seconds")
 
 
@@ -125,6 +134,39 @@ def build_blueprint(base_path: str) -> Blueprint:
     def get_what_matters(id_: str) -> Response:
         history = parse_history_flag(request.args.get("history"))
         return _reply(what_matters().what_matters(id_, history, base_url()))
+
+    @bp.post("/$ingest")
+    def ingest_input() -> Response:
+        mappings: Mappings = current_app.extensions["whatmatters.mappings"]
+        name = request.args.get("mapping")
+        mapping = mappings.files.get(name or "")
+        if mapping is None:
+            known = ", ".join(sorted(mappings.files)) or "none"
+            raise BadRequest(
+                f"Name a mapping with ?mapping=NAME; known mappings: {known}",
+                expression=("mapping",),
+            )
+        fmt = mapping.content["source"]["format"]
+        if request.mimetype not in INGEST_TYPES[fmt]:
+            raise UnsupportedMediaType(
+                f"The mapping {name} reads {fmt}; send it as {' or '.join(INGEST_TYPES[fmt])}"
+            )
+        dry_run = parse_history_flag(request.args.get("dryRun"), "dryRun")
+        # CSV streams row by row; the other formats are read whole
+        body: Any = (
+            io.TextIOWrapper(request.stream, encoding="utf-8-sig", newline="")
+            if fmt == "csv"
+            else request.get_data()
+        )
+        result, _ = ingest(
+            _service(),
+            mapping,
+            body,
+            mappings.questionnaires,
+            dry_run=dry_run,
+            conceptmaps=mappings.conceptmaps,
+        )
+        return _reply(result)
 
     @bp.get("/_history")
     def history_system() -> Response:

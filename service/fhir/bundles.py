@@ -235,7 +235,7 @@ def _execute(
             raise NotFound(f"No {op.type} matches the criteria of the conditional patch")
         return service.patch_in(tx, op.type, op.id, operations, op.if_match)
     resource = _rewrite(op.resource or {}, mapping)
-    resource = _resolve_conditional_references(service, tx, resource)
+    resource = resolve_conditional_references(service, tx, resource)
     if not validated:
         service.check_resource(resource, op.type)
     if op.method == "POST":
@@ -384,7 +384,7 @@ def _rewrite(value: Any, mapping: dict[str, str]) -> Any:
     return value
 
 
-def _resolve_conditional_references(service: FhirService, tx: Transaction, value: Any) -> Any:
+def resolve_conditional_references(service: FhirService, tx: Transaction, value: Any) -> Any:
     """Replace references like ``Patient?identifier=s|v`` with the one resource they match."""
     if isinstance(value, dict):
         out = {}
@@ -399,10 +399,10 @@ def _resolve_conditional_references(service: FhirService, tx: Transaction, value
                     )
                 out[key] = f"{match.type}/{match.id}"
             else:
-                out[key] = _resolve_conditional_references(service, tx, item)
+                out[key] = resolve_conditional_references(service, tx, item)
         return out
     if isinstance(value, list):
-        return [_resolve_conditional_references(service, tx, item) for item in value]
+        return [resolve_conditional_references(service, tx, item) for item in value]
     return value
 
 

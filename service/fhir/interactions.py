@@ -653,6 +653,53 @@ class FhirService:
             )
         return found[0] if found else None
 
+    def create_many_in(
+        self, tx: Transaction, items: Sequence[tuple[str, dict[str, Any], dict[str, str]]]
+    ) -> list[Result]:
+        """Create many new resources unless one with the same identifier exists (bulk ingest).
+
+        Each item is (type, resource, identifier). A resource whose identifier is already held
+        by a current resource of its type, in the store or earlier in ``items``, is not written
+        again (200). One look-up query and a few multi-row inserts per call; one lock per
+        identifier system serialises concurrent ingests of the same feed.
+        """
+        results: list[Result] = []
+        wanted: dict[str, list[tuple[str, str]]] = {}
+        for type_, _, identifier in items:
+            wanted.setdefault(type_, []).append((identifier["system"], identifier["value"]))
+        existing: dict[tuple[str, str, str], str] = {}
+        for type_, pairs in wanted.items():
+            for system in sorted({system for system, _ in pairs}):
+                tx.lock(f"{type_}?identifier={system}|")
+            for (system, value), id_ in tx.find_tokens(type_, "identifier", pairs).items():
+                existing[(type_, system, value)] = id_
+        pending: dict[tuple[str, str, str], Result] = {}
+        batch: list[tuple[StoredResource, IndexRows]] = []
+        for type_, resource, identifier in items:
+            key = (type_, identifier["system"], identifier["value"])
+            if key in pending:
+                results.append(replace(pending[key], status=200))
+                continue
+            if key in existing:
+                results.append(Result(200, stored=tx.read(type_, existing[key]), location=True))
+                continue
+            moment = self._tick(None)
+            content = with_meta(resource, str(uuid.uuid4()), 1, moment)
+            stored = StoredResource(
+                type=type_,
+                id=content["id"],
+                version=1,
+                last_updated_us=moment,
+                deleted=False,
+                content=dump_json(content),
+                method="POST",
+            )
+            batch.append((stored, self.search_params.index(content)))
+            pending[key] = Result(201, stored=stored, location=True)
+            results.append(pending[key])
+        tx.insert_new(batch)
+        return results
+
     def _tick(self, current: StoredResource | None) -> int:
         moment = self.clock()
         if current is not None and moment <= current.last_updated_us:

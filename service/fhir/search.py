@@ -126,6 +126,11 @@ def split_escaped(value: str, separator: str) -> list[str]:
     return parts
 
 
+def escape_value(text: str) -> str:
+    """Escape ``\\``, ``|``, ``,`` and ``$`` in a search value: search.html#escaping."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,").replace("$", "\\$")
+
+
 def _unescape(value: str) -> str:
     return re.sub(r"\\([\\,$|])", r"\1", value)
 

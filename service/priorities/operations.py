@@ -356,10 +356,10 @@ def _entry(base: str, resource: dict[str, Any]) -> dict[str, Any]:
     return {"fullUrl": f"{base}/{resource['resourceType']}/{resource['id']}", "resource": resource}
 
 
-def parse_history_flag(value: str | None) -> bool:
-    """Read ``history=true|false`` (absent is false)."""
+def parse_history_flag(value: str | None, name: str = "history") -> bool:
+    """Read a ``true|false`` query parameter (absent is false)."""
     if value is None or value == "false":
         return False
     if value == "true":
         return True
-    raise BadRequest(f"history must be true or false, not {value!r}", expression=("history",))
+    raise BadRequest(f"{name} must be true or false, not {value!r}", expression=(name,))

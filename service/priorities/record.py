@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.errors import Issue, Unprocessable
+from service.fhir.search import escape_value
 from service.priorities.codes import (
     CARE_SETTING,
     CARE_SETTING_TYPE,
@@ -423,14 +424,9 @@ def build_transaction(
 def token(identifier: dict[str, Any]) -> str:
     """An identifier as a token search value, escaped as search.html#escaping says."""
 
-    def escape(text: str) -> str:
-        return (
-            text.replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,").replace("$", "\\$")
-        )
-
-    value = escape(str(identifier["value"]))
+    value = escape_value(str(identifier["value"]))
     system = identifier.get("system")
-    return f"{escape(str(system))}|{value}" if system else value
+    return f"{escape_value(str(system))}|{value}" if system else value
 
 
 def _words(item: Item) -> str:

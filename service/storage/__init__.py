@@ -354,6 +354,13 @@ class Transaction(Protocol):
     ) -> tuple[list[tuple[str, str]], int] | None:
         """Return a page of a kept search and its total, or None if it expired."""
 
+    def find_tokens(
+        self, type_: str, param: str, pairs: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        """Current resources of ``type_`` whose ``param`` holds one of the (system, code)
+        pairs: each pair found, with the id of one resource holding it (bulk identifier
+        look-ups, one query per batch)."""
+
     def insert_new(self, items: Sequence[tuple[StoredResource, IndexRows]]) -> None:
         """Store first versions of many new resources at once (bulk loading).
 

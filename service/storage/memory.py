@@ -279,6 +279,19 @@ class MemoryTransaction:
                 out.append(current)
         return out
 
+    def find_tokens(
+        self, type_: str, param: str, pairs: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        """Which (system, code) pairs current resources of ``type_`` hold in ``param``."""
+        wanted = set(pairs)
+        found: dict[tuple[str, str], str] = {}
+        for resource in self._current(type_):
+            for row in self.state.index.get((resource.type, resource.id), IndexRows()).tokens:
+                pair = (row.system or "", row.code)
+                if row.param == param and pair in wanted and pair not in found:
+                    found[pair] = resource.id
+        return found
+
     def references_from(self, keys: Sequence[Key], param: str | None) -> list[Key]:
         """Return local targets referenced by the given resources."""
         out: list[Key] = []

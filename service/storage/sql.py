@@ -48,7 +48,7 @@ from service.storage.schema import (
     schema_migrations,
     search_reference,
 )
-from service.storage.sqlsearch import read_many_sql, select_sql
+from service.storage.sqlsearch import find_tokens_sql, read_many_sql, select_sql
 
 # Failures worth a 503 and a retry: the database is down, restarting, or busy. Anything else
 # (a statement too large, a value the column cannot hold) would fail again the same way.
@@ -247,6 +247,29 @@ class SqlTransaction:
             ]
             if rows:
                 self._conn.execute(insert(table), rows)
+
+    def find_tokens(
+        self, type_: str, param: str, pairs: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        """Which (system, code) pairs current resources of ``type_`` hold in ``param``.
+
+        One query per batch on the token lookup index (res_type, param, code, system); its
+        shape does not depend on table statistics, which a long ingest leaves stale.
+        """
+        found: dict[tuple[str, str], str] = {}
+        mark = self._placeholder()
+        unique = list(dict.fromkeys(pairs))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            codes = list(dict.fromkeys(code for _, code in chunk))
+            sql = find_tokens_sql(mark, len(codes))
+            wanted = set(chunk)
+            rows = self._conn.exec_driver_sql(sql, (type_, param, *codes, False))
+            for system, code, res_id in rows:
+                pair = (system or "", code)
+                if pair in wanted and pair not in found:
+                    found[pair] = res_id
+        return found
 
     def replace_index(self, type_: str, id_: str, index: IndexRows) -> None:
         """Replace every index row of a resource."""

@@ -343,6 +343,17 @@ def select_sql(
     return sql, b.params
 
 
+def find_tokens_sql(placeholder: str, count: int) -> str:
+    """SQL finding which of ``count`` token codes current resources hold (values bound)."""
+    marks = ", ".join(placeholder for _ in range(count))
+    return (
+        "SELECT t.system, t.code, t.res_id FROM search_token t"
+        " JOIN resources r ON r.res_type = t.res_type AND r.res_id = t.res_id"
+        f" WHERE t.res_type = {placeholder} AND t.param = {placeholder}"
+        f" AND t.code IN ({marks}) AND r.deleted = {placeholder}"
+    )
+
+
 def read_many_sql(placeholder: str, count: int) -> str:
     """SQL reading the current versions of ``count`` ids of one type (values bound)."""
     marks = ", ".join(placeholder for _ in range(count))

@@ -1,0 +1,221 @@
+"""Read mapping files: YAML with the line of every element, checked against ``schema.json``
+with jsonschema and then linted, so every problem names ``file:line path``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).with_name("schema.json")
+_SOURCES = (
+    "const",
+    "hl7",
+    "column",
+    "path",
+    "fhirpath",
+    "var",
+    "template",
+    "translate",
+    "reference",
+)
+_TEMPLATE_NAME = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class MappingError(ValueError):
+    """A mapping file or an input cannot be used; the message says where."""
+
+
+@dataclass
+class MappingFile:
+    """A loaded, checked mapping file."""
+
+    path: Path
+    content: dict[str, Any]
+    lines: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The mapping's name (``$ingest?mapping=NAME``)."""
+        return str(self.content["mapping"])
+
+    def where(self, path: str) -> str:
+        """``file:line path`` for an element path such as ``rules[0].fields.status``."""
+        probe = path
+        while probe and probe not in self.lines:
+            probe = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", probe)
+        line = self.lines.get(probe, 1)
+        return f"{self.path.name}:{line} {path}".rstrip()
+
+
+@cache
+def schema() -> dict[str, Any]:
+    """The JSON Schema of mapping files."""
+    loaded: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    return loaded
+
+
+def _to_python(node: yaml.Node, path: str, lines: dict[str, int], line: int = 0) -> Any:
+    # an element's line is its key's line (a block value starts on the line after)
+    lines[path] = line or node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            child = f"{path}.{key}" if path else key
+            result[key] = _to_python(value_node, child, lines, key_node.start_mark.line + 1)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(item, f"{path}[{i}]", lines) for i, item in enumerate(node.value)]
+    return yaml.SafeLoader("").construct_object(node)
+
+
+def load_mapping(path: Path) -> MappingFile:
+    """Read, schema-check and lint one mapping file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MappingError(f"{path.name}:1 cannot be read: {exc}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        raise MappingError(f"{path.name}:{line} is not valid YAML: {exc}") from exc
+    if node is None:
+        raise MappingError(f"{path.name}:1 is empty")
+    lines: dict[str, int] = {}
+    content = _to_python(node, "", lines)
+    mapping = MappingFile(path, content if isinstance(content, dict) else {}, lines)
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(content), key=lambda e: list(e.absolute_path))
+    if errors:
+        shown = []
+        for error in errors[:10]:
+            where = _path(error.absolute_path)
+            shown.append(f"{mapping.where(where)}: {_message(error)}")
+        raise MappingError("\n".join(shown))
+    problems = lint(mapping)
+    if problems:
+        raise MappingError("\n".join(problems))
+    return mapping
+
+
+def _path(parts: Any) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    if error.validator == "oneOf" and isinstance(error.instance, dict):
+        given = [k for k in _SOURCES if k in error.instance]
+        if len(given) != 1:
+            return (
+                f"a value needs exactly one source ({', '.join(_SOURCES)}); "
+                f"it has {', '.join(given) or 'none'}"
+            )
+    if error.validator == "additionalProperties":
+        return str(error.message).replace("Additional properties are not allowed", "unknown key")
+    return str(error.message)
+
+
+def _values(content: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every value definition in the file, with its path."""
+    found: list[tuple[str, dict[str, Any]]] = []
+
+    def walk(value: dict[str, Any], path: str) -> None:
+        found.append((path, value))
+        if isinstance(value.get("from"), dict):
+            walk(value["from"], f"{path}.from")
+        reference = value.get("reference")
+        if isinstance(reference, dict) and isinstance(reference.get("value"), dict):
+            walk(reference["value"], f"{path}.reference.value")
+
+    for name, value in content.get("variables", {}).items():
+        walk(value, f"variables.{name}")
+    for index, rule in enumerate(content.get("rules", [])):
+        walk(rule["identifier"]["value"], f"rules[{index}].identifier.value")
+        for target, value in rule["fields"].items():
+            walk(value, f"rules[{index}].fields.{target}")
+    return found
+
+
+def lint(mapping: MappingFile) -> list[str]:
+    """What the schema cannot say: names that resolve, sources that fit the input format."""
+    content = mapping.content
+    problems: list[str] = []
+    fmt = content["source"]["format"]
+    variables = content.get("variables", {})
+    codemaps = content.get("codemaps", {})
+    fits = {
+        "hl7": fmt == "hl7v2",
+        "column": fmt == "csv",
+        "path": fmt in ("json", "questionnaire-response"),
+        "fhirpath": fmt == "questionnaire-response",
+    }
+    zone = content["source"].get("timezone")
+    if zone is not None:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            problems.append(f"{mapping.where('source.timezone')}: unknown time zone {zone!r}")
+    if fmt == "hl7v2" and not content["source"].get("record"):
+        problems.append(
+            f"{mapping.where('source')}: an hl7v2 source needs 'record', the segment that "
+            "makes one record (e.g. OBX)"
+        )
+    for path, value in _values(content):
+        for kind, ok in fits.items():
+            if kind in value and not ok:
+                problems.append(f"{mapping.where(path)}: '{kind}' cannot read a {fmt} input")
+        if "var" in value and value["var"] not in variables:
+            problems.append(f"{mapping.where(path)}: no variable {value['var']!r}")
+        if "translate" in value and value["translate"] not in codemaps:
+            problems.append(f"{mapping.where(path)}: no codemap {value['translate']!r}")
+        if "template" in value:
+            for name in _TEMPLATE_NAME.findall(value["template"]):
+                if name not in variables:
+                    problems.append(
+                        f"{mapping.where(path)}: the template names {{{name}}}, which is not "
+                        "a variable"
+                    )
+    ids = [rule["id"] for rule in content["rules"]]
+    for index, rule_id in enumerate(ids):
+        if ids.index(rule_id) != index:
+            problems.append(f"{mapping.where(f'rules[{index}].id')}: rule id {rule_id!r} twice")
+    for index, rule in enumerate(content["rules"]):
+        if rule.get("extract") == "sdc" and fmt != "questionnaire-response":
+            problems.append(
+                f"{mapping.where(f'rules[{index}].extract')}: SDC extraction reads a "
+                "QuestionnaireResponse"
+            )
+    for index, test in enumerate(content.get("tests", [])):
+        if ("expect" in test) == ("error" in test):
+            problems.append(
+                f"{mapping.where(f'tests[{index}]')}: a test has either 'expect' or 'error'"
+            )
+    return problems
+
+
+def load_folder(folder: Path) -> dict[str, MappingFile]:
+    """Every ``*.yaml`` mapping of a folder, by name; a broken file stops with its location."""
+    found: dict[str, MappingFile] = {}
+    if not folder.exists():
+        return found
+    for path in sorted(folder.glob("*.yaml")):
+        mapping = load_mapping(path)
+        if mapping.name in found:
+            raise MappingError(
+                f"{path.name}:1 mapping {mapping.name!r} is also {found[mapping.name].path.name}"
+            )
+        found[mapping.name] = mapping
+    return found

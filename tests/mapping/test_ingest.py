@@ -1,0 +1,215 @@
+"""$ingest over REST and ``whatmatters map run``: one transaction per input, dry runs that
+write nothing, and re-ingesting the same input changes nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from service.errors import Unprocessable
+from tests.builders import outcome_issues, whatmatters
+from tests.priorities.conversations import add_patient
+
+HL7 = {"Content-Type": "x-application/hl7-v2+er7"}
+CSV = {"Content-Type": "text/csv"}
+MESSAGE = (
+    "MSH|^~\\&|EPR|YSBYTY-GWYNEDD^Ward 7|WM|WM|202611201015||ORU^R01|MSG0001|P|2.5.1\r"
+    "PID|1||9000000009^^^NHS^NH||Jones^Eluned\r"
+    "OBX|1|ST|95541-9^Care experience preference^LN||Walking Bramble \\T\\ the sea||||||F|||"
+    "20261120101500||^Nurse Ada Okafor\r"
+    "OBX|2|ST|75773-2^Treatment preference^LN||Cared for at home||||||F|||20260720101500\r"
+)
+SURVEY = (
+    "response_id,nhs_number,answered_at,what_matters,recorded_by,setting,setting_type\n"
+    "r-1,9000000009,2026-11-20 10:15,Singing in the choir,Nurse Ada Okafor,Bodnant Surgery,GP\n"
+    "r-2,9000000009,2026-11-21 09:00,Keeping my own front door key,,,\n"
+)
+
+
+def _history_size(client: FlaskClient) -> int:
+    return len(client.get("/fhir/_history?_count=1000").get_json().get("entry", []))
+
+
+def test_ingesting_the_same_hl7_file_twice_leaves_the_store_unchanged(client: FlaskClient) -> None:
+    add_patient(client)
+    first = client.post("/fhir/$ingest?mapping=wmty-oru", data=MESSAGE, headers=HL7)
+    assert first.status_code == 200
+    assert "2 resources created" in outcome_issues(first)[0]["diagnostics"]
+    before = _history_size(client)
+    second = client.post("/fhir/$ingest?mapping=wmty-oru", data=MESSAGE, headers=HL7)
+    assert second.status_code == 200
+    assert "0 resources created, 2 already present" in outcome_issues(second)[0]["diagnostics"]
+    assert _history_size(client) == before
+    found = client.get("/fhir/Observation?code=http://loinc.org|95541-9").get_json()
+    (statement,) = [e["resource"] for e in found["entry"]]
+    assert statement["subject"] == {"reference": "Patient/p1"}  # the conditional reference resolved
+    assert statement["valueString"] == "Walking Bramble & the sea"
+
+
+def test_dry_run_returns_the_bundle_and_its_outcome_and_writes_nothing(client: FlaskClient) -> None:
+    add_patient(client)
+    response = client.post("/fhir/$ingest?mapping=survey-csv&dryRun=true", data=SURVEY, headers=CSV)
+    assert response.status_code == 200
+    parameters = {p["name"]: p["resource"] for p in response.get_json()["parameter"]}
+    bundle = parameters["bundle"]
+    assert bundle["type"] == "transaction"
+    assert [e["request"]["ifNoneExist"] for e in bundle["entry"]] == [
+        "identifier=http://whatmatters.example/fhir/identifier/survey-csv|r-1",
+        "identifier=http://whatmatters.example/fhir/identifier/survey-csv|r-2",
+    ]
+    assert parameters["outcome"]["issue"][0]["severity"] == "information"
+    assert client.get("/fhir/Observation?_summary=count").get_json()["total"] == 0
+
+
+def test_one_bad_record_writes_nothing_and_names_the_place(client: FlaskClient) -> None:
+    add_patient(client)
+    bad = SURVEY + "r-3,9000000009,2026-11-22 09:00,,,,\n"
+    response = client.post("/fhir/$ingest?mapping=survey-csv", data=bad, headers=CSV)
+    assert response.status_code == 422
+    issues = outcome_issues(response)
+    assert issues[0]["diagnostics"].startswith("survey-csv.yaml:")
+    assert (
+        "rules[0].fields.valueString <- row 4: a required value is missing"
+        in issues[0]["diagnostics"]
+    )
+    assert client.get("/fhir/Observation?_summary=count").get_json()["total"] == 0
+
+
+def test_invalid_output_is_reported_with_rule_and_position(client: FlaskClient) -> None:
+    add_patient(client)
+    # no patient with this NHS number: the subject cannot be resolved
+    orphan = SURVEY.replace("9000000009", "1111111111")
+    response = client.post("/fhir/$ingest?mapping=survey-csv", data=orphan, headers=CSV)
+    assert response.status_code == 422
+    message = outcome_issues(response)[0]["diagnostics"]
+    assert message.startswith("survey-csv.yaml:")
+    assert "rules[0] <- row 2: " in message
+    assert "matches no resource" in message
+
+
+def test_a_questionnaire_response_is_extracted(client: FlaskClient) -> None:
+    add_patient(client)
+    response = {
+        "resourceType": "QuestionnaireResponse",
+        "id": "qr-7",
+        "questionnaire": "http://whatmatters.example/fhir/Questionnaire/wmty",
+        "status": "completed",
+        "subject": {"reference": "Patient/p1"},
+        "authored": "2026-11-20T10:15:00+00:00",
+        "item": [{"linkId": "what-matters", "answer": [{"valueString": "Gweld y môr"}]}],
+    }
+    result = client.post(
+        "/fhir/$ingest?mapping=wmty-questionnaire",
+        data=json.dumps(response),
+        headers={"Content-Type": "application/fhir+json"},
+    )
+    assert result.status_code == 200, result.get_data(as_text=True)
+    found = client.get("/fhir/Observation?patient=Patient/p1").get_json()["entry"]
+    assert [e["resource"]["valueString"] for e in found] == ["Gweld y môr"]
+    assert found[0]["resource"]["performer"] == [{"reference": "Patient/p1"}]
+
+
+def test_unknown_mapping_and_wrong_media_type(client: FlaskClient) -> None:
+    unknown = client.post("/fhir/$ingest?mapping=nope", data="x", headers=CSV)
+    assert unknown.status_code == 400
+    assert "survey-csv" in outcome_issues(unknown)[0]["diagnostics"]
+    wrong = client.post("/fhir/$ingest?mapping=survey-csv", data="x", headers=HL7)
+    assert wrong.status_code == 415
+    outcome_issues(wrong)
+    assert (
+        client.post(
+            "/fhir/$ingest?mapping=survey-csv&dryRun=yes", data=SURVEY, headers=CSV
+        ).status_code
+        == 400
+    )
+
+
+def test_map_run_command_writes_and_dry_runs(tmp_path: Path) -> None:
+    from service import build_fhir_service
+    from service.config import Config
+
+    database = f"sqlite:///{tmp_path}/ingest.db"
+    env = {"WHATMATTERS_DATABASE_URL": database}
+    survey = tmp_path / "survey.csv"
+    survey.write_text(SURVEY, encoding="utf-8")
+    mapping = str(Path(__file__).resolve().parents[2] / "mappings" / "survey-csv.yaml")
+    assert whatmatters("init-db", env=env).returncode == 0
+    dry = whatmatters("map", "run", mapping, str(survey), "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert '"resourceType": "Bundle"' in dry.stdout
+    assert "(dry run: nothing written)" in dry.stdout
+    orphan = whatmatters("map", "run", mapping, str(survey), env=env)
+    assert orphan.returncode == 1  # no such patient yet: nothing is written
+    assert "rules[0] <- row 2: " in orphan.stdout
+    fhir = build_fhir_service(Config(database_url=database))
+    nhs = {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9000000009"}
+    fhir.create("Patient", {"resourceType": "Patient", "identifier": [nhs]})
+    fhir.store.close()
+    run = whatmatters("map", "run", mapping, str(survey), env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 resources created" in run.stdout
+    assert "survey-csv [" in run.stderr  # the progress bar
+    again = whatmatters("map", "run", mapping, str(survey), env=env)
+    assert "0 resources created, 2 already present" in again.stdout
+
+
+def test_hostile_inputs_get_422_outcomes_not_500(client: FlaskClient) -> None:
+    add_patient(client)
+    cases = [
+        ("survey-csv", CSV, b"response_id,nhs_number\n\xff\xfe,1\n"),
+        ("survey-csv", CSV, SURVEY.replace(",GP\n", ",GP,extra,cells\n").encode()),
+        ("wmty-oru", HL7, b"\x00\x01 not hl7 at all"),
+        ("wmty-oru", HL7, b"MSH|^~\\&|broken"),
+        (
+            "wmty-questionnaire",
+            {"Content-Type": "application/fhir+json"},
+            b'{"resourceType": "Patient"}',
+        ),
+        ("wmty-questionnaire", {"Content-Type": "application/fhir+json"}, b"[1, 2"),
+    ]
+    for mapping, headers, body in cases:
+        response = client.post(f"/fhir/$ingest?mapping={mapping}", data=body, headers=headers)
+        assert response.status_code == 422, (mapping, body, response.get_data(as_text=True))
+        assert outcome_issues(response)[0]["diagnostics"]
+    assert client.get("/fhir/Observation?_summary=count").get_json()["total"] == 0
+
+
+def test_an_empty_input_writes_nothing_and_says_so(client: FlaskClient) -> None:
+    response = client.post("/fhir/$ingest?mapping=survey-csv", data=b"", headers=CSV)
+    assert response.status_code == 200
+    assert outcome_issues(response)[0]["diagnostics"].startswith("0 records read")
+
+
+def test_an_output_that_breaks_its_profile_names_rule_and_record(
+    client: FlaskClient, tmp_path: Path
+) -> None:
+    from service.fhir.ingest import ingest
+    from service.mapping.files import load_mapping
+
+    add_patient(client)
+    source = Path(__file__).resolve().parents[2] / "mappings" / "survey-csv.yaml"
+    text = source.read_text(encoding="utf-8")
+    what_matters = (
+        "        - coding: [{system: http://hl7.org/fhir/us/pco/CodeSystem/"
+        "pco-concepts-temporary, code: what-matters}]\n"
+    )
+    assert what_matters in text
+    broken = tmp_path / "survey-csv.yaml"
+    broken.write_text(text.replace(what_matters, "", 1), encoding="utf-8")
+    mapping = load_mapping(broken)
+    fhir = client.application.extensions["whatmatters.fhir"]
+    mappings = client.application.extensions["whatmatters.mappings"]
+    with pytest.raises(Unprocessable) as caught:
+        ingest(fhir, mapping, SURVEY, {}, conceptmaps=mappings.conceptmaps)
+    issues = caught.value.outcome_issues()
+    rule_line = next(
+        n for n, line in enumerate(broken.read_text().splitlines(), 1) if "- id: statement" in line
+    )
+    first = issues[0].diagnostics
+    assert first.startswith(f"survey-csv.yaml:{rule_line} rules[0] <- row 2: the Observation made")
+    assert "Observation.category needs at least 2" in first
+    assert any("slice 'whatMatters'" in i.diagnostics for i in issues)
+    assert client.get("/fhir/Observation?_summary=count").get_json()["total"] == 0

@@ -1,0 +1,246 @@
+"""Mapping files: golden tests of the shipped mappings, and every class of error naming the
+mapping file, line and rule, and the input position."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from service.mapping.files import MappingError, load_folder, load_mapping
+from service.mapping.golden import map_input, run_golden
+from service.validation.definitions import Definitions
+from service.validation.profiles import ProfileRegistry, load_profile_resources
+from service.validation.validator import ResourceValidator
+from tests.builders import whatmatters
+
+ROOT = Path(__file__).resolve().parents[2]
+MAPPINGS = ROOT / "mappings"
+RESOURCES = load_profile_resources(ROOT / "profiles")
+QUESTIONNAIRES = {r["url"]: r for r in RESOURCES if r["resourceType"] == "Questionnaire"}
+CONCEPT_MAPS = {r["url"]: r for r in RESOURCES if r["resourceType"] == "ConceptMap"}
+SHIPPED = load_folder(MAPPINGS)
+ORU = (
+    "MSH|^~\\&|EPR|WARD7|WM|WM|202611201015||ORU^R01|MSG0009|P|2.5.1\r"
+    "PID|1||9000000009^^^NHS^NH||Jones^Eluned\r"
+    "OBX|1|ST|95541-9^^LN||Home||||||{status}|||{time}\r"
+)
+
+
+def _line(path: Path, pattern: str) -> int:
+    """The line of the first match of ``pattern`` in a file (1-based)."""
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if re.search(pattern, line):
+            return number
+    raise AssertionError(f"{pattern!r} not in {path}")
+
+
+def _copy(tmp_path: Path, name: str, change: tuple[str, str] | None = None) -> Path:
+    target = tmp_path / name
+    shutil.copy(MAPPINGS / name, target)
+    if change is not None:
+        text = target.read_text(encoding="utf-8")
+        assert change[0] in text
+        target.write_text(text.replace(change[0], change[1], 1), encoding="utf-8")
+    return target
+
+
+def test_three_mappings_ship_for_hl7_csv_and_the_questionnaire() -> None:
+    assert {m.content["source"]["format"] for m in SHIPPED.values()} == {
+        "hl7v2",
+        "csv",
+        "questionnaire-response",
+    }
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_golden_tests_of_shipped_mappings_pass_and_outputs_meet_profiles(name: str) -> None:
+    mapping = SHIPPED[name]
+    results = run_golden(mapping, QUESTIONNAIRES, CONCEPT_MAPS)
+    assert results, "every shipped mapping carries golden tests"
+    assert [(r.name, r.detail) for r in results if not r.passed] == []
+    validator = ResourceValidator(ProfileRegistry.load(Definitions.shared(), ROOT / "profiles"))
+    for result in results:
+        for resource in result.outputs:
+            issues = validator.validate(resource) + validator.validate_profiles(resource)
+            assert [i for i in issues if i.severity == "error"] == []
+
+
+def test_map_test_command_runs_every_golden_test() -> None:
+    result = whatmatters("map", "test")
+    assert result.returncode == 0, result.stdout
+    assert "6 passed, 0 failed" in result.stdout
+
+
+def test_a_failing_golden_test_fails_the_command(tmp_path: Path) -> None:
+    broken = _copy(tmp_path, "survey-csv.yaml", ("value: r-1}", "value: r-99}"))
+    result = whatmatters("map", "test", str(broken))
+    assert result.returncode == 1
+    assert "FAIL survey-csv.yaml:" in result.stdout
+    assert "identifier" in result.stdout
+
+
+# -- each class of error names file, line, rule and input position ------------------------
+
+
+def test_schema_error(tmp_path: Path) -> None:
+    broken = _copy(
+        tmp_path, "survey-csv.yaml", ("    resource: Observation", "    resorce: Observation")
+    )
+    with pytest.raises(MappingError) as caught:
+        load_mapping(broken)
+    line = _line(broken, r"^  - id: statement")
+    assert f"survey-csv.yaml:{line} rules[0]: unknown key" in str(caught.value)
+    result = whatmatters("map", "check", str(broken))
+    assert result.returncode == 1
+    assert f"survey-csv.yaml:{line}" in result.stdout
+
+
+def test_a_value_with_two_sources_is_a_schema_error(tmp_path: Path) -> None:
+    broken = _copy(
+        tmp_path,
+        "survey-csv.yaml",
+        (
+            "valueString: {column: what_matters, required: true}",
+            "valueString: {column: what_matters, const: x}",
+        ),
+    )
+    with pytest.raises(MappingError, match="needs exactly one source") as caught:
+        load_mapping(broken)
+    assert f"survey-csv.yaml:{_line(broken, 'valueString: ')} rules[0].fields.valueString" in str(
+        caught.value
+    )
+
+
+def test_lint_finds_names_that_do_not_resolve(tmp_path: Path) -> None:
+    broken = _copy(
+        tmp_path, "wmty-oru.yaml", ("{translate: result-status,", "{translate: status-map,")
+    )
+    with pytest.raises(MappingError, match="no codemap 'status-map'") as caught:
+        load_mapping(broken)
+    assert f"wmty-oru.yaml:{_line(broken, 'status-map')} rules[0].fields.status" in str(
+        caught.value
+    )
+
+
+def test_unknown_column() -> None:
+    mapping = SHIPPED["survey-csv"]
+    data = (
+        "response_id,nhs,answered_at,what_matters,recorded_by,setting,setting_type\nr-1,1,x,x,,,\n"
+    )
+    with pytest.raises(MappingError) as caught:
+        map_input(mapping, data, {}, CONCEPT_MAPS)
+    line = _line(mapping.path, r"nhs_number: \{column: nhs_number")
+    assert str(caught.value).startswith(f"survey-csv.yaml:{line} variables.nhs_number <- row 2:")
+    assert "unknown column 'nhs_number'; the header has: response_id, nhs," in str(caught.value)
+
+
+def test_unmapped_code() -> None:
+    mapping = SHIPPED["wmty-oru"]
+    with pytest.raises(MappingError) as caught:
+        map_input(mapping, ORU.format(status="X", time="20261120101500"), {})
+    line = _line(mapping.path, r"status: \{translate")
+    assert str(caught.value) == (
+        f"wmty-oru.yaml:{line} rules[0].fields.status <- message 1, segment OBX|1: "
+        "value 'X' not in map 'result-status' (http://terminology.hl7.org/CodeSystem/v2-0085)"
+    )
+
+
+def test_missing_time_zone(tmp_path: Path) -> None:
+    no_zone = load_mapping(_copy(tmp_path, "wmty-oru.yaml", ("  timezone: Europe/London", "")))
+    with pytest.raises(MappingError) as caught:
+        map_input(no_zone, ORU.format(status="F", time="20261120101500"), {})
+    assert "rules[0].fields.effectiveDateTime <- message 1, segment OBX|1" in str(caught.value)
+    assert "no time zone offset" in str(caught.value)
+    with_offset = map_input(no_zone, ORU.format(status="F", time="20261120101500+0100"), {})
+    assert with_offset[0].resource["effectiveDateTime"] == "2026-11-20T10:15:00+01:00"
+
+
+def test_unmatched_record() -> None:
+    mapping = SHIPPED["wmty-oru"]
+    message = ORU.format(status="F", time="20261120101500").replace("95541-9", "8867-4")
+    with pytest.raises(MappingError) as caught:
+        map_input(mapping, message, {})
+    line = _line(mapping.path, r"^rules:")
+    assert str(caught.value).startswith(
+        f"wmty-oru.yaml:{line} rules <- message 1, segment OBX|1: the record matches no rule"
+    )
+
+
+def test_a_mapping_may_say_to_skip_unmatched_records() -> None:
+    mapping = SHIPPED["wmty-questionnaire"]
+    response = {
+        "resourceType": "QuestionnaireResponse",
+        "id": "q9",
+        "status": "completed",
+        "questionnaire": "http://whatmatters.example/fhir/Questionnaire/wmty",
+        "subject": {"reference": "Patient/p1"},
+        "item": [{"linkId": "goal", "answer": [{"valueString": "Walk"}]}],
+    }
+    assert map_input(mapping, response, QUESTIONNAIRES) == []
+
+
+def test_records_of_the_second_message_say_so() -> None:
+    mapping = SHIPPED["wmty-oru"]
+    good = ORU.format(status="F", time="20261120101500")
+    bad = good.replace("MSG0009", "MSG0010").replace("|F|||", "|Q|||")
+    with pytest.raises(MappingError, match="<- message 2, segment OBX\\|1: value 'Q'"):
+        map_input(mapping, good + bad, {})
+
+
+def test_python_hl7_escapes_are_decoded_not_altered() -> None:
+    mapping = SHIPPED["wmty-oru"]
+    message = ORU.format(status="F", time="20261120101500").replace(
+        "||Home||", "||Caf\\E\\ \\T\\ \\F\\ Ŵyr  ||"
+    )
+    (output,) = map_input(mapping, message, {})
+    assert output.resource["valueString"] == "Caf\\ & | Ŵyr  "
+
+
+@pytest.mark.parametrize(
+    ("local", "translated"),
+    [
+        ("WARD", "hospital"),
+        ("GP", "primary-care"),
+        ("OPD", "outpatient"),
+        ("UNK", "other"),
+        ("SPACESHIP", "other"),
+    ],
+)
+def test_concept_map_translation_with_its_unmapped_rule(local: str, translated: str) -> None:
+    mapping = SHIPPED["survey-csv"]
+    data = (
+        "response_id,nhs_number,answered_at,what_matters,recorded_by,setting,setting_type\n"
+        f"r-1,9000000009,2026-11-20 10:15,Home,,Somewhere,{local}\n"
+    )
+    (output,) = map_input(mapping, data, {}, CONCEPT_MAPS)
+    assert output.resource["extension"][1]["valueCoding"]["code"] == translated
+
+
+def test_a_concept_map_missing_from_the_profiles_folder_stops_loading(tmp_path: Path) -> None:
+    from service import load_mappings
+    from service.config import Config
+
+    folder = tmp_path / "mappings"
+    folder.mkdir()
+    _copy(folder, "survey-csv.yaml", ("to-wmty-care-setting-type", "to-nowhere"))
+    with pytest.raises(MappingError) as caught:
+        load_mappings(Config(mappings_dir=folder))
+    line = _line(folder / "survey-csv.yaml", "to-nowhere")
+    assert f"survey-csv.yaml:{line} codemaps.setting-type.conceptmap: no ConceptMap" in str(
+        caught.value
+    )
+
+
+def test_a_message_without_the_segment_a_variable_needs() -> None:
+    mapping = SHIPPED["wmty-oru"]
+    message = ORU.format(status="F", time="20261120101500").replace(
+        "PID|1||9000000009^^^NHS^NH||Jones^Eluned\r", ""
+    )
+    with pytest.raises(MappingError) as caught:
+        map_input(mapping, message, {})
+    assert "variables.nhs_number <- message 1, segment OBX|1: a required value is missing" in str(
+        caught.value
+    )
