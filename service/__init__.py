@@ -26,6 +26,7 @@ def build_fhir_service(config: Config) -> FhirService:
 
 def wire_fhir_service(config: Config, store: Store) -> FhirService:
     """The FHIR core over ``store``: profiles loaded and checked, validators, search params."""
+    from service.fhir.conformance import ConformanceResources
     from service.fhir.interactions import FhirService
     from service.fhir.searchparams import SearchParameters
     from service.validation.definitions import Definitions
@@ -47,6 +48,7 @@ def wire_fhir_service(config: Config, store: Store) -> FhirService:
         default_page_size=config.default_page_size,
         max_page_size=config.max_page_size,
         return_warnings=config.validation_warnings,
+        conformance=ConformanceResources([f.resource for f in registry.files], registry.snapshots),
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from service.fhir.conformance import CONFORMANCE_TYPES
 from service.fhir.model import FHIR_VERSION, SUPPORTED_TYPES
 from service.fhir.searchparams import SearchParameters
 from service.validation.profiles import CANONICAL_BASE
@@ -103,6 +104,21 @@ def capability_statement(
                         "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
                     },
                     *(_PATIENT_OPERATIONS if type_ == "Patient" else []),
+                ],
+            }
+        )
+    for type_ in CONFORMANCE_TYPES:
+        resources.append(
+            {
+                "type": type_,
+                "documentation": "Read-only: the conformance resources of the profiles folder",
+                "interaction": [{"code": "read"}, {"code": "search-type"}],
+                "searchParam": [
+                    {"name": "_id", "type": "token"},
+                    {"name": "url", "type": "uri"},
+                    {"name": "name", "type": "string"},
+                    {"name": "version", "type": "token"},
+                    {"name": "status", "type": "token"},
                 ],
             }
         )

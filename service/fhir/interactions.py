@@ -26,11 +26,13 @@ from service.errors import (
     Gone,
     InvalidResource,
     Issue,
+    MethodNotAllowed,
     NotFound,
     NotSupported,
     PreconditionFailed,
     Unprocessable,
 )
+from service.fhir.conformance import CONFORMANCE_TYPES, ConformanceResources
 from service.fhir.model import (
     SUPPORTED_TYPES,
     dump_json,
@@ -76,7 +78,13 @@ class Validator(Protocol):
 
 
 def check_type(type_: str) -> None:
-    """Refuse resource types this server does not store (404 not-supported)."""
+    """Refuse resource types this server does not store (404 not-supported; 405 for the
+    read-only conformance resources of the profiles folder)."""
+    if type_ in CONFORMANCE_TYPES:
+        raise MethodNotAllowed(
+            f"{type_} resources come from the profiles folder and are read-only here: "
+            "read and search them"
+        )
     if type_ not in SUPPORTED_TYPES:
         raise NotSupported(
             f"Resource type {type_!r} is not supported here; this server stores "
@@ -105,6 +113,7 @@ class FhirService:
         max_page_size: int = 1000,
         clock: Callable[[], int] = now_us,
         return_warnings: bool = True,
+        conformance: ConformanceResources | None = None,
     ) -> None:
         self.store = store
         self.validator = validator
@@ -116,6 +125,7 @@ class FhirService:
         self.max_page_size = max_page_size
         self.clock = clock
         self.return_warnings = return_warnings
+        self.conformance = conformance
 
     # -- transactions -------------------------------------------------------------------------
 
@@ -162,6 +172,9 @@ class FhirService:
         ``if_none_match`` holds the versions the client has (an empty list stands for "*");
         ``if_modified_since`` is a time in seconds since the epoch. 304 when nothing changed.
         """
+        if type_ in CONFORMANCE_TYPES and self.conformance is not None:
+            check_id(id_)
+            return self.conformance.read(type_, id_)
         check_type(type_)
         check_id(id_)
         result = self.read_only(lambda tx: self.read_in(tx, type_, id_))
@@ -444,6 +457,8 @@ class FhirService:
         tx: Transaction | None = None,
     ) -> Result:
         """search: https://hl7.org/fhir/R4/search.html."""
+        if type_ in CONFORMANCE_TYPES and self.conformance is not None:
+            return self.conformance.search(type_, params, base)
         check_type(type_)
         return search_type(self, type_, params, base, strict=strict, tx=tx)
 
