@@ -692,7 +692,15 @@ class _Run:
                 )
             return
         if not pairs:
-            return  # text alone: there is no code to check
+            if strength == "required" and isinstance(value, dict) and "text" in value:
+                # terminologies.html#required: text alone does not meet a required binding
+                self.add(
+                    "error",
+                    "code-invalid",
+                    f"No code is given, and {node.path} requires one from {url}",
+                    expr,
+                )
+            return
         hit = any(
             (system, code) in allowed if system is not None else any(code == c for _, c in allowed)
             for system, code in pairs

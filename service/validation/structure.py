@@ -477,6 +477,18 @@ class StructureValidator:
             (c.get("system"), c.get("code")) for c in codings if isinstance(c, dict) and "code" in c
         ]
         if not pairs:
+            if type_code == "CodeableConcept":
+                # terminologies.html#required: the concept SHALL come from the value set, so
+                # text alone does not meet a required binding
+                issues.append(
+                    Issue(
+                        "error",
+                        "code-invalid",
+                        f"No code is given, and {definition.path} requires one from "
+                        f"{definition.value_set}",
+                        (expr,),
+                    )
+                )
             return
         if not any(pair in allowed for pair in pairs):
             shown = ", ".join(f"{s}|{c}" for s, c in pairs)

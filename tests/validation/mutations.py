@@ -316,6 +316,13 @@ _FAULTS: list[tuple[str, str, list[dict[str, Any]], str, bool]] = [
     ),
     (
         "wmty-personal-goal",
+        "priority-as-text-only",
+        _ops(("replace", "/priority", {"text": "very important"})),
+        "Goal.priority",
+        True,
+    ),
+    (
+        "wmty-personal-goal",
         "rejected-without-reason",
         _ops(("replace", "/lifecycleStatus", "rejected")),
         "Goal",
