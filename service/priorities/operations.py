@@ -40,8 +40,11 @@ from service.priorities.codes import (
 from service.priorities.record import (
     Conversation,
     build_transaction,
+    item_identifier,
+    list_entries,
     list_identifier,
     parse_conversation,
+    ranking_order,
     token,
 )
 
@@ -72,6 +75,9 @@ class WhatMatters:
         patient_id = self.patient_id(patient_id, conversation)
         for attempt in range(ATTEMPTS):
             current = self._current_list(patient_id, conversation, base)
+            unchanged = self._unchanged(conversation, patient_id, current, base)
+            if unchanged is not None:
+                return unchanged
             bundle, origins = build_transaction(
                 conversation, patient_id, instant(self.clock()), current
             )
@@ -85,6 +91,53 @@ class WhatMatters:
                     raise
                 raise _named_after_input(error, origins) from error
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _unchanged(
+        self,
+        conversation: Conversation,
+        patient_id: str,
+        current: dict[str, Any] | None,
+        base: str,
+    ) -> Result | None:
+        """The answer, when every item exists already and the ranking would not change.
+
+        Recording the same conversation again then writes nothing: no new List version and
+        no new Provenance (a retry after a lost response is harmless).
+        """
+        if current is None:
+            return None
+        found: dict[str, dict[str, Any]] = {}
+        for item in conversation.items:
+            identifier = item_identifier(item, patient_id, conversation.setting)
+            type_ = "Observation" if item.kind == "statement" else "Goal"
+            matches = self._search(type_, [("identifier", token(identifier))], base)
+            if len(matches) != 1:
+                return None
+            found[item.key] = matches[0]
+        refs = {key: f"{r['resourceType']}/{r['id']}" for key, r in found.items()}
+        if ranking_order(conversation, refs, current) != list_entries(current):
+            return None
+        entries = [
+            {
+                "fullUrl": f"{base}/{r['resourceType']}/{r['id']}",
+                "resource": r,
+                "response": {
+                    "status": "200 OK",
+                    "location": f"{r['resourceType']}/{r['id']}/_history/{r['meta']['versionId']}",
+                    "etag": f'W/"{r["meta"]["versionId"]}"',
+                    "lastModified": r["meta"]["lastUpdated"],
+                },
+            }
+            for r in [*found.values(), current]
+        ]
+        bundle = {
+            "resourceType": "Bundle",
+            "id": str(uuid.uuid4()),
+            "type": "transaction-response",
+            "meta": {"lastUpdated": instant(self.clock())},
+            "entry": entries,
+        }
+        return Result(200, body=bundle)
 
     def patient_id(self, patient_id: str | None, conversation: Conversation) -> str:
         """The id of the patient: from the URL, or found by ``patient-identifier``."""

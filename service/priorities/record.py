@@ -349,11 +349,7 @@ def build_transaction(
     for item in conversation.items:
         text = item.parts.get("text" if item.kind == "statement" else "description")
         words = str(text[0]) if text else ""
-        identifier = item.parts.get("identifier", (None, ""))[0]
-        if not isinstance(identifier, dict) or not identifier.get("value"):
-            system = STATEMENT_IDS if item.kind == "statement" else GOAL_IDS
-            seed = "\x1f".join((patient_id, setting_key(conversation.setting), item.kind, words))
-            identifier = {"system": system, "value": f"urn:uuid:{uuid.uuid5(_NAMESPACE, seed)}"}
+        identifier = item_identifier(item, patient_id, conversation.setting)
         full_url = f"urn:uuid:{uuid.uuid4()}"
         full_urls[item.key] = full_url
         if item.kind == "statement":
@@ -380,19 +376,7 @@ def build_transaction(
     for entry in entries:
         for address in entry["resource"].get("addresses", []):
             address["reference"] = full_urls.get(address["reference"], address["reference"])
-    ranked = [full_urls.get(key, key) for key, _ in conversation.ranking or []]
-    unranked = [full_urls[i.key] for i in conversation.items if full_urls[i.key] not in ranked]
-    order = ranked + unranked
-    if current_list is not None:
-        named = set(order)
-        order += [
-            str(e["item"]["reference"])
-            for e in current_list.get("entry", [])
-            if isinstance(e.get("item"), dict)
-            and e["item"].get("reference")
-            and e["item"]["reference"] not in named
-            and not e.get("deleted")
-        ]
+    order = ranking_order(conversation, full_urls, current_list)
     texts = {full_urls[i.key]: _words(i) for i in conversation.items}
     priorities = _priorities_list(
         conversation, patient_id, patient, recorded, order, texts, setting_extensions
@@ -419,6 +403,38 @@ def build_transaction(
     )
     origins[len(entries) - 1] = "Parameters"
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}, origins
+
+
+def item_identifier(item: Item, patient_id: str, setting: dict[str, Any] | None) -> dict[str, Any]:
+    """The identifier a statement or goal is written with: given, or derived from its words."""
+    identifier = item.parts.get("identifier", (None, ""))[0]
+    if isinstance(identifier, dict) and identifier.get("value"):
+        return identifier
+    system = STATEMENT_IDS if item.kind == "statement" else GOAL_IDS
+    seed = "\x1f".join((patient_id, setting_key(setting), item.kind, _words(item)))
+    return {"system": system, "value": f"urn:uuid:{uuid.uuid5(_NAMESPACE, seed)}"}
+
+
+def list_entries(priorities: dict[str, Any]) -> list[str]:
+    """The references a priorities List ranks, in order (deleted entries left out)."""
+    return [
+        str(e["item"]["reference"])
+        for e in priorities.get("entry", [])
+        if isinstance(e.get("item"), dict) and e["item"].get("reference") and not e.get("deleted")
+    ]
+
+
+def ranking_order(
+    conversation: Conversation, refs: dict[str, str], current_list: dict[str, Any] | None
+) -> list[str]:
+    """The new ranking: the ranked items, the others of this conversation, then the items of
+    the setting's current List the conversation does not name (nothing is dropped)."""
+    ranked = [refs.get(key, key) for key, _ in conversation.ranking or []]
+    order = ranked + [refs[i.key] for i in conversation.items if refs[i.key] not in ranked]
+    if current_list is not None:
+        named = set(order)
+        order += [ref for ref in list_entries(current_list) if ref not in named]
+    return order
 
 
 def token(identifier: dict[str, Any]) -> str:

@@ -76,13 +76,27 @@ def test_record_writes_profiled_statements_goals_list_and_provenance(client: Fla
     assert count(client, "Observation") == 2
 
 
-def test_repeating_a_conversation_creates_no_new_statement_or_goal(client: FlaskClient) -> None:
+def test_repeating_a_conversation_writes_nothing(client: FlaskClient) -> None:
     add_patient(client)
     record(client, _talk())
+    history = len(client.get("/fhir/_history?_count=1000").get_json()["entry"])
     again = record(client, _talk())
     assert again.status_code == 200
-    assert [e["response"]["status"][:3] for e in again.get_json()["entry"][:3]] == ["200"] * 3
-    assert (count(client, "Observation"), count(client, "Goal"), count(client, "List")) == (2, 1, 1)
+    assert [e["response"]["status"] for e in again.get_json()["entry"]] == ["200 OK"] * 4
+    assert len(client.get("/fhir/_history?_count=1000").get_json()["entry"]) == history
+    counts = [count(client, t) for t in ("Observation", "Goal", "List", "Provenance")]
+    assert counts == [2, 1, 1, 1]
+
+
+def test_repeating_with_a_new_ranking_writes_a_new_list_version(client: FlaskClient) -> None:
+    add_patient(client)
+    record(client, _talk())
+    reordered = _talk()
+    reordered["parameter"][3] = ranking("s1", "g1", "s2")
+    response = record(client, reordered)
+    statuses = [e["response"]["status"][:3] for e in response.get_json()["entry"]]
+    assert statuses == ["200", "200", "200", "200", "201"]  # items kept, List v2, Provenance
+    assert ranked_texts(what_matters(client))[0] == "Walking Bramble every morning"
 
 
 def test_record_by_patient_identifier(client: FlaskClient) -> None:
