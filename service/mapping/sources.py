@@ -114,7 +114,11 @@ def _json(text: str) -> Iterator[Record]:
 
 
 def _hl7(text: str, record: str) -> Iterator[Record]:
-    normalised = text.replace("\r\n", "\r").replace("\n", "\r").strip("\r")
+    # MLLP framing (VT ... FS CR) is common in files captured from an interface engine
+    unframed = text.replace("\x0b", "").replace("\x1c", "")
+    normalised = unframed.replace("\r\n", "\r").replace("\n", "\r").strip("\r")
+    while "\r\r" in normalised:
+        normalised = normalised.replace("\r\r", "\r")
     if not normalised:
         return
     if not normalised.startswith("MSH|"):

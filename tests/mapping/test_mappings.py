@@ -244,3 +244,16 @@ def test_a_message_without_the_segment_a_variable_needs() -> None:
     assert "variables.nhs_number <- message 1, segment OBX|1: a required value is missing" in str(
         caught.value
     )
+
+
+def test_hl7_files_with_mllp_framing_and_lf_line_ends_are_read() -> None:
+    mapping = SHIPPED["wmty-oru"]
+    first = ORU.format(status="F", time="20261120101500")
+    second = first.replace("MSG0009", "MSG0010").replace("||Home||", "||Garden||")
+    framed = "\x0b" + first.replace("\r", "\n") + "\x1c\r\n\n\x0b" + second + "\x1c\r"
+    outputs = map_input(mapping, framed, {})
+    assert [o.resource["valueString"] for o in outputs] == ["Home", "Garden"]
+    assert [o.position for o in outputs] == [
+        "message 1, segment OBX|1",
+        "message 2, segment OBX|1",
+    ]
