@@ -3,6 +3,7 @@ mapping file, line and rule, and the input position."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -257,3 +258,53 @@ def test_hl7_files_with_mllp_framing_and_lf_line_ends_are_read() -> None:
         "message 1, segment OBX|1",
         "message 2, segment OBX|1",
     ]
+
+
+JSON_MAPPING = """\
+mapping: app-export
+source: {format: json, timezone: Europe/London}
+rules:
+  - id: statement
+    when: {path: kind, equals: what-matters}
+    resource: Observation
+    identifier: {system: "urn:app:answers", value: {path: id, required: true}}
+    template: {status: final, code: {text: "What matters to you?"}}
+    fields:
+      subject: {reference: {type: Patient, system: "urn:app:patients", value: {path: patient.id}}}
+      valueString: {path: "answers[0].text", required: true}
+      effectiveDateTime: {path: at, type: dateTime}
+"""
+
+
+def test_json_records_as_an_array_or_ndjson(tmp_path: Path) -> None:
+    path = tmp_path / "app-export.yaml"
+    path.write_text(JSON_MAPPING, encoding="utf-8")
+    mapping = load_mapping(path)
+    records = [
+        {
+            "id": "a1",
+            "kind": "what-matters",
+            "patient": {"id": "77"},
+            "answers": [{"text": "Tea in the garden"}],
+            "at": "2026-07-01T09:30",
+        },
+        {
+            "id": "a2",
+            "kind": "what-matters",
+            "patient": {"id": "78"},
+            "answers": [{"text": "Choir"}],
+            "at": "2026-01-01T09:30:00Z",
+        },
+    ]
+    as_array = map_input(mapping, records, {})
+    ndjson = "\n".join(json.dumps(r) for r in records) + "\n"
+    as_lines = map_input(mapping, ndjson, {})
+    assert [o.resource for o in as_array] == [o.resource for o in as_lines]
+    first = as_array[0].resource
+    assert first["valueString"] == "Tea in the garden"
+    assert first["effectiveDateTime"] == "2026-07-01T09:30:00+01:00"  # British Summer Time
+    assert first["subject"] == {"reference": "Patient?identifier=urn:app:patients|77"}
+    assert [o.position for o in as_array] == ["record 1", "record 2"]
+    assert [o.position for o in as_lines] == ["line 1", "line 2"]
+    with pytest.raises(MappingError, match=r"rules <- record 1: the record matches no rule"):
+        map_input(mapping, [{"id": "x", "kind": "other"}], {})
