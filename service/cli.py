@@ -19,11 +19,12 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 
     if config.auto_migrate:
         _init_db(config, args)
-    # Broken profiles stop the service here, with the file and element, not in each worker.
-    from service import wire_fhir_service
+    # Broken profiles or mappings stop the service here, with file and line, not in each worker.
+    from service import load_mappings, wire_fhir_service
     from service.storage.memory import MemoryStore
 
     wire_fhir_service(config, MemoryStore())
+    load_mappings(config)
     # Each worker builds its own app (and connection pool) after the fork.
     worker_config = replace(config, auto_migrate=False)
 

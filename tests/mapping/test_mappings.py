@@ -308,3 +308,17 @@ def test_json_records_as_an_array_or_ndjson(tmp_path: Path) -> None:
     assert [o.position for o in as_lines] == ["line 1", "line 2"]
     with pytest.raises(MappingError, match=r"rules <- record 1: the record matches no rule"):
         map_input(mapping, [{"id": "x", "kind": "other"}], {})
+
+
+def test_serve_refuses_a_broken_mappings_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "mappings"
+    folder.mkdir()
+    _copy(folder, "survey-csv.yaml", ("    resource: Observation", "    resorce: Observation"))
+    env = {
+        "WHATMATTERS_MAPPINGS_DIR": str(folder),
+        "WHATMATTERS_DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
+    }
+    result = whatmatters("serve", "--port", "1", env=env)
+    assert result.returncode == 2
+    assert "survey-csv.yaml:" in result.stderr
+    assert "unknown key" in result.stderr
