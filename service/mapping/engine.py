@@ -145,6 +145,8 @@ class Mapper:
         if response.get("id"):
             observation["derivedFrom"] = [{"reference": f"QuestionnaireResponse/{response['id']}"}]
         answer = (record.values.get("answer") or [{}])[0]
+        if not isinstance(answer, dict):
+            self._fail(f"{rule_path}.extract", "the item's answer is not an object")
         for key, value in answer.items():
             if key.startswith("value"):
                 kind = key[5:]

@@ -185,10 +185,17 @@ def _questionnaire_response(
     questionnaire = questionnaires.get(canonical, {})
     questions = _questions(questionnaire.get("item", []))
 
-    def walk(items: list[dict[str, Any]], path: str) -> Iterator[Record]:
+    def walk(items: Any, path: str) -> Iterator[Record]:
+        if not isinstance(items, list):
+            raise MappingError(f"{path}.item: must be a list of items")
         for index, item in enumerate(items):
             where = f"{path}.item[{index}]"
-            if item.get("answer"):
+            if not isinstance(item, dict):
+                raise MappingError(f"{where}: an item must be an object")
+            answers = item.get("answer")
+            if answers is not None and not isinstance(answers, list):
+                raise MappingError(f"{where}.answer: must be a list of answers")
+            if answers:
                 yield Record(
                     f"item {item.get('linkId')} ({where})",
                     item,

@@ -75,11 +75,13 @@ class WhatMatters:
         patient_id = self.patient_id(patient_id, conversation)
         for attempt in range(ATTEMPTS):
             current = self._current_list(patient_id, conversation, base)
-            unchanged = self._unchanged(conversation, patient_id, current, base)
+            found = self._stored_items(conversation, patient_id, base)
+            unchanged = self._unchanged(conversation, found, current, base)
             if unchanged is not None:
                 return unchanged
+            known = {key: f"{r['resourceType']}/{r['id']}" for key, r in found.items()}
             bundle, origins = build_transaction(
-                conversation, patient_id, instant(self.clock()), current
+                conversation, patient_id, instant(self.clock()), current, known
             )
             try:
                 return process_bundle(self.fhir, bundle, base, "representation")
@@ -92,10 +94,23 @@ class WhatMatters:
                 raise _named_after_input(error, origins) from error
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _stored_items(
+        self, conversation: Conversation, patient_id: str, base: str
+    ) -> dict[str, dict[str, Any]]:
+        """The statements and goals of the conversation that are stored already, by key."""
+        found: dict[str, dict[str, Any]] = {}
+        for item in conversation.items:
+            identifier = item_identifier(item, patient_id, conversation.setting)
+            type_ = "Observation" if item.kind == "statement" else "Goal"
+            matches = self._search(type_, [("identifier", token(identifier))], base)
+            if len(matches) == 1:
+                found[item.key] = matches[0]
+        return found
+
     def _unchanged(
         self,
         conversation: Conversation,
-        patient_id: str,
+        found: dict[str, dict[str, Any]],
         current: dict[str, Any] | None,
         base: str,
     ) -> Result | None:
@@ -104,16 +119,8 @@ class WhatMatters:
         Recording the same conversation again then writes nothing: no new List version and
         no new Provenance (a retry after a lost response is harmless).
         """
-        if current is None:
+        if current is None or len(found) != len(conversation.items):
             return None
-        found: dict[str, dict[str, Any]] = {}
-        for item in conversation.items:
-            identifier = item_identifier(item, patient_id, conversation.setting)
-            type_ = "Observation" if item.kind == "statement" else "Goal"
-            matches = self._search(type_, [("identifier", token(identifier))], base)
-            if len(matches) != 1:
-                return None
-            found[item.key] = matches[0]
         refs = {key: f"{r['resourceType']}/{r['id']}" for key, r in found.items()}
         if ranking_order(conversation, refs, current) != list_entries(current):
             return None

@@ -297,7 +297,9 @@ def _item(kind: str, parts: list[Any], where: str, position: int, problems: _Pro
         problems.add(where, f"A {kind} needs its {words}: the patient's own words")
     if kind == "goal":
         priority = item.parts.get("priority", (None, ""))
-        if priority[0] is not None and priority[0] not in PRIORITIES:
+        if priority[0] is not None and (
+            not isinstance(priority[0], str) or priority[0] not in PRIORITIES
+        ):
             problems.add(priority[1], "'priority' is high, medium or low")
         acceptance = item.parts.get("acceptance", (None, ""))
         if acceptance[0] is not None and acceptance[0] not in ACCEPTANCE:
@@ -331,11 +333,14 @@ def build_transaction(
     patient_id: str,
     now: str,
     current_list: dict[str, Any] | None,
+    known: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], dict[int, str]]:
     """The transaction Bundle that records ``conversation``, and which input each entry is from.
 
     ``current_list`` is the setting's current priorities List, if any: its items not named in
-    the new ranking stay, after the ranked ones, so nothing is dropped silently.
+    the new ranking stay, after the ranked ones, so nothing is dropped silently. ``known``
+    maps the keys of items stored already (found by identifier) to their references: they are
+    not written again, and the List names them by those references.
     """
     patient = {"reference": f"Patient/{patient_id}"}
     recorded = conversation.recorded or now
@@ -346,18 +351,20 @@ def build_transaction(
     origins: dict[int, str] = {}
     full_urls: dict[str, str] = {}
     statements = [i for i in conversation.items if i.kind == "statement"]
+    known = known or {}
     for item in conversation.items:
-        text = item.parts.get("text" if item.kind == "statement" else "description")
-        words = str(text[0]) if text else ""
+        full_urls[item.key] = known.get(item.key) or f"urn:uuid:{uuid.uuid4()}"
+    for item in conversation.items:
+        if item.key in known:
+            continue  # stored already: the List and goals refer to it as it is
+        words = _words(item)
         identifier = item_identifier(item, patient_id, conversation.setting)
-        full_url = f"urn:uuid:{uuid.uuid4()}"
-        full_urls[item.key] = full_url
         if item.kind == "statement":
             resource = _statement(item, words, identifier, patient, performer, recorded)
             type_ = "Observation"
         else:
             addresses = [{"reference": full_urls.get(key, key)} for key, _ in item.addresses] or [
-                {"reference": full_urls[s.key]} for s in statements if s.key in full_urls
+                {"reference": full_urls[s.key]} for s in statements
             ]
             resource = _goal(item, words, identifier, patient, today, addresses)
             type_ = "Goal"
@@ -367,15 +374,11 @@ def build_transaction(
         origins[len(entries)] = item.where
         entries.append(
             {
-                "fullUrl": full_url,
+                "fullUrl": full_urls[item.key],
                 "resource": resource,
                 "request": {"method": "POST", "url": type_, "ifNoneExist": search},
             }
         )
-    # goals addressing statements given later in the input
-    for entry in entries:
-        for address in entry["resource"].get("addresses", []):
-            address["reference"] = full_urls.get(address["reference"], address["reference"])
     order = ranking_order(conversation, full_urls, current_list)
     texts = {full_urls[i.key]: _words(i) for i in conversation.items}
     priorities = _priorities_list(
@@ -432,9 +435,8 @@ def ranking_order(
     ranked = [refs.get(key, key) for key, _ in conversation.ranking or []]
     order = ranked + [refs[i.key] for i in conversation.items if refs[i.key] not in ranked]
     if current_list is not None:
-        named = set(order)
-        order += [ref for ref in list_entries(current_list) if ref not in named]
-    return order
+        order += list_entries(current_list)
+    return list(dict.fromkeys(order))  # an item appears once (wmty-list-1)
 
 
 def token(identifier: dict[str, Any]) -> str:

@@ -370,7 +370,8 @@ class ProfileValidator:
             issues.extend(run.issues)
         # nested extensions with absolute URLs are extensions in their own right
         extension_model = self.definitions.model("Extension")
-        for index, inner in enumerate(item.get("extension", []) or []):
+        nested = item.get("extension")
+        for index, inner in enumerate(nested if isinstance(nested, list) else []):
             if (
                 extension_model is not None
                 and isinstance(inner, dict)
@@ -669,8 +670,10 @@ class _Run:
             pairs: list[tuple[str | None, str]] = [(None, value)]
         elif isinstance(value, dict):
             codings = value.get("coding", []) if "coding" in value or "text" in value else [value]
+            if not isinstance(codings, list):
+                return  # the base validator reports the shape
             pairs = [
-                (c.get("system"), c["code"])
+                (c.get("system") if isinstance(c.get("system"), str) else None, c["code"])
                 for c in codings
                 if isinstance(c, dict) and isinstance(c.get("code"), str)
             ]

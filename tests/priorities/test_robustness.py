@@ -1,0 +1,112 @@
+"""Inputs that once broke things: re-ranking stored items, odd JSON types in $record-what-matters,
+$validate and $ingest. Each now gets a clear 4xx, and no List ever names an item twice."""
+
+from __future__ import annotations
+
+from flask.testing import FlaskClient
+
+from tests.builders import outcome_issues
+from tests.priorities.conversations import (
+    FHIR_JSON,
+    add_patient,
+    conversation,
+    goal,
+    ranked_texts,
+    ranking,
+    record,
+    statement,
+    what_matters,
+)
+
+PROFILE = "http://whatmatters.example/fhir/StructureDefinition/"
+ITEM = (
+    b'{"resourceType": "QuestionnaireResponse",'
+    b' "item": [{"linkId": "what-matters", "answer": ANSWER}]}'
+)
+
+
+def _list_entries(client: FlaskClient) -> list[str]:
+    (found,) = client.get("/fhir/List").get_json()["entry"]
+    return [e["item"]["reference"] for e in found["resource"]["entry"]]
+
+
+def test_re_ranking_stored_items_names_each_once(client: FlaskClient) -> None:
+    add_patient(client)
+    record(client, conversation(statement("a", "Garden"), statement("b", "Choir")))
+    response = record(
+        client, conversation(statement("a", "Garden"), statement("b", "Choir"), ranking("b", "a"))
+    )
+    assert response.status_code == 200
+    entries = _list_entries(client)
+    assert len(entries) == len(set(entries)) == 2
+    assert ranked_texts(what_matters(client)) == ["Choir", "Garden"]
+    # the setting can go on recording
+    more = record(client, conversation(statement("c", "Chapel"), statement("a", "Garden")))
+    assert more.status_code == 200, more.get_data(as_text=True)
+    assert len(set(_list_entries(client))) == len(_list_entries(client)) == 3
+
+
+def test_a_goal_may_address_a_statement_given_after_it(client: FlaskClient) -> None:
+    add_patient(client)
+    response = record(client, conversation(goal("g", "Walk to the shop"), statement("s", "Home")))
+    assert response.status_code == 200
+    goal_resource = next(
+        e["resource"]
+        for e in response.get_json()["entry"]
+        if e["resource"]["resourceType"] == "Goal"
+    )
+    assert goal_resource["addresses"][0]["reference"].startswith("Observation/")
+
+
+def test_odd_types_in_a_goal_are_422_not_500(client: FlaskClient) -> None:
+    add_patient(client)
+    for bad in ([1], {}, 5):
+        body = conversation(statement("s1", "x"), goal("g1", "Walk", "s1"))
+        body["parameter"][1]["part"].append({"name": "priority", "valueCode": bad})
+        response = record(client, body)
+        assert response.status_code == 422
+        assert outcome_issues(response)[0]["expression"][0].startswith("Parameters.parameter[1]")
+
+
+def test_validate_survives_odd_types_in_profiled_elements(client: FlaskClient) -> None:
+    base = {
+        "resourceType": "Goal",
+        "meta": {"profile": [PROFILE + "wmty-personal-goal"]},
+        "lifecycleStatus": "active",
+        "description": {"text": "d"},
+        "subject": {"reference": "Patient/p1"},
+    }
+    odd = [
+        {"priority": {"coding": None}},
+        {"priority": {"coding": 5}},
+        {"priority": {"coding": [{"system": ["x"], "code": "high-priority"}]}},
+        {
+            "extension": [
+                {"url": "http://hl7.org/fhir/StructureDefinition/goal-acceptance", "extension": 5}
+            ]
+        },
+    ]
+    for change in odd:
+        params = {
+            "resourceType": "Parameters",
+            "parameter": [{"name": "resource", "resource": {**base, **change}}],
+        }
+        response = client.post("/fhir/Goal/$validate", json=params, headers=FHIR_JSON)
+        assert response.status_code == 200, (change, response.get_data(as_text=True))
+        assert any(i["severity"] == "error" for i in outcome_issues(response))
+
+
+def test_ingest_survives_a_questionnaire_response_of_odd_shape(client: FlaskClient) -> None:
+    headers = FHIR_JSON
+    for body in (
+        b'{"resourceType": "QuestionnaireResponse", "item": 5}',
+        b'{"resourceType": "QuestionnaireResponse", "item": [5]}',
+        ITEM.replace(b"ANSWER", b"5"),
+        ITEM.replace(b"ANSWER", b"[5]"),
+    ):
+        for dry in ("false", "true"):
+            response = client.post(
+                f"/fhir/$ingest?mapping=wmty-questionnaire&dryRun={dry}", data=body, headers=headers
+            )
+            assert response.status_code in (200, 422), (body, response.get_data(as_text=True))
+            assert response.status_code == 422 or dry == "true"
