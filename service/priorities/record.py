@@ -286,7 +286,8 @@ def _item(kind: str, parts: list[Any], where: str, position: int, problems: _Pro
             "status": "Code",
             "status-reason": "String",
         }[name]
-        if value_kind != expected:
+        json_type = dict if expected in ("CodeableConcept", "Identifier", "Reference") else str
+        if value_kind != expected or not isinstance(value, json_type):
             problems.add(part_where, f"'{name}' of '{kind}' is a value{expected}")
     key = item.parts.get("key", (None, ""))[0]
     if isinstance(key, str) and key:

@@ -110,3 +110,13 @@ def test_ingest_survives_a_questionnaire_response_of_odd_shape(client: FlaskClie
             )
             assert response.status_code in (200, 422), (body, response.get_data(as_text=True))
             assert response.status_code == 422 or dry == "true"
+
+
+def test_facade_fields_of_the_wrong_json_type_are_refused_not_dropped(client: FlaskClient) -> None:
+    add_patient(client)
+    url = "/api/patients/https://fhir.nhs.uk/Id/nhs-number%7C9000000009/priorities"
+    for field, value in (("identifier", "x"), ("code", "x"), ("effective", 5), ("text", 5)):
+        response = client.post(url, json={"statements": [{"text": "Home", field: value}]})
+        assert response.status_code == 422, (field, response.get_data(as_text=True))
+        assert outcome_issues(response)[0]["expression"] == [f"$.statements[0].{field}"]
+    assert client.get(url).get_json()["priorities"] == []
