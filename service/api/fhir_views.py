@@ -132,7 +132,10 @@ def build_blueprint(base_path: str) -> Blueprint:
 
     @bp.get("/Patient/<id_>/$what-matters")
     def get_what_matters(id_: str) -> Response:
-        history = parse_history_flag(request.args.get("history"))
+        given = request.args.getlist("history")
+        if len(given) > 1:
+            raise BadRequest("history may be given once", expression=("history",))
+        history = parse_history_flag(given[0] if given else None)
         return _reply(what_matters().what_matters(id_, history, base_url()))
 
     @bp.post("/$ingest")

@@ -11,6 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, render_template
 
 from service.api.fhir_views import base_url, what_matters
+from service.errors import FhirError
 from service.fhir.interactions import FhirService
 from service.fhir.model import parse_json
 from service.priorities.view import priorities
@@ -41,6 +42,12 @@ def patient_name(patient: dict[str, Any]) -> str:
 def build_page() -> Blueprint:
     """The blueprint of the clinician's page."""
     bp = Blueprint("page", __name__, template_folder="templates")
+
+    @bp.errorhandler(FhirError)
+    def _error(error: FhirError) -> Response:
+        # A person reads this page: errors are a page too (the API's stay OperationOutcomes)
+        html = render_template("error.html", status=error.status, message=error.diagnostics)
+        return Response(html, status=error.status, mimetype="text/html", headers=PAGE_HEADERS)
 
     @bp.get("/patients/<id_>/what-matters")
     def page(id_: str) -> Response:

@@ -121,4 +121,8 @@ def test_page_shows_ranked_priorities_with_who_where_and_when(client: FlaskClien
     assert "Nurse Ada Okafor" in html
     assert "Ward 7" in html
     assert html.index('data-rank="1"') < html.index('data-rank="2"')
-    assert client.get("/patients/nobody/what-matters").status_code == 404
+    missing = client.get("/patients/nobody/what-matters")
+    assert missing.status_code == 404
+    assert missing.mimetype == "text/html"  # a person reads it: the error is a page too
+    assert "Patient/nobody is not known" in missing.get_data(as_text=True)
+    assert missing.headers["X-Content-Type-Options"] == "nosniff"

@@ -278,6 +278,7 @@ def test_history_shows_how_the_ranking_changed(client: FlaskClient) -> None:
     assert [e["resource"]["meta"]["versionId"] for e in earlier] == ["1"]
     assert ranked_texts(bundle) == ["Choir", "Garden"]
     assert client.get("/fhir/Patient/p1/$what-matters?history=maybe").status_code == 400
+    assert client.get("/fhir/Patient/p1/$what-matters?history=true&history=x").status_code == 400
 
 
 def test_capability_statement_names_the_operations(client: FlaskClient) -> None:
