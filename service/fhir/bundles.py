@@ -384,12 +384,21 @@ def _rewrite(value: Any, mapping: dict[str, str]) -> Any:
     return value
 
 
-def resolve_conditional_references(service: FhirService, tx: Transaction, value: Any) -> Any:
-    """Replace references like ``Patient?identifier=s|v`` with the one resource they match."""
+def resolve_conditional_references(
+    service: FhirService, tx: Transaction, value: Any, cache: dict[str, str] | None = None
+) -> Any:
+    """Replace references like ``Patient?identifier=s|v`` with the one resource they match.
+
+    ``cache`` (criteria -> reference) lets a long ingest that names the same patient in many
+    records resolve each criteria once.
+    """
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
             if key == "reference" and isinstance(item, str) and "?" in item:
+                if cache is not None and item in cache:
+                    out[key] = cache[item]
+                    continue
                 type_ = item.split("?", 1)[0]
                 check_type(type_)
                 match = service.match_one_or_none(tx, type_, item, "The conditional reference")
@@ -398,11 +407,13 @@ def resolve_conditional_references(service: FhirService, tx: Transaction, value:
                         f"The conditional reference {item!r} matches no resource",
                     )
                 out[key] = f"{match.type}/{match.id}"
+                if cache is not None:
+                    cache[item] = out[key]
             else:
-                out[key] = resolve_conditional_references(service, tx, item)
+                out[key] = resolve_conditional_references(service, tx, item, cache)
         return out
     if isinstance(value, list):
-        return [resolve_conditional_references(service, tx, item) for item in value]
+        return [resolve_conditional_references(service, tx, item, cache) for item in value]
     return value
 
 

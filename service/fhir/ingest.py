@@ -149,20 +149,7 @@ def ingest(
 
     def write(tx: Transaction) -> None:
         batch: list[tuple[str, dict[str, Any], dict[str, str]]] = []
-        resolved: dict[str, Any] = {}  # the same patient is named by many records
-
-        def resolve(value: Any) -> Any:
-            if isinstance(value, list):
-                return [resolve(v) for v in value]
-            if not isinstance(value, dict):
-                return value
-            reference = value.get("reference")
-            if isinstance(reference, str) and "?" in reference:
-                if reference not in resolved:
-                    found = resolve_conditional_references(fhir, tx, {"reference": reference})
-                    resolved[reference] = found["reference"]
-                return {**value, "reference": resolved[reference]}
-            return {k: resolve(v) for k, v in value.items()}
+        resolved: dict[str, str] = {}  # the same patient is named by many records
 
         def flush() -> None:
             for result in fhir.create_many_in(tx, batch):
@@ -176,7 +163,7 @@ def ingest(
             if not check(output) or report.errors:
                 continue  # keep mapping to report every problem; nothing will be kept
             try:
-                resource = resolve(output.resource)
+                resource = resolve_conditional_references(fhir, tx, output.resource, resolved)
             except FhirError as error:
                 report.add_error(
                     Issue(
