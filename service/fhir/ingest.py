@@ -21,7 +21,7 @@ from service.fhir.results import Result, operation_outcome
 from service.fhir.search import escape_value
 from service.mapping.engine import Mapper, Output
 from service.mapping.files import MappingError, MappingFile
-from service.mapping.sources import read_records
+from service.mapping.sources import mapping_records
 from service.storage import Transaction
 
 MAX_ERRORS = 100  # reported at once; the rest are summarised
@@ -84,17 +84,10 @@ def ingest(
 ) -> tuple[Result, IngestReport]:
     """Map ``data`` with ``mapping`` and write the result (or, with ``dry_run``, only show it)."""
     report = IngestReport()
-    source = mapping.content["source"]
     mapper = Mapper(mapping, conceptmaps)
 
     def outputs() -> Iterable[Output]:
-        records = read_records(
-            source["format"],
-            data,
-            source.get("record"),
-            source.get("delimiter", ","),
-            questionnaires,
-        )
+        records = mapping_records(mapping, data, questionnaires)
         while True:
             try:
                 record = next(records)

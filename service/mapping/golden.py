@@ -11,7 +11,7 @@ from typing import Any
 
 from service.mapping.engine import Mapper, Output
 from service.mapping.files import MappingError, MappingFile
-from service.mapping.sources import read_records
+from service.mapping.sources import mapping_records
 
 
 @dataclass(frozen=True)
@@ -33,17 +33,10 @@ def map_input(
     conceptmaps: dict[str, dict[str, Any]] | None = None,
 ) -> list[Output]:
     """Every resource ``data`` maps to; the first MappingError stops it."""
-    source = mapping.content["source"]
     text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
     mapper = Mapper(mapping, conceptmaps)
     outputs: list[Output] = []
-    for record in read_records(
-        source["format"],
-        text,
-        source.get("record"),
-        source.get("delimiter", ","),
-        questionnaires,
-    ):
+    for record in mapping_records(mapping, text, questionnaires):
         outputs += mapper.map_record(record)
     return outputs
 

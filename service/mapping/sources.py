@@ -18,7 +18,7 @@ from typing import Any
 
 import hl7
 
-from service.mapping.files import MappingError
+from service.mapping.files import MappingError, MappingFile
 
 
 @dataclass
@@ -51,6 +51,18 @@ def read_records(
         yield from _questionnaire_response(_text(data), questionnaires or {})
     else:  # pragma: no cover - the schema allows only the four
         raise MappingError(f"unknown input format {fmt!r}")
+
+
+def mapping_records(
+    mapping: MappingFile,
+    data: bytes | str | Iterable[str],
+    questionnaires: dict[str, dict[str, Any]] | None = None,
+) -> Iterator[Record]:
+    """The records of an input, read the way the mapping's ``source`` says."""
+    source = mapping.content["source"]
+    return read_records(
+        source["format"], data, source.get("record"), source.get("delimiter", ","), questionnaires
+    )
 
 
 def _text(data: bytes | str | Iterable[str]) -> str:
