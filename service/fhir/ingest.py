@@ -110,18 +110,20 @@ def ingest(
 
     def check(output: Output) -> bool:
         resource = output.resource
-        issues = fhir.validator.validate(resource, resource["resourceType"])
-        issues += fhir.validator.validate_profiles(resource)
-        failed = [i for i in issues if i.severity in ("error", "fatal")]
-        for issue in failed:
-            report.add_error(
-                replace(
-                    issue,
-                    diagnostics=f"{output.where} <- {output.position}: the "
-                    f"{resource['resourceType']} made is not valid: {issue.diagnostics}",
-                )
-            )
-        return not failed
+        try:
+            fhir.check_resource(resource, resource["resourceType"])  # what every write must meet
+        except FhirError as error:
+            for issue in error.outcome_issues():
+                if issue.severity in ("error", "fatal"):
+                    report.add_error(
+                        replace(
+                            issue,
+                            diagnostics=f"{output.where} <- {output.position}: the "
+                            f"{resource['resourceType']} made is not valid: {issue.diagnostics}",
+                        )
+                    )
+            return False
+        return True
 
     if dry_run:
         for output in outputs():
