@@ -698,17 +698,7 @@ class FhirService:
             if key in existing:
                 results.append(Result(200, stored=tx.read(type_, existing[key]), location=True))
                 continue
-            moment = self._tick(None)
-            content = with_meta(resource, str(uuid.uuid4()), 1, moment)
-            stored = StoredResource(
-                type=type_,
-                id=content["id"],
-                version=1,
-                last_updated_us=moment,
-                deleted=False,
-                content=dump_json(content),
-                method="POST",
-            )
+            stored, content = self._version(type_, str(uuid.uuid4()), resource, None, "POST")
             batch.append((stored, self.search_params.index(content)))
             pending[key] = Result(201, stored=stored, location=True)
             results.append(pending[key])
@@ -721,16 +711,15 @@ class FhirService:
             moment = current.last_updated_us + 1000  # keep lastUpdated increasing per resource
         return moment
 
-    def _write(
+    def _version(
         self,
-        tx: Transaction,
         type_: str,
         id_: str,
         resource: dict[str, Any],
         current: StoredResource | None,
         method: str,
-        index: IndexRows | None = None,
-    ) -> StoredResource:
+    ) -> tuple[StoredResource, dict[str, Any]]:
+        """The next version of a resource, with the server-owned meta, and its content."""
         version = current.version + 1 if current is not None else 1
         moment = self._tick(current)
         content = with_meta(resource, id_, version, moment)
@@ -743,6 +732,19 @@ class FhirService:
             content=dump_json(content),
             method=method,
         )
+        return stored, content
+
+    def _write(
+        self,
+        tx: Transaction,
+        type_: str,
+        id_: str,
+        resource: dict[str, Any],
+        current: StoredResource | None,
+        method: str,
+        index: IndexRows | None = None,
+    ) -> StoredResource:
+        stored, content = self._version(type_, id_, resource, current, method)
         tx.put(
             stored,
             current.version if current is not None else None,
