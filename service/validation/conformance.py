@@ -18,7 +18,7 @@ from service.validation.definitions import BASE_SD, Definitions, TypeModel
 from service.validation.fhirpath import InvariantEngine
 from service.validation.profiles import ProfileRegistry
 from service.validation.snapshots import CHANGED
-from service.validation.structure import reference_type
+from service.validation.structure import lookup_element, reference_type
 from service.validation.terminology import code_format_problem
 
 # Invariants every element and extension carries in the base; the base validator owns them.
@@ -111,10 +111,6 @@ def _mark(node: ElementNode) -> bool:
     node.relevant = relevant
     node.relevant_children = tuple(c for c in node.children.values() if c.relevant)
     return relevant
-
-
-def _capitalise(code: str) -> str:
-    return code[0].upper() + code[1:]
 
 
 def matches_pattern(value: Any, pattern: Any) -> bool:
@@ -249,6 +245,7 @@ class ProfileValidator:
     ) -> None:
         model = place.model
         children = model.children.get(place.path, {})
+        choices = {d.name[:-3]: d for d in children.values() if d.is_choice}
         for key, value in node.items():
             if key in ("extension", "modifierExtension") and isinstance(value, list):
                 for index, item in enumerate(value):
@@ -259,25 +256,13 @@ class ProfileValidator:
             if not isinstance(value, dict | list) or not _has_extensions(value):
                 continue  # nothing below here to check
             name = key[1:] if key.startswith("_") else key
-            definition = children.get(name)
-            type_code: str | None = None
-            if definition is None:
-                for child in children.values():
-                    prefix = child.name[:-3]
-                    if child.is_choice and name.startswith(prefix):
-                        suffix = name[len(prefix) :]
-                        type_code = next((t for t in child.types if _capitalise(t) == suffix), None)
-                        if type_code is not None:
-                            definition = child
-                            break
-            elif definition.types:
-                type_code = definition.types[0]
+            definition, type_code = lookup_element(children, choices, name)
             if definition is None:
                 continue
             epath = f"{place.epath}.{definition.name}"
             # the names an extension's context may use for this element
             names = {epath, f"{place.epath}.{name}", definition.path}
-            if type_code:
+            if type_code and type_code != "#":
                 names.add(type_code)
             items = value if isinstance(value, list) else [value]
             for index, item in enumerate(items):

@@ -180,7 +180,7 @@ class StructureValidator:
                 continue
             primitive_ext = key.startswith("_")
             name = key[1:] if primitive_ext else key
-            definition, type_code = self._lookup(children, choices, name)
+            definition, type_code = lookup_element(children, choices, name)
             if definition is None or type_code is None:
                 issues.append(
                     Issue(
@@ -262,23 +262,6 @@ class StructureValidator:
                         (expr,),
                     )
                 )
-
-    @staticmethod
-    def _lookup(
-        children: dict[str, ElementDef], choices: dict[str, ElementDef], name: str
-    ) -> tuple[ElementDef | None, str | None]:
-        definition = children.get(name)
-        if definition is not None and not definition.is_choice:
-            if definition.content_reference is not None:
-                return definition, "#"
-            return definition, definition.types[0] if definition.types else None
-        for prefix, choice in choices.items():
-            if name.startswith(prefix) and len(name) > len(prefix):
-                suffix = name[len(prefix) :]
-                for type_code in choice.types:
-                    if _capitalise(type_code) == suffix:
-                        return choice, type_code
-        return None, None
 
     def _element(
         self,
@@ -522,6 +505,28 @@ def reference_type(reference: Any, root: dict[str, Any] | None) -> str | None:
     if len(parts) >= 2 and parts[-2][:1].isupper():
         return parts[-2]
     return None
+
+
+def lookup_element(
+    children: dict[str, ElementDef], choices: dict[str, ElementDef], name: str
+) -> tuple[ElementDef | None, str | None]:
+    """The definition of a JSON property and its type (``valueQuantity`` -> value[x], Quantity).
+
+    ``choices`` maps each choice element's stem (``value``) to its definition; the type is
+    "#" for an element defined by a contentReference.
+    """
+    definition = children.get(name)
+    if definition is not None and not definition.is_choice:
+        if definition.content_reference is not None:
+            return definition, "#"
+        return definition, definition.types[0] if definition.types else None
+    for prefix, choice in choices.items():
+        if name.startswith(prefix) and len(name) > len(prefix):
+            suffix = name[len(prefix) :]
+            for type_code in choice.types:
+                if _capitalise(type_code) == suffix:
+                    return choice, type_code
+    return None, None
 
 
 def is_valid_id(value: str) -> bool:
