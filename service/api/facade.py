@@ -145,10 +145,7 @@ def build_facade() -> Blueprint:
     @bp.get("/patients/<path:patient>/priorities")
     def get_priorities(patient: str) -> Response:
         system, value = _split(patient)
-        patient_id = what_matters().patient_by_identifier({"system": system, "value": value})
-        result = what_matters().what_matters(patient_id, False, base_url())
-        body = {"patient": {"system": system, "value": value}, **priorities(result.body or {})}
-        return _json(body, 200)
+        return _priorities(system, value, 200)
 
     @bp.post("/patients/<path:patient>/priorities")
     def post_priorities(patient: str) -> Response:
@@ -159,12 +156,17 @@ def build_facade() -> Blueprint:
             what_matters().record(None, parameters, base_url())
         except FhirError as error:
             raise _facade_paths(error, paths) from error
-        patient_id = what_matters().patient_by_identifier({"system": system, "value": value})
-        result = what_matters().what_matters(patient_id, False, base_url())
-        body = {"patient": {"system": system, "value": value}, **priorities(result.body or {})}
-        return _json(body, 201)
+        return _priorities(system, value, 201)
 
     return bp
+
+
+def _priorities(system: str, value: str, status: int) -> Response:
+    """The patient's ranked priorities as the facade's JSON ($what-matters, made plain)."""
+    patient_id = what_matters().patient_by_identifier({"system": system, "value": value})
+    result = what_matters().what_matters(patient_id, False, base_url())
+    body = {"patient": {"system": system, "value": value}, **priorities(result.body or {})}
+    return _json(body, status)
 
 
 def _json(body: Any, status: int) -> Response:
