@@ -18,7 +18,7 @@ from service.fhir.interactions import FhirService
 from service.fhir.model import parse_etag
 from service.fhir.results import Result
 from service.fhir.search import parse_query_string
-from service.priorities.operations import WhatMatters, parse_history_flag
+from service.priorities.operations import WhatMatters
 
 INGEST_TYPES = {
     "csv": ("text/csv",),
@@ -81,6 +81,18 @@ def _params() -> list[tuple[str, str]]:
     return parse_query_string(_criteria())
 
 
+def _flag(name: str) -> bool:
+    """A true|false operation parameter of the query string, given at most once."""
+    given = request.args.getlist(name)
+    if len(given) > 1:
+        raise BadRequest(f"{name} may be given once", expression=(name,))
+    if not given or given[0] == "false":
+        return False
+    if given[0] == "true":
+        return True
+    raise BadRequest(f"{name} must be true or false, not {given[0]!r}", expression=(name,))
+
+
 def _reply(result: Result, write: bool = False) -> Response:
     return render(request, result, base_url, write=write)
 
@@ -132,10 +144,7 @@ def build_blueprint(base_path: str) -> Blueprint:
 
     @bp.get("/Patient/<id_>/$what-matters")
     def get_what_matters(id_: str) -> Response:
-        given = request.args.getlist("history")
-        if len(given) > 1:
-            raise BadRequest("history may be given once", expression=("history",))
-        history = parse_history_flag(given[0] if given else None)
+        history = _flag("history")
         return _reply(what_matters().what_matters(id_, history, base_url()))
 
     @bp.post("/$ingest")
@@ -154,7 +163,7 @@ def build_blueprint(base_path: str) -> Blueprint:
             raise UnsupportedMediaType(
                 f"The mapping {name} reads {fmt}; send it as {' or '.join(INGEST_TYPES[fmt])}"
             )
-        dry_run = parse_history_flag(request.args.get("dryRun"), "dryRun")
+        dry_run = _flag("dryRun")
         # CSV streams row by row; the other formats are read whole
         body: Any = (
             io.TextIOWrapper(request.stream, encoding="utf-8-sig", newline="")

@@ -17,7 +17,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from service.errors import (
-    BadRequest,
     FhirError,
     Issue,
     NotFound,
@@ -414,12 +413,3 @@ def _entry(base: str, resource: dict[str, Any]) -> dict[str, Any]:
     if "id" not in resource:  # the merged List is a view: it has no id, nothing to read back
         return {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": resource}
     return {"fullUrl": f"{base}/{resource['resourceType']}/{resource['id']}", "resource": resource}
-
-
-def parse_history_flag(value: str | None, name: str = "history") -> bool:
-    """Read a ``true|false`` query parameter (absent is false)."""
-    if value is None or value == "false":
-        return False
-    if value == "true":
-        return True
-    raise BadRequest(f"{name} must be true or false, not {value!r}", expression=(name,))
