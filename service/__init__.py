@@ -12,19 +12,22 @@ if TYPE_CHECKING:
     from service.fhir.ingest import Mappings
     from service.fhir.interactions import FhirService
     from service.storage import Store
+    from service.validation.profiles import ProfileRegistry
 
 
-def build_fhir_service(config: Config) -> FhirService:
+def build_fhir_service(config: Config, registry: ProfileRegistry | None = None) -> FhirService:
     """Open the configured database and wire the FHIR core to it."""
     from service.storage.sql import SqlStore
 
     store = SqlStore.from_url(config.database_url, config.db_pool_size)
     if config.auto_migrate:
         store.migrate()
-    return wire_fhir_service(config, store)
+    return wire_fhir_service(config, store, registry)
 
 
-def wire_fhir_service(config: Config, store: Store) -> FhirService:
+def wire_fhir_service(
+    config: Config, store: Store, registry: ProfileRegistry | None = None
+) -> FhirService:
     """The FHIR core over ``store``: profiles loaded and checked, validators, search params."""
     from service.fhir.conformance import ConformanceResources
     from service.fhir.interactions import FhirService
@@ -34,7 +37,7 @@ def wire_fhir_service(config: Config, store: Store) -> FhirService:
     from service.validation.validator import ResourceValidator
 
     definitions = Definitions.shared()
-    registry = ProfileRegistry.load(definitions, config.profiles_dir)
+    registry = registry or ProfileRegistry.load(definitions, config.profiles_dir)
     search_params = SearchParameters.shared(
         definitions.search_parameters + search_parameters([f.resource for f in registry.files])
     )
@@ -52,13 +55,15 @@ def wire_fhir_service(config: Config, store: Store) -> FhirService:
     )
 
 
-def load_mappings(config: Config) -> Mappings:
-    """The mapping files and the Questionnaires they read (from the profiles folder)."""
+def load_mappings(config: Config, resources: list[dict[str, Any]] | None = None) -> Mappings:
+    """The mapping files, and the Questionnaires and ConceptMaps of the profiles folder they
+    read (``resources``, when the caller has loaded the folder already)."""
     from service.fhir.ingest import Mappings
     from service.mapping.files import MappingError, load_folder
     from service.validation.profiles import load_profile_resources
 
-    resources = load_profile_resources(config.profiles_dir)
+    if resources is None:
+        resources = load_profile_resources(config.profiles_dir)
 
     def by_url(kind: str) -> dict[str, dict[str, Any]]:
         return {str(r["url"]): r for r in resources if r.get("resourceType") == kind and "url" in r}
@@ -86,11 +91,17 @@ def create_app(config: Config | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     from service.priorities.operations import WhatMatters
+    from service.validation.definitions import Definitions
+    from service.validation.profiles import ProfileRegistry
 
-    fhir = build_fhir_service(config)
+    # the profiles folder is read once, for the validators and for the mappings
+    registry = ProfileRegistry.load(Definitions.shared(), config.profiles_dir)
+    fhir = build_fhir_service(config, registry)
     app.extensions["whatmatters.store"] = fhir.store
     app.extensions["whatmatters.fhir"] = fhir
     app.extensions["whatmatters.priorities"] = WhatMatters(fhir)
-    app.extensions["whatmatters.mappings"] = load_mappings(config)
+    app.extensions["whatmatters.mappings"] = load_mappings(
+        config, [f.resource for f in registry.files]
+    )
     api.register(app, config.base_path)
     return app

@@ -22,9 +22,12 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     # Broken profiles or mappings stop the service here, with file and line, not in each worker.
     from service import load_mappings, wire_fhir_service
     from service.storage.memory import MemoryStore
+    from service.validation.definitions import Definitions
+    from service.validation.profiles import ProfileRegistry
 
-    wire_fhir_service(config, MemoryStore())
-    load_mappings(config)
+    registry = ProfileRegistry.load(Definitions.shared(), config.profiles_dir)
+    wire_fhir_service(config, MemoryStore(), registry)
+    load_mappings(config, [f.resource for f in registry.files])
     # Each worker builds its own app (and connection pool) after the fork.
     worker_config = replace(config, auto_migrate=False)
 
