@@ -9,6 +9,8 @@ from flask import Flask
 from service.config import Config
 
 if TYPE_CHECKING:
+    from service.exchange.partners import Partner
+    from service.exchange.worker import Worker
     from service.fhir.ingest import Mappings
     from service.fhir.interactions import FhirService
     from service.storage import Store
@@ -41,8 +43,11 @@ def wire_fhir_service(
     search_params = SearchParameters.shared(
         definitions.search_parameters + search_parameters([f.resource for f in registry.files])
     )
+    from service.exchange.outbox import OutboxFeed
+    from service.exchange.partners import load_partners
+
     required = dict(config.required_profiles)
-    return FhirService(
+    fhir = FhirService(
         store,
         ResourceValidator(registry, required_profiles=required),
         search_params,
@@ -52,6 +57,62 @@ def wire_fhir_service(
         max_page_size=config.max_page_size,
         return_warnings=config.validation_warnings,
         conformance=ConformanceResources([f.resource for f in registry.files], registry.snapshots),
+    )
+    # every write path queues its deliveries to partners and subscribers in its transaction
+    fhir.listeners.append(OutboxFeed(load_partners(config.partners_file), fhir.clock))
+    return fhir
+
+
+def build_worker(config: Config, fhir: FhirService, partners: tuple[Partner, ...]) -> Worker:
+    """The outbox worker over ``fhir``: HTTP clients per partner, the summary for documents."""
+    from service.exchange.client import HttpPartnerClient
+    from service.exchange.summary import SummaryItem
+    from service.exchange.worker import Backoff, Worker
+    from service.priorities.operations import WhatMatters
+    from service.priorities.view import priorities
+
+    what_matters = WhatMatters(fhir)
+    base = config.own_base_url
+
+    def summarise(patient_id: str) -> tuple[str | None, list[SummaryItem]]:
+        bundle = what_matters.what_matters(patient_id, False, base).body
+        patient = fhir.read("Patient", patient_id).stored
+        name = None
+        if patient is not None and patient.content:
+            import json
+
+            names = json.loads(patient.content).get("name") or [{}]
+            first = names[0] if isinstance(names[0], dict) else {}
+            name = (
+                first.get("text")
+                or " ".join([*first.get("given", []), first.get("family", "")]).strip()
+                or None
+            )
+        items = [
+            SummaryItem(
+                rank=item["rank"],
+                text=item["text"],
+                kind=item["kind"],
+                recorded_by=item.get("recordedBy"),
+                setting=", ".join(item.get("settings") or []) or item.get("settingType"),
+                date=item.get("date"),
+            )
+            for item in priorities(bundle or {})["priorities"]
+        ]
+        return name, items
+
+    return Worker(
+        fhir,
+        partners,
+        base,
+        HttpPartnerClient,
+        summarise=summarise,
+        lease_seconds=config.outbox_lease_seconds,
+        backoff=Backoff(
+            base_seconds=config.outbox_retry_base_seconds,
+            cap_seconds=config.outbox_retry_cap_seconds,
+            give_up_seconds=config.outbox_give_up_hours * 3600,
+        ),
     )
 
 
@@ -103,5 +164,8 @@ def create_app(config: Config | None = None) -> Flask:
     app.extensions["whatmatters.mappings"] = load_mappings(
         config, [f.resource for f in registry.files]
     )
+    from service.exchange.partners import load_partners
+
+    app.extensions["whatmatters.partners"] = load_partners(config.partners_file)
     api.register(app, config.base_path)
     return app

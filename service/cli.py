@@ -1,4 +1,4 @@
-"""The ``whatmatters`` command: serve, init-db, vendor-definitions."""
+"""The ``whatmatters`` command: serve, worker, outbox, import, init-db, map, validate ..."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from service.config import Config, ConfigError
 
@@ -40,7 +41,10 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
             self.cfg.set("graceful_timeout", 20)
 
         def load(self) -> object:
-            return create_app(worker_config)
+            app = create_app(worker_config)
+            if config.outbox_worker:
+                _start_embedded_worker(worker_config, app)
+            return app
 
     print(
         f"What Matters FHIR service on http://{config.host}:{config.port}{config.base_path} "
@@ -48,6 +52,138 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         flush=True,
     )
     _Server().run()
+    return 0
+
+
+def _start_embedded_worker(config: Config, app: Any) -> None:
+    """Deliver the outbox from a thread of this gunicorn process (the embedded default)."""
+    import threading
+
+    from service import build_worker
+
+    worker = build_worker(
+        config, app.extensions["whatmatters.fhir"], app.extensions["whatmatters.partners"]
+    )
+    stop = threading.Event()
+    threading.Thread(
+        target=worker.serve_forever,
+        args=(stop, 2, config.outbox_poll_seconds),
+        name="outbox-worker",
+        daemon=True,
+    ).start()
+
+
+def _worker(config: Config, args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from service import build_fhir_service, build_worker
+    from service.exchange.partners import load_partners
+
+    fhir = build_fhir_service(config)
+    worker = build_worker(config, fhir, load_partners(config.partners_file))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"What Matters outbox worker {worker.owner} ({args.threads} threads)", flush=True)
+    if args.once:
+        print(f"delivered {worker.drain(timeout=args.timeout)} rows")
+    else:
+        worker.serve_forever(stop, args.threads, config.outbox_poll_seconds)
+    fhir.store.close()
+    return 0
+
+
+def _outbox(config: Config, args: argparse.Namespace) -> int:
+    from service import build_fhir_service
+    from service.exchange import outbox
+    from service.fhir.model import instant
+
+    fhir = build_fhir_service(config)
+    ids = args.id or None
+    destination = f"partner:{args.partner}" if args.partner else args.destination
+    try:
+        if args.outbox_command == "status":
+            lines = fhir.read_only(outbox.summary)
+            if not lines:
+                print("the outbox is empty")
+            for line in lines:
+                print(
+                    f"{line.destination:32} {line.state:10} {line.rows:8} "
+                    f"oldest {instant(line.oldest_us)}"
+                )
+            states = ["dead"] if not args.all else None
+            rows = fhir.read_only(
+                lambda tx: tx.outbox_rows(states=states, destination=destination, ids=ids)
+            )
+            for row in rows:
+                reason = _reason(row.last_error)
+                print(
+                    f"#{row.id} {row.state} {row.destination} {row.kind} "
+                    f"{row.res_type}/{row.res_id}/_history/{row.version} attempts={row.attempts} "
+                    f"status={row.last_status}: {reason}"
+                )
+            return 0
+        if args.outbox_command == "retry":
+            changed = fhir.run(lambda tx: outbox.retry(tx, fhir.clock(), ids, destination))
+            print(f"{len(changed)} rows queued again: {' '.join(f'#{r.id}' for r in changed)}")
+            return 0
+        if ids is None and destination is None and not args.all:
+            print("whatmatters: name the rows to discard (--id, --partner, or --all)")
+            return 2
+        changed = fhir.run(lambda tx: outbox.discard(tx, ids, destination))
+        print(f"{len(changed)} rows discarded: {' '.join(f'#{r.id}' for r in changed)}")
+        return 0
+    finally:
+        fhir.store.close()
+
+
+def _reason(error: str | None) -> str:
+    if not error:
+        return "-"
+    try:
+        outcome = json.loads(error)
+        return "; ".join(str(i.get("diagnostics", "")) for i in outcome.get("issue", []))
+    except ValueError:
+        return error
+
+
+def _import(config: Config, args: argparse.Namespace) -> int:
+    from service import build_fhir_service
+    from service.errors import FhirError
+    from service.exchange.client import HttpPartnerClient, Unreachable
+    from service.exchange.partners import load_partners
+    from service.exchange.worker import Refused, Retry
+
+    partners = {p.name: p for p in load_partners(config.partners_file)}
+    partner = partners.get(args.source)
+    if partner is None:
+        known = ", ".join(sorted(partners)) or "none (set WHATMATTERS_PARTNERS_FILE)"
+        print(f"whatmatters: no partner {args.source!r}; partners: {known}", file=sys.stderr)
+        return 2
+    system, sep, value = args.patient.partition("|")
+    if not sep or not system or not value:
+        print("whatmatters: --patient must be SYSTEM|VALUE", file=sys.stderr)
+        return 2
+    from service.exchange.importer import import_patient
+
+    fhir = build_fhir_service(config)
+    try:
+        report = import_patient(fhir, HttpPartnerClient(partner), system, value)
+    except (Refused, Retry, Unreachable) as exc:
+        print(f"whatmatters: import from {partner.name} failed: {exc}", file=sys.stderr)
+        return 1
+    except FhirError as exc:
+        for issue in exc.outcome_issues():
+            print(f"error: {', '.join(issue.expression) or '-'}: {issue.diagnostics}")
+        return 1
+    finally:
+        fhir.store.close()
+    read = ", ".join(f"{n} {t}" for t, n in report.read.items())
+    print(
+        f"imported {report.patient} from {partner.name}: read {read}; "
+        f"{report.created} created, {report.updated} updated"
+    )
     return 0
 
 
@@ -271,6 +407,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("input", help="the input file (HL7 v2, CSV, JSON, QuestionnaireResponse)")
     run.add_argument("--dry-run", action="store_true", help="show the Bundle; write nothing")
     run.set_defaults(run=_map_run)
+    worker = sub.add_parser("worker", help="deliver the outbox to partners and subscribers")
+    worker.add_argument("--threads", type=int, default=2, help="delivery threads")
+    worker.add_argument("--once", action="store_true", help="deliver what is due, then stop")
+    worker.add_argument("--timeout", type=float, default=60.0, help="with --once: at most")
+    worker.set_defaults(run=_worker)
+    box = sub.add_parser("outbox", help="show and manage the delivery queue")
+    box_sub = box.add_subparsers(dest="outbox_command", required=True)
+    for name, text in (
+        ("status", "rows per destination and state, and the dead rows with their reasons"),
+        ("retry", "queue dead rows again (all of them, or --id / --partner)"),
+        ("discard", "give up rows (--id, --partner or --all); they stay listed"),
+    ):
+        command = box_sub.add_parser(name, help=text)
+        command.add_argument("--id", type=int, action="append", help="a row id (repeatable)")
+        command.add_argument("--partner", help="only rows for this partner")
+        command.add_argument("--destination", help="only rows for this destination")
+        command.add_argument("--all", action="store_true", help="status: list every row")
+        command.set_defaults(run=_outbox)
+    pull = sub.add_parser("import", help="pull a patient's priorities from a partner")
+    pull.add_argument("--from", dest="source", required=True, help="the partner's name")
+    pull.add_argument("--patient", required=True, help="the patient's identifier SYSTEM|VALUE")
+    pull.set_defaults(run=_import)
     vendor = sub.add_parser(
         "vendor-definitions", help="regenerate the vendored R4 definitions from the npm package"
     )
@@ -289,6 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"whatmatters: {exc}", file=sys.stderr)
         return 2
+    from service.exchange.partners import PartnerConfigError
     from service.mapping.files import MappingError
     from service.validation.profiles import ProfileError
 
@@ -297,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ProfileError as exc:
         print(f"whatmatters: the profiles cannot be used: {exc}", file=sys.stderr)
         return 2
-    except MappingError as exc:
+    except (MappingError, PartnerConfigError) as exc:
         print(f"whatmatters: {exc}", file=sys.stderr)
         return 2
     return result

@@ -43,6 +43,15 @@ class Config:
     # Whether validation warnings accompany successful writes (Prefer: return=OperationOutcome,
     # Bundle entry outcomes) and 422 errors.
     validation_warnings: bool = True
+    # Exchange: the partners file (none by default), and the outbox worker. ``serve`` runs the
+    # worker in each gunicorn process unless outbox_worker is off (then run `whatmatters worker`).
+    partners_file: Path | None = None
+    outbox_worker: bool = True
+    outbox_poll_seconds: float = 0.5
+    outbox_lease_seconds: float = 60.0
+    outbox_retry_base_seconds: float = 1.0
+    outbox_retry_cap_seconds: float = 300.0
+    outbox_give_up_hours: float = 72.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -66,17 +75,25 @@ class Config:
             "max_page_size",
             "db_pool_size",
         ):
-            raw = env.get(f"WHATMATTERS_{name.upper()}")
-            if raw is not None:
-                try:
-                    changes[name] = int(raw)
-                except ValueError as exc:
-                    raise ConfigError(f"WHATMATTERS_{name.upper()} must be a whole number") from exc
+            _number(env, name, int, "a whole number", changes)
         for name in ("profiles_dir", "mappings_dir"):
             raw_dir = env.get(f"WHATMATTERS_{name.upper()}")
             if raw_dir is not None:
                 changes[name] = Path(raw_dir)
-        for name in ("auto_migrate", "validation_warnings"):
+        raw_file = env.get("WHATMATTERS_PARTNERS_FILE")
+        if raw_file:
+            changes["partners_file"] = Path(raw_file)
+        for name in (
+            "outbox_poll_seconds",
+            "outbox_lease_seconds",
+            "outbox_retry_base_seconds",
+            "outbox_retry_cap_seconds",
+            "outbox_give_up_hours",
+        ):
+            number = _number(env, name, float, "a number", changes)
+            if number is not None and number <= 0:
+                raise ConfigError(f"WHATMATTERS_{name.upper()} must be positive")
+        for name in ("auto_migrate", "validation_warnings", "outbox_worker"):
             raw = env.get(f"WHATMATTERS_{name.upper()}")
             if raw is not None:
                 changes[name] = _boolean(f"WHATMATTERS_{name.upper()}", raw)
@@ -84,6 +101,11 @@ class Config:
         if raw is not None:
             changes["required_profiles"] = parse_required_profiles(raw)
         return replace(config, **changes)  # type: ignore[arg-type]
+
+    @property
+    def own_base_url(self) -> str:
+        """This service's FHIR base URL as partners and subscribers see it."""
+        return self.public_base_url or f"http://{self.host}:{self.port}{self.base_path}"
 
     def __post_init__(self) -> None:
         if not self.base_path.startswith("/") or self.base_path.endswith("/"):
@@ -107,6 +129,25 @@ def parse_required_profiles(raw: str) -> tuple[tuple[str, tuple[str, ...]], ...]
             )
         result[type_.strip()] = result.get(type_.strip(), ()) + profiles
     return tuple(sorted(result.items()))
+
+
+def _number(
+    env: Mapping[str, str],
+    name: str,
+    convert: type[int] | type[float],
+    what: str,
+    changes: dict[str, object],
+) -> float | None:
+    """Read WHATMATTERS_<NAME> as a number into ``changes``; None when it is not set."""
+    raw = env.get(f"WHATMATTERS_{name.upper()}")
+    if raw is None:
+        return None
+    try:
+        value: float = convert(raw)
+    except ValueError as exc:
+        raise ConfigError(f"WHATMATTERS_{name.upper()} must be {what}") from exc
+    changes[name] = value
+    return value
 
 
 def _boolean(name: str, raw: str) -> bool:

@@ -7,6 +7,7 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from service.api.exchange_views import build_exchange
 from service.api.facade import build_facade
 from service.api.fhir_views import build_blueprint
 from service.api.negotiation import render_error
@@ -25,6 +26,7 @@ log = logging.getLogger("whatmatters.api")
 
 def register(app: Flask, base_path: str) -> None:
     """Mount the FHIR API and make every error an OperationOutcome."""
+    app.register_blueprint(build_exchange(base_path))
     app.register_blueprint(build_blueprint(base_path))
     app.register_blueprint(build_facade())
     app.register_blueprint(build_page())

@@ -55,6 +55,15 @@ _PATIENT_OPERATIONS = [
 ]
 
 
+BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport"
+_SUBSCRIPTION_OPERATIONS = [
+    {
+        "name": "status",
+        "definition": f"{BACKPORT}/OperationDefinition/backport-subscription-status",
+    }
+]
+
+
 def capability_statement(
     base: str,
     released: str,
@@ -104,6 +113,7 @@ def capability_statement(
                         "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
                     },
                     *(_PATIENT_OPERATIONS if type_ == "Patient" else []),
+                    *(_SUBSCRIPTION_OPERATIONS if type_ == "Subscription" else []),
                 ],
             }
         )
@@ -128,6 +138,7 @@ def capability_statement(
         "date": released,
         "publisher": "What Matters",
         "kind": "instance",
+        "instantiates": [f"{BACKPORT}/CapabilityStatement/backport-subscription-server-r4"],
         "software": {"name": SOFTWARE_NAME, "version": SOFTWARE_VERSION},
         "implementation": {
             "description": "What Matters FHIR service: a patient's priorities and goals",

@@ -13,7 +13,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlencode
 
@@ -62,6 +62,24 @@ from service.validation.structure import is_valid_id
 T = TypeVar("T")
 _DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII digits that fit a 64-bit integer
 WRITE_RETRIES = 5
+
+
+@dataclass(frozen=True)
+class Change:
+    """A resource version just written, seen by listeners inside the writing transaction."""
+
+    type: str
+    id: str
+    version: int
+    content: dict[str, Any] | None  # None for a deletion
+    previous: dict[str, Any] | None = None  # the deleted content, for a deletion
+
+
+class ChangeListener(Protocol):
+    """Reacts to each write in its transaction (the exchange outbox); may refuse it."""
+
+    def changed(self, tx: Transaction, change: Change) -> None:
+        """Add what belongs with the change (outbox rows), or raise a FhirError."""
 
 
 class Validator(Protocol):
@@ -126,6 +144,9 @@ class FhirService:
         self.clock = clock
         self.return_warnings = return_warnings
         self.conformance = conformance
+        # the exchange outbox listens here, so every write path (REST, Bundles, operations,
+        # ingest) queues its deliveries in the same transaction
+        self.listeners: list[ChangeListener] = []
 
     # -- transactions -------------------------------------------------------------------------
 
@@ -431,6 +452,9 @@ class FhirService:
             method="DELETE",
         )
         tx.put(marker, current.version)
+        self._notify(
+            tx, Change(type_, id_, marker.version, None, parse_json(current.content or "{}"))
+        )
         return Result(204, stored=marker)
 
     def conditional_delete(self, type_: str, criteria: str) -> Result:
@@ -690,6 +714,7 @@ class FhirService:
                 existing[(type_, system, value)] = id_
         pending: dict[tuple[str, str, str], Result] = {}
         batch: list[tuple[StoredResource, IndexRows]] = []
+        changes: list[Change] = []
         for type_, resource, identifier in items:
             key = (type_, identifier["system"], identifier["value"])
             if key in pending:
@@ -700,10 +725,17 @@ class FhirService:
                 continue
             stored, content = self._version(type_, str(uuid.uuid4()), resource, None, "POST")
             batch.append((stored, self.search_params.index(content)))
+            changes.append(Change(type_, stored.id, 1, content))
             pending[key] = Result(201, stored=stored, location=True)
             results.append(pending[key])
         tx.insert_new(batch)
+        for change in changes:
+            self._notify(tx, change)
         return results
+
+    def _notify(self, tx: Transaction, change: Change) -> None:
+        for listener in self.listeners:
+            listener.changed(tx, change)
 
     def _tick(self, current: StoredResource | None) -> int:
         moment = self.clock()
@@ -750,6 +782,7 @@ class FhirService:
             current.version if current is not None else None,
             index if index is not None else self.search_params.index(content),
         )
+        self._notify(tx, Change(type_, id_, stored.version, content))
         return stored
 
 

@@ -21,6 +21,8 @@ SUPPORTED_TYPES: tuple[str, ...] = (
     "Provenance",
     "Questionnaire",
     "QuestionnaireResponse",
+    # rest-hook subscriptions to what-matters-changed (Subscriptions R5 Backport IG for R4)
+    "Subscription",
 )
 MAX_JSON_DEPTH = 100
 _ETAG = re.compile(r'^(?:W/)?"([0-9]+)"$')

@@ -78,8 +78,8 @@ def _to_python(node: yaml.Node, path: str, lines: dict[str, int], line: int = 0)
     return yaml.SafeLoader("").construct_object(node)
 
 
-def load_mapping(path: Path) -> MappingFile:
-    """Read, schema-check and lint one mapping file."""
+def read_yaml(path: Path) -> tuple[Any, dict[str, int]]:
+    """Read a YAML (or JSON) file and the line of each element path; MappingError if unreadable."""
     try:
         text = path.read_text(encoding="utf-8")
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -92,15 +92,24 @@ def load_mapping(path: Path) -> MappingFile:
     if node is None:
         raise MappingError(f"{path.name}:1 is empty")
     lines: dict[str, int] = {}
-    content = _to_python(node, "", lines)
+    return _to_python(node, "", lines), lines
+
+
+def schema_problems(schema_: dict[str, Any], located: MappingFile) -> list[str]:
+    """The first JSON Schema errors of a file's content, each with its file, line and path."""
+    validator = jsonschema.Draft202012Validator(schema_)
+    errors = sorted(validator.iter_errors(located.content), key=lambda e: list(e.absolute_path))
+    return [f"{located.where(_path(e.absolute_path))}: {_message(e)}" for e in errors[:10]]
+
+
+def load_mapping(path: Path) -> MappingFile:
+    """Read, schema-check and lint one mapping file."""
+    content, lines = read_yaml(path)
     mapping = MappingFile(path, content if isinstance(content, dict) else {}, lines)
-    validator = jsonschema.Draft202012Validator(schema())
-    errors = sorted(validator.iter_errors(content), key=lambda e: list(e.absolute_path))
-    if errors:
-        shown = []
-        for error in errors[:10]:
-            where = _path(error.absolute_path)
-            shown.append(f"{mapping.where(where)}: {_message(error)}")
+    if not isinstance(content, dict):
+        raise MappingError(f"{path.name}:1 must be a mapping of keys to values")
+    shown = schema_problems(schema(), mapping)
+    if shown:
         raise MappingError("\n".join(shown))
     problems = lint(mapping)
     if problems:

@@ -9,6 +9,8 @@ from service.validation.profiles import CANONICAL_BASE
 LOINC = "http://loinc.org"
 STATEMENT_CODE = "95541-9"  # Care experience preference (US Core 7+)
 PRIORITIES_CODE = "81340-2"  # Goals AndOr preferences in order of priority - Reported
+# Goals, preferences, and priorities for medical treatment [Reported] (US Core 7+)
+TREATMENT_PREFERENCE_CODE = "75773-2"
 PCO_CONCEPTS = "http://hl7.org/fhir/us/pco/CodeSystem/pco-concepts-temporary"
 CATEGORIES = "http://terminology.hl7.org/CodeSystem/observation-category"
 GOAL_PRIORITY = "http://terminology.hl7.org/CodeSystem/goal-priority"

@@ -11,6 +11,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
+from service.storage.outbox import OutboxRow
+
 
 class StorageError(Exception):
     """The database failed in a way the caller cannot fix by changing the request."""
@@ -384,6 +386,30 @@ class Transaction(Protocol):
 
     def lock(self, key: str) -> None:
         """Serialise transactions that use the same key (e.g. a conditional create)."""
+
+    # -- the outbox: deliveries to partners and subscribers, written with the change ------------
+
+    def outbox_add(self, rows: Sequence[OutboxRow]) -> None:
+        """Queue deliveries; they commit with the transaction's writes or not at all."""
+
+    def outbox_rows(
+        self,
+        states: Sequence[str] | None = None,
+        destination: str | None = None,
+        ids: Sequence[int] | None = None,
+        limit: int = 1000,
+    ) -> list[OutboxRow]:
+        """Return outbox rows in id order, filtered by state, destination and ids."""
+
+    def outbox_save(self, row: OutboxRow, owner: str | None = None) -> bool:
+        """Store a row's new state by id; with ``owner``, only while that worker holds its
+        lease. Return whether the row was saved."""
+
+    def outbox_summary(self) -> list[tuple[str, str, int, int]]:
+        """Return (destination, state, rows, oldest created_us) per destination and state."""
+
+    def next_counter(self, name: str, step: int = 1) -> int:
+        """Add ``step`` to a named counter (a subscription's event number) and return it."""
 
 
 class Store(Protocol):

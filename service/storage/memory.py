@@ -34,6 +34,7 @@ from service.storage import (
     UriMatch,
     VersionConflict,
 )
+from service.storage.outbox import OutboxRow
 
 Key = tuple[str, str]
 
@@ -90,6 +91,8 @@ class _State:
     saved: dict[str, list[Key]] = field(default_factory=dict)
     jobs: dict[str, tuple[Key | None, int]] = field(default_factory=dict)
     seq: int = 0
+    outbox: dict[int, OutboxRow] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
 
     def copy(self) -> _State:
         return _State(
@@ -99,6 +102,8 @@ class _State:
             saved=dict(self.saved),
             jobs=dict(self.jobs),
             seq=self.seq,
+            outbox=dict(self.outbox),
+            counters=dict(self.counters),
         )
 
 
@@ -364,6 +369,49 @@ class MemoryTransaction:
 
     def lock(self, key: str) -> None:
         """Nothing to do: write transactions already run one at a time."""
+
+    def outbox_add(self, rows: Sequence[OutboxRow]) -> None:
+        """Queue deliveries in this transaction."""
+        for row in rows:
+            id_ = max(self.state.outbox, default=0) + 1
+            self.state.outbox[id_] = replace(row, id=id_)
+
+    def outbox_rows(
+        self,
+        states: Sequence[str] | None = None,
+        destination: str | None = None,
+        ids: Sequence[int] | None = None,
+        limit: int = 1000,
+    ) -> list[OutboxRow]:
+        """Return outbox rows in id order."""
+        rows = [
+            row
+            for _, row in sorted(self.state.outbox.items())
+            if (states is None or row.state in states)
+            and (destination is None or row.destination == destination)
+            and (ids is None or row.id in ids)
+        ]
+        return rows[:limit]
+
+    def outbox_save(self, row: OutboxRow, owner: str | None = None) -> bool:
+        """Store a row's new state (only under ``owner``'s lease when given)."""
+        current = self.state.outbox.get(row.id)
+        if current is None or (owner is not None and current.lease_owner != owner):
+            return False
+        self.state.outbox[row.id] = row
+        return True
+
+    def outbox_summary(self) -> list[tuple[str, str, int, int]]:
+        """Return (destination, state, rows, oldest created_us)."""
+        groups: dict[tuple[str, str], list[int]] = {}
+        for row in self.state.outbox.values():
+            groups.setdefault((row.destination, row.state), []).append(row.created_us)
+        return [(d, s, len(c), min(c)) for (d, s), c in sorted(groups.items())]
+
+    def next_counter(self, name: str, step: int = 1) -> int:
+        """Add ``step`` to a named counter and return its new value."""
+        self.state.counters[name] = self.state.counters.get(name, 0) + step
+        return self.state.counters[name]
 
 
 class _Reversed:

@@ -162,6 +162,36 @@ reindex_progress = Table(
     Column("done", Integer, nullable=False),
 )
 
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", _SEQ, primary_key=True, autoincrement=True),
+    Column("destination", String(200), nullable=False),
+    Column("group_key", String(200), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("event_number", BigInteger, nullable=True),
+    Column("state", String(12), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt", BigInteger, nullable=False),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", BigInteger, nullable=False),
+    Column("created", BigInteger, nullable=False),
+    Column("delivered", BigInteger, nullable=True),
+    Column("last_status", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Index("ix_outbox_state_id", "state", "id"),
+    Index("ix_outbox_destination_state", "destination", "state"),
+)
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
 INDEX_TABLES = {
     "token": search_token,
     "string": search_string,
@@ -208,9 +238,14 @@ def _search_indexes(conn: Connection) -> None:
     )
 
 
+def _outbox(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[outbox, counters])
+
+
 # Append-only: a released migration never changes; a schema change is a new entry. Migration 2
 # needs `whatmatters reindex` on a database that already holds resources.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "resources, versions and token index", _initial_schema),
     (2, "index tables for every search parameter type, saved searches", _search_indexes),
+    (3, "transactional outbox for partners and subscriptions, counters", _outbox),
 ]

@@ -36,10 +36,13 @@ from service.storage import (
     StoreUnavailable,
     VersionConflict,
 )
+from service.storage.outbox import OutboxRow
 from service.storage.schema import (
     INDEX_TABLES,
     MIGRATIONS,
+    counters,
     metadata,
+    outbox,
     reindex_progress,
     resource_versions,
     resources,
@@ -454,12 +457,89 @@ class SqlTransaction:
         if self._dialect == "postgresql":
             self._conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _advisory_key(key)})
 
+    def outbox_add(self, rows: Sequence[OutboxRow]) -> None:
+        """Queue deliveries in this transaction."""
+        if rows:
+            self._conn.execute(insert(outbox), [_outbox_values(row) for row in rows])
+
+    def outbox_rows(
+        self,
+        states: Sequence[str] | None = None,
+        destination: str | None = None,
+        ids: Sequence[int] | None = None,
+        limit: int = 1000,
+    ) -> list[OutboxRow]:
+        """Return outbox rows in id order."""
+        statement = select(outbox).order_by(outbox.c.id).limit(limit)
+        if states is not None:
+            statement = statement.where(outbox.c.state.in_(list(states)))
+        if destination is not None:
+            statement = statement.where(outbox.c.destination == destination)
+        if ids is not None:
+            statement = statement.where(outbox.c.id.in_(list(ids)))
+        return [_outbox_row(r) for r in self._conn.execute(statement)]
+
+    def outbox_save(self, row: OutboxRow, owner: str | None = None) -> bool:
+        """Store a row's new state (only under ``owner``'s lease when given)."""
+        values = _outbox_values(row)
+        statement = update(outbox).where(outbox.c.id == row.id).values(**values)
+        if owner is not None:
+            statement = statement.where(outbox.c.lease_owner == owner)
+        return bool(self._conn.execute(statement).rowcount)
+
+    def outbox_summary(self) -> list[tuple[str, str, int, int]]:
+        """Return (destination, state, rows, oldest created_us)."""
+        from sqlalchemy import func
+
+        statement = (
+            select(outbox.c.destination, outbox.c.state, func.count(), func.min(outbox.c.created))
+            .group_by(outbox.c.destination, outbox.c.state)
+            .order_by(outbox.c.destination, outbox.c.state)
+        )
+        return [(r[0], r[1], int(r[2]), int(r[3])) for r in self._conn.execute(statement)]
+
+    def next_counter(self, name: str, step: int = 1) -> int:
+        """Add ``step`` to a named counter and return its new value."""
+        bumped = self._conn.execute(
+            update(counters).where(counters.c.name == name).values(value=counters.c.value + step)
+        )
+        if not bumped.rowcount:
+            # a racing first insert fails on the key and the caller's transaction is retried
+            self._conn.execute(insert(counters).values(name=name, value=step))
+            return step
+        return int(
+            self._conn.execute(select(counters.c.value).where(counters.c.name == name)).scalar_one()
+        )
+
     def execute_explain(self, query: Query, limit: int = 50) -> list[str]:
         """Return the database's plan for ``query`` (used by the index-usage tests)."""
         sql, params = select_sql(query, self._placeholder(), "r.res_type, r.res_id", limit)
         prefix = "EXPLAIN QUERY PLAN " if self._dialect == "sqlite" else "EXPLAIN "
         rows = self._conn.exec_driver_sql(prefix + sql, tuple(params)).all()
         return [" ".join(str(c) for c in row) for row in rows]
+
+
+_OUTBOX_COLUMNS = {
+    "created_us": "created",
+    "next_attempt_us": "next_attempt",
+    "lease_until_us": "lease_until",
+    "delivered_us": "delivered",
+}
+
+
+def _outbox_values(row: OutboxRow) -> dict[str, Any]:
+    values = {_OUTBOX_COLUMNS.get(name, name): value for name, value in vars(row).items()}
+    if not row.id:
+        del values["id"]
+    return values
+
+
+def _outbox_row(record: Any) -> OutboxRow:
+    fields = {name: getattr(record, _OUTBOX_COLUMNS.get(name, name)) for name in _ROW_FIELDS}
+    return OutboxRow(**fields)
+
+
+_ROW_FIELDS = tuple(OutboxRow.__dataclass_fields__)
 
 
 class SqlStore:

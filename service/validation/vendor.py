@@ -46,6 +46,7 @@ SEARCH_TYPES = (
     "QuestionnaireResponse",
     "Questionnaire",
     "Provenance",
+    "Subscription",
 )
 
 

@@ -27,6 +27,7 @@ def test_metadata_lists_exactly_the_supported_types(client: FlaskClient) -> None
         "Provenance",
         "Questionnaire",
         "QuestionnaireResponse",
+        "Subscription",
     ]
     writable = [r["type"] for r in rest["resource"] if "documentation" not in r]
     assert sorted(writable) == stored
@@ -96,3 +97,17 @@ def test_includes_are_advertised(client: FlaskClient) -> None:
     )
     assert "Goal:subject" in goal["searchInclude"]
     assert "Provenance:target" in goal["searchRevInclude"]
+
+
+def test_subscription_status_operation_is_declared(client: FlaskClient) -> None:
+    statement = client.get("/fhir/metadata").get_json()
+    backport = "http://hl7.org/fhir/uv/subscriptions-backport"
+    assert (
+        f"{backport}/CapabilityStatement/backport-subscription-server-r4"
+        in (statement["instantiates"])
+    )
+    subscription = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Subscription")
+    assert {
+        "name": "status",
+        "definition": f"{backport}/OperationDefinition/backport-subscription-status",
+    } in subscription["operation"]

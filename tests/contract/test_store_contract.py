@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from service.storage import (
@@ -18,18 +16,6 @@ from service.storage import (
     TokenRow,
     VersionConflict,
 )
-from service.storage.memory import MemoryStore
-from service.storage.sql import SqlStore
-from tests.conftest import wipe
-
-
-@pytest.fixture(params=["memory", "sql"])
-def store(request: pytest.FixtureRequest, sql_store: SqlStore) -> Iterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-    else:
-        wipe(sql_store)
-        yield sql_store
 
 
 def _version(id_: str, version: int, deleted: bool = False, type_: str = "Goal") -> StoredResource:

@@ -1,0 +1,128 @@
+"""Exchange endpoints: our JWKS, the outbox admin endpoint and Subscription ``$status``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+
+from service.api.fhir_views import base_url
+from service.api.negotiation import render
+from service.errors import BadRequest, NotFound
+from service.exchange import outbox
+from service.exchange.partners import Partner
+from service.exchange.smart import SigningKey, jwks
+from service.exchange.subscriptions import status_bundle
+from service.fhir.interactions import FhirService
+from service.fhir.model import instant
+from service.fhir.results import Result
+
+
+def _service() -> FhirService:
+    service: FhirService = current_app.extensions["whatmatters.fhir"]
+    return service
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(
+        json.dumps(body, ensure_ascii=False, indent=2),
+        status=status,
+        mimetype="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def _selection() -> tuple[list[int] | None, str | None]:
+    """The rows an admin request names: ``id`` (repeatable) and/or ``partner``."""
+    args = request.args if request.method == "GET" else (request.form or request.args)
+    ids: list[int] | None = None
+    if args.getlist("id"):
+        try:
+            ids = [int(value) for value in args.getlist("id")]
+        except ValueError as exc:
+            raise BadRequest("id must be a whole number", expression=("id",)) from exc
+    partner = args.get("partner")
+    destination = f"partner:{partner}" if partner else args.get("destination")
+    return ids, destination
+
+
+def build_exchange(base_path: str) -> Blueprint:
+    """Mount the JWKS, the outbox admin endpoint and Subscription $status."""
+    bp = Blueprint("exchange", __name__)
+
+    @bp.get("/.well-known/jwks.json")
+    def well_known_jwks() -> Response:
+        # the public halves of the keys we sign SMART Backend Services assertions with
+        partners: tuple[Partner, ...] = current_app.extensions["whatmatters.partners"]
+        keys = [
+            SigningKey.from_pem_file(p.auth.private_key_file, p.auth.algorithm)
+            for p in partners
+            if p.auth.private_key_file is not None and p.auth.algorithm is not None
+        ]
+        response = _json(jwks(keys))
+        response.headers["Cache-Control"] = "public, max-age=300"
+        response.mimetype = "application/jwk-set+json"
+        return response
+
+    @bp.get("/admin/outbox")
+    def outbox_status() -> Response:
+        ids, destination = _selection()
+        states = request.args.getlist("state") or None
+        try:
+            limit = min(int(request.args.get("_count", "100")), 1000)
+        except ValueError as exc:
+            raise BadRequest("_count must be a whole number", expression=("_count",)) from exc
+        fhir = _service()
+        lines = fhir.read_only(outbox.summary)
+        rows = fhir.read_only(
+            lambda tx: tx.outbox_rows(states=states, destination=destination, ids=ids, limit=limit)
+        )
+        return _json(
+            {
+                "summary": [
+                    {
+                        "destination": line.destination,
+                        "state": line.state,
+                        "rows": line.rows,
+                        "oldest": instant(line.oldest_us),
+                    }
+                    for line in lines
+                ],
+                "rows": [outbox.row_json(row) for row in rows],
+            }
+        )
+
+    @bp.post("/admin/outbox/retry")
+    def outbox_retry() -> Response:
+        ids, destination = _selection()
+        fhir = _service()
+        changed = fhir.run(lambda tx: outbox.retry(tx, fhir.clock(), ids, destination))
+        return _json({"retried": [row.id for row in changed]})
+
+    @bp.post("/admin/outbox/discard")
+    def outbox_discard() -> Response:
+        ids, destination = _selection()
+        if ids is None and destination is None and request.args.get("all") != "true":
+            raise BadRequest("Name the rows to discard: id=N, partner=NAME, or all=true")
+        changed = _service().run(lambda tx: outbox.discard(tx, ids, destination))
+        return _json({"discarded": [row.id for row in changed]})
+
+    @bp.route(f"{base_path}/Subscription/<id_>/$status", methods=["GET", "POST"])
+    def subscription_status(id_: str) -> Response:
+        # https://hl7.org/fhir/uv/subscriptions-backport/STU1.1/OperationDefinition-backport-subscription-status.html
+        fhir = _service()
+        stored = fhir.read("Subscription", id_).stored
+        if stored is None or stored.content is None:
+            raise NotFound(f"Subscription/{id_} is not known")
+        resource = json.loads(stored.content)
+        events = fhir.run(lambda tx: tx.next_counter(outbox.subscription_destination(id_), 0))
+        bundle = status_bundle(
+            f"{base_url()}/Subscription/{id_}",
+            str(resource.get("status")),
+            events,
+            resource.get("error"),
+        )
+        return render(request, Result(200, body=bundle), base_url)
+
+    return bp

@@ -1,0 +1,1 @@
+"""Exchange with EHR partners: outbox and worker, SMART Backend Services, subscriptions."""

@@ -1,0 +1,170 @@
+"""Inbound: pull a patient's Goals, Observations and Lists from a partner FHIR server.
+
+Everything pulled is written in one transaction through the same validation as any write, by
+conditional update on each resource's identifier, so importing twice changes nothing twice.
+References are rewritten to this service's resources; ``meta.source`` names the partner, so the
+outbox never sends the partner's own data back to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from service.errors import BadRequest, FhirError
+from service.exchange.client import PartnerClient
+from service.exchange.worker import URI_SYSTEM, Refused, check, identifier_token
+from service.fhir.bundles import resolve_conditional_references
+from service.fhir.interactions import FhirService
+from service.storage import Transaction
+
+# dependencies first: Goals address Observations; Lists hold both
+IMPORT_ORDER = ("Observation", "Goal", "List")
+MAX_PAGES = 1000
+
+
+@dataclass
+class ImportReport:
+    """What an import read and wrote."""
+
+    patient: str = ""
+    read: dict[str, int] = field(default_factory=dict)
+    created: int = 0
+    updated: int = 0
+    pages: int = 0
+
+
+def pages(client: PartnerClient, type_: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
+    """The resources of a search at the partner, following ``next`` links."""
+    answer = check(client.request("GET", type_, params=params), f"search {type_}")
+    for _ in range(MAX_PAGES):
+        bundle = answer.body if isinstance(answer.body, dict) else {}
+        for entry in bundle.get("entry") or []:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            mode = (entry.get("search") or {}).get("mode", "match")
+            if (
+                isinstance(resource, dict)
+                and resource.get("resourceType") == type_
+                and mode == "match"
+            ):
+                yield resource
+        next_url = next(
+            (
+                link.get("url")
+                for link in bundle.get("link") or []
+                if link.get("relation") == "next"
+            ),
+            None,
+        )
+        if not next_url:
+            return
+        answer = check(client.request("GET", next_url), f"next page of {type_}")
+    raise Refused(f"the search for {type_} has more than {MAX_PAGES} pages")
+
+
+def import_patient(
+    fhir: FhirService, client: PartnerClient, system: str, value: str
+) -> ImportReport:
+    """Pull one patient's priorities from a partner and store them here."""
+    partner = client.partner
+    report = ImportReport()
+    patients = list(pages(client, "Patient", {"identifier": identifier_token(system, value)}))
+    if len(patients) != 1:
+        raise Refused(
+            f"{partner.name} has {len(patients)} patients with identifier {system}|{value}; "
+            "one is needed"
+        )
+    remote_patient = patients[0]
+    remote_id = str(remote_patient["id"])
+    wanted = [t for t in IMPORT_ORDER if t in (partner.receive_types or IMPORT_ORDER)]
+    pulled: list[tuple[str, dict[str, Any]]] = []
+    for type_ in wanted:
+        found = list(pages(client, type_, {"patient": f"Patient/{remote_id}"}))
+        report.read[type_] = len(found)
+        pulled += [(type_, r) for r in found]
+    # each partner resource as a conditional reference on its identifier
+    patient_criteria = f"Patient?{urlencode({'identifier': identifier_token(system, value)})}"
+    known = {f"Patient/{remote_id}": patient_criteria}
+    identified: list[tuple[str, dict[str, Any], str]] = []
+    for type_, resource in pulled:
+        ident = _identifier(resource, f"{partner.base_url}/{type_}/{resource.get('id')}")
+        criteria = urlencode({"identifier": identifier_token(ident["system"], ident["value"])})
+        known[f"{type_}/{resource.get('id')}"] = f"{type_}?{criteria}"
+        identified.append((type_, {**resource, "identifier": _with(resource, ident)}, criteria))
+
+    def local(resource: dict[str, Any]) -> dict[str, Any]:
+        body = _rewrite(resource, known, partner.base_url)
+        meta = {k: v for k, v in (resource.get("meta") or {}).items() if k == "profile"}
+        # where it came from: the outbox never sends it back to that partner
+        meta["source"] = (resource.get("meta") or {}).get("source") or (
+            f"{partner.base_url}/{resource['resourceType']}/{resource.get('id')}"
+        )
+        body = {k: v for k, v in body.items() if k not in ("id", "meta")}
+        return {**body, "meta": meta}
+
+    patient_body = local(remote_patient)
+
+    def work(tx: Transaction) -> ImportReport:
+        existing = fhir.match_one_or_none(
+            tx, "Patient", patient_criteria.split("?", 1)[1], "Import"
+        )
+        if existing is None:
+            fhir.check_resource(patient_body, "Patient")
+            created = fhir.create_in(tx, "Patient", patient_body)
+            assert created.stored is not None
+            report.patient = f"Patient/{created.stored.id}"
+        else:
+            report.patient = f"Patient/{existing.id}"
+        for type_, resource, criteria in identified:
+            body = resolve_conditional_references(fhir, tx, local(resource))
+            fhir.check_resource(body, type_)
+            try:
+                result = fhir.conditional_update_in(tx, type_, criteria, body)
+            except FhirError as exc:
+                raise BadRequest(
+                    f"{type_}/{resource.get('id')} from {partner.name}: {exc}"
+                ) from exc
+            if result.status == 201:
+                report.created += 1
+            else:
+                report.updated += 1
+        return report
+
+    return fhir.run(work)
+
+
+def _identifier(resource: dict[str, Any], url: str) -> dict[str, str]:
+    for item in resource.get("identifier") or []:
+        if isinstance(item, dict) and item.get("system") and item.get("value"):
+            return {"system": str(item["system"]), "value": str(item["value"])}
+    return {"system": URI_SYSTEM, "value": url}
+
+
+def _with(resource: dict[str, Any], ident: dict[str, str]) -> list[Any]:
+    identifiers = list(resource.get("identifier") or [])
+    if not any(isinstance(i, dict) and i.get("value") == ident["value"] for i in identifiers):
+        identifiers.append(ident)
+    return identifiers
+
+
+def _rewrite(value: Any, known: dict[str, str], base: str) -> Any:
+    if isinstance(value, list):
+        return [_rewrite(item, known, base) for item in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, item in value.items():
+        if key == "reference" and isinstance(item, str):
+            ref = item[len(base) + 1 :] if item.startswith(base + "/") else item
+            ref = "/".join(ref.split("/")[:2])  # drop a _history version
+            if ref in known:
+                out[key] = known[ref]
+                continue
+            if ref.count("/") == 1 and "://" not in ref and not ref.startswith("#"):
+                # a partner resource not imported: keep it as an absolute reference to the partner
+                out[key] = f"{base}/{ref}"
+                continue
+        out[key] = _rewrite(item, known, base)
+    return out

@@ -1,0 +1,257 @@
+"""The transactional outbox: which writes go to which partner or subscriber, and the queue.
+
+``OutboxFeed`` listens to every write of the FHIR core and adds outbox rows in the writing
+transaction (DESIGN.md section 3, Exchange). The worker leases rows per group (one patient at one
+destination) so that groups are delivered in order and no row is delivered by two workers at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from service.errors import Unprocessable
+from service.exchange.partners import Partner
+from service.exchange.subscriptions import (
+    SubscriptionInvalid,
+    matches,
+    parse_subscription,
+    patient_reference,
+    topic_event,
+)
+from service.fhir.interactions import Change
+from service.storage import ParamCriterion, Query, TokenMatch, Transaction
+from service.storage.outbox import OutboxRow
+
+CLAIM_LOCK = "whatmatters-outbox-claim"
+CLAIM_WINDOW = 500  # rows looked at per claim; a group deeper than this waits its turn
+ACTIVE_SUBSCRIPTIONS = Query(
+    "Subscription", (ParamCriterion("token", "status", (TokenMatch(None, "active"),)),)
+)
+
+
+def subscription_destination(id_: str) -> str:
+    """The outbox destination of a subscription."""
+    return f"subscription:{id_}"
+
+
+class OutboxFeed:
+    """Adds outbox rows for each write that concerns a partner or an active subscription."""
+
+    def __init__(self, partners: Sequence[Partner], clock: Callable[[], int]) -> None:
+        self.partners = tuple(p for p in partners if p.send_types)
+        self.clock = clock
+
+    def changed(self, tx: Transaction, change: Change) -> None:
+        """Queue the deliveries of one write, in its transaction."""
+        now = self.clock()
+        content = change.content if change.content is not None else change.previous
+        rows: list[OutboxRow] = []
+        if change.type == "Subscription" and change.content is not None:
+            rows += self._subscription_written(change, now)
+        patient_ref = self._patient_of(tx, change.type, change.id, content)
+        kind = "resource" if change.content is not None else "delete"
+        if patient_ref is not None and self.partners:
+            patient = _read_json(tx, "Patient", patient_ref.split("/", 1)[1])
+            for partner in self.partners:
+                if patient is None or not partner.sends(change.type, content):
+                    continue
+                if _from_partner(content, partner) or partner.knows_patient(patient) is None:
+                    continue
+                rows.append(_row(partner.destination, patient_ref, kind, change, now))
+        if content is not None and topic_event(change.type, content):
+            rows += self._notifications(tx, change, patient_ref, now)
+        tx.outbox_add(rows)
+
+    def _patient_of(
+        self, tx: Transaction, type_: str, id_: str, content: dict[str, Any] | None
+    ) -> str | None:
+        if type_ == "Patient":
+            return f"Patient/{id_}"
+        if content is None:
+            return None
+        if type_ == "Provenance":
+            # a Provenance belongs to the patient of the first resource it is about
+            for target in content.get("target") or []:
+                ref = target.get("reference") if isinstance(target, dict) else None
+                if isinstance(ref, str) and ref.count("/") == 1:
+                    target_type, target_id = ref.split("/")
+                    found = _read_json(tx, target_type, target_id)
+                    if found is not None:
+                        return patient_reference(target_type, found)
+            return None
+        return patient_reference(type_, content)
+
+    def _subscription_written(self, change: Change, now: int) -> list[OutboxRow]:
+        assert change.content is not None
+        try:
+            parse_subscription(change.content)
+        except SubscriptionInvalid as exc:
+            raise Unprocessable(str(exc), expression=(exc.expression,)) from exc
+        if change.content.get("status") != "requested":
+            return []
+        destination = subscription_destination(change.id)
+        return [_row(destination, destination, "handshake", change, now)]
+
+    def _notifications(
+        self, tx: Transaction, change: Change, patient_ref: str | None, now: int
+    ) -> list[OutboxRow]:
+        rows = []
+        for stored in tx.read_many(tx.search_keys(ACTIVE_SUBSCRIPTIONS, 1000)):
+            try:
+                spec = parse_subscription(json.loads(stored.content or "{}"))
+            except SubscriptionInvalid:
+                continue  # stored before a rule tightened; it gets no events
+            if spec.status != "active" or not matches(spec, change.type, patient_ref):
+                continue
+            destination = subscription_destination(stored.id)
+            event = tx.next_counter(destination)
+            rows.append(
+                replace(
+                    _row(destination, destination, "notification", change, now),
+                    event_number=event,
+                )
+            )
+        return rows
+
+
+def _row(destination: str, group: str, kind: str, change: Change, now: int) -> OutboxRow:
+    return OutboxRow(
+        destination=destination,
+        group_key=group,
+        kind=kind,
+        res_type=change.type,
+        res_id=change.id,
+        version=change.version,
+        created_us=now,
+        next_attempt_us=now,
+    )
+
+
+def _read_json(tx: Transaction, type_: str, id_: str) -> dict[str, Any] | None:
+    stored = tx.read(type_, id_)
+    if stored is None or stored.deleted or stored.content is None:
+        return None
+    loaded: dict[str, Any] = json.loads(stored.content)
+    return loaded
+
+
+def _from_partner(content: dict[str, Any] | None, partner: Partner) -> bool:
+    """Whether the resource came from this partner (meta.source): never echo it back."""
+    source = ((content or {}).get("meta") or {}).get("source")
+    return isinstance(source, str) and (
+        source == partner.base_url or source.startswith(partner.base_url + "/")
+    )
+
+
+# -- the queue: leasing, settling and the operator's view ----------------------------------------
+
+
+def ready(row: OutboxRow, now: int) -> bool:
+    """Whether a worker may take the row now."""
+    if row.state == "pending":
+        return row.next_attempt_us <= now
+    return row.state == "inflight" and row.lease_until_us < now
+
+
+def choose_group(rows: Sequence[OutboxRow], now: int, limit: int) -> list[OutboxRow]:
+    """The ready head of the oldest group whose earlier rows are all delivered.
+
+    ``rows`` are the undelivered rows (pending or inflight) in id order. A group whose oldest
+    row is waiting (backoff, or leased by another worker) is skipped as a whole, which keeps
+    each patient's changes in order at each destination.
+    """
+    blocked: set[tuple[str, str]] = set()
+    chosen: list[OutboxRow] = []
+    group: tuple[str, str] | None = None
+    for row in rows:
+        key = (row.destination, row.group_key)
+        if group is not None:
+            if key != group:
+                continue
+            if not ready(row, now) or len(chosen) >= limit:
+                break
+            chosen.append(row)
+            continue
+        if key in blocked:
+            continue
+        if ready(row, now):
+            group = key
+            chosen.append(row)
+        else:
+            blocked.add(key)
+    return chosen
+
+
+def claim(tx: Transaction, owner: str, now: int, lease_us: int, limit: int) -> list[OutboxRow]:
+    """Lease the next deliverable group to ``owner`` (one claimer at a time)."""
+    tx.lock(CLAIM_LOCK)
+    rows = tx.outbox_rows(states=("pending", "inflight"), limit=CLAIM_WINDOW)
+    leased = []
+    for row in choose_group(rows, now, limit):
+        taken = replace(row, state="inflight", lease_owner=owner, lease_until_us=now + lease_us)
+        tx.outbox_save(taken)
+        leased.append(taken)
+    return leased
+
+
+@dataclass(frozen=True)
+class QueueLine:
+    """One line of ``whatmatters outbox status``."""
+
+    destination: str
+    state: str
+    rows: int
+    oldest_us: int
+
+
+def summary(tx: Transaction) -> list[QueueLine]:
+    """Rows per destination and state."""
+    return [QueueLine(*line) for line in tx.outbox_summary()]
+
+
+def retry(
+    tx: Transaction, now: int, ids: Sequence[int] | None, destination: str | None
+) -> list[OutboxRow]:
+    """Put dead (or discarded, when named by id) rows back in the queue, due now."""
+    states = ("dead", "discarded") if ids else ("dead",)
+    changed = []
+    for row in tx.outbox_rows(states=states, destination=destination, ids=ids, limit=100_000):
+        again = replace(
+            row,
+            state="pending",
+            attempts=0,
+            next_attempt_us=now,
+            lease_owner=None,
+            lease_until_us=0,
+        )
+        tx.outbox_save(again)
+        changed.append(again)
+    return changed
+
+
+def discard(tx: Transaction, ids: Sequence[int] | None, destination: str | None) -> list[OutboxRow]:
+    """Give up dead (or, named by id, undelivered) rows; they stay listed as discarded.
+
+    A worker holding the lease of a discarded row cannot settle it any more (the lease owner is
+    cleared), so the row stays discarded even if its delivery was under way.
+    """
+    states = ("dead", "pending", "inflight") if ids else ("dead",)
+    changed = []
+    for row in tx.outbox_rows(states=states, destination=destination, ids=ids, limit=100_000):
+        gone = replace(row, state="discarded", lease_owner=None)
+        tx.outbox_save(gone)
+        changed.append(gone)
+    return changed
+
+
+def row_json(row: OutboxRow) -> dict[str, Any]:
+    """A row as the admin endpoint shows it."""
+    shown = {k: v for k, v in vars(row).items() if v is not None}
+    if row.last_error is not None:
+        with contextlib.suppress(ValueError):  # a reason written as plain text
+            shown["last_error"] = json.loads(row.last_error)
+    return shown

@@ -1,0 +1,659 @@
+"""Topic-based Subscriptions for R4, after the Subscriptions R5 Backport IG (STU 1.1).
+
+Pure functions, no I/O: read a client's Subscription into a ``SubscriptionSpec``, decide whether
+a change fires the ``what-matters-changed`` topic and reaches a subscription, and build the
+notification Bundles (handshake, heartbeat, event-notification) and the ``$status`` answer.
+
+The IG pages these functions follow (STU 1.1, https://hl7.org/fhir/uv/subscriptions-backport/STU1.1/):
+
+- components.html: topic by canonical URL in ``Subscription.criteria``, filters and payload
+  settings in backport extensions;
+- StructureDefinition-backport-subscription.html: the R4 Subscription profile
+  (``channel.payload`` 1..1 with the ``backport-payload-content`` extension 1..1);
+- notifications.html and StructureDefinition-backport-subscription-notification-r4.html: every
+  notification is a ``history`` Bundle whose first entry is a Parameters resource;
+- StructureDefinition-backport-subscription-status-r4.html: the Parameters (string event counts);
+- payloads.html: what ``empty``, ``id-only`` and ``full-resource`` notifications carry;
+- channels.html#rest-hook and workflow.html: the ``requested`` -> handshake -> ``active`` flow and
+  heartbeats;
+- OperationDefinition-backport-subscription-status.html: ``$status`` answers a ``searchset``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from service.priorities.codes import (
+    LOINC,
+    PCO_CONCEPTS,
+    PRIORITIES_CODE,
+    STATEMENT_CODE,
+    TREATMENT_PREFERENCE_CODE,
+)
+from service.validation.profiles import CANONICAL_BASE
+
+IG = "http://hl7.org/fhir/uv/subscriptions-backport"
+TOPIC_URL = CANONICAL_BASE + "/SubscriptionTopic/what-matters-changed"
+
+# Extensions of the IG (https://hl7.org/fhir/uv/subscriptions-backport/STU1.1/artifacts.html).
+FILTER_CRITERIA_URL = IG + "/StructureDefinition/backport-filter-criteria"
+HEARTBEAT_PERIOD_URL = IG + "/StructureDefinition/backport-heartbeat-period"
+TIMEOUT_URL = IG + "/StructureDefinition/backport-timeout"
+PAYLOAD_CONTENT_URL = IG + "/StructureDefinition/backport-payload-content"
+MAX_COUNT_URL = IG + "/StructureDefinition/backport-max-count"
+
+SUBSCRIPTION_PROFILE = IG + "/StructureDefinition/backport-subscription"
+STATUS_PROFILE = IG + "/StructureDefinition/backport-subscription-status-r4"
+NOTIFICATION_PROFILE = IG + "/StructureDefinition/backport-subscription-notification-r4"
+# In STU 1.1 the R4 ``type`` parameter is a bare valueCode (bound to the R4B value set
+# subscription-notification-type), so this system is never written into a Parameters.
+NOTIFICATION_TYPE_SYSTEM = IG + "/CodeSystem/backport-notification-type"
+
+WHAT_MATTERS_CATEGORY = "what-matters"
+WMTY_QUESTIONNAIRE = CANONICAL_BASE + "/Questionnaire/wmty"
+
+TOPIC_RESOURCE_TYPES = ("Observation", "Goal", "List", "QuestionnaireResponse")
+SUBSCRIPTION_STATUSES = ("requested", "active", "error", "off")
+CONTENT_CODES = ("empty", "id-only", "full-resource")
+NOTIFICATION_TYPES = ("handshake", "heartbeat", "event-notification", "query-status")
+PAYLOAD_MIME_TYPES = ("application/fhir+json", "application/json")
+DEFAULT_PAYLOAD_MIME = "application/fhir+json"
+DEFAULT_TIMEOUT_SECONDS = 30
+SUPPORTED_FILTER = "patient"
+
+CONTENT_EXPRESSION = f"Subscription.channel.payload.extension('{PAYLOAD_CONTENT_URL}')"
+HEARTBEAT_EXPRESSION = f"Subscription.channel.extension('{HEARTBEAT_PERIOD_URL}')"
+TIMEOUT_EXPRESSION = f"Subscription.channel.extension('{TIMEOUT_URL}')"
+FILTER_EXPRESSION = f"Subscription.criteria.extension('{FILTER_CRITERIA_URL}')"
+
+_ID = r"[A-Za-z0-9\-.]{1,64}"
+_PATIENT_TAIL = re.compile(rf"(?:^|/)Patient/({_ID})(?:/_history/{_ID})?\Z")
+_BARE_ID = re.compile(_ID)
+_HEADER = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n]*")
+
+Filter = tuple[str | None, str, str]
+
+
+class SubscriptionInvalid(ValueError):
+    """A Subscription this server cannot accept, with the FHIRPath of the offending element."""
+
+    def __init__(self, message: str, expression: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.expression = expression
+
+
+@dataclass(frozen=True)
+class SubscriptionSpec:
+    """What the server needs of one rest-hook Subscription to the what-matters-changed topic."""
+
+    id: str | None
+    topic: str
+    status: str
+    endpoint: str
+    headers: tuple[str, ...] = ()
+    payload_mime: str = DEFAULT_PAYLOAD_MIME
+    content: str = "id-only"
+    heartbeat_seconds: int | None = None
+    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
+    filters: tuple[Filter, ...] = ()
+    end: str | None = None
+
+
+# --- Subscription --------------------------------------------------------------------------
+
+
+def parse_subscription(resource: dict[str, Any]) -> SubscriptionSpec:
+    """Read a backport-subscription (R4) into a spec, or raise ``SubscriptionInvalid``.
+
+    Profile: https://hl7.org/fhir/uv/subscriptions-backport/STU1.1/StructureDefinition-backport-subscription.html
+    (criteria is the topic canonical; ``_criteria`` carries backport-filter-criteria;
+    ``_payload`` carries backport-payload-content 1..1; ``channel.extension`` carries
+    backport-heartbeat-period and backport-timeout, both unsignedInt).
+    """
+    if not isinstance(resource, dict) or resource.get("resourceType") != "Subscription":
+        raise SubscriptionInvalid("the resource is not a Subscription", "Subscription")
+    criteria = resource.get("criteria")
+    if criteria != TOPIC_URL:
+        raise SubscriptionInvalid(
+            f"Subscription.criteria must be the canonical URL of a supported topic; this server "
+            f"supports only {TOPIC_URL} (got {criteria!r})",
+            "Subscription.criteria",
+        )
+    status = resource.get("status", "requested")
+    if status not in SUBSCRIPTION_STATUSES:
+        raise SubscriptionInvalid(
+            f"Subscription.status must be one of {', '.join(SUBSCRIPTION_STATUSES)} "
+            f"(got {status!r})",
+            "Subscription.status",
+        )
+    end = resource.get("end")
+    if end is not None and not isinstance(end, str):
+        raise SubscriptionInvalid("Subscription.end must be an instant", "Subscription.end")
+    subscription_id = resource.get("id")
+    channel = resource.get("channel")
+    if not isinstance(channel, dict):
+        raise SubscriptionInvalid("Subscription.channel is required", "Subscription.channel")
+    return SubscriptionSpec(
+        id=subscription_id if isinstance(subscription_id, str) else None,
+        topic=criteria,
+        status=status,
+        endpoint=_endpoint(channel),
+        headers=_headers(channel),
+        payload_mime=_payload_mime(channel),
+        content=_content(channel),
+        heartbeat_seconds=_seconds(channel, HEARTBEAT_PERIOD_URL, HEARTBEAT_EXPRESSION),
+        timeout_seconds=_seconds(channel, TIMEOUT_URL, TIMEOUT_EXPRESSION)
+        or DEFAULT_TIMEOUT_SECONDS,
+        filters=_filters(resource),
+        end=end,
+    )
+
+
+def _endpoint(channel: dict[str, Any]) -> str:
+    """Return the rest-hook endpoint: an absolute http or https URL."""
+    if channel.get("type") != "rest-hook":
+        raise SubscriptionInvalid(
+            f"Subscription.channel.type must be rest-hook (got {channel.get('type')!r})",
+            "Subscription.channel.type",
+        )
+    endpoint = channel.get("endpoint")
+    if not isinstance(endpoint, str) or not endpoint:
+        raise SubscriptionInvalid(
+            "a rest-hook Subscription needs channel.endpoint", "Subscription.channel.endpoint"
+        )
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", endpoint):
+        raise SubscriptionInvalid(
+            "Subscription.channel.endpoint must be an absolute http or https URL "
+            f"(got {endpoint!r})",
+            "Subscription.channel.endpoint",
+        )
+    return endpoint
+
+
+def _headers(channel: dict[str, Any]) -> tuple[str, ...]:
+    """Return the ``channel.header`` values, each ``Name: value`` on one line."""
+    headers = channel.get("header", []) or []
+    if not isinstance(headers, list):
+        headers = [headers]
+    for index, header in enumerate(headers):
+        if not isinstance(header, str) or not _HEADER.fullmatch(header):
+            raise SubscriptionInvalid(
+                "each Subscription.channel.header must be one HTTP header line 'Name: value'",
+                f"Subscription.channel.header[{index}]",
+            )
+    return tuple(headers)
+
+
+def _payload_mime(channel: dict[str, Any]) -> str:
+    """Return the payload MIME type (FHIR JSON when only ``_payload`` is given)."""
+    mime = channel.get("payload")
+    if mime is None:
+        return DEFAULT_PAYLOAD_MIME
+    base = mime.split(";", 1)[0].strip().lower() if isinstance(mime, str) else None
+    if base not in PAYLOAD_MIME_TYPES:
+        raise SubscriptionInvalid(
+            f"Subscription.channel.payload must be {' or '.join(PAYLOAD_MIME_TYPES)} "
+            f"(got {mime!r})",
+            "Subscription.channel.payload",
+        )
+    return str(mime)
+
+
+def _content(channel: dict[str, Any]) -> str:
+    """Return the backport-payload-content code, which the profile requires (1..1)."""
+    primitive = channel.get("_payload")
+    extensions = _extensions(primitive, PAYLOAD_CONTENT_URL)
+    if not extensions:
+        raise SubscriptionInvalid(
+            "Subscription.channel.payload needs the backport-payload-content extension "
+            "(empty | id-only | full-resource): the backport-subscription profile requires it",
+            CONTENT_EXPRESSION,
+        )
+    if len(extensions) > 1:
+        raise SubscriptionInvalid("backport-payload-content may appear once", CONTENT_EXPRESSION)
+    code = extensions[0].get("valueCode")
+    if code not in CONTENT_CODES:
+        raise SubscriptionInvalid(
+            f"backport-payload-content must be one of {', '.join(CONTENT_CODES)} (got {code!r})",
+            CONTENT_EXPRESSION,
+        )
+    return str(code)
+
+
+def _seconds(channel: dict[str, Any], url: str, expression: str) -> int | None:
+    """Return a positive ``valueUnsignedInt`` channel extension in seconds, or None if absent."""
+    extensions = _extensions(channel, url)
+    if not extensions:
+        return None
+    name = url.rsplit("/", 1)[-1]
+    if len(extensions) > 1:
+        raise SubscriptionInvalid(f"{name} may appear once", expression)
+    value = extensions[0].get("valueUnsignedInt")
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise SubscriptionInvalid(
+            f"{name} must be a positive whole number of seconds in valueUnsignedInt "
+            f"(got {value!r})",
+            expression,
+        )
+    return value
+
+
+def _filters(resource: dict[str, Any]) -> tuple[Filter, ...]:
+    """Return the filters of every backport-filter-criteria on ``Subscription.criteria``."""
+    found: list[Filter] = []
+    for index, extension in enumerate(_extensions(resource.get("_criteria"), FILTER_CRITERIA_URL)):
+        found.extend(parse_filter(extension.get("valueString"), f"{FILTER_EXPRESSION}[{index}]"))
+    return tuple(found)
+
+
+def parse_filter(text: object, expression: str = FILTER_EXPRESSION) -> tuple[Filter, ...]:
+    """Parse ``[Type?]patient=Patient/123[&...]`` into ``(type | None, parameter, value)`` filters.
+
+    Format: https://hl7.org/fhir/uv/subscriptions-backport/STU1.1/StructureDefinition-backport-filter-criteria.html
+    (search-style, parts joined by ``&`` are ANDed, a comma inside a value is an OR); the value is
+    normalised to ``Patient/<id>``.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise SubscriptionInvalid("backport-filter-criteria needs a valueString", expression)
+    resource_type: str | None = None
+    query = text.strip()
+    if "?" in query:
+        prefix, query = query.split("?", 1)
+        if prefix:
+            if prefix not in TOPIC_RESOURCE_TYPES:
+                raise SubscriptionInvalid(
+                    f"filter resource type {prefix!r} is not one of the topic's resource types "
+                    f"({', '.join(TOPIC_RESOURCE_TYPES)})",
+                    expression,
+                )
+            resource_type = prefix
+    parts = [part for part in query.split("&") if part]
+    if not parts:
+        raise SubscriptionInvalid(f"filter {text!r} has no search parameter", expression)
+    found: list[Filter] = []
+    for part in parts:
+        name, equals, raw = part.partition("=")
+        name = unquote(name)
+        if name != SUPPORTED_FILTER:
+            raise SubscriptionInvalid(
+                f"filter parameter {name!r} is not supported; the what-matters-changed topic "
+                f"can be filtered by {SUPPORTED_FILTER!r} only",
+                expression,
+            )
+        values = [_patient_value(unquote(item)) for item in raw.split(",")] if equals else []
+        if not values or None in values:
+            raise SubscriptionInvalid(
+                f"filter {part!r} needs a patient reference such as patient=Patient/123",
+                expression,
+            )
+        found.append((resource_type, name, ",".join(str(value) for value in values)))
+    return tuple(found)
+
+
+def _patient_value(value: str) -> str | None:
+    """Return ``Patient/<id>`` for a patient search value (id, relative or absolute URL)."""
+    value = value.strip()
+    if _BARE_ID.fullmatch(value):
+        return f"Patient/{value}"
+    return _patient_from_reference(value)
+
+
+def _extensions(element: object, url: str) -> list[dict[str, Any]]:
+    """Return the extensions of ``element`` with ``url``."""
+    if not isinstance(element, dict):
+        return []
+    return [
+        extension
+        for extension in element.get("extension", []) or []
+        if isinstance(extension, dict) and extension.get("url") == url
+    ]
+
+
+def with_status(resource: dict[str, Any], status: str, error: str | None = None) -> dict[str, Any]:
+    """Return a copy of a Subscription with a new ``status`` and ``error`` (cleared when None).
+
+    Statuses: https://hl7.org/fhir/uv/subscriptions-backport/STU1.1/channels.html#rest-hook
+    (``requested`` until the handshake succeeds, then ``active``; ``error`` on failure).
+    """
+    if status not in SUBSCRIPTION_STATUSES:
+        raise ValueError(f"unknown Subscription.status {status!r}")
+    updated = copy.deepcopy(resource)
+    updated["status"] = status
+    if error:
+        updated["error"] = error
+    else:
+        updated.pop("error", None)
+    return updated
+
+
+# --- Topic -----------------------------------------------------------------------------------
+
+
+def topic_event(resource_type: str, resource: dict[str, Any] | None) -> bool:
+    """Return whether a create, update or delete of this resource fires what-matters-changed.
+
+    For a deletion ``resource`` is the last stored content, or None: then only a Goal fires.
+    """
+    if resource_type == "Goal":
+        return True
+    if not isinstance(resource, dict):
+        return False
+    if resource_type == "Observation":
+        return _has_coding(
+            resource.get("code"), LOINC, STATEMENT_CODE, TREATMENT_PREFERENCE_CODE
+        ) or any(
+            _has_coding(category, PCO_CONCEPTS, WHAT_MATTERS_CATEGORY)
+            for category in _list(resource.get("category"))
+        )
+    if resource_type == "List":
+        return _has_coding(resource.get("code"), LOINC, PRIORITIES_CODE)
+    if resource_type == "QuestionnaireResponse":
+        questionnaire = resource.get("questionnaire")
+        return (
+            isinstance(questionnaire, str) and questionnaire.split("|", 1)[0] == WMTY_QUESTIONNAIRE
+        )
+    return False
+
+
+def _has_coding(concept: object, system: str, *codes: str) -> bool:
+    """Return whether a CodeableConcept has a coding of ``system`` with one of ``codes``."""
+    if not isinstance(concept, dict):
+        return False
+    return any(
+        isinstance(coding, dict) and coding.get("system") == system and coding.get("code") in codes
+        for coding in _list(concept.get("coding"))
+    )
+
+
+def _list(value: object) -> list[Any]:
+    """Return ``value`` as a list (FHIR JSON arrays, tolerating a missing one)."""
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def patient_reference(resource_type: str, resource: dict[str, Any] | None) -> str | None:
+    """Return ``Patient/<id>`` from the resource's subject when it references a Patient."""
+    if resource_type not in TOPIC_RESOURCE_TYPES or not isinstance(resource, dict):
+        return None
+    subject = resource.get("subject")
+    if not isinstance(subject, dict):
+        return None
+    reference = subject.get("reference")
+    if not isinstance(reference, str):
+        return None
+    return _patient_from_reference(reference)
+
+
+def _patient_from_reference(reference: str) -> str | None:
+    """Return ``Patient/<id>`` for a relative, versioned or absolute Patient reference."""
+    if reference.startswith(("#", "urn:")):
+        return None
+    path = urlsplit(reference).path if "://" in reference else reference
+    match = _PATIENT_TAIL.search(path)
+    if match is None or ("://" not in reference and not path.startswith("Patient/")):
+        return None
+    return f"Patient/{match.group(1)}"
+
+
+def matches(spec: SubscriptionSpec, resource_type: str, patient: str | None) -> bool:
+    """Return whether an event on ``resource_type`` of ``patient`` passes the spec's filters.
+
+    Filters are ANDed (https://hl7.org/fhir/uv/subscriptions-backport/STU1.1/StructureDefinition-backport-subscription.html,
+    filterCriteria comment); a filter naming a type applies to that type only, and when some
+    filter names a type the event's type must be one of those named. No filter: every event.
+    """
+    named = {kind for kind, _, _ in spec.filters if kind is not None}
+    if named and resource_type not in named:
+        return False
+    for kind, parameter, value in spec.filters:
+        if kind is not None and kind != resource_type:
+            continue
+        if parameter != SUPPORTED_FILTER or patient is None or patient not in value.split(","):
+            return False
+    return True
+
+
+# --- Notification Bundles --------------------------------------------------------------------
+
+
+def _now() -> str:
+    """Return the current UTC instant in FHIR form."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _status_parameters(
+    subscription_url: str,
+    status: str,
+    notification_type: str,
+    events_since_start: int | str,
+    *,
+    topic: bool,
+    event: list[dict[str, Any]] | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """Build the backport-subscription-status-r4 Parameters of one notification.
+
+    https://hl7.org/fhir/uv/subscriptions-backport/STU1.1/StructureDefinition-backport-subscription-status-r4.html:
+    event counts are valueString, ``topic`` SHOULD NOT be present for ``empty`` payloads.
+    """
+    if status not in SUBSCRIPTION_STATUSES:
+        raise ValueError(f"unknown Subscription.status {status!r}")
+    if notification_type not in NOTIFICATION_TYPES:
+        raise ValueError(f"unknown notification type {notification_type!r}")
+    parameters: list[dict[str, Any]] = [
+        {"name": "subscription", "valueReference": {"reference": subscription_url}}
+    ]
+    if topic:
+        parameters.append({"name": "topic", "valueCanonical": TOPIC_URL})
+    parameters += [
+        {"name": "status", "valueCode": status},
+        {"name": "type", "valueCode": notification_type},
+        {"name": "events-since-subscription-start", "valueString": str(events_since_start)},
+    ]
+    if event is not None:
+        parameters.append({"name": "notification-event", "part": event})
+    if error:
+        parameters.append({"name": "error", "valueCodeableConcept": {"text": error}})
+    identifier = str(uuid.uuid4())
+    return {
+        "resourceType": "Parameters",
+        "id": identifier,
+        "meta": {"profile": [STATUS_PROFILE]},
+        "parameter": parameters,
+    }
+
+
+def _notification(
+    subscription_url: str, parameters: dict[str, Any], timestamp: str
+) -> dict[str, Any]:
+    """Wrap status Parameters in a ``history`` Bundle, entry[0] answering ``$status``.
+
+    https://hl7.org/fhir/uv/subscriptions-backport/STU1.1/notifications.html: bdl-3 and bdl-4 need
+    request and response on every entry; entry[0] matches a request to ``$status``.
+    """
+    return {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "meta": {"profile": [NOTIFICATION_PROFILE]},
+        "type": "history",
+        "timestamp": timestamp,
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:{parameters['id']}",
+                "resource": parameters,
+                "request": {"method": "GET", "url": f"{subscription_url}/$status"},
+                "response": {"status": "200"},
+            }
+        ],
+    }
+
+
+def handshake_bundle(
+    subscription_url: str,
+    status: str,
+    events_since_start: int | str,
+    now_iso: str,
+    *,
+    content: str = "id-only",
+) -> dict[str, Any]:
+    """Build the ``handshake`` notification sent to a new rest-hook endpoint.
+
+    https://hl7.org/fhir/uv/subscriptions-backport/STU1.1/channels.html#rest-hook and
+    Bundle-r4-notification-handshake.html (status ``requested``, no notification-event).
+    """
+    parameters = _status_parameters(
+        subscription_url, status, "handshake", events_since_start, topic=content != "empty"
+    )
+    return _notification(subscription_url, parameters, now_iso)
+
+
+def heartbeat_bundle(
+    subscription_url: str,
+    status: str,
+    events_since_start: int | str,
+    now_iso: str,
+    *,
+    content: str = "id-only",
+    error: str | None = None,
+) -> dict[str, Any]:
+    """Build the ``heartbeat`` notification sent when nothing else was sent for a period.
+
+    https://hl7.org/fhir/uv/subscriptions-backport/STU1.1/StructureDefinition-backport-heartbeat-period.html
+    and Bundle-r4-notification-heartbeat.html (no notification-event).
+    """
+    parameters = _status_parameters(
+        subscription_url,
+        status,
+        "heartbeat",
+        events_since_start,
+        topic=content != "empty",
+        error=error,
+    )
+    return _notification(subscription_url, parameters, now_iso)
+
+
+_INTERACTIONS = {
+    "create": ("POST", "201"),
+    "update": ("PUT", "200"),
+    "delete": ("DELETE", "204"),
+}
+
+
+def event_bundle(
+    subscription_url: str,
+    status: str,
+    events_since_start: int | str,
+    event_number: int | str,
+    timestamp: str,
+    focus_url: str,
+    focus_resource: dict[str, Any] | None,
+    content: str,
+    *,
+    interaction: str | None = None,
+    now_iso: str | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """Build an ``event-notification`` for one event on ``focus_url``.
+
+    Payloads (https://hl7.org/fhir/uv/subscriptions-backport/STU1.1/payloads.html): ``empty`` has
+    no focus and no other entry; ``id-only`` has the focus reference and an entry with fullUrl,
+    request and response but no resource; ``full-resource`` adds the resource to that entry.
+    The entry's request follows ``interaction`` (create POST, update PUT, delete DELETE) or is a
+    GET of the resource, which notifications.html allows.
+    """
+    if content not in CONTENT_CODES:
+        raise ValueError(f"unknown payload content {content!r}")
+    event: list[dict[str, Any]] = [
+        {"name": "event-number", "valueString": str(event_number)},
+        {"name": "timestamp", "valueInstant": timestamp},
+    ]
+    if content != "empty":
+        event.append({"name": "focus", "valueReference": {"reference": focus_url}})
+    parameters = _status_parameters(
+        subscription_url,
+        status,
+        "event-notification",
+        events_since_start,
+        topic=content != "empty",
+        event=event,
+        error=error,
+    )
+    bundle = _notification(subscription_url, parameters, now_iso or timestamp)
+    if content != "empty":
+        bundle["entry"].append(_focus_entry(focus_url, focus_resource, content, interaction))
+    return bundle
+
+
+def _focus_entry(
+    focus_url: str, resource: dict[str, Any] | None, content: str, interaction: str | None
+) -> dict[str, Any]:
+    """Build the history entry of the focus resource (request and response per bdl-3/bdl-4)."""
+    relative = "/".join(focus_url.rstrip("/").split("/")[-2:])
+    if interaction is None:
+        method, code = "GET", "200"
+    elif interaction in _INTERACTIONS:
+        method, code = _INTERACTIONS[interaction]
+    else:
+        raise ValueError(f"unknown interaction {interaction!r}")
+    url = relative.split("/", 1)[0] if method == "POST" else relative
+    response: dict[str, Any] = {"status": code}
+    meta = resource.get("meta") if isinstance(resource, dict) else None
+    if isinstance(meta, dict) and method != "DELETE":
+        if meta.get("versionId"):
+            response["etag"] = f'W/"{meta["versionId"]}"'
+        if meta.get("lastUpdated"):
+            response["lastModified"] = meta["lastUpdated"]
+    entry: dict[str, Any] = {"fullUrl": focus_url}
+    if content == "full-resource" and resource is not None and method != "DELETE":
+        entry["resource"] = resource
+    entry["request"] = {"method": method, "url": url}
+    entry["response"] = response
+    return entry
+
+
+def status_bundle(
+    subscription_url: str,
+    status: str,
+    events_since_start: int | str,
+    error: str | None,
+    *,
+    content: str = "id-only",
+    now_iso: str | None = None,
+) -> dict[str, Any]:
+    """Build the ``$status`` answer: a ``searchset`` with one query-status Parameters.
+
+    https://hl7.org/fhir/uv/subscriptions-backport/STU1.1/OperationDefinition-backport-subscription-status.html
+    and Bundle-r4-notification-error.html (an ``error`` parameter when the subscription failed).
+    """
+    parameters = _status_parameters(
+        subscription_url,
+        status,
+        "query-status",
+        events_since_start,
+        topic=content != "empty",
+        error=error,
+    )
+    return {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "type": "searchset",
+        "timestamp": now_iso or _now(),
+        "total": 1,
+        "link": [{"relation": "self", "url": f"{subscription_url}/$status"}],
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:{parameters['id']}",
+                "resource": parameters,
+                "search": {"mode": "match"},
+            }
+        ],
+    }

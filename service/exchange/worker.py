@@ -1,0 +1,684 @@
+"""The outbox worker: delivers queued changes to partners and subscribers, at least once.
+
+At-least-once delivery with an exactly-once effect: each row carries the current state of its
+resource, written at the partner by conditional create or update on the resource identifier, so
+a redelivery after a crash or a lost acknowledgement changes nothing. Timeouts, 408, 429 and 5xx
+are retried with exponential backoff and full jitter, honouring Retry-After; 400, 403, 404, 409,
+412, 422 and other refusals park the row as dead with the partner's OperationOutcome.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import urlencode
+
+import requests
+
+from service.errors import FhirError
+from service.exchange.client import Answer, PartnerClient, Unreachable
+from service.exchange.outbox import ACTIVE_SUBSCRIPTIONS, choose_group, claim
+from service.exchange.partners import Partner
+from service.exchange.subscriptions import (
+    event_bundle,
+    handshake_bundle,
+    heartbeat_bundle,
+    parse_subscription,
+    with_status,
+)
+from service.exchange.summary import SummaryItem, summary_pdf, summary_text
+from service.fhir.interactions import FhirService
+from service.fhir.model import instant, now_us
+from service.fhir.search import escape_value
+from service.storage import StoredResource
+from service.storage.outbox import OutboxRow
+
+log = logging.getLogger("whatmatters.exchange")
+URI_SYSTEM = "urn:ietf:rfc:3986"
+RETRIED_STATUSES = frozenset({408, 429})
+HANDSHAKE_ATTEMPTS = 3
+SUMMARY_TYPES = ("Goal", "Observation", "List")
+NO_IDENTIFIER_TYPES = frozenset({"Provenance"})  # R4 gives them no identifier element
+Summariser = Callable[[str], tuple[str | None, list[SummaryItem]]]
+
+
+class Retry(Exception):
+    """Delivery failed for now; try again after a backoff (or the partner's Retry-After)."""
+
+    def __init__(self, reason: str, retry_after: float | None = None, status: int | None = None):
+        super().__init__(reason)
+        self.retry_after = retry_after
+        self.status = status
+
+
+class Refused(Exception):
+    """The destination refused the delivery; retrying the same thing cannot help."""
+
+    def __init__(self, reason: str, status: int | None = None):
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with full jitter, capped; rows older than ``give_up`` go dead."""
+
+    base_seconds: float = 1.0
+    cap_seconds: float = 300.0
+    give_up_seconds: float = 3 * 24 * 3600.0
+    max_retry_after: float = 3600.0
+
+    def delay(self, attempts: int, retry_after: float | None, rng: random.Random) -> float:
+        """Seconds to wait before attempt ``attempts + 1``."""
+        ceiling = min(self.cap_seconds, self.base_seconds * 2 ** max(attempts - 1, 0))
+        wait = rng.uniform(ceiling / 2, ceiling)
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, self.max_retry_after))
+        return wait
+
+
+def check(answer: Answer, what: str) -> Answer:
+    """Raise Retry or Refused unless the answer is a success."""
+    if 200 <= answer.status < 300:
+        return answer
+    detail = json.dumps(answer.body, ensure_ascii=False) if answer.body else answer.text
+    reason = f"{what}: HTTP {answer.status}" + (f": {detail}" if detail else "")
+    if answer.status in RETRIED_STATUSES or answer.status >= 500:
+        raise Retry(reason, answer.retry_after(), answer.status)
+    raise Refused(reason, answer.status)
+
+
+@dataclass(frozen=True)
+class Capability:
+    """What a partner's CapabilityStatement says it accepts, per resource type."""
+
+    types: dict[str, dict[str, Any]]
+
+    def writes(self, type_: str) -> bool:
+        """Whether the partner accepts creates of the type."""
+        codes = {i.get("code") for i in self.types.get(type_, {}).get("interaction", [])}
+        return "create" in codes or "update" in codes
+
+    def flag(self, type_: str, name: str) -> bool:
+        """A conditional flag (conditionalCreate, conditionalUpdate) of the type."""
+        value = self.types.get(type_, {}).get(name)
+        return value is True or value in ("single", "multiple")
+
+
+def capability_of(body: Any) -> Capability:
+    """The server resources of a CapabilityStatement."""
+    types: dict[str, dict[str, Any]] = {}
+    if isinstance(body, dict):
+        for rest in body.get("rest") or []:
+            if isinstance(rest, dict) and rest.get("mode", "server") == "server":
+                for resource in rest.get("resource") or []:
+                    if isinstance(resource, dict) and isinstance(resource.get("type"), str):
+                        types[resource["type"]] = resource
+    return Capability(types)
+
+
+class Worker:
+    """Leases outbox groups and delivers them; several may run at once, in threads or processes."""
+
+    def __init__(
+        self,
+        fhir: FhirService,
+        partners: Sequence[Partner],
+        base_url: str,
+        clients: Callable[[Partner], PartnerClient],
+        *,
+        summarise: Summariser | None = None,
+        lease_seconds: float = 60.0,
+        backoff: Backoff = Backoff(),
+        batch: int = 10,
+        clock: Callable[[], int] = now_us,
+        capability_ttl: float = 600.0,
+    ) -> None:
+        self.fhir = fhir
+        self.partners = {p.destination: p for p in partners}
+        self.base_url = base_url.rstrip("/")
+        self.summarise = summarise
+        self.lease_us = int(lease_seconds * 1_000_000)
+        self.backoff = backoff
+        self.batch = batch
+        self.clock = clock
+        self.owner = f"worker-{uuid.uuid4().hex[:12]}"
+        self.rng = random.Random()
+        self.capability_ttl = capability_ttl
+        self._clients = clients
+        self._client_cache: dict[str, PartnerClient] = {}
+        self._capabilities: dict[str, tuple[float, Capability]] = {}
+        self._last_contact: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self.session = requests.Session()
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """Lease one group and deliver it; return how many rows were handled."""
+        now = self.clock()
+        waiting = self.fhir.read_only(
+            lambda tx: tx.outbox_rows(states=("pending", "inflight"), limit=500)
+        )
+        if not choose_group(waiting, now, 1):
+            return 0
+        rows = self.fhir.run(lambda tx: claim(tx, self.owner, now, self.lease_us, self.batch))
+        if rows:
+            self.deliver_group(rows)
+        return len(rows)
+
+    def drain(self, timeout: float = 30.0) -> int:
+        """Deliver until nothing is due (tests and one-shot runs); return rows handled."""
+        handled = 0
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = self.run_once()
+            if not done:
+                break
+            handled += done
+        return handled
+
+    def serve_forever(self, stop: threading.Event, threads: int = 2, poll: float = 0.5) -> None:
+        """Deliver in ``threads`` threads until ``stop`` is set; send heartbeats."""
+
+        def loop(heartbeats: bool) -> None:
+            while not stop.is_set():
+                try:
+                    if heartbeats:
+                        self.heartbeats()
+                    if not self.run_once():
+                        stop.wait(poll)
+                except Exception:  # the database may be down; the loop must outlive it
+                    log.exception("outbox delivery failed; trying again")
+                    stop.wait(max(poll, 1.0))
+
+        workers = [
+            threading.Thread(target=loop, args=(n == 0,), name=f"outbox-{n}", daemon=True)
+            for n in range(max(threads, 1))
+        ]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join()
+
+    # -- one group ---------------------------------------------------------------------------------
+
+    def deliver_group(self, rows: Sequence[OutboxRow]) -> None:
+        """Deliver leased rows in order; stop the group at the first row that must wait."""
+        last_of = {(r.res_type, r.res_id, r.kind): r.id for r in rows}
+        for position, row in enumerate(rows):
+            if (
+                row.destination.startswith("partner:")
+                and last_of[(row.res_type, row.res_id, row.kind)] != row.id
+            ):
+                # a later row of the group sends the same resource's current state
+                self._settle(replace(row, state="done", delivered_us=self.clock()))
+                continue
+            try:
+                self.deliver(row)
+            except (Retry, Unreachable) as exc:
+                self._retry(row, exc)
+                for later in rows[position + 1 :]:  # keep the group's order: they wait too
+                    self._settle(
+                        replace(later, state="pending", lease_owner=None, lease_until_us=0)
+                    )
+                return
+            except Refused as exc:
+                self._dead(row, str(exc), exc.status)
+                continue
+            except FhirError as exc:  # our own data cannot be sent as it is
+                self._dead(row, str(exc), None)
+                continue
+            except Exception as exc:  # a bug or the database: wait, do not lose the row
+                log.exception("outbox row %s failed unexpectedly", row.id)
+                self._retry(row, Retry(f"{type(exc).__name__} while delivering"))
+                for later in rows[position + 1 :]:
+                    self._settle(
+                        replace(later, state="pending", lease_owner=None, lease_until_us=0)
+                    )
+                return
+            self._settle(
+                replace(row, state="done", delivered_us=self.clock(), attempts=row.attempts + 1)
+            )
+
+    def deliver(self, row: OutboxRow) -> None:
+        """Deliver one row (raises Retry, Unreachable or Refused)."""
+        if row.destination.startswith("subscription:"):
+            self._deliver_subscription(row)
+            return
+        partner = self.partners.get(row.destination)
+        if partner is None:
+            raise Refused(f"{row.destination} is no longer in the partners file")
+        client = self._client(partner)
+        current = self._current(row.res_type, row.res_id)
+        if current is None:
+            return
+        if current.deleted:
+            self._send_delete(client, row)
+            return
+        content = json.loads(current.content or "{}")
+        capability = self._capability(client)
+        if not capability.writes(row.res_type):
+            if row.res_type in SUMMARY_TYPES and capability.writes("DocumentReference"):
+                self._send_summary(client, capability, content)
+                return
+            if row.res_type in SUMMARY_TYPES or row.res_type == "Provenance":
+                return  # nothing it accepts carries this; the summary document has the words
+            raise Refused(f"{partner.name} accepts no {row.res_type} writes")
+        self._send_resource(client, capability, row.res_type, content, current.version)
+
+    def _retry(self, row: OutboxRow, exc: Exception) -> None:
+        attempts = row.attempts + 1
+        status = getattr(exc, "status", None)
+        now = self.clock()
+        if row.kind == "handshake" and attempts >= HANDSHAKE_ATTEMPTS:
+            self._dead(row, f"the handshake failed {attempts} times: {exc}", status)
+            return
+        if now - row.created_us > self.backoff.give_up_seconds * 1_000_000:
+            self._dead(row, f"gave up after {attempts} attempts: {exc}", status)
+            return
+        delay = self.backoff.delay(attempts, getattr(exc, "retry_after", None), self.rng)
+        log.info("delivery of outbox row %s will be retried in %.1f s", row.id, delay)
+        self._settle(
+            replace(
+                row,
+                state="pending",
+                attempts=attempts,
+                next_attempt_us=now + int(delay * 1_000_000),
+                lease_owner=None,
+                lease_until_us=0,
+                last_status=status,
+                last_error=_outcome(str(exc)),
+            )
+        )
+
+    def _dead(self, row: OutboxRow, reason: str, status: int | None) -> None:
+        log.warning("outbox row %s is dead: HTTP %s", row.id, status)
+        self._settle(
+            replace(
+                row,
+                state="dead",
+                attempts=row.attempts + 1,
+                lease_owner=None,
+                last_status=status,
+                last_error=_outcome(reason),
+            )
+        )
+        if row.destination.startswith("subscription:"):
+            self._set_subscription_status(row.destination.split(":", 1)[1], "error", reason)
+
+    def _release(self, rows: Sequence[OutboxRow]) -> None:
+        for row in rows:
+            self._settle(replace(row, state="pending", lease_owner=None, lease_until_us=0))
+
+    def _settle(self, row: OutboxRow) -> None:
+        saved = self.fhir.run(lambda tx: tx.outbox_save(row, owner=self.owner))
+        if not saved:  # the lease ran out and another worker took the row over
+            log.warning("outbox row %s was taken over by another worker", row.id)
+
+    # -- partners ---------------------------------------------------------------------------------
+
+    def _client(self, partner: Partner) -> PartnerClient:
+        with self._lock:
+            if partner.name not in self._client_cache:
+                self._client_cache[partner.name] = self._clients(partner)
+            return self._client_cache[partner.name]
+
+    def _capability(self, client: PartnerClient) -> Capability:
+        name = client.partner.name
+        cached = self._capabilities.get(name)
+        if cached is not None and time.monotonic() - cached[0] < self.capability_ttl:
+            return cached[1]
+        answer = check(client.request("GET", "metadata"), f"{name} CapabilityStatement")
+        capability = capability_of(answer.body)
+        self._capabilities[name] = (time.monotonic(), capability)
+        return capability
+
+    def _current(self, type_: str, id_: str) -> StoredResource | None:
+        return self.fhir.read_only(lambda tx: tx.read(type_, id_))
+
+    def _send_resource(
+        self,
+        client: PartnerClient,
+        capability: Capability,
+        type_: str,
+        content: dict[str, Any],
+        version: int,
+    ) -> str:
+        """Write the resource at the partner idempotently; return the partner's id."""
+        param, token = self._key(type_, content)
+        body = self._outbound(client, type_, content)
+        criteria = urlencode({param: token})
+        what = f"{type_} {param}={token} to {client.partner.name}"
+        if version == 1 and capability.flag(type_, "conditionalCreate"):
+            answer = check(
+                client.request("POST", type_, body, {"If-None-Exist": criteria}), f"create {what}"
+            )
+            return _id_of(answer, type_)
+        if capability.flag(type_, "conditionalUpdate"):
+            answer = check(
+                client.request("PUT", f"{type_}?{criteria}", body), f"conditional update {what}"
+            )
+            return _id_of(answer, type_)
+        existing = self._find(client, type_, param, token)
+        if existing is None:
+            return _id_of(check(client.request("POST", type_, body), f"create {what}"), type_)
+        body["id"] = existing
+        check(client.request("PUT", f"{type_}/{existing}", body), f"update {what}")
+        return existing
+
+    def _send_delete(self, client: PartnerClient, row: OutboxRow) -> None:
+        last = self.fhir.read_only(lambda tx: tx.vread(row.res_type, row.res_id, row.version - 1))
+        if last is None or last.content is None:
+            return
+        param, token = self._key(row.res_type, json.loads(last.content))
+        existing = self._find(client, row.res_type, param, token)
+        if existing is not None:
+            check(
+                client.request("DELETE", f"{row.res_type}/{existing}"),
+                f"delete {row.res_type} {param}={token} at {client.partner.name}",
+            )
+
+    def _find(self, client: PartnerClient, type_: str, param: str, token: str) -> str | None:
+        answer = check(
+            client.request("GET", type_, params={param: token}),
+            f"search {type_} {param}={token} at {client.partner.name}",
+        )
+        ids = [
+            e["resource"]["id"]
+            for e in (answer.body or {}).get("entry") or []
+            if isinstance(e.get("resource"), dict)
+            and e["resource"].get("resourceType") == type_
+            and (e.get("search") or {}).get("mode", "match") == "match"
+        ]
+        if len(ids) > 1:
+            raise Refused(
+                f"{client.partner.name} holds {len(ids)} {type_} with {param}={token}; "
+                "one is needed"
+            )
+        return ids[0] if ids else None
+
+    def _source(self, type_: str, content: dict[str, Any]) -> str:
+        """Where the resource comes from: the source it arrived with, else its URL here."""
+        source = (content.get("meta") or {}).get("source")
+        if isinstance(source, str) and source:
+            return source
+        return f"{self.base_url}/{type_}/{content['id']}"
+
+    def _key(self, type_: str, content: dict[str, Any]) -> tuple[str, str]:
+        """The search that finds the resource at a partner: its identifier, or (for types
+        without one, such as Provenance) its ``_source``."""
+        if type_ in NO_IDENTIFIER_TYPES:
+            return "_source", self._source(type_, content)
+        return "identifier", identifier_token(*_identifier(self._identified(type_, content)))
+
+    def _identified(self, type_: str, content: dict[str, Any]) -> dict[str, Any]:
+        """The resource with an identifier: its own, else one naming it at this service."""
+        if type_ in NO_IDENTIFIER_TYPES or _has_identifier(content):
+            return content
+        url = f"{self.base_url}/{type_}/{content['id']}"
+        return {**content, "identifier": [{"system": URI_SYSTEM, "value": url}]}
+
+    def _outbound(
+        self, client: PartnerClient, type_: str, content: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The resource as the partner should hold it: identified, sourced, references
+        pointing at the partner's own resources."""
+        body = self._identified(type_, content)
+        meta = {k: v for k, v in (body.get("meta") or {}).items() if k == "profile"}
+        # meta.source names where the resource comes from: the partner never sends it back
+        meta["source"] = self._source(type_, content)
+        body = {k: v for k, v in body.items() if k not in ("id", "meta")}
+        body["meta"] = meta
+        rewritten: dict[str, Any] = self._rewrite(client, body, {})
+        return rewritten
+
+    def _rewrite(self, client: PartnerClient, value: Any, cache: dict[str, Any]) -> Any:
+        if isinstance(value, list):
+            return [self._rewrite(client, item, cache) for item in value]
+        if not isinstance(value, dict):
+            return value
+        ref = value.get("reference")
+        if isinstance(ref, str):
+            local = self._local(ref)
+            if local is not None:
+                if ref not in cache:
+                    cache[ref] = self._partner_reference(client, *local)
+                replaced = {k: v for k, v in value.items() if k != "reference"}
+                return {**replaced, **cache[ref]}
+        return {k: self._rewrite(client, v, cache) for k, v in value.items()}
+
+    def _local(self, ref: str) -> tuple[str, str] | None:
+        if ref.startswith(self.base_url + "/"):
+            ref = ref[len(self.base_url) + 1 :]
+        parts = ref.split("/")
+        if len(parts) == 2 and parts[0][:1].isupper() and "?" not in ref and ":" not in ref:
+            return parts[0], parts[1]
+        return None
+
+    def _partner_reference(self, client: PartnerClient, type_: str, id_: str) -> dict[str, Any]:
+        partner = client.partner
+        stored = self._current(type_, id_)
+        if stored is None or stored.deleted or stored.content is None:
+            # nothing here to send: the partner gets our absolute URL, which still names it
+            return {"reference": f"{self.base_url}/{type_}/{id_}"}
+        content = json.loads(stored.content)
+        if type_ == "Patient":
+            identifier = partner.knows_patient(content)
+            if identifier is None:
+                raise Refused(f"Patient/{id_} has no identifier in a system {partner.name} uses")
+            found = self._find(client, "Patient", "identifier", identifier_token(*identifier))
+            if found is None:
+                if "Patient" not in partner.send_types:
+                    raise Retry(
+                        f"{partner.name} has no Patient with identifier "
+                        f"{identifier[0]}|{identifier[1]} yet"
+                    )
+                capability = self._capability(client)
+                found = self._send_resource(client, capability, "Patient", content, 1)
+            return {"reference": f"Patient/{found}"}
+        if type_ not in partner.send_types:
+            # not sent to this partner: an absolute reference to us keeps the link
+            return {"reference": f"{self.base_url}/{type_}/{id_}"}
+        found = self._find(client, type_, *self._key(type_, content))
+        if found is None:
+            raise Retry(f"{type_}/{id_} is not at {partner.name} yet")
+        return {"reference": f"{type_}/{found}"}
+
+    def _send_summary(
+        self, client: PartnerClient, capability: Capability, content: dict[str, Any]
+    ) -> None:
+        """Send the patient's "What matters to me" DocumentReference (text and PDF)."""
+        if self.summarise is None:
+            raise Refused(f"{client.partner.name} takes documents only and no summary is wired")
+        patient = _subject_id(content)
+        if patient is None:
+            return
+        name, items = self.summarise(patient)
+        generated = instant(self.clock())
+        text = summary_text(name, items, generated)
+        pdf = summary_pdf(name, items, generated)
+        key = uuid.uuid5(uuid.NAMESPACE_URL, f"{self.base_url}/Patient/{patient}#what-matters")
+        document = {
+            "resourceType": "DocumentReference",
+            "id": f"summary-{patient}",
+            "identifier": [{"system": URI_SYSTEM, "value": f"urn:uuid:{key}"}],
+            "status": "current",
+            "type": {"text": "What matters to me"},
+            "subject": {"reference": f"Patient/{patient}"},
+            "date": generated,
+            "description": "What matters to me: the patient's priorities in their own words",
+            "content": [
+                {"attachment": _attachment("text/plain; charset=utf-8", text.encode("utf-8"))},
+                {"attachment": _attachment("application/pdf", pdf)},
+            ],
+        }
+        self._send_resource(client, capability, "DocumentReference", document, 2)
+
+    # -- subscriptions ---------------------------------------------------------------------------
+
+    def _deliver_subscription(self, row: OutboxRow) -> None:
+        sub_id = row.destination.split(":", 1)[1]
+        stored = self._current("Subscription", sub_id)
+        if stored is None or stored.deleted or stored.content is None:
+            raise Refused(f"Subscription/{sub_id} no longer exists")
+        resource = json.loads(stored.content)
+        spec = parse_subscription(resource)
+        url = f"{self.base_url}/Subscription/{sub_id}"
+        now = instant(self.clock())
+        if row.kind == "handshake":
+            if spec.status != "requested":
+                return
+            events = self._events(sub_id)
+            self._post(spec, handshake_bundle(url, "requested", events, now, content=spec.content))
+            self._set_subscription_status(sub_id, "active", None)
+            return
+        if spec.status != "active":
+            raise Refused(f"Subscription/{sub_id} is {spec.status}; the event is not sent")
+        focus = self.fhir.read_only(lambda tx: tx.vread(row.res_type, row.res_id, row.version))
+        focus_resource = None
+        interaction = "create" if row.version == 1 else "update"
+        if focus is not None and focus.content is not None:
+            focus_resource = json.loads(focus.content)
+        elif focus is not None and focus.deleted:
+            interaction = "delete"
+        number = row.event_number or 0
+        bundle = event_bundle(
+            url,
+            "active",
+            number,
+            number,
+            now,
+            f"{self.base_url}/{row.res_type}/{row.res_id}",
+            focus_resource,
+            spec.content,
+            interaction=interaction,
+        )
+        self._post(spec, bundle)
+
+    def _post(self, spec: Any, bundle: dict[str, Any]) -> None:
+        headers = {"Content-Type": spec.payload_mime}
+        for header in spec.headers:
+            name, _, value = header.partition(":")
+            if name.strip():
+                headers[name.strip()] = value.strip()
+        try:
+            response = self.session.post(
+                spec.endpoint,
+                data=json.dumps(bundle, ensure_ascii=False).encode("utf-8"),
+                headers=headers,
+                timeout=spec.timeout_seconds,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            raise Unreachable(f"POST {spec.endpoint}: {type(exc).__name__}") from exc
+        check(
+            Answer(
+                response.status_code,
+                {k.lower(): v for k, v in response.headers.items()},
+                None,
+                response.text[:2000],
+            ),
+            f"notification to {spec.endpoint}",
+        )
+        self._last_contact[spec.id] = time.monotonic()
+
+    def _events(self, sub_id: str) -> int:
+        return self.fhir.run(lambda tx: tx.next_counter(f"subscription:{sub_id}", 0))
+
+    def _set_subscription_status(self, sub_id: str, status: str, error: str | None) -> None:
+        stored = self._current("Subscription", sub_id)
+        if stored is None or stored.deleted or stored.content is None:
+            return
+        resource = json.loads(stored.content)
+        if resource.get("status") == status:
+            return
+        self.fhir.update("Subscription", sub_id, with_status(resource, status, error))
+
+    def heartbeats(self) -> None:
+        """Send a heartbeat to each active subscription quiet for its heartbeat period."""
+        subscriptions = self.fhir.read_only(
+            lambda tx: tx.read_many(tx.search_keys(ACTIVE_SUBSCRIPTIONS, 1000))
+        )
+        for stored in subscriptions:
+            try:
+                spec = parse_subscription(json.loads(stored.content or "{}"))
+            except ValueError:
+                continue
+            if not spec.heartbeat_seconds or spec.status != "active" or spec.id is None:
+                continue
+            last = self._last_contact.setdefault(spec.id, time.monotonic())
+            if time.monotonic() - last < spec.heartbeat_seconds:
+                continue
+            url = f"{self.base_url}/Subscription/{spec.id}"
+            bundle = heartbeat_bundle(
+                url, "active", self._events(spec.id), instant(self.clock()), content=spec.content
+            )
+            try:
+                self._post(spec, bundle)
+            except (Retry, Refused, Unreachable) as exc:
+                log.info("heartbeat to Subscription/%s failed: %s", spec.id, type(exc).__name__)
+                self._last_contact[spec.id] = time.monotonic()
+
+
+def identifier_token(system: str, value: str) -> str:
+    """The ``identifier`` search value for one identifier (search.html#escaping)."""
+    return f"{escape_value(system)}|{escape_value(value)}"
+
+
+def _outcome(reason: str) -> str:
+    return json.dumps(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "transient", "diagnostics": reason}],
+        },
+        ensure_ascii=False,
+    )
+
+
+def _has_identifier(content: dict[str, Any]) -> bool:
+    return any(
+        isinstance(i, dict) and i.get("system") and i.get("value")
+        for i in content.get("identifier") or []
+    )
+
+
+def _identifier(content: dict[str, Any]) -> tuple[str, str]:
+    for item in content.get("identifier") or []:
+        if isinstance(item, dict) and item.get("system") and item.get("value"):
+            return str(item["system"]), str(item["value"])
+    raise Refused("the resource has no identifier to write it idempotently")
+
+
+def _id_of(answer: Answer, type_: str) -> str:
+    body = answer.body if isinstance(answer.body, dict) else {}
+    if body.get("resourceType") == type_ and body.get("id"):
+        return str(body["id"])
+    location = answer.headers.get("location") or answer.headers.get("content-location") or ""
+    parts = location.split("/")
+    if type_ in parts and parts.index(type_) + 1 < len(parts):
+        return parts[parts.index(type_) + 1]
+    raise Retry(f"the partner did not say which {type_} it stored (no body, no Location)")
+
+
+def _subject_id(content: dict[str, Any]) -> str | None:
+    ref = (content.get("subject") or {}).get("reference")
+    if isinstance(ref, str) and ref.startswith("Patient/"):
+        return ref.split("/", 1)[1]
+    return None
+
+
+def _attachment(content_type: str, data: bytes) -> dict[str, Any]:
+    return {
+        "contentType": content_type,
+        "data": base64.b64encode(data).decode("ascii"),
+        "title": "What matters to me",
+    }

@@ -1,0 +1,37 @@
+"""Outbox rows: what the exchange worker still has to deliver, kept with the writes that made them.
+
+A write that concerns a partner or a subscriber adds its outbox rows in the same transaction, so
+a change is never stored without its delivery, nor delivered without being stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# pending: waiting (maybe until next_attempt_us); inflight: leased by a worker until lease_until_us;
+# done: delivered; dead: refused by the destination, kept with its reason until retried or
+# discarded; discarded: given up by an operator (kept for the record).
+OUTBOX_STATES = ("pending", "inflight", "done", "dead", "discarded")
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One delivery: a resource version, a deletion or a notification, to one destination."""
+
+    destination: str  # "partner:NAME" or "subscription:ID"
+    group_key: str  # rows of one group are delivered in id order (one patient at one destination)
+    kind: str  # resource, delete, handshake, notification
+    res_type: str
+    res_id: str
+    version: int
+    created_us: int
+    id: int = 0  # assigned by the store
+    event_number: int | None = None
+    state: str = "pending"
+    attempts: int = 0
+    next_attempt_us: int = 0
+    lease_owner: str | None = None
+    lease_until_us: int = 0
+    delivered_us: int | None = None
+    last_status: int | None = None
+    last_error: str | None = None  # the destination's OperationOutcome (JSON) or the reason

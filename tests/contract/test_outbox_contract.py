@@ -1,0 +1,146 @@
+"""The outbox part of the Store contract, on MemoryStore and SqlStore (SQLite or PostgreSQL):
+rows commit or roll back with the transaction's writes, leases guard settling, counters count."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from service.exchange.outbox import choose_group, claim, discard, retry
+from service.storage import Store, StoredResource
+from service.storage.outbox import OutboxRow
+
+
+def row(group: str, res_id: str, destination: str = "partner:gp", **changes: object) -> OutboxRow:
+    base = OutboxRow(destination, group, "resource", "Goal", res_id, 1, created_us=1_000)
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_rows_commit_with_the_write_and_get_increasing_ids(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.put(StoredResource("Goal", "g1", 1, 1, False, "{}"), None)
+        tx.outbox_add([row("Patient/a", "g1"), row("Patient/a", "g2")])
+    with store.transaction(write=False) as tx:
+        rows = tx.outbox_rows()
+    assert [(r.res_id, r.state) for r in rows] == [("g1", "pending"), ("g2", "pending")]
+    assert rows[0].id < rows[1].id
+
+
+def _add_then_fail(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.outbox_add([row("Patient/a", "g1")])
+        raise RuntimeError("the write failed after the row was added")
+
+
+def _count_then_fail(store: Store) -> None:
+    with store.transaction() as tx:
+        assert tx.next_counter("subscription:s1") == 3
+        raise RuntimeError("rolled back")
+
+
+def test_rows_roll_back_with_a_failed_write(store: Store) -> None:
+    with pytest.raises(RuntimeError):
+        _add_then_fail(store)
+    with store.transaction(write=False) as tx:
+        assert tx.outbox_rows() == []
+
+
+def test_rows_filter_by_state_destination_and_id(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.outbox_add(
+            [
+                row("Patient/a", "g1"),
+                row("Patient/a", "g2", state="dead"),
+                row("Patient/b", "g3", destination="partner:care-home"),
+            ]
+        )
+    with store.transaction(write=False) as tx:
+        everything = tx.outbox_rows()
+        assert [r.res_id for r in tx.outbox_rows(states=["dead"])] == ["g2"]
+        assert [r.res_id for r in tx.outbox_rows(destination="partner:care-home")] == ["g3"]
+        assert [r.res_id for r in tx.outbox_rows(ids=[everything[0].id])] == ["g1"]
+        assert len(tx.outbox_rows(limit=2)) == 2
+
+
+def test_save_under_a_lease_fails_once_the_lease_moved_on(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.outbox_add([row("Patient/a", "g1")])
+    with store.transaction() as tx:
+        [leased] = claim(tx, "worker-1", now=5_000, lease_us=1_000, limit=10)
+    assert leased.state == "inflight"
+    # the lease ran out; another worker takes the row over
+    with store.transaction() as tx:
+        [taken] = claim(tx, "worker-2", now=7_000, lease_us=1_000, limit=10)
+    assert taken.lease_owner == "worker-2"
+    with store.transaction() as tx:
+        assert not tx.outbox_save(replace(leased, state="done"), owner="worker-1")
+        assert tx.outbox_save(replace(taken, state="done"), owner="worker-2")
+    with store.transaction(write=False) as tx:
+        assert [r.state for r in tx.outbox_rows()] == ["done"]
+
+
+def test_claim_takes_one_group_in_order_and_skips_groups_that_wait(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.outbox_add(
+            [
+                row("Patient/a", "a1", next_attempt_us=9_000),  # backing off: a waits
+                row("Patient/b", "b1"),
+                row("Patient/a", "a2"),
+                row("Patient/b", "b2"),
+            ]
+        )
+    with store.transaction() as tx:
+        leased = claim(tx, "w", now=5_000, lease_us=60_000_000, limit=10)
+    assert [r.res_id for r in leased] == ["b1", "b2"]
+    with store.transaction() as tx:
+        assert claim(tx, "w2", now=5_000, lease_us=60_000_000, limit=10) == []
+        later = claim(tx, "w2", now=10_000, lease_us=60_000_000, limit=10)
+    assert [r.res_id for r in later] == ["a1", "a2"]
+
+
+def test_retry_and_discard_touch_only_what_they_name(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.outbox_add(
+            [
+                row("Patient/a", "g1", state="dead", attempts=3),
+                row("Patient/a", "g2", state="dead", destination="partner:care-home"),
+                row("Patient/a", "g3"),
+            ]
+        )
+    with store.transaction() as tx:
+        again = retry(tx, 50_000, None, "partner:gp")
+    assert [(r.res_id, r.state, r.attempts, r.next_attempt_us) for r in again] == [
+        ("g1", "pending", 0, 50_000)
+    ]
+    with store.transaction() as tx:
+        gone = discard(tx, None, None)
+    assert [r.res_id for r in gone] == ["g2"]
+    with store.transaction(write=False) as tx:
+        states = {r.res_id: r.state for r in tx.outbox_rows()}
+        summary = tx.outbox_summary()
+    assert states == {"g1": "pending", "g2": "discarded", "g3": "pending"}
+    assert summary == [
+        ("partner:care-home", "discarded", 1, 1_000),
+        ("partner:gp", "pending", 2, 1_000),
+    ]
+
+
+def test_counters_count_from_one_and_roll_back(store: Store) -> None:
+    with store.transaction() as tx:
+        assert tx.next_counter("subscription:s1") == 1
+        assert tx.next_counter("subscription:s1") == 2
+        assert tx.next_counter("subscription:s2", 0) == 0
+    with pytest.raises(RuntimeError):
+        _count_then_fail(store)
+    with store.transaction() as tx:
+        assert tx.next_counter("subscription:s1", 0) == 2
+
+
+def test_choose_group_respects_leases_of_other_workers() -> None:
+    leased = row("Patient/a", "a1", state="inflight", lease_until_us=10_000, id=1)
+    waiting = row("Patient/a", "a2", id=2)
+    other = row("Patient/b", "b1", id=3)
+    assert choose_group([leased, waiting, other], 5_000, 10) == [other]
+    # an expired lease is taken over, with the rest of its group
+    assert choose_group([leased, waiting, other], 20_000, 10) == [leased, waiting]

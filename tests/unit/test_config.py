@@ -1,0 +1,54 @@
+"""Config.from_env: WHATMATTERS_* variables, safe defaults, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.config import Config, ConfigError
+
+
+def test_defaults_are_local_and_need_no_variables() -> None:
+    config = Config.from_env({})
+    assert config.host == "127.0.0.1"
+    assert config.partners_file is None
+    assert config.outbox_worker is True
+    assert config.own_base_url == "http://127.0.0.1:8080/fhir"
+
+
+def test_exchange_settings_are_read() -> None:
+    config = Config.from_env(
+        {
+            "WHATMATTERS_PARTNERS_FILE": "/etc/whatmatters/partners.yaml",
+            "WHATMATTERS_OUTBOX_WORKER": "false",
+            "WHATMATTERS_OUTBOX_POLL_SECONDS": "0.25",
+            "WHATMATTERS_OUTBOX_RETRY_CAP_SECONDS": "600",
+            "WHATMATTERS_PORT": "9000",
+            "WHATMATTERS_PUBLIC_BASE_URL": "https://wm.example.org/fhir",
+        }
+    )
+    assert config.partners_file == Path("/etc/whatmatters/partners.yaml")
+    assert config.outbox_worker is False
+    assert config.outbox_poll_seconds == 0.25
+    assert config.outbox_retry_cap_seconds == 600.0
+    assert config.port == 9000
+    assert config.own_base_url == "https://wm.example.org/fhir"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("WHATMATTERS_PORT", "eighty", "WHATMATTERS_PORT must be a whole number"),
+        ("WHATMATTERS_OUTBOX_LEASE_SECONDS", "soon", "must be a number"),
+        (
+            "WHATMATTERS_OUTBOX_POLL_SECONDS",
+            "0",
+            "WHATMATTERS_OUTBOX_POLL_SECONDS must be positive",
+        ),
+        ("WHATMATTERS_OUTBOX_WORKER", "maybe", "must be true or false"),
+    ],
+)
+def test_unusable_values_are_refused_by_name(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Config.from_env({name: value})
