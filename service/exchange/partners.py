@@ -13,9 +13,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+
 from service.mapping.files import MappingError, MappingFile, read_yaml, schema_problems
 
 SCHEMA_PATH = Path(__file__).with_name("partners.schema.json")
+AUTH_TYPES = ("none", "bearer", "smart-backend-services")
 
 
 class PartnerConfigError(ValueError):
@@ -92,7 +95,7 @@ def load_partners(path: Path | None) -> tuple[Partner, ...]:
         raise PartnerConfigError(str(exc)) from exc
     located = MappingFile(path, content if isinstance(content, dict) else {}, lines)
     problems = (
-        schema_problems(schema(), located)
+        schema_problems(schema(), located, _message)
         if isinstance(content, dict)
         else [f"{path.name}:1 must hold a mapping with the key partners"]
     )
@@ -109,6 +112,26 @@ def load_partners(path: Path | None) -> tuple[Partner, ...]:
         seen.add(item["name"])
         partners.append(_partner(item, path.parent, located.where(f"partners[{number}].auth")))
     return tuple(partners)
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    """A schema error as an integration engineer reads it."""
+    if error.validator == "oneOf" and isinstance(error.instance, dict):
+        choices = error.schema.get("oneOf", []) if isinstance(error.schema, dict) else []
+        if choices and all(set(choice) == {"required"} for choice in choices):
+            return "needs exactly one of " + ", ".join(c["required"][0] for c in choices)
+        kind = error.instance.get("type")
+        if kind not in AUTH_TYPES:
+            return f"auth.type must be one of {', '.join(AUTH_TYPES)}, not {kind!r}"
+        for sub in error.context or []:
+            index = sub.relative_schema_path[0] if sub.relative_schema_path else None
+            branch = choices[index] if isinstance(index, int) else {}
+            if branch.get("properties", {}).get("type", {}).get("const") == kind:
+                return f"auth of type {kind}: {_message(sub)}"
+        return f"auth of type {kind} needs its own keys only: {error.message}"
+    if error.validator == "additionalProperties":
+        return str(error.message).replace("Additional properties are not allowed", "unknown key")
+    return str(error.message)
 
 
 def _partner(item: dict[str, Any], folder: Path, where: str) -> Partner:

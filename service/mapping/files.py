@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -95,11 +96,16 @@ def read_yaml(path: Path) -> tuple[Any, dict[str, int]]:
     return _to_python(node, "", lines), lines
 
 
-def schema_problems(schema_: dict[str, Any], located: MappingFile) -> list[str]:
+def schema_problems(
+    schema_: dict[str, Any],
+    located: MappingFile,
+    message: Callable[[jsonschema.ValidationError], str] | None = None,
+) -> list[str]:
     """The first JSON Schema errors of a file's content, each with its file, line and path."""
     validator = jsonschema.Draft202012Validator(schema_)
     errors = sorted(validator.iter_errors(located.content), key=lambda e: list(e.absolute_path))
-    return [f"{located.where(_path(e.absolute_path))}: {_message(e)}" for e in errors[:10]]
+    say = message or _message
+    return [f"{located.where(_path(e.absolute_path))}: {say(e)}" for e in errors[:10]]
 
 
 def load_mapping(path: Path) -> MappingFile:

@@ -43,7 +43,8 @@ def database_for(name: str, folder: Path) -> str:
     import psycopg
 
     url = make_url(configured)
-    database = f"{url.database}_{name}"
+    # one database per instance and test process, so parallel test runs never share one
+    database = f"{url.database}_{name}_{os.getpid()}"
     admin = url.set(drivername="postgresql", database="postgres")
     dsn = admin.render_as_string(hide_password=False)
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -54,6 +55,8 @@ def database_for(name: str, folder: Path) -> str:
 
 class Instance:
     """One `whatmatters serve` (and optionally `whatmatters worker`) process."""
+
+    made: list[Instance] = []  # noqa: RUF012 - every instance of the test run, for clean-up
 
     def __init__(
         self,
@@ -82,6 +85,7 @@ class Instance:
         self.process: subprocess.Popen[bytes] | None = None
         self.worker: subprocess.Popen[bytes] | None = None
         self.log = folder / f"{name}.log"
+        Instance.made.append(self)
 
     def set_partners(self, partners: list[dict[str, Any]]) -> None:
         """Write the instance's partners file (read at the next start)."""
@@ -151,6 +155,17 @@ class Instance:
                 self.process.kill()
                 self.process.wait(timeout=30)
             self.process = None
+
+    def drop_database(self) -> None:
+        """Remove a PostgreSQL database made for this instance (SQLite files go with tmp)."""
+        url = make_url(self.database_url)
+        if url.get_backend_name() != "postgresql":
+            return
+        import psycopg
+
+        admin = url.set(drivername="postgresql", database="postgres")
+        with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
 
     def outbox(self, **params: Any) -> dict[str, Any]:
         """The admin view of the outbox."""
