@@ -165,7 +165,16 @@ def create_app(config: Config | None = None) -> Flask:
         config, [f.resource for f in registry.files]
     )
     from service.exchange.partners import load_partners
+    from service.exchange.smart import SigningKey, jwks
 
-    app.extensions["whatmatters.partners"] = load_partners(config.partners_file)
+    partners = load_partners(config.partners_file)
+    app.extensions["whatmatters.partners"] = partners
+    app.extensions["whatmatters.jwks"] = jwks(
+        [
+            SigningKey.from_pem_file(p.auth.private_key_file, p.auth.algorithm)
+            for p in partners
+            if p.auth.private_key_file is not None and p.auth.algorithm is not None
+        ]
+    )
     api.register(app, config.base_path)
     return app

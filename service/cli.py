@@ -94,6 +94,13 @@ def _worker(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _row_id(text: str) -> int:
+    """An outbox row id: a whole number that fits the 64-bit id column."""
+    if not text.isdigit() or not 1 <= int(text[:20]) <= 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an outbox row id")
+    return int(text)
+
+
 def _outbox(config: Config, args: argparse.Namespace) -> int:
     from service import build_fhir_service
     from service.exchange import outbox
@@ -420,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("discard", "give up rows (--id, --partner or --all); they stay listed"),
     ):
         command = box_sub.add_parser(name, help=text)
-        command.add_argument("--id", type=int, action="append", help="a row id (repeatable)")
+        command.add_argument("--id", type=_row_id, action="append", help="a row id (repeatable)")
         command.add_argument("--partner", help="only rows for this partner")
         command.add_argument("--destination", help="only rows for this destination")
         command.add_argument("--all", action="store_true", help="status: list every row")

@@ -11,12 +11,11 @@ from service.api.fhir_views import base_url
 from service.api.negotiation import render
 from service.errors import BadRequest, NotFound
 from service.exchange import outbox
-from service.exchange.partners import Partner
-from service.exchange.smart import SigningKey, jwks
 from service.exchange.subscriptions import status_bundle
 from service.fhir.interactions import FhirService
 from service.fhir.model import instant
 from service.fhir.results import Result
+from service.storage.outbox import OUTBOX_STATES
 
 
 def _service() -> FhirService:
@@ -38,13 +37,24 @@ def _selection() -> tuple[list[int] | None, str | None]:
     args = request.args if request.method == "GET" else (request.form or request.args)
     ids: list[int] | None = None
     if args.getlist("id"):
-        try:
-            ids = [int(value) for value in args.getlist("id")]
-        except ValueError as exc:
-            raise BadRequest("id must be a whole number", expression=("id",)) from exc
+        ids = [_whole(value, "id", 1, MAX_ROW_ID) for value in args.getlist("id")]
     partner = args.get("partner")
     destination = f"partner:{partner}" if partner else args.get("destination")
     return ids, destination
+
+
+MAX_ROW_ID = 2**63 - 1  # outbox ids are 64-bit
+
+
+def _whole(value: str, name: str, low: int, high: int) -> int:
+    """A whole number parameter within [low, high], or a 400 naming it."""
+    text = value.strip()
+    if not text.isdigit() or len(text) > 19 or not low <= int(text) <= high:
+        raise BadRequest(
+            f"{name} must be a whole number from {low} to {high} (got {value[:40]!r})",
+            expression=(name,),
+        )
+    return int(text)
 
 
 def build_exchange(base_path: str) -> Blueprint:
@@ -53,14 +63,9 @@ def build_exchange(base_path: str) -> Blueprint:
 
     @bp.get("/.well-known/jwks.json")
     def well_known_jwks() -> Response:
-        # the public halves of the keys we sign SMART Backend Services assertions with
-        partners: tuple[Partner, ...] = current_app.extensions["whatmatters.partners"]
-        keys = [
-            SigningKey.from_pem_file(p.auth.private_key_file, p.auth.algorithm)
-            for p in partners
-            if p.auth.private_key_file is not None and p.auth.algorithm is not None
-        ]
-        response = _json(jwks(keys))
+        # the public halves of the keys we sign SMART Backend Services assertions with, read
+        # once at start-up
+        response = _json(current_app.extensions["whatmatters.jwks"])
         response.headers["Cache-Control"] = "public, max-age=300"
         response.mimetype = "application/jwk-set+json"
         return response
@@ -69,10 +74,13 @@ def build_exchange(base_path: str) -> Blueprint:
     def outbox_status() -> Response:
         ids, destination = _selection()
         states = request.args.getlist("state") or None
-        try:
-            limit = min(int(request.args.get("_count", "100")), 1000)
-        except ValueError as exc:
-            raise BadRequest("_count must be a whole number", expression=("_count",)) from exc
+        unknown = sorted(set(states or ()) - set(OUTBOX_STATES))
+        if unknown:
+            raise BadRequest(
+                f"state must be one of {', '.join(OUTBOX_STATES)} (got {unknown[0][:40]!r})",
+                expression=("state",),
+            )
+        limit = _whole(request.args.get("_count", "100"), "_count", 1, 1000)
         fhir = _service()
         lines = fhir.read_only(outbox.summary)
         rows = fhir.read_only(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urljoin, urlsplit
 
 from service.errors import BadRequest, FhirError
 from service.exchange.client import PartnerClient
@@ -39,11 +39,13 @@ class ImportReport:
 def pages(client: PartnerClient, type_: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
     """The resources of a search at the partner, following ``next`` links."""
     answer = check(client.request("GET", type_, params=params), f"search {type_}")
+    base = client.partner.base_url
     for _ in range(MAX_PAGES):
         bundle = answer.body if isinstance(answer.body, dict) else {}
-        for entry in bundle.get("entry") or []:
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            mode = (entry.get("search") or {}).get("mode", "match")
+        for entry in _dicts(bundle.get("entry")):
+            resource = entry.get("resource")
+            search = entry.get("search")
+            mode = search.get("mode", "match") if isinstance(search, dict) else "match"
             if (
                 isinstance(resource, dict)
                 and resource.get("resourceType") == type_
@@ -53,13 +55,20 @@ def pages(client: PartnerClient, type_: str, params: dict[str, str]) -> Iterator
         next_url = next(
             (
                 link.get("url")
-                for link in bundle.get("link") or []
-                if link.get("relation") == "next"
+                for link in _dicts(bundle.get("link"))
+                if link.get("relation") == "next" and isinstance(link.get("url"), str)
             ),
             None,
         )
         if not next_url:
             return
+        next_url = urljoin(base + "/", next_url)
+        if not _same_origin(next_url, base):
+            # our credentials go to the partner only, never to a host a page names
+            raise Refused(
+                f"{client.partner.name} sent a next link to another server ({next_url}); "
+                f"pages must stay at {base}"
+            )
         answer = check(client.request("GET", next_url), f"next page of {type_}")
     raise Refused(f"the search for {type_} has more than {MAX_PAGES} pages")
 
@@ -96,11 +105,10 @@ def import_patient(
 
     def local(resource: dict[str, Any]) -> dict[str, Any]:
         body = _rewrite(resource, known, partner.base_url)
-        meta = {k: v for k, v in (resource.get("meta") or {}).items() if k == "profile"}
+        given = resource.get("meta")
+        meta = {k: v for k, v in given.items() if k == "profile"} if isinstance(given, dict) else {}
         # where it came from: the outbox never sends it back to that partner
-        meta["source"] = (resource.get("meta") or {}).get("source") or (
-            f"{partner.base_url}/{resource['resourceType']}/{resource.get('id')}"
-        )
+        meta["source"] = f"{partner.base_url}/{resource['resourceType']}/{resource.get('id')}"
         body = {k: v for k, v in body.items() if k not in ("id", "meta")}
         return {**body, "meta": meta}
 
@@ -133,6 +141,22 @@ def import_patient(
         return report
 
     return fhir.run(work)
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _same_origin(url: str, base: str) -> bool:
+    """Same scheme, host and port (RFC 6454), under the partner's base path."""
+    a, b = urlsplit(url), urlsplit(base)
+    ports = {"http": 80, "https": 443}
+    root = b.path.rstrip("/")
+    return (a.scheme, a.hostname, a.port or ports.get(a.scheme)) == (
+        b.scheme,
+        b.hostname,
+        b.port or ports.get(b.scheme),
+    ) and (a.path.rstrip("/") == root or a.path.startswith(root + "/"))
 
 
 def _identifier(resource: dict[str, Any], url: str) -> dict[str, str]:

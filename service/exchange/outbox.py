@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,10 +28,25 @@ from service.storage import ParamCriterion, Query, TokenMatch, Transaction
 from service.storage.outbox import OutboxRow
 
 CLAIM_LOCK = "whatmatters-outbox-claim"
-CLAIM_WINDOW = 500  # rows looked at per claim; a group deeper than this waits its turn
 ACTIVE_SUBSCRIPTIONS = Query(
     "Subscription", (ParamCriterion("token", "status", (TokenMatch(None, "active"),)),)
 )
+
+
+# set while the worker itself writes a Subscription's status (active after the handshake,
+# error when delivery fails); any other write is a client's and follows the client's rules
+_SERVER_STATUS_WRITE: ContextVar[bool] = ContextVar("server_status_write", default=False)
+CLIENT_STATUSES = ("requested", "off")
+
+
+@contextlib.contextmanager
+def server_status_write() -> Iterator[None]:
+    """Mark the Subscription writes of the block as this server's own status changes."""
+    token = _SERVER_STATUS_WRITE.set(True)
+    try:
+        yield
+    finally:
+        _SERVER_STATUS_WRITE.reset(token)
 
 
 def subscription_destination(id_: str) -> str:
@@ -51,7 +67,7 @@ class OutboxFeed:
         content = change.content if change.content is not None else change.previous
         rows: list[OutboxRow] = []
         if change.type == "Subscription" and change.content is not None:
-            rows += self._subscription_written(change, now)
+            rows += self._subscription_written(tx, change, now)
         patient_ref = self._patient_of(tx, change.type, change.id, content)
         kind = "resource" if change.content is not None else "delete"
         if patient_ref is not None and self.partners:
@@ -85,13 +101,32 @@ class OutboxFeed:
             return None
         return patient_reference(type_, content)
 
-    def _subscription_written(self, change: Change, now: int) -> list[OutboxRow]:
+    def _subscription_written(self, tx: Transaction, change: Change, now: int) -> list[OutboxRow]:
+        """Check a Subscription write; a client's request (re)starts with a handshake.
+
+        The Backport IG (https://hl7.org/fhir/uv/subscriptions-backport/STU1.1/components.html)
+        and R4 Subscription.status give the client ``requested`` and ``off``; the server sets
+        ``active`` once the handshake succeeded and ``error`` when delivery fails. A client may
+        keep the status it has while it edits anything but the channel.
+        """
         assert change.content is not None
         try:
             parse_subscription(change.content)
         except SubscriptionInvalid as exc:
             raise Unprocessable(str(exc), expression=(exc.expression,)) from exc
-        if change.content.get("status") != "requested":
+        if _SERVER_STATUS_WRITE.get():
+            return []
+        status = change.content.get("status")
+        before = _version_json(tx, change.type, change.id, change.version - 1)
+        same_channel = before is not None and before.get("channel") == change.content.get("channel")
+        kept = same_channel and before is not None and before.get("status") == status
+        if status not in CLIENT_STATUSES and not kept:
+            raise Unprocessable(
+                f"Subscription.status {status!r} is set by this server: a client asks for "
+                "'requested' (the server activates it after a successful handshake) or 'off'",
+                expression=("Subscription.status",),
+            )
+        if status != "requested":
             return []
         destination = subscription_destination(change.id)
         return [_row(destination, destination, "handshake", change, now)]
@@ -133,6 +168,16 @@ def _row(destination: str, group: str, kind: str, change: Change, now: int) -> O
 
 def _read_json(tx: Transaction, type_: str, id_: str) -> dict[str, Any] | None:
     stored = tx.read(type_, id_)
+    if stored is None or stored.deleted or stored.content is None:
+        return None
+    loaded: dict[str, Any] = json.loads(stored.content)
+    return loaded
+
+
+def _version_json(tx: Transaction, type_: str, id_: str, version: int) -> dict[str, Any] | None:
+    if version < 1:
+        return None
+    stored = tx.vread(type_, id_, version)
     if stored is None or stored.deleted or stored.content is None:
         return None
     loaded: dict[str, Any] = json.loads(stored.content)
@@ -187,15 +232,37 @@ def choose_group(rows: Sequence[OutboxRow], now: int, limit: int) -> list[Outbox
 
 
 def claim(tx: Transaction, owner: str, now: int, lease_us: int, limit: int) -> list[OutboxRow]:
-    """Lease the next deliverable group to ``owner`` (one claimer at a time)."""
+    """Lease the oldest deliverable group to ``owner`` (one claimer at a time).
+
+    The store names each group's head row, so a deep group, or many groups waiting out a
+    backoff, never hide a group that is ready behind them. ``owner`` is a token of this claim
+    alone: a worker that lost its lease cannot settle the rows of the next one.
+    """
     tx.lock(CLAIM_LOCK)
-    rows = tx.outbox_rows(states=("pending", "inflight"), limit=CLAIM_WINDOW)
+    heads = tx.outbox_heads(now, 1)
+    if not heads:
+        return []
+    head = heads[0]
+    rows = tx.outbox_rows(
+        states=("pending", "inflight"),
+        destination=head.destination,
+        group_key=head.group_key,
+        limit=limit,
+    )
     leased = []
     for row in choose_group(rows, now, limit):
         taken = replace(row, state="inflight", lease_owner=owner, lease_until_us=now + lease_us)
         tx.outbox_save(taken)
         leased.append(taken)
     return leased
+
+
+def renew(tx: Transaction, rows: Sequence[OutboxRow], owner: str, until: int) -> bool:
+    """Extend ``owner``'s lease on rows it still holds; False when any was taken over."""
+    held = tx.outbox_rows(states=("inflight",), ids=[row.id for row in rows], limit=len(rows))
+    if len(held) != len(rows) or any(row.lease_owner != owner for row in held):
+        return False
+    return all(tx.outbox_save(replace(row, lease_until_us=until), owner=owner) for row in held)
 
 
 @dataclass(frozen=True)

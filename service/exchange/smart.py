@@ -135,8 +135,7 @@ class SigningKey:
             **_public_members(self.private_key),
             "kid": self.kid,
             "alg": self.algorithm,
-            "use": "sig",
-            "key_ops": ["verify"],
+            "use": "sig",  # RFC 7517 section 4.3: not together with key_ops
         }
 
 

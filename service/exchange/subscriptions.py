@@ -76,6 +76,25 @@ _ID = r"[A-Za-z0-9\-.]{1,64}"
 _PATIENT_TAIL = re.compile(rf"(?:^|/)Patient/({_ID})(?:/_history/{_ID})?\Z")
 _BARE_ID = re.compile(_ID)
 _HEADER = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n]*")
+# headers the notification itself defines (RFC 9110 sections 7.2, 8.3, 8.6; RFC 9112 section 6):
+# a subscriber may add its own (Authorization, an API key), never replace these
+RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "content-type",
+        "content-encoding",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "expect",
+        "proxy-authorization",
+        "proxy-connection",
+    }
+)
 
 Filter = tuple[str | None, str, str]
 
@@ -187,6 +206,13 @@ def _headers(channel: dict[str, Any]) -> tuple[str, ...]:
         if not isinstance(header, str) or not _HEADER.fullmatch(header):
             raise SubscriptionInvalid(
                 "each Subscription.channel.header must be one HTTP header line 'Name: value'",
+                f"Subscription.channel.header[{index}]",
+            )
+        name = header.split(":", 1)[0].strip().lower()
+        if name in RESERVED_HEADERS:
+            raise SubscriptionInvalid(
+                f"Subscription.channel.header may not set {name!r}: this server writes it for "
+                "each notification",
                 f"Subscription.channel.header[{index}]",
             )
     return tuple(headers)

@@ -25,7 +25,12 @@ import requests
 
 from service.errors import FhirError
 from service.exchange.client import Answer, PartnerClient, Unreachable
-from service.exchange.outbox import ACTIVE_SUBSCRIPTIONS, choose_group, claim
+from service.exchange.outbox import (
+    ACTIVE_SUBSCRIPTIONS,
+    claim,
+    renew,
+    server_status_write,
+)
 from service.exchange.partners import Partner
 from service.exchange.subscriptions import (
     event_bundle,
@@ -45,6 +50,8 @@ log = logging.getLogger("whatmatters.exchange")
 URI_SYSTEM = "urn:ietf:rfc:3986"
 RETRIED_STATUSES = frozenset({408, 429})
 HANDSHAKE_ATTEMPTS = 3
+MIN_ATTEMPTS_BEFORE_GIVING_UP = 5  # an old row put back in the queue gets a fair chance
+NOTIFY_TIMEOUT_CAP = 60.0  # seconds; a subscriber's backport-timeout is honoured up to this
 SUMMARY_TYPES = ("Goal", "Observation", "List")
 NO_IDENTIFIER_TYPES = frozenset({"Provenance"})  # R4 gives them no identifier element
 Summariser = Callable[[str], tuple[str | None, list[SummaryItem]]]
@@ -62,9 +69,15 @@ class Retry(Exception):
 class Refused(Exception):
     """The destination refused the delivery; retrying the same thing cannot help."""
 
-    def __init__(self, reason: str, status: int | None = None):
+    def __init__(self, reason: str, status: int | None = None, outcome: Any = None):
         super().__init__(reason)
         self.status = status
+        self.outcome = outcome  # the destination's own OperationOutcome, kept as it came
+
+
+class Skipped(Exception):
+    """The row has nothing left to deliver (its subscription was switched off); it is set
+    aside as discarded with the reason, and the group goes on."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +106,8 @@ def check(answer: Answer, what: str) -> Answer:
     reason = f"{what}: HTTP {answer.status}" + (f": {detail}" if detail else "")
     if answer.status in RETRIED_STATUSES or answer.status >= 500:
         raise Retry(reason, answer.retry_after(), answer.status)
-    raise Refused(reason, answer.status)
+    outcome = answer.body if _is_outcome(answer.body) else None
+    raise Refused(reason, answer.status, outcome)
 
 
 @dataclass(frozen=True)
@@ -106,6 +120,11 @@ class Capability:
         """Whether the partner accepts creates of the type."""
         codes = {i.get("code") for i in self.types.get(type_, {}).get("interaction", [])}
         return "create" in codes or "update" in codes
+
+    def updates(self, type_: str) -> bool:
+        """Whether the partner accepts updates of the type (PUT)."""
+        codes = {i.get("code") for i in self.types.get(type_, {}).get("interaction", [])}
+        return "update" in codes
 
     def flag(self, type_: str, name: str) -> bool:
         """A conditional flag (conditionalCreate, conditionalUpdate) of the type."""
@@ -146,6 +165,9 @@ class Worker:
         self.partners = {p.destination: p for p in partners}
         self.base_url = base_url.rstrip("/")
         self.summarise = summarise
+        # renewed before each row: it needs to outlive one row's partner calls, not a group's.
+        # A row slower than the lease may be sent again by the worker that takes it over, which
+        # the idempotent writes (and the subscribers' event numbers) make harmless.
         self.lease_us = int(lease_seconds * 1_000_000)
         self.backoff = backoff
         self.batch = batch
@@ -158,19 +180,17 @@ class Worker:
         self._capabilities: dict[str, tuple[float, Capability]] = {}
         self._last_contact: dict[str, float] = {}
         self._lock = threading.Lock()
-        self.session = requests.Session()
+        self._threads = threading.local()  # a requests.Session per thread (they are not shared)
 
     # -- the loop --------------------------------------------------------------------------------
 
     def run_once(self) -> int:
         """Lease one group and deliver it; return how many rows were handled."""
         now = self.clock()
-        waiting = self.fhir.read_only(
-            lambda tx: tx.outbox_rows(states=("pending", "inflight"), limit=500)
-        )
-        if not choose_group(waiting, now, 1):
+        if not self.fhir.read_only(lambda tx: tx.outbox_heads(now, 1)):
             return 0
-        rows = self.fhir.run(lambda tx: claim(tx, self.owner, now, self.lease_us, self.batch))
+        owner = f"{self.owner}-{uuid.uuid4().hex[:12]}"  # this claim's lease, no other
+        rows = self.fhir.run(lambda tx: claim(tx, owner, now, self.lease_us, self.batch))
         if rows:
             self.deliver_group(rows)
         return len(rows)
@@ -212,42 +232,58 @@ class Worker:
     # -- one group ---------------------------------------------------------------------------------
 
     def deliver_group(self, rows: Sequence[OutboxRow]) -> None:
-        """Deliver leased rows in order; stop the group at the first row that must wait."""
+        """Deliver leased rows in order; stop the group at the first row that must wait.
+
+        Before each row the lease is renewed; a worker that finds its lease gone (it was too
+        slow and another worker took the group) stops at once, so no row is sent twice.
+        """
+        if not rows:
+            return
+        owner = rows[0].lease_owner or ""
         last_of = {(r.res_type, r.res_id, r.kind): r.id for r in rows}
         for position, row in enumerate(rows):
+            if not self._renew(rows[position:], owner):
+                log.warning("the lease on outbox row %s was lost; stopping its group", row.id)
+                return
             if (
                 row.destination.startswith("partner:")
                 and last_of[(row.res_type, row.res_id, row.kind)] != row.id
             ):
                 # a later row of the group sends the same resource's current state
-                self._settle(replace(row, state="done", delivered_us=self.clock()))
+                if not self._settle(replace(row, state="done", delivered_us=self.clock()), owner):
+                    return
                 continue
             try:
                 self.deliver(row)
             except (Retry, Unreachable) as exc:
                 self._retry(row, exc)
-                for later in rows[position + 1 :]:  # keep the group's order: they wait too
-                    self._settle(
-                        replace(later, state="pending", lease_owner=None, lease_until_us=0)
-                    )
+                self._release(rows[position + 1 :])  # keep the group's order: they wait too
                 return
+            except Skipped as exc:
+                settled = self._settle(
+                    replace(
+                        row, state="discarded", lease_owner=None, last_error=_outcome(str(exc))
+                    ),
+                    owner,
+                )
             except Refused as exc:
-                self._dead(row, str(exc), exc.status)
-                continue
+                settled = self._dead(row, str(exc), exc.status, exc.outcome)
             except FhirError as exc:  # our own data cannot be sent as it is
-                self._dead(row, str(exc), None)
-                continue
+                settled = self._dead(row, str(exc), None)
             except Exception as exc:  # a bug or the database: wait, do not lose the row
                 log.exception("outbox row %s failed unexpectedly", row.id)
                 self._retry(row, Retry(f"{type(exc).__name__} while delivering"))
-                for later in rows[position + 1 :]:
-                    self._settle(
-                        replace(later, state="pending", lease_owner=None, lease_until_us=0)
-                    )
+                self._release(rows[position + 1 :])
                 return
-            self._settle(
-                replace(row, state="done", delivered_us=self.clock(), attempts=row.attempts + 1)
-            )
+            else:
+                settled = self._settle(
+                    replace(
+                        row, state="done", delivered_us=self.clock(), attempts=row.attempts + 1
+                    ),
+                    owner,
+                )
+            if not settled:
+                return
 
     def deliver(self, row: OutboxRow) -> None:
         """Deliver one row (raises Retry, Unreachable or Refused)."""
@@ -261,33 +297,47 @@ class Worker:
         current = self._current(row.res_type, row.res_id)
         if current is None:
             return
+        capability = self._capability(client)
+        documents_only = (
+            not capability.writes(row.res_type)
+            and row.res_type in SUMMARY_TYPES
+            and capability.writes("DocumentReference")
+        )
         if current.deleted:
-            self._send_delete(client, row)
+            if documents_only:
+                # the summary is written again without what was deleted
+                last = self.fhir.read_only(
+                    lambda tx: tx.vread(row.res_type, row.res_id, row.version - 1)
+                )
+                if last is not None and last.content is not None:
+                    self._send_summary(client, capability, json.loads(last.content), row)
+            elif capability.writes(row.res_type):
+                self._send_delete(client, row)
             return
         content = json.loads(current.content or "{}")
-        capability = self._capability(client)
+        if documents_only:
+            self._send_summary(client, capability, content, row)
+            return
         if not capability.writes(row.res_type):
-            if row.res_type in SUMMARY_TYPES and capability.writes("DocumentReference"):
-                self._send_summary(client, capability, content)
-                return
             if row.res_type in SUMMARY_TYPES or row.res_type == "Provenance":
                 return  # nothing it accepts carries this; the summary document has the words
             raise Refused(f"{partner.name} accepts no {row.res_type} writes")
         self._send_resource(client, capability, row.res_type, content, current.version)
 
-    def _retry(self, row: OutboxRow, exc: Exception) -> None:
+    def _retry(self, row: OutboxRow, exc: Exception) -> bool:
         attempts = row.attempts + 1
         status = getattr(exc, "status", None)
         now = self.clock()
         if row.kind == "handshake" and attempts >= HANDSHAKE_ATTEMPTS:
-            self._dead(row, f"the handshake failed {attempts} times: {exc}", status)
-            return
-        if now - row.created_us > self.backoff.give_up_seconds * 1_000_000:
-            self._dead(row, f"gave up after {attempts} attempts: {exc}", status)
-            return
+            return self._dead(row, f"the handshake failed {attempts} times: {exc}", status)
+        if (
+            now - row.created_us > self.backoff.give_up_seconds * 1_000_000
+            and attempts >= MIN_ATTEMPTS_BEFORE_GIVING_UP
+        ):
+            return self._dead(row, f"gave up after {attempts} attempts: {exc}", status)
         delay = self.backoff.delay(attempts, getattr(exc, "retry_after", None), self.rng)
         log.info("delivery of outbox row %s will be retried in %.1f s", row.id, delay)
-        self._settle(
+        return self._settle(
             replace(
                 row,
                 state="pending",
@@ -296,33 +346,54 @@ class Worker:
                 lease_owner=None,
                 lease_until_us=0,
                 last_status=status,
-                last_error=_outcome(str(exc)),
-            )
+                last_error=_outcome(str(exc), status, transient=True),
+            ),
+            row.lease_owner,
         )
 
-    def _dead(self, row: OutboxRow, reason: str, status: int | None) -> None:
+    def _dead(self, row: OutboxRow, reason: str, status: int | None, outcome: Any = None) -> bool:
         log.warning("outbox row %s is dead: HTTP %s", row.id, status)
-        self._settle(
+        settled = self._settle(
             replace(
                 row,
                 state="dead",
                 attempts=row.attempts + 1,
                 lease_owner=None,
                 last_status=status,
-                last_error=_outcome(reason),
-            )
+                last_error=(
+                    json.dumps(outcome, ensure_ascii=False)
+                    if outcome is not None
+                    else _outcome(reason, status)
+                ),
+            ),
+            row.lease_owner,
         )
-        if row.destination.startswith("subscription:"):
-            self._set_subscription_status(row.destination.split(":", 1)[1], "error", reason)
+        if settled and row.destination.startswith("subscription:"):
+            # only a subscription this server is serving turns to error; one the client
+            # switched off stays off
+            serving = "requested" if row.kind == "handshake" else "active"
+            self._set_subscription_status(
+                row.destination.split(":", 1)[1], "error", reason, only_from=serving
+            )
+        return settled
+
+    def _renew(self, rows: Sequence[OutboxRow], owner: str) -> bool:
+        until = self.clock() + self.lease_us
+        held: bool = self.fhir.run(lambda tx: renew(tx, rows, owner, until))
+        return held
 
     def _release(self, rows: Sequence[OutboxRow]) -> None:
         for row in rows:
-            self._settle(replace(row, state="pending", lease_owner=None, lease_until_us=0))
+            self._settle(
+                replace(row, state="pending", lease_owner=None, lease_until_us=0), row.lease_owner
+            )
 
-    def _settle(self, row: OutboxRow) -> None:
-        saved = self.fhir.run(lambda tx: tx.outbox_save(row, owner=self.owner))
+    def _settle(self, row: OutboxRow, owner: str | None) -> bool:
+        """Save a row under the lease it was claimed with; False when the lease was lost."""
+        saved = self.fhir.run(lambda tx: tx.outbox_save(row, owner=owner))
         if not saved:  # the lease ran out and another worker took the row over
             log.warning("outbox row %s was taken over by another worker", row.id)
+        return saved
 
     # -- partners ---------------------------------------------------------------------------------
 
@@ -371,6 +442,13 @@ class Worker:
         existing = self._find(client, type_, param, token)
         if existing is None:
             return _id_of(check(client.request("POST", type_, body), f"create {what}"), type_)
+        if not capability.updates(type_):
+            if version == 1:
+                return existing  # a redelivery of the first version: it is there already
+            raise Refused(
+                f"{client.partner.name} accepts creates of {type_} but no updates; "
+                f"the change to {type_} {param}={token} cannot be delivered"
+            )
         body["id"] = existing
         check(client.request("PUT", f"{type_}/{existing}", body), f"update {what}")
         return existing
@@ -388,16 +466,28 @@ class Worker:
             )
 
     def _find(self, client: PartnerClient, type_: str, param: str, token: str) -> str | None:
+        """The partner's id of the resource with ``param=token``, if it holds one.
+
+        ``Prefer: handling=strict`` asks the partner to refuse a parameter it does not know
+        (https://hl7.org/fhir/R4/search.html#errors) rather than answer with everything, and
+        each match is checked here as well.
+        """
         answer = check(
-            client.request("GET", type_, params={param: token}),
+            client.request(
+                "GET", type_, headers={"Prefer": "handling=strict"}, params={param: token}
+            ),
             f"search {type_} {param}={token} at {client.partner.name}",
         )
+        body = answer.body if isinstance(answer.body, dict) else {}
         ids = [
-            e["resource"]["id"]
-            for e in (answer.body or {}).get("entry") or []
-            if isinstance(e.get("resource"), dict)
+            str(e["resource"]["id"])
+            for e in body.get("entry") or []
+            if isinstance(e, dict)
+            and isinstance(e.get("resource"), dict)
             and e["resource"].get("resourceType") == type_
+            and e["resource"].get("id")
             and (e.get("search") or {}).get("mode", "match") == "match"
+            and _has_key(e["resource"], param, token)
         ]
         if len(ids) > 1:
             raise Refused(
@@ -494,9 +584,17 @@ class Worker:
         return {"reference": f"{type_}/{found}"}
 
     def _send_summary(
-        self, client: PartnerClient, capability: Capability, content: dict[str, Any]
+        self,
+        client: PartnerClient,
+        capability: Capability,
+        content: dict[str, Any],
+        row: OutboxRow,
     ) -> None:
-        """Send the patient's "What matters to me" DocumentReference (text and PDF)."""
+        """Send the patient's "What matters to me" DocumentReference (text and PDF).
+
+        A partner that updates documents keeps one, replaced in place; a partner that only
+        creates them gets a new document per change (identified by the outbox row, so a
+        redelivery still writes it once)."""
         if self.summarise is None:
             raise Refused(f"{client.partner.name} takes documents only and no summary is wired")
         patient = _subject_id(content)
@@ -506,7 +604,13 @@ class Worker:
         generated = instant(self.clock())
         text = summary_text(name, items, generated)
         pdf = summary_pdf(name, items, generated)
-        key = uuid.uuid5(uuid.NAMESPACE_URL, f"{self.base_url}/Patient/{patient}#what-matters")
+        replaced_in_place = capability.updates("DocumentReference") or capability.flag(
+            "DocumentReference", "conditionalUpdate"
+        )
+        name_of = f"{self.base_url}/Patient/{patient}#what-matters"
+        if not replaced_in_place:
+            name_of += f"-{row.id}"
+        key = uuid.uuid5(uuid.NAMESPACE_URL, name_of)
         document = {
             "resourceType": "DocumentReference",
             "id": f"summary-{patient}",
@@ -521,7 +625,9 @@ class Worker:
                 {"attachment": _attachment("application/pdf", pdf)},
             ],
         }
-        self._send_resource(client, capability, "DocumentReference", document, 2)
+        self._send_resource(
+            client, capability, "DocumentReference", document, 2 if replaced_in_place else 1
+        )
 
     # -- subscriptions ---------------------------------------------------------------------------
 
@@ -529,20 +635,20 @@ class Worker:
         sub_id = row.destination.split(":", 1)[1]
         stored = self._current("Subscription", sub_id)
         if stored is None or stored.deleted or stored.content is None:
-            raise Refused(f"Subscription/{sub_id} no longer exists")
+            raise Skipped(f"Subscription/{sub_id} no longer exists")
         resource = json.loads(stored.content)
         spec = parse_subscription(resource)
         url = f"{self.base_url}/Subscription/{sub_id}"
         now = instant(self.clock())
         if row.kind == "handshake":
             if spec.status != "requested":
-                return
+                raise Skipped(f"Subscription/{sub_id} is {spec.status}; no handshake is due")
             events = self._events(sub_id)
             self._post(spec, handshake_bundle(url, "requested", events, now, content=spec.content))
-            self._set_subscription_status(sub_id, "active", None)
+            self._set_subscription_status(sub_id, "active", None, only_from="requested")
             return
         if spec.status != "active":
-            raise Refused(f"Subscription/{sub_id} is {spec.status}; the event is not sent")
+            raise Skipped(f"Subscription/{sub_id} is {spec.status}; the event is not sent")
         focus = self.fhir.read_only(lambda tx: tx.vread(row.res_type, row.res_id, row.version))
         focus_resource = None
         interaction = "create" if row.version == 1 else "update"
@@ -571,11 +677,11 @@ class Worker:
             if name.strip():
                 headers[name.strip()] = value.strip()
         try:
-            response = self.session.post(
+            response = self._session().post(
                 spec.endpoint,
                 data=json.dumps(bundle, ensure_ascii=False).encode("utf-8"),
                 headers=headers,
-                timeout=spec.timeout_seconds,
+                timeout=min(float(spec.timeout_seconds), NOTIFY_TIMEOUT_CAP),
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
@@ -594,14 +700,50 @@ class Worker:
     def _events(self, sub_id: str) -> int:
         return self.fhir.run(lambda tx: tx.next_counter(f"subscription:{sub_id}", 0))
 
-    def _set_subscription_status(self, sub_id: str, status: str, error: str | None) -> None:
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._threads, "session", None)
+        if session is None:
+            session = self._threads.session = requests.Session()
+        return session
+
+    def _set_subscription_status(
+        self, sub_id: str, status: str, error: str | None, only_from: str
+    ) -> None:
+        """Move a subscription from ``only_from`` to ``status`` unless a client changed it
+        meanwhile (the update is conditional on the version read: If-Match)."""
         stored = self._current("Subscription", sub_id)
         if stored is None or stored.deleted or stored.content is None:
             return
         resource = json.loads(stored.content)
-        if resource.get("status") == status:
+        if resource.get("status") != only_from:
             return
-        self.fhir.update("Subscription", sub_id, with_status(resource, status, error))
+        try:
+            with server_status_write():
+                self.fhir.update(
+                    "Subscription",
+                    sub_id,
+                    with_status(resource, status, error),
+                    if_match=stored.version,
+                )
+        except FhirError as exc:  # 412: the client wrote first, and its word stands
+            log.info("Subscription/%s changed meanwhile: %s", sub_id, type(exc).__name__)
+
+    def _heartbeat_due(self, sub_id: str, period: int) -> bool:
+        """Take the subscription's heartbeat turn for this period, once across every worker
+        process: the shared counter holds when the last heartbeat went (seconds)."""
+        now = int(self.clock() // 1_000_000)
+        name = f"heartbeat:{sub_id}"
+
+        def take(tx: Any) -> bool:
+            tx.lock(name)
+            last = tx.next_counter(name, 0)
+            if now - last < period:
+                return False
+            tx.next_counter(name, now - last)
+            return True
+
+        due: bool = self.fhir.run(take)
+        return due
 
     def heartbeats(self) -> None:
         """Send a heartbeat to each active subscription quiet for its heartbeat period."""
@@ -617,6 +759,9 @@ class Worker:
                 continue
             last = self._last_contact.setdefault(spec.id, time.monotonic())
             if time.monotonic() - last < spec.heartbeat_seconds:
+                continue
+            if not self._heartbeat_due(spec.id, spec.heartbeat_seconds):
+                self._last_contact[spec.id] = time.monotonic()  # another process sent it
                 continue
             url = f"{self.base_url}/Subscription/{spec.id}"
             bundle = heartbeat_bundle(
@@ -634,20 +779,49 @@ def identifier_token(system: str, value: str) -> str:
     return f"{escape_value(system)}|{escape_value(value)}"
 
 
-def _outcome(reason: str) -> str:
+# https://hl7.org/fhir/R4/valueset-issue-type.html, by the HTTP status that refused the row
+_ISSUE_CODES = {
+    400: "invalid",
+    403: "forbidden",
+    404: "not-found",
+    409: "conflict",
+    412: "conflict",
+}
+
+
+def _outcome(reason: str, status: int | None = None, transient: bool = False) -> str:
+    """An OperationOutcome of our own for a row's reason (when the partner sent none)."""
+    code = "transient" if transient else _ISSUE_CODES.get(status or 0, "processing")
     return json.dumps(
         {
             "resourceType": "OperationOutcome",
-            "issue": [{"severity": "error", "code": "transient", "diagnostics": reason}],
+            "issue": [{"severity": "error", "code": code, "diagnostics": reason}],
         },
         ensure_ascii=False,
     )
+
+
+def _is_outcome(body: Any) -> bool:
+    return isinstance(body, dict) and body.get("resourceType") == "OperationOutcome"
 
 
 def _has_identifier(content: dict[str, Any]) -> bool:
     return any(
         isinstance(i, dict) and i.get("system") and i.get("value")
         for i in content.get("identifier") or []
+    )
+
+
+def _has_key(resource: dict[str, Any], param: str, token: str) -> bool:
+    """Whether a resource the partner returned really has the searched identifier or source."""
+    if param == "_source":
+        return bool((resource.get("meta") or {}).get("source") == token)
+    return any(
+        isinstance(i, dict)
+        and i.get("system")
+        and i.get("value")
+        and identifier_token(str(i["system"]), str(i["value"])) == token
+        for i in resource.get("identifier") or []
     )
 
 

@@ -398,8 +398,14 @@ class Transaction(Protocol):
         destination: str | None = None,
         ids: Sequence[int] | None = None,
         limit: int = 1000,
+        group_key: str | None = None,
     ) -> list[OutboxRow]:
-        """Return outbox rows in id order, filtered by state, destination and ids."""
+        """Return outbox rows in id order, filtered by state, destination, ids and group."""
+
+    def outbox_heads(self, now: int, limit: int = 1) -> list[OutboxRow]:
+        """Return the oldest undelivered (pending or inflight) row of each group, where that
+        row may be taken now (pending and due, or inflight with its lease run out), oldest
+        first. Groups whose head waits are left out whatever their depth."""
 
     def outbox_save(self, row: OutboxRow, owner: str | None = None) -> bool:
         """Store a row's new state by id; with ``owner``, only while that worker holds its

@@ -382,6 +382,7 @@ class MemoryTransaction:
         destination: str | None = None,
         ids: Sequence[int] | None = None,
         limit: int = 1000,
+        group_key: str | None = None,
     ) -> list[OutboxRow]:
         """Return outbox rows in id order."""
         rows = [
@@ -390,8 +391,18 @@ class MemoryTransaction:
             if (states is None or row.state in states)
             and (destination is None or row.destination == destination)
             and (ids is None or row.id in ids)
+            and (group_key is None or row.group_key == group_key)
         ]
         return rows[:limit]
+
+    def outbox_heads(self, now: int, limit: int = 1) -> list[OutboxRow]:
+        """Return the ready head row of each group, oldest first."""
+        heads: dict[tuple[str, str], OutboxRow] = {}
+        for _, row in sorted(self.state.outbox.items()):
+            if row.state in ("pending", "inflight"):
+                heads.setdefault((row.destination, row.group_key), row)
+        ready = [row for row in heads.values() if _ready(row, now)]
+        return sorted(ready, key=lambda row: row.id)[:limit]
 
     def outbox_save(self, row: OutboxRow, owner: str | None = None) -> bool:
         """Store a row's new state (only under ``owner``'s lease when given)."""
@@ -456,3 +467,9 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def _ready(row: OutboxRow, now: int) -> bool:
+    if row.state == "pending":
+        return row.next_attempt_us <= now
+    return row.state == "inflight" and row.lease_until_us < now

@@ -17,6 +17,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     insert,
     or_,
     select,
@@ -468,15 +469,41 @@ class SqlTransaction:
         destination: str | None = None,
         ids: Sequence[int] | None = None,
         limit: int = 1000,
+        group_key: str | None = None,
     ) -> list[OutboxRow]:
         """Return outbox rows in id order."""
         statement = select(outbox).order_by(outbox.c.id).limit(limit)
+        if group_key is not None:
+            statement = statement.where(outbox.c.group_key == group_key)
         if states is not None:
             statement = statement.where(outbox.c.state.in_(list(states)))
         if destination is not None:
             statement = statement.where(outbox.c.destination == destination)
         if ids is not None:
             statement = statement.where(outbox.c.id.in_(list(ids)))
+        return [_outbox_row(r) for r in self._conn.execute(statement)]
+
+    def outbox_heads(self, now: int, limit: int = 1) -> list[OutboxRow]:
+        """Return the ready head row of each group, oldest first."""
+        undelivered = outbox.c.state.in_(["pending", "inflight"])
+        heads = (
+            select(func.min(outbox.c.id).label("id"))
+            .where(undelivered)
+            .group_by(outbox.c.destination, outbox.c.group_key)
+            .subquery()
+        )
+        statement = (
+            select(outbox)
+            .join(heads, heads.c.id == outbox.c.id)
+            .where(
+                or_(
+                    and_(outbox.c.state == "pending", outbox.c.next_attempt <= now),
+                    and_(outbox.c.state == "inflight", outbox.c.lease_until < now),
+                )
+            )
+            .order_by(outbox.c.id)
+            .limit(limit)
+        )
         return [_outbox_row(r) for r in self._conn.execute(statement)]
 
     def outbox_save(self, row: OutboxRow, owner: str | None = None) -> bool:
@@ -489,8 +516,6 @@ class SqlTransaction:
 
     def outbox_summary(self) -> list[tuple[str, str, int, int]]:
         """Return (destination, state, rows, oldest created_us)."""
-        from sqlalchemy import func
-
         statement = (
             select(outbox.c.destination, outbox.c.state, func.count(), func.min(outbox.c.created))
             .group_by(outbox.c.destination, outbox.c.state)

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from service.exchange.outbox import choose_group, claim, discard, retry
+from service.exchange.outbox import choose_group, claim, discard, renew, retry
 from service.storage import Store, StoredResource
 from service.storage.outbox import OutboxRow
 
@@ -97,6 +97,61 @@ def test_claim_takes_one_group_in_order_and_skips_groups_that_wait(store: Store)
         assert claim(tx, "w2", now=5_000, lease_us=60_000_000, limit=10) == []
         later = claim(tx, "w2", now=10_000, lease_us=60_000_000, limit=10)
     assert [r.res_id for r in later] == ["a1", "a2"]
+
+
+def test_a_ready_group_behind_hundreds_of_waiting_rows_is_claimed(store: Store) -> None:
+    # 600 groups back off (a partner is down); one patient at another partner is ready
+    waiting = [row(f"Patient/w{n}", f"w{n}", next_attempt_us=90_000) for n in range(600)]
+    deep = [row("Patient/deep", f"d{n}", next_attempt_us=90_000) for n in range(20)]
+    ready = row("Patient/r", "r1", destination="partner:care-home")
+    with store.transaction() as tx:
+        tx.outbox_add([*waiting, *deep, ready])
+    with store.transaction(write=False) as tx:
+        heads = tx.outbox_heads(5_000, 10)
+    assert [r.res_id for r in heads] == ["r1"]
+    with store.transaction() as tx:
+        leased = claim(tx, "w", now=5_000, lease_us=1_000, limit=10)
+    assert [r.res_id for r in leased] == ["r1"]
+
+
+def test_heads_are_each_groups_oldest_undelivered_row(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.outbox_add(
+            [
+                row("Patient/a", "a1", state="done"),
+                row("Patient/a", "a2", state="dead"),
+                row("Patient/a", "a3"),
+                row("Patient/a", "a4"),
+                row("Patient/b", "b1", state="inflight", lease_until_us=4_000),  # lease over
+                row("Patient/c", "c1", state="inflight", lease_until_us=9_000),  # still leased
+                row("Patient/c", "c2"),
+            ]
+        )
+    with store.transaction(write=False) as tx:
+        assert [r.res_id for r in tx.outbox_heads(5_000, 10)] == ["a3", "b1"]
+        assert [r.res_id for r in tx.outbox_heads(5_000, 1)] == ["a3"]
+        group = tx.outbox_rows(states=["pending"], group_key="Patient/a", destination="partner:gp")
+        assert [r.res_id for r in group] == ["a3", "a4"]
+
+
+def test_renew_extends_only_the_lease_still_held(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.outbox_add([row("Patient/a", "a1"), row("Patient/a", "a2")])
+    with store.transaction() as tx:
+        leased = claim(tx, "w1", now=5_000, lease_us=1_000, limit=10)
+    with store.transaction() as tx:
+        assert renew(tx, leased, "w1", 50_000)
+    with store.transaction(write=False) as tx:
+        assert [r.lease_until_us for r in tx.outbox_rows()] == [50_000, 50_000]
+        assert tx.outbox_heads(10_000, 10) == []  # renewed: nobody may take it over
+    with store.transaction() as tx:
+        taken = claim(tx, "w2", now=60_000, lease_us=1_000, limit=10)
+    assert [r.lease_owner for r in taken] == ["w2", "w2"]
+    with store.transaction() as tx:
+        assert not renew(tx, leased, "w1", 90_000)
+        assert not renew(tx, leased[1:], "w1", 90_000)
+    with store.transaction(write=False) as tx:
+        assert [r.lease_until_us for r in tx.outbox_rows()] == [61_000, 61_000]
 
 
 def test_retry_and_discard_touch_only_what_they_name(store: Store) -> None:

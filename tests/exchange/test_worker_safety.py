@@ -1,0 +1,376 @@
+"""The worker's guard rails: leases, partner quirks, subscriptions a client switched off, imports.
+
+Each test names the failure it guards against: a slow worker whose lease ran out sending a row a
+second time, a partner that ignores a search parameter (FHIR R4 search.html#errors), a partner
+that takes creates but no updates, a documents-only partner and deletions, an old row put back in
+the queue, Subscription.status owned by the server (R4 subscription.html, Backport IG STU 1.1
+components.html), and an import whose next link points at another host.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from service.errors import FhirError
+from service.exchange.client import Answer, Unreachable
+from service.exchange.importer import import_patient
+from service.exchange.outbox import server_status_write
+from service.exchange.summary import SummaryItem
+from service.exchange.worker import Refused, Worker
+from service.fhir.interactions import FhirService
+from service.storage import Query
+from tests.exchange.test_subscriptions import subscription
+from tests.exchange.test_worker import (
+    MRN,
+    FakePartner,
+    load_partners_of,
+    make_worker,
+    patient_with_goal,
+    states,
+)
+
+
+def rows_of(fhir: FhirService) -> list[Any]:
+    return fhir.read_only(lambda tx: tx.outbox_rows())
+
+
+def update_goal(fhir: FhirService, goal_id: str, text: str) -> None:
+    stored = fhir.read("Goal", goal_id).stored
+    assert stored is not None
+    assert stored.content is not None
+    goal = json.loads(stored.content)
+    goal["description"] = {"text": text}
+    fhir.update("Goal", goal_id, goal)
+
+
+# -- leases -----------------------------------------------------------------------------------
+
+
+class LeaseThief(FakePartner):
+    """While the first write is under way, the worker's lease runs out and another takes over."""
+
+    def __init__(self, fhir: FhirService) -> None:
+        super().__init__(load_partners_of(fhir)[0])
+        self.fhir = fhir
+        self.stolen = False
+
+    def request(self, method: str, path: str, *args: Any, **kwargs: Any) -> Answer:
+        if method == "POST" and not self.stolen:
+            self.stolen = True
+            self.fhir.run(
+                lambda tx: [
+                    tx.outbox_save(replace(r, lease_owner="other-worker", lease_until_us=2**62))
+                    for r in tx.outbox_rows(states=["inflight"])
+                ]
+            )
+        return super().request(method, path, *args, **kwargs)
+
+
+def test_a_worker_that_lost_its_lease_stops_its_group(fhir: FhirService) -> None:
+    patient_with_goal(fhir, goals=2)
+    thief = LeaseThief(fhir)
+    worker = make_worker(fhir, thief)
+    assert worker.run_once() == 3
+    # the first row went out before the lease was lost; nothing after it was sent by this
+    # worker, and the rows stay with the worker that holds them now
+    assert [c[1] for c in thief.calls if c[0] == "POST"] == ["Patient"]
+    assert {(r.state, r.lease_owner) for r in rows_of(fhir)} == {("inflight", "other-worker")}
+
+
+def test_each_claim_has_its_own_lease_token(fhir: FhirService) -> None:
+    patient_with_goal(fhir)
+    fhir.create(
+        "Patient", {"resourceType": "Patient", "identifier": [{"system": MRN, "value": "M2"}]}
+    )
+    worker = make_worker(fhir, FakePartner(load_partners_of(fhir)[0]))
+    owners = set()
+    for _ in range(2):
+        worker.run_once()
+        owners |= {r.lease_owner for r in rows_of(fhir) if r.state == "done"}
+    assert len(owners) == 2
+    assert all(o and o.startswith(worker.owner) for o in owners)
+
+
+# -- partner quirks ---------------------------------------------------------------------------
+
+
+class IgnoresSearchParameters(FakePartner):
+    """A partner that answers a search with every resource of the type."""
+
+    ignores_search_parameters = True
+
+
+def test_searches_ask_for_strict_handling_and_check_each_match(fhir: FhirService) -> None:
+    goals = patient_with_goal(fhir, goals=2)
+    fake = IgnoresSearchParameters(load_partners_of(fhir)[0], conditional=False)
+    worker = make_worker(fhir, fake)
+    worker.drain()
+    update_goal(fhir, goals[1], "Walk to the allotment again")
+    worker.drain()
+    searches = [c for c in fake.calls if c[0] == "GET" and c[1] != "metadata"]
+    assert searches
+    assert all(c[3].get("Prefer") == "handling=strict" for c in searches)
+    second = next(k for k, r in fake.stored.items() if "urn:goals|G1" in r["_keys"])
+    assert [c[1] for c in fake.calls if c[0] == "PUT"] == [f"Goal/{second}"]
+    assert [r.state for r in rows_of(fhir)] == ["done"] * 4
+
+
+class CreatesOnly(FakePartner):
+    def _capability(self) -> dict[str, Any]:
+        capability = super()._capability()
+        for resource in capability["rest"][0]["resource"]:
+            resource["interaction"] = [{"code": "create"}, {"code": "search-type"}]
+        return capability
+
+
+def test_a_partner_that_takes_no_updates_gets_a_clear_dead_row(fhir: FhirService) -> None:
+    [goal] = patient_with_goal(fhir)
+    fake = CreatesOnly(load_partners_of(fhir)[0], conditional=False)
+    worker = make_worker(fhir, fake)
+    worker.drain()
+    worker.drain()  # a redelivery of the first version is not an update: nothing changes
+    update_goal(fhir, goal, "Sleep through the night")
+    worker.drain()
+    last = rows_of(fhir)[-1]
+    assert last.state == "dead"
+    assert "accepts creates of Goal but no updates" in (last.last_error or "")
+    assert not [c for c in fake.calls if c[0] == "PUT"]
+    assert sum(1 for r in fake.stored.values() if r["resourceType"] == "Goal") == 1
+
+
+class DocumentsOnly(FakePartner):
+    def __init__(self, fhir: FhirService, updates: bool) -> None:
+        super().__init__(load_partners_of(fhir)[0])
+        self.updates = updates
+
+    def _capability(self) -> dict[str, Any]:
+        codes = ["create", "search-type"] + (["update"] if self.updates else [])
+        document = {"type": "DocumentReference", "interaction": [{"code": c} for c in codes]}
+        patient = {**super()._capability()["rest"][0]["resource"][0]}
+        return {"rest": [{"mode": "server", "resource": [patient, document]}]}
+
+
+@pytest.mark.parametrize("updates", [True, False])
+def test_documents_only_partner_gets_a_new_summary_when_a_goal_is_deleted(
+    fhir: FhirService, updates: bool
+) -> None:
+    goals = patient_with_goal(fhir, goals=2)
+    fake = DocumentsOnly(fhir, updates)
+    worker = Worker(
+        fhir,
+        load_partners_of(fhir),
+        "http://hospital.example/fhir",
+        lambda _partner: fake,
+        summarise=lambda _p: ("Ada", summary_items(fhir)),
+    )
+    worker.drain()
+    fhir.delete("Goal", goals[0])
+    worker.drain()
+    assert not [c for c in fake.calls if c[0] == "DELETE"]
+    assert [(r.state, r.last_error) for r in rows_of(fhir)] == [("done", None)] * 4
+    written = [c[2] for c in fake.calls if c[0] in ("POST", "PUT") and c[1].startswith("Doc")]
+    last_text = [
+        a for a in written[-1]["content"] if a["attachment"]["contentType"].startswith("text")
+    ]
+    text = base64.b64decode(last_text[0]["attachment"]["data"]).decode("utf-8")
+    assert "Goal 1" in text
+    assert "Goal 0" not in text
+    identifiers = {d["identifier"][0]["value"] for d in written}
+    # in place where the partner updates documents; one new document per change where it cannot
+    assert len(identifiers) == (1 if updates else len(written))
+
+
+def summary_items(fhir: FhirService) -> list[SummaryItem]:
+    texts = []
+    for row in rows_of(fhir):
+        if row.res_type != "Goal":
+            continue
+        stored = fhir.read_only(lambda tx, id_=row.res_id: tx.read("Goal", id_))
+        if stored is not None and stored.content is not None and not stored.deleted:
+            texts.append(json.loads(stored.content)["description"]["text"])
+    return [SummaryItem(None, t, "goal", None, None, None) for t in sorted(set(texts))]
+
+
+def test_an_old_row_put_back_in_the_queue_gets_several_attempts(fhir: FhirService) -> None:
+    patient_with_goal(fhir)
+    fake = FakePartner(load_partners_of(fhir)[0])
+    worker = make_worker(fhir, fake)
+    four_days = 4 * 24 * 3600 * 1_000_000
+    start = worker.clock() + four_days
+    tick = {"now": start}
+    worker.clock = lambda: tick["now"]
+    outcomes = []
+    for _attempt in range(6):
+        fake.script = [Unreachable("connection refused")]
+        worker.run_once()
+        outcomes.append(states(fhir)[0][1])
+        tick["now"] += 3600 * 1_000_000
+    assert outcomes == ["pending"] * 4 + ["dead", "dead"]
+
+
+# -- subscriptions: the status belongs to the server -------------------------------------------
+
+
+def a_subscription(fhir: FhirService, **changes: Any) -> dict[str, Any]:
+    patient = fhir.create("Patient", {"resourceType": "Patient"}).stored
+    assert patient is not None
+    resource = subscription(filters=(f"Goal?patient=Patient/{patient.id}",), **changes)
+    resource.pop("id")
+    return resource
+
+
+@pytest.mark.parametrize("status", ["active", "error"])
+def test_a_client_cannot_create_a_subscription_the_server_has_not_checked(
+    fhir: FhirService, status: str
+) -> None:
+    with pytest.raises(FhirError) as caught:
+        fhir.create("Subscription", a_subscription(fhir, status=status))
+    assert caught.value.status == 422
+    assert "Subscription.status" in caught.value.expression
+
+
+def test_only_the_handshake_activates_and_a_client_may_keep_or_switch_off(
+    fhir: FhirService,
+) -> None:
+    created = fhir.create("Subscription", a_subscription(fhir)).stored
+    assert created is not None
+    resource = json.loads(created.content or "{}")
+    with pytest.raises(FhirError):  # the client cannot skip the handshake
+        fhir.update("Subscription", created.id, {**resource, "status": "active"})
+    with server_status_write():  # what the worker does after a successful handshake
+        fhir.update("Subscription", created.id, {**resource, "status": "active"})
+    active = json.loads(fhir.read("Subscription", created.id).stored.content or "{}")  # type: ignore[union-attr]
+    # editing the reason keeps the status; changing the endpoint needs a new handshake
+    fhir.update("Subscription", created.id, {**active, "reason": "For the care home"})
+    moved = {**active["channel"], "endpoint": "https://elsewhere.example/hook"}
+    with pytest.raises(FhirError):
+        fhir.update("Subscription", created.id, {**active, "channel": moved})
+    fhir.update("Subscription", created.id, {**active, "status": "off"})
+
+
+@pytest.mark.parametrize("header", ["Host: evil.example", "Content-Length: 5", "content-type: x"])
+def test_subscription_headers_may_not_replace_the_notifications_own(
+    fhir: FhirService, header: str
+) -> None:
+    resource = a_subscription(fhir)
+    resource["channel"]["header"] = ["Authorization: Bearer abc", header]
+    with pytest.raises(FhirError) as caught:
+        fhir.create("Subscription", resource)
+    assert caught.value.status == 422
+    assert caught.value.expression == ("Subscription.channel.header[1]",)
+
+
+def test_events_of_a_subscription_switched_off_are_set_aside_and_it_stays_off(
+    fhir: FhirService,
+) -> None:
+    resource = a_subscription(fhir)
+    created = fhir.create("Subscription", resource).stored
+    assert created is not None
+    content = json.loads(created.content or "{}")
+    with server_status_write():
+        fhir.update("Subscription", created.id, {**content, "status": "active"})
+    patient = content["_criteria"]["extension"][0]["valueString"].split("=", 1)[1]
+    fhir.create(
+        "Goal",
+        {
+            "resourceType": "Goal",
+            "lifecycleStatus": "active",
+            "description": {"text": "Be home for the grandchildren"},
+            "subject": {"reference": patient},
+        },
+    )
+    current = json.loads(fhir.read("Subscription", created.id).stored.content or "{}")  # type: ignore[union-attr]
+    fhir.update("Subscription", created.id, {**current, "status": "off"})
+    worker = make_worker(fhir, FakePartner(load_partners_of(fhir)[0]))
+    worker.drain()  # no HTTP is attempted: the endpoint does not exist
+    sub_rows = [r for r in rows_of(fhir) if r.destination.startswith("subscription:")]
+    assert [(r.kind, r.state) for r in sub_rows] == [
+        ("handshake", "discarded"),
+        ("notification", "discarded"),
+    ]
+    final = json.loads(fhir.read("Subscription", created.id).stored.content or "{}")  # type: ignore[union-attr]
+    assert final["status"] == "off"
+
+
+# -- import -----------------------------------------------------------------------------------
+
+
+class Pages:
+    """A partner's search answers, by (path, page)."""
+
+    def __init__(self, fhir: FhirService, next_url: str) -> None:
+        self.partner = load_partners_of(fhir)[0]
+        self.next_url = next_url
+        self.asked: list[str] = []
+
+    def request(self, method: str, path: str, *args: Any, **kwargs: Any) -> Answer:
+        self.asked.append(path)
+        if path == "Patient":
+            patient = {
+                "resourceType": "Patient",
+                "id": "p1",
+                "identifier": [{"system": MRN, "value": "M9"}],
+            }
+            return Answer(200, {}, {"resourceType": "Bundle", "entry": [{"resource": patient}]})
+        if path == "Goal":
+            goal = {
+                "resourceType": "Goal",
+                "id": "g1",
+                "meta": {"source": "http://elsewhere.example/fhir/Goal/7"},
+                "identifier": [{"system": "urn:goals", "value": "remote-1"}],
+                "lifecycleStatus": "active",
+                "description": {"text": "Keep painting"},
+                "subject": {"reference": "Patient/p1"},
+            }
+            links = [{"relation": "next", "url": self.next_url}] if self.next_url else []
+            return Answer(
+                200, {}, {"resourceType": "Bundle", "link": links, "entry": [{"resource": goal}]}
+            )
+        return Answer(200, {}, {"resourceType": "Bundle", "entry": []})
+
+
+def test_import_never_follows_a_next_link_to_another_host(fhir: FhirService) -> None:
+    pages = Pages(fhir, "http://evil.example/fhir/Goal?page=2")
+    with pytest.raises(Refused, match="another server"):
+        import_patient(fhir, pages, MRN, "M9")
+    assert not [p for p in pages.asked if "evil" in p]
+
+
+def test_imported_resources_name_the_partner_as_their_source(fhir: FhirService) -> None:
+    pages = Pages(fhir, "")
+    import_patient(fhir, pages, MRN, "M9")
+    [stored] = fhir.read_only(lambda tx: tx.read_many(tx.search_keys(Query("Goal", ()), 10)))
+    source = json.loads(stored.content or "{}")["meta"]["source"]
+    assert source == "http://gp.example/fhir/Goal/g1"
+    # and nothing of it is queued back to the partner it came from
+    assert not [r for r in rows_of(fhir) if r.res_type == "Goal"]
+
+
+def test_one_heartbeat_per_period_across_worker_processes(fhir: FhirService) -> None:
+    resource = a_subscription(fhir, heartbeat=60)
+    created = fhir.create("Subscription", resource).stored
+    assert created is not None
+    with server_status_write():
+        fhir.update(
+            "Subscription", created.id, {**json.loads(created.content or "{}"), "status": "active"}
+        )
+    sent: list[str] = []
+    workers = [make_worker(fhir, FakePartner(load_partners_of(fhir)[0])) for _ in range(3)]
+    tick = {"now": 1_900_000_000 * 1_000_000}
+    for worker in workers:
+        worker.clock = lambda: tick["now"]
+        worker._post = lambda spec, bundle: sent.append(bundle["id"])  # type: ignore[method-assign]
+        worker._last_contact[created.id] = -1e9  # each thinks the subscriber has been quiet
+    for worker in workers:
+        worker.heartbeats()
+    assert len(sent) == 1
+    tick["now"] += 61 * 1_000_000
+    for worker in workers:
+        worker._last_contact[created.id] = -1e9
+        worker.heartbeats()
+    assert len(sent) == 2
