@@ -177,4 +177,7 @@ def create_app(config: Config | None = None) -> Flask:
         ]
     )
     api.register(app, config.base_path)
+    from service.api.auth import install, verifier_for
+
+    install(app, config, config.base_path, verifier_for(config))
     return app

@@ -13,10 +13,32 @@ from typing import Any
 from service.config import Config, ConfigError
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the service on this machine (127.0.0.0/8, ::1)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _serve(config: Config, args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
 
     from service import create_app
+
+    if config.auth_mode == "none" and not is_loopback(config.host):
+        print(
+            f"whatmatters: refusing to serve {config.host} without authorization: "
+            "WHATMATTERS_AUTH_MODE=none is for a service bound to a loopback address "
+            "(127.0.0.1, ::1). Set WHATMATTERS_AUTH_MODE=smart and WHATMATTERS_AUTH_ISSUER "
+            "to serve the network.",
+            file=sys.stderr,
+        )
+        return 2
 
     if config.auto_migrate:
         _init_db(config, args)

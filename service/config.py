@@ -11,6 +11,7 @@ _PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = "sqlite:///instance/whatmatters.db"
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+AUTH_MODES = ("none", "smart")
 
 
 class ConfigError(ValueError):
@@ -52,6 +53,16 @@ class Config:
     outbox_retry_base_seconds: float = 1.0
     outbox_retry_cap_seconds: float = 300.0
     outbox_give_up_hours: float = 72.0
+    # Authorization: "none" (the embedded default, refused unless bound to a loopback address)
+    # or "smart": Bearer JWTs from auth_issuer, verified with the keys at auth_jwks_url (its
+    # /.well-known/jwks.json when unset), for auth_audience (our own base URL when unset).
+    auth_mode: str = "none"
+    auth_issuer: str | None = None
+    auth_audience: str | None = None
+    auth_jwks_url: str | None = None
+    auth_authorize_url: str | None = None
+    auth_token_url: str | None = None
+    auth_leeway_seconds: int = 30
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -64,6 +75,12 @@ class Config:
             ("host", config.host),
             ("base_path", config.base_path),
             ("public_base_url", config.public_base_url),
+            ("auth_mode", config.auth_mode),
+            ("auth_issuer", config.auth_issuer),
+            ("auth_audience", config.auth_audience),
+            ("auth_jwks_url", config.auth_jwks_url),
+            ("auth_authorize_url", config.auth_authorize_url),
+            ("auth_token_url", config.auth_token_url),
         ):
             value = env.get(f"WHATMATTERS_{name.upper()}")
             if value is not None and value != current:
@@ -74,6 +91,7 @@ class Config:
             "default_page_size",
             "max_page_size",
             "db_pool_size",
+            "auth_leeway_seconds",
         ):
             _number(env, name, int, "a whole number", changes)
         for name in ("profiles_dir", "mappings_dir"):
@@ -112,6 +130,27 @@ class Config:
             raise ConfigError("base_path must start with '/' and not end with '/'")
         if self.max_body_bytes <= 0 or self.default_page_size <= 0 or self.max_page_size <= 0:
             raise ConfigError("sizes must be positive")
+        if self.auth_mode not in AUTH_MODES:
+            raise ConfigError(
+                f"WHATMATTERS_AUTH_MODE must be one of {', '.join(AUTH_MODES)}, "
+                f"not {self.auth_mode!r}"
+            )
+        if self.auth_mode == "smart" and not self.auth_issuer:
+            raise ConfigError("WHATMATTERS_AUTH_MODE=smart needs WHATMATTERS_AUTH_ISSUER")
+
+    @property
+    def jwks_url(self) -> str | None:
+        """Where the issuer's signing keys are published."""
+        if self.auth_jwks_url:
+            return self.auth_jwks_url
+        if self.auth_issuer:
+            return self.auth_issuer.rstrip("/") + "/.well-known/jwks.json"
+        return None
+
+    @property
+    def audience(self) -> str:
+        """The ``aud`` every access token must carry: this FHIR server's base URL."""
+        return self.auth_audience or self.own_base_url
 
 
 def parse_required_profiles(raw: str) -> tuple[tuple[str, tuple[str, ...]], ...]:

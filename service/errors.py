@@ -134,3 +134,17 @@ class ServiceUnavailable(FhirError):
 
     status = 503
     code = "transient"
+
+
+class Unauthorized(FhirError):
+    """No access token, or one that cannot be trusted (401, RFC 6750 section 3)."""
+
+    status = 401
+    code = "login"
+
+
+class Forbidden(FhirError):
+    """The access token is good but does not allow this (403)."""
+
+    status = 403
+    code = "forbidden"

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.builders import whatmatters
@@ -65,3 +66,33 @@ def test_bad_configuration_is_refused_with_a_message(tmp_path: Path) -> None:
     result = whatmatters("init-db", cwd=tmp_path, env={"WHATMATTERS_PORT": "eighty"})
     assert result.returncode == 2
     assert "WHATMATTERS_PORT" in result.stderr
+
+
+def test_serve_refuses_the_network_without_authorization(tmp_path: Path) -> None:
+    result = whatmatters(
+        "serve",
+        "--host",
+        "0.0.0.0",  # noqa: S104 - the address whose refusal is tested
+        env={"WHATMATTERS_DATABASE_URL": f"sqlite:///{tmp_path / 'refused.db'}"},
+    )
+    assert result.returncode == 2
+    assert "WHATMATTERS_AUTH_MODE=smart" in result.stderr
+    assert not (tmp_path / "refused.db").exists()  # refused before touching anything
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.1", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),  # noqa: S104 - a non-loopback address for the check
+        ("10.0.0.4", False),
+        ("example.org", False),
+    ],
+)
+def test_loopback_addresses(host: str, loopback: bool) -> None:
+    from service.cli import is_loopback
+
+    assert is_loopback(host) is loopback

@@ -12,7 +12,7 @@ from service.api.negotiation import prefer, render, request_body, response_type
 from service.config import Config
 from service.errors import BadRequest, UnsupportedMediaType
 from service.fhir.bundles import process_bundle
-from service.fhir.capability import capability_statement
+from service.fhir.capability import capability_statement, smart_security
 from service.fhir.ingest import Mappings, ingest
 from service.fhir.interactions import FhirService
 from service.fhir.model import parse_etag
@@ -122,8 +122,14 @@ def build_blueprint(base_path: str) -> Blueprint:
     @bp.get("/metadata")
     def metadata() -> Response:
         fhir = _service()
+        config = current_app.config["WHATMATTERS"]
+        security = (
+            smart_security(config.auth_token_url, config.auth_authorize_url)
+            if config.auth_mode == "smart"
+            else None
+        )
         statement = capability_statement(
-            base_url(), STARTED, fhir.search_params, fhir.validator.supported_profiles
+            base_url(), STARTED, fhir.search_params, fhir.validator.supported_profiles, security
         )
         return _reply(Result(200, body=statement))
 

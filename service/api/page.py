@@ -47,7 +47,8 @@ def build_page() -> Blueprint:
     def _error(error: FhirError) -> Response:
         # A person reads this page: errors are a page too (the API's stay OperationOutcomes)
         html = render_template("error.html", status=error.status, message=error.diagnostics)
-        return Response(html, status=error.status, mimetype="text/html", headers=PAGE_HEADERS)
+        headers = {**PAGE_HEADERS, **error.headers}  # WWW-Authenticate, Retry-After
+        return Response(html, status=error.status, mimetype="text/html", headers=headers)
 
     @bp.get("/patients/<id_>/what-matters")
     def page(id_: str) -> Response:

@@ -69,6 +69,7 @@ def capability_statement(
     released: str,
     params: SearchParameters,
     supported_profiles: Callable[[str], list[str]] = lambda _type: [],
+    security: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the CapabilityStatement for the server at ``base``.
 
@@ -150,6 +151,7 @@ def capability_statement(
         "rest": [
             {
                 "mode": "server",
+                **({"security": security} if security else {}),
                 "resource": resources,
                 "interaction": [
                     {"code": "transaction"},
@@ -159,3 +161,36 @@ def capability_statement(
             }
         ],
     }
+
+
+def smart_security(token_url: str | None, authorize_url: str | None) -> dict[str, Any]:
+    """rest.security of a SMART on FHIR server (SMART App Launch 2.x conformance.html): the
+    SMART-on-FHIR service code and the oauth-uris extension."""
+    uris = [
+        {"url": name, "valueUri": url}
+        for name, url in (("token", token_url), ("authorize", authorize_url))
+        if url
+    ]
+    security: dict[str, Any] = {
+        "cors": True,
+        "service": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "SMART-on-FHIR",
+                    }
+                ],
+                "text": "OAuth2 using SMART-on-FHIR profile (see http://docs.smarthealthit.org)",
+            }
+        ],
+        "description": "Bearer access tokens from the configured SMART issuer; scopes v1 and v2",
+    }
+    if uris:
+        security["extension"] = [
+            {
+                "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                "extension": uris,
+            }
+        ]
+    return security

@@ -32,6 +32,7 @@ from service.errors import (
     PreconditionFailed,
     Unprocessable,
 )
+from service.fhir.access import GuardedTransaction, current_access, narrowed
 from service.fhir.conformance import CONFORMANCE_TYPES, ConformanceResources
 from service.fhir.model import (
     SUPPORTED_TYPES,
@@ -156,7 +157,7 @@ class FhirService:
         for attempt in range(attempts):
             try:
                 with self.store.transaction(write=True) as tx:
-                    return work(tx)
+                    return work(self._guarded(tx))
             except VersionConflict as exc:
                 if attempt < attempts - 1:
                     time.sleep(random.uniform(0, 0.01 * 2**attempt))  # jitter, then try again
@@ -177,7 +178,15 @@ class FhirService:
     def read_only(self, work: Callable[[Transaction], T]) -> T:
         """Run ``work`` in a read transaction."""
         with self.store.transaction(write=False) as tx:
-            return work(tx)
+            return work(self._guarded(tx))
+
+    def _guarded(self, tx: Transaction) -> Transaction:
+        """The transaction as the running request's access token may use it (access.py)."""
+        access = current_access()
+        if access is None:
+            return tx
+        guarded: Transaction = GuardedTransaction(tx, access, self.search_params.index)
+        return guarded
 
     # -- instance level -----------------------------------------------------------------------
 
@@ -484,6 +493,9 @@ class FhirService:
         if type_ in CONFORMANCE_TYPES and self.conformance is not None:
             return self.conformance.search(type_, params, base)
         check_type(type_)
+        access = current_access()
+        if access is not None:
+            params = narrowed(access, type_, params)
         return search_type(self, type_, params, base, strict=strict, tx=tx)
 
     def history(
@@ -734,8 +746,10 @@ class FhirService:
         return results
 
     def _notify(self, tx: Transaction, change: Change) -> None:
+        # listeners (the outbox) work for the service, not for the request's token
+        raw = tx.raw if isinstance(tx, GuardedTransaction) else tx
         for listener in self.listeners:
-            listener.changed(tx, change)
+            listener.changed(raw, change)
 
     def _tick(self, current: StoredResource | None) -> int:
         moment = self.clock()

@@ -1,0 +1,321 @@
+"""Who may do what: SMART on FHIR scopes, the patient compartment, and the one place they are
+enforced (every transaction the FHIR core opens for a request).
+
+Scopes follow SMART App Launch 2.x (https://hl7.org/fhir/smart-app-launch/scopes-and-launch-context.html):
+``patient/Goal.rs``, ``user/*.cruds``, ``system/Observation.read`` (v1 ``read`` is ``rs``, v1
+``write`` is ``cud``, ``*`` is all). A ``patient/`` grant counts only inside the compartment of
+the token's ``patient`` (R4 CompartmentDefinition patient,
+https://hl7.org/fhir/R4/compartmentdefinition-patient.html); ``user/`` and ``system/`` grants
+reach every patient. The access of the running request lives in a context variable set by the
+HTTP layer; with none set (the embedded ``none`` mode, the CLI, the outbox worker) nothing is
+restricted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.errors import Forbidden
+from service.storage import HistoryQuery, IndexRows, StoredResource, Transaction
+
+PERMISSIONS = "cruds"
+V1_PERMISSIONS = {"read": "rs", "write": "cud", "*": "cruds"}
+_SCOPE = re.compile(r"^(patient|user|system)/([A-Za-z]+|\*)\.([a-z*]+)$")
+
+# R4 CompartmentDefinition patient: the parameters that put a resource in a patient's compartment
+COMPARTMENT_PARAMS: dict[str, tuple[str, ...]] = {
+    "Goal": ("patient",),
+    "List": ("subject", "source"),
+    "Observation": ("subject", "performer"),
+    "QuestionnaireResponse": ("subject", "author"),
+    "Provenance": ("patient",),
+    "Patient": ("link",),
+}
+# the parameter a patient-restricted search is narrowed with (a subset of the compartment)
+SEARCH_NARROWING = {
+    "Goal": "patient",
+    "List": "patient",
+    "Observation": "patient",
+    "QuestionnaireResponse": "patient",
+    "Provenance": "patient",
+    "Patient": "_id",
+}
+# definitional resources no patient owns: a patient/ grant may read them
+SHARED_TYPES = frozenset({"Questionnaire"})
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One scope: a context (patient, user, system), a type or ``*``, and permissions."""
+
+    context: str
+    type: str
+    permissions: frozenset[str]
+
+    def covers(self, type_: str, permission: str) -> bool:
+        """Whether the grant allows ``permission`` (one of c r u d s) on ``type_``."""
+        return (self.type in ("*", type_)) and permission in self.permissions
+
+
+def parse_scopes(text: str) -> tuple[Grant, ...]:
+    """The resource grants in a space-separated scope string; other scopes are ignored.
+
+    A v2 scope with a query (``patient/Observation.rs?category=...``) narrows what it grants;
+    this service cannot honour the narrowing yet, so such a scope grants nothing rather than
+    more than it says.
+    """
+    grants = []
+    for scope in text.split():
+        match = _SCOPE.match(scope)
+        if match is None:
+            continue
+        context, type_, perms = match.groups()
+        if perms in V1_PERMISSIONS:
+            letters = V1_PERMISSIONS[perms]
+        elif perms and all(p in PERMISSIONS for p in perms) and _in_order(perms):
+            letters = perms
+        else:
+            continue
+        grants.append(Grant(context, type_, frozenset(letters)))
+    return tuple(grants)
+
+
+def _in_order(perms: str) -> bool:
+    positions = [PERMISSIONS.index(p) for p in perms]
+    return positions == sorted(set(positions))
+
+
+@dataclass(frozen=True)
+class Access:
+    """What the request's token allows: its grants, launch patient, and who it is."""
+
+    grants: tuple[Grant, ...]
+    patient: str | None = None
+    subject: str | None = None
+    client_id: str | None = None
+    scopes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def reach(self, type_: str, permission: str) -> str | None:
+        """Whose data ``permission`` on ``type_`` reaches: None for every patient's, else the
+        launch patient's id. Raise Forbidden when no scope allows it at all."""
+        if any(g.context != "patient" and g.covers(type_, permission) for g in self.grants):
+            return None
+        if self.patient and any(
+            g.context == "patient" and g.covers(type_, permission) for g in self.grants
+        ):
+            return self.patient
+        raise Forbidden(_denied(type_, permission, self.patient))
+
+    def allows(self, type_: str, permission: str) -> bool:
+        """Whether any scope allows ``permission`` on ``type_`` (for some patient)."""
+        try:
+            self.reach(type_, permission)
+        except Forbidden:
+            return False
+        return True
+
+
+def _denied(type_: str, permission: str, patient: str | None) -> str:
+    names = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
+    where = f" (patient context {patient})" if patient else ""
+    return f"The access token's scopes do not allow {names[permission]} on {type_}{where}"
+
+
+_CURRENT: ContextVar[Access | None] = ContextVar("whatmatters_access", default=None)
+
+
+@contextlib.contextmanager
+def acting_as(access: Access | None) -> Iterator[None]:
+    """Run the block with the access of one request's token."""
+    token = _CURRENT.set(access)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
+
+
+def set_access(access: Access | None) -> Token[Access | None]:
+    """Start a request's access (the HTTP layer); undo with reset_access."""
+    return _CURRENT.set(access)
+
+
+def reset_access(token: Token[Access | None]) -> None:
+    """End the access started by set_access."""
+    _CURRENT.reset(token)
+
+
+def current_access() -> Access | None:
+    """The access of the running request, or None (unrestricted)."""
+    return _CURRENT.get()
+
+
+# -- the compartment -----------------------------------------------------------------------------
+
+Indexer = Callable[[dict[str, Any]], IndexRows]
+
+
+def patients_of(
+    type_: str, content: dict[str, Any], index: Indexer, read: Callable[[str, str], Any]
+) -> set[str]:
+    """The patients whose compartment holds the resource (R4 CompartmentDefinition patient).
+
+    A Provenance also belongs to the patients of the resources it is about (one level), so a
+    patient sees the provenance of their own goals.
+    """
+    found: set[str] = set()
+    if type_ == "Patient" and isinstance(content.get("id"), str):
+        found.add(content["id"])
+    params = COMPARTMENT_PARAMS.get(type_, ())
+    rows = index(content).references if params or type_ == "Provenance" else []
+    for row in rows:
+        if row.target_type == "Patient" and row.target_id and row.param in params:
+            found.add(row.target_id)
+    if type_ == "Provenance":
+        for row in rows:
+            if (
+                row.param == "target"
+                and row.target_type not in (None, "Patient", "Provenance")
+                and row.target_id
+            ):
+                target = read(row.target_type, row.target_id)
+                if isinstance(target, dict):
+                    found |= patients_of(row.target_type, target, index, read)
+    return found
+
+
+class GuardedTransaction:
+    """A Transaction that lets through only what the request's access allows.
+
+    Every resource leaving the store (read, vread, read_many, history) and every version going
+    in (put, insert_new) is checked: its type against the scopes, and, for a patient-context
+    grant, its compartment against the launch patient. Anything else raises Forbidden, so no
+    door (search, _include, chains, history, Bundles, operations) can reach around it.
+    """
+
+    def __init__(self, tx: Transaction, access: Access, index: Indexer) -> None:
+        self.raw = tx
+        self.access = access
+        self._index = index
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def read(self, type_: str, id_: str) -> StoredResource | None:
+        """Return the current version, if the access may see it."""
+        return self._seen(self.raw.read(type_, id_))
+
+    def vread(self, type_: str, id_: str, version: int) -> StoredResource | None:
+        """Return one version, if the access may see it."""
+        return self._seen(self.raw.vread(type_, id_, version))
+
+    def read_many(self, keys: Sequence[tuple[str, str]]) -> list[StoredResource]:
+        """Return current versions, each checked."""
+        return [r for r in (self._seen(s) for s in self.raw.read_many(keys)) if r is not None]
+
+    def history(self, query: HistoryQuery) -> list[StoredResource]:
+        """Return versions, each checked; a patient-context token sees only instance history."""
+        reach = self._reach_any(query.type or "*", ("r", "s"))
+        if reach is not None and query.id is None:
+            raise Forbidden(
+                "History of a whole type or of the system is not open to a patient-context "
+                "token; ask for one resource's history"
+            )
+        return [r for r in (self._seen(s) for s in self.raw.history(query)) if r is not None]
+
+    def _seen(self, stored: StoredResource | None) -> StoredResource | None:
+        if stored is None:
+            return None
+        reach = self._reach_any(stored.type, ("r", "s"))
+        if reach is None:
+            return stored
+        if stored.content is None:  # a deletion: whose it was is in the version before
+            before = self.raw.vread(stored.type, stored.id, stored.version - 1)
+            if before is not None and before.content is not None:
+                self._check_compartment(stored.type, before.content, reach)
+            return stored
+        self._check_compartment(stored.type, stored.content, reach)
+        return stored
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def put(
+        self, resource: StoredResource, replaces: int | None, index: IndexRows | None = None
+    ) -> None:
+        """Store a new version, if the access may write it (and the version it replaces)."""
+        permission = "d" if resource.deleted else "c" if replaces is None else "u"
+        reach = self.access.reach(resource.type, permission)
+        if reach is not None:
+            if replaces is not None:
+                before = self.raw.vread(resource.type, resource.id, replaces)
+                if before is not None and before.content is not None:
+                    self._check_compartment(resource.type, before.content, reach)
+            if resource.content is not None:
+                self._check_compartment(resource.type, resource.content, reach)
+        self.raw.put(resource, replaces, index)
+
+    def insert_new(self, items: Sequence[tuple[StoredResource, IndexRows]]) -> None:
+        """Store many first versions, each checked."""
+        for stored, _ in items:
+            reach = self.access.reach(stored.type, "c")
+            if reach is not None and stored.content is not None:
+                self._check_compartment(stored.type, stored.content, reach)
+        self.raw.insert_new(items)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _reach_any(self, type_: str, permissions: Sequence[str]) -> str | None:
+        problem: Forbidden | None = None
+        reaches: list[str | None] = []
+        for permission in permissions:
+            try:
+                reaches.append(self.access.reach(type_, permission))
+            except Forbidden as exc:
+                problem = exc
+        if not reaches:
+            assert problem is not None
+            raise problem
+        return None if None in reaches else reaches[0]
+
+    def _check_compartment(self, type_: str, content: str, patient: str) -> None:
+        if type_ in SHARED_TYPES:
+            return
+        resource = json.loads(content)
+        if patient not in patients_of(type_, resource, self._index, self._read_json):
+            # the message names no resource: it may be one the request did not name itself
+            raise Forbidden(
+                f"A {type_} outside the compartment of Patient/{patient}, the patient this "
+                "access token is for, was asked for; nothing of it is returned"
+            )
+
+    def _read_json(self, type_: str, id_: str) -> dict[str, Any] | None:
+        stored = self.raw.read(type_, id_)
+        if stored is None or stored.content is None:
+            return None
+        loaded: dict[str, Any] = json.loads(stored.content)
+        return loaded
+
+
+def narrowed(
+    access: Access, type_: str, params: Sequence[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The search's parameters, narrowed to the launch patient where only a patient/ grant
+    allows the search (the store then never even counts another patient's resources)."""
+    patient = access.reach(type_, "s")
+    if patient is None or type_ in SHARED_TYPES:
+        return list(params)
+    narrowing = SEARCH_NARROWING.get(type_)
+    if narrowing is None:
+        raise Forbidden(
+            f"{type_} is not in a patient's compartment; a patient/ scope cannot search it"
+        )
+    value = patient if narrowing == "_id" else f"Patient/{patient}"
+    return [*params, (narrowing, value)]

@@ -1,0 +1,395 @@
+"""SMART on FHIR authorization: tokens x doors, and no door leaks another patient's data.
+
+Specs: SMART App Launch 2.x scopes-and-launch-context.html (scopes v1 and v2, the ``patient``
+launch context), RFC 6750 section 3 (401 with WWW-Authenticate; invalid_token), RFC 7519
+(exp, nbf, iss, aud), R4 CompartmentDefinition patient. Patients A and B each have a recorded
+conversation (Observations, Goals, a List, a Provenance). A token for A must never return
+anything of B's, whichever door it tries; each denial must carry the right status.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from flask import Flask
+from flask.testing import FlaskClient
+
+from service import create_app
+from service.config import Config
+from tests.priorities.conversations import FHIR_JSON, conversation, goal, ranking, statement
+
+ISSUER = "https://auth.test.local"
+AUDIENCE = "http://test.local/fhir"
+KID = "test-key-1"
+B_WORDS = "Bryn's secret wish"
+
+
+@pytest.fixture(scope="module")
+def keys() -> tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]:
+    """The issuer's signing key, and a stranger's."""
+    return (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    )
+
+
+def sign(key: rsa.RSAPrivateKey, **claims: Any) -> str:
+    now = int(time.time())
+    body = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "user-1",
+        "client_id": "test-app",
+        "iat": now,
+        "exp": now + 300,
+        "jti": uuid.uuid4().hex,
+        **claims,
+    }
+    body = {k: v for k, v in body.items() if v is not None}
+    return jwt.encode(body, key, algorithm="RS384", headers={"kid": KID})
+
+
+@pytest.fixture
+def smart_app(
+    config: Config, tmp_path: Path, keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]
+) -> Iterator[Flask]:
+    public = jwt.algorithms.RSAAlgorithm.to_jwk(keys[0].public_key(), as_dict=True)
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(json.dumps({"keys": [{**public, "kid": KID, "alg": "RS384"}]}))
+    smart = Config(
+        database_url=config.database_url,
+        public_base_url=AUDIENCE,
+        auth_mode="smart",
+        auth_issuer=ISSUER,
+        auth_jwks_url=jwks_file.as_uri(),
+        auth_token_url=f"{ISSUER}/token",
+        auth_authorize_url=f"{ISSUER}/authorize",
+    )
+    application = create_app(smart)
+    yield application
+    application.extensions["whatmatters.store"].close()
+
+
+class Caller:
+    """A test client that sends one token with every request."""
+
+    def __init__(self, client: FlaskClient, token: str | None) -> None:
+        self.client = client
+        self.token = token
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = dict(extra or {})
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    def get(self, url: str) -> Any:
+        return self.client.get(url, headers=self._headers())
+
+    def post(self, url: str, body: Any) -> Any:
+        return self.client.post(url, json=body, headers=self._headers(FHIR_JSON))
+
+    def put(self, url: str, body: Any) -> Any:
+        return self.client.put(url, json=body, headers=self._headers(FHIR_JSON))
+
+
+@pytest.fixture
+def world(smart_app: Flask, keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]) -> dict[str, Any]:
+    """Patients pA and pB with a conversation each, stored by a system client."""
+    client = smart_app.test_client()
+    admin = Caller(client, sign(keys[0], scope="system/*.cruds"))
+    ids: dict[str, Any] = {}
+    for name, nhs, words in (("pA", "9000000009", "Walk the dog"), ("pB", "9000000017", B_WORDS)):
+        patient = {
+            "resourceType": "Patient",
+            "id": name,
+            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}],
+            "name": [{"family": "Jones" if name == "pA" else "Bryn", "given": ["E"]}],
+        }
+        assert admin.put(f"/fhir/Patient/{name}", patient).status_code == 201
+        body = conversation(
+            statement("s1", words), goal("g1", f"{words} goal", "s1"), ranking("s1")
+        )
+        response = admin.post(f"/fhir/Patient/{name}/$record-what-matters", body)
+        assert response.status_code in (200, 201), response.get_data(as_text=True)
+        goals = admin.get(f"/fhir/Goal?patient=Patient/{name}").get_json()
+        ids[name] = {"goal": goals["entry"][0]["resource"]["id"]}
+        observations = admin.get(f"/fhir/Observation?patient=Patient/{name}").get_json()
+        ids[name]["observation"] = observations["entry"][0]["resource"]["id"]
+    ids["client"] = client
+    ids["keys"] = keys
+    return ids
+
+
+def caller(world: dict[str, Any], token: str | None) -> Caller:
+    return Caller(world["client"], token)
+
+
+def token_for(world: dict[str, Any], kind: str) -> str | None:
+    key, stranger = world["keys"]
+    now = int(time.time())
+    return {
+        "patient-A": lambda: sign(key, scope="launch/patient patient/*.cruds", patient="pA"),
+        "patient-A-v1": lambda: sign(key, scope="patient/*.read patient/*.write", patient="pA"),
+        "patient-B": lambda: sign(key, scope="patient/*.rs", patient="pB"),
+        "user": lambda: sign(key, scope="user/*.rs"),
+        "system": lambda: sign(key, scope="system/*.cruds"),
+        "expired": lambda: sign(key, scope="system/*.cruds", exp=now - 120, iat=now - 600),
+        "not-yet": lambda: sign(key, scope="system/*.cruds", nbf=now + 600),
+        "wrong-issuer": lambda: sign(key, scope="system/*.cruds", iss="https://evil.example"),
+        "wrong-audience": lambda: sign(key, scope="system/*.cruds", aud="https://other/fhir"),
+        "tampered": lambda: _tampered(sign(key, scope="patient/*.rs", patient="pA")),
+        "stranger-key": lambda: sign(stranger, scope="system/*.cruds"),
+        "no-scope": lambda: sign(key, scope="openid fhirUser", patient="pA"),
+        "goal-only": lambda: sign(key, scope="patient/Goal.rs", patient="pA"),
+        "none": lambda: None,
+    }[kind]()
+
+
+def _tampered(token: str) -> str:
+    head, payload, signature = token.split(".")
+    claims = json.loads(jwt.utils.base64url_decode(payload))
+    claims["patient"] = "pB"
+    forged = jwt.utils.base64url_encode(json.dumps(claims).encode()).decode()
+    return f"{head}.{forged}.{signature}"
+
+
+def plain_goal(patient: str, text: str) -> dict[str, Any]:
+    """A Goal for one of the two patients, with no profile."""
+    return {
+        "resourceType": "Goal",
+        "lifecycleStatus": "active",
+        "description": {"text": text},
+        "subject": {"reference": f"Patient/{patient}"},
+    }
+
+
+def text_of(response: Any) -> str:
+    return response.get_data(as_text=True)
+
+
+# -- tokens that cannot be trusted: 401 with WWW-Authenticate, on every door ------------------
+
+UNTRUSTED = ["expired", "not-yet", "wrong-issuer", "wrong-audience", "tampered", "stranger-key"]
+DOORS_GET = [
+    "/fhir/Patient/pB",
+    "/fhir/Goal",
+    "/fhir/Goal/_history",
+    "/fhir/Patient/pB/$what-matters",
+    "/api/patients/https%3A%2F%2Ffhir.nhs.uk%2FId%2Fnhs-number|9000000017/priorities",
+    "/patients/pB/what-matters",
+    "/admin/outbox",
+]
+
+
+@pytest.mark.parametrize("kind", UNTRUSTED)
+@pytest.mark.parametrize("door", DOORS_GET)
+def test_untrusted_tokens_get_401_invalid_token(
+    world: dict[str, Any], kind: str, door: str
+) -> None:
+    response = caller(world, token_for(world, kind)).get(door)
+    assert response.status_code == 401
+    challenge = response.headers["WWW-Authenticate"]
+    assert challenge.startswith('Bearer realm="what-matters"')
+    assert 'error="invalid_token"' in challenge
+    assert B_WORDS not in text_of(response)
+
+
+@pytest.mark.parametrize("door", DOORS_GET)
+def test_no_token_gets_401_without_an_error_code(world: dict[str, Any], door: str) -> None:
+    response = caller(world, None).get(door)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="what-matters"'
+
+
+def test_metadata_and_smart_configuration_are_public(world: dict[str, Any]) -> None:
+    anonymous = caller(world, None)
+    metadata = anonymous.get("/fhir/metadata")
+    assert metadata.status_code == 200
+    security = metadata.get_json()["rest"][0]["security"]
+    assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
+    uris = {e["url"]: e["valueUri"] for e in security["extension"][0]["extension"]}
+    assert uris == {"token": f"{ISSUER}/token", "authorize": f"{ISSUER}/authorize"}
+    smart = anonymous.get("/.well-known/smart-configuration")
+    assert smart.status_code == 200
+    document = smart.get_json()
+    assert document["issuer"] == ISSUER
+    assert document["token_endpoint"] == f"{ISSUER}/token"
+    assert document["authorization_endpoint"] == f"{ISSUER}/authorize"
+    assert "permission-v2" in document["capabilities"]
+
+
+# -- patient A's token: every door shows A's data and never B's ---------------------------------
+
+
+def leaks(response: Any) -> bool:
+    return B_WORDS in text_of(response) or "Patient/pB" in text_of(response)
+
+
+@pytest.mark.parametrize("kind", ["patient-A", "patient-A-v1"])
+@pytest.mark.parametrize(
+    ("door", "status"),
+    [
+        ("/fhir/Patient/pB", 403),
+        ("/fhir/Goal/{B_goal}", 403),
+        ("/fhir/Goal/{B_goal}/_history/1", 403),
+        ("/fhir/Goal/{B_goal}/_history", 403),
+        ("/fhir/Observation/{B_observation}", 403),
+        ("/fhir/Goal/_history", 403),
+        ("/fhir/_history", 403),
+        ("/fhir/Patient/pB/$what-matters", 403),
+        ("/patients/pB/what-matters", 403),
+        # the facade finds the patient by identifier, a search: B is not there for A's token
+        ("/api/patients/https%3A%2F%2Ffhir.nhs.uk%2FId%2Fnhs-number|9000000017/priorities", 404),
+        ("/fhir/Goal?patient=Patient/pB", 200),
+        ("/fhir/Goal?subject:Patient.name=Bryn", 200),
+        ("/fhir/Patient?_has:Goal:patient:lifecycle-status=active", 200),
+        ("/fhir/Goal?_include=Goal:subject", 200),
+        ("/fhir/Patient?_revinclude=Provenance:patient&_revinclude=Goal:subject", 200),
+        ("/fhir/Observation?_summary=count", 200),
+        ("/fhir/Provenance", 200),
+        ("/fhir/Patient/pA/$what-matters", 200),
+        ("/fhir/Goal/{A_goal}", 200),
+        ("/fhir/Goal/{A_goal}/_history", 200),
+    ],
+)
+def test_patient_a_never_sees_patient_b(
+    world: dict[str, Any], kind: str, door: str, status: int
+) -> None:
+    url = door.format(
+        B_goal=world["pB"]["goal"],
+        B_observation=world["pB"]["observation"],
+        A_goal=world["pA"]["goal"],
+    )
+    response = caller(world, token_for(world, kind)).get(url)
+    assert response.status_code == status, text_of(response)
+    assert not leaks(response)
+    if status in (403, 404) and not url.startswith("/patients/"):
+        assert response.get_json()["issue"][0]["code"] in ("forbidden", "not-found")
+    if status == 403 and not url.startswith("/patients/"):
+        assert response.get_json()["issue"][0]["code"] == "forbidden"
+
+
+def test_patient_a_searches_find_only_a(world: dict[str, Any]) -> None:
+    a = caller(world, token_for(world, "patient-A"))
+    goals = a.get("/fhir/Goal").get_json()
+    assert [e["resource"]["subject"]["reference"] for e in goals["entry"]] == ["Patient/pA"]
+    patients = a.get("/fhir/Patient").get_json()
+    assert [e["resource"]["id"] for e in patients["entry"]] == ["pA"]
+    assert a.get("/fhir/Observation?_summary=count").get_json()["total"] == 1
+    included = a.get("/fhir/Goal?_include=Goal:subject").get_json()
+    assert {e["resource"]["resourceType"] for e in included["entry"]} == {"Goal", "Patient"}
+    provenance = a.get("/fhir/Provenance?_revinclude=Provenance:target").get_json()
+    assert "entry" not in provenance or not leaks_json(provenance)
+
+
+def leaks_json(body: Any) -> bool:
+    return B_WORDS in json.dumps(body) or "Patient/pB" in json.dumps(body)
+
+
+def test_patient_a_cannot_write_into_b_and_nothing_is_written(world: dict[str, Any]) -> None:
+    a = caller(world, token_for(world, "patient-A"))
+    system = caller(world, token_for(world, "system"))
+    before = system.get("/fhir/Goal?_summary=count").get_json()["total"]
+    new_goal = plain_goal("pB", "planted")
+    assert a.post("/fhir/Goal", new_goal).status_code == 403
+    b_goal = system.get(f"/fhir/Goal/{world['pB']['goal']}").get_json()
+    moved = {**b_goal, "subject": {"reference": "Patient/pA"}}
+    assert a.put(f"/fhir/Goal/{b_goal['id']}", moved).status_code == 403
+    hijack = {**b_goal, "description": {"text": "changed by A"}}
+    assert a.put(f"/fhir/Goal/{b_goal['id']}", hijack).status_code == 403
+    assert (
+        world["client"]
+        .delete(
+            f"/fhir/Goal/{b_goal['id']}",
+            headers={"Authorization": f"Bearer {token_for(world, 'patient-A')}"},
+        )
+        .status_code
+        == 403
+    )
+    record = conversation(statement("s9", "planted words"), ranking("s9"))
+    assert a.post("/fhir/Patient/pB/$record-what-matters", record).status_code == 403
+    transaction = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": {
+                    **new_goal,
+                    "description": {"text": "own"},
+                    "subject": {"reference": "Patient/pA"},
+                },
+                "request": {"method": "POST", "url": "Goal"},
+            },
+            {"resource": new_goal, "request": {"method": "POST", "url": "Goal"}},
+        ],
+    }
+    assert a.post("/fhir", transaction).status_code == 403
+    reading = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": f"Goal/{b_goal['id']}"}}],
+    }
+    batch = a.post("/fhir", reading)
+    assert not leaks(batch)
+    assert batch.get_json()["entry"][0]["response"]["status"].startswith("403")
+    after = system.get("/fhir/Goal?_summary=count").get_json()["total"]
+    assert after == before
+    assert (
+        system.get(f"/fhir/Goal/{b_goal['id']}").get_json()["description"] == b_goal["description"]
+    )
+
+
+def test_patient_a_writes_into_its_own_compartment(world: dict[str, Any]) -> None:
+    a = caller(world, token_for(world, "patient-A"))
+    own = plain_goal("pA", "Garden again")
+    assert a.post("/fhir/Goal", own).status_code == 201
+    record = conversation(statement("s2", "See the sea"), ranking("s2"))
+    assert a.post("/fhir/Patient/pA/$record-what-matters", record).status_code in (200, 201)
+
+
+def test_patient_b_read_only_token_cannot_write(world: dict[str, Any]) -> None:
+    b = caller(world, token_for(world, "patient-B"))
+    own = plain_goal("pB", "x")
+    assert b.post("/fhir/Goal", own).status_code == 403
+    assert b.get(f"/fhir/Goal/{world['pB']['goal']}").status_code == 200
+
+
+def test_missing_scopes_are_403(world: dict[str, Any]) -> None:
+    nothing = caller(world, token_for(world, "no-scope"))
+    assert nothing.get("/fhir/Patient/pA").status_code == 403
+    assert nothing.get("/fhir/Goal").status_code == 403
+    goals_only = caller(world, token_for(world, "goal-only"))
+    assert goals_only.get("/fhir/Goal").status_code == 200
+    assert goals_only.get(f"/fhir/Observation/{world['pA']['observation']}").status_code == 403
+    assert goals_only.get("/fhir/Observation").status_code == 403
+    assert goals_only.get("/fhir/Patient/pA/$what-matters").status_code == 403
+
+
+def test_user_and_system_tokens_reach_every_patient(world: dict[str, Any]) -> None:
+    user = caller(world, token_for(world, "user"))
+    assert user.get(f"/fhir/Goal/{world['pB']['goal']}").status_code == 200
+    assert user.get("/fhir/Goal?_summary=count").get_json()["total"] == 2
+    denied = user.post(
+        "/fhir/Goal",
+        plain_goal("pA", "x"),
+    )
+    assert denied.status_code == 403  # user/*.rs reads only
+    assert caller(world, token_for(world, "system")).get("/admin/outbox").status_code == 200
+    assert user.get("/admin/outbox").status_code == 403
+
+
+def test_validate_needs_a_token_but_reads_nothing(world: dict[str, Any]) -> None:
+    body = plain_goal("pB", "x")
+    assert caller(world, None).post("/fhir/Goal/$validate", body).status_code == 401
+    response = caller(world, token_for(world, "patient-A")).post("/fhir/Goal/$validate", body)
+    assert response.status_code == 200
+    assert B_WORDS not in text_of(response)
