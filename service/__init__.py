@@ -178,6 +178,10 @@ def create_app(config: Config | None = None) -> Flask:
     )
     api.register(app, config.base_path)
     from service.api.auth import install, verifier_for
+    from service.api.hardening import install_cors, install_rate_limits
 
+    # in this order: CORS preflights need no token; floods are cut before tokens are checked
+    install_cors(app, config)
+    install_rate_limits(app, config)
     install(app, config, config.base_path, verifier_for(config))
     return app

@@ -63,6 +63,12 @@ class Config:
     auth_authorize_url: str | None = None
     auth_token_url: str | None = None
     auth_leeway_seconds: int = 30
+    # Requests a minute per client (and per network address), bursts of rate_limit_burst;
+    # unset: 1200 in the smart mode, off in the loopback-only none mode. 0 turns it off.
+    rate_limit_per_minute: int | None = None
+    rate_limit_burst: int = 100
+    # Origins whose browser apps may call the API (CORS); "*" for any. None by default.
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -92,6 +98,8 @@ class Config:
             "max_page_size",
             "db_pool_size",
             "auth_leeway_seconds",
+            "rate_limit_per_minute",
+            "rate_limit_burst",
         ):
             _number(env, name, int, "a whole number", changes)
         for name in ("profiles_dir", "mappings_dir"):
@@ -115,6 +123,9 @@ class Config:
             raw = env.get(f"WHATMATTERS_{name.upper()}")
             if raw is not None:
                 changes[name] = _boolean(f"WHATMATTERS_{name.upper()}", raw)
+        raw_origins = env.get("WHATMATTERS_CORS_ORIGINS")
+        if raw_origins is not None:
+            changes["cors_origins"] = tuple(o.strip() for o in raw_origins.split(",") if o.strip())
         raw = env.get("WHATMATTERS_REQUIRED_PROFILES")
         if raw is not None:
             changes["required_profiles"] = parse_required_profiles(raw)
@@ -137,6 +148,13 @@ class Config:
             )
         if self.auth_mode == "smart" and not self.auth_issuer:
             raise ConfigError("WHATMATTERS_AUTH_MODE=smart needs WHATMATTERS_AUTH_ISSUER")
+
+    @property
+    def requests_per_minute(self) -> int:
+        """The rate limit in force (0: none)."""
+        if self.rate_limit_per_minute is not None:
+            return max(self.rate_limit_per_minute, 0)
+        return 1200 if self.auth_mode == "smart" else 0
 
     @property
     def jwks_url(self) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass, field
 
 
@@ -148,3 +149,13 @@ class Forbidden(FhirError):
 
     status = 403
     code = "forbidden"
+
+
+def describe_exception(error: BaseException) -> str:
+    """An exception for the logs: its type and where it was raised, without its message
+    (messages may quote personal data)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = " <- ".join(
+        f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in frames[::-1][:8]
+    )
+    return f"{type(error).__name__} at {where or 'an unknown place'}"

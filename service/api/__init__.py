@@ -18,10 +18,16 @@ from service.errors import (
     NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
+    describe_exception,
 )
 from service.storage import StorageError, StoreUnavailable
 
 log = logging.getLogger("whatmatters.api")
+
+
+def _route() -> str:
+    """The matched route (``/fhir/<type_>/<id_>``), never the path with its values."""
+    return request.url_rule.rule if request.url_rule is not None else "(no route)"
 
 
 def register(app: Flask, base_path: str) -> None:
@@ -64,11 +70,18 @@ def register(app: Flask, base_path: str) -> None:
 
     @app.errorhandler(StorageError)
     def _storage(error: StorageError) -> Response:
-        log.error("storage error on %s %s: %s", request.method, request.path, type(error).__name__)
+        log.error("storage error on %s %s: %s", request.method, _route(), type(error).__name__)
         return render_error(request, FhirError("The database could not complete the request"))
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
-        # Logged with its traceback, but never shown to the client.
-        log.exception("unexpected error on %s %s", request.method, request.path)
+        # Logged with its traceback, but never shown to the client. Neither the path (it may
+        # hold an NHS number) nor the exception's message (it may quote the patient's words)
+        # reaches the log: the route and where the error happened do.
+        log.error(
+            "unexpected error on %s %s: %s",
+            request.method,
+            _route(),
+            describe_exception(error),
+        )
         return render_error(request, FhirError("An unexpected error occurred"))

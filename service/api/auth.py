@@ -9,6 +9,7 @@ allow the request (https://hl7.org/fhir/smart-app-launch/app-launch.html).
 
 from __future__ import annotations
 
+import logging
 import re
 from contextvars import Token
 from pathlib import Path
@@ -17,13 +18,26 @@ from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 import jwt
-from flask import Flask, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 
+from service.api.hardening import check_client_limit
+from service.api.negotiation import render_error
 from service.config import Config
-from service.errors import Forbidden, ServiceUnavailable, Unauthorized
-from service.fhir.access import Access, parse_scopes, reset_access, set_access
+from service.errors import FhirError, Forbidden, ServiceUnavailable, Unauthorized
+from service.fhir.access import (
+    Access,
+    acting_as,
+    parse_scopes,
+    reset_access,
+    set_access,
+    touched,
+)
+from service.fhir.audit import RequestSeen, audit_event
+from service.fhir.model import instant
+from service.storage import StorageError
 
 ALGORITHMS = ("RS256", "RS384", "ES256", "ES384")
+log = logging.getLogger("whatmatters.audit")
 REALM = "what-matters"
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 # the SMART configuration's capabilities this server supports
@@ -116,12 +130,15 @@ def access_of(claims: dict[str, Any]) -> Access:
     if patient is not None and (not isinstance(patient, str) or not _ID.match(patient)):
         raise _invalid("the access token's patient is not a resource id")
     client = claims.get("client_id") or claims.get("azp")
+    fhir_user = claims.get("fhirUser")
     return Access(
         grants=parse_scopes(scope),
         patient=patient,
         subject=str(claims["sub"]) if claims.get("sub") is not None else None,
         client_id=str(client) if client is not None else None,
         scopes=scope,
+        issuer=str(claims["iss"]) if claims.get("iss") is not None else None,
+        fhir_user=fhir_user if isinstance(fhir_user, str) else None,
     )
 
 
@@ -163,16 +180,86 @@ def install(app: Flask, config: Config, base_path: str, verifier: TokenVerifier 
         if scheme.lower() != "bearer" or not token.strip():
             raise missing_token()
         access = verifier.verify(token.strip())
+        check_client_limit(app, access.client_id or access.subject or str(request.remote_addr))
         if request.path.startswith("/admin/") and not is_administrator(access):
             raise Forbidden("The outbox admin endpoints need a system/*.cruds (or *.*) scope")
         g.whatmatters_access_token = set_access(access)
         g.whatmatters_access = access
+
+    @app.after_request
+    def _audit(response: Response) -> Response:
+        if request.method == "OPTIONS" or request.path.startswith(public):
+            return response
+        return record_audit(app, response, base_path)
 
     @app.teardown_request
     def _forget(_error: BaseException | None) -> None:
         token: Token[Access | None] | None = g.pop("whatmatters_access_token", None)
         if token is not None:
             reset_access(token)
+
+
+def interaction_of(
+    method: str, rule: str | None, base_path: str, body_type: str | None = None
+) -> str:
+    """The FHIR restful interaction of a request, from its route (restful-interaction codes)."""
+    if rule is None:
+        return "operation"
+    tail = rule.rsplit("/", 1)[-1]
+    if "$" in rule or not rule.startswith(base_path):
+        return "operation"
+    if rule.endswith("/_history/<version>"):
+        return "vread"
+    if rule.endswith("<id_>/_history"):
+        return "history-instance"
+    if rule.endswith("<type_>/_history"):
+        return "history-type"
+    if tail == "_history":
+        return "history-system"
+    if rule.endswith("/_search") or (method == "GET" and tail == "<type_>"):
+        return "search-type"
+    if method == "GET":
+        return "read"
+    if method == "POST" and tail == "<type_>":
+        return "create"
+    if method == "POST":
+        return body_type or "transaction"
+    return {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, "operation")
+
+
+def record_audit(app: Flask, response: Response, base_path: str) -> Response:
+    """Store the request's AuditEvent. A read whose access cannot be recorded is not answered
+    (503); a write already made keeps its answer and the failure is logged."""
+    access: Access | None = g.get("whatmatters_access")
+    fhir = app.extensions["whatmatters.fhir"]
+    rule = request.url_rule.rule if request.url_rule is not None else None
+    bundle_type = None
+    if request.method == "POST" and rule == base_path:
+        body = request.get_json(silent=True, force=True)
+        bundle_type = "batch" if isinstance(body, dict) and body.get("type") == "batch" else None
+    seen = RequestSeen(
+        interaction=interaction_of(request.method, rule, base_path, bundle_type),
+        method=request.method,
+        path=request.path,
+        query=request.query_string.decode("latin-1"),
+        status=response.status_code,
+        address=request.remote_addr,
+    )
+    event = audit_event(seen, access, touched(), instant(fhir.clock()), "What Matters FHIR service")
+    try:
+        with acting_as(None):
+            fhir.run(lambda tx: fhir.create_in(tx, "AuditEvent", event))
+    except (StorageError, FhirError) as exc:
+        log.error(
+            "the AuditEvent of a %s request could not be stored: %s",
+            request.method,
+            type(exc).__name__,
+        )
+        if request.method in ("GET", "HEAD"):
+            failed = ServiceUnavailable("The access could not be recorded; retry shortly")
+            failed.headers["Retry-After"] = "5"
+            return render_error(request, failed)
+    return response
 
 
 def is_administrator(access: Access) -> bool:

@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 
 import requests
 
-from service.errors import FhirError
+from service.errors import FhirError, describe_exception
 from service.exchange.client import Answer, PartnerClient, Unreachable
 from service.exchange.outbox import (
     ACTIVE_SUBSCRIPTIONS,
@@ -216,8 +216,9 @@ class Worker:
                         self.heartbeats()
                     if not self.run_once():
                         stop.wait(poll)
-                except Exception:  # the database may be down; the loop must outlive it
-                    log.exception("outbox delivery failed; trying again")
+                # the database may be down; the loop must outlive it
+                except Exception as exc:  # noqa: BLE001 - logged without its message
+                    log.error("outbox delivery failed; trying again: %s", describe_exception(exc))
                     stop.wait(max(poll, 1.0))
 
         workers = [
@@ -270,8 +271,9 @@ class Worker:
                 settled = self._dead(row, str(exc), exc.status, exc.outcome)
             except FhirError as exc:  # our own data cannot be sent as it is
                 settled = self._dead(row, str(exc), None)
-            except Exception as exc:  # a bug or the database: wait, do not lose the row
-                log.exception("outbox row %s failed unexpectedly", row.id)
+            # a bug or the database: wait, do not lose the row
+            except Exception as exc:  # noqa: BLE001 - logged without its message
+                log.error("outbox row %s failed unexpectedly: %s", row.id, describe_exception(exc))
                 self._retry(row, Retry(f"{type(exc).__name__} while delivering"))
                 self._release(rows[position + 1 :])
                 return

@@ -18,7 +18,7 @@ import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar, Token
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from service.errors import Forbidden
@@ -46,6 +46,7 @@ SEARCH_NARROWING = {
     "Provenance": "patient",
     "Patient": "_id",
 }
+ADMINISTRATIVE_TYPES = frozenset({"AuditEvent"})
 # definitional resources no patient owns: a patient/ grant may read them
 SHARED_TYPES = frozenset({"Questionnaire"})
 
@@ -100,11 +101,22 @@ class Access:
     subject: str | None = None
     client_id: str | None = None
     scopes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    issuer: str | None = None
+    fhir_user: str | None = None  # the fhirUser claim: the user's own FHIR resource URL
 
     def reach(self, type_: str, permission: str) -> str | None:
         """Whose data ``permission`` on ``type_`` reaches: None for every patient's, else the
         launch patient's id. Raise Forbidden when no scope allows it at all."""
+        if type_ in ADMINISTRATIVE_TYPES:
+            # the audit trail is read by administrators (system/ scopes) and never rewritten
+            if permission in "rs" and any(
+                g.context == "system" and g.covers(type_, permission) for g in self.grants
+            ):
+                return None
+            raise Forbidden(
+                f"{type_} is the audit trail: a system/{type_}.rs (or system/*) scope reads it; "
+                "nobody writes it but this server"
+            )
         if any(g.context != "patient" and g.covers(type_, permission) for g in self.grants):
             return None
         if self.patient and any(
@@ -129,6 +141,9 @@ def _denied(type_: str, permission: str, patient: str | None) -> str:
 
 
 _CURRENT: ContextVar[Access | None] = ContextVar("whatmatters_access", default=None)
+# the resources the request touched (read or written), for its AuditEvent
+_TOUCHED: ContextVar[list[tuple[str, str]] | None] = ContextVar("whatmatters_touched", default=None)
+MAX_TOUCHED = 200
 
 
 @contextlib.contextmanager
@@ -143,7 +158,19 @@ def acting_as(access: Access | None) -> Iterator[None]:
 
 def set_access(access: Access | None) -> Token[Access | None]:
     """Start a request's access (the HTTP layer); undo with reset_access."""
+    _TOUCHED.set([])
     return _CURRENT.set(access)
+
+
+def touched() -> list[tuple[str, str]]:
+    """The (type, id) of the resources the running request read or wrote, first ones first."""
+    return list(_TOUCHED.get() or [])
+
+
+def _touch(type_: str, id_: str) -> None:
+    seen = _TOUCHED.get()
+    if seen is not None and len(seen) < MAX_TOUCHED and (type_, id_) not in seen:
+        seen.append((type_, id_))
 
 
 def reset_access(token: Token[Access | None]) -> None:
@@ -234,6 +261,7 @@ class GuardedTransaction:
     def _seen(self, stored: StoredResource | None) -> StoredResource | None:
         if stored is None:
             return None
+        _touch(stored.type, stored.id)
         reach = self._reach_any(stored.type, ("r", "s"))
         if reach is None:
             return stored
@@ -252,6 +280,7 @@ class GuardedTransaction:
     ) -> None:
         """Store a new version, if the access may write it (and the version it replaces)."""
         permission = "d" if resource.deleted else "c" if replaces is None else "u"
+        _touch(resource.type, resource.id)
         reach = self.access.reach(resource.type, permission)
         if reach is not None:
             if replaces is not None:
@@ -265,6 +294,7 @@ class GuardedTransaction:
     def insert_new(self, items: Sequence[tuple[StoredResource, IndexRows]]) -> None:
         """Store many first versions, each checked."""
         for stored, _ in items:
+            _touch(stored.type, stored.id)
             reach = self.access.reach(stored.type, "c")
             if reach is not None and stored.content is not None:
                 self._check_compartment(stored.type, stored.content, reach)
@@ -319,3 +349,48 @@ def narrowed(
         )
     value = patient if narrowing == "_id" else f"Patient/{patient}"
     return [*params, (narrowing, value)]
+
+
+PROVENANCE_ACTIVITY = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+
+
+def agent_reference(access: Access) -> dict[str, Any]:
+    """Who acts, as a FHIR Reference: the fhirUser, else the token's subject at its issuer,
+    else the client."""
+    if access.fhir_user:
+        return {"reference": access.fhir_user}
+    if access.subject:
+        return {
+            "identifier": {
+                "system": access.issuer or "urn:whatmatters:token",
+                "value": access.subject,
+            },
+            "display": access.subject,
+        }
+    return {"display": access.client_id or "unknown client"}
+
+
+def provenance_for(access: Access, target: str, activity: str, recorded: str) -> dict[str, Any]:
+    """The Provenance of one write made with ``access`` (R4 provenance.html): the version
+    written, when, the data operation, the author (the token's user) and the client app."""
+    agents: list[dict[str, Any]] = [
+        {
+            "type": {"coding": [{"system": PARTICIPANT_TYPE, "code": "author"}]},
+            "who": agent_reference(access),
+        }
+    ]
+    if access.client_id:
+        agents.append(
+            {
+                "type": {"coding": [{"system": PARTICIPANT_TYPE, "code": "enterer"}]},
+                "who": {"display": f"client {access.client_id}"},
+            }
+        )
+    return {
+        "resourceType": "Provenance",
+        "target": [{"reference": target}],
+        "recorded": recorded,
+        "activity": {"coding": [{"system": PROVENANCE_ACTIVITY, "code": activity}]},
+        "agent": agents,
+    }

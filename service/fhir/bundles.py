@@ -25,6 +25,7 @@ from service.errors import (
     Issue,
     NotFound,
     PreconditionFailed,
+    describe_exception,
 )
 from service.fhir.interactions import (
     FhirService,
@@ -124,8 +125,8 @@ def _batch(service: FhirService, entries: list[Any], base: str) -> list[Result |
                 )
         except FhirError as exc:
             results.append(_at_entry(exc, op))
-        except Exception:
-            log.exception("batch entry %d failed unexpectedly", index)
+        except Exception as exc:  # noqa: BLE001 - one entry fails, logged without its message
+            log.error("batch entry %d failed unexpectedly: %s", index, describe_exception(exc))
             results.append(
                 _at_entry(FhirError("An unexpected error occurred processing this entry"), op)
             )

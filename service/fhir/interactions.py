@@ -8,11 +8,13 @@ gets 412.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlencode
@@ -32,7 +34,7 @@ from service.errors import (
     PreconditionFailed,
     Unprocessable,
 )
-from service.fhir.access import GuardedTransaction, current_access, narrowed
+from service.fhir.access import GuardedTransaction, current_access, narrowed, provenance_for
 from service.fhir.conformance import CONFORMANCE_TYPES, ConformanceResources
 from service.fhir.model import (
     SUPPORTED_TYPES,
@@ -115,6 +117,13 @@ def check_id(id_: str) -> None:
     """Refuse ids that are not valid FHIR ids."""
     if not is_valid_id(id_):
         raise BadRequest(f"{id_!r} is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)")
+
+
+# the record of an access, and provenance itself, get no Provenance of their own
+NO_PROVENANCE_TYPES = frozenset({"Provenance", "AuditEvent"})
+_PROVENANCE_SUPPLIED: ContextVar[bool] = ContextVar(
+    "whatmatters_provenance_supplied", default=False
+)
 
 
 class FhirService:
@@ -464,6 +473,7 @@ class FhirService:
         self._notify(
             tx, Change(type_, id_, marker.version, None, parse_json(current.content or "{}"))
         )
+        self._provenance(tx, marker, "DELETE")
         return Result(204, stored=marker)
 
     def conditional_delete(self, type_: str, criteria: str) -> Result:
@@ -693,7 +703,15 @@ class FhirService:
     def match_one_or_none(
         self, tx: Transaction, type_: str, criteria: str, what: str
     ) -> StoredResource | None:
-        """Resolve conditional criteria: None for no match, 412 for several."""
+        """Resolve conditional criteria: None for no match, 412 for several.
+
+        With a patient-context token the criteria are narrowed to the patient's compartment,
+        so a conditional write cannot tell whether another patient holds a match."""
+        access = current_access()
+        if access is not None:
+            extra = narrowed(access, type_, [])
+            if extra:
+                criteria = f"{criteria}&{urlencode(extra)}" if criteria else urlencode(extra)
         query = parse_conditional(SearchParser(self.search_params), type_, criteria)
         tx.lock(f"{type_}?{_lock_key(query)}")
         found = tx.read_many(tx.search_keys(query, 2))
@@ -797,7 +815,29 @@ class FhirService:
             index if index is not None else self.search_params.index(content),
         )
         self._notify(tx, Change(type_, id_, stored.version, content))
+        self._provenance(tx, stored, "CREATE" if current is None else "UPDATE")
         return stored
+
+    @contextlib.contextmanager
+    def provenance_supplied(self) -> Iterator[None]:
+        """Writes in the block bring their own Provenance ($record-what-matters names the
+        clinician who recorded the conversation): no other is added."""
+        token = _PROVENANCE_SUPPLIED.set(True)
+        try:
+            yield
+        finally:
+            _PROVENANCE_SUPPLIED.reset(token)
+
+    def _provenance(self, tx: Transaction, stored: StoredResource, activity: str) -> None:
+        """Add the Provenance of a write made with an access token, in its transaction."""
+        access = current_access()
+        if access is None or stored.type in NO_PROVENANCE_TYPES or _PROVENANCE_SUPPLIED.get():
+            return
+        raw = tx.raw if isinstance(tx, GuardedTransaction) else tx
+        target = f"{stored.type}/{stored.id}/_history/{stored.version}"
+        provenance = provenance_for(access, target, activity, instant(stored.last_updated_us))
+        # written for the service, whatever the token may write itself
+        self._write(raw, "Provenance", str(uuid.uuid4()), provenance, None, "POST")
 
 
 def without_resource(entry: Any) -> Any:

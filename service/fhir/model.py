@@ -23,6 +23,8 @@ SUPPORTED_TYPES: tuple[str, ...] = (
     "QuestionnaireResponse",
     # rest-hook subscriptions to what-matters-changed (Subscriptions R5 Backport IG for R4)
     "Subscription",
+    # the record of every access (SMART mode), queried by administrators
+    "AuditEvent",
 )
 MAX_JSON_DEPTH = 100
 _ETAG = re.compile(r'^(?:W/)?"([0-9]+)"$')

@@ -83,7 +83,8 @@ class WhatMatters:
                 conversation, patient_id, instant(self.clock()), current, known
             )
             try:
-                return process_bundle(self.fhir, bundle, base, "representation")
+                with self.fhir.provenance_supplied():  # the Bundle holds the recorder's
+                    return process_bundle(self.fhir, bundle, base, "representation")
             except PreconditionFailed:
                 if attempt == ATTEMPTS - 1:
                     raise

@@ -47,6 +47,7 @@ SEARCH_TYPES = (
     "Questionnaire",
     "Provenance",
     "Subscription",
+    "AuditEvent",
 )
 
 

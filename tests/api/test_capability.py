@@ -20,6 +20,7 @@ def test_metadata_lists_exactly_the_supported_types(client: FlaskClient) -> None
     rest = client.get("/fhir/metadata").get_json()["rest"][0]
     assert rest["mode"] == "server"
     stored = [
+        "AuditEvent",
         "Goal",
         "List",
         "Observation",

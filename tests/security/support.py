@@ -1,0 +1,177 @@
+"""Helpers of the security tests: a SMART issuer of our own, tokens, and two patients."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from flask import Flask
+from flask.testing import FlaskClient
+
+from service import create_app
+from service.config import Config
+from tests.priorities.conversations import FHIR_JSON, conversation, goal, ranking, statement
+
+ISSUER = "https://auth.test.local"
+AUDIENCE = "http://test.local/fhir"
+KID = "test-key-1"
+B_WORDS = "Bryn's secret wish"
+
+
+@pytest.fixture(scope="module")
+def keys() -> tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]:
+    """The issuer's signing key, and a stranger's."""
+    return (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    )
+
+
+def sign(key: rsa.RSAPrivateKey, **claims: Any) -> str:
+    now = int(time.time())
+    body = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "user-1",
+        "client_id": "test-app",
+        "iat": now,
+        "exp": now + 300,
+        "jti": uuid.uuid4().hex,
+        **claims,
+    }
+    body = {k: v for k, v in body.items() if v is not None}
+    return jwt.encode(body, key, algorithm="RS384", headers={"kid": KID})
+
+
+def smart_config(config: Config, tmp_path: Path, key: rsa.RSAPrivateKey, **changes: Any) -> Config:
+    """The test database's Config in the smart mode, trusting ``key`` (a JWKS file)."""
+    public = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(json.dumps({"keys": [{**public, "kid": KID, "alg": "RS384"}]}))
+    return Config(
+        database_url=config.database_url,
+        public_base_url=AUDIENCE,
+        auth_mode="smart",
+        auth_issuer=ISSUER,
+        auth_jwks_url=jwks_file.as_uri(),
+        auth_token_url=f"{ISSUER}/token",
+        auth_authorize_url=f"{ISSUER}/authorize",
+        **changes,
+    )
+
+
+@pytest.fixture
+def smart_app(
+    config: Config, tmp_path: Path, keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]
+) -> Iterator[Flask]:
+    application = create_app(smart_config(config, tmp_path, keys[0]))
+    yield application
+    application.extensions["whatmatters.store"].close()
+
+
+class Caller:
+    """A test client that sends one token with every request."""
+
+    def __init__(self, client: FlaskClient, token: str | None) -> None:
+        self.client = client
+        self.token = token
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = dict(extra or {})
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    def get(self, url: str) -> Any:
+        return self.client.get(url, headers=self._headers())
+
+    def post(self, url: str, body: Any) -> Any:
+        return self.client.post(url, json=body, headers=self._headers(FHIR_JSON))
+
+    def put(self, url: str, body: Any) -> Any:
+        return self.client.put(url, json=body, headers=self._headers(FHIR_JSON))
+
+    def delete(self, url: str) -> Any:
+        return self.client.delete(url, headers=self._headers())
+
+
+@pytest.fixture
+def world(smart_app: Flask, keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]) -> dict[str, Any]:
+    """Patients pA and pB with a conversation each, stored by a system client."""
+    client = smart_app.test_client()
+    admin = Caller(client, sign(keys[0], scope="system/*.cruds"))
+    ids: dict[str, Any] = {}
+    for name, nhs, words in (("pA", "9000000009", "Walk the dog"), ("pB", "9000000017", B_WORDS)):
+        patient = {
+            "resourceType": "Patient",
+            "id": name,
+            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}],
+            "name": [{"family": "Jones" if name == "pA" else "Bryn", "given": ["E"]}],
+        }
+        assert admin.put(f"/fhir/Patient/{name}", patient).status_code == 201
+        body = conversation(
+            statement("s1", words), goal("g1", f"{words} goal", "s1"), ranking("s1")
+        )
+        response = admin.post(f"/fhir/Patient/{name}/$record-what-matters", body)
+        assert response.status_code in (200, 201), response.get_data(as_text=True)
+        goals = admin.get(f"/fhir/Goal?patient=Patient/{name}").get_json()
+        ids[name] = {"goal": goals["entry"][0]["resource"]["id"]}
+        observations = admin.get(f"/fhir/Observation?patient=Patient/{name}").get_json()
+        ids[name]["observation"] = observations["entry"][0]["resource"]["id"]
+    ids["client"] = client
+    ids["keys"] = keys
+    return ids
+
+
+def caller(world: dict[str, Any], token: str | None) -> Caller:
+    return Caller(world["client"], token)
+
+
+def token_for(world: dict[str, Any], kind: str) -> str | None:
+    key, stranger = world["keys"]
+    now = int(time.time())
+    return {
+        "patient-A": lambda: sign(key, scope="launch/patient patient/*.cruds", patient="pA"),
+        "patient-A-v1": lambda: sign(key, scope="patient/*.read patient/*.write", patient="pA"),
+        "patient-B": lambda: sign(key, scope="patient/*.rs", patient="pB"),
+        "user": lambda: sign(key, scope="user/*.rs"),
+        "system": lambda: sign(key, scope="system/*.cruds"),
+        "expired": lambda: sign(key, scope="system/*.cruds", exp=now - 120, iat=now - 600),
+        "not-yet": lambda: sign(key, scope="system/*.cruds", nbf=now + 600),
+        "wrong-issuer": lambda: sign(key, scope="system/*.cruds", iss="https://evil.example"),
+        "wrong-audience": lambda: sign(key, scope="system/*.cruds", aud="https://other/fhir"),
+        "tampered": lambda: _tampered(sign(key, scope="patient/*.rs", patient="pA")),
+        "stranger-key": lambda: sign(stranger, scope="system/*.cruds"),
+        "no-scope": lambda: sign(key, scope="openid fhirUser", patient="pA"),
+        "goal-only": lambda: sign(key, scope="patient/Goal.rs", patient="pA"),
+        "none": lambda: None,
+    }[kind]()
+
+
+def _tampered(token: str) -> str:
+    head, payload, signature = token.split(".")
+    claims = json.loads(jwt.utils.base64url_decode(payload))
+    claims["patient"] = "pB"
+    forged = jwt.utils.base64url_encode(json.dumps(claims).encode()).decode()
+    return f"{head}.{forged}.{signature}"
+
+
+def plain_goal(patient: str, text: str) -> dict[str, Any]:
+    """A Goal for one of the two patients, with no profile."""
+    return {
+        "resourceType": "Goal",
+        "lifecycleStatus": "active",
+        "description": {"text": text},
+        "subject": {"reference": f"Patient/{patient}"},
+    }
+
+
+def text_of(response: Any) -> str:
+    return response.get_data(as_text=True)
