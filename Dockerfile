@@ -24,7 +24,8 @@ ENV PATH=/opt/whatmatters/bin:$PATH \
     WHATMATTERS_PROFILES_DIR=/app/profiles \
     WHATMATTERS_MAPPINGS_DIR=/app/mappings
 EXPOSE 8080
+# /healthz: the process answers (no token needed in either mode); /readyz adds the database
 HEALTHCHECK --interval=30s --timeout=5s --retries=3 \
-    CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/fhir/metadata', timeout=4).status == 200 else 1)"
+    CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4).status == 200 else 1)"
 # Migrate once, then start one gunicorn worker per CPU core (each also delivers the outbox).
 CMD ["sh", "-c", "whatmatters init-db && exec whatmatters serve --host 0.0.0.0 --port 8080 --workers $(python -c 'import os; print(os.cpu_count() or 2)')"]

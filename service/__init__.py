@@ -177,6 +177,9 @@ def create_app(config: Config | None = None) -> Flask:
         ]
     )
     api.register(app, config.base_path)
+    from service.api import observability
+
+    observability.install(app, config.base_path)
     from service.api.auth import install, verifier_for
     from service.api.hardening import install_cors, install_rate_limits
 

@@ -29,6 +29,9 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
 
     from service import create_app
+    from service.api.observability import configure_json_logs
+
+    configure_json_logs()
 
     if config.auth_mode == "none" and not is_loopback(config.host):
         print(
@@ -61,6 +64,9 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
             self.cfg.set("threads", args.threads)
             self.cfg.set("accesslog", None)
             self.cfg.set("graceful_timeout", 20)
+            # the longest request line gunicorn allows: long searches reach the service, which
+            # answers with an OperationOutcome; longer lines get gunicorn's own 414
+            self.cfg.set("limit_request_line", 8190)
 
         def load(self) -> object:
             app = create_app(worker_config)
@@ -98,6 +104,10 @@ def _start_embedded_worker(config: Config, app: Any) -> None:
 def _worker(config: Config, args: argparse.Namespace) -> int:
     import signal
     import threading
+
+    from service.api.observability import configure_json_logs
+
+    configure_json_logs()
 
     from service import build_fhir_service, build_worker
     from service.exchange.partners import load_partners

@@ -137,3 +137,22 @@ def live_server(database_url: str, sql_store: SqlStore) -> Iterator[str]:
     process.wait(timeout=30)
     if process.stderr is not None:
         process.stderr.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A new run starts a new reliability report (in the controlling process only)."""
+    from tests.reliability import report
+
+    if not hasattr(config, "workerinput"):
+        report.clear()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print (and write) the reliability report when its tests ran (tests/reliability)."""
+    from tests.reliability import report
+
+    line = report.merge()
+    if line:
+        terminalreporter.write_sep("=", "reliability report")
+        terminalreporter.write_line(line)
+        terminalreporter.write_line(f"details: {os.path.abspath(report.FOLDER / 'report.json')}")

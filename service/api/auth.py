@@ -163,7 +163,7 @@ def install(app: Flask, config: Config, base_path: str, verifier: TokenVerifier 
     if config.auth_mode != "smart":
         return
     assert verifier is not None
-    public = (f"{base_path}/metadata", "/.well-known/")
+    public = (f"{base_path}/metadata", "/.well-known/", "/healthz", "/readyz", "/metrics")
 
     @app.get("/.well-known/smart-configuration")
     def _smart_configuration() -> Any:

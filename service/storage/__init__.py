@@ -427,6 +427,9 @@ class Store(Protocol):
     def migrate(self) -> list[str]:
         """Create or upgrade the schema; return the migrations applied."""
 
+    def pending_migrations(self) -> list[int]:
+        """The schema migrations not applied yet (empty: the schema is current)."""
+
     def check(self) -> None:
         """Raise StoreUnavailable if the database cannot answer."""
 

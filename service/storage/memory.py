@@ -458,6 +458,10 @@ class MemoryStore:
             if write:
                 self._state = tx.state
 
+    def pending_migrations(self) -> list[int]:
+        """Nothing: memory has no schema."""
+        return []
+
     def migrate(self) -> list[str]:
         """Nothing to migrate in memory."""
         return []

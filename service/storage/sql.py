@@ -19,6 +19,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     or_,
     select,
     text,
@@ -612,6 +613,15 @@ class SqlStore:
                 )
                 applied.append(f"{version}: {description}")
         return applied
+
+    def pending_migrations(self) -> list[int]:
+        """The migrations this code knows and the database has not applied yet."""
+        with self.transaction(write=False) as tx:
+            conn = tx._conn
+            if not inspect(conn).has_table("schema_migrations"):
+                return [version for version, _, _ in MIGRATIONS]
+            done = set(conn.execute(select(schema_migrations.c.version)).scalars())
+        return [version for version, _, _ in MIGRATIONS if version not in done]
 
     def check(self) -> None:
         """Raise StoreUnavailable if the database does not answer."""

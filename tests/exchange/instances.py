@@ -65,8 +65,10 @@ class Instance:
         *,
         partners: list[dict[str, Any]] | None = None,
         env: dict[str, str] | None = None,
+        serve_args: tuple[str, ...] = (),
     ) -> None:
         self.name = name
+        self.serve_args = serve_args
         self.folder = folder
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/fhir"
@@ -96,7 +98,15 @@ class Instance:
         self.env.update(env)
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "service.cli",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    *self.serve_args,
+                ],
                 cwd=PROJECT,
                 env=self.env,
                 stdout=log,
