@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.errors import Forbidden
-from service.storage import HistoryQuery, IndexRows, StoredResource, Transaction
+from service.storage import HistoryQuery, IndexRows, ReferenceRow, StoredResource, Transaction
 
 PERMISSIONS = "cruds"
 V1_PERMISSIONS = {"read": "rs", "write": "cud", "*": "cruds"}
@@ -185,11 +185,12 @@ def current_access() -> Access | None:
 
 # -- the compartment -----------------------------------------------------------------------------
 
-Indexer = Callable[[dict[str, Any]], IndexRows]
+# the reference rows of the named parameters of a resource (SearchParameters.references)
+References = Callable[[dict[str, Any], Sequence[str]], list[ReferenceRow]]
 
 
 def patients_of(
-    type_: str, content: dict[str, Any], index: Indexer, read: Callable[[str, str], Any]
+    type_: str, content: dict[str, Any], references: References, read: Callable[[str, str], Any]
 ) -> set[str]:
     """The patients whose compartment holds the resource (R4 CompartmentDefinition patient).
 
@@ -200,7 +201,8 @@ def patients_of(
     if type_ == "Patient" and isinstance(content.get("id"), str):
         found.add(content["id"])
     params = COMPARTMENT_PARAMS.get(type_, ())
-    rows = index(content).references if params or type_ == "Provenance" else []
+    # only the compartment's parameters are evaluated, not the whole search index
+    rows = references(content, (*params, "target") if type_ == "Provenance" else params)
     for row in rows:
         if row.target_type == "Patient" and row.target_id and row.param in params:
             found.add(row.target_id)
@@ -213,7 +215,7 @@ def patients_of(
             ):
                 target = read(row.target_type, row.target_id)
                 if isinstance(target, dict):
-                    found |= patients_of(row.target_type, target, index, read)
+                    found |= patients_of(row.target_type, target, references, read)
     return found
 
 
@@ -226,10 +228,10 @@ class GuardedTransaction:
     door (search, _include, chains, history, Bundles, operations) can reach around it.
     """
 
-    def __init__(self, tx: Transaction, access: Access, index: Indexer) -> None:
+    def __init__(self, tx: Transaction, access: Access, references: References) -> None:
         self.raw = tx
         self.access = access
-        self._index = index
+        self._references = references
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.raw, name)
@@ -319,7 +321,7 @@ class GuardedTransaction:
         if type_ in SHARED_TYPES:
             return
         resource = json.loads(content)
-        if patient not in patients_of(type_, resource, self._index, self._read_json):
+        if patient not in patients_of(type_, resource, self._references, self._read_json):
             # the message names no resource: it may be one the request did not name itself
             raise Forbidden(
                 f"A {type_} outside the compartment of Patient/{patient}, the patient this "

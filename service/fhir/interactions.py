@@ -194,7 +194,7 @@ class FhirService:
         access = current_access()
         if access is None:
             return tx
-        guarded: Transaction = GuardedTransaction(tx, access, self.search_params.index)
+        guarded: Transaction = GuardedTransaction(tx, access, self.search_params.references)
         return guarded
 
     # -- instance level -----------------------------------------------------------------------

@@ -303,6 +303,16 @@ class SearchParameters:
         """One parameter of a type, or None."""
         return self._params.get(type_, {}).get(code)
 
+    def references(self, resource: dict[str, Any], codes: Iterable[str]) -> list[ReferenceRow]:
+        """The reference rows of some of a resource's parameters (only those are evaluated)."""
+        rows = IndexRows()
+        for code in codes:
+            param = self.get(resource["resourceType"], code)
+            if param is not None and param.type == "reference":
+                for value, target_type in param.evaluate(resource):
+                    _add_rows(rows, param, value, target_type)
+        return rows.references
+
     def index(self, resource: dict[str, Any]) -> IndexRows:
         """All index rows of a resource."""
         rows = IndexRows()
