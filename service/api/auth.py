@@ -227,18 +227,26 @@ def interaction_of(
     return {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, "operation")
 
 
+def request_interaction(base_path: str) -> str:
+    """The running request's interaction, worked out once (audit and metrics both ask). A
+    Bundle's type is noted by the view that parsed it (``g.whatmatters_bundle_type``)."""
+    known: str | None = g.get("whatmatters_interaction")
+    if known is None:
+        rule = request.url_rule.rule if request.url_rule is not None else None
+        bundle_type = "batch" if g.get("whatmatters_bundle_type") == "batch" else None
+        known = g.whatmatters_interaction = interaction_of(
+            request.method, rule, base_path, bundle_type
+        )
+    return known
+
+
 def record_audit(app: Flask, response: Response, base_path: str) -> Response:
     """Store the request's AuditEvent. A read whose access cannot be recorded is not answered
     (503); a write already made keeps its answer and the failure is logged."""
     access: Access | None = g.get("whatmatters_access")
     fhir = app.extensions["whatmatters.fhir"]
-    rule = request.url_rule.rule if request.url_rule is not None else None
-    bundle_type = None
-    if request.method == "POST" and rule == base_path:
-        body = request.get_json(silent=True, force=True)
-        bundle_type = "batch" if isinstance(body, dict) and body.get("type") == "batch" else None
     seen = RequestSeen(
-        interaction=interaction_of(request.method, rule, base_path, bundle_type),
+        interaction=request_interaction(base_path),
         method=request.method,
         path=request.path,
         query=request.query_string.decode("latin-1"),

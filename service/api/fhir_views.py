@@ -6,7 +6,7 @@ import io
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 
 from service.api.negotiation import prefer, render, request_body, response_type
 from service.config import Config
@@ -136,6 +136,7 @@ def build_blueprint(base_path: str) -> Blueprint:
     @bp.post("", strict_slashes=False)
     def bundle() -> Response:
         body, _ = request_body(request)
+        g.whatmatters_bundle_type = body.get("type") if isinstance(body, dict) else None
         return _reply(process_bundle(_service(), body, base_url(), prefer(request, "return")))
 
     @bp.post("/Patient/<id_>/$record-what-matters")

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from service.api.auth import interaction_of
+from service.api.auth import request_interaction
 from service.errors import describe_exception
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -150,7 +150,7 @@ def install(app: Flask, base_path: str) -> Metrics:
         rule = request.url_rule.rule if request.url_rule is not None else None
         if rule in ("/metrics", "/healthz", "/readyz"):
             return response
-        interaction = interaction_of(request.method, rule, base_path)
+        interaction = request_interaction(base_path)
         metrics.requests.labels(interaction, str(response.status_code)).inc()
         if started is not None:
             metrics.latency.labels(interaction).observe(time.perf_counter() - started)
