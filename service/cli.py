@@ -127,10 +127,13 @@ def _worker(config: Config, args: argparse.Namespace) -> int:
 
 
 def _row_id(text: str) -> int:
-    """An outbox row id: a whole number that fits the 64-bit id column."""
-    if not text.isdigit() or not 1 <= int(text[:20]) <= 2**63 - 1:
+    """An outbox row id for argparse."""
+    from service.storage.outbox import parse_row_id
+
+    row_id = parse_row_id(text)
+    if row_id is None:
         raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an outbox row id")
-    return int(text)
+    return row_id
 
 
 def _outbox(config: Config, args: argparse.Namespace) -> int:

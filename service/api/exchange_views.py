@@ -15,7 +15,7 @@ from service.exchange.subscriptions import status_bundle
 from service.fhir.interactions import FhirService
 from service.fhir.model import instant
 from service.fhir.results import Result
-from service.storage.outbox import OUTBOX_STATES
+from service.storage.outbox import MAX_ROW_ID, OUTBOX_STATES, parse_row_id
 
 
 def _service() -> FhirService:
@@ -37,13 +37,18 @@ def _selection() -> tuple[list[int] | None, str | None]:
     args = request.args if request.method == "GET" else (request.form or request.args)
     ids: list[int] | None = None
     if args.getlist("id"):
-        ids = [_whole(value, "id", 1, MAX_ROW_ID) for value in args.getlist("id")]
+        ids = []
+        for value in args.getlist("id"):
+            row_id = parse_row_id(value)
+            if row_id is None:
+                raise BadRequest(
+                    f"id must be a whole number from 1 to {MAX_ROW_ID} (got {value[:40]!r})",
+                    expression=("id",),
+                )
+            ids.append(row_id)
     partner = args.get("partner")
     destination = f"partner:{partner}" if partner else args.get("destination")
     return ids, destination
-
-
-MAX_ROW_ID = 2**63 - 1  # outbox ids are 64-bit
 
 
 def _whole(value: str, name: str, low: int, high: int) -> int:

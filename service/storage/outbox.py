@@ -35,3 +35,15 @@ class OutboxRow:
     delivered_us: int | None = None
     last_status: int | None = None
     last_error: str | None = None  # the destination's OperationOutcome (JSON) or the reason
+
+
+MAX_ROW_ID = 2**63 - 1  # the id column is 64-bit
+
+
+def parse_row_id(text: str) -> int | None:
+    """An outbox row id from text (the CLI and the admin endpoint), or None when it is not a
+    whole number from 1 to MAX_ROW_ID."""
+    text = text.strip()
+    if not text.isdigit() or len(text) > 19 or not 1 <= int(text) <= MAX_ROW_ID:
+        return None
+    return int(text)
