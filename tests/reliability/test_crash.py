@@ -13,10 +13,9 @@ from pathlib import Path
 
 import requests
 
-from tests.exchange.instances import Instance
 from tests.reliability.conftest import SECONDS
 from tests.reliability.report import Tally
-from tests.reliability.traffic import MARK, Traffic, add_patients, lost_writes
+from tests.reliability.traffic import MARK, Traffic, add_patients, lost_writes, served
 
 
 def children(pid: int) -> list[int]:
@@ -26,12 +25,7 @@ def children(pid: int) -> list[int]:
 
 
 def test_killed_workers_and_master_lose_no_acknowledged_write(tmp_path: Path, tally: Tally) -> None:
-    service = Instance(
-        "crash",
-        tmp_path,
-        env={"WHATMATTERS_OUTBOX_WORKER": "false"},
-        serve_args=("--workers", "2", "--threads", "4"),
-    ).start()
+    service = served("crash", tmp_path, workers=2)
     try:
         patients = add_patients(service.base, 5)
         traffic = Traffic(service.base, tally, patients, seed=11)

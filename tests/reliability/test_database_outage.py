@@ -15,7 +15,7 @@ from tests.exchange.instances import Instance
 from tests.reliability.conftest import SECONDS
 from tests.reliability.own_postgres import OwnPostgres
 from tests.reliability.report import Tally
-from tests.reliability.traffic import Traffic, add_patients, lost_writes
+from tests.reliability.traffic import Traffic, add_patients, lost_writes, served
 
 
 def wait_until(check: object, timeout: float) -> bool:
@@ -35,11 +35,7 @@ def test_a_database_outage_gives_503_and_the_service_recovers(tmp_path: Path, ta
     service: Instance | None = None
     try:
         database.start()
-        service = Instance(
-            "outage",
-            tmp_path,
-            env={"WHATMATTERS_OUTBOX_WORKER": "false", "WHATMATTERS_DATABASE_URL": database.url},
-        ).start()
+        service = served("outage", tmp_path, WHATMATTERS_DATABASE_URL=database.url)
         base = service.base
         patients = add_patients(base, 5)
         traffic = Traffic(base, tally, patients, seed=3)

@@ -13,8 +13,8 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.exchange.instances import Instance
 from tests.reliability.report import Tally
+from tests.reliability.traffic import served
 
 INJECTIONS = [
     "' OR '1'='1",
@@ -118,7 +118,7 @@ queries = st.lists(
 
 
 def test_hostile_requests_get_4xx_outcomes_never_5xx(tmp_path: Path, tally: Tally) -> None:
-    service = Instance("hostile", tmp_path, env={"WHATMATTERS_OUTBOX_WORKER": "false"}).start()
+    service = served("hostile", tmp_path)
     session = requests.Session()
     problems: list[str] = []
     body = {

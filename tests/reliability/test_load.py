@@ -6,19 +6,13 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from tests.exchange.instances import Instance
 from tests.reliability.conftest import SECONDS
 from tests.reliability.report import Tally
-from tests.reliability.traffic import Traffic, add_patients, lost_writes
+from tests.reliability.traffic import Traffic, add_patients, lost_writes, served
 
 
 def test_mixed_load_gives_no_server_errors_and_loses_no_write(tmp_path: Path, tally: Tally) -> None:
-    service = Instance(
-        "load",
-        tmp_path,
-        env={"WHATMATTERS_OUTBOX_WORKER": "false"},
-        serve_args=("--workers", "2", "--threads", "4"),
-    ).start()
+    service = served("load", tmp_path, workers=2)
     try:
         patients = add_patients(service.base, 10)
         traffic = Traffic(service.base, tally, patients, seed=7)
@@ -31,8 +25,8 @@ def test_mixed_load_gives_no_server_errors_and_loses_no_write(tmp_path: Path, ta
         tally.add(lost_writes=len(lost))
     finally:
         service.stop()
-    served = sum(traffic.statuses.values())
-    assert served > 0
+    answered = sum(traffic.statuses.values())
+    assert answered > 0
     assert not [s for s in traffic.statuses if s >= 500], traffic.statuses
     assert traffic.unanswered == 0
     assert traffic.acked.versions

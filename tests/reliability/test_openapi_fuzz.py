@@ -20,15 +20,14 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.exchange.instances import Instance
+from tests.reliability.traffic import served
 
 OPENAPI = Path(__file__).resolve().parents[2] / "service" / "api" / "openapi.json"
 
 
 @pytest.fixture(scope="module")
 def facade(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
-    service = Instance(
-        "openapi", tmp_path_factory.mktemp("openapi"), env={"WHATMATTERS_OUTBOX_WORKER": "false"}
-    ).start()
+    service = served("openapi", tmp_path_factory.mktemp("openapi"))
     yield service
     service.stop()
 

@@ -8,10 +8,12 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import requests
 
+from tests.exchange.instances import Instance
 from tests.reliability.report import Tally
 
 FHIR_JSON = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
@@ -168,3 +170,14 @@ def add_patients(base: str, count: int) -> list[str]:
         assert response.status_code in (200, 201), response.text
         ids.append(id_)
     return ids
+
+
+def served(name: str, folder: Path, workers: int = 1, **env: str) -> Instance:
+    """A running `whatmatters serve` for a reliability test (no outbox thread: nothing to
+    deliver), ``workers`` gunicorn processes of 4 threads."""
+    return Instance(
+        name,
+        folder,
+        env={"WHATMATTERS_OUTBOX_WORKER": "false", **env},
+        serve_args=("--workers", str(workers), "--threads", "4"),
+    ).start()
