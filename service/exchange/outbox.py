@@ -195,13 +195,6 @@ def _from_partner(content: dict[str, Any] | None, partner: Partner) -> bool:
 # -- the queue: leasing, settling and the operator's view ----------------------------------------
 
 
-def ready(row: OutboxRow, now: int) -> bool:
-    """Whether a worker may take the row now."""
-    if row.state == "pending":
-        return row.next_attempt_us <= now
-    return row.state == "inflight" and row.lease_until_us < now
-
-
 def choose_group(rows: Sequence[OutboxRow], now: int, limit: int) -> list[OutboxRow]:
     """The ready head of the oldest group whose earlier rows are all delivered.
 
@@ -217,13 +210,13 @@ def choose_group(rows: Sequence[OutboxRow], now: int, limit: int) -> list[Outbox
         if group is not None:
             if key != group:
                 continue
-            if not ready(row, now) or len(chosen) >= limit:
+            if not row.ready(now) or len(chosen) >= limit:
                 break
             chosen.append(row)
             continue
         if key in blocked:
             continue
-        if ready(row, now):
+        if row.ready(now):
             group = key
             chosen.append(row)
         else:

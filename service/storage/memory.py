@@ -401,7 +401,7 @@ class MemoryTransaction:
         for _, row in sorted(self.state.outbox.items()):
             if row.state in ("pending", "inflight"):
                 heads.setdefault((row.destination, row.group_key), row)
-        ready = [row for row in heads.values() if _ready(row, now)]
+        ready = [row for row in heads.values() if row.ready(now)]
         return sorted(ready, key=lambda row: row.id)[:limit]
 
     def outbox_save(self, row: OutboxRow, owner: str | None = None) -> bool:
@@ -471,9 +471,3 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release."""
-
-
-def _ready(row: OutboxRow, now: int) -> bool:
-    if row.state == "pending":
-        return row.next_attempt_us <= now
-    return row.state == "inflight" and row.lease_until_us < now

@@ -36,6 +36,13 @@ class OutboxRow:
     last_status: int | None = None
     last_error: str | None = None  # the destination's OperationOutcome (JSON) or the reason
 
+    def ready(self, now: int) -> bool:
+        """Whether a worker may take the row now: pending and due, or inflight with its
+        lease run out (SqlStore.outbox_heads says the same in SQL)."""
+        if self.state == "pending":
+            return self.next_attempt_us <= now
+        return self.state == "inflight" and self.lease_until_us < now
+
 
 MAX_ROW_ID = 2**63 - 1  # the id column is 64-bit
 
