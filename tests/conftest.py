@@ -6,15 +6,18 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import text
 
-from service import create_app
+from service import create_app, load_mappings
 from service.config import Config
 from service.storage.sql import SqlStore, metadata
+from service.validation.definitions import Definitions
+from service.validation.profiles import ProfileRegistry
 
 PG_ENV = "WHATMATTERS_TEST_DATABASE_URL"
 
@@ -58,10 +61,22 @@ def config(database_url: str, sql_store: SqlStore) -> Config:
     return Config(database_url=database_url, public_base_url="http://test.local/fhir")
 
 
+@pytest.fixture(scope="session")
+def folders() -> dict[str, Any]:
+    """The profiles and mapping folders, read and checked once per run: most of an app's
+    start-up. ``create_app(config, **folders)`` builds an app on them (for any Config that
+    keeps the default folders)."""
+    registry = ProfileRegistry.load(Definitions.shared(), Config().profiles_dir)
+    return {
+        "registry": registry,
+        "mappings": load_mappings(Config(), [f.resource for f in registry.files]),
+    }
+
+
 @pytest.fixture
-def app(config: Config) -> Iterator[Flask]:
+def app(config: Config, folders: dict[str, Any]) -> Iterator[Flask]:
     """The application under test."""
-    application = create_app(config)
+    application = create_app(config, **folders)
     yield application
     application.extensions["whatmatters.store"].close()
 
@@ -137,6 +152,31 @@ def live_server(database_url: str, sql_store: SqlStore) -> Iterator[str]:
     process.wait(timeout=30)
     if process.stderr is not None:
         process.stderr.close()
+
+
+# The slow tier (README, "The two commands"): whole folders and files by path, so a new test
+# there is slow without a mark, and every test that needs the gunicorn ``live_server``.
+# Heavy tests elsewhere carry ``@pytest.mark.slow`` themselves.
+TESTS = Path(__file__).parent
+SLOW_PATHS = (
+    "agreement/",
+    "browser/",
+    "perf/",
+    "reliability/",
+    "exchange/test_end_to_end.py",
+    "operations/test_dockerfile.py",
+    "search/test_explain.py",
+    "test_quality_gates.py",
+)
+SLOW_FIXTURES = frozenset({"live_server"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the slow tier (see SLOW_PATHS)."""
+    for item in items:
+        where = item.path.relative_to(TESTS).as_posix() if item.path.is_relative_to(TESTS) else ""
+        if where.startswith(SLOW_PATHS) or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_configure(config: pytest.Config) -> None:

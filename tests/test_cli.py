@@ -22,6 +22,7 @@ def _env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # runs the whatmatters command in a new process
 def test_init_db_creates_the_sqlite_schema_and_is_idempotent(tmp_path: Path) -> None:
     first = whatmatters("init-db", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -32,6 +33,7 @@ def test_init_db_creates_the_sqlite_schema_and_is_idempotent(tmp_path: Path) -> 
     assert "schema is current" in again.stdout
 
 
+@pytest.mark.slow  # starts `whatmatters serve`
 def test_serve_answers_metadata_on_the_sqlite_default(tmp_path: Path) -> None:
     port = _free_port()
     process = subprocess.Popen(
@@ -62,12 +64,14 @@ def test_serve_answers_metadata_on_the_sqlite_default(tmp_path: Path) -> None:
             process.stdout.close()
 
 
+@pytest.mark.slow  # runs the whatmatters command in a new process
 def test_bad_configuration_is_refused_with_a_message(tmp_path: Path) -> None:
     result = whatmatters("init-db", cwd=tmp_path, env={"WHATMATTERS_PORT": "eighty"})
     assert result.returncode == 2
     assert "WHATMATTERS_PORT" in result.stderr
 
 
+@pytest.mark.slow  # runs the whatmatters command in a new process
 def test_serve_refuses_the_network_without_authorization(tmp_path: Path) -> None:
     result = whatmatters(
         "serve",

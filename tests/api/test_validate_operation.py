@@ -6,6 +6,7 @@ import json
 from io import BytesIO
 from pathlib import Path
 
+import pytest
 from flask.testing import FlaskClient
 
 from tests.builders import FHIR_JSON, goal, observation, outcome_issues, whatmatters
@@ -79,6 +80,7 @@ def test_validate_a_stored_resource(client: FlaskClient) -> None:
     assert client.post("/fhir/Goal/missing/$validate").status_code == 404
 
 
+@pytest.mark.slow  # runs the whatmatters command in a new process
 def test_validate_command_exits_1_on_errors(tmp_path: Path) -> None:
     good = tmp_path / "good.json"
     good.write_text(json.dumps(narrated_goal()), encoding="utf-8")

@@ -183,6 +183,7 @@ def subscription(endpoint: str, patient: str, heartbeat: int = 1) -> dict[str, A
     }
 
 
+@pytest.mark.slow  # real service instances
 def test_rest_hook_subscriber_gets_handshake_heartbeat_and_numbered_events(
     tmp_path: Path, recorder: Recorder
 ) -> None:
@@ -274,6 +275,7 @@ def test_rest_hook_subscriber_gets_handshake_heartbeat_and_numbered_events(
         hospital.stop()
 
 
+@pytest.mark.slow  # real service instances
 def test_subscription_the_server_cannot_serve_is_refused_with_its_location(
     tmp_path: Path,
 ) -> None:
@@ -293,6 +295,7 @@ def test_subscription_the_server_cannot_serve_is_refused_with_its_location(
         hospital.stop()
 
 
+@pytest.mark.slow  # real service instances
 def test_smart_backend_services_token_endpoint_verifies_our_assertion_with_our_jwks(
     tmp_path: Path,
 ) -> None:
@@ -349,6 +352,7 @@ def test_smart_backend_services_token_endpoint_verifies_our_assertion_with_our_j
             gp.stop()
 
 
+@pytest.mark.slow  # real service instances
 def test_import_pulls_a_patients_priorities_once_however_often_it_runs(tmp_path: Path) -> None:
     gp = Instance("gp", tmp_path).start()
     hospital = Instance("hospital", tmp_path, partners=[partner_entry("gp", gp.base, [MRN])])
@@ -392,6 +396,7 @@ def test_import_pulls_a_patients_priorities_once_however_often_it_runs(tmp_path:
         gp.stop()
 
 
+@pytest.mark.slow  # real service instances
 def test_partner_taking_documents_only_gets_a_what_matters_summary(tmp_path: Path) -> None:
     ehr = Recorder(documents_only=True)
     ehr.patients[0]["identifier"] = [{"system": MRN, "value": "MRN00004"}]
@@ -418,6 +423,7 @@ def test_partner_taking_documents_only_gets_a_what_matters_summary(tmp_path: Pat
         ehr.close()
 
 
+@pytest.mark.slow  # real service instances
 def test_jwks_lists_no_keys_without_smart_partners(tmp_path: Path) -> None:
     hospital = Instance("hospital", tmp_path).start()
     try:

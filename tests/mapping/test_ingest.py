@@ -127,6 +127,7 @@ def test_unknown_mapping_and_wrong_media_type(client: FlaskClient) -> None:
     )
 
 
+@pytest.mark.slow  # runs the whatmatters command in a new process
 def test_map_run_command_writes_and_dry_runs(tmp_path: Path) -> None:
     from service import build_fhir_service
     from service.config import Config

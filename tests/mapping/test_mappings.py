@@ -69,12 +69,14 @@ def test_golden_tests_of_shipped_mappings_pass_and_outputs_meet_profiles(name: s
             assert [i for i in issues if i.severity == "error"] == []
 
 
+@pytest.mark.slow  # runs the whatmatters command in a new process
 def test_map_test_command_runs_every_golden_test() -> None:
     result = whatmatters("map", "test")
     assert result.returncode == 0, result.stdout
     assert "6 passed, 0 failed" in result.stdout
 
 
+@pytest.mark.slow  # runs the whatmatters command in a new process
 def test_a_failing_golden_test_fails_the_command(tmp_path: Path) -> None:
     broken = _copy(tmp_path, "survey-csv.yaml", ("value: r-1}", "value: r-99}"))
     result = whatmatters("map", "test", str(broken))
@@ -86,6 +88,7 @@ def test_a_failing_golden_test_fails_the_command(tmp_path: Path) -> None:
 # -- each class of error names file, line, rule and input position ------------------------
 
 
+@pytest.mark.slow  # runs the whatmatters command in a new process
 def test_schema_error(tmp_path: Path) -> None:
     broken = _copy(
         tmp_path, "survey-csv.yaml", ("    resource: Observation", "    resorce: Observation")
@@ -310,6 +313,7 @@ def test_json_records_as_an_array_or_ndjson(tmp_path: Path) -> None:
         map_input(mapping, [{"id": "x", "kind": "other"}], {})
 
 
+@pytest.mark.slow  # runs the whatmatters command in a new process
 def test_serve_refuses_a_broken_mappings_folder(tmp_path: Path) -> None:
     folder = tmp_path / "mappings"
     folder.mkdir()

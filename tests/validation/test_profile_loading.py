@@ -184,6 +184,7 @@ def test_broken_json_names_file_and_line(tmp_path: Path) -> None:
         ProfileRegistry.load(Definitions.shared(), folder)
 
 
+@pytest.mark.slow  # runs the whatmatters command in a new process
 def test_validate_command_checks_a_named_profile(tmp_path: Path) -> None:
     good = FIXTURES / "wmty-personal-goal.json"
     result = whatmatters("validate", str(good), "--profile", BASE + "wmty-personal-goal")
@@ -197,6 +198,7 @@ def test_validate_command_checks_a_named_profile(tmp_path: Path) -> None:
     assert "Goal.addresses" in result.stdout
 
 
+@pytest.mark.slow  # runs the whatmatters command in a new process
 def test_serve_and_validate_refuse_a_broken_profiles_folder(tmp_path: Path) -> None:
     folder = _copy(tmp_path)
     _edit(
