@@ -142,8 +142,17 @@ def load_mappings(config: Config, resources: list[dict[str, Any]] | None = None)
     return mappings
 
 
-def create_app(config: Config | None = None) -> Flask:
-    """Build the application; with build_fhir_service, the only place that wires classes."""
+def create_app(
+    config: Config | None = None,
+    *,
+    registry: ProfileRegistry | None = None,
+    mappings: Mappings | None = None,
+) -> Flask:
+    """Build the application; with build_fhir_service, the only place that wires classes.
+
+    ``registry`` and ``mappings`` are the loaded profiles and mapping folders of ``config``;
+    when absent they are read here. Reading them is most of the start-up time, so the tests
+    load them once per run and pass them to every app they build."""
     from service import api
 
     config = config or Config.from_env()
@@ -156,14 +165,15 @@ def create_app(config: Config | None = None) -> Flask:
     from service.validation.profiles import ProfileRegistry
 
     # the profiles folder is read once, for the validators and for the mappings
-    registry = ProfileRegistry.load(Definitions.shared(), config.profiles_dir)
+    if registry is None:
+        registry = ProfileRegistry.load(Definitions.shared(), config.profiles_dir)
     fhir = build_fhir_service(config, registry)
     app.extensions["whatmatters.store"] = fhir.store
     app.extensions["whatmatters.fhir"] = fhir
     app.extensions["whatmatters.priorities"] = WhatMatters(fhir)
-    app.extensions["whatmatters.mappings"] = load_mappings(
-        config, [f.resource for f in registry.files]
-    )
+    if mappings is None:
+        mappings = load_mappings(config, [f.resource for f in registry.files])
+    app.extensions["whatmatters.mappings"] = mappings
     from service.exchange.partners import load_partners
     from service.exchange.smart import SigningKey, jwks
 

@@ -4,6 +4,7 @@ http.html#general (every error is an OperationOutcome)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -85,9 +86,11 @@ def test_json_bodies_are_accepted(client: FlaskClient, content_type: str) -> Non
     assert response.status_code == 201
 
 
-def test_body_over_the_limit_is_413(database_url: str, config: Config) -> None:
+def test_body_over_the_limit_is_413(
+    database_url: str, config: Config, folders: dict[str, Any]
+) -> None:
     small = Config(database_url=database_url, max_body_bytes=2048)
-    app: Flask = create_app(small)
+    app: Flask = create_app(small, **folders)
     client = app.test_client()
     big = patient(
         text={

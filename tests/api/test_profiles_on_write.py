@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -105,9 +106,10 @@ def test_warnings_come_back_with_return_operation_outcome(client: FlaskClient) -
 
 
 @pytest.fixture
-def strict_app(config: Config) -> Iterator[Flask]:
+def strict_app(config: Config, folders: dict[str, Any]) -> Iterator[Flask]:
     application = create_app(
-        replace(config, required_profiles=(("Goal", (GOAL_PROFILE,)),), validation_warnings=False)
+        replace(config, required_profiles=(("Goal", (GOAL_PROFILE,)),), validation_warnings=False),
+        **folders,
     )
     yield application
     application.extensions["whatmatters.store"].close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,9 +43,10 @@ def partner_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def fhir(partner_file: Path) -> FhirService:
+def fhir(partner_file: Path, folders: dict[str, Any]) -> FhirService:
     service = wire_fhir_service(
         Config(partners_file=partner_file, public_base_url="http://hospital.example/fhir"),
         MemoryStore(),
+        folders["registry"],
     )
     return service

@@ -69,9 +69,12 @@ def smart_config(config: Config, tmp_path: Path, key: rsa.RSAPrivateKey, **chang
 
 @pytest.fixture
 def smart_app(
-    config: Config, tmp_path: Path, keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]
+    config: Config,
+    tmp_path: Path,
+    keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey],
+    folders: dict[str, Any],
 ) -> Iterator[Flask]:
-    application = create_app(smart_config(config, tmp_path, keys[0]))
+    application = create_app(smart_config(config, tmp_path, keys[0]), **folders)
     yield application
     application.extensions["whatmatters.store"].close()
 

@@ -33,7 +33,9 @@ def test_a_bucket_allows_its_burst_then_refills_at_its_rate() -> None:
 
 
 @pytest.fixture
-def hardened(config: Config, tmp_path: Path, keys: Keys) -> Iterator[Flask]:
+def hardened(
+    config: Config, tmp_path: Path, keys: Keys, folders: dict[str, Any]
+) -> Iterator[Flask]:
     app = create_app(
         smart_config(
             config,
@@ -42,7 +44,8 @@ def hardened(config: Config, tmp_path: Path, keys: Keys) -> Iterator[Flask]:
             rate_limit_per_minute=60,
             rate_limit_burst=3,
             cors_origins=("https://app.example",),
-        )
+        ),
+        **folders,
     )
     yield app
     app.extensions["whatmatters.store"].close()
