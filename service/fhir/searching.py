@@ -8,8 +8,8 @@ while a client pages therefore neither repeat nor skip a match.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlencode
 
 from service.errors import Gone, Issue
@@ -20,17 +20,38 @@ from service.fhir.subsetting import subset
 from service.storage import StoredResource, Transaction
 
 if TYPE_CHECKING:
-    from service.fhir.interactions import FhirService
+    from service.fhir.searchparams import SearchParameters
+    from service.validation.definitions import Definitions
 
 MAX_KEPT = 20_000
 MAX_INCLUDED = 1_000
 ITERATE_DEPTH = 4
 Key = tuple[str, str]
 Page = tuple[list[StoredResource], list[StoredResource]]
+T = TypeVar("T")
+
+
+class SearchHost(Protocol):
+    """What a search needs from the FHIR service (``FhirService`` is one). Named here, so this
+    module does not import interactions.py, which calls it: no import cycle."""
+
+    search_params: SearchParameters
+    definitions: Definitions
+    default_page_size: int
+    max_page_size: int
+    clock: Callable[[], int]
+
+    def read_only(self, work: Callable[[Transaction], T]) -> T:
+        """Run ``work`` in a read transaction."""
+        ...
+
+    def run(self, work: Callable[[Transaction], T], *, retry: bool = True) -> T:
+        """Run ``work`` in one write transaction."""
+        ...
 
 
 def search_type(
-    service: FhirService,
+    service: SearchHost,
     type_: str,
     params: Sequence[tuple[str, str]],
     base: str,
@@ -152,7 +173,7 @@ def _page(t: Transaction, request: SearchRequest, keys: list[Key]) -> Page:
 
 
 def _entry(
-    service: FhirService, base: str, item: StoredResource, mode: str, request: SearchRequest
+    service: SearchHost, base: str, item: StoredResource, mode: str, request: SearchRequest
 ) -> str:
     """One entry as JSON text; the stored resource is spliced in unless it must be subsetted."""
     full_url = dump_json(f"{base}/{item.type}/{item.id}")
