@@ -1,4 +1,10 @@
-"""What Matters: a FHIR R4 service for a patient's priorities and the goals that come from them."""
+"""What Matters: a FHIR R4 service for a patient's priorities and the goals that come from them.
+
+This module is the composition root: ``create_app`` and the ``build_*`` functions are the only
+place that names concrete classes and wires them together, so it may import every package of
+the service (lazily, inside the functions). The layers and their dependency rule are in the
+README, "How it fits together".
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,11 @@
-"""The HTTP adapters: blueprints and the one error handler that renders OperationOutcomes."""
+"""The HTTP adapters: blueprints and the one error handler that renders OperationOutcomes.
+
+Views parse a request, call one interaction of the FHIR core (or a what-matters operation) and
+render its result; FHIR rules live below, in ``service.fhir``.
+
+May import: Flask and Werkzeug, ``service.exchange``, ``service.priorities``, ``service.fhir``
+and everything below them. Never ``service.cli``.
+"""
 
 from __future__ import annotations
 

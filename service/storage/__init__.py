@@ -2,6 +2,10 @@
 
 Every resource version is kept. A write names the version it replaces, so two writers racing on
 one resource cannot both win (``VersionConflict``); the FHIR core maps that to 412 or retries.
+
+This package is the port and its two implementations: ``MemoryStore`` (memory.py) and
+``SqlStore`` (sql.py, on SQLAlchemy Core). May import: SQLAlchemy and psycopg, ``service.errors``
+and ``service.config``; never the FHIR core or anything above it.
 """
 
 from __future__ import annotations
