@@ -39,7 +39,8 @@ class Config:
     db_pool_size: int = 5
     # Profiles every write of a type must meet (any one of them), e.g.
     # (("Goal", ("http://whatmatters.example/fhir/StructureDefinition/wmty-personal-goal",)),).
-    # Empty by default: EHRs send ordinary Goals and Observations too (DESIGN.md section 2).
+    # Empty by default: EHRs send ordinary Goals and Observations too (the validation policy in
+    # the README, "How it fits together").
     required_profiles: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # Whether validation warnings accompany successful writes (Prefer: return=OperationOutcome,
     # Bundle entry outcomes) and 422 errors.

@@ -1,8 +1,9 @@
 """The transactional outbox: which writes go to which partner or subscriber, and the queue.
 
 ``OutboxFeed`` listens to every write of the FHIR core and adds outbox rows in the writing
-transaction (DESIGN.md section 3, Exchange). The worker leases rows per group (one patient at one
-destination) so that groups are delivered in order and no row is delivered by two workers at once.
+transaction (the exchange promises in the README, "How it fits together"). The worker leases
+rows per group (one patient at one destination) so that groups are delivered in order and no
+row is delivered by two workers at once.
 """
 
 from __future__ import annotations

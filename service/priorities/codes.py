@@ -1,4 +1,5 @@
-"""The codes, profiles and identifier systems of what-matters resources (DESIGN.md section 2)."""
+"""The codes, profiles and identifier systems of what-matters resources (the confirmed codes
+table in the README, "How it fits together")."""
 
 from __future__ import annotations
 

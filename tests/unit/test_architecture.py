@@ -5,7 +5,12 @@ what they cannot express is checked here."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import grimp
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_no_module_of_the_service_takes_part_in_an_import_cycle() -> None:
@@ -20,3 +25,33 @@ def test_no_module_of_the_service_takes_part_in_an_import_cycle() -> None:
             if back is not None:
                 cycles.add(" -> ".join((importer, *back)))
     assert not cycles, "\n".join(sorted(cycles))
+
+
+def tracked_files() -> list[Path]:
+    """The repository's files under version control (every file but caches and build output
+    when the tree is not a git checkout)."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=60
+        ).stdout
+        return [ROOT / name for name in listed.decode().split("\0") if name]
+    except (OSError, subprocess.SubprocessError):
+        skip = {".git", ".venv", "instance", "build", "__pycache__", ".mypy_cache", ".ruff_cache"}
+        return [
+            path
+            for path in ROOT.rglob("*")
+            if path.is_file() and not skip & set(path.relative_to(ROOT).parts)
+        ]
+
+
+def test_the_project_refers_to_no_design_notes_outside_the_repository() -> None:
+    """The design lives in the repository (README, "How it fits together", and each package's
+    docstring): no file points a reader at notes they cannot see."""
+    # spelled in pieces, so this file does not name what it looks for
+    outside = [("DESIGN" + ".md").encode(), ("../" + "shared").encode()]
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in tracked_files()
+        if path.is_file() and any(name in path.read_bytes() for name in outside)
+    ]
+    assert offenders == []
