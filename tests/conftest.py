@@ -73,12 +73,24 @@ def folders() -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def app(config: Config, folders: dict[str, Any]) -> Iterator[Flask]:
-    """The application under test."""
-    application = create_app(config, **folders)
+@pytest.fixture(scope="session")
+def shared_app(database_url: str, sql_store: SqlStore, folders: dict[str, Any]) -> Iterator[Flask]:
+    """One application for the run: building one costs more than most tests (URL rules,
+    validators, the database engine). It keeps no state of its own between requests beyond
+    metrics, which tests read as differences."""
+    application = create_app(
+        Config(database_url=database_url, public_base_url="http://test.local/fhir"), **folders
+    )
     yield application
     application.extensions["whatmatters.store"].close()
+
+
+@pytest.fixture
+def app(config: Config, shared_app: Flask) -> Flask:
+    """The application under test, on the database ``config`` has just emptied; a test that
+    needs other settings builds its own with ``create_app(config, **folders)``."""
+    assert shared_app.config["WHATMATTERS"] == config
+    return shared_app
 
 
 @pytest.fixture
