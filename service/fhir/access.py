@@ -219,6 +219,101 @@ def patients_of(
     return found
 
 
+def require_population_write(operation: str) -> None:
+    """Refuse ``operation`` (a bulk write whose input names its own patients, such as
+    ``$ingest``) unless the request's token holds a user/ or system/ write scope."""
+    access = current_access()
+    if access is None:
+        return
+    if not any(g.context != "patient" and "c" in g.permissions for g in access.grants):
+        raise Forbidden(
+            f"{operation} writes for whichever patients its input names; it needs a user/ or "
+            "system/ scope that allows create (a patient/ scope is not enough)"
+        )
+
+
+# -- ownership: what a patient-context token may write ----------------------------------------
+
+# the element naming the patient a resource is about (the compartment's subject parameter);
+# the other ways into the compartment (performer, author, source, ...) make nobody its owner
+OWNER_ELEMENT = {
+    "Goal": "subject",
+    "List": "subject",
+    "Observation": "subject",
+    "QuestionnaireResponse": "subject",
+}
+MAX_PROVENANCE_DEPTH = 3  # a Provenance of a Provenance of ... is followed this far
+
+
+def ownership_problem(
+    type_: str,
+    resource: dict[str, Any],
+    patient: str,
+    read: Callable[[str, str], dict[str, Any] | None],
+    depth: int = 0,
+) -> tuple[str, str] | None:
+    """Why ``resource`` is not ``patient``'s own, as (FHIRPath of the element, reason), or
+    None when it is: its subject is that Patient, it is that Patient, or (a Provenance) every
+    target is that Patient or one of that patient's own resources.
+
+    Only local references count: a reference to another server's Patient names somebody else.
+    """
+    if type_ == "Patient":
+        if resource.get("id") != patient:
+            return "Patient.id", f"a Patient other than Patient/{patient} is not theirs to write"
+        return None
+    if type_ == "Provenance":
+        return _provenance_problem(resource, patient, read, depth)
+    element = OWNER_ELEMENT.get(type_)
+    if element is None:
+        return type_, f"a {type_} belongs to no patient"
+    where = f"{type_}.{element}"
+    if _local_patient(resource.get(element)) != patient:
+        return where, f"{where} must be Patient/{patient}"
+    return None
+
+
+def _provenance_problem(
+    resource: dict[str, Any],
+    patient: str,
+    read: Callable[[str, str], dict[str, Any] | None],
+    depth: int,
+) -> tuple[str, str] | None:
+    targets = resource.get("target")
+    if not isinstance(targets, list) or not targets:
+        return "Provenance.target", "a Provenance must name what it is about"
+    for index, target in enumerate(targets):
+        where = f"Provenance.target[{index}]"
+        local = _local_reference(target)
+        if local is None:
+            return where, f"{where} must be a local reference to one of the patient's resources"
+        target_type, target_id = local
+        if target_type == "Patient":
+            if target_id != patient:
+                return where, f"{where} must be Patient/{patient} or one of their resources"
+            continue
+        found = read(target_type, target_id) if depth < MAX_PROVENANCE_DEPTH else None
+        if found is None or ownership_problem(target_type, found, patient, read, depth + 1):
+            # the same answer whether the target is missing or somebody else's
+            return where, f"{where} must be Patient/{patient} or one of their resources"
+    return None
+
+
+def _local_reference(value: Any) -> tuple[str, str] | None:
+    """(type, id) of a local literal reference (``Type/id`` or ``Type/id/_history/n``)."""
+    if not isinstance(value, dict) or not isinstance(value.get("reference"), str):
+        return None
+    pieces = value["reference"].split("/_history/", 1)[0].split("/")
+    if len(pieces) != 2 or "://" in value["reference"] or not all(pieces):
+        return None
+    return pieces[0], pieces[1]
+
+
+def _local_patient(value: Any) -> str | None:
+    local = _local_reference(value)
+    return local[1] if local is not None and local[0] == "Patient" else None
+
+
 class GuardedTransaction:
     """A Transaction that lets through only what the request's access allows.
 
@@ -288,9 +383,10 @@ class GuardedTransaction:
             if replaces is not None:
                 before = self.raw.vread(resource.type, resource.id, replaces)
                 if before is not None and before.content is not None:
-                    self._check_compartment(resource.type, before.content, reach)
+                    verb = "delete" if resource.deleted else "update"
+                    self._check_owner(resource.type, before.content, reach, verb)
             if resource.content is not None:
-                self._check_compartment(resource.type, resource.content, reach)
+                self._check_owner(resource.type, resource.content, reach, "write")
         self.raw.put(resource, replaces, index)
 
     def insert_new(self, items: Sequence[tuple[StoredResource, IndexRows]]) -> None:
@@ -299,7 +395,7 @@ class GuardedTransaction:
             _touch(stored.type, stored.id)
             reach = self.access.reach(stored.type, "c")
             if reach is not None and stored.content is not None:
-                self._check_compartment(stored.type, stored.content, reach)
+                self._check_owner(stored.type, stored.content, reach, "write")
         self.raw.insert_new(items)
 
     # -- helpers -------------------------------------------------------------------------------
@@ -326,6 +422,18 @@ class GuardedTransaction:
             raise Forbidden(
                 f"A {type_} outside the compartment of Patient/{patient}, the patient this "
                 "access token is for, was asked for; nothing of it is returned"
+            )
+
+    def _check_owner(self, type_: str, content: str, patient: str, verb: str) -> None:
+        if type_ in SHARED_TYPES:
+            return
+        problem = ownership_problem(type_, json.loads(content), patient, self._read_json)
+        if problem is not None:
+            where, why = problem
+            raise Forbidden(
+                f"A patient-context access token may {verb} only Patient/{patient}'s own "
+                f"resources: {why}",
+                expression=(where,),
             )
 
     def _read_json(self, type_: str, id_: str) -> dict[str, Any] | None:
