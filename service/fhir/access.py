@@ -268,9 +268,18 @@ def ownership_problem(
     if element is None:
         return type_, f"a {type_} belongs to no patient"
     where = f"{type_}.{element}"
-    if _local_patient(resource.get(element)) != patient:
+    if owner_of(type_, resource) != patient:
         return where, f"{where} must be Patient/{patient}"
     return None
+
+
+def owner_of(type_: str, resource: dict[str, Any]) -> str | None:
+    """The id of the Patient a resource is about (its subject, or itself), or None."""
+    if type_ == "Patient":
+        id_ = resource.get("id")
+        return id_ if isinstance(id_, str) else None
+    element = OWNER_ELEMENT.get(type_)
+    return _local_patient(resource.get(element)) if element else None
 
 
 def _provenance_problem(
