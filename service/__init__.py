@@ -60,7 +60,11 @@ def wire_fhir_service(
         unique_identifier_systems=config.unique_identifier_systems,
     )
     # every write path queues its deliveries to partners and subscribers in its transaction
-    fhir.listeners.append(OutboxFeed(load_partners(config.partners_file), fhir.clock))
+    fhir.listeners.append(
+        OutboxFeed(
+            load_partners(config.partners_file), fhir.clock, config.subscription_endpoint_allow
+        )
+    )
     return fhir
 
 

@@ -232,6 +232,68 @@ def require_population_write(operation: str) -> None:
         )
 
 
+# -- subscriptions: a Subscription carries its creator's access ------------------------------
+
+# a server-owned extension on each Subscription written with a token: the scopes, launch
+# patient and client of whoever wrote it; notifications carry only what that access may read
+SUBSCRIBER_ACCESS_URL = "http://whatmatters.example/fhir/StructureDefinition/subscriber-access"
+
+
+def stamp_subscriber(resource: dict[str, Any]) -> dict[str, Any]:
+    """The Subscription as the running request writes it: whatever access a client claimed
+    in it replaced by the request's own (unchanged when no token acts, e.g. the server's
+    own status changes)."""
+    access = current_access()
+    if access is None:
+        return resource
+    kept = [
+        e
+        for e in resource.get("extension") or []
+        if not (isinstance(e, dict) and e.get("url") == SUBSCRIBER_ACCESS_URL)
+    ]
+    parts: list[dict[str, Any]] = [{"url": "scope", "valueString": access.scopes or "-"}]
+    if access.patient:
+        parts.append({"url": "patient", "valueString": access.patient})
+    if access.client_id:
+        parts.append({"url": "client", "valueString": access.client_id})
+    stamped = {k: v for k, v in resource.items() if k != "extension"}
+    stamped["extension"] = [*kept, {"url": SUBSCRIBER_ACCESS_URL, "extension": parts}]
+    return stamped
+
+
+def subscriber_access(resource: dict[str, Any]) -> Access | None:
+    """The access a Subscription was written with, or None when it was written without a
+    token (the embedded ``none`` mode: nothing is restricted)."""
+    for extension in resource.get("extension") or []:
+        if isinstance(extension, dict) and extension.get("url") == SUBSCRIBER_ACCESS_URL:
+            parts = {
+                p.get("url"): p.get("valueString")
+                for p in extension.get("extension") or []
+                if isinstance(p, dict) and isinstance(p.get("valueString"), str)
+            }
+            scopes = parts.get("scope") or ""
+            return Access(
+                grants=parse_scopes(scopes),
+                patient=parts.get("patient"),
+                client_id=parts.get("client"),
+                scopes=scopes,
+            )
+    return None
+
+
+def require_reads(types: Sequence[str], what: str) -> None:
+    """Refuse ``what`` unless the running request's token may read every one of ``types``."""
+    access = current_access()
+    if access is None:
+        return
+    missing = [t for t in types if not access.allows(t, "r")]
+    if missing:
+        raise Forbidden(
+            f"{what} needs read access to {', '.join(missing)}: the access token's scopes do "
+            "not allow reading what it would be sent"
+        )
+
+
 # -- ownership: what a patient-context token may write ----------------------------------------
 
 # the element naming the patient a resource is about (the compartment's subject parameter);
@@ -264,6 +326,12 @@ def ownership_problem(
         return None
     if type_ == "Provenance":
         return _provenance_problem(resource, patient, read, depth)
+    if type_ == "Subscription":
+        # a patient's Subscription is the one written with that patient's token
+        creator = subscriber_access(resource)
+        if creator is None or creator.patient != patient:
+            return "Subscription", f"a Subscription not made for Patient/{patient} is not theirs"
+        return None
     element = OWNER_ELEMENT.get(type_)
     if element is None:
         return type_, f"a {type_} belongs to no patient"

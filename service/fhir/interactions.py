@@ -43,6 +43,7 @@ from service.fhir.access import (
     narrowed,
     owner_of,
     provenance_for,
+    stamp_subscriber,
 )
 from service.fhir.conformance import CONFORMANCE_TYPES, ConformanceResources
 from service.fhir.model import (
@@ -886,6 +887,8 @@ class FhirService:
         method: str,
         index: IndexRows | None = None,
     ) -> StoredResource:
+        if type_ == "Subscription":
+            resource = stamp_subscriber(resource)
         stored, content = self._version(type_, id_, resource, current, method)
         tx.put(
             stored,
