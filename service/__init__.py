@@ -63,9 +63,14 @@ def wire_fhir_service(
         max_page_size=config.max_page_size,
         return_warnings=config.validation_warnings,
         conformance=ConformanceResources([f.resource for f in registry.files], registry.snapshots),
+        unique_identifier_systems=config.unique_identifier_systems,
     )
     # every write path queues its deliveries to partners and subscribers in its transaction
-    fhir.listeners.append(OutboxFeed(load_partners(config.partners_file), fhir.clock))
+    fhir.listeners.append(
+        OutboxFeed(
+            load_partners(config.partners_file), fhir.clock, config.subscription_endpoint_allow
+        )
+    )
     return fhir
 
 

@@ -12,6 +12,7 @@ DEFAULT_DATABASE_URL = "sqlite:///instance/whatmatters.db"
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 AUTH_MODES = ("none", "smart")
+NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 
 
 class ConfigError(ValueError):
@@ -70,6 +71,12 @@ class Config:
     rate_limit_burst: int = 100
     # Origins whose browser apps may call the API (CORS); "*" for any. None by default.
     cors_origins: tuple[str, ...] = ()
+    # Identifier systems in which no two Patients may share a value (a national number names
+    # one person); a write that would make two is refused.
+    unique_identifier_systems: tuple[str, ...] = (NHS_NUMBER_SYSTEM,)
+    # Hosts (names, addresses or CIDR ranges) a Subscription's rest-hook endpoint may name
+    # besides public https ones; loopback, link-local and private addresses only when listed.
+    subscription_endpoint_allow: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -124,9 +131,10 @@ class Config:
             raw = env.get(f"WHATMATTERS_{name.upper()}")
             if raw is not None:
                 changes[name] = _boolean(f"WHATMATTERS_{name.upper()}", raw)
-        raw_origins = env.get("WHATMATTERS_CORS_ORIGINS")
-        if raw_origins is not None:
-            changes["cors_origins"] = tuple(o.strip() for o in raw_origins.split(",") if o.strip())
+        for name in ("cors_origins", "unique_identifier_systems", "subscription_endpoint_allow"):
+            raw_list = env.get(f"WHATMATTERS_{name.upper()}")
+            if raw_list is not None:
+                changes[name] = tuple(o.strip() for o in raw_list.split(",") if o.strip())
         raw = env.get("WHATMATTERS_REQUIRED_PROFILES")
         if raw is not None:
             changes["required_profiles"] = parse_required_profiles(raw)

@@ -15,15 +15,18 @@ from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any
 
-from service.errors import Unprocessable
+from service.errors import Forbidden, Unprocessable
 from service.exchange.partners import Partner
 from service.exchange.subscriptions import (
     SubscriptionInvalid,
+    endpoint_refusal,
     matches,
     parse_subscription,
     patient_reference,
+    readable_types,
     topic_event,
 )
+from service.fhir.access import Access, owner_of, require_reads, subscriber_access
 from service.fhir.interactions import Change
 from service.storage import ParamCriterion, Query, TokenMatch, Transaction
 from service.storage.outbox import OutboxRow
@@ -58,9 +61,15 @@ def subscription_destination(id_: str) -> str:
 class OutboxFeed:
     """Adds outbox rows for each write that concerns a partner or an active subscription."""
 
-    def __init__(self, partners: Sequence[Partner], clock: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        partners: Sequence[Partner],
+        clock: Callable[[], int],
+        endpoint_allow: Sequence[str] = (),
+    ) -> None:
         self.partners = tuple(p for p in partners if p.send_types)
         self.clock = clock
+        self.endpoint_allow = tuple(endpoint_allow)
 
     def changed(self, tx: Transaction, change: Change) -> None:
         """Queue the deliveries of one write, in its transaction."""
@@ -112,14 +121,19 @@ class OutboxFeed:
         """
         assert change.content is not None
         try:
-            parse_subscription(change.content)
+            spec = parse_subscription(change.content)
         except SubscriptionInvalid as exc:
             raise Unprocessable(str(exc), expression=(exc.expression,)) from exc
         if _SERVER_STATUS_WRITE.get():
             return []
-        status = change.content.get("status")
+        # whoever writes a Subscription must be able to read what it would be sent
+        require_reads(readable_types(spec), "A Subscription to what-matters-changed")
         before = _version_json(tx, change.type, change.id, change.version - 1)
         same_channel = before is not None and before.get("channel") == change.content.get("channel")
+        refusal = endpoint_refusal(spec.endpoint, self.endpoint_allow)
+        if refusal is not None and not same_channel:
+            raise Unprocessable(refusal, expression=("Subscription.channel.endpoint",))
+        status = change.content.get("status")
         kept = same_channel and before is not None and before.get("status") == status
         if status not in CLIENT_STATUSES and not kept:
             raise Unprocessable(
@@ -143,6 +157,8 @@ class OutboxFeed:
                 continue  # stored before a rule tightened; it gets no events
             if spec.status != "active" or not matches(spec, change.type, patient_ref):
                 continue
+            if not _may_read(subscriber_access(json.loads(stored.content or "{}")), change):
+                continue  # the subscriber's access does not reach this change
             destination = subscription_destination(stored.id)
             event = tx.next_counter(destination)
             rows.append(
@@ -152,6 +168,19 @@ class OutboxFeed:
                 )
             )
         return rows
+
+
+def _may_read(access: Access | None, change: Change) -> bool:
+    """Whether a subscriber with ``access`` may read the changed resource (with a patient/
+    grant: only when it is that patient's own)."""
+    if access is None:
+        return True
+    content = change.content if change.content is not None else change.previous
+    try:
+        patient = access.reach(change.type, "r")
+    except Forbidden:
+        return False
+    return patient is None or (content is not None and owner_of(change.type, content) == patient)
 
 
 def _row(destination: str, group: str, kind: str, change: Change, now: int) -> OutboxRow:

@@ -22,8 +22,10 @@ The IG pages these functions follow (STU 1.1, https://hl7.org/fhir/uv/subscripti
 from __future__ import annotations
 
 import copy
+import ipaddress
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -195,6 +197,67 @@ def _endpoint(channel: dict[str, Any]) -> str:
             "Subscription.channel.endpoint",
         )
     return endpoint
+
+
+def endpoint_refusal(endpoint: str, allowed: Sequence[str]) -> str | None:
+    """Why this server will not send notifications to ``endpoint``, or None when it will.
+
+    An endpoint is ``https`` on a public host, or names a host listed in ``allowed`` (a host
+    name, an address or a CIDR range), which is then also the only way to ``http``. Loopback,
+    link-local, private and other non-public addresses (and ``localhost`` names) are refused
+    unless listed, so a Subscription cannot make this server call into its own network.
+    """
+    parts = urlsplit(endpoint)
+    host = (parts.hostname or "").lower().rstrip(".")
+    if _listed(host, allowed):
+        return None
+    if parts.scheme != "https":
+        return (
+            f"Subscription.channel.endpoint must be an https URL (host {host!r} is not on "
+            "WHATMATTERS_SUBSCRIPTION_ENDPOINT_ALLOW)"
+        )
+    address = _address(host)
+    # single-label names (and numeric forms such as 2130706433) are the local network's
+    inside = address is None and (
+        "." not in host or host.endswith((".localhost", ".local", ".internal"))
+    )
+    if inside or (address is not None and not address.is_global):
+        return (
+            f"Subscription.channel.endpoint names {host!r}, a loopback, link-local or private "
+            "host; it must be listed in WHATMATTERS_SUBSCRIPTION_ENDPOINT_ALLOW"
+        )
+    return None
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+def _listed(host: str, allowed: Sequence[str]) -> bool:
+    address = _address(host)
+    for entry in allowed:
+        entry = entry.strip().lower().rstrip(".")
+        if entry == host:
+            return True
+        if address is not None and "/" in entry:
+            try:
+                if address in ipaddress.ip_network(entry, strict=False):
+                    return True
+            except ValueError:
+                continue
+        elif address is not None and _address(entry) == address:
+            return True
+    return False
+
+
+def readable_types(spec: SubscriptionSpec) -> tuple[str, ...]:
+    """The resource types a subscription's notifications may carry: the types its filters
+    name, else every type of the topic."""
+    named = tuple(dict.fromkeys(kind for kind, _, _ in spec.filters if kind is not None))
+    return named or TOPIC_RESOURCE_TYPES
 
 
 def _headers(channel: dict[str, Any]) -> tuple[str, ...]:

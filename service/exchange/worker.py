@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 
 import requests
 
-from service.errors import FhirError, describe_exception
+from service.errors import FhirError, Forbidden, describe_exception
 from service.exchange.client import Answer, PartnerClient, Unreachable
 from service.exchange.outbox import (
     ACTIVE_SUBSCRIPTIONS,
@@ -40,6 +40,7 @@ from service.exchange.subscriptions import (
     with_status,
 )
 from service.exchange.summary import SummaryItem, summary_pdf, summary_text
+from service.fhir.access import acting_as, subscriber_access
 from service.fhir.interactions import FhirService
 from service.fhir.model import instant, now_us
 from service.fhir.search import escape_value
@@ -651,7 +652,16 @@ class Worker:
             return
         if spec.status != "active":
             raise Skipped(f"Subscription/{sub_id} is {spec.status}; the event is not sent")
-        focus = self.fhir.read_only(lambda tx: tx.vread(row.res_type, row.res_id, row.version))
+        # read as the subscriber: a notification carries only what its creator may read now
+        try:
+            with acting_as(subscriber_access(resource)):
+                focus = self.fhir.read_only(
+                    lambda tx: tx.vread(row.res_type, row.res_id, row.version)
+                )
+        except Forbidden as exc:
+            raise Skipped(
+                f"Subscription/{sub_id}'s access does not reach {row.res_type}/{row.res_id}"
+            ) from exc
         focus_resource = None
         interaction = "create" if row.version == 1 else "update"
         if focus is not None and focus.content is not None:

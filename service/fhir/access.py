@@ -219,6 +219,178 @@ def patients_of(
     return found
 
 
+def require_population_write(operation: str) -> None:
+    """Refuse ``operation`` (a bulk write whose input names its own patients, such as
+    ``$ingest``) unless the request's token holds a user/ or system/ write scope."""
+    access = current_access()
+    if access is None:
+        return
+    if not any(g.context != "patient" and "c" in g.permissions for g in access.grants):
+        raise Forbidden(
+            f"{operation} writes for whichever patients its input names; it needs a user/ or "
+            "system/ scope that allows create (a patient/ scope is not enough)"
+        )
+
+
+# -- subscriptions: a Subscription carries its creator's access ------------------------------
+
+# a server-owned extension on each Subscription written with a token: the scopes, launch
+# patient and client of whoever wrote it; notifications carry only what that access may read
+SUBSCRIBER_ACCESS_URL = "http://whatmatters.example/fhir/StructureDefinition/subscriber-access"
+
+
+def stamp_subscriber(resource: dict[str, Any]) -> dict[str, Any]:
+    """The Subscription as the running request writes it: whatever access a client claimed
+    in it replaced by the request's own (unchanged when no token acts, e.g. the server's
+    own status changes)."""
+    access = current_access()
+    if access is None:
+        return resource
+    kept = [
+        e
+        for e in resource.get("extension") or []
+        if not (isinstance(e, dict) and e.get("url") == SUBSCRIBER_ACCESS_URL)
+    ]
+    parts: list[dict[str, Any]] = [{"url": "scope", "valueString": access.scopes or "-"}]
+    if access.patient:
+        parts.append({"url": "patient", "valueString": access.patient})
+    if access.client_id:
+        parts.append({"url": "client", "valueString": access.client_id})
+    stamped = {k: v for k, v in resource.items() if k != "extension"}
+    stamped["extension"] = [*kept, {"url": SUBSCRIBER_ACCESS_URL, "extension": parts}]
+    return stamped
+
+
+def subscriber_access(resource: dict[str, Any]) -> Access | None:
+    """The access a Subscription was written with, or None when it was written without a
+    token (the embedded ``none`` mode: nothing is restricted)."""
+    for extension in resource.get("extension") or []:
+        if isinstance(extension, dict) and extension.get("url") == SUBSCRIBER_ACCESS_URL:
+            parts = {
+                p.get("url"): p.get("valueString")
+                for p in extension.get("extension") or []
+                if isinstance(p, dict) and isinstance(p.get("valueString"), str)
+            }
+            scopes = parts.get("scope") or ""
+            return Access(
+                grants=parse_scopes(scopes),
+                patient=parts.get("patient"),
+                client_id=parts.get("client"),
+                scopes=scopes,
+            )
+    return None
+
+
+def require_reads(types: Sequence[str], what: str) -> None:
+    """Refuse ``what`` unless the running request's token may read every one of ``types``."""
+    access = current_access()
+    if access is None:
+        return
+    missing = [t for t in types if not access.allows(t, "r")]
+    if missing:
+        raise Forbidden(
+            f"{what} needs read access to {', '.join(missing)}: the access token's scopes do "
+            "not allow reading what it would be sent"
+        )
+
+
+# -- ownership: what a patient-context token may write ----------------------------------------
+
+# the element naming the patient a resource is about (the compartment's subject parameter);
+# the other ways into the compartment (performer, author, source, ...) make nobody its owner
+OWNER_ELEMENT = {
+    "Goal": "subject",
+    "List": "subject",
+    "Observation": "subject",
+    "QuestionnaireResponse": "subject",
+}
+MAX_PROVENANCE_DEPTH = 3  # a Provenance of a Provenance of ... is followed this far
+
+
+def ownership_problem(
+    type_: str,
+    resource: dict[str, Any],
+    patient: str,
+    read: Callable[[str, str], dict[str, Any] | None],
+    depth: int = 0,
+) -> tuple[str, str] | None:
+    """Why ``resource`` is not ``patient``'s own, as (FHIRPath of the element, reason), or
+    None when it is: its subject is that Patient, it is that Patient, or (a Provenance) every
+    target is that Patient or one of that patient's own resources.
+
+    Only local references count: a reference to another server's Patient names somebody else.
+    """
+    if type_ == "Patient":
+        if resource.get("id") != patient:
+            return "Patient.id", f"a Patient other than Patient/{patient} is not theirs to write"
+        return None
+    if type_ == "Provenance":
+        return _provenance_problem(resource, patient, read, depth)
+    if type_ == "Subscription":
+        # a patient's Subscription is the one written with that patient's token
+        creator = subscriber_access(resource)
+        if creator is None or creator.patient != patient:
+            return "Subscription", f"a Subscription not made for Patient/{patient} is not theirs"
+        return None
+    element = OWNER_ELEMENT.get(type_)
+    if element is None:
+        return type_, f"a {type_} belongs to no patient"
+    where = f"{type_}.{element}"
+    if owner_of(type_, resource) != patient:
+        return where, f"{where} must be Patient/{patient}"
+    return None
+
+
+def owner_of(type_: str, resource: dict[str, Any]) -> str | None:
+    """The id of the Patient a resource is about (its subject, or itself), or None."""
+    if type_ == "Patient":
+        id_ = resource.get("id")
+        return id_ if isinstance(id_, str) else None
+    element = OWNER_ELEMENT.get(type_)
+    return _local_patient(resource.get(element)) if element else None
+
+
+def _provenance_problem(
+    resource: dict[str, Any],
+    patient: str,
+    read: Callable[[str, str], dict[str, Any] | None],
+    depth: int,
+) -> tuple[str, str] | None:
+    targets = resource.get("target")
+    if not isinstance(targets, list) or not targets:
+        return "Provenance.target", "a Provenance must name what it is about"
+    for index, target in enumerate(targets):
+        where = f"Provenance.target[{index}]"
+        local = _local_reference(target)
+        if local is None:
+            return where, f"{where} must be a local reference to one of the patient's resources"
+        target_type, target_id = local
+        if target_type == "Patient":
+            if target_id != patient:
+                return where, f"{where} must be Patient/{patient} or one of their resources"
+            continue
+        found = read(target_type, target_id) if depth < MAX_PROVENANCE_DEPTH else None
+        if found is None or ownership_problem(target_type, found, patient, read, depth + 1):
+            # the same answer whether the target is missing or somebody else's
+            return where, f"{where} must be Patient/{patient} or one of their resources"
+    return None
+
+
+def _local_reference(value: Any) -> tuple[str, str] | None:
+    """(type, id) of a local literal reference (``Type/id`` or ``Type/id/_history/n``)."""
+    if not isinstance(value, dict) or not isinstance(value.get("reference"), str):
+        return None
+    pieces = value["reference"].split("/_history/", 1)[0].split("/")
+    if len(pieces) != 2 or "://" in value["reference"] or not all(pieces):
+        return None
+    return pieces[0], pieces[1]
+
+
+def _local_patient(value: Any) -> str | None:
+    local = _local_reference(value)
+    return local[1] if local is not None and local[0] == "Patient" else None
+
+
 class GuardedTransaction:
     """A Transaction that lets through only what the request's access allows.
 
@@ -288,9 +460,10 @@ class GuardedTransaction:
             if replaces is not None:
                 before = self.raw.vread(resource.type, resource.id, replaces)
                 if before is not None and before.content is not None:
-                    self._check_compartment(resource.type, before.content, reach)
+                    verb = "delete" if resource.deleted else "update"
+                    self._check_owner(resource.type, before.content, reach, verb)
             if resource.content is not None:
-                self._check_compartment(resource.type, resource.content, reach)
+                self._check_owner(resource.type, resource.content, reach, "write")
         self.raw.put(resource, replaces, index)
 
     def insert_new(self, items: Sequence[tuple[StoredResource, IndexRows]]) -> None:
@@ -299,7 +472,7 @@ class GuardedTransaction:
             _touch(stored.type, stored.id)
             reach = self.access.reach(stored.type, "c")
             if reach is not None and stored.content is not None:
-                self._check_compartment(stored.type, stored.content, reach)
+                self._check_owner(stored.type, stored.content, reach, "write")
         self.raw.insert_new(items)
 
     # -- helpers -------------------------------------------------------------------------------
@@ -326,6 +499,18 @@ class GuardedTransaction:
             raise Forbidden(
                 f"A {type_} outside the compartment of Patient/{patient}, the patient this "
                 "access token is for, was asked for; nothing of it is returned"
+            )
+
+    def _check_owner(self, type_: str, content: str, patient: str, verb: str) -> None:
+        if type_ in SHARED_TYPES:
+            return
+        problem = ownership_problem(type_, json.loads(content), patient, self._read_json)
+        if problem is not None:
+            where, why = problem
+            raise Forbidden(
+                f"A patient-context access token may {verb} only Patient/{patient}'s own "
+                f"resources: {why}",
+                expression=(where,),
             )
 
     def _read_json(self, type_: str, id_: str) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from service.errors import FhirError, Issue, Unprocessable
+from service.fhir.access import require_population_write
 from service.fhir.bundles import resolve_conditional_references
 from service.fhir.interactions import FhirService
 from service.fhir.results import Result, operation_outcome
@@ -83,6 +84,7 @@ def ingest(
     progress: Callable[[int], None] | None = None,
 ) -> tuple[Result, IngestReport]:
     """Map ``data`` with ``mapping`` and write the result (or, with ``dry_run``, only show it)."""
+    require_population_write("$ingest")
     report = IngestReport()
     mapper = Mapper(mapping, conceptmaps)
 

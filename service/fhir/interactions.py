@@ -9,6 +9,7 @@ gets 412.
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import re
 import time
@@ -21,6 +22,7 @@ from urllib.parse import urlencode
 
 import jsonpatch
 
+from service.config import NHS_NUMBER_SYSTEM
 from service.errors import (
     BadRequest,
     Conflict,
@@ -34,7 +36,15 @@ from service.errors import (
     PreconditionFailed,
     Unprocessable,
 )
-from service.fhir.access import GuardedTransaction, current_access, narrowed, provenance_for
+from service.fhir.access import (
+    OWNER_ELEMENT,
+    GuardedTransaction,
+    current_access,
+    narrowed,
+    owner_of,
+    provenance_for,
+    stamp_subscriber,
+)
 from service.fhir.conformance import CONFORMANCE_TYPES, ConformanceResources
 from service.fhir.model import (
     SUPPORTED_TYPES,
@@ -46,7 +56,7 @@ from service.fhir.model import (
     with_meta,
 )
 from service.fhir.results import Result, operation_outcome
-from service.fhir.search import SearchParser, parse_conditional
+from service.fhir.search import SearchParser, escape_value, parse_conditional
 from service.fhir.searching import search_type
 from service.fhir.searchparams import SearchParameters
 from service.fhir.subsetting import subset
@@ -142,6 +152,7 @@ class FhirService:
         clock: Callable[[], int] = now_us,
         return_warnings: bool = True,
         conformance: ConformanceResources | None = None,
+        unique_identifier_systems: Sequence[str] = (NHS_NUMBER_SYSTEM,),
     ) -> None:
         self.store = store
         self.validator = validator
@@ -154,6 +165,7 @@ class FhirService:
         self.clock = clock
         self.return_warnings = return_warnings
         self.conformance = conformance
+        self.unique_identifier_systems = frozenset(unique_identifier_systems)
         # the exchange outbox listens here, so every write path (REST, Bundles, operations,
         # ingest) queues its deliveries in the same transaction
         self.listeners: list[ChangeListener] = []
@@ -725,33 +737,38 @@ class FhirService:
     def create_many_in(
         self, tx: Transaction, items: Sequence[tuple[str, dict[str, Any], dict[str, str]]]
     ) -> list[Result]:
-        """Create many new resources unless one with the same identifier exists (bulk ingest).
+        """Create many new resources unless the same one exists (bulk ingest).
 
-        Each item is (type, resource, identifier). A resource whose identifier is already held
-        by a current resource of its type, in the store or earlier in ``items``, is not written
-        again (200). One look-up query and a few multi-row inserts per call; one lock per
-        identifier system serialises concurrent ingests of the same feed.
+        Each item is (type, resource, identifier). A resource is already there when a current
+        resource of its type holds the same identifier (whose system names the source feed) and
+        is about the same patient, in the store or earlier in ``items``; it is not written
+        again (200). A row of one patient's never stands in for, or reveals, another's. One
+        look-up query and a few multi-row inserts per call; one lock per identifier system
+        serialises concurrent ingests of the same feed.
         """
         results: list[Result] = []
         wanted: dict[str, list[tuple[str, str]]] = {}
         for type_, _, identifier in items:
             wanted.setdefault(type_, []).append((identifier["system"], identifier["value"]))
+        raw = tx.raw if isinstance(tx, GuardedTransaction) else tx
         existing: dict[tuple[str, str, str], str] = {}
         for type_, pairs in wanted.items():
             for system in sorted({system for system, _ in pairs}):
                 tx.lock(f"{type_}?identifier={system}|")
-            for (system, value), id_ in tx.find_tokens(type_, "identifier", pairs).items():
+            for (system, value), id_ in raw.find_tokens(type_, "identifier", pairs).items():
                 existing[(type_, system, value)] = id_
-        pending: dict[tuple[str, str, str], Result] = {}
+        pending: dict[tuple[str, str, str, str | None], Result] = {}
         batch: list[tuple[StoredResource, IndexRows]] = []
         changes: list[Change] = []
         for type_, resource, identifier in items:
-            key = (type_, identifier["system"], identifier["value"])
+            owner = owner_of(type_, resource)
+            key = (type_, identifier["system"], identifier["value"], owner)
             if key in pending:
                 results.append(replace(pending[key], status=200))
                 continue
-            if key in existing:
-                results.append(Result(200, stored=tx.read(type_, existing[key]), location=True))
+            held = self._held_by(raw, key, existing.get(key[:3]))
+            if held is not None:
+                results.append(Result(200, stored=tx.read(type_, held), location=True))
                 continue
             stored, content = self._version(type_, str(uuid.uuid4()), resource, None, "POST")
             batch.append((stored, self.search_params.index(content)))
@@ -760,8 +777,70 @@ class FhirService:
             results.append(pending[key])
         tx.insert_new(batch)
         for change in changes:
+            self._check_unique_identifiers(tx, change.type, change.id, change.content)
             self._notify(tx, change)
         return results
+
+    def _held_by(
+        self, raw: Transaction, key: tuple[str, str, str, str | None], candidate: str | None
+    ) -> str | None:
+        """The current resource of ``key``'s type holding its identifier about its patient.
+
+        ``candidate`` is one resource holding the identifier (about anyone); only when it is
+        another patient's is the store asked again, for the patient's own."""
+        if candidate is None:
+            return None
+        type_, system, value, owner = key
+        found = raw.read(type_, candidate)
+        content = json.loads(found.content) if found and found.content else None
+        if content is not None and owner_of(type_, content) == owner:
+            return candidate
+        element = OWNER_ELEMENT.get(type_)
+        if element is None:
+            return None
+        about = f"Patient/{owner}" if owner else ""
+        criteria = f"identifier={escape_value(system)}|{escape_value(value)}&" + (
+            f"{element}={about}" if owner else f"{element}:missing=true"
+        )
+        query = parse_conditional(SearchParser(self.search_params), type_, criteria)
+        for found_type, found_id in raw.search_keys(query, 1):
+            return found_id if found_type == type_ else None
+        return None
+
+    def _check_unique_identifiers(
+        self, tx: Transaction, type_: str, id_: str, content: dict[str, Any] | None
+    ) -> None:
+        """Refuse (409) a Patient version that shares an identifier of a unique system (the
+        NHS number) with another current Patient.
+
+        Called after the version is stored, so the access guard has already refused what the
+        token may not write (the answer cannot tell a patient token whose number is in use).
+        A lock per identifier, held to commit, makes concurrent writers of one number take
+        turns, and each then sees what the one before committed.
+        """
+        if type_ != "Patient" or not isinstance(content, dict):
+            return
+        held: dict[tuple[str, str], int] = {}
+        identifiers = content.get("identifier")
+        for index, identifier in enumerate(identifiers if isinstance(identifiers, list) else []):
+            system = identifier.get("system") if isinstance(identifier, dict) else None
+            value = identifier.get("value") if isinstance(identifier, dict) else None
+            if system in self.unique_identifier_systems and isinstance(value, str):
+                held.setdefault((system, value), index)
+        if not held:
+            return
+        raw = tx.raw if isinstance(tx, GuardedTransaction) else tx
+        parser = SearchParser(self.search_params)
+        for (system, value), index in sorted(held.items()):
+            criteria = f"identifier={escape_value(system)}|{escape_value(value)}"
+            raw.lock(f"Patient?{criteria}")
+            query = parse_conditional(parser, "Patient", criteria)
+            if any(key != ("Patient", id_) for key in raw.search_keys(query, 2)):
+                raise Conflict(
+                    f"Another Patient already has the identifier {system}|{value}; "
+                    f"no two Patients may share an identifier of {system}",
+                    expression=(f"Patient.identifier[{index}]",),
+                )
 
     def _notify(self, tx: Transaction, change: Change) -> None:
         # listeners (the outbox) work for the service, not for the request's token
@@ -808,12 +887,15 @@ class FhirService:
         method: str,
         index: IndexRows | None = None,
     ) -> StoredResource:
+        if type_ == "Subscription":
+            resource = stamp_subscriber(resource)
         stored, content = self._version(type_, id_, resource, current, method)
         tx.put(
             stored,
             current.version if current is not None else None,
             index if index is not None else self.search_params.index(content),
         )
+        self._check_unique_identifiers(tx, type_, id_, content)
         self._notify(tx, Change(type_, id_, stored.version, content))
         self._provenance(tx, stored, "CREATE" if current is None else "UPDATE")
         return stored

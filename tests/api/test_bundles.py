@@ -134,9 +134,12 @@ def test_transaction_conditional_reference_with_no_match_fails(client: FlaskClie
 def test_transaction_conditional_reference_with_several_matches_is_412(
     client: FlaskClient,
 ) -> None:
-    client.post("/fhir/Patient", json=patient(), headers=JSON_HEADERS)
-    client.post("/fhir/Patient", json=patient(), headers=JSON_HEADERS)
-    ref = f"Patient?identifier={NHS}|9000000009"
+    # a local record number two Patients may share (an NHS number names one Patient only)
+    mrn = [{"system": "https://hospital.example/Id/mrn", "value": "m1"}]
+    for _ in range(2):
+        created = client.post("/fhir/Patient", json=patient(identifier=mrn), headers=JSON_HEADERS)
+        assert created.status_code == 201
+    ref = "Patient?identifier=https://hospital.example/Id/mrn|m1"
     bundle = _bundle("transaction", _entry("POST", "Goal", goal(subject={"reference": ref})))
     response = _post(client, bundle)
     assert response.status_code == 412

@@ -10,6 +10,9 @@ from flask.testing import FlaskClient
 from tests.builders import FHIR_JSON, goal, outcome_issues, patient
 
 JSON_HEADERS = {"Content-Type": FHIR_JSON}
+# the Patients of one test each need their own number (no two share an NHS number)
+MRN = "https://hospital.example/Id/mrn"
+OLD = [{"system": MRN, "value": "old"}]
 
 
 def _three_versions(client: FlaskClient) -> None:
@@ -58,7 +61,8 @@ def test_system_history_lists_all_types(client: FlaskClient) -> None:
 
 def test_history_count_pages_with_next_links_until_done(client: FlaskClient) -> None:
     for index in range(7):
-        client.put(f"/fhir/Patient/p{index}", json=patient(id=f"p{index}"), headers=JSON_HEADERS)
+        body = patient(id=f"p{index}", identifier=[{"system": MRN, "value": f"p{index}"}])
+        client.put(f"/fhir/Patient/p{index}", json=body, headers=JSON_HEADERS)
     seen: list[str] = []
     url = "/fhir/Patient/_history?_count=3"
     pages = 0
@@ -79,7 +83,7 @@ def test_history_count_pages_with_next_links_until_done(client: FlaskClient) -> 
 
 
 def test_history_since_excludes_older_versions(client: FlaskClient) -> None:
-    client.put("/fhir/Patient/old", json=patient(id="old"), headers=JSON_HEADERS)
+    client.put("/fhir/Patient/old", json=patient(id="old", identifier=OLD), headers=JSON_HEADERS)
     time.sleep(0.01)
     marker = client.put("/fhir/Patient/new", json=patient(id="new"), headers=JSON_HEADERS)
     since = marker.get_json()["meta"]["lastUpdated"]

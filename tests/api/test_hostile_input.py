@@ -141,7 +141,9 @@ def test_uri_below_is_case_sensitive(client: FlaskClient) -> None:
 
 def test_offset_without_a_token_pages(client: FlaskClient) -> None:
     for n in range(5):
-        client.put(f"/fhir/Patient/p{n}", json=patient(id=f"p{n}"), headers=JSON)
+        # each Patient its own number: no two Patients share an NHS number
+        mrn = [{"system": "https://hospital.example/Id/mrn", "value": f"p{n}"}]
+        client.put(f"/fhir/Patient/p{n}", json=patient(id=f"p{n}", identifier=mrn), headers=JSON)
     bundle = client.get("/fhir/Patient?_count=2&_offset=2").get_json()
     assert [e["resource"]["id"] for e in bundle["entry"]] == ["p2", "p3"]
     relations = {link["relation"] for link in bundle["link"]}

@@ -162,6 +162,9 @@ def parameters(bundle: dict[str, Any]) -> dict[str, Any]:
     return {p["name"]: p for p in status["parameter"]}
 
 
+LOOPBACK_SUBSCRIBERS = {"WHATMATTERS_SUBSCRIPTION_ENDPOINT_ALLOW": "127.0.0.1"}
+
+
 def subscription(endpoint: str, patient: str, heartbeat: int = 1) -> dict[str, Any]:
     """A rest-hook Subscription to what-matters-changed for one patient, full resources."""
     return {
@@ -187,7 +190,8 @@ def subscription(endpoint: str, patient: str, heartbeat: int = 1) -> dict[str, A
 def test_rest_hook_subscriber_gets_handshake_heartbeat_and_numbered_events(
     tmp_path: Path, recorder: Recorder
 ) -> None:
-    hospital = Instance("hospital", tmp_path).start()
+    # the recorder listens on loopback, which a subscriber may name only when allowed
+    hospital = Instance("hospital", tmp_path, env=LOOPBACK_SUBSCRIBERS).start()
     try:
         patient = add_patient(hospital, 1)
         other = add_patient(hospital, 2)
