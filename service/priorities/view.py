@@ -90,9 +90,7 @@ def priorities(bundle: dict[str, Any]) -> dict[str, Any]:
         resource = by_ref.get(ref)
         if resource is None:
             continue
-        records = [
-            _record(e) for e in entry.get("extension", []) or [] if e.get("url") == RECORDED
-        ]
+        records = [_record(e) for e in entry.get("extension", []) or [] if e.get("url") == RECORDED]
         mine = {plain_reference(r["reference"]) for r in records} | {plain_reference(ref)}
         goals = [g for g in nested if addressed(g) & mine]
         nested = [g for g in nested if g not in goals]  # a goal is shown once

@@ -60,7 +60,11 @@ def test_post_records_a_conversation_and_returns_the_ranking(client: FlaskClient
     _schema("Priorities").validate(body)
     # the goal is ranked first: the statement it addresses takes its place, the goal under it
     (only,) = body["priorities"]
-    assert (only["rank"], only["kind"], only["text"]) == (1, "statement", "Singing in the chapel choir")
+    assert (only["rank"], only["kind"], only["text"]) == (
+        1,
+        "statement",
+        "Singing in the chapel choir",
+    )
     assert only["ranked"] is True
     (goal_,) = only["goals"]
     assert (goal_["text"], goal_["priority"]) == ("Back at choir practice by Easter", "high")
