@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from service.api.fhir_views import base_url, what_matters
+from service.api.fhir_views import base_url, since_parameter, what_matters
 from service.api.negotiation import request_body
 from service.errors import BadRequest, FhirError
 from service.priorities.view import priorities
@@ -145,7 +145,7 @@ def build_facade() -> Blueprint:
     @bp.get("/patients/<path:patient>/priorities")
     def get_priorities(patient: str) -> Response:
         system, value = _split(patient)
-        return _priorities(system, value, 200)
+        return _priorities(system, value, 200, since_parameter())
 
     @bp.post("/patients/<path:patient>/priorities")
     def post_priorities(patient: str) -> Response:
@@ -161,10 +161,11 @@ def build_facade() -> Blueprint:
     return bp
 
 
-def _priorities(system: str, value: str, status: int) -> Response:
-    """The patient's ranked priorities as the facade's JSON ($what-matters, made plain)."""
+def _priorities(system: str, value: str, status: int, since: int | None = None) -> Response:
+    """The patient's ranked priorities as the facade's JSON ($what-matters, made plain); with
+    ``since``, each item's change mark (new, changed, removed) since then."""
     patient_id = what_matters().patient_by_identifier({"system": system, "value": value})
-    result = what_matters().what_matters(patient_id, False, base_url())
+    result = what_matters().what_matters(patient_id, False, base_url(), since)
     body = {"patient": {"system": system, "value": value}, **priorities(result.body or {})}
     return _json(body, status)
 

@@ -15,7 +15,7 @@ from service.fhir.bundles import process_bundle
 from service.fhir.capability import capability_statement, smart_security
 from service.fhir.ingest import Mappings, ingest
 from service.fhir.interactions import FhirService
-from service.fhir.model import parse_etag
+from service.fhir.model import parse_etag, parse_instant
 from service.fhir.results import Result
 from service.fhir.search import parse_query_string
 from service.priorities.operations import WhatMatters
@@ -93,6 +93,19 @@ def _flag(name: str) -> bool:
     raise BadRequest(f"{name} must be true or false, not {given[0]!r}", expression=(name,))
 
 
+def since_parameter() -> int | None:
+    """The ``since`` instant of ``$what-matters`` (and the facade and page), given at most once."""
+    given = request.args.getlist("since")
+    if len(given) > 1:
+        raise BadRequest("since may be given once", expression=("since",))
+    if not given:
+        return None
+    try:
+        return parse_instant(given[0], "since")
+    except BadRequest as error:
+        raise BadRequest(error.diagnostics, expression=("since",)) from error
+
+
 def _reply(result: Result, write: bool = False) -> Response:
     return render(request, result, base_url, write=write)
 
@@ -152,7 +165,8 @@ def build_blueprint(base_path: str) -> Blueprint:
     @bp.get("/Patient/<id_>/$what-matters")
     def get_what_matters(id_: str) -> Response:
         history = _flag("history")
-        return _reply(what_matters().what_matters(id_, history, base_url()))
+        since = since_parameter()
+        return _reply(what_matters().what_matters(id_, history, base_url(), since))
 
     @bp.post("/$ingest")
     def ingest_input() -> Response:

@@ -1,16 +1,20 @@
-"""The clinician's page: ``GET /patients/{id}/what-matters``, server-rendered HTML.
+"""The clinician's page: ``GET /patients/{id}/what-matters[?since=instant]``, server-rendered.
 
-Built from the ``$what-matters`` Bundle through the same plain view as the facade. No
-JavaScript; a print stylesheet turns it into a one-page "What matters to me" card.
+Built from the ``$what-matters`` Bundle through the same plain view as the facade, for a busy
+nurse: the patient's words first and largest, one who / where / when line, human dates, the
+NHS number spaced 3-3-4, each text in its own language and direction. No JavaScript; a print
+stylesheet turns it into a one-page "What matters to me" card of up to eight items.
 """
 
 from __future__ import annotations
 
+import re
+from datetime import date, datetime
 from typing import Any
 
-from flask import Blueprint, Response, current_app, render_template
+from flask import Blueprint, Response, current_app, render_template, request
 
-from service.api.fhir_views import base_url, what_matters
+from service.api.fhir_views import base_url, since_parameter, what_matters
 from service.errors import FhirError
 from service.fhir.interactions import FhirService
 from service.fhir.model import parse_json
@@ -39,6 +43,51 @@ def patient_name(patient: dict[str, Any]) -> str:
     return f"Patient {patient.get('id', '')}".strip()
 
 
+NHS_NUMBER = "https://fhir.nhs.uk/Id/nhs-number"
+CARD_ITEMS = 8  # what one printed A4 card holds
+# scripts written right to left (BCP 47 primary language subtags)
+_RTL = {"ar", "arc", "ckb", "dv", "fa", "he", "iw", "ks", "ku", "ps", "sd", "ug", "ur", "yi"}
+
+
+def human_date(value: Any) -> str:
+    """A FHIR date or dateTime as a person reads it: ``3 Dec 2026``, ``Dec 2026``, ``2026``."""
+    text = str(value or "")
+    try:
+        if re.fullmatch(r"\d{4}", text):
+            return text
+        if re.fullmatch(r"\d{4}-\d{2}", text):
+            return datetime.strptime(text, "%Y-%m").strftime("%b %Y")
+        day = date.fromisoformat(text[:10])
+    except ValueError:
+        return text
+    return f"{day.day} {day.strftime('%b %Y')}"
+
+
+def direction(language: str | None) -> str:
+    """``rtl`` or ``ltr`` for a known language, ``auto`` when it is not known."""
+    if not language:
+        return "auto"
+    return "rtl" if language.split("-", 1)[0].lower() in _RTL else "ltr"
+
+
+def identifiers(patient: dict[str, Any]) -> list[tuple[str, str]]:
+    """The patient's identifiers as (label, value): the NHS number first, spaced 3-3-4."""
+    shown = []
+    for identifier in patient.get("identifier", []) or []:
+        value = str(identifier.get("value") or "") if isinstance(identifier, dict) else ""
+        if not value:
+            continue
+        if identifier.get("system") == NHS_NUMBER:
+            digits = re.sub(r"\s", "", value)
+            if re.fullmatch(r"\d{10}", digits):
+                value = f"{digits[:3]} {digits[3:6]} {digits[6:]}"
+            shown.insert(0, ("NHS number", value))
+        else:
+            label = (identifier.get("type") or {}).get("text") or "Identifier"
+            shown.append((str(label), value))
+    return shown
+
+
 def build_page() -> Blueprint:
     """The blueprint of the clinician's page."""
     bp = Blueprint("page", __name__, template_folder="templates")
@@ -56,16 +105,25 @@ def build_page() -> Blueprint:
         stored = fhir.read("Patient", id_).stored
         assert stored is not None
         patient = parse_json(stored.content or "{}")
-        result = what_matters().what_matters(id_, False, base_url())
+        since = since_parameter()
+        result = what_matters().what_matters(id_, False, base_url(), since)
         view = priorities(result.body or {})
-        identifiers = [f"{i.get('value')}" for i in patient.get("identifier", []) if i.get("value")]
+        items = view["priorities"]
+        current = [i for i in items if (i["change"] or {}).get("mark") != "removed"]
         html = render_template(
             "what_matters.html",
             name=patient_name(patient),
             birth_date=patient.get("birthDate"),
-            identifiers=identifiers,
-            items=view["priorities"],
+            identifiers=identifiers(patient),
+            ranked=[i for i in current if i["ranked"]],
+            waiting=[i for i in current if not i["ranked"]],
+            removed=[i for i in items if i not in current],
+            card_items=CARD_ITEMS,
+            more=max(len(current) - CARD_ITEMS, 0),
             updated=view["updated"],
+            since=request.args.get("since") if since is not None else None,
+            human_date=human_date,
+            direction=direction,
         )
         return Response(html, mimetype="text/html", headers=PAGE_HEADERS)
 

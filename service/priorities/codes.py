@@ -27,6 +27,14 @@ LIST_PROFILE = PROFILE + "wmty-priorities-list"
 CARE_SETTING = PROFILE + "wmty-care-setting"
 CARE_SETTING_TYPE = PROFILE + "wmty-care-setting-type"
 CARE_SETTING_TYPES = CANONICAL_BASE + "/CodeSystem/wmty-care-setting-type"
+TREATMENT_PREFERENCE_PROFILE = PROFILE + "wmty-treatment-preference"
+STATEMENT_PROFILES = (STATEMENT_PROFILE, TREATMENT_PREFERENCE_PROFILE)
+STATEMENT_CODES = (STATEMENT_CODE, TREATMENT_PREFERENCE_CODE)
+# On each entry of the merged List: every record of the item (who, where, when), and how the
+# item changed since the instant asked about (``$what-matters?since=``).
+RECORDED = PROFILE + "wmty-recorded"
+CHANGE = PROFILE + "wmty-change"
+LIST_ITEM_FLAGS = CANONICAL_BASE + "/CodeSystem/wmty-list-item-flag"
 
 # Identifier systems for what the service records, so the same item is known as itself in
 # every setting and a repeated request creates nothing new.

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -25,16 +24,23 @@ from service.errors import (
 )
 from service.fhir.bundles import process_bundle
 from service.fhir.interactions import FhirService
-from service.fhir.model import instant, now_us
+from service.fhir.model import instant, now_us, parse_instant
 from service.fhir.results import Result
 from service.priorities.codes import (
-    CARE_SETTING,
-    CARE_SETTING_TYPE,
-    LIST_PROFILE,
     LOINC,
+    PCO_CONCEPTS,
     PRIORITIES_CODE,
-    STATEMENT_CODE,
-    extension_value,
+    STATEMENT_CODES,
+    STATEMENT_PROFILES,
+)
+from service.priorities.items import (
+    Change,
+    Item,
+    compare,
+    gather,
+    merged_list,
+    plain_reference,
+    reference_of,
 )
 from service.priorities.record import (
     Conversation,
@@ -48,15 +54,6 @@ from service.priorities.record import (
 )
 
 ATTEMPTS = 3  # a List updated by two conversations at once: the loser reads it again
-
-
-@dataclass
-class Ranked:
-    """One merged priority: the chosen resource, where it came from, and its companions."""
-
-    resource: dict[str, Any]
-    settings: list[dict[str, Any]] = field(default_factory=list)  # each setting that knows it
-    setting_types: list[str] = field(default_factory=list)
 
 
 class WhatMatters:
@@ -182,60 +179,47 @@ class WhatMatters:
 
     # -- $what-matters --------------------------------------------------------------------
 
-    def what_matters(self, patient_id: str, history: bool, base: str) -> Result:
-        """The patient's merged priorities: a Bundle of the ranked List and what it names."""
+    def what_matters(
+        self, patient_id: str, history: bool, base: str, since: int | None = None
+    ) -> Result:
+        """The patient's merged priorities: a Bundle of the merged List and what it names.
+
+        With ``since`` (microseconds), each entry of the merged List is marked new or changed
+        since then, and items gone since then are added, marked removed.
+        """
         patient = self.fhir.read("Patient", patient_id).stored
         assert patient is not None
-        lists = [
-            r
-            for r in self._search(
-                "List",
-                [
-                    ("subject", f"Patient/{patient_id}"),
-                    ("code", f"{LOINC}|{PRIORITIES_CODE}"),
-                    ("status", "current"),
-                ],
-                base,
-            )
-        ]
-        goals = self._search(
-            "Goal",
-            [("patient", f"Patient/{patient_id}"), ("_revinclude", "Provenance:target")],
-            base,
-            keep_includes=True,
+        lists, resources, provenances = self._sources(patient_id, base)
+        items = gather(lists, resources, provenances)
+        marks: dict[int, Change] = {}
+        removed: list[Item] = []
+        if since is not None:
+            earlier = self._as_at(patient_id, since, lists + resources, base)
+            marks, removed = compare(gather(*earlier, []), items)
+        now = instant(self.clock())
+        merged = merged_list(
+            patient_id, items, lists, marks, removed, instant(since) if since else None, now
         )
-        statements = self._search(
-            "Observation",
-            [
-                ("patient", f"Patient/{patient_id}"),
-                ("code", f"{LOINC}|{STATEMENT_CODE}"),
-                ("_revinclude", "Provenance:target"),
-            ],
-            base,
-            keep_includes=True,
-        )
-        resources = [r for r in goals + statements if r.get("resourceType") != "Provenance"]
-        provenances = {
-            r["id"]: r for r in goals + statements if r.get("resourceType") == "Provenance"
-        }
-        ranked = merge(lists, resources)
-        merged_list = _merged_list(patient_id, ranked, lists, instant(self.clock()))
-        entries = [_entry(base, merged_list)]
-        chosen_refs = set()
-        for item in ranked:
-            entries.append(_entry(base, item.resource))
-            chosen_refs.add(f"{item.resource['resourceType']}/{item.resource['id']}")
-        # goals and statements no list names yet are still the patient's
-        for resource in resources:
-            ref = f"{resource['resourceType']}/{resource['id']}"
-            if ref not in chosen_refs and not _superseded(resource, ranked):
+        entries = [_entry(base, merged)]
+        shown: set[str] = set()
+        for item in items:
+            for resource in [item.resource, *(goal.resource for goal in item.goals)]:
                 entries.append(_entry(base, resource))
-                chosen_refs.add(ref)
+                shown.add(reference_of(resource))
+        for gone in removed:
+            for resource in [gone.resource, *(goal.resource for goal in gone.goals)]:
+                entries.append(_entry(base, resource, versioned=True))
         for source in lists:
             entries.append(_entry(base, source))
-        for provenance in provenances.values():
-            targets = {str(t.get("reference", "")) for t in provenance.get("target", [])}
-            if targets & chosen_refs:
+        recorded = {
+            record.reference
+            for item in items
+            for each in [item, *item.goals]
+            for record in each.records
+        }
+        for provenance in provenances:
+            targets = {plain_reference(t.get("reference")) for t in provenance.get("target", [])}
+            if targets & recorded:
                 entries.append(_entry(base, provenance))
         if history:
             for source in lists:
@@ -243,10 +227,97 @@ class WhatMatters:
         bundle = {
             "resourceType": "Bundle",
             "type": "collection",
-            "timestamp": instant(self.clock()),
+            "timestamp": now,
             "entry": entries,
         }
         return Result(200, body=bundle)
+
+    def _sources(
+        self, patient_id: str, base: str
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        """The current Priorities Lists, the candidate Observations and Goals, and the
+        Provenances that target them."""
+        patient = f"Patient/{patient_id}"
+        lists = self._search(
+            "List",
+            [("subject", patient), ("code", f"{LOINC}|{PRIORITIES_CODE}"), ("status", "current")],
+            base,
+        )
+        found: dict[str, dict[str, Any]] = {}
+        revinclude = ("_revinclude", "Provenance:target")
+        for type_, criterion in (
+            ("Observation", ("code", ",".join(f"{LOINC}|{c}" for c in STATEMENT_CODES))),
+            ("Observation", ("category", f"{PCO_CONCEPTS}|what-matters")),
+            ("Observation", ("_profile", ",".join(STATEMENT_PROFILES))),
+            ("Goal", None),
+        ):
+            params = [("patient", patient), revinclude]
+            if criterion is not None:
+                params.append(criterion)
+            for resource in self._search(type_, params, base, keep_includes=True):
+                found.setdefault(reference_of(resource), resource)
+        resources = [r for r in found.values() if r.get("resourceType") != "Provenance"]
+        provenances = [r for r in found.values() if r.get("resourceType") == "Provenance"]
+        return lists, resources, provenances
+
+    def _as_at(
+        self, patient_id: str, since: int, current: list[dict[str, Any]], base: str
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The patient's Priorities Lists and Observations/Goals as they were at ``since``,
+        from version history: (lists, resources)."""
+        subject = f"Patient/{patient_id}"
+        changed: set[str] = set()
+        for type_ in ("List", "Observation", "Goal"):
+            changed |= self._changed_since(type_, since, base)
+        kept = []
+        for resource in current:
+            ref = reference_of(resource)
+            if _micros(resource) <= since and ref not in changed:
+                kept.append(resource)
+            else:
+                changed.add(ref)
+        for ref in sorted(changed):
+            type_, id_ = ref.split("/", 1)
+            earlier = self._version_at(type_, id_, since, base)
+            if (
+                earlier is not None
+                and plain_reference((earlier.get("subject") or {}).get("reference")) == subject
+            ):
+                kept.append(earlier)
+        lists = [
+            r
+            for r in kept
+            if r.get("resourceType") == "List"
+            and r.get("status") == "current"
+            and (LOINC, PRIORITIES_CODE)
+            in {(c.get("system"), c.get("code")) for c in (r.get("code") or {}).get("coding", [])}
+        ]
+        return lists, [r for r in kept if r.get("resourceType") != "List"]
+
+    def _changed_since(self, type_: str, since: int, base: str) -> set[str]:
+        """``Type/id`` of every resource of the type written or deleted after ``since``."""
+        params = [("_since", instant(since + 1)), ("_count", "1000")]
+        refs: set[str] = set()
+        for entry in self._pages(lambda p: self.fhir.history(type_, None, p, base), params):
+            refs.add(plain_reference(entry.get("fullUrl")))
+        return refs
+
+    def _version_at(self, type_: str, id_: str, since: int, base: str) -> dict[str, Any] | None:
+        """The version of a resource current at ``since``; None if it did not exist then."""
+        try:
+            params = [("_count", "1000")]
+            entries = self._pages(lambda p: self.fhir.history(type_, id_, p, base), params)
+        except NotFound:
+            return None
+        best: tuple[int, dict[str, Any] | None] | None = None
+        for entry in entries:
+            when = parse_instant(str(entry.get("response", {}).get("lastModified") or ""), "")
+            resource = entry.get("resource")
+            if resource is not None:
+                when = _micros(resource)
+            if when <= since and (best is None or when > best[0]):
+                best = (when, resource)
+        return best[1] if best else None
 
     def _list_history(self, source: dict[str, Any], base: str) -> list[dict[str, Any]]:
         result = self.fhir.history("List", str(source["id"]), [("_count", "1000")], base)
@@ -258,15 +329,22 @@ class WhatMatters:
                 "meta", {}
             ).get("versionId"):
                 continue
-            version = resource["meta"]["versionId"]
-            earlier.append(
-                {
-                    "fullUrl": f"{base}/List/{resource['id']}/_history/{version}",
-                    "resource": resource,
-                    "search": {"mode": "include"},
-                }
-            )
+            earlier.append(_entry(base, resource, versioned=True))
         return earlier
+
+    def _pages(
+        self, fetch: Callable[[list[tuple[str, str]]], Result], params: list[tuple[str, str]]
+    ) -> list[dict[str, Any]]:
+        """Every entry of a paged history or search answer."""
+        found: list[dict[str, Any]] = []
+        while True:
+            result = fetch(params)
+            body = result.body or json.loads(result.text or "{}")
+            found += body.get("entry", [])
+            following = [link for link in body.get("link", []) if link.get("relation") == "next"]
+            if not following or len(found) > 20000:
+                return found
+            params = parse_qsl(urlsplit(following[0]["url"]).query, keep_blank_values=True)
 
     def _search(
         self,
@@ -275,19 +353,15 @@ class WhatMatters:
         base: str,
         keep_includes: bool = False,
     ) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = []
-        params = [*params, ("_count", "1000")]
-        while True:
-            result = self.fhir.search_type(type_, params, base or "urn:local", strict=True)
-            body = result.body or json.loads(result.text or "{}")
-            for entry in body.get("entry", []):
-                mode = entry.get("search", {}).get("mode", "match")
-                if mode == "match" or keep_includes:
-                    found.append(entry["resource"])
-            following = [link for link in body.get("link", []) if link.get("relation") == "next"]
-            if not following or len(found) > 20000:
-                return found
-            params = parse_qsl(urlsplit(following[0]["url"]).query, keep_blank_values=True)
+        entries = self._pages(
+            lambda p: self.fhir.search_type(type_, p, base or "urn:local", strict=True),
+            [*params, ("_count", "1000")],
+        )
+        return [
+            e["resource"]
+            for e in entries
+            if keep_includes or e.get("search", {}).get("mode", "match") == "match"
+        ]
 
 
 def _named_after_input(error: FhirError, origins: dict[int, str]) -> Unprocessable:
@@ -311,106 +385,15 @@ def _named_after_input(error: FhirError, origins: dict[int, str]) -> Unprocessab
     )
 
 
-def _identity(resource: dict[str, Any]) -> str:
-    """What makes two records the same item in every setting: the first identifier."""
-    for identifier in resource.get("identifier", []) or []:
-        if isinstance(identifier, dict) and identifier.get("value"):
-            return f"{identifier.get('system', '')}|{identifier['value']}"
-    return f"{resource['resourceType']}/{resource['id']}"
+def _micros(resource: dict[str, Any]) -> int:
+    updated = (resource.get("meta") or {}).get("lastUpdated")
+    return parse_instant(str(updated), "meta.lastUpdated") if updated else 0
 
 
-def _updated(resource: dict[str, Any]) -> str:
-    return str(resource.get("meta", {}).get("lastUpdated", ""))
-
-
-def merge(lists: list[dict[str, Any]], resources: list[dict[str, Any]]) -> list[Ranked]:
-    """Merge several settings' rankings into one.
-
-    The most recent List (by ``List.date``) ranks first; items only older Lists know follow, in
-    their order; an item known by several settings (same identifier) appears once, as its most
-    recently updated record, with every setting that knows it.
-    """
-    by_ref = {f"{r['resourceType']}/{r['id']}": r for r in resources}
-    newest: dict[str, dict[str, Any]] = {}
-    for resource in resources:
-        key = _identity(resource)
-        if key not in newest or _updated(resource) > _updated(newest[key]):
-            newest[key] = resource
-    ordered = sorted(lists, key=lambda r: (str(r.get("date", "")), _updated(r)), reverse=True)
-    ranked: dict[str, Ranked] = {}
-    for source in ordered:
-        setting = extension_value(source, CARE_SETTING, "valueReference")
-        setting_type = extension_value(source, CARE_SETTING_TYPE, "valueCoding")
-        for entry in source.get("entry", []) or []:
-            if entry.get("deleted"):
-                continue
-            found = by_ref.get(str(entry.get("item", {}).get("reference", "")))
-            if found is None:
-                continue  # deleted since, or not a what-matters goal or statement
-            key = _identity(found)
-            item = ranked.setdefault(key, Ranked(newest.get(key, found)))
-            if setting and setting not in item.settings:
-                item.settings.append(setting)
-            code = (setting_type or {}).get("code")
-            if code and code not in item.setting_types:
-                item.setting_types.append(code)
-    return list(ranked.values())
-
-
-def _superseded(resource: dict[str, Any], ranked: list[Ranked]) -> bool:
-    key = _identity(resource)
-    return any(_identity(item.resource) == key for item in ranked)
-
-
-def _merged_list(
-    patient_id: str, ranked: list[Ranked], lists: list[dict[str, Any]], now: str
-) -> dict[str, Any]:
-    entries = []
-    for item in ranked:
-        entry: dict[str, Any] = {
-            "item": {"reference": f"{item.resource['resourceType']}/{item.resource['id']}"}
-        }
-        extensions = [{"url": CARE_SETTING, "valueReference": s} for s in item.settings]
-        if extensions:
-            entry["extension"] = extensions
-        entries.append(entry)
-    sources = ", ".join(f"List/{source['id']}" for source in lists) or "none"
-    merged: dict[str, Any] = {
-        "resourceType": "List",
-        "meta": {
-            "profile": [LIST_PROFILE],
-            "tag": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
-                    "code": "SUBSETTED",
-                    "display": "merged view, not stored",
-                }
-            ],
-        },
-        "text": {
-            "status": "generated",
-            "div": '<div xmlns="http://www.w3.org/1999/xhtml">What matters to this patient, '
-            f"merged from {len(lists)} care setting(s): {sources}</div>",
-        },
-        "status": "current",
-        "mode": "working",
-        "title": "What matters to me",
-        "code": {"coding": [{"system": LOINC, "code": PRIORITIES_CODE}]},
-        "subject": {"reference": f"Patient/{patient_id}"},
-        "date": now,
-        "source": {"display": "What Matters: merged from every care setting"},
-        "orderedBy": {
-            "coding": [
-                {"system": "http://terminology.hl7.org/CodeSystem/list-order", "code": "priority"}
-            ]
-        },
-    }
-    if entries:
-        merged["entry"] = entries
-    return merged
-
-
-def _entry(base: str, resource: dict[str, Any]) -> dict[str, Any]:
+def _entry(base: str, resource: dict[str, Any], versioned: bool = False) -> dict[str, Any]:
     if "id" not in resource:  # the merged List is a view: it has no id, nothing to read back
         return {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": resource}
-    return {"fullUrl": f"{base}/{resource['resourceType']}/{resource['id']}", "resource": resource}
+    url = f"{base}/{resource['resourceType']}/{resource['id']}"
+    if versioned:  # an earlier version: its own URL, so it is never taken for the current one
+        url += f"/_history/{resource['meta']['versionId']}"
+    return {"fullUrl": url, "resource": resource}

@@ -1,18 +1,23 @@
 """A patient's priorities as plain data: what the facade returns and the page shows.
 
 Built from the ``$what-matters`` Bundle only, so the facade and the page add no logic of their
-own: rank, the patient's words, the goals, their status, who recorded each, where and when.
+own and show the same items in the same order: the patient's words, the goals under the
+statement they address, their status, every record with who recorded it, where and when, and
+the change marks of ``?since=``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from service.priorities.codes import CARE_SETTING, CARE_SETTING_TYPE, extension_value
+from service.priorities.codes import CHANGE, LIST_ITEM_FLAGS, RECORDED
+from service.priorities.items import addressed, language, plain_reference, words
 
-_SETTING_TYPES = {
+__all__ = ["SETTING_TYPES", "describe", "priorities", "words"]
+
+SETTING_TYPES = {
     "hospital": "Hospital",
-    "primary-care": "GP / primary care",
+    "primary-care": "GP",
     "care-home": "Care home",
     "community": "Community",
     "outpatient": "Outpatient clinic",
@@ -27,82 +32,98 @@ def describe(reference: Any) -> str | None:
     return str(reference.get("display") or reference.get("reference") or "") or None
 
 
-def words(resource: dict[str, Any]) -> str:
-    """The patient's words: a statement's value, a goal's description."""
-    if resource.get("resourceType") == "Goal":
-        return str(resource.get("description", {}).get("text", ""))
-    if "valueString" in resource:
-        return str(resource["valueString"])
-    return str(resource.get("valueCodeableConcept", {}).get("text", ""))
+def _parts(extension: dict[str, Any]) -> dict[str, list[Any]]:
+    found: dict[str, list[Any]] = {}
+    for part in extension.get("extension", []) or []:
+        value = next((v for k, v in part.items() if k.startswith("value")), None)
+        found.setdefault(str(part.get("url")), []).append(value)
+    return found
+
+
+def _record(extension: dict[str, Any]) -> dict[str, Any]:
+    parts = _parts(extension)
+    setting_type = (parts.get("setting-type") or [None])[0]
+    code = setting_type.get("code") if isinstance(setting_type, dict) else None
+    return {
+        "reference": describe((parts.get("record") or [None])[0]),
+        "recordedBy": describe((parts.get("recorder") or [None])[0]),
+        "setting": describe((parts.get("setting") or [None])[0]),
+        "settingType": SETTING_TYPES.get(code or "", code),
+        "date": (parts.get("date") or [None])[0],
+    }
+
+
+def _change(entry: dict[str, Any]) -> dict[str, Any] | None:
+    for extension in entry.get("extension", []) or []:
+        if extension.get("url") == CHANGE:
+            parts = _parts(extension)
+            return {
+                "mark": (parts.get("mark") or [None])[0],
+                "since": (parts.get("since") or [None])[0],
+                "what": parts.get("what", []),
+            }
+    return None
 
 
 def priorities(bundle: dict[str, Any]) -> dict[str, Any]:
-    """The ranked priorities of a ``$what-matters`` Bundle as plain JSON-ready data."""
-    # earlier versions (history=true) have _history fullUrls; the current ones do not
-    resources = [
-        e["resource"]
-        for e in bundle.get("entry", [])
-        if "resource" in e and "/_history/" not in str(e.get("fullUrl", ""))
+    """The items of a ``$what-matters`` Bundle, in order, as plain JSON-ready data."""
+    entries = [e for e in bundle.get("entry", []) if isinstance(e.get("resource"), dict)]
+    merged = entries[0]["resource"] if entries else {}
+    by_ref: dict[str, dict[str, Any]] = {}
+    for entry in entries[1:]:
+        resource = entry["resource"]
+        if "/_history/" in str(entry.get("fullUrl", "")):
+            version = resource.get("meta", {}).get("versionId")
+            by_ref[f"{resource['resourceType']}/{resource.get('id')}/_history/{version}"] = resource
+        else:
+            by_ref.setdefault(f"{resource['resourceType']}/{resource.get('id')}", resource)
+    listed = [e for e in merged.get("entry", []) or [] if isinstance(e.get("item"), dict)]
+    top = {str(e["item"].get("reference")) for e in listed}
+    nested = [
+        r
+        for ref, r in by_ref.items()
+        if r.get("resourceType") == "Goal" and ref not in top and "/_history/" not in ref
     ]
-    merged = resources[0] if resources else {}
-    by_ref = {f"{r['resourceType']}/{r['id']}": r for r in resources[1:] if "id" in r}
-    provenance: dict[str, dict[str, Any]] = {}
-    for resource in resources:
-        if resource.get("resourceType") != "Provenance":
-            continue
-        for target in resource.get("target", []):
-            ref = str(target.get("reference", ""))
-            if ref not in provenance or resource.get("recorded", "") > provenance[ref].get(
-                "recorded", ""
-            ):
-                provenance[ref] = resource
-    goals_for: dict[str, list[dict[str, Any]]] = {}
-    for resource in by_ref.values():
-        if resource.get("resourceType") == "Goal":
-            for address in resource.get("addresses", []):
-                goals_for.setdefault(str(address.get("reference")), []).append(resource)
     items = []
-    for rank, entry in enumerate(merged.get("entry", []), start=1):
-        ref = str(entry.get("item", {}).get("reference", ""))
+    for rank, entry in enumerate(listed, start=1):
+        ref = str(entry["item"].get("reference"))
         resource = by_ref.get(ref)
         if resource is None:
             continue
-        settings = [
-            describe(e.get("valueReference"))
-            for e in entry.get("extension", [])
-            if e.get("url") == CARE_SETTING
-        ] or [describe(extension_value(resource, CARE_SETTING, "valueReference"))]
-        setting_type = (extension_value(resource, CARE_SETTING_TYPE, "valueCoding") or {}).get(
-            "code"
-        )
-        source = provenance.get(ref)
-        author = None
-        if source is not None:
-            for agent in source.get("agent", []):
-                codes = [c.get("code") for c in agent.get("type", {}).get("coding", [])]
-                if "author" in codes:
-                    author = describe(agent.get("who"))
+        records = [_record(e) for e in entry.get("extension", []) or [] if e.get("url") == RECORDED]
+        mine = {plain_reference(r["reference"]) for r in records} | {plain_reference(ref)}
+        goals = [g for g in nested if addressed(g) & mine]
+        nested = [g for g in nested if g not in goals]  # a goal is shown once
+        flags = [
+            c.get("code")
+            for c in (entry.get("flag") or {}).get("coding", [])
+            if c.get("system") == LIST_ITEM_FLAGS
+        ]
+        change = _change(entry)
+        first = records[0] if records else {}
         item: dict[str, Any] = {
             "rank": rank,
+            "ranked": "not-yet-ranked" not in flags and (change or {}).get("mark") != "removed",
             "kind": "goal" if resource["resourceType"] == "Goal" else "statement",
-            "reference": ref,
+            "reference": plain_reference(ref),
             "text": words(resource),
-            "recordedBy": author or _recorder(resource),
-            "settings": [s for s in settings if s],
-            "settingType": _SETTING_TYPES.get(setting_type or ""),
-            "date": _date(resource, source),
+            "language": language(resource),
+            "recordedBy": first.get("recordedBy"),
+            "settings": list(dict.fromkeys(r["setting"] for r in records if r["setting"])),
+            "settingType": first.get("settingType"),
+            "date": first.get("date"),
+            "records": records,
+            "change": change,
         }
         if resource["resourceType"] == "Goal":
             item.update(_goal_fields(resource))
             item["statements"] = [
-                words(by_ref[str(a.get("reference"))])
-                for a in resource.get("addresses", [])
-                if str(a.get("reference")) in by_ref
+                words(by_ref[a]) for a in sorted(addressed(resource)) if a in by_ref
             ]
         else:
             item["status"] = resource.get("status")
             item["goals"] = [
-                {"text": words(goal), **_goal_fields(goal)} for goal in goals_for.get(ref, [])
+                {"text": words(g), "language": language(g), **_goal_fields(g)} for g in goals
             ]
         items.append(item)
     return {"priorities": items, "updated": bundle.get("timestamp")}
@@ -113,22 +134,9 @@ def _goal_fields(goal: dict[str, Any]) -> dict[str, Any]:
     target = next((t.get("dueDate") for t in goal.get("target", []) if t.get("dueDate")), None)
     achievement = goal.get("achievementStatus", {}).get("coding", [{}])[0].get("code")
     return {
+        "reference": f"Goal/{goal.get('id')}",
         "status": goal.get("lifecycleStatus"),
         "achievement": achievement,
         "priority": (priority or "").replace("-priority", "") or None,
         "targetDate": target,
     }
-
-
-def _recorder(resource: dict[str, Any]) -> str | None:
-    if resource.get("resourceType") == "Goal":
-        return describe(resource.get("expressedBy"))
-    performers = resource.get("performer", [])
-    return describe(performers[0]) if performers else None
-
-
-def _date(resource: dict[str, Any], provenance: dict[str, Any] | None) -> str | None:
-    value = resource.get("effectiveDateTime") or resource.get("startDate")
-    if value is None and provenance is not None:
-        value = provenance.get("recorded")
-    return str(value) if value else None

@@ -58,17 +58,19 @@ def test_post_records_a_conversation_and_returns_the_ranking(client: FlaskClient
     assert response.status_code == 201
     body = response.get_json()
     _schema("Priorities").validate(body)
-    first, second = body["priorities"]
-    assert (first["rank"], first["kind"], first["text"]) == (
+    # the goal is ranked first: the statement it addresses takes its place, the goal under it
+    (only,) = body["priorities"]
+    assert (only["rank"], only["kind"], only["text"]) == (
         1,
-        "goal",
-        "Back at choir practice by Easter",
+        "statement",
+        "Singing in the chapel choir",
     )
-    assert first["priority"] == "high"
-    assert first["statements"] == ["Singing in the chapel choir"]
-    assert second["goals"][0]["text"] == "Back at choir practice by Easter"
-    assert second["recordedBy"] == "Dr Rhys Morgan"
-    assert second["settings"] == ["Bodnant Surgery"]
+    assert only["ranked"] is True
+    (goal_,) = only["goals"]
+    assert (goal_["text"], goal_["priority"]) == ("Back at choir practice by Easter", "high")
+    assert only["recordedBy"] == "Dr Rhys Morgan"
+    assert only["settings"] == ["Bodnant Surgery"]
+    assert only["settingType"] == "GP"
 
 
 def test_get_is_the_same_as_what_matters(client: FlaskClient) -> None:
@@ -76,9 +78,9 @@ def test_get_is_the_same_as_what_matters(client: FlaskClient) -> None:
     client.post(PATIENT, json=_conversation())
     body = client.get(PATIENT).get_json()
     _schema("Priorities").validate(body)
-    assert [p["text"] for p in body["priorities"]] == [
-        "Back at choir practice by Easter",
-        "Singing in the chapel choir",
+    assert [p["text"] for p in body["priorities"]] == ["Singing in the chapel choir"]
+    assert [g["text"] for g in body["priorities"][0]["goals"]] == [
+        "Back at choir practice by Easter"
     ]
 
 
@@ -120,7 +122,8 @@ def test_page_shows_ranked_priorities_with_who_where_and_when(client: FlaskClien
     assert "@media print" in html
     assert "Nurse Ada Okafor" in html
     assert "Ward 7" in html
-    assert html.index('data-rank="1"') < html.index('data-rank="2"')
+    assert html.count('data-rank="') == 1  # the goal sits under the statement it addresses
+    assert html.count("Sleep in my own bed") == 1
     missing = client.get("/patients/nobody/what-matters")
     assert missing.status_code == 404
     assert missing.mimetype == "text/html"  # a person reads it: the error is a page too

@@ -252,7 +252,11 @@ def test_what_matters_merges_three_settings(client: FlaskClient) -> None:
     ]
     merged = bundle["entry"][0]["resource"]
     settings = [
-        sorted(x["valueReference"]["display"] for x in e.get("extension", []))
+        sorted(
+            x["valueReference"]["display"]
+            for x in e.get("extension", [])
+            if x["url"] == PROFILE + "wmty-care-setting"
+        )
         for e in merged["entry"]
     ]
     assert settings[1] == ["Bodnant Surgery", "Plas Newydd care home", "Ward 7"]

@@ -29,7 +29,7 @@ WORDS = {
 
 
 class _Words(HTMLParser):
-    """Collect the text of the page's ``<p class="words">`` elements."""
+    """Collect the text of the page's ``<h2 class="words">`` elements."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -37,12 +37,12 @@ class _Words(HTMLParser):
         self._inside = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "p" and ("class", "words") in attrs:
+        if tag == "h2" and ("class", "words") in attrs:
             self._inside = True
             self.found.append("")
 
     def handle_endtag(self, tag: str) -> None:
-        if tag == "p":
+        if tag == "h2":
             self._inside = False
 
     def handle_data(self, data: str) -> None:

@@ -1,0 +1,556 @@
+"""One item per thing the patient said, from every source: the heart of ``$what-matters``.
+
+Pure functions over resources already read (no I/O). A what-matters record is an Observation
+that is a what-matters statement (PCO ``what-matters`` category, a WMTY code or a claimed WMTY
+profile) or a Goal that is about what matters (the category, the profile, or it addresses such a
+statement), whoever wrote it: ``$record-what-matters``, a mapping, or plain FHIR REST.
+
+Records whose words are the same after whitespace is normalised (or that share an identifier)
+are one item; each item keeps every record, with who recorded it, where and when. Goals sit
+under the statement they address, or stand on their own. Items a current Priorities List ranks
+come first, in the merged ranking; the others follow, newest first.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.priorities.codes import (
+    CARE_SETTING,
+    CARE_SETTING_TYPE,
+    CHANGE,
+    GOAL_PROFILE,
+    LIST_ITEM_FLAGS,
+    LIST_ORDER,
+    LIST_PROFILE,
+    LOINC,
+    PCO_CONCEPTS,
+    PRIORITIES_CODE,
+    RECORDED,
+    STATEMENT_CODES,
+    STATEMENT_PROFILES,
+    coding,
+    extension_value,
+)
+
+LANGUAGE = "http://hl7.org/fhir/StructureDefinition/language"
+NOT_YET_RANKED = {
+    "coding": [coding(LIST_ITEM_FLAGS, "not-yet-ranked", "Not yet ranked")],
+    "text": "Not yet ranked",
+}
+_SPACE = re.compile(r"\s+")
+_HISTORY = re.compile(r"/_history/[^/]*$")
+
+
+def reference_of(resource: dict[str, Any]) -> str:
+    """``Type/id`` of a stored resource."""
+    return f"{resource.get('resourceType')}/{resource.get('id')}"
+
+
+def plain_reference(reference: Any) -> str:
+    """A literal reference as ``Type/id``: no base URL, no ``/_history/n``."""
+    text = _HISTORY.sub("", str(reference or ""))
+    parts = text.rstrip("/").split("/")
+    return "/".join(parts[-2:]) if len(parts) >= 2 else text
+
+
+def _codes(concepts: Any) -> list[tuple[str, str]]:
+    found = []
+    for concept in concepts if isinstance(concepts, list) else [concepts]:
+        if isinstance(concept, dict):
+            for c in concept.get("coding", []) or []:
+                if isinstance(c, dict):
+                    found.append((str(c.get("system", "")), str(c.get("code", ""))))
+    return found
+
+
+def _profiles(resource: dict[str, Any]) -> list[str]:
+    meta = resource.get("meta")
+    profiles = meta.get("profile", []) if isinstance(meta, dict) else []
+    return [str(p).split("|", 1)[0] for p in profiles or [] if isinstance(p, str)]
+
+
+def _what_matters_category(resource: dict[str, Any]) -> bool:
+    return (PCO_CONCEPTS, "what-matters") in _codes(resource.get("category"))
+
+
+def is_statement(resource: dict[str, Any]) -> bool:
+    """A what-matters statement that counts (not entered in error)."""
+    if resource.get("resourceType") != "Observation":
+        return False
+    if resource.get("status") == "entered-in-error":
+        return False
+    return (
+        _what_matters_category(resource)
+        or any(code in STATEMENT_CODES for _, code in _codes(resource.get("code")))
+        or any(p in STATEMENT_PROFILES for p in _profiles(resource))
+    )
+
+
+def is_goal(resource: dict[str, Any], statements: set[str], ranked: set[str]) -> bool:
+    """A Goal about what matters: the category, the profile, it addresses a statement, or a
+    Priorities List ranks it (``ranked``: ``Type/id``)."""
+    if resource.get("resourceType") != "Goal":
+        return False
+    if resource.get("lifecycleStatus") == "entered-in-error":
+        return False
+    return (
+        _what_matters_category(resource)
+        or GOAL_PROFILE in _profiles(resource)
+        or bool(addressed(resource) & statements)
+        or reference_of(resource) in ranked
+    )
+
+
+def addressed(goal: dict[str, Any]) -> set[str]:
+    """The ``Type/id`` of everything a Goal addresses."""
+    return {
+        plain_reference(a.get("reference"))
+        for a in goal.get("addresses", []) or []
+        if isinstance(a, dict) and a.get("reference")
+    }
+
+
+def words(resource: dict[str, Any]) -> str:
+    """The patient's words, verbatim: a statement's value, a goal's description."""
+    if resource.get("resourceType") == "Goal":
+        concept = resource.get("description")
+    elif "valueString" in resource:
+        return str(resource["valueString"])
+    else:
+        concept = resource.get("valueCodeableConcept")
+    if not isinstance(concept, dict):
+        return ""
+    if concept.get("text"):
+        return str(concept["text"])
+    for c in concept.get("coding", []) or []:
+        if isinstance(c, dict) and (c.get("display") or c.get("code")):
+            return str(c.get("display") or c.get("code"))
+    return ""
+
+
+def language(resource: dict[str, Any]) -> str | None:
+    """The language of the words: the language extension on them, else ``Resource.language``."""
+    if resource.get("resourceType") == "Goal":
+        element = (resource.get("description") or {}).get("_text")
+    elif "valueString" in resource:
+        element = resource.get("_valueString")
+    else:
+        element = (resource.get("valueCodeableConcept") or {}).get("_text")
+    if isinstance(element, dict):
+        code = extension_value(element, LANGUAGE, "valueCode")
+        if isinstance(code, str) and code:
+            return code
+    value = resource.get("language")
+    return value if isinstance(value, str) and value else None
+
+
+def normalised(text: str) -> str:
+    """The words compared: runs of whitespace as one space, none at either end."""
+    return _SPACE.sub(" ", text).strip()
+
+
+def _updated(resource: dict[str, Any]) -> str:
+    meta = resource.get("meta")
+    return str(meta.get("lastUpdated", "")) if isinstance(meta, dict) else ""
+
+
+@dataclass
+class Record:
+    """One resource saying the thing, and who recorded it, where and when."""
+
+    resource: dict[str, Any]
+    recorder: dict[str, Any] | None = None
+    setting: dict[str, Any] | None = None
+    setting_type: dict[str, Any] | None = None
+    date: str | None = None
+
+    @property
+    def reference(self) -> str:
+        """``Type/id`` of the resource."""
+        return reference_of(self.resource)
+
+
+@dataclass(eq=False)
+class Item:
+    """One thing said (a statement, or a goal on its own), with every record of it."""
+
+    kind: str  # statement | goal
+    records: list[Record]  # the most recently updated first: its words are shown
+    goals: list[Item] = field(default_factory=list)
+    position: int | None = None  # place in the merged ranking; None: not yet ranked
+
+    @property
+    def resource(self) -> dict[str, Any]:
+        """The record shown."""
+        return self.records[0].resource
+
+    @property
+    def references(self) -> set[str]:
+        """``Type/id`` of every record."""
+        return {r.reference for r in self.records}
+
+    def references_addressed(self) -> set[str]:
+        """``Type/id`` of everything any record (a goal's) addresses."""
+        return set().union(*(addressed(r.resource) for r in self.records))
+
+    @property
+    def newest(self) -> str:
+        """The latest date any record gives, for ordering the not-yet-ranked."""
+        return max((r.date or _updated(r.resource) for r in self.records), default="")
+
+
+def _agent(provenance: dict[str, Any]) -> dict[str, Any] | None:
+    """The author agent, else the only agent, else the first."""
+    agents = [a for a in provenance.get("agent", []) or [] if isinstance(a, dict)]
+    for agent in agents:
+        if any(code == "author" for _, code in _codes(agent.get("type"))):
+            return agent
+    return agents[0] if agents else None
+
+
+def _reference(value: Any) -> dict[str, Any] | None:
+    if isinstance(value, dict) and (value.get("reference") or value.get("display")):
+        return value
+    return None
+
+
+def records_of(
+    resource: dict[str, Any],
+    provenances: list[dict[str, Any]],
+    listed: list[dict[str, Any]],
+) -> list[Record]:
+    """Who, where and when for one resource: one Record for each care setting that knows it.
+
+    Who: the newest Provenance that targets it (its author agent, else its only agent, else
+    its first), else ``performer`` / ``expressedBy``. Where: the care-setting extension and
+    the settings of the Lists that rank it (``listed``, newest first), else the Provenance's
+    ``location``, else the agent's ``onBehalfOf``. When: the effective or start date, else
+    the Provenance's ``recorded``."""
+    provenance = max(provenances, key=lambda p: str(p.get("recorded", "")), default=None)
+    agent = _agent(provenance) if provenance else None
+    recorder = _reference(agent.get("who")) if agent else None
+    if recorder is None:
+        if resource.get("resourceType") == "Goal":
+            recorder = _reference(resource.get("expressedBy"))
+        else:
+            recorder = next(
+                (r for r in map(_reference, resource.get("performer", []) or []) if r), None
+            )
+    date = (
+        resource.get("effectiveDateTime")
+        or resource.get("effectiveInstant")
+        or (resource.get("effectivePeriod") or {}).get("start")
+        or resource.get("startDate")
+        or (provenance or {}).get("recorded")
+    )
+    own_type = extension_value(resource, CARE_SETTING_TYPE, "valueCoding")
+    settings: list[tuple[dict[str, Any] | None, Any]] = []
+    own = _reference(extension_value(resource, CARE_SETTING, "valueReference"))
+    if own is not None:
+        settings.append((own, own_type))
+    for source in listed:  # the same record ranked by another setting's List: it knows it too
+        setting = _reference(extension_value(source, CARE_SETTING, "valueReference"))
+        kind = extension_value(source, CARE_SETTING_TYPE, "valueCoding")
+        if setting is not None and setting not in [s for s, _ in settings]:
+            settings.append((setting, kind))
+    if not settings and provenance is not None:
+        where = _reference(provenance.get("location"))
+        if where is None and agent is not None:
+            where = _reference(agent.get("onBehalfOf"))
+        settings.append((where, own_type))
+    return [
+        Record(
+            resource,
+            recorder,
+            setting,
+            kind if isinstance(kind, dict) else None,
+            str(date) if date else None,
+        )
+        for setting, kind in settings or [(None, own_type)]
+    ]
+
+
+class _Groups:
+    """Union-find over records: the same words, or the same identifier, is the same item."""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, ref: str) -> str:
+        while self.parent.setdefault(ref, ref) != ref:
+            self.parent[ref] = self.parent[self.parent[ref]]
+            ref = self.parent[ref]
+        return ref
+
+    def join(self, a: str, b: str) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+
+def _keys(resource: dict[str, Any]) -> list[str]:
+    kind = str(resource.get("resourceType"))
+    keys = []
+    said = normalised(words(resource))
+    if said:
+        keys.append(f"{kind}\x1fwords\x1f{said}")
+    for identifier in resource.get("identifier", []) or []:
+        if isinstance(identifier, dict) and identifier.get("value"):
+            keys.append(f"{kind}\x1fid\x1f{identifier.get('system', '')}|{identifier['value']}")
+    return keys
+
+
+def _group(records: list[Record]) -> list[list[Record]]:
+    groups = _Groups()
+    first: dict[str, str] = {}
+    for record in records:
+        groups.find(record.reference)
+        for key in _keys(record.resource):
+            if key in first:
+                groups.join(record.reference, first[key])
+            else:
+                first[key] = record.reference
+    together: dict[str, list[Record]] = {}
+    for record in records:
+        together.setdefault(groups.find(record.reference), []).append(record)
+    for members in together.values():
+        members.sort(key=lambda r: _updated(r.resource), reverse=True)
+    return list(together.values())
+
+
+def _ranking(lists: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """Every reference the Lists rank, newest List first, each with its List."""
+    ordered = sorted(lists, key=lambda r: (str(r.get("date", "")), _updated(r)), reverse=True)
+    ranked = []
+    for source in ordered:
+        for entry in source.get("entry", []) or []:
+            if not isinstance(entry, dict) or entry.get("deleted"):
+                continue
+            item = entry.get("item")
+            if isinstance(item, dict) and item.get("reference"):
+                ranked.append((plain_reference(item["reference"]), source))
+    return ranked
+
+
+def gather(
+    lists: list[dict[str, Any]],
+    resources: list[dict[str, Any]],
+    provenances: list[dict[str, Any]],
+) -> list[Item]:
+    """The patient's items: ranked ones in the merged order, then the not-yet-ranked, newest
+    first. ``lists`` are the current Priorities Lists; ``resources`` the patient's Observations
+    and Goals (those that are not about what matters are left out here)."""
+    statements = [r for r in resources if is_statement(r)]
+    statement_refs = {reference_of(r) for r in statements}
+    ranking = _ranking(lists)
+    goals = [r for r in resources if is_goal(r, statement_refs, {ref for ref, _ in ranking})]
+    listed: dict[str, list[dict[str, Any]]] = {}
+    for ref, source in ranking:
+        listed.setdefault(ref, []).append(source)  # the newest List first
+    targets: dict[str, list[dict[str, Any]]] = {}
+    for provenance in provenances:
+        for target in provenance.get("target", []) or []:
+            if isinstance(target, dict):
+                ref = plain_reference(target.get("reference"))
+                targets.setdefault(ref, []).append(provenance)
+
+    def records(found: list[dict[str, Any]]) -> list[Record]:
+        return [
+            record
+            for r in found
+            for record in records_of(
+                r, targets.get(reference_of(r), []), listed.get(reference_of(r), [])
+            )
+        ]
+
+    statement_items = [Item("statement", g) for g in _group(records(statements))]
+    goal_items = [Item("goal", g) for g in _group(records(goals))]
+    place: dict[str, int] = {}
+    for position, (ref, _) in enumerate(ranking):
+        place.setdefault(ref, position)
+    for item in [*statement_items, *goal_items]:
+        found = [place[r] for r in item.references if r in place]
+        item.position = min(found) if found else None
+    owner = {ref: item for item in statement_items for ref in item.references}
+    alone = []
+    for goal in goal_items:
+        addressed_items = {
+            id(owner[r]): owner[r] for r in goal.references_addressed() if r in owner
+        }
+        if not addressed_items:
+            alone.append(goal)
+            continue
+        home = min(addressed_items.values(), key=_order)
+        home.goals.append(goal)
+        if goal.position is not None and (home.position is None or goal.position < home.position):
+            home.position = goal.position
+    top = [*statement_items, *alone]
+    for item in top:
+        item.goals.sort(key=_order)
+    ranked = sorted((i for i in top if i.position is not None), key=_order)
+    waiting = sorted((i for i in top if i.position is None), key=lambda i: i.newest, reverse=True)
+    return ranked + waiting
+
+
+def _order(item: Item) -> tuple[int, int, str]:
+    if item.position is None:
+        return (1, 0, "")
+    return (0, item.position, "")
+
+
+@dataclass
+class Change:
+    """How an item differs from what was there at an earlier instant."""
+
+    mark: str  # new | changed | removed
+    what: list[str] = field(default_factory=list)  # for changed: words, status, rank
+
+
+def _status(item: Item) -> tuple[Any, ...]:
+    resource = item.resource
+    own = resource.get("lifecycleStatus") if item.kind == "goal" else resource.get("status")
+    goals = sorted(
+        (normalised(words(g.resource)), str(g.resource.get("lifecycleStatus"))) for g in item.goals
+    )
+    return (own, tuple(goals))
+
+
+def compare(before: list[Item], after: list[Item]) -> tuple[dict[int, Change], list[Item]]:
+    """Marks for the items of ``after`` (by ``id(item)``) against ``before``, and the items of
+    ``before`` that are gone. Items match when they share a record or their words."""
+    by_ref: dict[str, Item] = {}
+    by_words: dict[tuple[str, str], Item] = {}
+    for item in after:
+        for ref in item.references:
+            by_ref.setdefault(ref, item)
+        by_words.setdefault((item.kind, normalised(words(item.resource))), item)
+    pairs: dict[int, Item] = {}  # id(after item) -> before item
+    removed = []
+    for old in before:
+        new = next((by_ref[r] for r in sorted(old.references) if r in by_ref), None)
+        new = new or by_words.get((old.kind, normalised(words(old.resource))))
+        if new is None or id(new) in pairs:
+            removed.append(old)
+        else:
+            pairs[id(new)] = old
+    both = [
+        (i, pairs[id(i)])
+        for i in after
+        if id(i) in pairs and i.position is not None and pairs[id(i)].position is not None
+    ]
+    rank_after = {id(new): n for n, (new, _) in enumerate(both)}
+    olds = sorted((old for _, old in both), key=_order)
+    rank_before = {id(old): n for n, old in enumerate(olds)}
+    marks: dict[int, Change] = {}
+    for item in after:
+        old = pairs.get(id(item))
+        if old is None:
+            marks[id(item)] = Change("new")
+            continue
+        what = []
+        if words(old.resource) != words(item.resource):
+            what.append("words")
+        if _status(old) != _status(item):
+            what.append("status")
+        moved = (old.position is None) != (item.position is None)
+        if id(item) in rank_after:
+            moved = rank_before[id(old)] != rank_after[id(item)]
+        if moved:
+            what.append("rank")
+        if what:
+            marks[id(item)] = Change("changed", what)
+    return marks, removed
+
+
+def _recorded(record: Record) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = [
+        {"url": "record", "valueReference": {"reference": record.reference}}
+    ]
+    if record.recorder:
+        parts.append({"url": "recorder", "valueReference": record.recorder})
+    if record.setting:
+        parts.append({"url": "setting", "valueReference": record.setting})
+    if record.setting_type:
+        parts.append({"url": "setting-type", "valueCoding": record.setting_type})
+    if record.date:
+        parts.append({"url": "date", "valueDateTime": record.date})
+    return {"url": RECORDED, "extension": parts}
+
+
+def _change(change: Change, since: str) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = [
+        {"url": "mark", "valueCode": change.mark},
+        {"url": "since", "valueInstant": since},
+    ]
+    parts += [{"url": "what", "valueCode": what} for what in change.what]
+    return {"url": CHANGE, "extension": parts}
+
+
+def merged_list(
+    patient_id: str,
+    items: list[Item],
+    lists: list[dict[str, Any]],
+    marks: dict[int, Change],
+    removed: list[Item],
+    since: str | None,
+    now: str,
+) -> dict[str, Any]:
+    """The merged Priorities List (a view, not stored): an entry per item, in order, with the
+    care settings that know it, every record of it, and its change mark."""
+    entries = []
+    settings: list[dict[str, Any]] = []
+    for item in items:
+        extensions: list[dict[str, Any]] = []
+        for record in item.records:
+            if record.setting and record.setting not in settings:
+                settings.append(record.setting)
+            setting = {"url": CARE_SETTING, "valueReference": record.setting}
+            if record.setting and setting not in extensions:
+                extensions.append(setting)
+        extensions += [_recorded(record) for record in item.records]
+        if since is not None and id(item) in marks:
+            extensions.append(_change(marks[id(item)], since))
+        entry: dict[str, Any] = {"extension": extensions} if extensions else {}
+        if item.position is None:
+            entry["flag"] = NOT_YET_RANKED
+        entry["item"] = {"reference": reference_of(item.resource)}
+        entries.append(entry)
+    for gone in removed:
+        version = (gone.resource.get("meta") or {}).get("versionId")
+        entries.append(
+            {
+                "extension": [_change(Change("removed"), since or now)],
+                "item": {"reference": f"{reference_of(gone.resource)}/_history/{version}"},
+            }
+        )
+    merged: dict[str, Any] = {
+        "resourceType": "List",
+        "meta": {
+            "profile": [LIST_PROFILE],
+            "tag": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+                    "code": "SUBSETTED",
+                    "display": "merged view, not stored",
+                }
+            ],
+        },
+        "text": {
+            "status": "generated",
+            "div": '<div xmlns="http://www.w3.org/1999/xhtml">What matters to this patient: '
+            f"{len(items)} item(s) from {len(settings)} care setting(s) and "
+            f"{len(lists)} priorities list(s), ranked items first</div>",
+        },
+        "status": "current",
+        "mode": "working",
+        "title": "What matters to me",
+        "code": {"coding": [coding(LOINC, PRIORITIES_CODE)]},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "date": now,
+        "source": {"display": "What Matters: merged from every care setting"},
+        "orderedBy": {"coding": [coding(LIST_ORDER, "priority")]},
+    }
+    if entries:
+        merged["entry"] = entries
+    return merged
