@@ -55,6 +55,7 @@ def wire_fhir_service(
         thorough=ResourceValidator(registry, invariants=True, required_profiles=required),
         default_page_size=config.default_page_size,
         max_page_size=config.max_page_size,
+        max_chain_depth=config.max_chain_depth,
         return_warnings=config.validation_warnings,
         conformance=ConformanceResources([f.resource for f in registry.files], registry.snapshots),
     )
