@@ -182,9 +182,11 @@ def create_app(config: Config | None = None) -> Flask:
 
     observability.install(app, config.base_path)
     from service.api.auth import install, verifier_for
-    from service.api.hardening import install_cors, install_rate_limits
+    from service.api.hardening import install_cors, install_edge_checks, install_rate_limits
 
-    # in this order: CORS preflights need no token; floods are cut before tokens are checked
+    # in this order: peers and hosts first; CORS preflights need no token; floods are cut
+    # before tokens are checked
+    install_edge_checks(app, config)
     install_cors(app, config)
     install_rate_limits(app, config)
     install(app, config, config.base_path, verifier_for(config))

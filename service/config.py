@@ -233,3 +233,15 @@ def _boolean(name: str, raw: str) -> bool:
     if word in FALSE_WORDS:
         return False
     raise ConfigError(f"{name} must be true or false, not {raw!r}")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or address) is this machine (localhost, 127.0.0.0/8, ::1)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
