@@ -158,7 +158,8 @@ class Config:
             raise ConfigError("sizes must be positive")
         if self.max_chain_depth < 1 or self.auth_max_token_seconds <= 0:
             raise ConfigError(
-                "WHATMATTERS_MAX_CHAIN_DEPTH and WHATMATTERS_AUTH_MAX_TOKEN_SECONDS must be positive"
+                "WHATMATTERS_MAX_CHAIN_DEPTH and WHATMATTERS_AUTH_MAX_TOKEN_SECONDS must be "
+                "positive"
             )
         if self.auth_mode not in AUTH_MODES:
             raise ConfigError(

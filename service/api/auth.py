@@ -14,7 +14,7 @@ import re
 import time
 from contextvars import Token
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
@@ -131,16 +131,20 @@ class TokenVerifier:
         """``exp`` (and ``iat``) are NumericDates (RFC 7519 section 2), not strings, and a token
         lives at most max_lifetime seconds: a stolen token must not work for years."""
         exp, iat = claims.get("exp"), claims.get("iat", time.time())
-        for name, value in (("exp", exp), ("iat", iat)):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise _invalid(f"the access token's {name} is not a number (RFC 7519 NumericDate)")
-        assert isinstance(exp, int | float) and isinstance(iat, int | float)
+        if not _numeric(exp):
+            raise _invalid("the access token's exp is not a number (RFC 7519 NumericDate)")
+        if not _numeric(iat):
+            raise _invalid("the access token's iat is not a number (RFC 7519 NumericDate)")
         start = min(iat, time.time() + self.leeway)
         if exp - start > self.max_lifetime + self.leeway:
             raise _invalid(
                 f"the access token lives longer than this server accepts ({self.max_lifetime} "
                 "seconds from iat)"
             )
+
+
+def _numeric(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def access_of(claims: dict[str, Any]) -> Access:

@@ -318,8 +318,7 @@ def patient_stores(make_store: StoreMaker, registry: ProfileRegistry) -> list[Fh
 @pytest.fixture(scope="module")
 def user_stores(make_store: StoreMaker, registry: ProfileRegistry) -> list[FhirService]:
     contents = [
-        a_data() + b_fixed() + (b_unreadable(*variant) if variant else [])
-        for variant in B_VARIANTS
+        a_data() + b_fixed() + (b_unreadable(*variant) if variant else []) for variant in B_VARIANTS
     ]
     return list(_stores(make_store, registry, contents))
 

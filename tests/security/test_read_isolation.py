@@ -97,7 +97,7 @@ def _count(who: Any, url: str) -> int:
 # -- finding 2: chains and _has read through the guard ----------------------------------------
 
 B_GUESSES = [
-    f"/fhir/Observation?performer:Patient.name=Bryn&_summary=count",
+    "/fhir/Observation?performer:Patient.name=Bryn&_summary=count",
     f"/fhir/Observation?performer:Patient.identifier=https://fhir.nhs.uk/Id/nhs-number|{B_NHS}"
     "&_summary=count",
     f"/fhir/Observation?performer:Patient.birthdate={B_BIRTH}&_summary=count",
@@ -150,8 +150,7 @@ def test_a_chain_over_a_patients_own_data_still_works(
         ),
         (
             "user/Patient.rs",
-            "/fhir/Patient?_has:Observation:performer:value-string:contains=secret"
-            "&_summary=count",
+            "/fhir/Patient?_has:Observation:performer:value-string:contains=secret&_summary=count",
             "_has:Observation:performer",
         ),
     ],
