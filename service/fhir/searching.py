@@ -204,9 +204,15 @@ def _includes(
                 if key not in seen:
                     seen.add(key)
                     new_keys.append(key)
-        new_keys = new_keys[: MAX_INCLUDED - len(found)]
-        # a target the token may not read is left out, whether it exists or not
-        resources = read_visible(tx, new_keys)
+        # a target the token may not read is left out, whether it exists or not; the cap
+        # counts only what is shown, so unreadable targets cannot push readable ones out
+        room = MAX_INCLUDED - len(found)
+        resources: list[StoredResource] = []
+        for start in range(0, len(new_keys), room):
+            resources += read_visible(tx, new_keys[start : start + room])
+            if len(resources) >= room:
+                break
+        resources = resources[:room]
         found.extend(resources)
         frontier = [(r.type, r.id) for r in resources]
         if len(found) >= MAX_INCLUDED:
