@@ -61,6 +61,7 @@ def wire_fhir_service(
         thorough=ResourceValidator(registry, invariants=True, required_profiles=required),
         default_page_size=config.default_page_size,
         max_page_size=config.max_page_size,
+        max_chain_depth=config.max_chain_depth,
         return_warnings=config.validation_warnings,
         conformance=ConformanceResources([f.resource for f in registry.files], registry.snapshots),
         unique_identifier_systems=config.unique_identifier_systems,
@@ -202,9 +203,11 @@ def create_app(
 
     observability.install(app, config.base_path)
     from service.api.auth import install, verifier_for
-    from service.api.hardening import install_cors, install_rate_limits
+    from service.api.hardening import install_cors, install_edge_checks, install_rate_limits
 
-    # in this order: CORS preflights need no token; floods are cut before tokens are checked
+    # in this order: peers and hosts first; CORS preflights need no token; floods are cut
+    # before tokens are checked
+    install_edge_checks(app, config)
     install_cors(app, config)
     install_rate_limits(app, config)
     install(app, config, config.base_path, verifier_for(config))

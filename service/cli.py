@@ -10,19 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from service.config import Config, ConfigError
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding ``host`` keeps the service on this machine (127.0.0.0/8, ::1)."""
-    import ipaddress
-
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+from service.config import Config, ConfigError, is_loopback
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:

@@ -77,6 +77,14 @@ class Config:
     # Hosts (names, addresses or CIDR ranges) a Subscription's rest-hook endpoint may name
     # besides public https ones; loopback, link-local and private addresses only when listed.
     subscription_endpoint_allow: tuple[str, ...] = ()
+    # Chain links plus _has levels one search parameter may take (deeper: 400).
+    max_chain_depth: int = 3
+    # Without public_base_url, the Host names requests may carry (any port); others get 400.
+    allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")
+    # The longest lifetime (exp after iat, or after now without iat) an access token may have.
+    auth_max_token_seconds: int = 3600
+    # Whether /metrics answers without a token in the smart mode.
+    metrics_public: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -108,6 +116,8 @@ class Config:
             "auth_leeway_seconds",
             "rate_limit_per_minute",
             "rate_limit_burst",
+            "max_chain_depth",
+            "auth_max_token_seconds",
         ):
             _number(env, name, int, "a whole number", changes)
         for name in ("profiles_dir", "mappings_dir"):
@@ -127,7 +137,7 @@ class Config:
             number = _number(env, name, float, "a number", changes)
             if number is not None and number <= 0:
                 raise ConfigError(f"WHATMATTERS_{name.upper()} must be positive")
-        for name in ("auto_migrate", "validation_warnings", "outbox_worker"):
+        for name in ("auto_migrate", "validation_warnings", "outbox_worker", "metrics_public"):
             raw = env.get(f"WHATMATTERS_{name.upper()}")
             if raw is not None:
                 changes[name] = _boolean(f"WHATMATTERS_{name.upper()}", raw)
@@ -135,6 +145,11 @@ class Config:
             raw_list = env.get(f"WHATMATTERS_{name.upper()}")
             if raw_list is not None:
                 changes[name] = tuple(o.strip() for o in raw_list.split(",") if o.strip())
+        raw_hosts = env.get("WHATMATTERS_ALLOWED_HOSTS")
+        if raw_hosts is not None:
+            changes["allowed_hosts"] = tuple(
+                h.strip().lower() for h in raw_hosts.split(",") if h.strip()
+            )
         raw = env.get("WHATMATTERS_REQUIRED_PROFILES")
         if raw is not None:
             changes["required_profiles"] = parse_required_profiles(raw)
@@ -150,6 +165,11 @@ class Config:
             raise ConfigError("base_path must start with '/' and not end with '/'")
         if self.max_body_bytes <= 0 or self.default_page_size <= 0 or self.max_page_size <= 0:
             raise ConfigError("sizes must be positive")
+        if self.max_chain_depth < 1 or self.auth_max_token_seconds <= 0:
+            raise ConfigError(
+                "WHATMATTERS_MAX_CHAIN_DEPTH and WHATMATTERS_AUTH_MAX_TOKEN_SECONDS must be "
+                "positive"
+            )
         if self.auth_mode not in AUTH_MODES:
             raise ConfigError(
                 f"WHATMATTERS_AUTH_MODE must be one of {', '.join(AUTH_MODES)}, "
@@ -223,3 +243,15 @@ def _boolean(name: str, raw: str) -> bool:
     if word in FALSE_WORDS:
         return False
     raise ConfigError(f"{name} must be true or false, not {raw!r}")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or address) is this machine (localhost, 127.0.0.0/8, ::1)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from contextvars import Token
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
@@ -69,10 +70,18 @@ class FileKeys:
 class TokenVerifier:
     """Checks access tokens against one issuer's published keys (cached by PyJWKClient)."""
 
-    def __init__(self, issuer: str, audience: str, jwks_url: str, leeway: int = 30) -> None:
+    def __init__(
+        self,
+        issuer: str,
+        audience: str,
+        jwks_url: str,
+        leeway: int = 30,
+        max_lifetime: int = 3600,
+    ) -> None:
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway
+        self.max_lifetime = max_lifetime
         self.keys: jwt.PyJWKClient | FileKeys
         if jwks_url.startswith("file:"):
             self.keys = FileKeys(Path(url2pathname(urlsplit(jwks_url).path)))
@@ -115,7 +124,27 @@ class TokenVerifier:
             raise _invalid("the access token comes from another issuer") from exc
         except jwt.PyJWTError as exc:
             raise _invalid(f"the access token cannot be trusted: {exc}") from exc
+        self._check_lifetime(claims)
         return access_of(claims)
+
+    def _check_lifetime(self, claims: dict[str, Any]) -> None:
+        """``exp`` (and ``iat``) are NumericDates (RFC 7519 section 2), not strings, and a token
+        lives at most max_lifetime seconds: a stolen token must not work for years."""
+        exp, iat = claims.get("exp"), claims.get("iat", time.time())
+        if not _numeric(exp):
+            raise _invalid("the access token's exp is not a number (RFC 7519 NumericDate)")
+        if not _numeric(iat):
+            raise _invalid("the access token's iat is not a number (RFC 7519 NumericDate)")
+        start = min(iat, time.time() + self.leeway)
+        if exp - start > self.max_lifetime + self.leeway:
+            raise _invalid(
+                f"the access token lives longer than this server accepts ({self.max_lifetime} "
+                "seconds from iat)"
+            )
+
+
+def _numeric(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def access_of(claims: dict[str, Any]) -> Access:
@@ -163,7 +192,9 @@ def install(app: Flask, config: Config, base_path: str, verifier: TokenVerifier 
     if config.auth_mode != "smart":
         return
     assert verifier is not None
-    public = (f"{base_path}/metadata", "/.well-known/", "/healthz", "/readyz", "/metrics")
+    public: tuple[str, ...] = (f"{base_path}/metadata", "/.well-known/", "/healthz", "/readyz")
+    if config.metrics_public:
+        public += ("/metrics",)
 
     @app.get("/.well-known/smart-configuration")
     def _smart_configuration() -> Any:
@@ -183,12 +214,15 @@ def install(app: Flask, config: Config, base_path: str, verifier: TokenVerifier 
         check_client_limit(app, access.client_id or access.subject or str(request.remote_addr))
         if request.path.startswith("/admin/") and not is_administrator(access):
             raise Forbidden("The outbox admin endpoints need a system/*.cruds (or *.*) scope")
+        if request.path == "/metrics" and not any(g.context == "system" for g in access.grants):
+            raise Forbidden("/metrics needs a system/ scope (or WHATMATTERS_METRICS_PUBLIC=true)")
         g.whatmatters_access_token = set_access(access)
         g.whatmatters_access = access
 
     @app.after_request
     def _audit(response: Response) -> Response:
-        if request.method == "OPTIONS" or request.path.startswith(public):
+        # a monitoring system's scrapes are not a patient's data: they are not audited
+        if request.method == "OPTIONS" or request.path.startswith((*public, "/metrics")):
             return response
         return record_audit(app, response, base_path)
 
@@ -316,4 +350,10 @@ def verifier_for(config: Config) -> TokenVerifier | None:
     assert config.auth_issuer is not None
     jwks_url = config.jwks_url
     assert jwks_url is not None
-    return TokenVerifier(config.auth_issuer, config.audience, jwks_url, config.auth_leeway_seconds)
+    return TokenVerifier(
+        config.auth_issuer,
+        config.audience,
+        jwks_url,
+        config.auth_leeway_seconds,
+        config.auth_max_token_seconds,
+    )

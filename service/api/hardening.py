@@ -1,4 +1,10 @@
-"""Hardening at the HTTP edge: rate limits per client and CORS for SMART apps in browsers.
+"""Hardening at the HTTP edge: who may connect, which Host names are answered, rate limits
+per client and CORS for SMART apps in browsers.
+
+In the ``none`` mode (no tokens) only loopback peers are answered, however the app was started
+(``whatmatters serve`` or ``gunicorn wsgi:app``): the check reads each request's WSGI
+``REMOTE_ADDR``. Without a public base URL, links are built from the Host header, so only the
+configured host names are answered (Host header poisoning).
 
 Rate limits are token buckets kept in each process (with several gunicorn workers the limit
 holds per worker): one bucket per network address, checked before the token, and one per
@@ -19,8 +25,8 @@ from dataclasses import dataclass
 
 from flask import Flask, Response, g, request
 
-from service.config import Config
-from service.errors import FhirError
+from service.config import Config, is_loopback
+from service.errors import BadRequest, FhirError, Forbidden
 
 CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 CORS_HEADERS = (
@@ -71,6 +77,37 @@ class RateLimiter:
                 bucket.tokens -= 1
                 return 0.0
             return (1 - bucket.tokens) / self.rate
+
+
+def host_name(host: str) -> str:
+    """The name part of a Host header, without the port: ``[::1]:8080`` -> ``[::1]``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    return host.partition(":")[0].rstrip(".")
+
+
+def install_edge_checks(app: Flask, config: Config) -> None:
+    """Refuse peers off this machine in the none mode, and Host names not configured."""
+    check_host = not config.public_base_url and "*" not in config.allowed_hosts
+    allowed = {host_name(h) for h in config.allowed_hosts}
+
+    @app.before_request
+    def _edge() -> None:
+        peer = request.remote_addr
+        # an empty peer is a Unix socket, which only this machine can reach
+        if config.auth_mode == "none" and peer and not is_loopback(peer):
+            raise Forbidden(
+                "This server runs without authorization (WHATMATTERS_AUTH_MODE=none), so it "
+                "answers only clients on this machine; the request came from another address. "
+                "Run WHATMATTERS_AUTH_MODE=smart to serve a network"
+            )
+        if check_host and host_name(request.host) not in allowed:
+            raise BadRequest(
+                "The Host header names a host this server does not answer for; set "
+                "WHATMATTERS_PUBLIC_BASE_URL or list the host in WHATMATTERS_ALLOWED_HOSTS",
+                expression=("Host",),
+            )
 
 
 def _throttled(wait: float) -> Throttled:

@@ -18,11 +18,24 @@ import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from service.errors import Forbidden
-from service.storage import HistoryQuery, IndexRows, ReferenceRow, StoredResource, Transaction
+from service.storage import (
+    Criterion,
+    HasCriterion,
+    HistoryQuery,
+    IdCriterion,
+    IndexRows,
+    Match,
+    ParamCriterion,
+    Query,
+    ReferenceMatch,
+    ReferenceRow,
+    StoredResource,
+    Transaction,
+)
 
 PERMISSIONS = "cruds"
 V1_PERMISSIONS = {"read": "rs", "write": "cud", "*": "cruds"}
@@ -422,6 +435,19 @@ class GuardedTransaction:
         """Return current versions, each checked."""
         return [r for r in (self._seen(s) for s in self.raw.read_many(keys)) if r is not None]
 
+    def read_visible(self, keys: Sequence[tuple[str, str]]) -> list[StoredResource]:
+        """Return the current versions the access may see, leaving the others out silently
+        (_include and _revinclude: whether an unreadable target exists must not show)."""
+        visible = []
+        for stored in self.raw.read_many(keys):
+            try:
+                seen = self._seen(stored)
+            except Forbidden:
+                continue
+            if seen is not None:
+                visible.append(seen)
+        return visible
+
     def history(self, query: HistoryQuery) -> list[StoredResource]:
         """Return versions, each checked; a patient-context token sees only instance history."""
         reach = self._reach_any(query.type or "*", ("r", "s"))
@@ -536,6 +562,77 @@ def narrowed(
         )
     value = patient if narrowing == "_id" else f"Patient/{patient}"
     return [*params, (narrowing, value)]
+
+
+def read_visible(tx: Transaction, keys: Sequence[tuple[str, str]]) -> list[StoredResource]:
+    """The current versions of ``keys`` the running request may see; the rest left out."""
+    if isinstance(tx, GuardedTransaction):
+        return tx.read_visible(keys)
+    return tx.read_many(keys)
+
+
+def confined(access: Access, query: Query) -> Query:
+    """The query with every chained and reverse-chained (_has) criterion evaluated only over
+    resources the access may search: the chained type must be searchable (else Forbidden, as a
+    search of that type is), and a patient/ grant narrows it to the launch patient. So no
+    answer, count or total depends on what the token cannot read."""
+    return replace(query, criteria=_confine_all(access, query.criteria))
+
+
+def _confine_all(access: Access, criteria: Sequence[Criterion]) -> tuple[Criterion, ...]:
+    return tuple(_confine(access, criterion) for criterion in criteria)
+
+
+def _confine(access: Access, criterion: Criterion) -> Criterion:
+    if isinstance(criterion, HasCriterion):
+        name = f"_has:{criterion.source_type}:{criterion.param}"
+        inner = _confine_all(access, criterion.criteria)
+        narrowing = _narrowing(access, criterion.source_type, name)
+        return replace(criterion, criteria=(*inner, *narrowing))
+    if not isinstance(criterion, ParamCriterion) or criterion.kind != "reference":
+        return criterion
+    matches: list[Match] = []
+    refused: Forbidden | None = None
+    for match in criterion.matches:
+        if not isinstance(match, ReferenceMatch) or not match.chain:
+            matches.append(match)
+            continue
+        try:
+            narrowing = _narrowing(access, match.types[0], criterion.param)
+        except Forbidden as exc:
+            # a chain without a type modifier tries every target type; unreadable ones drop out
+            refused = exc
+            continue
+        chain = (*_confine_all(access, match.chain), *narrowing)
+        matches.append(replace(match, chain=chain))
+    if not matches:
+        assert refused is not None
+        raise refused
+    return replace(criterion, matches=tuple(matches))
+
+
+def _narrowing(access: Access, type_: str, name: str) -> tuple[Criterion, ...]:
+    """The criteria that keep a chained search of ``type_`` inside what the access may read."""
+    try:
+        patient = access.reach(type_, "s")
+    except Forbidden as exc:
+        raise Forbidden(
+            f"{name} searches {type_}, which the access token's scopes do not allow searching",
+            expression=(name,),
+        ) from exc
+    if patient is None or type_ in SHARED_TYPES:
+        return ()
+    narrowing = SEARCH_NARROWING.get(type_)
+    if narrowing is None:
+        raise Forbidden(
+            f"{name} searches {type_}, which is not in a patient's compartment; a patient/ "
+            "scope cannot search it",
+            expression=(name,),
+        )
+    if narrowing == "_id":
+        return (IdCriterion((patient,)),)
+    target = ReferenceMatch(target_type="Patient", target_id=patient)
+    return (ParamCriterion("reference", narrowing, (target,)),)
 
 
 PROVENANCE_ACTIVITY = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"

@@ -39,6 +39,7 @@ from service.errors import (
 from service.fhir.access import (
     OWNER_ELEMENT,
     GuardedTransaction,
+    confined,
     current_access,
     narrowed,
     owner_of,
@@ -56,7 +57,12 @@ from service.fhir.model import (
     with_meta,
 )
 from service.fhir.results import Result, operation_outcome
-from service.fhir.search import SearchParser, escape_value, parse_conditional
+from service.fhir.search import (
+    DEFAULT_MAX_CHAIN_DEPTH,
+    SearchParser,
+    escape_value,
+    parse_conditional,
+)
 from service.fhir.searching import search_type
 from service.fhir.searchparams import SearchParameters
 from service.fhir.subsetting import subset
@@ -153,8 +159,10 @@ class FhirService:
         return_warnings: bool = True,
         conformance: ConformanceResources | None = None,
         unique_identifier_systems: Sequence[str] = (NHS_NUMBER_SYSTEM,),
+        max_chain_depth: int = DEFAULT_MAX_CHAIN_DEPTH,
     ) -> None:
         self.store = store
+        self.max_chain_depth = max_chain_depth
         self.validator = validator
         self.search_params = search_params
         self.definitions = definitions
@@ -724,7 +732,10 @@ class FhirService:
             extra = narrowed(access, type_, [])
             if extra:
                 criteria = f"{criteria}&{urlencode(extra)}" if criteria else urlencode(extra)
-        query = parse_conditional(SearchParser(self.search_params), type_, criteria)
+        parser = SearchParser(self.search_params, max_depth=self.max_chain_depth)
+        query = parse_conditional(parser, type_, criteria)
+        if access is not None:
+            query = confined(access, query)
         tx.lock(f"{type_}?{_lock_key(query)}")
         found = tx.read_many(tx.search_keys(query, 2))
         if len(found) > 1:

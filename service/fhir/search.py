@@ -61,6 +61,7 @@ RESULT_PARAMETERS = frozenset(
 MAX_VALUES = 100
 MAX_VALUE_LENGTH = 1000
 SUMMARY_MODES = frozenset({"true", "false", "text", "data", "count"})
+DEFAULT_MAX_CHAIN_DEPTH = 3
 
 
 class Ignored(Exception):
@@ -146,9 +147,13 @@ def parse_query_string(query_string: str) -> list[tuple[str, str]]:
 class SearchParser:
     """Turns (name, value) pairs into a SearchRequest for one resource type."""
 
-    def __init__(self, params: SearchParameters, base: str = "") -> None:
+    def __init__(
+        self, params: SearchParameters, base: str = "", max_depth: int = DEFAULT_MAX_CHAIN_DEPTH
+    ) -> None:
         self.params = params
         self.base = base.rstrip("/")
+        # chain links plus _has levels one parameter may take: each is a nested sub-query
+        self.max_depth = max_depth
 
     # -- the whole request --------------------------------------------------------------------
 
@@ -257,6 +262,12 @@ class SearchParser:
 
     def criterion(self, type_: str, name: str, value: str) -> Criterion:
         """One search parameter as a criterion; raises Ignored if it cannot be used."""
+        depth = name.count("_has:") + name.count(".")
+        if depth > self.max_depth:
+            raise Invalid(
+                f"{name} chains {depth} levels (chained parameters and _has together); this "
+                f"server allows at most {self.max_depth}"
+            )
         if name.startswith("_has:"):
             return self._has(type_, name, value)
         head, dot, tail = name.partition(".")

@@ -7,12 +7,14 @@ while a client pages therefore neither repeat nor skip a match.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlencode
 
-from service.errors import Gone, Issue
+from service.errors import Issue, NotFound
+from service.fhir.access import confined, current_access, read_visible
 from service.fhir.model import dump_json, instant, parse_json
 from service.fhir.results import Result, operation_outcome
 from service.fhir.search import Include, SearchParser, SearchRequest
@@ -39,6 +41,7 @@ class SearchHost(Protocol):
     definitions: Definitions
     default_page_size: int
     max_page_size: int
+    max_chain_depth: int
     clock: Callable[[], int]
 
     def read_only(self, work: Callable[[Transaction], T]) -> T:
@@ -60,13 +63,16 @@ def search_type(
     tx: Transaction | None,
 ) -> Result:
     """Search one resource type and return a searchset Bundle."""
-    request = SearchParser(service.search_params, base).parse(
+    request = SearchParser(service.search_params, base, service.max_chain_depth).parse(
         type_,
         params,
         strict=strict,
         default_count=service.default_page_size,
         max_count=service.max_page_size,
     )
+    access = current_access()
+    if access is not None:
+        request.query = confined(access, request.query)
     warnings = list(request.warnings)
 
     def read(work: Any) -> Any:
@@ -82,9 +88,13 @@ def search_type(
         keys: list[Key] = []
         more = False
     elif token is not None:
-        kept = read(lambda t: t.saved_search(token, offset, count))
+        kept = read(lambda t: t.saved_search(_kept_under(token, type_), offset, count))
         if kept is None:
-            raise Gone("This search has expired; run it again from the first page")
+            raise NotFound(
+                f"No {type_} search with this _page_token is open to this access token (it "
+                "belongs to another search, or has expired); run the search again",
+                expression=("_page_token",),
+            )
         keys, kept_total = kept
         more = offset + count < kept_total
         if request.total:
@@ -121,7 +131,7 @@ def search_type(
             more = offset + count < len(every)
             token = str(uuid.uuid4())
             moment = service.clock()
-            new_token = token
+            new_token = _kept_under(token, type_)
             if tx is not None:
                 tx.save_search(new_token, every, moment)
             else:
@@ -216,13 +226,33 @@ def _includes(
                 if key not in seen:
                     seen.add(key)
                     new_keys.append(key)
-        new_keys = new_keys[: MAX_INCLUDED - len(found)]
-        resources = tx.read_many(new_keys)
+        # a target the token may not read is left out, whether it exists or not; the cap
+        # counts only what is shown, so unreadable targets cannot push readable ones out
+        room = MAX_INCLUDED - len(found)
+        resources: list[StoredResource] = []
+        for start in range(0, len(new_keys), room):
+            resources += read_visible(tx, new_keys[start : start + room])
+            if len(resources) >= room:
+                break
+        resources = resources[:room]
         found.extend(resources)
         frontier = [(r.type, r.id) for r in resources]
         if len(found) >= MAX_INCLUDED:
             break
     return found
+
+
+def _kept_under(token: str, type_: str) -> str:
+    """The key a search's matches are kept under: the token the client sees, bound to the
+    type and to whoever made it (issuer, subject, client, patient), so nobody else and no
+    other type's search can page through them."""
+    access = current_access()
+    owner = (
+        ()
+        if access is None
+        else (access.issuer, access.subject, access.client_id, access.patient, access.scopes)
+    )
+    return hashlib.sha256(repr((token, type_, owner)).encode()).hexdigest()
 
 
 def _url(

@@ -52,3 +52,25 @@ def test_exchange_settings_are_read() -> None:
 def test_unusable_values_are_refused_by_name(name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Config.from_env({name: value})
+
+
+def test_read_isolation_and_edge_settings_are_read() -> None:
+    defaults = Config.from_env({})
+    assert defaults.max_chain_depth == 3
+    assert defaults.allowed_hosts == ("localhost", "127.0.0.1", "[::1]")
+    assert defaults.auth_max_token_seconds == 3600
+    assert defaults.metrics_public is False
+    config = Config.from_env(
+        {
+            "WHATMATTERS_MAX_CHAIN_DEPTH": "2",
+            "WHATMATTERS_ALLOWED_HOSTS": "FHIR.example.org, localhost",
+            "WHATMATTERS_AUTH_MAX_TOKEN_SECONDS": "900",
+            "WHATMATTERS_METRICS_PUBLIC": "true",
+        }
+    )
+    assert config.max_chain_depth == 2
+    assert config.allowed_hosts == ("fhir.example.org", "localhost")
+    assert config.auth_max_token_seconds == 900
+    assert config.metrics_public is True
+    with pytest.raises(ConfigError, match="WHATMATTERS_MAX_CHAIN_DEPTH"):
+        Config.from_env({"WHATMATTERS_MAX_CHAIN_DEPTH": "0"})
