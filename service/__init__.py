@@ -179,11 +179,12 @@ def create_app(config: Config | None = None) -> Flask:
     api.register(app, config.base_path)
     from service.api import observability
 
-    observability.install(app, config.base_path)
+    observability.install(app, config.base_path, config.metrics_dir)
     from service.api.auth import install, verifier_for
-    from service.api.hardening import install_cors, install_rate_limits
+    from service.api.hardening import install_cors, install_rate_limits, install_trusted_proxies
 
     # in this order: CORS preflights need no token; floods are cut before tokens are checked
+    install_trusted_proxies(app, config)
     install_cors(app, config)
     install_rate_limits(app, config)
     install(app, config, config.base_path, verifier_for(config))

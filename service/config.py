@@ -69,6 +69,12 @@ class Config:
     rate_limit_burst: int = 100
     # Origins whose browser apps may call the API (CORS); "*" for any. None by default.
     cors_origins: tuple[str, ...] = ()
+    # Redis shared by every worker and replica for the rate limits; unset: each process counts.
+    redis_url: str | None = None
+    # How many proxies in front of the service may set X-Forwarded-For/-Proto/-Host (0: none).
+    trusted_proxy_hops: int = 0
+    # prometheus_client's multiprocess folder (PROMETHEUS_MULTIPROC_DIR); `serve` sets its own.
+    metrics_dir: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -87,6 +93,7 @@ class Config:
             ("auth_jwks_url", config.auth_jwks_url),
             ("auth_authorize_url", config.auth_authorize_url),
             ("auth_token_url", config.auth_token_url),
+            ("redis_url", config.redis_url),
         ):
             value = env.get(f"WHATMATTERS_{name.upper()}")
             if value is not None and value != current:
@@ -100,12 +107,16 @@ class Config:
             "auth_leeway_seconds",
             "rate_limit_per_minute",
             "rate_limit_burst",
+            "trusted_proxy_hops",
         ):
             _number(env, name, int, "a whole number", changes)
         for name in ("profiles_dir", "mappings_dir"):
             raw_dir = env.get(f"WHATMATTERS_{name.upper()}")
             if raw_dir is not None:
                 changes[name] = Path(raw_dir)
+        raw_metrics = env.get("PROMETHEUS_MULTIPROC_DIR") or env.get("prometheus_multiproc_dir")
+        if raw_metrics:
+            changes["metrics_dir"] = Path(raw_metrics)
         raw_file = env.get("WHATMATTERS_PARTNERS_FILE")
         if raw_file:
             changes["partners_file"] = Path(raw_file)
@@ -146,6 +157,8 @@ class Config:
                 f"WHATMATTERS_AUTH_MODE must be one of {', '.join(AUTH_MODES)}, "
                 f"not {self.auth_mode!r}"
             )
+        if self.trusted_proxy_hops < 0:
+            raise ConfigError("WHATMATTERS_TRUSTED_PROXY_HOPS must be 0 or more")
         if self.auth_mode == "smart" and not self.auth_issuer:
             raise ConfigError("WHATMATTERS_AUTH_MODE=smart needs WHATMATTERS_AUTH_ISSUER")
 
