@@ -50,9 +50,18 @@ def _apps(
     ]
 
 
-def _close(apps: list[Flask]) -> None:
-    for app in apps:
-        app.extensions["whatmatters.store"].close()
+def _round_robin(apps: list[Flask], key: rsa.RSAPrivateKey, requests: int) -> list[int]:
+    """Statuses of ``requests`` searches by one client, spread over ``apps`` in turn."""
+    token = sign(key, scope="system/*.rs", client_id="busy-app")
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        return [
+            apps[n % len(apps)].test_client().get("/fhir/Goal", headers=headers).status_code
+            for n in range(requests)
+        ]
+    finally:
+        for app in apps:
+            app.extensions["whatmatters.store"].close()
 
 
 def test_limiters_of_two_processes_share_one_count_in_redis(shared_redis: str) -> None:
@@ -69,32 +78,15 @@ def test_a_limit_holds_across_replicas_with_redis(
 ) -> None:
     # four apps stand for two workers in each of two replicas: one shared count of 5 a minute
     apps = _apps(config, tmp_path, keys[0], 4, redis_url=shared_redis)
-    try:
-        token = sign(keys[0], scope="system/*.rs", client_id="busy-app")
-        headers = {"Authorization": f"Bearer {token}"}
-        statuses = [
-            apps[n % 4].test_client().get("/fhir/Goal", headers=headers).status_code
-            for n in range(8)
-        ]
-        assert statuses == [200] * 5 + [429] * 3
-    finally:
-        _close(apps)
+    assert _round_robin(apps, keys[0], 8) == [200] * 5 + [429] * 3
 
 
 def test_without_redis_each_process_counts_alone(
     config: Config, tmp_path: Path, keys: Keys
 ) -> None:
     apps = _apps(config, tmp_path, keys[0], 2)
-    try:
-        token = sign(keys[0], scope="system/*.rs", client_id="busy-app")
-        headers = {"Authorization": f"Bearer {token}"}
-        statuses = [
-            apps[n % 2].test_client().get("/fhir/Goal", headers=headers).status_code
-            for n in range(10)
-        ]
-        assert statuses == [200] * 10  # five each: the embedded default is per process
-    finally:
-        _close(apps)
+    # five each: the embedded default counts per process
+    assert _round_robin(apps, keys[0], 10) == [200] * 10
 
 
 def test_the_service_answers_when_redis_is_down_and_counts_it(
