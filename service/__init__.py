@@ -201,12 +201,18 @@ def create_app(
     api.register(app, config.base_path)
     from service.api import observability
 
-    observability.install(app, config.base_path)
+    observability.install(app, config.base_path, config.metrics_dir)
     from service.api.auth import install, verifier_for
-    from service.api.hardening import install_cors, install_edge_checks, install_rate_limits
+    from service.api.hardening import (
+        install_cors,
+        install_edge_checks,
+        install_rate_limits,
+        install_trusted_proxies,
+    )
 
-    # in this order: peers and hosts first; CORS preflights need no token; floods are cut
-    # before tokens are checked
+    # in this order: the client's address from trusted proxies; peers and hosts; CORS
+    # preflights need no token; floods are cut before tokens are checked
+    install_trusted_proxies(app, config)
     install_edge_checks(app, config)
     install_cors(app, config)
     install_rate_limits(app, config)

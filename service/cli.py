@@ -13,8 +13,24 @@ from typing import Any
 from service.config import Config, ConfigError, is_loopback
 
 
+def _metrics_folder(config: Config) -> Path:
+    """The multiprocess metrics folder for this run, emptied, and announced to prometheus_client
+    (it must be in the environment before prometheus_client is first imported)."""
+    import os
+    import tempfile
+
+    folder = config.metrics_dir or Path(tempfile.mkdtemp(prefix="whatmatters-metrics-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):  # counters of an earlier run must not be summed in
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    return folder
+
+
 def _serve(config: Config, args: argparse.Namespace) -> int:
+    metrics_dir = _metrics_folder(config)
     from gunicorn.app.base import BaseApplication
+    from prometheus_client import multiprocess
 
     from service import create_app
     from service.api.observability import configure_json_logs
@@ -43,7 +59,10 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     wire_fhir_service(config, MemoryStore(), registry)
     load_mappings(config, [f.resource for f in registry.files])
     # Each worker builds its own app (and connection pool) after the fork.
-    worker_config = replace(config, auto_migrate=False)
+    worker_config = replace(config, auto_migrate=False, metrics_dir=metrics_dir)
+
+    def _worker_exited(_server: object, worker: Any) -> None:
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
     class _Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -55,6 +74,8 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
             # the longest request line gunicorn allows: long searches reach the service, which
             # answers with an OperationOutcome; longer lines get gunicorn's own 414
             self.cfg.set("limit_request_line", 8190)
+            # a dead worker's live gauges leave the sums; its counters stay counted
+            self.cfg.set("child_exit", _worker_exited)
 
         def load(self) -> object:
             app = create_app(worker_config)

@@ -85,6 +85,12 @@ class Config:
     auth_max_token_seconds: int = 3600
     # Whether /metrics answers without a token in the smart mode.
     metrics_public: bool = False
+    # Redis shared by every worker and replica for the rate limits; unset: each process counts.
+    redis_url: str | None = None
+    # How many proxies in front of the service may set X-Forwarded-For/-Proto/-Host (0: none).
+    trusted_proxy_hops: int = 0
+    # prometheus_client's multiprocess folder (PROMETHEUS_MULTIPROC_DIR); `serve` sets its own.
+    metrics_dir: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -103,6 +109,7 @@ class Config:
             ("auth_jwks_url", config.auth_jwks_url),
             ("auth_authorize_url", config.auth_authorize_url),
             ("auth_token_url", config.auth_token_url),
+            ("redis_url", config.redis_url),
         ):
             value = env.get(f"WHATMATTERS_{name.upper()}")
             if value is not None and value != current:
@@ -118,12 +125,16 @@ class Config:
             "rate_limit_burst",
             "max_chain_depth",
             "auth_max_token_seconds",
+            "trusted_proxy_hops",
         ):
             _number(env, name, int, "a whole number", changes)
         for name in ("profiles_dir", "mappings_dir"):
             raw_dir = env.get(f"WHATMATTERS_{name.upper()}")
             if raw_dir is not None:
                 changes[name] = Path(raw_dir)
+        raw_metrics = env.get("PROMETHEUS_MULTIPROC_DIR") or env.get("prometheus_multiproc_dir")
+        if raw_metrics:
+            changes["metrics_dir"] = Path(raw_metrics)
         raw_file = env.get("WHATMATTERS_PARTNERS_FILE")
         if raw_file:
             changes["partners_file"] = Path(raw_file)
@@ -175,6 +186,8 @@ class Config:
                 f"WHATMATTERS_AUTH_MODE must be one of {', '.join(AUTH_MODES)}, "
                 f"not {self.auth_mode!r}"
             )
+        if self.trusted_proxy_hops < 0:
+            raise ConfigError("WHATMATTERS_TRUSTED_PROXY_HOPS must be 0 or more")
         if self.auth_mode == "smart" and not self.auth_issuer:
             raise ConfigError("WHATMATTERS_AUTH_MODE=smart needs WHATMATTERS_AUTH_ISSUER")
 

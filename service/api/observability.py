@@ -5,7 +5,10 @@
   (readiness); 503 with the failing check otherwise.
 - ``/metrics``: Prometheus text format (prometheus_client): requests by interaction and
   status, latency histograms, outbox depth and age per destination and state, validation
-  failures. Each gunicorn process keeps its own counters, labelled with its pid.
+  failures, rate-limit store failures. Under ``whatmatters serve`` the gunicorn workers share
+  prometheus_client's multiprocess mode (a metrics folder cleaned at start, each dead worker's
+  files marked), so one scrape sums every worker; the outbox gauges are read from the database
+  once per scrape.
 - ``X-Request-ID``: taken from the request when it is a plain token, else made; returned on
   every response and written in every log line of the request (JSON logs, one per line).
 """
@@ -19,10 +22,11 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -87,6 +91,11 @@ class Metrics:
             ["status"],
             registry=self.registry,
         )
+        self.rate_limit_store_errors = Counter(
+            "whatmatters_rate_limit_store_errors",
+            "Requests let through unlimited because the rate-limit store (Redis) failed",
+            registry=self.registry,
+        )
         self.registry.register(OutboxCollector(app))
 
 
@@ -131,8 +140,12 @@ def configure_json_logs(level: int = logging.INFO) -> None:
     root.setLevel(level)
 
 
-def install(app: Flask, base_path: str) -> Metrics:
-    """Mount /healthz, /readyz and /metrics; count, time and label every request."""
+def install(app: Flask, base_path: str, metrics_dir: Path | None = None) -> Metrics:
+    """Mount /healthz, /readyz and /metrics; count, time and label every request.
+
+    ``metrics_dir`` is prometheus_client's multiprocess folder when several processes serve
+    (PROMETHEUS_MULTIPROC_DIR): a scrape then sums what every process wrote there.
+    """
     metrics = Metrics(app)
     app.extensions["whatmatters.metrics"] = metrics
 
@@ -186,7 +199,12 @@ def install(app: Flask, base_path: str) -> Metrics:
 
     @app.get("/metrics")
     def _metrics() -> Response:
-        return Response(generate_latest(metrics.registry), mimetype=PROMETHEUS_TEXT)
+        registry = metrics.registry
+        if metrics_dir is not None:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
+            registry.register(OutboxCollector(app))
+        return Response(generate_latest(registry), mimetype=PROMETHEUS_TEXT)
 
     return metrics
 
