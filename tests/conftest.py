@@ -54,11 +54,16 @@ def wipe(store: SqlStore) -> None:
                 conn.execute(text(f"DELETE FROM {table.name}"))
 
 
+def app_config(database_url: str) -> Config:
+    """The settings of the tests' application."""
+    return Config(database_url=database_url, public_base_url="http://test.local/fhir")
+
+
 @pytest.fixture
 def config(database_url: str, sql_store: SqlStore) -> Config:
     """A Config pointing at the (emptied) test database."""
     wipe(sql_store)
-    return Config(database_url=database_url, public_base_url="http://test.local/fhir")
+    return app_config(database_url)
 
 
 @pytest.fixture(scope="session")
@@ -78,9 +83,7 @@ def shared_app(database_url: str, sql_store: SqlStore, folders: dict[str, Any]) 
     """One application for the run: building one costs more than most tests (URL rules,
     validators, the database engine). It keeps no state of its own between requests beyond
     metrics, which tests read as differences."""
-    application = create_app(
-        Config(database_url=database_url, public_base_url="http://test.local/fhir"), **folders
-    )
+    application = create_app(app_config(database_url), **folders)
     yield application
     application.extensions["whatmatters.store"].close()
 
