@@ -1,8 +1,8 @@
-"""Rules of https://hl7.org/fhir/R4/bundle.html that the Bundle's invariants leave to prose.
+"""Rules of https://hl7.org/fhir/R4/bundle.html that the Bundle's invariants leave to prose
+(duplicates and versioned fullUrls are bdl-7 and bdl-8, evaluated with the other invariants).
 
 - ``fullUrl`` is an absolute URL (or a well-formed ``urn:uuid:``/``urn:oid:``), and a RESTful
   ``fullUrl`` ends in the type and id of the entry's resource (bundle.html#bundle-unique);
-- an entry appears once: the same ``fullUrl`` with the same version twice is a duplicate;
 - search results (``searchset`` matches) carry the id they were found under;
 - in a ``document`` or ``message`` every reference resolves to an entry of the Bundle
   (documents.html#content, messaging.html#content), and a versioned reference in a document
@@ -47,7 +47,6 @@ def bundle_issues(bundle: dict[str, Any]) -> list[Issue]:
     if not isinstance(entries, list):
         return issues
     kind = bundle.get("type")
-    seen: dict[tuple[str, Any], int] = {}
     targets: dict[str, dict[str, Any]] = {}
     for index, entry in enumerate(entries):
         where = f"Bundle.entry[{index}]"
@@ -58,19 +57,6 @@ def bundle_issues(bundle: dict[str, Any]) -> list[Issue]:
         full_url = entry.get("fullUrl")
         if isinstance(full_url, str):
             issues += _full_url(full_url, resource, where)
-            version = _version(resource)
-            key = (full_url, version)
-            if key in seen and kind != "history":
-                issues.append(
-                    Issue(
-                        "error",
-                        "duplicate",
-                        f"The entry {full_url} appears twice (also at Bundle.entry[{seen[key]}])"
-                        + (f" with the same version {version}" if version else ""),
-                        (where,),
-                    )
-                )
-            seen.setdefault(key, index)
             if resource is not None:
                 targets.setdefault(full_url, resource)
         if resource is not None and isinstance(resource.get("resourceType"), str):
@@ -105,8 +91,6 @@ def _full_url(full_url: str, resource: dict[str, Any] | None, where: str) -> lis
                 path,
             )
         ]
-    if "/_history/" in full_url:
-        return [Issue("error", "value", "fullUrl may not carry a version (_history)", path)]
     restful = _RESTFUL.fullmatch(full_url) if full_url.startswith(("http:", "https:")) else None
     if resource is None or restful is None or restful.group("base") is None:
         return []
