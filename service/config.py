@@ -44,6 +44,10 @@ class Config:
     # Whether validation warnings accompany successful writes (Prefer: return=OperationOutcome,
     # Bundle entry outcomes) and 422 errors.
     validation_warnings: bool = True
+    # An extension whose definition this server does not hold: "warning" (accepted, as R4's
+    # extensibility rules intend: anyone may define extensions, and refusing them would refuse
+    # other vendors' data) or "error" (refused, as the HL7 reference validator reports it).
+    unknown_extensions: str = "warning"
     # Exchange: the partners file (none by default), and the outbox worker. ``serve`` runs the
     # worker in each gunicorn process unless outbox_worker is off (then run `whatmatters worker`).
     partners_file: Path | None = None
@@ -123,6 +127,9 @@ class Config:
             raw = env.get(f"WHATMATTERS_{name.upper()}")
             if raw is not None:
                 changes[name] = _boolean(f"WHATMATTERS_{name.upper()}", raw)
+        raw_unknown = env.get("WHATMATTERS_UNKNOWN_EXTENSIONS")
+        if raw_unknown is not None:
+            changes["unknown_extensions"] = raw_unknown.strip().lower()
         raw_origins = env.get("WHATMATTERS_CORS_ORIGINS")
         if raw_origins is not None:
             changes["cors_origins"] = tuple(o.strip() for o in raw_origins.split(",") if o.strip())
@@ -145,6 +152,11 @@ class Config:
             raise ConfigError(
                 f"WHATMATTERS_AUTH_MODE must be one of {', '.join(AUTH_MODES)}, "
                 f"not {self.auth_mode!r}"
+            )
+        if self.unknown_extensions not in ("warning", "error"):
+            raise ConfigError(
+                "WHATMATTERS_UNKNOWN_EXTENSIONS must be warning or error, "
+                f"not {self.unknown_extensions!r}"
             )
         if self.auth_mode == "smart" and not self.auth_issuer:
             raise ConfigError("WHATMATTERS_AUTH_MODE=smart needs WHATMATTERS_AUTH_ISSUER")

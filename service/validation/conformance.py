@@ -170,8 +170,10 @@ def _describe(value: Any) -> str:
 class ProfileValidator:
     """Check resources against the profiles of a registry (and extensions against theirs)."""
 
-    def __init__(self, registry: ProfileRegistry) -> None:
+    def __init__(self, registry: ProfileRegistry, unknown_extensions: str = "warning") -> None:
         self.registry = registry
+        # the severity of an extension whose definition is not known (a modifier: always error)
+        self.unknown_extensions = unknown_extensions
         self.definitions: Definitions = registry.definitions
         self._trees: dict[tuple[str, bool], ElementNode | None] = {}
         self.engine = InvariantEngine()
@@ -322,7 +324,7 @@ class ProfileValidator:
             modifier = key == "modifierExtension"
             issues.append(
                 Issue(
-                    "error" if modifier else "warning",
+                    "error" if modifier else self.unknown_extensions,
                     "extension",
                     f"The extension {url} is not known to this server, so its content was not "
                     "checked"

@@ -29,11 +29,12 @@ class ResourceValidator:
         registry: ProfileRegistry,
         invariants: bool = False,
         required_profiles: Mapping[str, tuple[str, ...]] | None = None,
+        unknown_extensions: str = "warning",
     ) -> None:
         self.registry = registry
         self.invariants = invariants
         self.structure = StructureValidator(registry.definitions, invariants=invariants)
-        self.profiles = ProfileValidator(registry)
+        self.profiles = ProfileValidator(registry, unknown_extensions)
         self.required = dict(required_profiles or {})
         self.questionnaires = QuestionnaireChecker(registry.definitions)
         # the profiles folder's conformance resources, by canonical URL (and url|version)
