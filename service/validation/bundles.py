@@ -87,7 +87,7 @@ def _full_url(full_url: str, resource: dict[str, Any] | None, where: str) -> lis
             Issue(
                 "error",
                 "value",
-                f"fullUrl {full_url!r} is not an absolute URL (bdl-8 and bundle.html#bundle-unique)",
+                f"fullUrl {full_url!r} is not an absolute URL (bundle.html#bundle-unique)",
                 path,
             )
         ]

@@ -108,7 +108,9 @@ class QuestionnaireChecker:
                         )
                     ]
             return None, [
-                Issue("error", "not-found", f"No contained resource has id {canonical[1:]}", (where,))
+                Issue(
+                    "error", "not-found", f"No contained resource has id {canonical[1:]}", (where,)
+                )
             ]
         found = resolve("Questionnaire", canonical) if resolve is not None else None
         if found is None:
@@ -147,7 +149,10 @@ class QuestionnaireChecker:
             by_link,
         )
         self._items(
-            ctx, _list(questionnaire.get("item")), _list(response.get("item")), "QuestionnaireResponse"
+            ctx,
+            _list(questionnaire.get("item")),
+            _list(response.get("item")),
+            "QuestionnaireResponse",
         )
         return ctx.issues
 
@@ -241,15 +246,14 @@ class QuestionnaireChecker:
                 where,
             )
         text = item.get("text")
-        if isinstance(text, str) and isinstance(definition.get("text"), str):
-            if text != definition["text"]:
-                ctx.add(
-                    "warning",
-                    "value",
-                    f"The item's text {text!r} is not the Questionnaire's "
-                    f"{definition['text']!r}",
-                    where + ".text",
-                )
+        wanted = definition.get("text")
+        if isinstance(text, str) and isinstance(wanted, str) and text != wanted:
+            ctx.add(
+                "warning",
+                "value",
+                f"The item's text {text!r} is not the Questionnaire's {definition['text']!r}",
+                where + ".text",
+            )
         if type_ in ("group", "display"):
             if answers:
                 ctx.add(
@@ -382,9 +386,10 @@ class QuestionnaireChecker:
                 for part in _list(item.get("compose", {}).get("include")):
                     if not isinstance(part, dict) or "concept" not in part:
                         return None
-                    pairs |= {(part.get("system"), c.get("code")) for c in part["concept"]}
+                    system = str(part.get("system"))
+                    pairs |= {(system, str(c.get("code"))) for c in part["concept"]}
                 for entry in _list(item.get("expansion", {}).get("contains")):
-                    pairs.add((entry.get("system"), entry.get("code")))
+                    pairs.add((str(entry.get("system")), str(entry.get("code"))))
                 return frozenset(pairs)
         return None
 
@@ -547,9 +552,7 @@ class QuestionnaireChecker:
             return False
         kind, target = expected[0]
         if operator == "!=":
-            return not any(_equal(kind, v, target) for k, v in values if k == kind) and bool(
-                values
-            )
+            return not any(_equal(kind, v, target) for k, v in values if k == kind) and bool(values)
         if operator == "=":
             return any(_equal(kind, v, target) for k, v in values if k == kind)
         for k, v in values:

@@ -212,17 +212,20 @@ class StructureValidator:
             self._element(
                 value, definition, type_code, model, f"{expr}.{name}", issues, primitive_ext
             )
-            if definition.path in _ABSOLUTE_SYSTEMS and isinstance(value, str):
-                if _ABSOLUTE_URI.fullmatch(value) is None:
-                    issues.append(
-                        Issue(
-                            "error",
-                            "value",
-                            f"{definition.path} must be an absolute URI (terminologies.html"
-                            f"#4.1), not {_short(value)}",
-                            (f"{expr}.{name}",),
-                        )
+            if (
+                definition.path in _ABSOLUTE_SYSTEMS
+                and isinstance(value, str)
+                and _ABSOLUTE_URI.fullmatch(value) is None
+            ):
+                issues.append(
+                    Issue(
+                        "error",
+                        "value",
+                        f"{definition.path} must be an absolute URI (terminologies.html"
+                        f"#4.1), not {_short(value)}",
+                        (f"{expr}.{name}",),
                     )
+                )
         if self._invariants:
             element = model.elements.get(path)
             if element is not None and element.constraints:

@@ -54,7 +54,11 @@ class ResourceValidator:
         """The base R4 issues of ``resource`` (structure, formats, required bindings); with
         invariants, also the Bundle rules of bundle.html that no invariant expresses."""
         issues = self.structure.validate(resource, expected_type)
-        if self.invariants and isinstance(resource, dict) and resource.get("resourceType") == "Bundle":
+        if (
+            self.invariants
+            and isinstance(resource, dict)
+            and resource.get("resourceType") == "Bundle"
+        ):
             issues += bundle_issues(resource)
         return issues
 
