@@ -157,9 +157,14 @@ class StructureValidator:
                 )
             )
         token = _RESOURCE.set(node)  # for invariants and contained (#id) references
+        # fhirpath.html#vars: %rootResource is the resource itself unless it is contained (a
+        # Bundle entry's resource, a Parameters resource, are roots of their own)
+        contained = expr.rsplit(".", 1)[-1].startswith("contained[")
+        root = _ROOT.set(_ROOT.get() if contained else node)
         try:
             self._object(node, model, rtype, expr, issues, is_resource=True)
         finally:
+            _ROOT.reset(root)
             _RESOURCE.reset(token)
 
     def _object(

@@ -6,12 +6,14 @@ definitions and the core extensions of questionnaire.html), Bundle rules (bundle
 documents.html, messaging.html) and URI syntax (datatypes.html#uri, terminologies.html).
 ``expect`` lists every error (severity and FHIRPath expression), exactly; ``warnings`` lists
 warnings that must be among those reported. ``corpus/questionnaires.json`` plays the server's
-store: the Questionnaires responses name by canonical URL.
+store: the Questionnaires responses name by canonical URL; ``corpus/profiles/`` holds the
+profiles that cases name in ``profile``.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +45,12 @@ def _store(type_: str, canonical: str) -> dict[str, Any] | None:
 
 
 @pytest.fixture(scope="module")
-def validator() -> ResourceValidator:
-    return ResourceValidator(ProfileRegistry.load(Definitions.shared(), PROFILES_DIR), True)
+def validator(tmp_path_factory: pytest.TempPathFactory) -> ResourceValidator:
+    # the repository's profiles plus the corpus's own (slicing cases need profiles of their own)
+    folder = tmp_path_factory.mktemp("profiles")
+    for path in [*PROFILES_DIR.glob("*.json"), *(HERE / "profiles").glob("*.json")]:
+        shutil.copy(path, folder / path.name)
+    return ResourceValidator(ProfileRegistry.load(Definitions.shared(), folder), True)
 
 
 def test_case_names_are_unique() -> None:
@@ -57,7 +63,8 @@ def test_case_gets_exactly_its_expected_errors(
     validator: ResourceValidator, case: dict[str, Any]
 ) -> None:
     resource = case["resource"]
-    issues = validator.validate(resource) + validator.validate_profiles(resource, None, _store)
+    profile = case.get("profile")
+    issues = validator.validate(resource) + validator.validate_profiles(resource, profile, _store)
     errors = sorted(
         (i.severity, e) for i in issues if i.severity in ("error", "fatal") for e in i.expression
     )
