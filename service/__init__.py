@@ -55,10 +55,17 @@ def wire_fhir_service(
     required = dict(config.required_profiles)
     fhir = FhirService(
         store,
-        ResourceValidator(registry, required_profiles=required),
+        ResourceValidator(
+            registry, required_profiles=required, unknown_extensions=config.unknown_extensions
+        ),
         search_params,
         definitions,
-        thorough=ResourceValidator(registry, invariants=True, required_profiles=required),
+        thorough=ResourceValidator(
+            registry,
+            invariants=True,
+            required_profiles=required,
+            unknown_extensions=config.unknown_extensions,
+        ),
         default_page_size=config.default_page_size,
         max_page_size=config.max_page_size,
         max_chain_depth=config.max_chain_depth,

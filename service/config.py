@@ -46,6 +46,10 @@ class Config:
     # Whether validation warnings accompany successful writes (Prefer: return=OperationOutcome,
     # Bundle entry outcomes) and 422 errors.
     validation_warnings: bool = True
+    # An extension whose definition this server does not hold: "warning" (accepted, as R4's
+    # extensibility rules intend: anyone may define extensions, and refusing them would refuse
+    # other vendors' data) or "error" (refused, as the HL7 reference validator reports it).
+    unknown_extensions: str = "warning"
     # Exchange: the partners file (none by default), and the outbox worker. ``serve`` runs the
     # worker in each gunicorn process unless outbox_worker is off (then run `whatmatters worker`).
     partners_file: Path | None = None
@@ -161,6 +165,9 @@ class Config:
             changes["allowed_hosts"] = tuple(
                 h.strip().lower() for h in raw_hosts.split(",") if h.strip()
             )
+        raw_unknown = env.get("WHATMATTERS_UNKNOWN_EXTENSIONS")
+        if raw_unknown is not None:
+            changes["unknown_extensions"] = raw_unknown.strip().lower()
         raw = env.get("WHATMATTERS_REQUIRED_PROFILES")
         if raw is not None:
             changes["required_profiles"] = parse_required_profiles(raw)
@@ -188,6 +195,11 @@ class Config:
             )
         if self.trusted_proxy_hops < 0:
             raise ConfigError("WHATMATTERS_TRUSTED_PROXY_HOPS must be 0 or more")
+        if self.unknown_extensions not in ("warning", "error"):
+            raise ConfigError(
+                "WHATMATTERS_UNKNOWN_EXTENSIONS must be warning or error, "
+                f"not {self.unknown_extensions!r}"
+            )
         if self.auth_mode == "smart" and not self.auth_issuer:
             raise ConfigError("WHATMATTERS_AUTH_MODE=smart needs WHATMATTERS_AUTH_ISSUER")
 

@@ -237,7 +237,8 @@ def build_blueprint(base_path: str) -> Blueprint:
     @bp.post("/<type_>/$validate")
     def validate_type(type_: str) -> Response:
         body, _ = request_body(request)
-        return _reply(_service().validate_operation(type_, body))
+        profiles = request.args.getlist("profile")
+        return _reply(_service().validate_operation(type_, body, url_profiles=profiles))
 
     @bp.post("/<type_>/<id_>/$validate")
     def validate_instance(type_: str, id_: str) -> Response:
@@ -245,7 +246,8 @@ def build_blueprint(base_path: str) -> Blueprint:
         chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
         empty = not request.content_length and not chunked
         body = {"resourceType": "Parameters"} if empty else request_body(request)[0]
-        return _reply(_service().validate_operation(type_, body, id_))
+        profiles = request.args.getlist("profile")
+        return _reply(_service().validate_operation(type_, body, id_, profiles))
 
     @bp.get("/<type_>/_history")
     def history_type(type_: str) -> Response:

@@ -107,8 +107,14 @@ class Validator(Protocol):
     def validate(self, resource: Any, expected_type: str | None = None) -> list[Issue]:
         """Return the base R4 issues of ``resource``; errors make it unacceptable (400)."""
 
-    def validate_profiles(self, resource: Any, profile: str | None = None) -> list[Issue]:
-        """Return the extension and profile issues of ``resource`` (errors: 422)."""
+    def validate_profiles(
+        self,
+        resource: Any,
+        profile: str | None = None,
+        resolve: Callable[[str, str], dict[str, Any] | None] | None = None,
+    ) -> list[Issue]:
+        """Return the extension and profile issues of ``resource`` (errors: 422); ``resolve``
+        finds the conformance resources it names (a QuestionnaireResponse's Questionnaire)."""
 
     def supported_profiles(self, type_: str) -> list[str]:
         """The profiles of ``type_`` the validator knows."""
@@ -140,6 +146,9 @@ NO_PROVENANCE_TYPES = frozenset({"Provenance", "AuditEvent"})
 _PROVENANCE_SUPPLIED: ContextVar[bool] = ContextVar(
     "whatmatters_provenance_supplied", default=False
 )
+# the transaction the running request has open, so a look-up made while validating inside it
+# (a Questionnaire, in a transaction Bundle) reads through it instead of opening a second one
+_OPEN_TX: ContextVar[Transaction | None] = ContextVar("whatmatters_open_tx", default=None)
 
 
 class FhirService:
@@ -186,7 +195,12 @@ class FhirService:
         for attempt in range(attempts):
             try:
                 with self.store.transaction(write=True) as tx:
-                    return work(self._guarded(tx))
+                    guarded = self._guarded(tx)
+                    token = _OPEN_TX.set(guarded)
+                    try:
+                        return work(guarded)
+                    finally:
+                        _OPEN_TX.reset(token)
             except VersionConflict as exc:
                 if attempt < attempts - 1:
                     time.sleep(random.uniform(0, 0.01 * 2**attempt))  # jitter, then try again
@@ -207,7 +221,30 @@ class FhirService:
     def read_only(self, work: Callable[[Transaction], T]) -> T:
         """Run ``work`` in a read transaction."""
         with self.store.transaction(write=False) as tx:
-            return work(self._guarded(tx))
+            guarded = self._guarded(tx)
+            token = _OPEN_TX.set(guarded)
+            try:
+                return work(guarded)
+            finally:
+                _OPEN_TX.reset(token)
+
+    def find_canonical(self, type_: str, canonical: str) -> dict[str, Any] | None:
+        """The stored resource of ``type_`` with this canonical URL (``url|version``), if any."""
+        if type_ not in SUPPORTED_TYPES:
+            return None
+        url, _, version = canonical.partition("|")
+        criteria = urlencode([("url", url)] + ([("version", version)] if version else []))
+
+        def work(tx: Transaction) -> dict[str, Any] | None:
+            query = parse_conditional(SearchParser(self.search_params), type_, criteria)
+            found = tx.read_many(tx.search_keys(query, 1))
+            return parse_json(found[0].content or "{}") if found else None
+
+        try:
+            open_tx = _OPEN_TX.get()
+            return work(open_tx) if open_tx is not None else self.read_only(work)
+        except FhirError:
+            return None  # a URL the search cannot take names nothing stored here
 
     def _guarded(self, tx: Transaction) -> Transaction:
         """The transaction as the running request's access token may use it (access.py)."""
@@ -588,15 +625,25 @@ class FhirService:
 
     # -- operations -----------------------------------------------------------------------------
 
-    def validate_operation(self, type_: str, body: Any, id_: str | None = None) -> Result:
+    def validate_operation(
+        self,
+        type_: str,
+        body: Any,
+        id_: str | None = None,
+        url_profiles: Sequence[str] = (),
+    ) -> Result:
         """$validate: https://hl7.org/fhir/R4/resource-operation-validate.html.
 
         The answer is an OperationOutcome (200) listing every issue, or one information issue
-        when there is none. ``mode`` create, update and delete are honoured; profiles other
-        than the base definition are checked when the profiles folder holds them.
+        when there is none. ``mode`` create, update and delete are honoured. Profiles asked for
+        in the URL (``?profile=``) or in the Parameters are checked; one this server does not
+        know is an error, never skipped. Bundles (of any type) are validated too, each entry's
+        resource with the profiles it claims.
         """
-        check_type(type_)
+        if type_ != "Bundle":
+            check_type(type_)
         resource, profile, mode = _validate_input(body)
+        asked = list(dict.fromkeys([*url_profiles, *([profile] if profile else [])]))
         issues: list[Issue] = []
         if mode == "delete":
             if id_ is None:
@@ -615,7 +662,16 @@ class FhirService:
             assert stored is not None
             resource = parse_json(stored.content or "{}")
         issues += self.thorough.validate(resource, type_)
-        issues += self.thorough.validate_profiles(resource, profile)
+        if isinstance(resource, dict) and resource.get("resourceType") == type_:
+            issues += self._profile_issues(
+                self.thorough, resource, type_, asked[0] if asked else None
+            )
+            for one in asked[1:]:
+                issues += [
+                    i
+                    for i in self.thorough.validate_profiles(resource, one, self.find_canonical)
+                    if i not in issues
+                ]
         if mode == "update" or (id_ is not None and isinstance(resource, dict)):
             body_id = resource.get("id") if isinstance(resource, dict) else None
             if id_ is not None and body_id != id_:
@@ -701,18 +757,28 @@ class FhirService:
 
     def profile_issues(self, resource: dict[str, Any], type_: str) -> list[Issue]:
         """Profile issues of a resource, or of each resource a Bundle carries."""
+        return self._profile_issues(self.validator, resource, type_)
+
+    def _profile_issues(
+        self,
+        validator: Validator,
+        resource: dict[str, Any],
+        type_: str,
+        profile: str | None = None,
+    ) -> list[Issue]:
+        find = self.find_canonical
         if type_ != "Bundle" or not isinstance(resource.get("entry"), list):
-            return self.validator.validate_profiles(resource)
+            return validator.validate_profiles(resource, profile, find)
         entries = resource["entry"]
         shell = {**resource, "entry": [without_resource(e) for e in entries]}
-        issues = self.validator.validate_profiles(shell)
+        issues = validator.validate_profiles(shell, profile, find)
         for index, entry in enumerate(entries):
             inner = entry.get("resource") if isinstance(entry, dict) else None
             if not isinstance(inner, dict) or not isinstance(inner.get("resourceType"), str):
                 continue
             prefix = f"Bundle.entry[{index}].resource"
             kind = inner["resourceType"]
-            for issue in self.validator.validate_profiles(inner):
+            for issue in validator.validate_profiles(inner, None, find):
                 moved = tuple(
                     prefix + e[len(kind) :] if e == kind or e.startswith(kind + ".") else e
                     for e in issue.expression

@@ -170,8 +170,10 @@ def _describe(value: Any) -> str:
 class ProfileValidator:
     """Check resources against the profiles of a registry (and extensions against theirs)."""
 
-    def __init__(self, registry: ProfileRegistry) -> None:
+    def __init__(self, registry: ProfileRegistry, unknown_extensions: str = "warning") -> None:
         self.registry = registry
+        # the severity of an extension whose definition is not known (a modifier: always error)
+        self.unknown_extensions = unknown_extensions
         self.definitions: Definitions = registry.definitions
         self._trees: dict[tuple[str, bool], ElementNode | None] = {}
         self.engine = InvariantEngine()
@@ -322,7 +324,7 @@ class ProfileValidator:
             modifier = key == "modifierExtension"
             issues.append(
                 Issue(
-                    "error" if modifier else "warning",
+                    "error" if modifier else self.unknown_extensions,
                     "extension",
                     f"The extension {url} is not known to this server, so its content was not "
                     "checked"
@@ -417,6 +419,10 @@ class _Run:
     def __init__(self, owner: ProfileValidator, root: dict[str, Any], profile: str) -> None:
         self.owner = owner
         self.root = root
+        # fhirpath.html#vars: %resource, and %rootResource (the container of a contained one),
+        # follow the walk into a Bundle's entries and a resource's contained resources
+        self.resource = root
+        self.container = root
         self.profile = profile
         self.issues: list[Issue] = []
 
@@ -425,6 +431,21 @@ class _Run:
 
     # An item is one value (object or primitive) at one element
     def item(self, value: Any, node: ElementNode, expr: str, type_code: str | None = None) -> None:
+        if value is self.resource or not (
+            isinstance(value, dict) and isinstance(value.get("resourceType"), str)
+        ):
+            self._item(value, node, expr, type_code)
+            return
+        outer = self.resource, self.container
+        self.resource = value
+        if not expr.rsplit(".", 1)[-1].startswith("contained["):
+            self.container = value
+        try:
+            self._item(value, node, expr, type_code)
+        finally:
+            self.resource, self.container = outer
+
+    def _item(self, value: Any, node: ElementNode, expr: str, type_code: str | None) -> None:
         fixed = node.fixed
         if fixed is not None:
             kind, expected = fixed
@@ -448,7 +469,7 @@ class _Run:
         for constraint in node.invariants:
             key = constraint.get("key")
             holds = self.owner.engine.holds(
-                value, node.path, constraint["expression"], self.root, self.root
+                value, node.path, constraint["expression"], self.resource, self.container
             )
             if holds is None:
                 self.add(
@@ -599,13 +620,17 @@ class _Run:
     ) -> bool:
         if not discriminators:
             return False
+        constrained = 0
         for discriminator in discriminators:
             kind = discriminator.get("type")
             path = str(discriminator.get("path", "$this"))
             if kind in ("value", "pattern"):
                 expected = _discriminator_value(candidate, path)
                 if expected is None:
-                    return False
+                    # profiling.html#discriminator: a slice that fixes no value at one of
+                    # several paths accepts any value there
+                    continue
+                constrained += 1
                 mode, wanted = expected
                 actual = _at(item, path)
                 test = matches_fixed if mode == "fixed" and kind == "value" else matches_pattern
@@ -621,13 +646,16 @@ class _Run:
                 if target.max == 0 and present:
                     return False
             elif kind == "type":
+                constrained += 1
                 target = _node_at(candidate, path)
-                actual_type = (
-                    item.get("resourceType")
-                    if isinstance(item, dict) and "resourceType" in item
-                    else code
-                )
-                if target is None or actual_type not in target.type_codes:
+                # at a path (Bundle.entry by ``resource``) the type is the value's own, a
+                # resource's being its resourceType
+                values = [item] if path in ("$this", "") else _at(item, path)
+                types = {
+                    v.get("resourceType") if isinstance(v, dict) and "resourceType" in v else code
+                    for v in values
+                }
+                if target is None or not types or not types <= set(target.type_codes):
                     return False
             elif kind == "profile":
                 target = _node_at(candidate, path)
@@ -643,7 +671,9 @@ class _Run:
                     return False
             else:
                 return False
-        return True
+            if kind != "type" and kind not in ("value", "pattern"):
+                constrained += 1
+        return constrained > 0
 
     def binding(self, value: Any, node: ElementNode, expr: str, type_code: str | None) -> None:
         binding = node.element.get("binding", {})

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from service.errors import Issue
+from service.validation.bundles import uri_problem
 from service.validation.dates import date_range
 from service.validation.definitions import Definitions, ElementDef, TypeModel
 from service.validation.fhirpath import InvariantEngine
@@ -85,6 +86,10 @@ _RESOURCE: ContextVar[dict[str, Any] | None] = ContextVar("resource", default=No
 _ROOT: ContextVar[dict[str, Any] | None] = ContextVar("root_resource", default=None)
 _CONTROL = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f]")
 _CODED = frozenset({"code", "Coding", "CodeableConcept"})
+# Elements naming a code or identifier system: absolute URIs, never local names
+_ABSOLUTE_SYSTEMS = frozenset({"Coding.system", "Quantity.system", "Identifier.system"})
+_ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:\S+")
+_URI_TYPES = frozenset({"uri", "url", "canonical"})
 
 
 def _capitalise(type_code: str) -> str:
@@ -152,9 +157,14 @@ class StructureValidator:
                 )
             )
         token = _RESOURCE.set(node)  # for invariants and contained (#id) references
+        # fhirpath.html#vars: %rootResource is the resource itself unless it is contained (a
+        # Bundle entry's resource, a Parameters resource, are roots of their own)
+        contained = expr.rsplit(".", 1)[-1].startswith("contained[")
+        root = _ROOT.set(_ROOT.get() if contained else node)
         try:
             self._object(node, model, rtype, expr, issues, is_resource=True)
         finally:
+            _ROOT.reset(root)
             _RESOURCE.reset(token)
 
     def _object(
@@ -207,6 +217,20 @@ class StructureValidator:
             self._element(
                 value, definition, type_code, model, f"{expr}.{name}", issues, primitive_ext
             )
+            if (
+                definition.path in _ABSOLUTE_SYSTEMS
+                and isinstance(value, str)
+                and _ABSOLUTE_URI.fullmatch(value) is None
+            ):
+                issues.append(
+                    Issue(
+                        "error",
+                        "value",
+                        f"{definition.path} must be an absolute URI (terminologies.html"
+                        f"#4.1), not {_short(value)}",
+                        (f"{expr}.{name}",),
+                    )
+                )
         if self._invariants:
             element = model.elements.get(path)
             if element is not None and element.constraints:
@@ -410,6 +434,8 @@ class StructureValidator:
                     problem = "must be an XHTML <div> element"
             elif model.regex is not None and model.regex.fullmatch(value) is None:
                 problem = "is not a valid " + type_code
+            elif type_code in _URI_TYPES and value[:4].lower() == "urn:":
+                problem = uri_problem(value)
         if problem is not None:
             issues.append(
                 Issue(

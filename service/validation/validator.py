@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from service.errors import Issue
+from service.validation.bundles import bundle_issues
 from service.validation.conformance import ProfileValidator
 from service.validation.profiles import ProfileError, ProfileRegistry
+from service.validation.questionnaire import QuestionnaireChecker, Resolver
 from service.validation.structure import StructureValidator
 
 _FAILED = ("error", "fatal")
@@ -27,26 +29,58 @@ class ResourceValidator:
         registry: ProfileRegistry,
         invariants: bool = False,
         required_profiles: Mapping[str, tuple[str, ...]] | None = None,
+        unknown_extensions: str = "warning",
     ) -> None:
         self.registry = registry
+        self.invariants = invariants
         self.structure = StructureValidator(registry.definitions, invariants=invariants)
-        self.profiles = ProfileValidator(registry)
+        self.profiles = ProfileValidator(registry, unknown_extensions)
         self.required = dict(required_profiles or {})
+        self.questionnaires = QuestionnaireChecker(registry.definitions)
+        # the profiles folder's conformance resources, by canonical URL (and url|version)
+        self._local: dict[str, dict[str, Any]] = {}
+        for item in registry.files:
+            url = item.resource.get("url")
+            if isinstance(url, str):
+                self._local.setdefault(url, item.resource)
+                if isinstance(item.resource.get("version"), str):
+                    self._local[f"{url}|{item.resource['version']}"] = item.resource
         for type_, urls in self.required.items():
             for url in urls:
                 if self.profiles.profile_type(url) != type_:
                     raise ProfileError(f"required profile {url} is not a known profile of {type_}")
 
     def validate(self, resource: Any, expected_type: str | None = None) -> list[Issue]:
-        """The base R4 issues of ``resource`` (structure, formats, required bindings)."""
-        return self.structure.validate(resource, expected_type)
+        """The base R4 issues of ``resource`` (structure, formats, required bindings); with
+        invariants, also the Bundle rules of bundle.html that no invariant expresses."""
+        issues = self.structure.validate(resource, expected_type)
+        if (
+            self.invariants
+            and isinstance(resource, dict)
+            and resource.get("resourceType") == "Bundle"
+        ):
+            issues += bundle_issues(resource)
+        return issues
 
-    def validate_profiles(self, resource: Any, profile: str | None = None) -> list[Issue]:
-        """Extension and profile issues: claimed, asked-for and required profiles."""
+    def resolve(self, type_: str, canonical: str, fallback: Resolver | None = None) -> Any:
+        """A conformance resource by canonical: the profiles folder first, then ``fallback``."""
+        found = self._local.get(canonical)
+        if found is not None and found.get("resourceType") == type_:
+            return found
+        return fallback(type_, canonical) if fallback is not None else None
+
+    def validate_profiles(
+        self, resource: Any, profile: str | None = None, resolve: Resolver | None = None
+    ) -> list[Issue]:
+        """Extension and profile issues: claimed, asked-for and required profiles, and for a
+        QuestionnaireResponse its Questionnaire (found in the profiles folder, contained, or
+        by ``resolve``: the server's store)."""
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             return []
         issues = self.profiles.check_extensions(resource)
         type_ = resource["resourceType"]
+        if type_ == "QuestionnaireResponse":
+            issues += self._questionnaire_issues(resource, resolve)
         meta = resource.get("meta")
         claimed = meta.get("profile", []) if isinstance(meta, dict) else []
         claimed = [c for c in claimed if isinstance(c, str)] if isinstance(claimed, list) else []
@@ -87,6 +121,16 @@ class ResourceValidator:
         required = self.required.get(type_, ())
         if required and not checked.intersection(required):
             issues += self._required(resource, type_, required)
+        return issues
+
+    def _questionnaire_issues(
+        self, response: dict[str, Any], resolve: Resolver | None
+    ) -> list[Issue]:
+        questionnaire, issues = self.questionnaires.find(
+            response, lambda t, c: self.resolve(t, c, resolve)
+        )
+        if questionnaire is not None:
+            issues += self.questionnaires.check(response, questionnaire)
         return issues
 
     def _required(self, resource: dict[str, Any], type_: str, urls: tuple[str, ...]) -> list[Issue]:
