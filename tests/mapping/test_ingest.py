@@ -72,7 +72,7 @@ def test_one_bad_record_writes_nothing_and_names_the_place(client: FlaskClient) 
     issues = outcome_issues(response)
     assert issues[0]["diagnostics"].startswith("survey-csv.yaml:")
     assert (
-        "rules[0].fields.valueString <- row 4: a required value is missing"
+        "rules[0].fields.valueString <- row 4, column 'what_matters': a required value is missing"
         in issues[0]["diagnostics"]
     )
     assert client.get("/fhir/Observation?_summary=count").get_json()["total"] == 0
@@ -86,7 +86,7 @@ def test_invalid_output_is_reported_with_rule_and_position(client: FlaskClient) 
     assert response.status_code == 422
     message = outcome_issues(response)[0]["diagnostics"]
     assert message.startswith("survey-csv.yaml:")
-    assert "rules[0] <- row 2: " in message
+    assert "rules[0].fields.subject <- row 2: " in message  # the field that made the reference
     assert "matches no resource" in message
 
 
@@ -143,7 +143,7 @@ def test_map_run_command_writes_and_dry_runs(tmp_path: Path) -> None:
     assert "(dry run: nothing written)" in dry.stdout
     orphan = whatmatters("map", "run", mapping, str(survey), env=env)
     assert orphan.returncode == 1  # no such patient yet: nothing is written
-    assert "rules[0] <- row 2: " in orphan.stdout
+    assert "rules[0].fields.subject <- row 2: " in orphan.stdout
     fhir = build_fhir_service(Config(database_url=database))
     nhs = {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9000000009"}
     fhir.create("Patient", {"resourceType": "Patient", "identifier": [nhs]})
