@@ -390,17 +390,21 @@ def _map_run(config: Config, args: argparse.Namespace) -> int:
         )
     except FhirError as error:
         sys.stderr.write("\n")
-        for issue in error.outcome_issues():
+        issues = error.outcome_issues()
+        for issue in issues:
             print(f"error: {issue.diagnostics}")
+        print(f"{len(issues)} errors; nothing written")
         return 1
     finally:
         fhir.store.close()
     sys.stderr.write("\n")
     if args.dry_run:
         print(json.dumps(result.body, ensure_ascii=False, indent=2, default=str))
+    for issue in report.errors:
+        print(f"error: {issue.diagnostics}")
     for issue in report.summary():
         print(issue.diagnostics + (" (dry run: nothing written)" if args.dry_run else ""))
-    return 0
+    return 1 if report.error_count else 0  # a run with errors is not a success
 
 
 def _vendor(_config: Config, args: argparse.Namespace) -> int:

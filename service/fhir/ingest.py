@@ -117,7 +117,7 @@ def ingest(
             if item.error is not None:
                 report.add_error(Issue("error", "processing", str(item.error)))
                 continue
-            if not item.outputs and item.record:
+            if not item.outputs and item.record and not item.ranks:
                 report.skipped += 1
             yield item
 
@@ -159,9 +159,9 @@ def ingest(
             batch.clear()
             pending.clear()
 
-        def resolvable(output: Output) -> bool:
+        def resolvable(output: Output, earlier: set[str]) -> bool:
             for criteria in _references(output.resource):
-                if criteria in made:
+                if criteria in made or criteria in earlier:
                     continue
                 try:
                     resolve_conditional_references(fhir, tx, {"reference": criteria}, resolved)
@@ -181,7 +181,12 @@ def ingest(
             checked = [check(output) for output in item.outputs]
             if not all(checked) or (report.errors and not per_record):
                 continue  # keep mapping to report every problem; nothing will be kept
-            if not all([resolvable(output) for output in item.outputs]):
+            if not all(
+                [
+                    resolvable(output, {o.criteria for o in item.outputs[:index]})
+                    for index, output in enumerate(item.outputs)
+                ]
+            ):
                 continue
             made.update(output.criteria for output in item.outputs)
             for output in item.outputs:

@@ -66,6 +66,7 @@ class Mapped:
     outputs: list[Output]
     error: MappingError | None = None
     record: bool = True  # False for the ranked list made after a message's records
+    ranks: bool = False  # the record ranks another (it makes the list, later)
 
 
 def conditional_reference(type_: str, system: str, value: str) -> str:
@@ -105,6 +106,7 @@ class Mapper:
         self._made: dict[str, Output] = {}  # rule id -> what it made in this record or message
         self._keyed: dict[str, Output] = {}  # the ranked rule's outputs by record key
         self._ranks: list[tuple[int, str, Record]] = []
+        self._current: dict[str, Output] = {}
 
     def mapped(self, records: Iterable[Record]) -> Iterator[Mapped]:
         """Each record's resources or located error; after each message, its ranked list.
@@ -120,7 +122,12 @@ class Mapper:
 
     def _map_safely(self, record: Record) -> Mapped:
         try:
-            return Mapped(record.position, self.map_record(record))
+            outputs = self.map_record(record)
+            return Mapped(
+                record.position,
+                outputs,
+                ranks=self._ranks[-1:] != [] and (self._ranks[-1][2] is record),
+            )
         except MappingError as exc:
             return Mapped(record.position, [], exc)
         except Exception as exc:  # noqa: BLE001 - any input must give a located error, never a crash
@@ -148,6 +155,7 @@ class Mapper:
             self._note_rank(ranking)
             return []
         matched = False
+        self._current: dict[str, Output] = {}  # what this record's earlier rules made
         for index, rule in enumerate(self.content["rules"]):
             rule_path = f"rules[{index}]"
             condition = rule.get("when")
@@ -158,14 +166,13 @@ class Mapper:
                 continue
             output = self._apply(rule, rule_path)
             outputs.append(output)
+            self._current[output.rule_id] = output
             if ranking is not None and rule["id"] == ranking["rule"]:
                 key = self._value(ranking.get("key", {"hl7": "OBX-4"}), "ranking.key")
                 if key not in (None, ""):
                     self._keyed[str(key)] = output
-        # only now: a rule refers to what the record's earlier rules made, and a failed record
-        # leaves nothing behind for the next one to refer to
-        for output in outputs:
-            self._made[output.rule_id] = output
+        # only now, so a failed record leaves nothing behind for the next to refer to
+        self._made.update(self._current)
         if not matched and self.content.get("unmatched", "error") == "error":
             raise MappingError(
                 f"{self.mapping.where('rules')} <- {record.position}: the record matches no "
@@ -368,7 +375,7 @@ class Mapper:
 
     def _reference(self, target: dict[str, Any], path: str) -> dict[str, str] | None:
         if "rule" in target:
-            made = self._made.get(str(target["rule"]))
+            made = self._current.get(str(target["rule"])) or self._made.get(str(target["rule"]))
             if made is None:
                 self._fail(
                     f"{path}.reference.rule",

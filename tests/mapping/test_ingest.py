@@ -138,7 +138,8 @@ def test_map_run_command_writes_and_dry_runs(tmp_path: Path) -> None:
     mapping = str(Path(__file__).resolve().parents[2] / "mappings" / "survey-csv.yaml")
     assert whatmatters("init-db", env=env).returncode == 0
     dry = whatmatters("map", "run", mapping, str(survey), "--dry-run", env=env)
-    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert dry.returncode == 1, dry.stdout + dry.stderr  # the dry run meets what the run would
+    assert "rules[0].fields.subject <- row 2: " in dry.stdout
     assert '"resourceType": "Bundle"' in dry.stdout
     assert "(dry run: nothing written)" in dry.stdout
     orphan = whatmatters("map", "run", mapping, str(survey), env=env)

@@ -187,7 +187,9 @@ def test_records_of_the_second_message_say_so() -> None:
     mapping = SHIPPED["wmty-oru"]
     good = ORU.format(status="F", time="20261120101500")
     bad = good.replace("MSG0009", "MSG0010").replace("|F|||", "|Q|||")
-    with pytest.raises(MappingError, match="<- message 2, segment OBX\\|1, field OBX-11: value 'Q'"):
+    with pytest.raises(
+        MappingError, match="<- message 2, segment OBX\\|1, field OBX-11: value 'Q'"
+    ):
         map_input(mapping, good + bad, {})
 
 
@@ -242,8 +244,9 @@ def test_a_message_without_the_segment_a_variable_needs() -> None:
     )
     with pytest.raises(MappingError) as caught:
         map_input(mapping, message, {})
-    assert "variables.nhs_number <- message 1, segment OBX|1, field PID-3.1: a required value is missing" in str(
-        caught.value
+    assert (
+        "variables.nhs_number <- message 1, segment OBX|1, field PID-3.1: a required value is missing"
+        in str(caught.value)
     )
 
 
