@@ -294,6 +294,7 @@ def _validate(config: Config, args: argparse.Namespace) -> int:
 
 
 def _map_check(config: Config, args: argparse.Namespace) -> int:
+    from service.fhir.mapping_paths import target_problems
     from service.mapping.files import MappingError, load_mapping
 
     failed = 0
@@ -302,6 +303,11 @@ def _map_check(config: Config, args: argparse.Namespace) -> int:
             mapping = load_mapping(Path(name))
         except MappingError as exc:
             print(str(exc))
+            failed += 1
+            continue
+        problems = target_problems(mapping)
+        if problems:
+            print("\n".join(problems))
             failed += 1
             continue
         rules = len(mapping.content["rules"])
