@@ -123,11 +123,8 @@ class Mapper:
     def _map_safely(self, record: Record) -> Mapped:
         try:
             outputs = self.map_record(record)
-            return Mapped(
-                record.position,
-                outputs,
-                ranks=self._ranks[-1:] != [] and (self._ranks[-1][2] is record),
-            )
+            ranks = any(ranked is record for _, _, ranked in self._ranks)
+            return Mapped(record.position, outputs, ranks=ranks)
         except MappingError as exc:
             return Mapped(record.position, [], exc)
         except Exception as exc:  # noqa: BLE001 - any input must give a located error, never a crash
@@ -155,7 +152,7 @@ class Mapper:
             self._note_rank(ranking)
             return []
         matched = False
-        self._current: dict[str, Output] = {}  # what this record's earlier rules made
+        self._current = {}  # what this record's earlier rules made
         for index, rule in enumerate(self.content["rules"]):
             rule_path = f"rules[{index}]"
             condition = rule.get("when")

@@ -158,10 +158,17 @@ def _values(content: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
     for name, value in content.get("variables", {}).items():
         walk(value, f"variables.{name}")
-    for index, rule in enumerate(content.get("rules", [])):
-        walk(rule["identifier"]["value"], f"rules[{index}].identifier.value")
+    rules = [(f"rules[{i}]", rule) for i, rule in enumerate(content.get("rules", []))]
+    ranking = content.get("ranking")
+    if ranking is not None:
+        for key in ("rank", "ranked", "key"):
+            if key in ranking:
+                walk(ranking[key], f"ranking.{key}")
+        rules.append(("ranking.list", ranking["list"]))
+    for rule_path, rule in rules:
+        walk(rule["identifier"]["value"], f"{rule_path}.identifier.value")
         for target, value in rule["fields"].items():
-            walk(value, f"rules[{index}].fields.{target}")
+            walk(value, f"{rule_path}.fields.{target}")
     return found
 
 
@@ -205,6 +212,7 @@ def lint(mapping: MappingFile) -> list[str]:
                         "a variable"
                     )
     ids = [rule["id"] for rule in content["rules"]]
+    problems += _reference_problems(mapping, ids)
     for index, rule_id in enumerate(ids):
         if ids.index(rule_id) != index:
             problems.append(f"{mapping.where(f'rules[{index}].id')}: rule id {rule_id!r} twice")
@@ -219,6 +227,36 @@ def lint(mapping: MappingFile) -> list[str]:
             problems.append(
                 f"{mapping.where(f'tests[{index}]')}: a test has either 'expect' or 'error'"
             )
+    return problems
+
+
+def _reference_problems(mapping: MappingFile, ids: list[str]) -> list[str]:
+    """References by rule id name an earlier rule; ``once`` and ranking need HL7 v2."""
+    content = mapping.content
+    problems = []
+    hl7 = content["source"]["format"] == "hl7v2"
+    for path, value in _values(content):
+        reference = value.get("reference")
+        if not isinstance(reference, dict) or "rule" not in reference:
+            continue
+        match = re.match(r"rules\[(\d+)\]", path)
+        earlier = ids[: int(match.group(1))] if match else ids
+        if reference["rule"] not in earlier:
+            problems.append(
+                f"{mapping.where(f'{path}.reference.rule')}: {reference['rule']!r} is not the id "
+                f"of an earlier rule ({', '.join(earlier) or 'there is none'})"
+            )
+    for index, rule in enumerate(content["rules"]):
+        if "once" in rule and not hl7:
+            problems.append(
+                f"{mapping.where(f'rules[{index}].once')}: 'once' needs an hl7v2 source"
+            )
+    ranking = content.get("ranking")
+    if ranking is not None:
+        if not hl7:
+            problems.append(f"{mapping.where('ranking')}: ranking reads HL7 v2 messages")
+        if ranking["rule"] not in ids:
+            problems.append(f"{mapping.where('ranking.rule')}: no rule {ranking['rule']!r}")
     return problems
 
 
@@ -252,7 +290,23 @@ ElementChildren = Callable[[str], dict[str, Element] | None]
 
 _TARGET_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 _STRING_TYPES = frozenset(
-    ["string", "code", "uri", "url", "canonical", "id", "markdown", "oid", "uuid", "base64Binary", "date", "dateTime", "instant", "time", "xhtml"]
+    [
+        "string",
+        "code",
+        "uri",
+        "url",
+        "canonical",
+        "id",
+        "markdown",
+        "oid",
+        "uuid",
+        "base64Binary",
+        "date",
+        "dateTime",
+        "instant",
+        "time",
+        "xhtml",
+    ]
 )
 _INTEGER_TYPES = frozenset({"integer", "positiveInt", "unsignedInt"})
 

@@ -245,8 +245,8 @@ def test_a_message_without_the_segment_a_variable_needs() -> None:
     with pytest.raises(MappingError) as caught:
         map_input(mapping, message, {})
     assert (
-        "variables.nhs_number <- message 1, segment OBX|1, field PID-3.1: a required value is missing"
-        in str(caught.value)
+        "variables.nhs_number <- message 1, segment OBX|1, field PID-3.1: "
+        "a required value is missing" in str(caught.value)
     )
 
 

@@ -68,7 +68,8 @@ def test_one_message_makes_its_patient_statements_goal_and_ranked_list(
     response = vendor.post("/fhir/$ingest?mapping=community-oru", data=ORU, headers=HL7)
     assert response.status_code == 200, response.get_data(as_text=True)
     summary = outcome_issues(response)[-1]["diagnostics"]
-    assert "6 resources created" in summary and "0 errors" in summary
+    assert "6 resources created" in summary
+    assert "0 errors" in summary
     # the NHS number is the second repetition of PID-3, after the local MRN
     (patient,) = _search(vendor, f"Patient?identifier={NHS}|9434765919")
     assert patient["identifier"][1] == {
@@ -91,7 +92,8 @@ def test_one_message_makes_its_patient_statements_goal_and_ranked_list(
     assert first["effectiveDateTime"] == "2026-12-04T14:15:00+00:00"
     (goal,) = _search(vendor, "Goal?_count=10")
     assert goal["addresses"] == [{"reference": f"Observation/{statements['ORD-55120|3']['id']}"}]
-    assert goal["subject"] == subject and goal["startDate"] == "2026-12-04"
+    assert goal["subject"] == subject
+    assert goal["startDate"] == "2026-12-04"
     # NM rank OBXs name statements by sub-ID: sub-ID 2 first, then 1, then 3
     (ranked,) = _search(vendor, "List?_count=10")
     assert [e["item"]["reference"] for e in ranked["entry"]] == [
@@ -177,7 +179,8 @@ def test_an_impossible_hl7_date_is_an_error_at_its_field_not_a_500(
         vendor.post("/fhir/$ingest?mapping=community-oru&dryRun=true", data=message, headers=HL7)
     )
     errors = [i for i in dry["outcome"]["issue"] if i["severity"] == "error"]
-    assert errors and located in errors[0]["diagnostics"]
+    assert errors
+    assert located in errors[0]["diagnostics"]
     assert f"; {len(errors)} errors" in dry["outcome"]["issue"][-1]["diagnostics"]
     real = vendor.post("/fhir/$ingest?mapping=community-oru", data=message, headers=HL7)
     assert real.status_code == 422
@@ -193,8 +196,8 @@ def test_statements_refer_to_a_patient_the_message_fails_to_make(vendor: FlaskCl
     )
     errors = [i for i in _parameters(response)["outcome"]["issue"] if i["severity"] == "error"]
     assert (
-        "variables.nhs_number <- message 1, segment OBX|1, field PID-3(4=NHS).1: a required value is missing"
-        in errors[0]["diagnostics"]
+        "variables.nhs_number <- message 1, segment OBX|1, field PID-3(4=NHS).1: "
+        "a required value is missing" in errors[0]["diagnostics"]
     )
 
 
@@ -217,7 +220,8 @@ def test_a_csv_export_with_uk_dates_stores_the_good_rows_and_names_the_bad_cell(
         "<- row 4, column 'Visit Date': value '31/02/2026 09:15' is not a "
         in (issues[0]["diagnostics"])
     )
-    assert "3 records read" in issues[1]["diagnostics"] and "1 errors" in issues[1]["diagnostics"]
+    assert "3 records read" in issues[1]["diagnostics"]
+    assert "1 errors" in issues[1]["diagnostics"]
     statements = {s["identifier"][0]["value"]: s for s in _search(vendor, "Observation?_count=10")}
     assert sorted(statements) == ["V-1001", "V-1003"]
     first = statements["V-1001"]
@@ -246,10 +250,12 @@ def test_map_run_exits_non_zero_and_counts_errors(config: Config, tmp_path: Path
     assert "; 1 errors (dry run: nothing written)" in dry.stdout
     run = whatmatters("map", "run", mapping, str(export), env=env)
     assert run.returncode == 1
-    assert "6 resources created" in run.stdout and "1 errors" in run.stdout
+    assert "6 resources created" in run.stdout
+    assert "1 errors" in run.stdout
     message = tmp_path / "oru.hl7"
     message.write_bytes(ORU)
     oru = whatmatters("map", "run", str(VENDOR / "community-oru.yaml"), str(message), env=env)
     assert oru.returncode == 0, oru.stdout + oru.stderr
     # the export made Mrs Hughes already: the message finds her rather than making her twice
-    assert "5 resources created, 1 already present" in oru.stdout and "0 errors" in oru.stdout
+    assert "5 resources created, 1 already present" in oru.stdout
+    assert "0 errors" in oru.stdout
