@@ -316,6 +316,21 @@ def _map_check(config: Config, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _map_reload(config: Config, args: argparse.Namespace) -> int:
+    from service import load_mappings
+    from service.mapping.files import MappingError
+
+    try:
+        mappings = load_mappings(config)
+    except MappingError as exc:
+        print(str(exc))
+        print("The mappings folder is broken: a running service keeps the set it has.")
+        return 1
+    names = ", ".join(sorted(mappings.files)) or "none"
+    print(f"{config.mappings_dir}: a running service serves these from its next $ingest: {names}")
+    return 0
+
+
 def _map_test(config: Config, args: argparse.Namespace) -> int:
     from service import load_mappings
     from service.mapping.files import load_mapping
@@ -459,6 +474,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("input", help="the input file (HL7 v2, CSV, JSON, QuestionnaireResponse)")
     run.add_argument("--dry-run", action="store_true", help="show the Bundle; write nothing")
     run.set_defaults(run=_map_run)
+    reload = map_sub.add_parser(
+        "reload", help="check the mappings folder as a running service reloads it"
+    )
+    reload.set_defaults(run=_map_reload)
     worker = sub.add_parser("worker", help="deliver the outbox to partners and subscribers")
     worker.add_argument("--threads", type=int, default=2, help="delivery threads")
     worker.add_argument("--once", action="store_true", help="deliver what is due, then stop")
