@@ -214,3 +214,37 @@ def test_an_output_that_breaks_its_profile_names_rule_and_record(
     assert "Observation.category needs at least 2" in first
     assert any("slice 'whatMatters'" in i.diagnostics for i in issues)
     assert client.get("/fhir/Observation?_summary=count").get_json()["total"] == 0
+
+
+def test_an_empty_reference_the_profile_requires_is_an_error_at_its_field(
+    client: FlaskClient, tmp_path: Path
+) -> None:
+    from service.fhir.ingest import ingest
+    from service.mapping.files import load_mapping
+
+    source = Path(__file__).resolve().parents[2] / "mappings" / "survey-csv.yaml"
+    required = "nhs_number: {column: nhs_number, required: true, normalise: trim}"
+    text = source.read_text(encoding="utf-8")
+    assert required in text
+    optional = tmp_path / "survey-csv.yaml"
+    optional.write_text(text.replace(required, required.replace(" required: true,", "")))
+    mapping = load_mapping(optional)
+    add_patient(client)
+    fhir = client.application.extensions["whatmatters.fhir"]
+    mappings = client.application.extensions["whatmatters.mappings"]
+    no_nhs = SURVEY.replace("r-2,9000000009,", "r-2,,")
+    result, report = ingest(
+        fhir, mapping, no_nhs, {}, dry_run=True, conceptmaps=mappings.conceptmaps
+    )
+    subject_line = next(
+        n for n, line in enumerate(optional.read_text().splitlines(), 1) if "subject:" in line
+    )
+    assert [issue.diagnostics for issue in report.errors] == [
+        f"survey-csv.yaml:{subject_line} rules[0].fields.subject <- row 3: the Observation made "
+        "is not valid: Observation.subject needs at least 1 value(s) but has 0 "
+        "(profile WMTYStatement)"
+    ]
+    summary = result.body["parameter"][1]["resource"]["issue"][-1]["diagnostics"]
+    assert summary.endswith(
+        "1 resources created, 0 already present and unchanged, 0 corrected; 1 errors"
+    )
