@@ -245,6 +245,7 @@ def test_an_empty_reference_the_profile_requires_is_an_error_at_its_field(
         "(profile WMTYStatement)"
     ]
     summary = result.body["parameter"][1]["resource"]["issue"][-1]["diagnostics"]
+    # one error, and the input is one transaction: nothing would be written
     assert summary.endswith(
-        "1 resources created, 0 already present and unchanged, 0 corrected; 1 errors"
+        "0 resources created, 0 already present and unchanged, 0 corrected; 1 errors"
     )
