@@ -159,8 +159,8 @@ def ingest(
             batch.clear()
             pending.clear()
 
-        def resolvable(output: Output, earlier: set[str]) -> bool:
-            for criteria in _references(output.resource):
+        def resolvable(output: Output, references: list[str], earlier: set[str]) -> bool:
+            for criteria in references:
                 if criteria in made or criteria in earlier:
                     continue
                 try:
@@ -181,16 +181,19 @@ def ingest(
             checked = [check(output) for output in item.outputs]
             if not all(checked) or (report.errors and not per_record):
                 continue  # keep mapping to report every problem; nothing will be kept
+            references = [_references(output.resource) for output in item.outputs]
             if not all(
                 [
-                    resolvable(output, {o.criteria for o in item.outputs[:index]})
+                    resolvable(
+                        output, references[index], {o.criteria for o in item.outputs[:index]}
+                    )
                     for index, output in enumerate(item.outputs)
                 ]
             ):
                 continue
             made.update(output.criteria for output in item.outputs)
-            for output in item.outputs:
-                if pending & set(_references(output.resource)):
+            for output, refers_to in zip(item.outputs, references, strict=True):
+                if not pending.isdisjoint(refers_to):
                     flush()  # it refers to what this input creates: write that first
                 resource = resolve_conditional_references(fhir, tx, output.resource, resolved)
                 batch.append((output, resource))

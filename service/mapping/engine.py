@@ -107,6 +107,7 @@ class Mapper:
         self._keyed: dict[str, Output] = {}  # the ranked rule's outputs by record key
         self._ranks: list[tuple[int, str, Record]] = []
         self._current: dict[str, Output] = {}
+        self._lines: dict[str, dict[str, str]] = {}
 
     def mapped(self, records: Iterable[Record]) -> Iterator[Mapped]:
         """Each record's resources or located error; after each message, its ranked list.
@@ -250,10 +251,9 @@ class Mapper:
             self._fail(value_path, "the rule's identifier has no value for this record")
         identifier = {"system": rule["identifier"]["system"], "value": str(value)}
         resource["identifier"] = [identifier, *resource.get("identifier", [])]
-        fields = {}
+        fields = self._field_lines(rule, rule_path)
         for target, definition in rule["fields"].items():
             path = f"{rule_path}.fields.{target}"
-            fields[target] = self.mapping.where(path)
             value = self._value(definition, path)
             if value is None:
                 continue
@@ -272,6 +272,17 @@ class Mapper:
             fields,
             str(rule.get("id", "")),
         )
+
+    def _field_lines(self, rule: dict[str, Any], rule_path: str) -> dict[str, str]:
+        """``file:line path`` of each field of a rule (worked out once per rule)."""
+        lines = self._lines.get(rule_path)
+        if lines is None:
+            lines = {
+                target: self.mapping.where(f"{rule_path}.fields.{target}")
+                for target in rule["fields"]
+            }
+            self._lines[rule_path] = lines
+        return lines
 
     def _sdc(self, rule_path: str) -> dict[str, Any]:
         """SDC observation-based extraction of one answered item (build.fhir.org/ig/HL7/sdc)."""
