@@ -178,9 +178,9 @@ def ingest(
             return True
 
         for item in records():
-            checked = [check(output) for output in item.outputs]
-            if not all(checked) or (report.errors and not per_record):
-                continue  # keep mapping to report every problem; nothing will be kept
+            # after an error the run goes on, to report every problem
+            if not all([check(output) for output in item.outputs]):
+                continue
             references = [_references(output.resource) for output in item.outputs]
             if not all(
                 [
@@ -192,17 +192,21 @@ def ingest(
             ):
                 continue
             made.update(output.criteria for output in item.outputs)
+            if dry_run:
+                room = DRY_RUN_LIMIT - len(report.entries)
+                report.entries += [_entry(output) for output in item.outputs[: max(room, 0)]]
+            if report.errors and not per_record:
+                continue  # nothing will be kept: check the rest, write no more
             for output, refers_to in zip(item.outputs, references, strict=True):
                 if not pending.isdisjoint(refers_to):
                     flush()  # it refers to what this input creates: write that first
                 resource = resolve_conditional_references(fhir, tx, output.resource, resolved)
                 batch.append((output, resource))
                 pending.add(output.criteria)
-                if dry_run and len(report.entries) < DRY_RUN_LIMIT:
-                    report.entries.append(_entry(output))
             if len(batch) >= BATCH:
                 flush()
         if report.errors and not per_record:
+            report.created = report.updated = report.unchanged = 0  # nothing is kept
             raise _Rollback
         flush()
         if progress is not None:
