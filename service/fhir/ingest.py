@@ -19,6 +19,7 @@ from typing import Any
 from service.errors import FhirError, Issue, Unprocessable
 from service.fhir.bundles import resolve_conditional_references
 from service.fhir.interactions import FhirService
+from service.fhir.model import dump_json
 from service.fhir.results import Result, operation_outcome
 from service.fhir.search import escape_value
 from service.mapping.engine import Mapped, Mapper, Output, value_at
@@ -288,7 +289,8 @@ def _corrected(
     if current is None or current.content is None:
         return False
     before = {k: v for k, v in json.loads(current.content).items() if k not in ("id", "meta")}
-    after = json.loads(json.dumps({k: v for k, v in resource.items() if k != "meta"}, default=str))
+    # through the same JSON the store holds, so decimals compare as stored
+    after = json.loads(dump_json({k: v for k, v in resource.items() if k != "meta"}))
     if before == after:
         return False
     fhir.update_in(tx, current.type, current.id, {**resource, "id": current.id})
