@@ -303,6 +303,7 @@ def _validate(config: Config, args: argparse.Namespace) -> int:
 
 
 def _map_check(config: Config, args: argparse.Namespace) -> int:
+    from service.fhir.mapping_paths import target_problems
     from service.mapping.files import MappingError, load_mapping
 
     failed = 0
@@ -313,10 +314,30 @@ def _map_check(config: Config, args: argparse.Namespace) -> int:
             print(str(exc))
             failed += 1
             continue
+        problems = target_problems(mapping)
+        if problems:
+            print("\n".join(problems))
+            failed += 1
+            continue
         rules = len(mapping.content["rules"])
         tests = len(mapping.content.get("tests", []))
         print(f"{name}: mapping {mapping.name!r} is valid ({rules} rules, {tests} tests)")
     return 1 if failed else 0
+
+
+def _map_reload(config: Config, args: argparse.Namespace) -> int:
+    from service import load_mappings
+    from service.mapping.files import MappingError
+
+    try:
+        mappings = load_mappings(config)
+    except MappingError as exc:
+        print(str(exc))
+        print("The mappings folder is broken: a running service keeps the set it has.")
+        return 1
+    names = ", ".join(sorted(mappings.files)) or "none"
+    print(f"{config.mappings_dir}: a running service serves these from its next $ingest: {names}")
+    return 0
 
 
 def _map_test(config: Config, args: argparse.Namespace) -> int:
@@ -399,17 +420,21 @@ def _map_run(config: Config, args: argparse.Namespace) -> int:
         )
     except FhirError as error:
         sys.stderr.write("\n")
-        for issue in error.outcome_issues():
+        issues = error.outcome_issues()
+        for issue in issues:
             print(f"error: {issue.diagnostics}")
+        print(f"{len(issues)} errors; nothing written")
         return 1
     finally:
         fhir.store.close()
     sys.stderr.write("\n")
     if args.dry_run:
         print(json.dumps(result.body, ensure_ascii=False, indent=2, default=str))
+    for issue in report.errors:
+        print(f"error: {issue.diagnostics}")
     for issue in report.summary():
         print(issue.diagnostics + (" (dry run: nothing written)" if args.dry_run else ""))
-    return 0
+    return 1 if report.error_count else 0  # a run with errors is not a success
 
 
 def _vendor(_config: Config, args: argparse.Namespace) -> int:
@@ -458,6 +483,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("input", help="the input file (HL7 v2, CSV, JSON, QuestionnaireResponse)")
     run.add_argument("--dry-run", action="store_true", help="show the Bundle; write nothing")
     run.set_defaults(run=_map_run)
+    reload = map_sub.add_parser(
+        "reload", help="check the mappings folder as a running service reloads it"
+    )
+    reload.set_defaults(run=_map_reload)
     worker = sub.add_parser("worker", help="deliver the outbox to partners and subscribers")
     worker.add_argument("--threads", type=int, default=2, help="delivery threads")
     worker.add_argument("--once", action="store_true", help="deliver what is due, then stop")

@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 
+from service.api.live_mappings import LiveMappings
 from service.api.negotiation import prefer, render, request_body, response_type
 from service.config import Config
 from service.errors import BadRequest, UnsupportedMediaType
@@ -32,6 +33,26 @@ STARTED = datetime.now(UTC).isoformat(timespec="seconds")
 def _service() -> FhirService:
     service: FhirService = current_app.extensions["whatmatters.fhir"]
     return service
+
+
+def _mappings() -> Mappings:
+    """The mappings now in the mappings folder (see service.api.live_mappings)."""
+    live = current_app.extensions.get("whatmatters.live_mappings")
+    if live is None:
+        config: Config = current_app.config["WHATMATTERS"]
+
+        def load() -> Mappings:
+            from service import load_mappings
+
+            return load_mappings(config)
+
+        live = LiveMappings(
+            config.mappings_dir, current_app.extensions["whatmatters.mappings"], load
+        )
+        current_app.extensions["whatmatters.live_mappings"] = live
+    mappings: Mappings = live.get()
+    current_app.extensions["whatmatters.mappings"] = mappings
+    return mappings
 
 
 def what_matters() -> WhatMatters:
@@ -170,15 +191,13 @@ def build_blueprint(base_path: str) -> Blueprint:
 
     @bp.post("/$ingest")
     def ingest_input() -> Response:
-        mappings: Mappings = current_app.extensions["whatmatters.mappings"]
+        mappings = _mappings()
         name = request.args.get("mapping")
         mapping = mappings.files.get(name or "")
         if mapping is None:
             known = ", ".join(sorted(mappings.files)) or "none"
-            raise BadRequest(
-                f"Name a mapping with ?mapping=NAME; known mappings: {known}",
-                expression=("mapping",),
-            )
+            lead = f"No mapping {name!r}" if name else "Name a mapping with ?mapping=NAME"
+            raise BadRequest(f"{lead}; known mappings: {known}", expression=("mapping",))
         fmt = mapping.content["source"]["format"]
         if request.mimetype not in INGEST_TYPES[fmt]:
             raise UnsupportedMediaType(

@@ -10,7 +10,9 @@ written with its validation outcome.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -18,9 +20,10 @@ from service.errors import FhirError, Issue, Unprocessable
 from service.fhir.access import require_population_write
 from service.fhir.bundles import resolve_conditional_references
 from service.fhir.interactions import FhirService
+from service.fhir.model import dump_json
 from service.fhir.results import Result, operation_outcome
 from service.fhir.search import escape_value
-from service.mapping.engine import Mapper, Output
+from service.mapping.engine import Mapped, Mapper, Output, value_at
 from service.mapping.files import MappingError, MappingFile
 from service.mapping.sources import mapping_records
 from service.storage import Transaction
@@ -46,6 +49,7 @@ class IngestReport:
     records: int = 0
     skipped: int = 0
     created: int = 0
+    updated: int = 0
     unchanged: int = 0
     errors: list[Issue] = field(default_factory=list)
     more_errors: int = 0
@@ -58,6 +62,11 @@ class IngestReport:
         else:
             self.more_errors += 1
 
+    @property
+    def error_count(self) -> int:
+        """Every problem found, shown or not."""
+        return len(self.errors) + self.more_errors
+
     def summary(self) -> list[Issue]:
         """The counts, as information issues."""
         return [
@@ -65,13 +74,14 @@ class IngestReport:
                 "information",
                 "informational",
                 f"{self.records} records read, {self.skipped} skipped; {self.created} resources "
-                f"created, {self.unchanged} already present and unchanged",
+                f"created, {self.unchanged} already present and unchanged, {self.updated} "
+                f"corrected; {self.error_count} errors",
             )
         ]
 
 
 class _Rollback(Exception):
-    """Raised inside the transaction to undo every write of a failed ingest."""
+    """Raised inside the transaction to undo every write of a failed ingest or a dry run."""
 
 
 def ingest(
@@ -83,32 +93,36 @@ def ingest(
     conceptmaps: dict[str, dict[str, Any]] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[Result, IngestReport]:
-    """Map ``data`` with ``mapping`` and write the result (or, with ``dry_run``, only show it)."""
+    """Map ``data`` with ``mapping`` and write the result (or, with ``dry_run``, only show it).
+
+    A dry run does everything a real run does, references and all, in a transaction it then
+    rolls back: its outcome lists exactly the problems the real run would meet.
+    """
     require_population_write("$ingest")
     report = IngestReport()
     mapper = Mapper(mapping, conceptmaps)
+    per_record = mapping.content.get("errors") == "skip-record"
 
-    def outputs() -> Iterable[Output]:
-        records = mapping_records(mapping, data, questionnaires)
+    def records() -> Iterator[Mapped]:
+        mapped = mapper.mapped(mapping_records(mapping, data, questionnaires))
         while True:
             try:
-                record = next(records)
+                item = next(mapped)
             except StopIteration:
                 return
             except MappingError as exc:
                 report.add_error(Issue("error", "structure", f"{mapping.path.name} <- {exc}"))
                 return
-            report.records += 1
-            if progress is not None and report.records % 1000 == 0:
-                progress(report.records)
-            try:
-                made = mapper.map_record(record)
-            except MappingError as exc:
-                report.add_error(Issue("error", "processing", str(exc)))
+            if item.record:
+                report.records += 1
+                if progress is not None and report.records % 1000 == 0:
+                    progress(report.records)
+            if item.error is not None:
+                report.add_error(Issue("error", "processing", str(item.error)))
                 continue
-            if not made:
+            if not item.outputs and item.record and not item.ranks:
                 report.skipped += 1
-            yield from made
+            yield item
 
     def check(output: Output) -> bool:
         resource = output.resource
@@ -117,24 +131,101 @@ def ingest(
         except FhirError as error:
             for issue in error.outcome_issues():
                 if issue.severity in ("error", "fatal"):
+                    where = _field_where(output, issue.expression)
                     report.add_error(
                         replace(
                             issue,
-                            diagnostics=f"{output.where} <- {output.position}: the "
+                            diagnostics=f"{where} <- {output.position}: the "
                             f"{resource['resourceType']} made is not valid: {issue.diagnostics}",
                         )
                     )
             return False
         return True
 
-    if dry_run:
-        for output in outputs():
-            if check(output) and len(report.entries) < DRY_RUN_LIMIT:
-                report.entries.append(_entry(output))
+    def write(tx: Transaction) -> None:
+        batch: list[tuple[Output, dict[str, Any]]] = []
+        pending: set[str] = set()  # what the batch will create, as conditional references
+        made: set[str] = set()  # what this input has made so far
+        resolved: dict[str, str] = {}  # the same patient is named by many records
+
+        def flush() -> None:
+            items = [(o.resource["resourceType"], r, o.identifier) for o, r in batch]
+            for (output, resource), result in zip(
+                batch, fhir.create_many_in(tx, items), strict=True
+            ):
+                if result.status == 201:
+                    report.created += 1
+                elif output.corrects and _corrected(fhir, tx, resource, result):
+                    report.updated += 1
+                else:
+                    report.unchanged += 1
+            batch.clear()
+            pending.clear()
+
+        def resolvable(output: Output, references: list[str], earlier: set[str]) -> bool:
+            for criteria in references:
+                if criteria in made or criteria in earlier:
+                    continue
+                try:
+                    resolve_conditional_references(fhir, tx, {"reference": criteria}, resolved)
+                except FhirError as error:
+                    report.add_error(
+                        Issue(
+                            "error",
+                            error.code,
+                            f"{_reference_where(output, criteria)} <- {output.position}: "
+                            f"{error.diagnostics}",
+                        )
+                    )
+                    return False
+            return True
+
+        for item in records():
+            # after an error the run goes on, to report every problem
+            if not all([check(output) for output in item.outputs]):
+                continue
+            references = [_references(output.resource) for output in item.outputs]
+            if not all(
+                [
+                    resolvable(
+                        output, references[index], {o.criteria for o in item.outputs[:index]}
+                    )
+                    for index, output in enumerate(item.outputs)
+                ]
+            ):
+                continue
+            made.update(output.criteria for output in item.outputs)
+            if dry_run:
+                room = DRY_RUN_LIMIT - len(report.entries)
+                report.entries += [_entry(output) for output in item.outputs[: max(room, 0)]]
+            if report.errors and not per_record:
+                continue  # nothing will be kept: check the rest, write no more
+            for output, refers_to in zip(item.outputs, references, strict=True):
+                if not pending.isdisjoint(refers_to):
+                    flush()  # it refers to what this input creates: write that first
+                resource = resolve_conditional_references(fhir, tx, output.resource, resolved)
+                batch.append((output, resource))
+                pending.add(output.criteria)
+            if len(batch) >= BATCH:
+                flush()
+        if report.errors and not per_record:
+            report.created = report.updated = report.unchanged = 0  # nothing is kept
+            raise _Rollback
+        flush()
         if progress is not None:
             progress(report.records)
+        if dry_run:
+            raise _Rollback
+
+    with contextlib.suppress(_Rollback):
+        fhir.run(write, retry=False)
+    if report.more_errors:
+        report.errors.append(
+            Issue("error", "too-costly", f"... and {report.more_errors} more problems")
+        )
+    if dry_run:
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": report.entries}
-        outcome = operation_outcome(report.errors or report.summary())
+        outcome = operation_outcome(report.errors + report.summary())
         parameters = {
             "resourceType": "Parameters",
             "parameter": [
@@ -143,55 +234,69 @@ def ingest(
             ],
         }
         return Result(200, body=parameters), report
-
-    def write(tx: Transaction) -> None:
-        batch: list[tuple[str, dict[str, Any], dict[str, str]]] = []
-        resolved: dict[str, str] = {}  # the same patient is named by many records
-
-        def flush() -> None:
-            for result in fhir.create_many_in(tx, batch):
-                if result.status == 201:
-                    report.created += 1
-                else:
-                    report.unchanged += 1
-            batch.clear()
-
-        for output in outputs():
-            if not check(output) or report.errors:
-                continue  # keep mapping to report every problem; nothing will be kept
-            try:
-                resource = resolve_conditional_references(fhir, tx, output.resource, resolved)
-            except FhirError as error:
-                report.add_error(
-                    Issue(
-                        "error",
-                        error.code,
-                        f"{output.where} <- {output.position}: {error.diagnostics}",
-                    )
-                )
-                continue
-            batch.append((resource["resourceType"], resource, output.identifier))
-            if len(batch) >= BATCH:
-                flush()
-        if report.errors:
-            raise _Rollback
-        flush()
-        if progress is not None:
-            progress(report.records)
-
-    with contextlib.suppress(_Rollback):
-        fhir.run(write, retry=False)
-    if report.errors:
-        if report.more_errors:
-            report.errors.append(
-                Issue("error", "too-costly", f"... and {report.more_errors} more problems")
-            )
+    if report.errors and not per_record:
         raise Unprocessable(
             f"Nothing was written: {report.errors[0].diagnostics}"
-            + (f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""),
+            + (f" (and {report.error_count - 1} more)" if report.error_count > 1 else ""),
             issues=report.errors,
         )
-    return Result(200, body=operation_outcome(report.summary())), report
+    return Result(200, body=operation_outcome(report.errors + report.summary())), report
+
+
+def _references(value: Any) -> list[str]:
+    """The conditional references (``Patient?identifier=...``) in a resource."""
+    if isinstance(value, dict):
+        found = []
+        for key, item in value.items():
+            if key == "reference" and isinstance(item, str) and "?" in item:
+                found.append(item)
+            else:
+                found += _references(item)
+        return found
+    if isinstance(value, list):
+        return [criteria for item in value for criteria in _references(item)]
+    return []
+
+
+def _reference_where(output: Output, criteria: str) -> str:
+    """The mapping line of the field that made a reference (else the rule's)."""
+    for target, where in output.fields.items():
+        if criteria in _references({"v": value_at(output.resource, target)}) or (
+            value_at(output.resource, target) == criteria
+        ):
+            return where
+    return output.where
+
+
+def _field_where(output: Output, expressions: tuple[str, ...]) -> str:
+    """The mapping line of the field a validation issue is about (else the rule's)."""
+    for expression in expressions:
+        element = re.sub(r"\[\d+\]|\[x\]", "", expression.split(".", 1)[-1])
+        for target, where in output.fields.items():
+            plain = re.sub(r"\[\d+\]", "", target)
+            if (
+                plain == element
+                or plain.startswith(element + ".")
+                or (element.startswith(plain + "."))
+            ):
+                return where
+    return output.where
+
+
+def _corrected(
+    fhir: FhirService, tx: Transaction, resource: dict[str, Any], result: Result
+) -> bool:
+    """Update the resource an earlier input made if the correction changes it."""
+    current = result.stored
+    if current is None or current.content is None:
+        return False
+    before = {k: v for k, v in json.loads(current.content).items() if k not in ("id", "meta")}
+    # through the same JSON the store holds, so decimals compare as stored
+    after = json.loads(dump_json({k: v for k, v in resource.items() if k != "meta"}))
+    if before == after:
+        return False
+    fhir.update_in(tx, current.type, current.id, {**resource, "id": current.id})
+    return True
 
 
 def _entry(output: Output) -> dict[str, Any]:

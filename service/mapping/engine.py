@@ -7,9 +7,11 @@ Every error names the mapping file, line and rule path, and the input position:
 from __future__ import annotations
 
 import copy
+import html
 import re
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, NoReturn
 from zoneinfo import ZoneInfo
@@ -19,7 +21,9 @@ from fhirpathpy import evaluate as evaluate_fhirpath
 from service.mapping.files import MappingError, MappingFile
 from service.mapping.sources import Record, hl7_field
 
-_HL7_PATH = re.compile(r"([A-Z][A-Z0-9]{2})-(\d+)(?:\.(\d+))?(?:\.(\d+))?")
+_HL7_PATH = re.compile(
+    r"([A-Z][A-Z0-9]{2})-(\d+)(?:\((?:(\d+)|(\d+)(?:\.(\d+))?=([^)]*))\))?(?:\.(\d+))?(?:\.(\d+))?"
+)
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 _TEMPLATE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _HL7_DTM = re.compile(
@@ -29,6 +33,7 @@ _ISO_DATETIME = re.compile(
     r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)(Z|[+-]\d{2}:?\d{2})?"
 )
 _DATE = re.compile(r"\d{4}(-\d{2}(-\d{2})?)?")
+_CLOCK_DIRECTIVES = re.compile(r"%[HIMSfpXc]")
 _UNMAPPED_EQUIVALENCE = frozenset({"unmatched", "disjoint"})
 
 
@@ -41,6 +46,33 @@ class Output:
     rule: str  # rules[0]
     where: str  # file:line rules[0]
     position: str
+    corrects: bool = False  # the record corrects what an earlier input made
+    fields: dict[str, str] = field(default_factory=dict)  # target path -> file:line
+    rule_id: str = ""
+
+    @property
+    def criteria(self) -> str:
+        """The conditional reference that finds this resource by its identifier."""
+        return conditional_reference(
+            self.resource["resourceType"], self.identifier["system"], self.identifier["value"]
+        )
+
+
+@dataclass
+class Mapped:
+    """What one record (or, after a message, its ranking) mapped to, or why it could not."""
+
+    position: str
+    outputs: list[Output]
+    error: MappingError | None = None
+    record: bool = True  # False for the ranked list made after a message's records
+    ranks: bool = False  # the record ranks another (it makes the list, later)
+
+
+def conditional_reference(type_: str, system: str, value: str) -> str:
+    """``Patient?identifier=system|value``, with the search escapes the value needs."""
+    escaped = str(value).replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,")
+    return f"{type_}?identifier={system}|{escaped}"
 
 
 class _Failure(Exception):
@@ -61,28 +93,147 @@ class Mapper:
             name: resolve_codemap(definition, conceptmaps or {})
             for name, definition in self.content.get("codemaps", {}).items()
         }
-        zone = self.content["source"].get("timezone")
+        source = self.content["source"]
+        zone = source.get("timezone")
         self.zone = ZoneInfo(zone) if zone else None
+        self.date_formats = _formats(source.get("date_formats"))
+        self.clock_change = str(source.get("clock_change", "error"))
+        continuation = source.get("continuation")
+        self.separator = None if continuation is None else str(continuation.get("separator", " "))
+        self._variables: dict[str, Any] = {}
+        self._record = Record("", {})
+        self._message: Any = object()
+        self._made: dict[str, Output] = {}  # rule id -> what it made in this record or message
+        self._keyed: dict[str, Output] = {}  # the ranked rule's outputs by record key
+        self._ranks: list[tuple[int, str, Record]] = []
+        self._current: dict[str, Output] = {}
+        self._lines: dict[str, dict[str, str]] = {}
+
+    def mapped(self, records: Iterable[Record]) -> Iterator[Mapped]:
+        """Each record's resources or located error; after each message, its ranked list.
+
+        A MappingError from reading the input itself propagates (nothing after it is read).
+        """
+        for record in records:
+            if record.message is None or record.message is not self._message:
+                yield from self._finish_message()
+                self._message = record.message
+            yield self._map_safely(record)
+        yield from self._finish_message()
+
+    def _map_safely(self, record: Record) -> Mapped:
+        try:
+            outputs = self.map_record(record)
+            ranks = any(ranked is record for _, _, ranked in self._ranks)
+            return Mapped(record.position, outputs, ranks=ranks)
+        except MappingError as exc:
+            return Mapped(record.position, [], exc)
+        except Exception as exc:  # noqa: BLE001 - any input must give a located error, never a crash
+            return Mapped(
+                record.position,
+                [],
+                MappingError(
+                    f"{self.mapping.where('rules')} <- {record.position}: the record cannot be "
+                    f"mapped ({type(exc).__name__}: {exc})"
+                ),
+            )
 
     def map_record(self, record: Record) -> list[Output]:
         """The resources of one record; MappingError for an unmatched or unmappable record."""
+        if record.message is None or record.message is not self._message:
+            self._made = {}
+            self._keyed = {}
+            self._ranks = []
+            self._message = record.message
         outputs = []
-        self._variables: dict[str, Any] = {}
+        self._variables = {}
         self._record = record
+        ranking = self.content.get("ranking")
+        if ranking is not None and self._holds(ranking["when"], "ranking.when"):
+            self._note_rank(ranking)
+            return []
         matched = False
+        self._current = {}  # what this record's earlier rules made
         for index, rule in enumerate(self.content["rules"]):
             rule_path = f"rules[{index}]"
             condition = rule.get("when")
             if condition is not None and not self._holds(condition, f"{rule_path}.when"):
                 continue
             matched = True
-            outputs.append(self._apply(rule, rule_path))
+            if rule.get("once") == "message" and rule["id"] in self._made:
+                continue
+            output = self._apply(rule, rule_path)
+            outputs.append(output)
+            self._current[output.rule_id] = output
+            if ranking is not None and rule["id"] == ranking["rule"]:
+                key = self._value(ranking.get("key", {"hl7": "OBX-4"}), "ranking.key")
+                if key not in (None, ""):
+                    self._keyed[str(key)] = output
+        # only now, so a failed record leaves nothing behind for the next to refer to
+        self._made.update(self._current)
         if not matched and self.content.get("unmatched", "error") == "error":
             raise MappingError(
                 f"{self.mapping.where('rules')} <- {record.position}: the record matches no "
                 "rule (set 'unmatched: skip' to skip such records)"
             )
         return outputs
+
+    # -- ranking --------------------------------------------------------------------------
+
+    def _note_rank(self, ranking: dict[str, Any]) -> None:
+        rank = self._value(dict(ranking["rank"], type="integer", required=True), "ranking.rank")
+        ranked = self._value(dict(ranking["ranked"], required=True), "ranking.ranked")
+        if rank < 1:
+            self._fail("ranking.rank", f"rank {rank} is not a rank (1 is the most important)")
+        self._ranks.append((int(rank), str(ranked), self._record))
+
+    def _finish_message(self) -> Iterator[Mapped]:
+        """The ranked list of the message whose records were just mapped."""
+        ranks, self._ranks = self._ranks, []
+        if not ranks:
+            return
+        record = ranks[0][2]
+        position = f"{record.position.split(', segment')[0]}, ranks"
+        try:
+            yield Mapped(position, [self._ranked_list(ranks)], record=False)
+        except MappingError as exc:
+            yield Mapped(position, [], exc, record=False)
+
+    def _ranked_list(self, ranks: list[tuple[int, str, Record]]) -> Output:
+        ranking = self.content["ranking"]
+        self._record = ranks[0][2]
+        self._variables = {}
+        output = self._apply(ranking["list"], "ranking.list")
+        entries = []
+        seen: dict[int, str] = {}
+        rows = []
+        for rank, key, record in sorted(ranks, key=lambda r: r[0]):
+            self._record = record
+            ranked = self._keyed.get(key)
+            if ranked is None:
+                known = ", ".join(sorted(self._keyed)) or "none"
+                self._fail(
+                    "ranking.ranked",
+                    f"it ranks {key!r}, which no record of the message "
+                    f"made into a {ranking['rule']!r} (those are: {known})",
+                )
+            if rank in seen:
+                self._fail(
+                    "ranking.rank", f"rank {rank} is given to both {seen[rank]!r} and {key!r}"
+                )
+            seen[rank] = key
+            entries.append({"item": {"reference": ranked.criteria}})
+            words = ranked.resource.get("valueString") or ranked.identifier["value"]
+            rows.append(f"<li>{html.escape(str(words))}</li>")
+        output.resource["entry"] = entries
+        output.resource.setdefault(
+            "text",
+            {
+                "status": "generated",
+                "div": f'<div xmlns="http://www.w3.org/1999/xhtml"><ol>{"".join(rows)}</ol></div>',
+            },
+        )
+        return output
 
     # -- rules ----------------------------------------------------------------------------
 
@@ -100,6 +251,7 @@ class Mapper:
             self._fail(value_path, "the rule's identifier has no value for this record")
         identifier = {"system": rule["identifier"]["system"], "value": str(value)}
         resource["identifier"] = [identifier, *resource.get("identifier", [])]
+        fields = self._field_lines(rule, rule_path)
         for target, definition in rule["fields"].items():
             path = f"{rule_path}.fields.{target}"
             value = self._value(definition, path)
@@ -109,13 +261,28 @@ class Mapper:
                 _set(resource, target, value)
             except (ValueError, TypeError) as exc:
                 self._fail(path, f"cannot set {target}: {exc}")
+        corrects = rule.get("corrects")
         return Output(
             resource,
             identifier,
             rule_path,
             self.mapping.where(rule_path),
             self._record.position,
+            corrects is not None and self._holds(corrects, f"{rule_path}.corrects"),
+            fields,
+            str(rule.get("id", "")),
         )
+
+    def _field_lines(self, rule: dict[str, Any], rule_path: str) -> dict[str, str]:
+        """``file:line path`` of each field of a rule (worked out once per rule)."""
+        lines = self._lines.get(rule_path)
+        if lines is None:
+            lines = {
+                target: self.mapping.where(f"{rule_path}.fields.{target}")
+                for target in rule["fields"]
+            }
+            self._lines[rule_path] = lines
+        return lines
 
     def _sdc(self, rule_path: str) -> dict[str, Any]:
         """SDC observation-based extraction of one answered item (build.fhir.org/ig/HL7/sdc)."""
@@ -169,15 +336,16 @@ class Mapper:
         value = self._source(definition, path)
         if value in (None, "") and "default" in definition:
             value = definition["default"]
+        origin = _origin(definition)
         if value in (None, ""):
             if definition.get("required"):
-                self._fail(path, "a required value is missing")
+                self._fail(path, "a required value is missing", origin)
             return None
         normalise = definition.get("normalise")
         if normalise is not None and isinstance(value, str):
             value = _normalise(value, normalise)
         if "type" in definition:
-            value = self._typed(value, definition["type"], path)
+            value = self._typed(value, definition, path, origin)
         return value
 
     def _source(self, definition: dict[str, Any], path: str) -> Any:
@@ -193,7 +361,7 @@ class Mapper:
                 self._fail(path, f"unknown column {column!r}; the header has: {header}")
             return record.values[column]
         if "path" in definition:
-            return _get(record.values, definition["path"])
+            return value_at(record.values, definition["path"])
         if "fhirpath" in definition:
             try:
                 found = evaluate_fhirpath(record.resource or {}, definition["fhirpath"], {})
@@ -206,30 +374,55 @@ class Mapper:
             return self._template(definition["template"], path)
         if "translate" in definition:
             code = self._value(definition["from"], f"{path}.from")
-            return None if code is None else self._translate(definition["translate"], code, path)
-        if "reference" in definition:
-            target = definition["reference"]
-            value = self._value(target["value"], f"{path}.reference.value")
-            if value is None:
+            if code is None:
                 return None
-            escaped = str(value).replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,")
-            return {"reference": f"{target['type']}?identifier={target['system']}|{escaped}"}
+            return self._translate(definition["translate"], code, path, _origin(definition))
+        if "reference" in definition:
+            return self._reference(definition["reference"], path)
         return None  # pragma: no cover - the schema requires one source
+
+    def _reference(self, target: dict[str, Any], path: str) -> dict[str, str] | None:
+        if "rule" in target:
+            made = self._current.get(str(target["rule"])) or self._made.get(str(target["rule"]))
+            if made is None:
+                self._fail(
+                    f"{path}.reference.rule",
+                    f"rule {target['rule']!r} made nothing from this record or message before "
+                    "this rule",
+                )
+            return {"reference": made.criteria}
+        value = self._value(target["value"], f"{path}.reference.value")
+        if value is None:
+            return None
+        return {"reference": conditional_reference(target["type"], target["system"], value)}
 
     def _hl7(self, spec: str, path: str) -> str | None:
         record = self._record
         match = _HL7_PATH.fullmatch(spec)
         if match is None or record.message is None:
-            self._fail(path, f"{spec!r} is not an HL7 v2 path such as OBX-5.1")
-        name, field_no, component, sub = match.groups()
-        segment = record.segment if str(record.segment[0]) == name else None
-        if segment is None:
-            try:
-                segment = record.message.segment(name)
-            except KeyError:
-                return None
-        raw = hl7_field(segment, int(field_no), int(component or 0), int(sub or 0))
-        return str(record.message.unescape(raw)) if raw else None
+            self._fail(path, f"{spec!r} is not an HL7 v2 path such as OBX-5.1 or PID-3(2).1")
+        name, field_text, index, on_component, on_sub, equals, component, sub = match.groups()
+        field_no = int(field_text)
+        repetition: int | tuple[int, int, str] = int(index or 1)
+        if on_component is not None:
+            repetition = (int(on_component), int(on_sub or 0), equals)
+        own = record.segments or [record.segment]
+        if str(own[0][0]) == name:
+            segments = own if field_no == 5 and self.separator is not None else own[:1]
+        elif name == "NTE":
+            segments = record.notes  # the notes on this record's segment
+        else:
+            segments = [record.nearest(name)]
+        values = []
+        for segment in segments:
+            if segment is None:
+                continue
+            raw = hl7_field(segment, field_no, int(component or 0), int(sub or 0), repetition)
+            if raw:
+                values.append(str(record.message.unescape(raw)))
+        if not values:
+            return None
+        return ("\n" if name == "NTE" else self.separator or " ").join(values)
 
     def _variable(self, name: str) -> Any:
         if name not in self._variables:
@@ -252,7 +445,7 @@ class Mapper:
         text = _TEMPLATE.sub(fill, template)
         return None if missing else text
 
-    def _translate(self, name: str, code: Any, path: str) -> Any:
+    def _translate(self, name: str, code: Any, path: str, origin: str | None) -> Any:
         codemap = self.codemaps[name]
         target = codemap["map"].get(str(code))
         if isinstance(target, dict):
@@ -264,16 +457,22 @@ class Mapper:
             return code
         if isinstance(unmapped, dict):
             return unmapped["fixed"]
-        self._fail(path, f"value {str(code)!r} not in map {name!r} ({codemap['source']})")
-        return None  # pragma: no cover
+        self._fail(path, f"value {str(code)!r} not in map {name!r} ({codemap['source']})", origin)
 
-    def _typed(self, value: Any, kind: str, path: str) -> Any:
+    def _typed(self, value: Any, definition: dict[str, Any], path: str, origin: str | None) -> Any:
+        kind = definition["type"]
         text = str(value)
         try:
             if kind == "integer":
-                return int(text)
+                number = int(text)
+                if abs(number) > 2**31 - 1:  # FHIR integer is 32-bit
+                    raise ValueError(text)
+                return number
             if kind == "decimal":
-                return Decimal(text)
+                decimal = Decimal(text)
+                if not decimal.is_finite():
+                    raise ValueError(text)
+                return decimal
             if kind == "boolean":
                 lowered = text.strip().lower()
                 if lowered in ("true", "yes", "y", "1"):
@@ -282,58 +481,12 @@ class Mapper:
                     return False
                 raise ValueError(text)
         except (ValueError, InvalidOperation):
-            self._fail(path, f"value {text!r} is not a {kind}")
-        if kind == "date":
-            return self._date(text, path)
-        if kind == "dateTime":
-            return self._date_time(text, path)
-        return text
-
-    def _date(self, text: str, path: str) -> str:
-        if _DATE.fullmatch(text):
-            return text
-        match = _HL7_DTM.fullmatch(text)
-        if match is None:
-            self._fail(path, f"value {text!r} is not a date")
-        year, month, day = match.group(1), match.group(2), match.group(3)
-        return "-".join(p for p in (year, month, day) if p)
-
-    def _date_time(self, text: str, path: str) -> str:
-        iso = _ISO_DATETIME.fullmatch(text)
-        if iso is not None:
-            day, clock, offset = iso.groups()
-            if len(clock) == 5:
-                clock += ":00"
-            if offset is None:
-                return self._localise(f"{day}T{clock}", path, text)
-            if offset != "Z" and ":" not in offset:
-                offset = offset[:3] + ":" + offset[3:]
-            return f"{day}T{clock}{offset}"
-        if _DATE.fullmatch(text):
-            return text
-        match = _HL7_DTM.fullmatch(text)
-        if match is None:
-            self._fail(path, f"value {text!r} is not a date-time")
-        year, month, day, hour, minute, second, fraction, offset = match.groups()
-        if hour is None:
-            return "-".join(p for p in (year, month, day) if p)
-        if month is None or day is None:
-            self._fail(path, f"value {text!r} has a time but no full date")
-        clock = f"{hour}:{minute or '00'}:{second or '00'}" + (f".{fraction}" if fraction else "")
-        local = f"{year}-{month}-{day}T{clock}"
-        if offset is None:
-            return self._localise(local, path, text)
-        return f"{local}{offset[:3]}:{offset[3:]}"
-
-    def _localise(self, local: str, path: str, text: str) -> str:
-        if self.zone is None:
             self._fail(
-                path,
-                f"value {text!r} has a time but no time zone offset, and the mapping sets no "
-                "source.timezone (there is no silent UTC)",
+                path, f"value {text!r} is not a{'n' if kind[0] == 'i' else ''} {kind}", origin
             )
-        moment = datetime.fromisoformat(local).replace(tzinfo=self.zone)
-        return moment.isoformat()
+        if kind in ("date", "dateTime"):
+            return _Dates(self, definition, path, origin).read(text, kind)
+        return text
 
     # -- conditions -----------------------------------------------------------------------
 
@@ -348,8 +501,135 @@ class Mapper:
             return value is not None and str(value) in {str(v) for v in condition["in"]}
         return value not in (None, "")
 
-    def _fail(self, path: str, message: str) -> NoReturn:
-        raise MappingError(f"{self.mapping.where(path)} <- {self._record.position}: {message}")
+    def _fail(self, path: str, message: str, origin: str | None = None) -> NoReturn:
+        position = self._record.position + (f", {origin}" if origin else "")
+        raise MappingError(f"{self.mapping.where(path)} <- {position}: {message}")
+
+
+class _Dates:
+    """Read one date or date-time: the mapping's strptime formats in order, then ISO 8601 and
+    HL7 v2 DTM; every impossible date is an error at its location, never an exception."""
+
+    def __init__(
+        self, mapper: Mapper, definition: dict[str, Any], path: str, origin: str | None
+    ) -> None:
+        self.mapper = mapper
+        self.formats = _formats(definition.get("format")) + mapper.date_formats
+        self.policy = str(definition.get("clock_change", mapper.clock_change))
+        self.path = path
+        self.origin = origin
+
+    def fail(self, message: str) -> NoReturn:
+        self.mapper._fail(self.path, message, self.origin)
+
+    def read(self, text: str, kind: str) -> str:
+        stripped = text.strip()
+        for fmt in self.formats:
+            try:
+                parsed = datetime.strptime(stripped, fmt)
+            except ValueError:
+                continue
+            if kind == "date":
+                return parsed.date().isoformat()
+            if parsed.tzinfo is not None:
+                return parsed.isoformat()
+            if not _CLOCK_DIRECTIVES.search(fmt):
+                return parsed.date().isoformat()
+            return self.localise(parsed, text)
+        iso = _ISO_DATETIME.fullmatch(stripped)
+        if iso is not None:
+            day, clock, offset = iso.groups()
+            moment = self.real(f"{day}T{clock}", text)
+            if kind == "date":
+                return moment.date().isoformat()
+            if offset is None:
+                return self.localise(moment, text)
+            clock = clock if len(clock) > 5 else clock + ":00"
+            return f"{day}T{clock}{self.offset(offset, text)}"
+        if _DATE.fullmatch(stripped):
+            parts = [int(p) for p in stripped.split("-")]
+            self.real_date(parts, text)
+            return stripped
+        match = _HL7_DTM.fullmatch(stripped)
+        if match is None:
+            expected = f" (expected one of: {', '.join(self.formats)})" if self.formats else ""
+            self.fail(
+                f"value {text!r} is not a {'date' if kind == 'date' else 'date-time'}{expected}"
+            )
+        year, month, day, hour, minute, second, fraction, offset = match.groups()
+        parts = [int(p) for p in (year, month, day) if p]
+        self.real_date(parts, text)
+        if kind == "date" or hour is None:
+            return "-".join(p for p in (year, month, day) if p)
+        if month is None or day is None:
+            self.fail(f"value {text!r} has a time but no full date")
+        clock = f"{hour}:{minute or '00'}:{second or '00'}" + (f".{fraction}" if fraction else "")
+        local = f"{year}-{month}-{day}T{clock}"
+        moment = self.real(local, text)
+        if offset is None:
+            return self.localise(moment, text)
+        return f"{local}{self.offset(offset, text)}"
+
+    def real_date(self, parts: list[int], text: str) -> None:
+        try:
+            date(parts[0], *[*parts[1:], 1, 1][:2])
+        except ValueError as exc:
+            self.fail(f"value {text!r} is not a real date ({exc})")
+
+    def real(self, local: str, text: str) -> datetime:
+        try:
+            return datetime.fromisoformat(local)
+        except ValueError as exc:
+            self.fail(f"value {text!r} is not a real date and time ({exc})")
+
+    def offset(self, offset: str, text: str) -> str:
+        if offset == "Z":
+            return offset
+        digits = offset[1:].replace(":", "")
+        hours, minutes = int(digits[:2]), int(digits[2:])
+        if hours > 14 or minutes > 59 or (hours == 14 and minutes):
+            self.fail(f"value {text!r} has no real time zone offset ({offset})")
+        return f"{offset[0]}{digits[:2]}:{digits[2:]}"
+
+    def localise(self, naive: datetime, text: str) -> str:
+        zone = self.mapper.zone
+        if zone is None:
+            self.fail(
+                f"value {text!r} has a time but no time zone offset, and the mapping sets no "
+                "source.timezone (there is no silent UTC)"
+            )
+        first = naive.replace(tzinfo=zone, fold=0)
+        second = naive.replace(tzinfo=zone, fold=1)
+        if first.utcoffset() == second.utcoffset():
+            return first.isoformat()
+        gap = first.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != naive
+        if self.policy not in ("earlier", "later"):
+            what = "does not exist" if gap else "happens twice"
+            self.fail(
+                f"value {text!r} {what} in {zone.key} (the clocks change then); say which "
+                "instant is meant with clock_change: earlier or later"
+            )
+        earlier, later = sorted((first, second), key=lambda moment: moment.astimezone(UTC))
+        return (earlier if self.policy == "earlier" else later).isoformat()
+
+
+def _formats(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [str(value)] if isinstance(value, str) else [str(v) for v in value]
+
+
+def _origin(definition: dict[str, Any]) -> str | None:
+    """Where in the input a value comes from, for error messages."""
+    if "column" in definition:
+        return f"column {definition['column']!r}"
+    if "hl7" in definition:
+        return f"field {definition['hl7']}"
+    if "path" in definition:
+        return f"path {definition['path']}"
+    if isinstance(definition.get("from"), dict):
+        return _origin(definition["from"])
+    return None
 
 
 def resolve_codemap(
@@ -397,7 +677,8 @@ def _normalise(value: str, how: str) -> str:
     return " ".join(value.split())
 
 
-def _get(value: Any, path: str) -> Any:
+def value_at(value: Any, path: str) -> Any:
+    """The value at a ``code.coding[0].code``-style path, or None."""
     current = value
     for name, index in _PATH_PART.findall(path):
         if name:

@@ -4,6 +4,7 @@ with jsonschema and then linted, so every problem names ``file:line path``.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Callable
@@ -157,10 +158,17 @@ def _values(content: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
     for name, value in content.get("variables", {}).items():
         walk(value, f"variables.{name}")
-    for index, rule in enumerate(content.get("rules", [])):
-        walk(rule["identifier"]["value"], f"rules[{index}].identifier.value")
+    rules = [(f"rules[{i}]", rule) for i, rule in enumerate(content.get("rules", []))]
+    ranking = content.get("ranking")
+    if ranking is not None:
+        for key in ("rank", "ranked", "key"):
+            if key in ranking:
+                walk(ranking[key], f"ranking.{key}")
+        rules.append(("ranking.list", ranking["list"]))
+    for rule_path, rule in rules:
+        walk(rule["identifier"]["value"], f"{rule_path}.identifier.value")
         for target, value in rule["fields"].items():
-            walk(value, f"rules[{index}].fields.{target}")
+            walk(value, f"{rule_path}.fields.{target}")
     return found
 
 
@@ -204,6 +212,7 @@ def lint(mapping: MappingFile) -> list[str]:
                         "a variable"
                     )
     ids = [rule["id"] for rule in content["rules"]]
+    problems += _reference_problems(mapping, ids)
     for index, rule_id in enumerate(ids):
         if ids.index(rule_id) != index:
             problems.append(f"{mapping.where(f'rules[{index}].id')}: rule id {rule_id!r} twice")
@@ -221,6 +230,36 @@ def lint(mapping: MappingFile) -> list[str]:
     return problems
 
 
+def _reference_problems(mapping: MappingFile, ids: list[str]) -> list[str]:
+    """References by rule id name an earlier rule; ``once`` and ranking need HL7 v2."""
+    content = mapping.content
+    problems = []
+    hl7 = content["source"]["format"] == "hl7v2"
+    for path, value in _values(content):
+        reference = value.get("reference")
+        if not isinstance(reference, dict) or "rule" not in reference:
+            continue
+        match = re.match(r"rules\[(\d+)\]", path)
+        earlier = ids[: int(match.group(1))] if match else ids
+        if reference["rule"] not in earlier:
+            problems.append(
+                f"{mapping.where(f'{path}.reference.rule')}: {reference['rule']!r} is not the id "
+                f"of an earlier rule ({', '.join(earlier) or 'there is none'})"
+            )
+    for index, rule in enumerate(content["rules"]):
+        if "once" in rule and not hl7:
+            problems.append(
+                f"{mapping.where(f'rules[{index}].once')}: 'once' needs an hl7v2 source"
+            )
+    ranking = content.get("ranking")
+    if ranking is not None:
+        if not hl7:
+            problems.append(f"{mapping.where('ranking')}: ranking reads HL7 v2 messages")
+        if ranking["rule"] not in ids:
+            problems.append(f"{mapping.where('ranking.rule')}: no rule {ranking['rule']!r}")
+    return problems
+
+
 def load_folder(folder: Path) -> dict[str, MappingFile]:
     """Every ``*.yaml`` mapping of a folder, by name; a broken file stops with its location."""
     found: dict[str, MappingFile] = {}
@@ -234,3 +273,146 @@ def load_folder(folder: Path) -> dict[str, MappingFile]:
             )
         found[mapping.name] = mapping
     return found
+
+
+@dataclass(frozen=True)
+class Element:
+    """What the target-path check needs of one FHIR element definition."""
+
+    max: str  # "1", "*", or "0"
+    types: tuple[str, ...]  # FHIR type codes; several for a choice element (value[x])
+    content_reference: str | None = None  # "#Questionnaire.item" for recursive elements
+
+
+# The child elements of an element path ("Observation", "Reference", "Observation.component"),
+# or None if there is no such path: passed in by a layer that holds the R4 definitions.
+ElementChildren = Callable[[str], dict[str, Element] | None]
+
+_TARGET_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+_STRING_TYPES = frozenset(
+    [
+        "string",
+        "code",
+        "uri",
+        "url",
+        "canonical",
+        "id",
+        "markdown",
+        "oid",
+        "uuid",
+        "base64Binary",
+        "date",
+        "dateTime",
+        "instant",
+        "time",
+        "xhtml",
+    ]
+)
+_INTEGER_TYPES = frozenset({"integer", "positiveInt", "unsignedInt"})
+
+
+def check_targets(mapping: MappingFile, children: ElementChildren) -> list[str]:
+    """Every field's target path checked against the definitions of its rule's resource type:
+    element names (with choice types such as valueString), indexes only on repeating
+    elements, and the JSON type of constants; each problem at the field's line, with a "did
+    you mean" for a near miss."""
+    problems = []
+    rules = [(f"rules[{i}]", rule) for i, rule in enumerate(mapping.content.get("rules", []))]
+    ranking = mapping.content.get("ranking")
+    if isinstance(ranking, dict) and isinstance(ranking.get("list"), dict):
+        rules.append(("ranking.list", ranking["list"]))
+    for rule_path, rule in rules:
+        for target, definition in rule.get("fields", {}).items():
+            problem = _target_problem(str(rule["resource"]), target, definition, children)
+            if problem:
+                problems.append(f"{mapping.where(f'{rule_path}.fields.{target}')}: {problem}")
+    return problems
+
+
+def _target_problem(
+    resource: str, target: str, definition: dict[str, Any], children: ElementChildren
+) -> str | None:
+    parts: list[str | int] = [
+        name if name else int(index) for name, index in _TARGET_PART.findall(target)
+    ]
+    context = resource
+    element: Element | None = None
+    type_: str = resource
+    walked = resource
+    for position, part in enumerate(parts):
+        following = parts[position + 1] if position + 1 < len(parts) else None
+        if isinstance(part, int):
+            continue
+        kids = children(context)
+        if not kids:
+            return f"{walked} is a {type_}, which has no elements such as {part!r}"
+        found = _child(kids, part)
+        if found is None:
+            names = _names(kids)
+            near = difflib.get_close_matches(part, names, n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            kind = "" if walked == resource else f" (a {type_})"
+            return f"{walked}{kind} has no element {part!r}{hint}"
+        element, type_ = found
+        walked = f"{walked}.{part}"
+        repeats = element.max not in ("0", "1")
+        if isinstance(following, int) and not repeats:
+            return f"{walked} does not repeat (at most 1), so it takes no index [{following}]"
+        if following is not None and not isinstance(following, int) and repeats:
+            return f"{walked} repeats: name one, e.g. {part}[0]"
+        if element.content_reference:
+            context = element.content_reference.lstrip("#").split("#")[-1]
+        elif type_ in ("BackboneElement", "Element"):
+            context = f"{context}.{part}"  # an element defined inline, under its parent's path
+        else:
+            context = type_
+    if element is not None and "const" in definition:
+        indexed = isinstance(parts[-1], int)
+        repeats = element.max not in ("0", "1")
+        return _const_problem(definition["const"], type_, repeats and not indexed, walked)
+    return None
+
+
+def _child(kids: dict[str, Element], name: str) -> tuple[Element, str] | None:
+    if name in kids:
+        element = kids[name]
+        return element, (element.types[0] if element.types else "BackboneElement")
+    for key, element in kids.items():
+        if key.endswith("[x]") and name.startswith(key[:-3]):
+            wanted = name[len(key) - 3 :]
+            for type_ in element.types:
+                if type_[:1].upper() + type_[1:] == wanted:
+                    return element, type_
+    return None
+
+
+def _names(kids: dict[str, Element]) -> list[str]:
+    names = []
+    for key, element in kids.items():
+        if key.endswith("[x]"):
+            names += [key[:-3] + t[:1].upper() + t[1:] for t in element.types]
+        else:
+            names.append(key)
+    return names
+
+
+def _const_problem(value: Any, type_: str, many: bool, walked: str) -> str | None:
+    if many:
+        ok = isinstance(value, list)
+        expected = "a list"
+    elif type_ in _STRING_TYPES:
+        ok, expected = isinstance(value, str), "text"
+    elif type_ == "boolean":
+        ok, expected = isinstance(value, bool), "true or false"
+    elif type_ in _INTEGER_TYPES:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        expected = "a whole number"
+    elif type_ == "decimal":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        expected = "a number"
+    else:
+        ok, expected = isinstance(value, dict), f"an object (a {type_})"
+    if ok:
+        return None
+    kind = f"{type_} list" if many else type_
+    return f"{walked} is a {kind}; the constant {value!r} is not {expected}"

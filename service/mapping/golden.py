@@ -36,8 +36,10 @@ def map_input(
     text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
     mapper = Mapper(mapping, conceptmaps)
     outputs: list[Output] = []
-    for record in mapping_records(mapping, text, questionnaires):
-        outputs += mapper.map_record(record)
+    for mapped in mapper.mapped(mapping_records(mapping, text, questionnaires)):
+        if mapped.error is not None:
+            raise mapped.error
+        outputs += mapped.outputs
     return outputs
 
 

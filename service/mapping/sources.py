@@ -31,6 +31,22 @@ class Record:
     segment: Any = None  # hl7v2: the record's own segment
     resource: dict[str, Any] | None = None  # questionnaire-response: the whole resource
     question: dict[str, Any] = field(default_factory=dict)  # the Questionnaire item answered
+    segments: list[Any] = field(default_factory=list)  # hl7v2: the segment and its continuations
+    notes: list[Any] = field(default_factory=list)  # hl7v2: the NTE segments that follow them
+    index: int = 0  # hl7v2: where the record's segment is in its message
+
+    def nearest(self, name: str) -> Any:
+        """hl7v2: the segment ``name`` of the record's group (the nearest one before the
+        record's segment, so each OBX reads its own OBR), else the message's first; or None."""
+        if self.message is None:
+            return None
+        for position in range(self.index - 1, -1, -1):
+            if str(self.message[position][0]) == name:
+                return self.message[position]
+        for segment in self.message:
+            if str(segment[0]) == name:
+                return segment
+        return None
 
 
 def read_records(
@@ -39,6 +55,7 @@ def read_records(
     record: str | None = None,
     delimiter: str = ",",
     questionnaires: dict[str, dict[str, Any]] | None = None,
+    continuation: bool = False,
 ) -> Iterator[Record]:
     """The records of an input; raises MappingError with the position of what cannot be read."""
     if fmt == "csv":
@@ -46,7 +63,7 @@ def read_records(
     elif fmt == "json":
         yield from _json(_text(data))
     elif fmt == "hl7v2":
-        yield from _hl7(_text(data), record or "OBX")
+        yield from _hl7(_text(data), record or "OBX", continuation)
     elif fmt == "questionnaire-response":
         yield from _questionnaire_response(_text(data), questionnaires or {})
     else:  # pragma: no cover - the schema allows only the four
@@ -61,7 +78,12 @@ def mapping_records(
     """The records of an input, read the way the mapping's ``source`` says."""
     source = mapping.content["source"]
     return read_records(
-        source["format"], data, source.get("record"), source.get("delimiter", ","), questionnaires
+        source["format"],
+        data,
+        source.get("record"),
+        source.get("delimiter", ","),
+        questionnaires,
+        "continuation" in source,
     )
 
 
@@ -83,16 +105,24 @@ def _lines(data: bytes | str | Iterable[str]) -> Iterable[str]:
 
 
 def _csv(lines: Iterable[str], delimiter: str) -> Iterator[Record]:
+    # "row N" is the line a record starts on (a quoted cell may hold line breaks)
     reader = csv.DictReader(lines, delimiter=delimiter)
+    first = 1
     try:
-        for row in reader:
+        reader.fieldnames  # noqa: B018 - reads the header, so line_num counts from it
+        while True:
+            first = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
             if None in row:
-                raise MappingError(f"row {reader.line_num}: more cells than the header has columns")
-            yield Record(f"row {reader.line_num}", dict(row))
+                raise MappingError(f"row {first}: more cells than the header has columns")
+            yield Record(f"row {first}", dict(row))
     except csv.Error as exc:
-        raise MappingError(f"row {reader.line_num}: {exc}") from exc
+        raise MappingError(f"row {first}: {exc}") from exc
     except UnicodeDecodeError as exc:
-        raise MappingError(f"row {reader.line_num + 1}: not UTF-8") from exc
+        raise MappingError(f"row {first}: not UTF-8") from exc
 
 
 def csv_header(data: bytes | str, delimiter: str = ",") -> list[str]:
@@ -125,7 +155,7 @@ def _json(text: str) -> Iterator[Record]:
         yield Record(f"line {number}", item)
 
 
-def _hl7(text: str, record: str) -> Iterator[Record]:
+def _hl7(text: str, record: str, continuation: bool = False) -> Iterator[Record]:
     # MLLP framing (VT ... FS CR) is common in files captured from an interface engine
     unframed = text.replace("\x0b", "").replace("\x1c", "")
     normalised = unframed.replace("\r\n", "\r").replace("\n", "\r").strip("\r")
@@ -143,16 +173,19 @@ def _hl7(text: str, record: str) -> Iterator[Record]:
         except Exception as exc:
             raise MappingError(f"message {number}: not HL7 v2 ER7 ({exc})") from exc
         count = 0
-        for segment in message:
-            if str(segment[0]) != record:
-                continue
+        groups = _groups(list(message), record, continuation)
+        for index, segments, notes in groups:
             count += 1
+            segment = segments[0]
             set_id = hl7_field(segment, 1) or str(count)
             yield Record(
                 f"message {number}, segment {record}|{set_id}",
                 {},
                 message=message,
                 segment=segment,
+                segments=segments,
+                notes=notes,
+                index=index,
             )
         if count == 0:
             raise MappingError(
@@ -160,17 +193,75 @@ def _hl7(text: str, record: str) -> Iterator[Record]:
             )
 
 
-def hl7_field(segment: Any, field_no: int, component: int = 0, sub: int = 0) -> str:
-    """A field (its first repetition), component or subcomponent of a segment, or ''.
+def _groups(
+    segments: list[Any], record: str, continuation: bool
+) -> list[tuple[int, list[Any], list[Any]]]:
+    """The record segments of a message with their continuations and following NTEs.
 
-    Without a component the whole field comes back as ER7 (``Walking my dog^x``).
+    With ``continuation``, an OBX with the same observation id (OBX-3.1) and a non-empty
+    sub-ID (OBX-4) as the one before continues it, as TX results split over lines do.
+    """
+    groups: list[tuple[int, list[Any], list[Any]]] = []
+    current: tuple[int, list[Any], list[Any]] | None = None
+    for index, segment in enumerate(segments):
+        name = str(segment[0])
+        if name == record:
+            if continuation and current is not None and _continues(current[1][-1], segment):
+                current[1].append(segment)
+                continue
+            current = (index, [segment], [])
+            groups.append(current)
+        elif name == "NTE" and current is not None:
+            current[2].append(segment)
+        else:
+            current = None  # notes after another segment are that segment's
+    return groups
+
+
+def _continues(previous: Any, segment: Any) -> bool:
+    sub_id = hl7_field(segment, 4)
+    return bool(sub_id) and (hl7_field(previous, 3, 1), hl7_field(previous, 4)) == (
+        hl7_field(segment, 3, 1),
+        sub_id,
+    )
+
+
+def hl7_field(
+    segment: Any,
+    field_no: int,
+    component: int = 0,
+    sub: int = 0,
+    repetition: int | tuple[int, int, str] = 1,
+) -> str:
+    """A field, component or subcomponent of a segment, or ''.
+
+    ``repetition`` is the field repetition (1, the first, by default), or a condition
+    ``(component, subcomponent, value)`` choosing the first repetition where it holds, as in
+    "the PID-3 whose component 4 is NHS". Without a component the whole repetition comes back
+    as ER7 (``Walking my dog^x``).
     """
     try:
         value: Any = segment[field_no]
     except IndexError:
         return ""
     if isinstance(value, hl7.Field) and len(value) and isinstance(value[0], hl7.Repetition):
-        value = value[0]
+        repetitions = list(value)
+    else:
+        repetitions = [value]
+    if isinstance(repetition, tuple):
+        on_component, on_sub, wanted = repetition
+        chosen = [r for r in repetitions if _part(r, on_component, on_sub) == wanted]
+        if not chosen:
+            return ""
+        value = chosen[0]
+    elif repetition > len(repetitions):
+        return ""
+    else:
+        value = repetitions[repetition - 1]
+    return _part(value, component, sub)
+
+
+def _part(value: Any, component: int, sub: int) -> str:
     for index in (component, sub):
         if not index:
             break

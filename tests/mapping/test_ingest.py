@@ -72,7 +72,7 @@ def test_one_bad_record_writes_nothing_and_names_the_place(client: FlaskClient) 
     issues = outcome_issues(response)
     assert issues[0]["diagnostics"].startswith("survey-csv.yaml:")
     assert (
-        "rules[0].fields.valueString <- row 4: a required value is missing"
+        "rules[0].fields.valueString <- row 4, column 'what_matters': a required value is missing"
         in issues[0]["diagnostics"]
     )
     assert client.get("/fhir/Observation?_summary=count").get_json()["total"] == 0
@@ -86,7 +86,7 @@ def test_invalid_output_is_reported_with_rule_and_position(client: FlaskClient) 
     assert response.status_code == 422
     message = outcome_issues(response)[0]["diagnostics"]
     assert message.startswith("survey-csv.yaml:")
-    assert "rules[0] <- row 2: " in message
+    assert "rules[0].fields.subject <- row 2: " in message  # the field that made the reference
     assert "matches no resource" in message
 
 
@@ -139,12 +139,13 @@ def test_map_run_command_writes_and_dry_runs(tmp_path: Path) -> None:
     mapping = str(Path(__file__).resolve().parents[2] / "mappings" / "survey-csv.yaml")
     assert whatmatters("init-db", env=env).returncode == 0
     dry = whatmatters("map", "run", mapping, str(survey), "--dry-run", env=env)
-    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert dry.returncode == 1, dry.stdout + dry.stderr  # the dry run meets what the run would
+    assert "rules[0].fields.subject <- row 2: " in dry.stdout
     assert '"resourceType": "Bundle"' in dry.stdout
     assert "(dry run: nothing written)" in dry.stdout
     orphan = whatmatters("map", "run", mapping, str(survey), env=env)
     assert orphan.returncode == 1  # no such patient yet: nothing is written
-    assert "rules[0] <- row 2: " in orphan.stdout
+    assert "rules[0].fields.subject <- row 2: " in orphan.stdout
     fhir = build_fhir_service(Config(database_url=database))
     nhs = {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9000000009"}
     fhir.create("Patient", {"resourceType": "Patient", "identifier": [nhs]})
@@ -214,3 +215,38 @@ def test_an_output_that_breaks_its_profile_names_rule_and_record(
     assert "Observation.category needs at least 2" in first
     assert any("slice 'whatMatters'" in i.diagnostics for i in issues)
     assert client.get("/fhir/Observation?_summary=count").get_json()["total"] == 0
+
+
+def test_an_empty_reference_the_profile_requires_is_an_error_at_its_field(
+    client: FlaskClient, tmp_path: Path
+) -> None:
+    from service.fhir.ingest import ingest
+    from service.mapping.files import load_mapping
+
+    source = Path(__file__).resolve().parents[2] / "mappings" / "survey-csv.yaml"
+    required = "nhs_number: {column: nhs_number, required: true, normalise: trim}"
+    text = source.read_text(encoding="utf-8")
+    assert required in text
+    optional = tmp_path / "survey-csv.yaml"
+    optional.write_text(text.replace(required, required.replace(" required: true,", "")))
+    mapping = load_mapping(optional)
+    add_patient(client)
+    fhir = client.application.extensions["whatmatters.fhir"]
+    mappings = client.application.extensions["whatmatters.mappings"]
+    no_nhs = SURVEY.replace("r-2,9000000009,", "r-2,,")
+    result, report = ingest(
+        fhir, mapping, no_nhs, {}, dry_run=True, conceptmaps=mappings.conceptmaps
+    )
+    subject_line = next(
+        n for n, line in enumerate(optional.read_text().splitlines(), 1) if "subject:" in line
+    )
+    assert [issue.diagnostics for issue in report.errors] == [
+        f"survey-csv.yaml:{subject_line} rules[0].fields.subject <- row 3: the Observation made "
+        "is not valid: Observation.subject needs at least 1 value(s) but has 0 "
+        "(profile WMTYStatement)"
+    ]
+    summary = result.body["parameter"][1]["resource"]["issue"][-1]["diagnostics"]
+    # one error, and the input is one transaction: nothing would be written
+    assert summary.endswith(
+        "0 resources created, 0 already present and unchanged, 0 corrected; 1 errors"
+    )

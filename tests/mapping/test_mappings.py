@@ -147,7 +147,7 @@ def test_unmapped_code() -> None:
         map_input(mapping, ORU.format(status="X", time="20261120101500"), {})
     line = _line(mapping.path, r"status: \{translate")
     assert str(caught.value) == (
-        f"wmty-oru.yaml:{line} rules[0].fields.status <- message 1, segment OBX|1: "
+        f"wmty-oru.yaml:{line} rules[0].fields.status <- message 1, segment OBX|1, field OBX-11: "
         "value 'X' not in map 'result-status' (http://terminology.hl7.org/CodeSystem/v2-0085)"
     )
 
@@ -190,7 +190,9 @@ def test_records_of_the_second_message_say_so() -> None:
     mapping = SHIPPED["wmty-oru"]
     good = ORU.format(status="F", time="20261120101500")
     bad = good.replace("MSG0009", "MSG0010").replace("|F|||", "|Q|||")
-    with pytest.raises(MappingError, match="<- message 2, segment OBX\\|1: value 'Q'"):
+    with pytest.raises(
+        MappingError, match="<- message 2, segment OBX\\|1, field OBX-11: value 'Q'"
+    ):
         map_input(mapping, good + bad, {})
 
 
@@ -245,8 +247,9 @@ def test_a_message_without_the_segment_a_variable_needs() -> None:
     )
     with pytest.raises(MappingError) as caught:
         map_input(mapping, message, {})
-    assert "variables.nhs_number <- message 1, segment OBX|1: a required value is missing" in str(
-        caught.value
+    assert (
+        "variables.nhs_number <- message 1, segment OBX|1, field PID-3.1: "
+        "a required value is missing" in str(caught.value)
     )
 
 
