@@ -48,7 +48,9 @@ def test_serve_answers_metadata_on_the_sqlite_default(tmp_path: Path) -> None:
         response = None
         while time.monotonic() < deadline:
             try:
-                response = requests.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=2)
+                # the first answer builds the CapabilityStatement: on a busy machine that takes
+                # longer than a connection attempt, so only refusals are retried
+                response = requests.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=30)
                 break
             except requests.ConnectionError:
                 assert process.poll() is None, process.stdout.read() if process.stdout else ""
