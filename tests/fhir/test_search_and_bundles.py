@@ -18,8 +18,13 @@ from tests.fhir.conftest import body
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
 
 
-def with_number(number: str, **changes: Any) -> dict[str, Any]:
-    return patient(identifier=[{"system": NHS, "value": number}], **changes)
+# a hospital's record numbers may repeat across its registers; NHS numbers may not (the
+# service refuses a second Patient with one), so tests of several matches use record numbers
+MRN = "urn:oid:2.16.840.1.113883.19.5"
+
+
+def with_number(number: str, system: str = NHS, **changes: Any) -> dict[str, Any]:
+    return patient(identifier=[{"system": system, "value": number}], **changes)
 
 
 def ids(bundle: dict[str, Any], mode: str = "match") -> list[str]:
@@ -43,8 +48,8 @@ def test_search_returns_a_searchset_of_the_matches_only(fhir: FhirService) -> No
 
 
 def test_search_leaves_out_deleted_resources(fhir: FhirService) -> None:
-    fhir.update("Patient", "a", with_number("9000000009", id="a"))
-    fhir.update("Patient", "b", with_number("9000000009", id="b"))
+    fhir.update("Patient", "a", with_number("9000000009", MRN, id="a"))
+    fhir.update("Patient", "b", with_number("9000000009", MRN, id="b"))
     fhir.delete("Patient", "a")
     assert ids(body(fhir.search_type("Patient", [("identifier", "9000000009")], BASE))) == ["b"]
 
@@ -109,10 +114,10 @@ def test_conditional_create_with_one_match_returns_it_and_creates_nothing(
 def test_conditional_create_with_several_matches_is_412(fhir: FhirService) -> None:
     """ "Multiple matches: The server returns a 412 Precondition Failed error indicating the
     client's criteria were not selective enough"."""
-    fhir.update("Patient", "a", with_number("9000000009", id="a"))
-    fhir.update("Patient", "b", with_number("9000000009", id="b"))
+    fhir.update("Patient", "a", with_number("9000000009", MRN, id="a"))
+    fhir.update("Patient", "b", with_number("9000000009", MRN, id="b"))
     with pytest.raises(PreconditionFailed) as several:
-        fhir.create("Patient", with_number("9000000009"), f"identifier={NHS}|9000000009")
+        fhir.create("Patient", with_number("9000000009", MRN), f"identifier={MRN}|9000000009")
     assert several.value.status == 412
 
 
@@ -130,11 +135,11 @@ def test_conditional_update_updates_the_one_match(fhir: FhirService) -> None:
 
 
 def test_conditional_update_and_delete_with_several_matches_are_412(fhir: FhirService) -> None:
-    fhir.update("Patient", "a", with_number("9000000009", id="a"))
-    fhir.update("Patient", "b", with_number("9000000009", id="b"))
-    criteria = f"identifier={NHS}|9000000009"
+    fhir.update("Patient", "a", with_number("9000000009", MRN, id="a"))
+    fhir.update("Patient", "b", with_number("9000000009", MRN, id="b"))
+    criteria = f"identifier={MRN}|9000000009"
     with pytest.raises(PreconditionFailed):
-        fhir.conditional_update("Patient", criteria, with_number("9000000009"))
+        fhir.conditional_update("Patient", criteria, with_number("9000000009", MRN))
     with pytest.raises(PreconditionFailed):
         fhir.conditional_delete("Patient", criteria)
     assert fhir.read("Patient", "a").status == fhir.read("Patient", "b").status == 200
