@@ -193,6 +193,8 @@ def create_app(
     if mappings is None:
         mappings = load_mappings(config, [f.resource for f in registry.files])
     app.extensions["whatmatters.mappings"] = mappings
+    # $ingest reloads the mappings folder when it changes (service.api.live_mappings)
+    app.extensions["whatmatters.load_mappings"] = lambda: load_mappings(config)
     from service.exchange.partners import load_partners
     from service.exchange.smart import SigningKey, jwks
 

@@ -40,14 +40,10 @@ def _mappings() -> Mappings:
     live = current_app.extensions.get("whatmatters.live_mappings")
     if live is None:
         config: Config = current_app.config["WHATMATTERS"]
-
-        def load() -> Mappings:
-            from service import load_mappings
-
-            return load_mappings(config)
-
         live = LiveMappings(
-            config.mappings_dir, current_app.extensions["whatmatters.mappings"], load
+            config.mappings_dir,
+            current_app.extensions["whatmatters.mappings"],
+            current_app.extensions["whatmatters.load_mappings"],
         )
         current_app.extensions["whatmatters.live_mappings"] = live
     mappings: Mappings = live.get()

@@ -838,7 +838,8 @@ class FhirService:
         batch: list[tuple[StoredResource, IndexRows]] = []
         changes: list[Change] = []
         for type_, resource, identifier in items:
-            owner = owner_of(type_, resource)
+            # a Patient's identifier names the Patient itself: it is about nobody else
+            owner = None if type_ == "Patient" else owner_of(type_, resource)
             key = (type_, identifier["system"], identifier["value"], owner)
             if key in pending:
                 results.append(replace(pending[key], status=200))
@@ -868,6 +869,8 @@ class FhirService:
         if candidate is None:
             return None
         type_, system, value, owner = key
+        if type_ == "Patient":
+            return candidate
         found = raw.read(type_, candidate)
         content = json.loads(found.content) if found and found.content else None
         if content is not None and owner_of(type_, content) == owner:
