@@ -211,6 +211,9 @@ def patients_of(
     patient sees the provenance of their own goals.
     """
     found: set[str] = set()
+    if type_ == "Subscription":  # a patient's own Subscription (see stamp_subscriber)
+        creator = subscriber_access(content)
+        return {creator.patient} if creator is not None and creator.patient else found
     if type_ == "Patient" and isinstance(content.get("id"), str):
         found.add(content["id"])
     params = COMPARTMENT_PARAMS.get(type_, ())

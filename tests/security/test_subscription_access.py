@@ -115,6 +115,11 @@ def test_a_patient_subscription_is_sent_only_that_patients_changes(
     assert events == [
         (f"subscription:{sub_id}", "notification", f"Observation/{for_a.get_json()['id']}")
     ]
+    # the subscription is A's own: A reads and ends it, B's token cannot see it
+    b = caller(world, token_for(world, "patient-B"))
+    assert b.get(f"/fhir/Subscription/{sub_id}").status_code == 403
+    assert a.get(f"/fhir/Subscription/{sub_id}").status_code == 200
+    assert a.delete(f"/fhir/Subscription/{sub_id}").status_code == 204
 
 
 def test_a_token_without_read_scopes_cannot_subscribe(

@@ -366,3 +366,6 @@ def test_a_still_writes_its_own_record(a: Caller, world: dict[str, Any]) -> None
     patient["name"] = [{"family": "Jones", "given": ["Eleri"]}]
     assert a.put("/fhir/Patient/pA", patient).status_code == 200
     assert a.delete(f"/fhir/Observation/{own.get_json()['id']}").status_code == 204
+    body = {"statements": [{"key": "s1", "text": "Walk the dog"}], "recordedBy": {"display": "A"}}
+    url = f"/api/patients/{NHS.replace('/', '%2F').replace(':', '%3A')}|9000000009/priorities"
+    assert a.client.post(url, json=body, headers=a._headers()).status_code == 201
