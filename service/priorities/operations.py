@@ -2,7 +2,8 @@
 
 - ``$record-what-matters`` (``POST /fhir/Patient/{id}/$record-what-matters``, or
   ``POST /fhir/Patient/$record-what-matters`` with ``patient-identifier``)
-- ``$what-matters`` (``GET /fhir/Patient/{id}/$what-matters[?history=true]``)
+- ``$what-matters`` (``GET /fhir/Patient/{id}/$what-matters[?history=true][&since=instant]``):
+  every source gathered into one item per thing said (``items.py``)
 
 Both are described by OperationDefinitions in ``profiles/``.
 """
