@@ -72,7 +72,7 @@ def direction(language: str | None) -> str:
 
 def identifiers(patient: dict[str, Any]) -> list[tuple[str, str]]:
     """The patient's identifiers as (label, value): the NHS number first, spaced 3-3-4."""
-    shown = []
+    shown: list[tuple[str, str]] = []
     for identifier in patient.get("identifier", []) or []:
         value = str(identifier.get("value") or "") if isinstance(identifier, dict) else ""
         if not value:

@@ -444,10 +444,11 @@ def compare(before: list[Item], after: list[Item]) -> tuple[dict[int, Change], l
     rank_before = {id(old): n for n, old in enumerate(olds)}
     marks: dict[int, Change] = {}
     for item in after:
-        old = pairs.get(id(item))
-        if old is None:
+        earlier = pairs.get(id(item))
+        if earlier is None:
             marks[id(item)] = Change("new")
             continue
+        old = earlier
         what = []
         if words(old.resource) != words(item.resource):
             what.append("words")

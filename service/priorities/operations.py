@@ -2,7 +2,8 @@
 
 - ``$record-what-matters`` (``POST /fhir/Patient/{id}/$record-what-matters``, or
   ``POST /fhir/Patient/$record-what-matters`` with ``patient-identifier``)
-- ``$what-matters`` (``GET /fhir/Patient/{id}/$what-matters[?history=true]``)
+- ``$what-matters`` (``GET /fhir/Patient/{id}/$what-matters[?history=true][&since=instant]``):
+  every source gathered into one item per thing said (``items.py``)
 
 Both are described by OperationDefinitions in ``profiles/``.
 """
@@ -17,6 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from service.errors import (
     FhirError,
+    Forbidden,
     Issue,
     NotFound,
     PreconditionFailed,
@@ -297,10 +299,13 @@ class WhatMatters:
     def _changed_since(self, type_: str, since: int, base: str) -> set[str]:
         """``Type/id`` of every resource of the type written or deleted after ``since``."""
         params = [("_since", instant(since + 1)), ("_count", "1000")]
-        refs: set[str] = set()
-        for entry in self._pages(lambda p: self.fhir.history(type_, None, p, base), params):
-            refs.add(plain_reference(entry.get("fullUrl")))
-        return refs
+        try:
+            entries = self._pages(lambda p: self.fhir.history(type_, None, p, base), params)
+        except Forbidden:
+            # a patient-context token may not read type history: the changes of the resources
+            # that are still there are found from their own history; deletions stay unseen
+            return set()
+        return {plain_reference(entry.get("fullUrl")) for entry in entries}
 
     def _version_at(self, type_: str, id_: str, since: int, base: str) -> dict[str, Any] | None:
         """The version of a resource current at ``since``; None if it did not exist then."""

@@ -20,6 +20,9 @@ from tests.priorities.conversations import (
     statement,
     what_matters,
 )
+from tests.security.support import caller, keys, smart_app, token_for, world
+
+__all__ = ["keys", "smart_app", "world"]  # the smart-mode fixtures this module uses
 
 CHANGE = "http://whatmatters.example/fhir/StructureDefinition/wmty-change"
 
@@ -131,3 +134,19 @@ def test_a_bad_since_is_400_naming_it(client: FlaskClient) -> None:
     assert response.status_code == 400
     assert outcome_issues(response)[0]["expression"] == ["since"]
     assert client.get("/patients/p1/what-matters?since=nope").status_code == 400
+
+
+def test_a_patient_token_gets_since_marks_for_its_own_patient(world: dict[str, Any]) -> None:
+    """Type history is closed to patient-context tokens: changes still show from each
+    resource's own history, and nothing of another patient is read."""
+    patient = caller(world, token_for(world, "patient-A"))
+    since = patient.get("/fhir/Patient/pA/$what-matters").get_json()["timestamp"]
+    body = conversation(statement("s2", "Seeing the sea at Llandudno"), ranking("s2"))
+    assert patient.post("/fhir/Patient/pA/$record-what-matters", body).status_code == 200
+    response = patient.get(f"/fhir/Patient/pA/$what-matters?since={since}")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert _marks(response.get_json()) == {
+        "Seeing the sea at Llandudno": ("new",),
+        "Walk the dog": (),  # still first among what was there before
+    }
+    assert patient.get(f"/fhir/Patient/pB/$what-matters?since={since}").status_code == 403
