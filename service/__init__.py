@@ -59,7 +59,9 @@ def wire_fhir_service(
         conformance=ConformanceResources([f.resource for f in registry.files], registry.snapshots),
     )
     # every write path queues its deliveries to partners and subscribers in its transaction
-    fhir.listeners.append(OutboxFeed(load_partners(config.partners_file), fhir.clock))
+    fhir.listeners.append(
+        OutboxFeed(load_partners(config.partners_file), fhir.clock, lambda: fhir.instance_id)
+    )
     return fhir
 
 
@@ -101,12 +103,16 @@ def build_worker(config: Config, fhir: FhirService, partners: tuple[Partner, ...
         ]
         return name, items
 
+    from service.exchange.outbox import OutboxFeed
+
+    feeds = [listener for listener in fhir.listeners if isinstance(listener, OutboxFeed)]
     return Worker(
         fhir,
         partners,
         base,
         HttpPartnerClient,
         summarise=summarise,
+        learned=feeds[0].learn if feeds else None,
         lease_seconds=config.outbox_lease_seconds,
         backoff=Backoff(
             base_seconds=config.outbox_retry_base_seconds,

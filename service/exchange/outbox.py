@@ -24,6 +24,7 @@ from service.exchange.subscriptions import (
     topic_event,
 )
 from service.fhir.interactions import Change
+from service.fhir.model import instance_uri, origin_of
 from service.storage import ParamCriterion, Query, TokenMatch, Transaction
 from service.storage.outbox import OutboxRow
 
@@ -57,9 +58,22 @@ def subscription_destination(id_: str) -> str:
 class OutboxFeed:
     """Adds outbox rows for each write that concerns a partner or an active subscription."""
 
-    def __init__(self, partners: Sequence[Partner], clock: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        partners: Sequence[Partner],
+        clock: Callable[[], int],
+        instance_id: Callable[[], str],
+    ) -> None:
         self.partners = tuple(p for p in partners if p.send_types)
         self.clock = clock
+        self.instance_id = instance_id
+        # partners' instance identifiers, as their CapabilityStatements publish them (learnt
+        # by the worker): nothing is queued back to the instance it came from
+        self.partner_instances: dict[str, str] = {}
+
+    def learn(self, partner: Partner, instance_id: str) -> None:
+        """Remember the instance identifier a partner publishes."""
+        self.partner_instances[partner.name] = instance_id
 
     def changed(self, tx: Transaction, change: Change) -> None:
         """Queue the deliveries of one write, in its transaction."""
@@ -72,8 +86,14 @@ class OutboxFeed:
         kind = "resource" if change.content is not None else "delete"
         if patient_ref is not None and self.partners:
             patient = _read_json(tx, "Patient", patient_ref.split("/", 1)[1])
+            local = content is None or is_local(content, self.instance_id(), self.partners)
+            origin = origin_of(content or {})
             for partner in self.partners:
                 if patient is None or not partner.sends(change.type, content):
+                    continue
+                if not local and partner.send_origin == "local":
+                    continue  # governance: a partner's data is not relayed unless asked for
+                if origin is not None and origin == self.partner_instances.get(partner.name):
                     continue
                 if _from_partner(content, partner) or partner.knows_patient(patient) is None:
                     continue
@@ -182,6 +202,20 @@ def _version_json(tx: Transaction, type_: str, id_: str, version: int) -> dict[s
         return None
     loaded: dict[str, Any] = json.loads(stored.content)
     return loaded
+
+
+def is_local(content: dict[str, Any], instance_id: str, partners: Sequence[Partner] = ()) -> bool:
+    """Whether this instance originated the resource: it carries no other instance's origin
+    tag, and no meta.source naming another instance or one of the partners (an import)."""
+    origin = origin_of(content)
+    if origin is not None:
+        return origin == instance_id
+    source = (content.get("meta") or {}).get("source")
+    if not isinstance(source, str):
+        return True
+    if source.startswith("urn:uuid:") and source.split("#", 1)[0] != instance_uri(instance_id):
+        return False
+    return not any(_from_partner(content, partner) for partner in partners)
 
 
 def _from_partner(content: dict[str, Any] | None, partner: Partner) -> bool:

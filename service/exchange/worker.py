@@ -28,6 +28,7 @@ from service.exchange.client import Answer, PartnerClient, Unreachable
 from service.exchange.outbox import (
     ACTIVE_SUBSCRIPTIONS,
     claim,
+    is_local,
     renew,
     server_status_write,
 )
@@ -41,7 +42,15 @@ from service.exchange.subscriptions import (
 )
 from service.exchange.summary import SummaryItem, summary_pdf, summary_text
 from service.fhir.interactions import FhirService
-from service.fhir.model import instant, now_us
+from service.fhir.model import (
+    INSTANCE_EXTENSION,
+    ORIGIN_TAG_SYSTEM,
+    SUPPORTED_TYPES,
+    instance_uri,
+    instant,
+    now_us,
+    origin_of,
+)
 from service.fhir.search import escape_value
 from service.storage import StoredResource
 from service.storage.outbox import OutboxRow
@@ -115,6 +124,13 @@ class Capability:
     """What a partner's CapabilityStatement says it accepts, per resource type."""
 
     types: dict[str, dict[str, Any]]
+    usable: bool = True  # False: no CapabilityStatement with a server rest part came back
+    instance: str | None = None  # the partner's instance identifier, when it publishes one
+    base: str | None = None  # implementation.url: the base the partner says it serves at
+
+    def holds(self, type_: str) -> bool:
+        """Whether the partner can hold resources of the type (it accepts writes of it)."""
+        return self.writes(type_)
 
     def writes(self, type_: str) -> bool:
         """Whether the partner accepts creates of the type."""
@@ -133,15 +149,37 @@ class Capability:
 
 
 def capability_of(body: Any) -> Capability:
-    """The server resources of a CapabilityStatement."""
+    """The server resources of a CapabilityStatement, the instance it names and its base.
+
+    Anything but a CapabilityStatement with a server ``rest`` part (an empty Bundle, an HTML
+    page, nothing) is not usable: without it nothing can be written there knowingly.
+    """
     types: dict[str, dict[str, Any]] = {}
-    if isinstance(body, dict):
-        for rest in body.get("rest") or []:
-            if isinstance(rest, dict) and rest.get("mode", "server") == "server":
-                for resource in rest.get("resource") or []:
-                    if isinstance(resource, dict) and isinstance(resource.get("type"), str):
-                        types[resource["type"]] = resource
-    return Capability(types)
+    if not isinstance(body, dict) or body.get("resourceType") != "CapabilityStatement":
+        return Capability(types, usable=False)
+    servers = [
+        rest
+        for rest in body.get("rest") or []
+        if isinstance(rest, dict) and rest.get("mode", "server") == "server"
+    ]
+    for rest in servers:
+        for resource in rest.get("resource") or []:
+            if isinstance(resource, dict) and isinstance(resource.get("type"), str):
+                types[resource["type"]] = resource
+    implementation = body.get("implementation")
+    implementation = implementation if isinstance(implementation, dict) else {}
+    instance = None
+    for extension in implementation.get("extension") or []:
+        value = extension.get("valueUri") if isinstance(extension, dict) else None
+        if extension.get("url") == INSTANCE_EXTENSION and isinstance(value, str):
+            instance = value.removeprefix("urn:uuid:")
+    base = implementation.get("url")
+    return Capability(
+        types,
+        usable=bool(servers),
+        instance=instance,
+        base=base.rstrip("/") if isinstance(base, str) else None,
+    )
 
 
 class Worker:
@@ -160,6 +198,8 @@ class Worker:
         batch: int = 10,
         clock: Callable[[], int] = now_us,
         capability_ttl: float = 600.0,
+        lookup_ttl: float = 300.0,
+        learned: Callable[[Partner, str], None] | None = None,
     ) -> None:
         self.fhir = fhir
         self.partners = {p.destination: p for p in partners}
@@ -178,6 +218,12 @@ class Worker:
         self._clients = clients
         self._client_cache: dict[str, PartnerClient] = {}
         self._capabilities: dict[str, tuple[float, Capability]] = {}
+        # what a partner's search found, kept a short while: a retry resumes where the last
+        # attempt stopped instead of repeating every look-up, and a List whose items are all
+        # known costs one request
+        self.lookup_ttl = lookup_ttl
+        self._found: dict[tuple[str, str, str, str], tuple[float, str]] = {}
+        self._learned = learned
         self._last_contact: dict[str, float] = {}
         self._lock = threading.Lock()
         self._threads = threading.local()  # a requests.Session per thread (they are not shared)
@@ -206,8 +252,48 @@ class Worker:
             handled += done
         return handled
 
+    @property
+    def instance_id(self) -> str:
+        """This installation's identifier, stamped on what it originates."""
+        return self.fhir.instance_id
+
+    def check_partners(self) -> None:
+        """Read each partner's CapabilityStatement once, at start-up, and say what is wrong:
+        none at all, a base URL the partner does not call its own, or this very instance."""
+        for partner in self.partners.values():
+            try:
+                capability = self._capability(self._client(partner))
+            except (Retry, Refused, Unreachable) as exc:
+                log.warning(
+                    "partner %s: its CapabilityStatement could not be read (%s); deliveries "
+                    "wait until it can",
+                    partner.name,
+                    type(exc).__name__,
+                )
+                continue
+            if not capability.usable:
+                log.warning(
+                    "partner %s publishes no usable CapabilityStatement at %s/metadata; its "
+                    "rows go dead until it does",
+                    partner.name,
+                    partner.base_url,
+                )
+            if capability.base and capability.base != partner.base_url:
+                log.warning(
+                    "partner %s calls its base %s, the partners file says %s",
+                    partner.name,
+                    capability.base,
+                    partner.base_url,
+                )
+            if capability.instance == self.instance_id:
+                log.warning("partner %s is this instance itself; nothing is sent", partner.name)
+
     def serve_forever(self, stop: threading.Event, threads: int = 2, poll: float = 0.5) -> None:
         """Deliver in ``threads`` threads until ``stop`` is set; send heartbeats."""
+        try:
+            self.check_partners()
+        except Exception as exc:  # noqa: BLE001 - a check; delivery must start regardless
+            log.error("checking the partners failed: %s", describe_exception(exc))
 
         def loop(heartbeats: bool) -> None:
             while not stop.is_set():
@@ -300,6 +386,13 @@ class Worker:
         if current is None:
             return
         capability = self._capability(client)
+        if not capability.usable:
+            raise Refused(
+                f"{partner.name} has no usable CapabilityStatement at {partner.base_url}/metadata "
+                f"(FHIR R4 http.html#capabilities); {row.res_type}/{row.res_id} is not sent to a "
+                "server that does not say what it accepts"
+            )
+        self._not_back_to_origin(partner, capability, row, current)
         documents_only = (
             not capability.writes(row.res_type)
             and row.res_type in SUMMARY_TYPES
@@ -315,6 +408,8 @@ class Worker:
                     self._send_summary(client, capability, json.loads(last.content), row)
             elif capability.writes(row.res_type):
                 self._send_delete(client, row)
+            else:
+                raise Skipped(f"{partner.name} accepts no {row.res_type} writes")
             return
         content = json.loads(current.content or "{}")
         if documents_only:
@@ -322,9 +417,36 @@ class Worker:
             return
         if not capability.writes(row.res_type):
             if row.res_type in SUMMARY_TYPES or row.res_type == "Provenance":
-                return  # nothing it accepts carries this; the summary document has the words
+                # nothing it accepts carries this: set aside, saying so (never "done")
+                raise Skipped(
+                    f"{partner.name} accepts no {row.res_type} writes"
+                    + ("" if row.res_type == "Provenance" else " and no DocumentReference")
+                )
             raise Refused(f"{partner.name} accepts no {row.res_type} writes")
         self._send_resource(client, capability, row.res_type, content, current.version)
+
+    def _not_back_to_origin(
+        self, partner: Partner, capability: Capability, row: OutboxRow, current: StoredResource
+    ) -> None:
+        """A resource never goes back to the instance that originated it (by identity, not
+        by URL: the partners file may name it by any alias)."""
+        if capability.instance is None:
+            return
+        stored = current
+        if current.deleted:
+            before = self.fhir.read_only(
+                lambda tx: tx.vread(row.res_type, row.res_id, row.version - 1)
+            )
+            if before is None:
+                return
+            stored = before
+        content = json.loads(stored.content or "{}")
+        origin = origin_of(content) or self.instance_id
+        if origin == capability.instance:
+            raise Skipped(
+                f"{row.res_type}/{row.res_id} came from {partner.name} (instance {origin}); "
+                "it is not sent back"
+            )
 
     def _retry(self, row: OutboxRow, exc: Exception) -> bool:
         attempts = row.attempts + 1
@@ -413,6 +535,8 @@ class Worker:
         answer = check(client.request("GET", "metadata"), f"{name} CapabilityStatement")
         capability = capability_of(answer.body)
         self._capabilities[name] = (time.monotonic(), capability)
+        if capability.instance is not None and self._learned is not None:
+            self._learned(client.partner, capability.instance)
         return capability
 
     def _current(self, type_: str, id_: str) -> StoredResource | None:
@@ -428,6 +552,20 @@ class Worker:
     ) -> str:
         """Write the resource at the partner idempotently; return the partner's id."""
         param, token = self._key(type_, content)
+        found = self._write_resource(client, capability, type_, content, version, param, token)
+        self._remember(client, type_, param, token, found)
+        return found
+
+    def _write_resource(
+        self,
+        client: PartnerClient,
+        capability: Capability,
+        type_: str,
+        content: dict[str, Any],
+        version: int,
+        param: str,
+        token: str,
+    ) -> str:
         body = self._outbound(client, type_, content)
         criteria = urlencode({param: token})
         what = f"{type_} {param}={token} to {client.partner.name}"
@@ -461,6 +599,7 @@ class Worker:
             return
         param, token = self._key(row.res_type, json.loads(last.content))
         existing = self._find(client, row.res_type, param, token)
+        self._remember(client, row.res_type, param, token, None)
         if existing is not None:
             check(
                 client.request("DELETE", f"{row.res_type}/{existing}"),
@@ -474,6 +613,10 @@ class Worker:
         (https://hl7.org/fhir/R4/search.html#errors) rather than answer with everything, and
         each match is checked here as well.
         """
+        key = (client.partner.name, type_, param, token)
+        known = self._found.get(key)
+        if known is not None and time.monotonic() - known[0] < self.lookup_ttl:
+            return known[1]
         answer = check(
             client.request(
                 "GET", type_, headers={"Prefer": "handling=strict"}, params={param: token}
@@ -496,14 +639,31 @@ class Worker:
                 f"{client.partner.name} holds {len(ids)} {type_} with {param}={token}; "
                 "one is needed"
             )
+        if ids:
+            self._remember(client, type_, param, token, ids[0])
         return ids[0] if ids else None
 
+    def _remember(
+        self, client: PartnerClient, type_: str, param: str, token: str, found: str | None
+    ) -> None:
+        key = (client.partner.name, type_, param, token)
+        if found is None:
+            self._found.pop(key, None)
+        else:
+            self._found[key] = (time.monotonic(), found)
+
     def _source(self, type_: str, content: dict[str, Any]) -> str:
-        """Where the resource comes from: the source it arrived with, else its URL here."""
+        """Where the resource comes from: the source it arrived with (relayed), else a URI
+        naming this instance and the resource (``urn:uuid:<instance>#Goal/12``), which no
+        URL alias changes."""
         source = (content.get("meta") or {}).get("source")
-        if isinstance(source, str) and source:
+        if (
+            isinstance(source, str)
+            and source
+            and not is_local(content, self.instance_id, tuple(self.partners.values()))
+        ):
             return source
-        return f"{self.base_url}/{type_}/{content['id']}"
+        return f"{instance_uri(self.instance_id)}#{type_}/{content['id']}"
 
     def _key(self, type_: str, content: dict[str, Any]) -> tuple[str, str]:
         """The search that finds the resource at a partner: its identifier, or (for types
@@ -526,8 +686,12 @@ class Worker:
         pointing at the partner's own resources."""
         body = self._identified(type_, content)
         meta = {k: v for k, v in (body.get("meta") or {}).items() if k == "profile"}
-        # meta.source names where the resource comes from: the partner never sends it back
+        # meta.source names where the resource comes from, and the tag the instance that
+        # originated it: no partner ever sends it back there
         meta["source"] = self._source(type_, content)
+        meta["tag"] = [
+            {"system": ORIGIN_TAG_SYSTEM, "code": origin_of(content) or self.instance_id}
+        ]
         body = {k: v for k, v in body.items() if k not in ("id", "meta")}
         body["meta"] = meta
         rewritten: dict[str, Any] = self._rewrite(client, body, {})
@@ -545,7 +709,10 @@ class Worker:
                 if ref not in cache:
                     cache[ref] = self._partner_reference(client, *local)
                 replaced = {k: v for k, v in value.items() if k != "reference"}
-                return {**replaced, **cache[ref]}
+                rewritten = {**replaced, **cache[ref]}
+                if not {"reference", "identifier", "display"} & set(rewritten):
+                    rewritten["display"] = ref  # a reference keeps at least what it said
+                return rewritten
         return {k: self._rewrite(client, v, cache) for k, v in value.items()}
 
     def _local(self, ref: str) -> tuple[str, str] | None:
@@ -558,10 +725,11 @@ class Worker:
 
     def _partner_reference(self, client: PartnerClient, type_: str, id_: str) -> dict[str, Any]:
         partner = client.partner
-        stored = self._current(type_, id_)
+        stored = self._current(type_, id_) if type_ in SUPPORTED_TYPES else None
         if stored is None or stored.deleted or stored.content is None:
-            # nothing here to send: the partner gets our absolute URL, which still names it
-            return {"reference": f"{self.base_url}/{type_}/{id_}"}
+            # nothing here the partner could follow (a Practitioner, say): the reference
+            # keeps its display, never a URL that dangles
+            return {}
         content = json.loads(stored.content)
         if type_ == "Patient":
             identifier = partner.knows_patient(content)
@@ -577,9 +745,13 @@ class Worker:
                 capability = self._capability(client)
                 found = self._send_resource(client, capability, "Patient", content, 1)
             return {"reference": f"Patient/{found}"}
-        if type_ not in partner.send_types:
-            # not sent to this partner: an absolute reference to us keeps the link
-            return {"reference": f"{self.base_url}/{type_}/{id_}"}
+        if type_ not in partner.send_types or not self._capability(client).holds(type_):
+            # the partner does not hold this type (or is not sent it): no search for it there;
+            # the reference names it by its identifier (Reference.identifier), which stays true
+            if type_ in NO_IDENTIFIER_TYPES:
+                return {"reference": f"{self.base_url}/{type_}/{id_}"}
+            system, value = _identifier(self._identified(type_, content))
+            return {"type": type_, "identifier": {"system": system, "value": value}}
         found = self._find(client, type_, *self._key(type_, content))
         if found is None:
             raise Retry(f"{type_}/{id_} is not at {partner.name} yet")

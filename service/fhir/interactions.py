@@ -9,6 +9,8 @@ gets 412.
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import random
 import re
 import time
@@ -43,6 +45,7 @@ from service.fhir.model import (
     now_us,
     parse_instant,
     parse_json,
+    same_content,
     with_meta,
 )
 from service.fhir.results import Result, operation_outcome
@@ -196,6 +199,11 @@ class FhirService:
             return tx
         guarded: Transaction = GuardedTransaction(tx, access, self.search_params.references)
         return guarded
+
+    @functools.cached_property
+    def instance_id(self) -> str:
+        """The identifier of this installation (made once with its database)."""
+        return self.store.instance_id()
 
     # -- instance level -----------------------------------------------------------------------
 
@@ -808,6 +816,12 @@ class FhirService:
         method: str,
         index: IndexRows | None = None,
     ) -> StoredResource:
+        if _unchanged(current, resource):
+            # an update that changes nothing is no new version and queues nothing (as HAPI
+            # answers one: the current version, not incremented); this also ends any echo of
+            # a resource between two servers
+            assert current is not None
+            return current
         stored, content = self._version(type_, id_, resource, current, method)
         tx.put(
             stored,
@@ -838,6 +852,13 @@ class FhirService:
         provenance = provenance_for(access, target, activity, instant(stored.last_updated_us))
         # written for the service, whatever the token may write itself
         self._write(raw, "Provenance", str(uuid.uuid4()), provenance, None, "POST")
+
+
+def _unchanged(current: StoredResource | None, resource: dict[str, Any]) -> bool:
+    """Whether ``resource`` is the current version again (meta's server-owned parts aside)."""
+    if current is None or current.deleted or current.content is None:
+        return False
+    return same_content(json.loads(current.content), resource)
 
 
 def without_resource(entry: Any) -> Any:

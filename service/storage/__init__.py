@@ -430,6 +430,9 @@ class Store(Protocol):
     def pending_migrations(self) -> list[int]:
         """The schema migrations not applied yet (empty: the schema is current)."""
 
+    def instance_id(self) -> str:
+        """The stable identifier of this installation (a UUID), made once with its database."""
+
     def check(self) -> None:
         """Raise StoreUnavailable if the database cannot answer."""
 

@@ -6,6 +6,7 @@ It answers searches from the same IndexRows the SQL store keeps, with the same s
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -448,6 +449,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._state = _State()
         self._lock = threading.RLock()
+        self._instance_id = str(uuid.uuid4())
 
     @contextmanager
     def transaction(self, write: bool = True) -> Iterator[MemoryTransaction]:
@@ -465,6 +467,10 @@ class MemoryStore:
     def migrate(self) -> list[str]:
         """Nothing to migrate in memory."""
         return []
+
+    def instance_id(self) -> str:
+        """This store's identifier, made with it (it lives as long as the store)."""
+        return self._instance_id
 
     def check(self) -> None:
         """Memory is always reachable."""

@@ -41,8 +41,10 @@ from service.storage import (
 from service.storage.outbox import OutboxRow
 from service.storage.schema import (
     INDEX_TABLES,
+    INSTANCE_ID_KEY,
     MIGRATIONS,
     counters,
+    instance_identity,
     metadata,
     outbox,
     reindex_progress,
@@ -622,6 +624,16 @@ class SqlStore:
                 return [version for version, _, _ in MIGRATIONS]
             done = set(conn.execute(select(schema_migrations.c.version)).scalars())
         return [version for version, _, _ in MIGRATIONS if version not in done]
+
+    def instance_id(self) -> str:
+        """The identifier this installation was given when its schema was made (migration 4)."""
+        with self.transaction(write=False) as tx:
+            found = tx._conn.execute(
+                select(instance_identity.c.value).where(instance_identity.c.name == INSTANCE_ID_KEY)
+            ).scalar_one_or_none()
+        if found is None:
+            raise StorageError("The database has no instance identifier: run `whatmatters init-db`")
+        return str(found)
 
     def check(self) -> None:
         """Raise StoreUnavailable if the database does not answer."""
