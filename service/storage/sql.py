@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -570,6 +571,13 @@ def _outbox_row(record: Any) -> OutboxRow:
 _ROW_FIELDS = tuple(OutboxRow.__dataclass_fields__)
 
 
+def _instance_id(conn: Any) -> str | None:
+    found = conn.execute(
+        select(instance_identity.c.value).where(instance_identity.c.name == INSTANCE_ID_KEY)
+    ).scalar_one_or_none()
+    return None if found is None else str(found)
+
+
 class SqlStore:
     """The Store port on SQLite or PostgreSQL."""
 
@@ -626,14 +634,21 @@ class SqlStore:
         return [version for version, _, _ in MIGRATIONS if version not in done]
 
     def instance_id(self) -> str:
-        """The identifier this installation was given when its schema was made (migration 4)."""
+        """The identifier this installation was given when its schema was made (migration 4);
+        made now, once, if the row was removed since."""
         with self.transaction(write=False) as tx:
-            found = tx._conn.execute(
-                select(instance_identity.c.value).where(instance_identity.c.name == INSTANCE_ID_KEY)
-            ).scalar_one_or_none()
-        if found is None:
-            raise StorageError("The database has no instance identifier: run `whatmatters init-db`")
-        return str(found)
+            found = _instance_id(tx._conn)
+        if found is not None:
+            return found
+        with self.transaction(write=True) as tx:
+            tx.lock("whatmatters-instance-id")
+            found = _instance_id(tx._conn)
+            if found is None:
+                found = str(uuid.uuid4())
+                tx._conn.execute(
+                    insert(instance_identity).values(name=INSTANCE_ID_KEY, value=found)
+                )
+        return found
 
     def check(self) -> None:
         """Raise StoreUnavailable if the database does not answer."""

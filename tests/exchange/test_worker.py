@@ -252,7 +252,7 @@ def test_capability_flags() -> None:
                         },
                     ],
                 }
-            ]
+            ],
         }
     )
     assert not capability.writes("Goal")
