@@ -13,6 +13,7 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -25,7 +26,7 @@ from service.errors import (
 )
 from service.fhir.bundles import process_bundle
 from service.fhir.interactions import FhirService
-from service.fhir.model import instant, now_us
+from service.fhir.model import instant, now_us, origin_of
 from service.fhir.results import Result
 from service.priorities.codes import (
     CARE_SETTING,
@@ -218,7 +219,7 @@ class WhatMatters:
         provenances = {
             r["id"]: r for r in goals + statements if r.get("resourceType") == "Provenance"
         }
-        ranked = merge(lists, resources)
+        ranked = merge(lists, resources, self.fhir.instance_id)
         merged_list = _merged_list(patient_id, ranked, lists, instant(self.clock()))
         entries = [_entry(base, merged_list)]
         chosen_refs = set()
@@ -319,24 +320,66 @@ def _identity(resource: dict[str, Any]) -> str:
     return f"{resource['resourceType']}/{resource['id']}"
 
 
-def _updated(resource: dict[str, Any]) -> str:
-    return str(resource.get("meta", {}).get("lastUpdated", ""))
+# when each kind of record was made, in content every copy of it shares
+_RECORDED = {
+    "List": ("date",),
+    "Observation": ("issued", "effectiveDateTime"),
+    "Goal": (
+        "statusDate",
+        "startDate",
+    ),
+}
 
 
-def merge(lists: list[dict[str, Any]], resources: list[dict[str, Any]]) -> list[Ranked]:
+def _moment(value: Any) -> str:
+    """A FHIR date or dateTime as a sortable UTC instant (as given, if it is not one)."""
+    text = str(value or "")
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return text
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def merge_order(resource: dict[str, Any], instance_id: str = "") -> tuple[str, str, str]:
+    """The tie-break key of the merge: the recorded time, then the instance that originated the
+    record (its origin tag; ``instance_id`` for this instance's own), then its identifier.
+
+    Every key is content that travels with the record, never the local ``lastUpdated``
+    (arrival time), so every instance holding the same records shows the same order.
+    """
+    recorded = next(
+        (
+            resource[name]
+            for name in _RECORDED.get(resource.get("resourceType", ""), ())
+            if resource.get(name)
+        ),
+        "",
+    )
+    return _moment(recorded), origin_of(resource) or instance_id, _identity(resource)
+
+
+def merge(
+    lists: list[dict[str, Any]], resources: list[dict[str, Any]], instance_id: str = ""
+) -> list[Ranked]:
     """Merge several settings' rankings into one.
 
-    The most recent List (by ``List.date``) ranks first; items only older Lists know follow, in
-    their order; an item known by several settings (same identifier) appears once, as its most
-    recently updated record, with every setting that knows it.
+    The most recently recorded List (by ``List.date``) ranks first; items only older Lists know
+    follow, in their order; an item known by several settings (same identifier) appears once,
+    as its most recently recorded record, with every setting that knows it. Ties are broken by
+    ``merge_order``, the same on every instance.
     """
     by_ref = {f"{r['resourceType']}/{r['id']}": r for r in resources}
     newest: dict[str, dict[str, Any]] = {}
     for resource in resources:
         key = _identity(resource)
-        if key not in newest or _updated(resource) > _updated(newest[key]):
+        if key not in newest or merge_order(resource, instance_id) > merge_order(
+            newest[key], instance_id
+        ):
             newest[key] = resource
-    ordered = sorted(lists, key=lambda r: (str(r.get("date", "")), _updated(r)), reverse=True)
+    ordered = sorted(lists, key=lambda r: merge_order(r, instance_id), reverse=True)
     ranked: dict[str, Ranked] = {}
     for source in ordered:
         setting = extension_value(source, CARE_SETTING, "valueReference")
