@@ -348,7 +348,8 @@ def merge_order(resource: dict[str, Any], instance_id: str = "") -> tuple[str, s
     record (its origin tag; ``instance_id`` for this instance's own), then its identifier.
 
     Every key is content that travels with the record, never the local ``lastUpdated``
-    (arrival time), so every instance holding the same records shows the same order.
+    (arrival time) unless the record has no recorded time at all, so every instance holding
+    the same records shows the same order.
     """
     recorded = next(
         (
@@ -356,7 +357,8 @@ def merge_order(resource: dict[str, Any], instance_id: str = "") -> tuple[str, s
             for name in _RECORDED.get(resource.get("resourceType", ""), ())
             if resource.get(name)
         ),
-        "",
+        # a record without a recorded time (written over REST) has only its local one
+        (resource.get("meta") or {}).get("lastUpdated", ""),
     )
     return _moment(recorded), origin_of(resource) or instance_id, _identity(resource)
 
