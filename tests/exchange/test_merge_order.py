@@ -84,8 +84,7 @@ def held_at(
 
 def merged_view(lists: list[dict[str, Any]], resources: list[dict[str, Any]], me: int) -> list:
     return [
-        item.resource["identifier"][0]["value"]
-        for item in merge(lists, resources, INSTANCES[me])
+        item.resource["identifier"][0]["value"] for item in merge(lists, resources, INSTANCES[me])
     ]
 
 
