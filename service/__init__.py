@@ -98,6 +98,7 @@ def build_worker(config: Config, fhir: FhirService, partners: tuple[Partner, ...
                 recorded_by=item.get("recordedBy"),
                 setting=", ".join(item.get("settings") or []) or item.get("settingType"),
                 date=item.get("date"),
+                status=item.get("status") if item["kind"] == "goal" else None,
             )
             for item in priorities(bundle or {})["priorities"]
         ]

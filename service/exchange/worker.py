@@ -327,21 +327,23 @@ class Worker:
         if not rows:
             return
         owner = rows[0].lease_owner or ""
-        last_of = {(r.res_type, r.res_id, r.kind): r.id for r in rows}
+        # each row sends its resource's current state: a later row of the same resource whose
+        # version was sent already has nothing left to send. (Skipping the earlier row instead
+        # would leave the rows between, which may refer to the resource, waiting for it.)
+        sent: dict[tuple[str, str, str], int] = {}
         for position, row in enumerate(rows):
             if not self._renew(rows[position:], owner):
                 log.warning("the lease on outbox row %s was lost; stopping its group", row.id)
                 return
-            if (
-                row.destination.startswith("partner:")
-                and last_of[(row.res_type, row.res_id, row.kind)] != row.id
-            ):
-                # a later row of the group sends the same resource's current state
+            key = (row.res_type, row.res_id, row.kind)
+            if row.destination.startswith("partner:") and sent.get(key, 0) >= row.version:
                 if not self._settle(replace(row, state="done", delivered_us=self.clock()), owner):
                     return
                 continue
             try:
-                self.deliver(row)
+                version = self.deliver(row)
+                if version is not None:
+                    sent[key] = version
             except (Retry, Unreachable) as exc:
                 self._retry(row, exc)
                 self._release(rows[position + 1 :])  # keep the group's order: they wait too
@@ -373,18 +375,19 @@ class Worker:
             if not settled:
                 return
 
-    def deliver(self, row: OutboxRow) -> None:
-        """Deliver one row (raises Retry, Unreachable or Refused)."""
+    def deliver(self, row: OutboxRow) -> int | None:
+        """Deliver one row (raises Retry, Unreachable or Refused); return the version of the
+        resource a partner now holds (its current state is what is sent), if any."""
         if row.destination.startswith("subscription:"):
             self._deliver_subscription(row)
-            return
+            return None
         partner = self.partners.get(row.destination)
         if partner is None:
             raise Refused(f"{row.destination} is no longer in the partners file")
         client = self._client(partner)
         current = self._current(row.res_type, row.res_id)
         if current is None:
-            return
+            return None
         capability = self._capability(client)
         if not capability.usable:
             raise Refused(
@@ -410,11 +413,11 @@ class Worker:
                 self._send_delete(client, row)
             else:
                 raise Skipped(f"{partner.name} accepts no {row.res_type} writes")
-            return
+            return current.version
         content = json.loads(current.content or "{}")
         if documents_only:
             self._send_summary(client, capability, content, row)
-            return
+            return current.version
         if not capability.writes(row.res_type):
             if row.res_type in SUMMARY_TYPES or row.res_type == "Provenance":
                 # nothing it accepts carries this: set aside, saying so (never "done")
@@ -424,6 +427,7 @@ class Worker:
                 )
             raise Refused(f"{partner.name} accepts no {row.res_type} writes")
         self._send_resource(client, capability, row.res_type, content, current.version)
+        return current.version
 
     def _not_back_to_origin(
         self, partner: Partner, capability: Capability, row: OutboxRow, current: StoredResource

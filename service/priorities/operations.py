@@ -40,6 +40,7 @@ from service.priorities.codes import (
 from service.priorities.record import (
     Conversation,
     build_transaction,
+    goal_status_updates,
     item_identifier,
     list_entries,
     list_identifier,
@@ -76,12 +77,14 @@ class WhatMatters:
         for attempt in range(ATTEMPTS):
             current = self._current_list(patient_id, conversation, base)
             found = self._stored_items(conversation, patient_id, base)
-            unchanged = self._unchanged(conversation, found, current, base)
+            now = instant(self.clock())
+            updates = goal_status_updates(conversation, found, (conversation.recorded or now)[:10])
+            unchanged = None if updates else self._unchanged(conversation, found, current, base)
             if unchanged is not None:
                 return unchanged
             known = {key: f"{r['resourceType']}/{r['id']}" for key, r in found.items()}
             bundle, origins = build_transaction(
-                conversation, patient_id, instant(self.clock()), current, known
+                conversation, patient_id, now, current, known, updates
             )
             try:
                 with self.fhir.provenance_supplied():  # the Bundle holds the recorder's

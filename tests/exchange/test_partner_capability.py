@@ -21,6 +21,7 @@ import pytest
 from service import build_worker, wire_fhir_service
 from service.config import Config
 from service.exchange.partners import Partner, load_partners
+from service.exchange.summary import summary_text
 from service.exchange.worker import Worker
 from service.fhir.interactions import FhirService
 from service.priorities.operations import WhatMatters
@@ -247,3 +248,57 @@ def test_partners_file_origin_setting(tmp_path: Path) -> None:
 
     with pytest.raises(PartnerConfigError, match=r"partners\.yaml:4.*origin"):
         load_partners(path)
+
+
+def test_goal_status_recorded_again_reaches_the_partner_and_its_document(
+    hospital: FhirService,
+) -> None:
+    config = Config(public_base_url=BASE)
+    gp = FakeFhir(the_partner(hospital), ("Patient", "Observation", "Goal", "List", "Provenance"))
+    record_conversation(hospital)
+    completed = conversation(
+        statement("s1", "Walking Bramble, my dog, every morning", "walk"),
+        goal(
+            "g1",
+            "Walk to the end of the lane and back by spring",
+            "s1",
+            priority="high",
+            status="completed",
+        ),
+        recorded="2027-03-20T10:00:00Z",
+    )
+    answer = WhatMatters(hospital).record("p1", completed, BASE)
+    assert answer.status == 200
+    # the answer says the goal changed: its entry is an update (200) to a new version
+    goal_entries = [e for e in answer.body["entry"] if e["resource"]["resourceType"] == "Goal"]
+    assert [e["response"]["status"][:3] for e in goal_entries] == ["200"]
+    changed = goal_entries[0]["resource"]
+    assert changed["meta"]["versionId"] == "2"
+    assert changed["lifecycleStatus"] == "completed"
+    assert changed["statusDate"] == "2027-03-20"
+    assert changed["achievementStatus"]["coding"][0]["code"] == "achieved"
+    assert changed["description"]["text"] == "Walk to the end of the lane and back by spring"
+    worker_for(hospital, gp, config).drain()
+    (at_gp,) = gp.of_type("Goal")
+    assert at_gp["lifecycleStatus"] == "completed"
+    # the "What matters to me" document a documents-only partner gets says so too
+    name, items = build_worker(config, hospital, ()).summarise("p1")  # type: ignore[misc]
+    text = summary_text(name, items, "2027-03-20T10:00:00Z")
+    assert "(goal, completed)" in text
+
+
+def test_recording_the_same_goal_status_again_changes_nothing(hospital: FhirService) -> None:
+    record_conversation(hospital)
+    same = conversation(
+        statement("s1", "Walking Bramble, my dog, every morning", "walk"),
+        goal("g1", "Walk to the end of the lane and back by spring", "s1", status="active"),
+    )
+    before = hospital.read_only(lambda tx: tx.read_many(tx.current_keys(None, 100)))
+    WhatMatters(hospital).record("p1", same, BASE)
+    goals = [
+        s
+        for s in hospital.read_only(lambda tx: tx.read_many(tx.current_keys(None, 100)))
+        if s.type == "Goal"
+    ]
+    assert [g.version for g in goals] == [1]
+    assert len(before) > 0
