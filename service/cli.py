@@ -224,7 +224,7 @@ def _import(config: Config, args: argparse.Namespace) -> int:
     read = ", ".join(f"{n} {t}" for t, n in report.read.items())
     print(
         f"imported {report.patient} from {partner.name}: read {read}; "
-        f"{report.created} created, {report.updated} updated"
+        f"{report.created} created, {report.updated} updated, {report.unchanged} unchanged"
     )
     return 0
 
