@@ -154,7 +154,7 @@ def _outbox(config: Config, args: argparse.Namespace) -> int:
                     f"{line.destination:32} {line.state:10} {line.rows:8} "
                     f"oldest {instant(line.oldest_us)}"
                 )
-            states = ["dead"] if not args.all else None
+            states = ["dead", "blocked"] if not args.all else None
             rows = fhir.read_only(
                 lambda tx: tx.outbox_rows(states=states, destination=destination, ids=ids)
             )

@@ -310,21 +310,35 @@ def summary(tx: Transaction) -> list[QueueLine]:
 def retry(
     tx: Transaction, now: int, ids: Sequence[int] | None, destination: str | None
 ) -> list[OutboxRow]:
-    """Put dead (or discarded, when named by id) rows back in the queue, due now."""
-    states = ("dead", "discarded") if ids else ("dead",)
+    """Put dead and blocked (or discarded, when named by id) rows back in the queue, due now,
+    with the rows their groups held blocked behind them.
+
+    The attempts already made are kept (the row's history stays true); giving up is counted
+    from now, so a row put back gets a fair chance.
+    """
+    states = ("dead", "discarded", "blocked") if ids else ("dead", "blocked")
+    chosen = tx.outbox_rows(states=states, destination=destination, ids=ids, limit=100_000)
+    groups = {(row.destination, row.group_key) for row in chosen}
+    held = [
+        row
+        for destination_, group in groups
+        for row in tx.outbox_rows(
+            states=("blocked",), destination=destination_, group_key=group, limit=100_000
+        )
+    ]
     changed = []
-    for row in tx.outbox_rows(states=states, destination=destination, ids=ids, limit=100_000):
+    for row in {row.id: row for row in [*chosen, *held]}.values():
         again = replace(
             row,
             state="pending",
-            attempts=0,
             next_attempt_us=now,
             lease_owner=None,
             lease_until_us=0,
+            requeued_us=now,
         )
         tx.outbox_save(again)
         changed.append(again)
-    return changed
+    return sorted(changed, key=lambda row: row.id)
 
 
 def discard(tx: Transaction, ids: Sequence[int] | None, destination: str | None) -> list[OutboxRow]:

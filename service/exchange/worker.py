@@ -75,6 +75,14 @@ class Retry(Exception):
         self.status = status
 
 
+class Waiting(Retry):
+    """The row refers to a resource the partner does not hold yet (its own row comes first)."""
+
+    def __init__(self, reason: str, waits_for: tuple[str, str]):
+        super().__init__(reason)
+        self.waits_for = waits_for
+
+
 class Refused(Exception):
     """The destination refused the delivery; retrying the same thing cannot help."""
 
@@ -345,7 +353,11 @@ class Worker:
                 if version is not None:
                     sent[key] = version
             except (Retry, Unreachable) as exc:
-                self._retry(row, exc)
+                dead = self._dead_dependency(row, exc)
+                if dead is not None:
+                    self._blocked(row, dead, exc)
+                else:
+                    self._retry(row, exc)
                 self._release(rows[position + 1 :])  # keep the group's order: they wait too
                 return
             except Skipped as exc:
@@ -452,14 +464,50 @@ class Worker:
                 "it is not sent back"
             )
 
+    def _dead_dependency(self, row: OutboxRow, exc: Exception) -> OutboxRow | None:
+        """The dead row of the resource ``row`` waits for, if that is why it waits: it
+        cannot arrive until an operator retries it."""
+        if not isinstance(exc, Waiting):
+            return None
+        type_, id_ = exc.waits_for
+        dead = self.fhir.read_only(
+            lambda tx: tx.outbox_rows(
+                states=("dead", "discarded"),
+                destination=row.destination,
+                group_key=row.group_key,
+                limit=10_000,
+            )
+        )
+        found = [r for r in dead if (r.res_type, r.res_id) == (type_, id_) and r.id < row.id]
+        return found[-1] if found else None
+
+    def _blocked(self, row: OutboxRow, dead: OutboxRow, exc: Exception) -> bool:
+        reason = (
+            f"{exc}: waiting for row #{dead.id} ({dead.res_type}/{dead.res_id}), which is "
+            f"{dead.state}; `whatmatters outbox retry --id {dead.id}` sends both"
+        )
+        log.warning("outbox row %s is blocked by row %s", row.id, dead.id)
+        return self._settle(
+            replace(
+                row,
+                state="blocked",
+                attempts=row.attempts + 1,
+                lease_owner=None,
+                lease_until_us=0,
+                last_error=_outcome(reason, transient=True),
+            ),
+            row.lease_owner,
+        )
+
     def _retry(self, row: OutboxRow, exc: Exception) -> bool:
         attempts = row.attempts + 1
         status = getattr(exc, "status", None)
         now = self.clock()
         if row.kind == "handshake" and attempts >= HANDSHAKE_ATTEMPTS:
             return self._dead(row, f"the handshake failed {attempts} times: {exc}", status)
+        since = row.requeued_us or row.created_us  # an operator's retry restarts the clock
         if (
-            now - row.created_us > self.backoff.give_up_seconds * 1_000_000
+            now - since > self.backoff.give_up_seconds * 1_000_000
             and attempts >= MIN_ATTEMPTS_BEFORE_GIVING_UP
         ):
             return self._dead(row, f"gave up after {attempts} attempts: {exc}", status)
@@ -742,9 +790,10 @@ class Worker:
             found = self._find(client, "Patient", "identifier", identifier_token(*identifier))
             if found is None:
                 if "Patient" not in partner.send_types:
-                    raise Retry(
+                    raise Waiting(
                         f"{partner.name} has no Patient with identifier "
-                        f"{identifier[0]}|{identifier[1]} yet"
+                        f"{identifier[0]}|{identifier[1]} yet",
+                        ("Patient", id_),
                     )
                 capability = self._capability(client)
                 found = self._send_resource(client, capability, "Patient", content, 1)
@@ -758,7 +807,7 @@ class Worker:
             return {"type": type_, "identifier": {"system": system, "value": value}}
         found = self._find(client, type_, *self._key(type_, content))
         if found is None:
-            raise Retry(f"{type_}/{id_} is not at {partner.name} yet")
+            raise Waiting(f"{type_}/{id_} is not at {partner.name} yet", (type_, id_))
         return {"reference": f"{type_}/{found}"}
 
     def _send_summary(

@@ -399,8 +399,10 @@ class Transaction(Protocol):
         ids: Sequence[int] | None = None,
         limit: int = 1000,
         group_key: str | None = None,
+        after: int = 0,
     ) -> list[OutboxRow]:
-        """Return outbox rows in id order, filtered by state, destination, ids and group."""
+        """Return outbox rows in id order, filtered by state, destination, ids and group,
+        from the row after ``after`` (paging)."""
 
     def outbox_heads(self, now: int, limit: int = 1) -> list[OutboxRow]:
         """Return the oldest undelivered (pending or inflight) row of each group, where that

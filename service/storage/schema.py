@@ -183,6 +183,7 @@ outbox = Table(
     Column("delivered", BigInteger, nullable=True),
     Column("last_status", Integer, nullable=True),
     Column("last_error", Text, nullable=True),
+    Column("requeued", BigInteger, nullable=True),
     Index("ix_outbox_state_id", "state", "id"),
     Index("ix_outbox_destination_state", "destination", "state"),
 )
@@ -254,6 +255,9 @@ def _outbox(conn: Connection) -> None:
 
 
 def _instance_identity(conn: Connection) -> None:
+    columns = {c["name"] for c in inspect(conn).get_columns("outbox")}
+    if "requeued" not in columns:
+        conn.execute(text("ALTER TABLE outbox ADD COLUMN requeued BIGINT"))
     metadata.create_all(conn, tables=[instance_identity])
     conn.execute(instance_identity.insert().values(name=INSTANCE_ID_KEY, value=str(uuid.uuid4())))
 
@@ -264,5 +268,9 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "resources, versions and token index", _initial_schema),
     (2, "index tables for every search parameter type, saved searches", _search_indexes),
     (3, "transactional outbox for partners and subscriptions, counters", _outbox),
-    (4, "the instance identifier this installation is known by in exchanges", _instance_identity),
+    (
+        4,
+        "the instance identifier this installation is known by in exchanges; outbox requeue time",
+        _instance_identity,
+    ),
 ]

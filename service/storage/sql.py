@@ -39,7 +39,7 @@ from service.storage import (
     StoreUnavailable,
     VersionConflict,
 )
-from service.storage.outbox import OutboxRow
+from service.storage.outbox import UNDELIVERED, OutboxRow
 from service.storage.schema import (
     INDEX_TABLES,
     INSTANCE_ID_KEY,
@@ -474,9 +474,10 @@ class SqlTransaction:
         ids: Sequence[int] | None = None,
         limit: int = 1000,
         group_key: str | None = None,
+        after: int = 0,
     ) -> list[OutboxRow]:
         """Return outbox rows in id order."""
-        statement = select(outbox).order_by(outbox.c.id).limit(limit)
+        statement = select(outbox).where(outbox.c.id > after).order_by(outbox.c.id).limit(limit)
         if group_key is not None:
             statement = statement.where(outbox.c.group_key == group_key)
         if states is not None:
@@ -489,7 +490,7 @@ class SqlTransaction:
 
     def outbox_heads(self, now: int, limit: int = 1) -> list[OutboxRow]:
         """Return the ready head row of each group, oldest first."""
-        undelivered = outbox.c.state.in_(["pending", "inflight"])
+        undelivered = outbox.c.state.in_(list(UNDELIVERED))
         heads = (
             select(func.min(outbox.c.id).label("id"))
             .where(undelivered)
@@ -553,6 +554,7 @@ _OUTBOX_COLUMNS = {
     "next_attempt_us": "next_attempt",
     "lease_until_us": "lease_until",
     "delivered_us": "delivered",
+    "requeued_us": "requeued",
 }
 
 

@@ -302,3 +302,40 @@ def test_recording_the_same_goal_status_again_changes_nothing(hospital: FhirServ
     ]
     assert [g.version for g in goals] == [1]
     assert len(before) > 0
+
+
+def test_a_row_waiting_on_a_dead_row_is_blocked_and_retry_sends_both(
+    hospital: FhirService,
+) -> None:
+    config = Config(public_base_url=BASE)
+    gp = FakeFhir(the_partner(hospital), ("Patient", "Observation", "Goal", "List", "Provenance"))
+    refuse_goals = True
+    answer = gp.request
+
+    def refusing(method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+        if refuse_goals and method != "GET" and path.startswith("Goal"):
+            from service.exchange.client import Answer
+
+            return Answer(422, {}, {"resourceType": "OperationOutcome", "issue": []})
+        return answer(method, path, *args, **kwargs)
+
+    gp.request = refusing  # type: ignore[method-assign]
+    record_conversation(hospital)
+    worker_for(hospital, gp, config).drain()
+    states = {t: s for t, s, _ in rows(hospital)}
+    assert states["Goal"] == "dead"
+    # the List names the goal: it waits for it, blocked (not pending for days), saying why
+    blocked = [(t, e) for t, s, e in rows(hospital) if s == "blocked"]
+    assert [t for t, _ in blocked] == ["List"]
+    assert "which is dead" in (blocked[0][1] or "")
+    # the partner takes goals again; the operator retries the dead row: both go
+    refuse_goals = False
+    from service.exchange import outbox
+
+    dead_ids = [r.id for r in hospital.read_only(lambda tx: tx.outbox_rows(states=("dead",)))]
+    again = hospital.run(lambda tx: outbox.retry(tx, hospital.clock(), dead_ids, None))
+    assert {r.res_type for r in again} == {"Goal", "List"}
+    assert all(r.attempts == 1 for r in again)  # the attempts made are kept
+    worker_for(hospital, gp, config).drain()
+    assert {s for _, s, _ in rows(hospital)} == {"done"}
+    assert len(gp.of_type("Goal")) == 1
