@@ -339,3 +339,24 @@ def test_a_row_waiting_on_a_dead_row_is_blocked_and_retry_sends_both(
     worker_for(hospital, gp, config).drain()
     assert {s for _, s, _ in rows(hospital)} == {"done"}
     assert len(gp.of_type("Goal")) == 1
+
+
+def test_start_up_warns_when_a_partner_names_another_base_or_has_no_statement(
+    hospital: FhirService, caplog: pytest.LogCaptureFixture
+) -> None:
+    aliased = FakeFhir(the_partner(hospital), ("Patient", "Goal"))
+    statement = aliased.capability()
+    statement["implementation"] = {"description": "GP", "url": "http://127.0.0.1:8232/fhir"}
+    aliased.capability = lambda: statement  # type: ignore[method-assign]
+    with caplog.at_level("WARNING", logger="whatmatters.exchange"):
+        Worker(hospital, (aliased.partner,), BASE, lambda _p: aliased).check_partners()
+    assert [r.getMessage() for r in caplog.records] == [
+        "partner gp calls its base http://127.0.0.1:8232/fhir, the partners file says "
+        "http://gp.example/fhir"
+    ]
+    caplog.clear()
+    silent = FakeFhir(the_partner(hospital), None)
+    with caplog.at_level("WARNING", logger="whatmatters.exchange"):
+        Worker(hospital, (silent.partner,), BASE, lambda _p: silent).check_partners()
+    assert len(caplog.records) == 1
+    assert "no usable CapabilityStatement" in caplog.records[0].getMessage()
