@@ -177,9 +177,12 @@ def capability_of(body: Any) -> Capability:
     implementation = body.get("implementation")
     implementation = implementation if isinstance(implementation, dict) else {}
     instance = None
-    for extension in implementation.get("extension") or []:
-        value = extension.get("valueUri") if isinstance(extension, dict) else None
-        if extension.get("url") == INSTANCE_EXTENSION and isinstance(value, str):
+    extensions = implementation.get("extension")
+    for extension in extensions if isinstance(extensions, list) else []:
+        if not isinstance(extension, dict) or extension.get("url") != INSTANCE_EXTENSION:
+            continue
+        value = extension.get("valueUri")
+        if isinstance(value, str):
             instance = value.removeprefix("urn:uuid:")
     base = implementation.get("url")
     return Capability(

@@ -154,3 +154,73 @@ def test_a_write_that_changes_nothing_makes_no_version(pair: tuple[Instance, Ins
     assert outbox_rows(hospital) == queued
     history = requests.get(f"{hospital.base}/Patient/p1/_history", timeout=30).json()
     assert [e["resource"]["meta"]["versionId"] for e in history["entry"]] == ["1"]
+
+
+def merged_words(instance: Instance, patient: str) -> list[str]:
+    """The patient's words in the merged order ``$what-matters`` shows."""
+    response = requests.get(f"{instance.base}/Patient/{patient}/$what-matters", timeout=30)
+    assert response.status_code == 200, response.text
+    resources = [e["resource"] for e in response.json()["entry"]]
+    by_ref = {f"{r['resourceType']}/{r.get('id')}": r for r in resources[1:]}
+    return [
+        by_ref[e["item"]["reference"]].get("valueString", "")
+        for e in resources[0].get("entry", [])
+        if e["item"]["reference"] in by_ref
+    ]
+
+
+def test_simultaneous_recordings_show_the_same_merged_order_on_both_sides(
+    pair: tuple[Instance, Instance],
+) -> None:
+    hospital, gp = pair
+    patients = 20
+    at_hospital = {}
+    for number in range(patients):
+        created = requests.post(
+            f"{hospital.base}/Patient",
+            json={
+                "resourceType": "Patient",
+                "identifier": [{"system": MRN, "value": f"MRN{number:05d}"}],
+            },
+            timeout=30,
+        )
+        assert created.status_code == 201, created.text
+        at_hospital[number] = created.json()["id"]
+    wait(
+        lambda: len(gp.search("Patient")) == patients,
+        60,
+        lambda: f"{len(gp.search('Patient'))} of {patients} patients at the GP",
+    )
+    at_gp = {int(p["identifier"][0]["value"][3:]): p["id"] for p in gp.search("Patient")}
+    moment = "2026-12-07T09:00:00Z"  # the same recorded time at both sides
+    for number in range(patients):
+        for instance, patient, setting in (
+            (hospital, at_hospital[number], "ward-7"),
+            (gp, at_gp[number], "bodnant"),
+        ):
+            body = conversation(
+                statement("a", f"{setting} first ({number})", f"{setting}-a-{number}"),
+                statement("b", f"{setting} second ({number})", f"{setting}-b-{number}"),
+                ranking("a", "b"),
+                setting=setting,
+                recorded=moment,
+            )
+            response = requests.post(
+                f"{instance.base}/Patient/{patient}/$record-what-matters", json=body, timeout=30
+            )
+            assert response.status_code == 200, response.text
+
+    def both_hold_everything() -> bool:
+        return (
+            hospital.undelivered() == 0
+            and gp.undelivered() == 0
+            and all(
+                len(merged_words(side, ids[number])) == 4
+                for side, ids in ((hospital, at_hospital), (gp, at_gp))
+                for number in range(patients)
+            )
+        )
+
+    wait(both_hold_everything, 120, "the recordings did not reach both sides")
+    for number in range(patients):
+        assert merged_words(hospital, at_hospital[number]) == merged_words(gp, at_gp[number])

@@ -360,3 +360,26 @@ def test_start_up_warns_when_a_partner_names_another_base_or_has_no_statement(
         Worker(hospital, (silent.partner,), BASE, lambda _p: silent).check_partners()
     assert len(caplog.records) == 1
     assert "no usable CapabilityStatement" in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    "implementation",
+    [
+        {"extension": "urn:uuid:x"},
+        {"extension": ["urn:uuid:x", {"url": 5}]},
+        {"url": 7},
+        "a text",
+    ],
+)
+def test_a_malformed_implementation_names_no_instance(implementation: Any) -> None:
+    from service.exchange.worker import capability_of
+
+    capability = capability_of(
+        {
+            "resourceType": "CapabilityStatement",
+            "implementation": implementation,
+            "rest": [{"mode": "server", "resource": [{"type": "Goal"}]}],
+        }
+    )
+    assert capability.usable
+    assert (capability.instance, capability.base) == (None, None)
