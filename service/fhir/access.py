@@ -281,6 +281,12 @@ class GuardedTransaction:
         self, resource: StoredResource, replaces: int | None, index: IndexRows | None = None
     ) -> None:
         """Store a new version, if the access may write it (and the version it replaces)."""
+        self.check_put(resource, replaces)
+        self.raw.put(resource, replaces, index)
+
+    def check_put(self, resource: StoredResource, replaces: int | None) -> None:
+        """Raise unless the access may store this version: ``put`` checks the same, and an
+        update that changes nothing (so stores nothing) needs the same right."""
         permission = "d" if resource.deleted else "c" if replaces is None else "u"
         _touch(resource.type, resource.id)
         reach = self.access.reach(resource.type, permission)
@@ -291,7 +297,6 @@ class GuardedTransaction:
                     self._check_compartment(resource.type, before.content, reach)
             if resource.content is not None:
                 self._check_compartment(resource.type, resource.content, reach)
-        self.raw.put(resource, replaces, index)
 
     def insert_new(self, items: Sequence[tuple[StoredResource, IndexRows]]) -> None:
         """Store many first versions, each checked."""

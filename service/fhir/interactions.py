@@ -816,13 +816,15 @@ class FhirService:
         method: str,
         index: IndexRows | None = None,
     ) -> StoredResource:
+        stored, content = self._version(type_, id_, resource, current, method)
         if _unchanged(current, resource):
             # an update that changes nothing is no new version and queues nothing (as HAPI
             # answers one: the current version, not incremented); this also ends any echo of
-            # a resource between two servers
+            # a resource between two servers. It needs the same right as a write.
             assert current is not None
+            if isinstance(tx, GuardedTransaction):
+                tx.check_put(stored, current.version)
             return current
-        stored, content = self._version(type_, id_, resource, current, method)
         tx.put(
             stored,
             current.version if current is not None else None,
