@@ -76,7 +76,10 @@ def wire_fhir_service(
     # every write path queues its deliveries to partners and subscribers in its transaction
     fhir.listeners.append(
         OutboxFeed(
-            load_partners(config.partners_file), fhir.clock, config.subscription_endpoint_allow
+            load_partners(config.partners_file),
+            fhir.clock,
+            lambda: fhir.instance_id,
+            config.subscription_endpoint_allow,
         )
     )
     return fhir
@@ -115,17 +118,22 @@ def build_worker(config: Config, fhir: FhirService, partners: tuple[Partner, ...
                 recorded_by=item.get("recordedBy"),
                 setting=", ".join(item.get("settings") or []) or item.get("settingType"),
                 date=item.get("date"),
+                status=item.get("status") if item["kind"] == "goal" else None,
             )
             for item in priorities(bundle or {})["priorities"]
         ]
         return name, items
 
+    from service.exchange.outbox import OutboxFeed
+
+    feeds = [listener for listener in fhir.listeners if isinstance(listener, OutboxFeed)]
     return Worker(
         fhir,
         partners,
         base,
         HttpPartnerClient,
         summarise=summarise,
+        learned=feeds[0].learn if feeds else None,
         lease_seconds=config.outbox_lease_seconds,
         backoff=Backoff(
             base_seconds=config.outbox_retry_base_seconds,

@@ -163,7 +163,7 @@ def _outbox(config: Config, args: argparse.Namespace) -> int:
                     f"{line.destination:32} {line.state:10} {line.rows:8} "
                     f"oldest {instant(line.oldest_us)}"
                 )
-            states = ["dead"] if not args.all else None
+            states = ["dead", "blocked"] if not args.all else None
             rows = fhir.read_only(
                 lambda tx: tx.outbox_rows(states=states, destination=destination, ids=ids)
             )
@@ -233,7 +233,7 @@ def _import(config: Config, args: argparse.Namespace) -> int:
     read = ", ".join(f"{n} {t}" for t, n in report.read.items())
     print(
         f"imported {report.patient} from {partner.name}: read {read}; "
-        f"{report.created} created, {report.updated} updated"
+        f"{report.created} created, {report.updated} updated, {report.unchanged} unchanged"
     )
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, request
 
@@ -86,13 +87,24 @@ def build_exchange(base_path: str) -> Blueprint:
                 expression=("state",),
             )
         limit = _whole(request.args.get("_count", "100"), "_count", 1, 1000)
+        after = _whole(request.args.get("after", "0"), "after", 0, MAX_ROW_ID)
         fhir = _service()
         lines = fhir.read_only(outbox.summary)
         rows = fhir.read_only(
-            lambda tx: tx.outbox_rows(states=states, destination=destination, ids=ids, limit=limit)
+            lambda tx: tx.outbox_rows(
+                states=states, destination=destination, ids=ids, limit=limit + 1, after=after
+            )
         )
+        # one row more than asked for says there is a next page, which starts after the last
+        links = []
+        if len(rows) > limit:
+            rows = rows[:limit]
+            query = [(k, v) for k, v in request.args.items(multi=True) if k != "after"]
+            query.append(("after", str(rows[-1].id)))
+            links.append({"relation": "next", "url": f"{request.base_url}?{urlencode(query)}"})
         return _json(
             {
+                "link": links,
                 "summary": [
                     {
                         "destination": line.destination,

@@ -159,7 +159,12 @@ def build_blueprint(base_path: str) -> Blueprint:
             else None
         )
         statement = capability_statement(
-            base_url(), STARTED, fhir.search_params, fhir.validator.supported_profiles, security
+            base_url(),
+            STARTED,
+            fhir.search_params,
+            fhir.validator.supported_profiles,
+            security,
+            fhir.instance_id,
         )
         return _reply(Result(200, body=statement))
 

@@ -18,6 +18,7 @@ from service.exchange.client import PartnerClient
 from service.exchange.worker import URI_SYSTEM, Refused, check, identifier_token
 from service.fhir.bundles import resolve_conditional_references
 from service.fhir.interactions import FhirService
+from service.fhir.model import ORIGIN_TAG_SYSTEM, origin_of
 from service.storage import Transaction
 
 # dependencies first: Goals address Observations; Lists hold both
@@ -33,6 +34,7 @@ class ImportReport:
     read: dict[str, int] = field(default_factory=dict)
     created: int = 0
     updated: int = 0
+    unchanged: int = 0  # found here already as they are: no new version written
     pages: int = 0
 
 
@@ -107,6 +109,9 @@ def import_patient(
         body = _rewrite(resource, known, partner.base_url)
         given = resource.get("meta")
         meta = {k: v for k, v in given.items() if k == "profile"} if isinstance(given, dict) else {}
+        origin = origin_of(resource)
+        if origin is not None:  # the instance that originated it, when the partner names one
+            meta["tag"] = [{"system": ORIGIN_TAG_SYSTEM, "code": origin}]
         # where it came from: the outbox never sends it back to that partner
         meta["source"] = f"{partner.base_url}/{resource['resourceType']}/{resource.get('id')}"
         body = {k: v for k, v in body.items() if k not in ("id", "meta")}
@@ -128,6 +133,7 @@ def import_patient(
         for type_, resource, criteria in identified:
             body = resolve_conditional_references(fhir, tx, local(resource))
             fhir.check_resource(body, type_)
+            before = fhir.match_one_or_none(tx, type_, criteria, "Import")
             try:
                 result = fhir.conditional_update_in(tx, type_, criteria, body)
             except FhirError as exc:
@@ -136,6 +142,12 @@ def import_patient(
                 ) from exc
             if result.status == 201:
                 report.created += 1
+            elif (
+                before is not None
+                and result.stored is not None
+                and (result.stored.version == before.version)
+            ):
+                report.unchanged += 1  # the same content: the write made no version
             else:
                 report.updated += 1
         return report

@@ -28,6 +28,7 @@ from service.exchange.subscriptions import (
 )
 from service.fhir.access import Access, owner_of, require_reads, subscriber_access
 from service.fhir.interactions import Change
+from service.fhir.model import instance_uri, origin_of
 from service.storage import ParamCriterion, Query, TokenMatch, Transaction
 from service.storage.outbox import OutboxRow
 
@@ -65,11 +66,20 @@ class OutboxFeed:
         self,
         partners: Sequence[Partner],
         clock: Callable[[], int],
+        instance_id: Callable[[], str],
         endpoint_allow: Sequence[str] = (),
     ) -> None:
         self.partners = tuple(p for p in partners if p.send_types)
         self.clock = clock
+        self.instance_id = instance_id
         self.endpoint_allow = tuple(endpoint_allow)
+        # partners' instance identifiers, as their CapabilityStatements publish them (learnt
+        # by the worker): nothing is queued back to the instance it came from
+        self.partner_instances: dict[str, str] = {}
+
+    def learn(self, partner: Partner, instance_id: str) -> None:
+        """Remember the instance identifier a partner publishes."""
+        self.partner_instances[partner.name] = instance_id
 
     def changed(self, tx: Transaction, change: Change) -> None:
         """Queue the deliveries of one write, in its transaction."""
@@ -82,8 +92,14 @@ class OutboxFeed:
         kind = "resource" if change.content is not None else "delete"
         if patient_ref is not None and self.partners:
             patient = _read_json(tx, "Patient", patient_ref.split("/", 1)[1])
+            local = content is None or is_local(content, self.instance_id(), self.partners)
+            origin = origin_of(content or {})
             for partner in self.partners:
                 if patient is None or not partner.sends(change.type, content):
+                    continue
+                if not local and partner.send_origin == "local":
+                    continue  # governance: a partner's data is not relayed unless asked for
+                if origin is not None and origin == self.partner_instances.get(partner.name):
                     continue
                 if _from_partner(content, partner) or partner.knows_patient(patient) is None:
                     continue
@@ -214,6 +230,20 @@ def _version_json(tx: Transaction, type_: str, id_: str, version: int) -> dict[s
     return loaded
 
 
+def is_local(content: dict[str, Any], instance_id: str, partners: Sequence[Partner] = ()) -> bool:
+    """Whether this instance originated the resource: it carries no other instance's origin
+    tag, and no meta.source naming another instance or one of the partners (an import)."""
+    origin = origin_of(content)
+    if origin is not None:
+        return origin == instance_id
+    source = (content.get("meta") or {}).get("source")
+    if not isinstance(source, str):
+        return True
+    if source.startswith("urn:uuid:") and source.split("#", 1)[0] != instance_uri(instance_id):
+        return False
+    return not any(_from_partner(content, partner) for partner in partners)
+
+
 def _from_partner(content: dict[str, Any] | None, partner: Partner) -> bool:
     """Whether the resource came from this partner (meta.source): never echo it back."""
     source = ((content or {}).get("meta") or {}).get("source")
@@ -306,21 +336,35 @@ def summary(tx: Transaction) -> list[QueueLine]:
 def retry(
     tx: Transaction, now: int, ids: Sequence[int] | None, destination: str | None
 ) -> list[OutboxRow]:
-    """Put dead (or discarded, when named by id) rows back in the queue, due now."""
-    states = ("dead", "discarded") if ids else ("dead",)
+    """Put dead and blocked (or discarded, when named by id) rows back in the queue, due now,
+    with the rows their groups held blocked behind them.
+
+    The attempts already made are kept (the row's history stays true); giving up is counted
+    from now, so a row put back gets a fair chance.
+    """
+    states = ("dead", "discarded", "blocked") if ids else ("dead", "blocked")
+    chosen = tx.outbox_rows(states=states, destination=destination, ids=ids, limit=100_000)
+    groups = {(row.destination, row.group_key) for row in chosen}
+    held = [
+        row
+        for destination_, group in groups
+        for row in tx.outbox_rows(
+            states=("blocked",), destination=destination_, group_key=group, limit=100_000
+        )
+    ]
     changed = []
-    for row in tx.outbox_rows(states=states, destination=destination, ids=ids, limit=100_000):
+    for row in {row.id: row for row in [*chosen, *held]}.values():
         again = replace(
             row,
             state="pending",
-            attempts=0,
             next_attempt_us=now,
             lease_owner=None,
             lease_until_us=0,
+            requeued_us=now,
         )
         tx.outbox_save(again)
         changed.append(again)
-    return changed
+    return sorted(changed, key=lambda row: row.id)
 
 
 def discard(tx: Transaction, ids: Sequence[int] | None, destination: str | None) -> list[OutboxRow]:

@@ -50,6 +50,8 @@ class Partner:
     patient_identifier_systems: tuple[str, ...] = ()
     receive_types: tuple[str, ...] = ()
     timeout_seconds: float = 10.0
+    # local: only what this instance originated is sent; any: what partners sent is relayed
+    send_origin: str = "local"
 
     @property
     def destination(self) -> str:
@@ -165,5 +167,6 @@ def _partner(item: dict[str, Any], folder: Path, where: str) -> Partner:
         send_profiles=tuple(send.get("profiles", ())),
         patient_identifier_systems=tuple(send.get("patient_identifier_systems", ())),
         receive_types=tuple((item.get("receive") or {}).get("types", ())),
+        send_origin=send.get("origin", "local"),
         timeout_seconds=float(item.get("timeout_seconds", 10.0)),
     )

@@ -42,6 +42,7 @@ class SummaryItem:
     recorded_by: str | None
     setting: str | None
     date: str | None
+    status: str | None = None  # a goal's lifecycleStatus (active, completed, cancelled...)
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ def _lines(patient_name: str | None, items: Sequence[SummaryItem], generated: st
         # the patient's words go in untouched: no strip, no wrap, no Unicode normalisation
         lines.append(_Line(f"{marker} {item.text}", 12, gap_before=4))
         if item.kind and item.kind != "statement":
-            lines.append(_Line(f"({item.kind})", 10, indent=True))
+            status = f", {item.status}" if item.status else ""
+            lines.append(_Line(f"({item.kind}{status})", 10, indent=True))
         provenance = _provenance(item)
         if provenance:
             lines.append(_Line(provenance, 10, indent=True))

@@ -28,6 +28,7 @@ from service.exchange.client import Answer, PartnerClient, Unreachable
 from service.exchange.outbox import (
     ACTIVE_SUBSCRIPTIONS,
     claim,
+    is_local,
     renew,
     server_status_write,
 )
@@ -42,7 +43,15 @@ from service.exchange.subscriptions import (
 from service.exchange.summary import SummaryItem, summary_pdf, summary_text
 from service.fhir.access import acting_as, subscriber_access
 from service.fhir.interactions import FhirService
-from service.fhir.model import instant, now_us
+from service.fhir.model import (
+    INSTANCE_EXTENSION,
+    ORIGIN_TAG_SYSTEM,
+    SUPPORTED_TYPES,
+    instance_uri,
+    instant,
+    now_us,
+    origin_of,
+)
 from service.fhir.search import escape_value
 from service.storage import StoredResource
 from service.storage.outbox import OutboxRow
@@ -65,6 +74,14 @@ class Retry(Exception):
         super().__init__(reason)
         self.retry_after = retry_after
         self.status = status
+
+
+class Waiting(Retry):
+    """The row refers to a resource the partner does not hold yet (its own row comes first)."""
+
+    def __init__(self, reason: str, waits_for: tuple[str, str]):
+        super().__init__(reason)
+        self.waits_for = waits_for
 
 
 class Refused(Exception):
@@ -116,6 +133,13 @@ class Capability:
     """What a partner's CapabilityStatement says it accepts, per resource type."""
 
     types: dict[str, dict[str, Any]]
+    usable: bool = True  # False: no CapabilityStatement with a server rest part came back
+    instance: str | None = None  # the partner's instance identifier, when it publishes one
+    base: str | None = None  # implementation.url: the base the partner says it serves at
+
+    def holds(self, type_: str) -> bool:
+        """Whether the partner can hold resources of the type (it accepts writes of it)."""
+        return self.writes(type_)
 
     def writes(self, type_: str) -> bool:
         """Whether the partner accepts creates of the type."""
@@ -134,15 +158,40 @@ class Capability:
 
 
 def capability_of(body: Any) -> Capability:
-    """The server resources of a CapabilityStatement."""
+    """The server resources of a CapabilityStatement, the instance it names and its base.
+
+    Anything but a CapabilityStatement with a server ``rest`` part (an empty Bundle, an HTML
+    page, nothing) is not usable: without it nothing can be written there knowingly.
+    """
     types: dict[str, dict[str, Any]] = {}
-    if isinstance(body, dict):
-        for rest in body.get("rest") or []:
-            if isinstance(rest, dict) and rest.get("mode", "server") == "server":
-                for resource in rest.get("resource") or []:
-                    if isinstance(resource, dict) and isinstance(resource.get("type"), str):
-                        types[resource["type"]] = resource
-    return Capability(types)
+    if not isinstance(body, dict) or body.get("resourceType") != "CapabilityStatement":
+        return Capability(types, usable=False)
+    servers = [
+        rest
+        for rest in body.get("rest") or []
+        if isinstance(rest, dict) and rest.get("mode", "server") == "server"
+    ]
+    for rest in servers:
+        for resource in rest.get("resource") or []:
+            if isinstance(resource, dict) and isinstance(resource.get("type"), str):
+                types[resource["type"]] = resource
+    implementation = body.get("implementation")
+    implementation = implementation if isinstance(implementation, dict) else {}
+    instance = None
+    extensions = implementation.get("extension")
+    for extension in extensions if isinstance(extensions, list) else []:
+        if not isinstance(extension, dict) or extension.get("url") != INSTANCE_EXTENSION:
+            continue
+        value = extension.get("valueUri")
+        if isinstance(value, str):
+            instance = value.removeprefix("urn:uuid:")
+    base = implementation.get("url")
+    return Capability(
+        types,
+        usable=bool(servers),
+        instance=instance,
+        base=base.rstrip("/") if isinstance(base, str) else None,
+    )
 
 
 class Worker:
@@ -161,6 +210,8 @@ class Worker:
         batch: int = 10,
         clock: Callable[[], int] = now_us,
         capability_ttl: float = 600.0,
+        lookup_ttl: float = 300.0,
+        learned: Callable[[Partner, str], None] | None = None,
     ) -> None:
         self.fhir = fhir
         self.partners = {p.destination: p for p in partners}
@@ -179,6 +230,12 @@ class Worker:
         self._clients = clients
         self._client_cache: dict[str, PartnerClient] = {}
         self._capabilities: dict[str, tuple[float, Capability]] = {}
+        # what a partner's search found, kept a short while: a retry resumes where the last
+        # attempt stopped instead of repeating every look-up, and a List whose items are all
+        # known costs one request
+        self.lookup_ttl = lookup_ttl
+        self._found: dict[tuple[str, str, str, str], tuple[float, str]] = {}
+        self._learned = learned
         self._last_contact: dict[str, float] = {}
         self._lock = threading.Lock()
         self._threads = threading.local()  # a requests.Session per thread (they are not shared)
@@ -207,8 +264,48 @@ class Worker:
             handled += done
         return handled
 
+    @property
+    def instance_id(self) -> str:
+        """This installation's identifier, stamped on what it originates."""
+        return self.fhir.instance_id
+
+    def check_partners(self) -> None:
+        """Read each partner's CapabilityStatement once, at start-up, and say what is wrong:
+        none at all, a base URL the partner does not call its own, or this very instance."""
+        for partner in self.partners.values():
+            try:
+                capability = self._capability(self._client(partner))
+            except (Retry, Refused, Unreachable) as exc:
+                log.warning(
+                    "partner %s: its CapabilityStatement could not be read (%s); deliveries "
+                    "wait until it can",
+                    partner.name,
+                    type(exc).__name__,
+                )
+                continue
+            if not capability.usable:
+                log.warning(
+                    "partner %s publishes no usable CapabilityStatement at %s/metadata; its "
+                    "rows go dead until it does",
+                    partner.name,
+                    partner.base_url,
+                )
+            if capability.base and capability.base != partner.base_url:
+                log.warning(
+                    "partner %s calls its base %s, the partners file says %s",
+                    partner.name,
+                    capability.base,
+                    partner.base_url,
+                )
+            if capability.instance == self.instance_id:
+                log.warning("partner %s is this instance itself; nothing is sent", partner.name)
+
     def serve_forever(self, stop: threading.Event, threads: int = 2, poll: float = 0.5) -> None:
         """Deliver in ``threads`` threads until ``stop`` is set; send heartbeats."""
+        try:
+            self.check_partners()
+        except Exception as exc:  # noqa: BLE001 - a check; delivery must start regardless
+            log.error("checking the partners failed: %s", describe_exception(exc))
 
         def loop(heartbeats: bool) -> None:
             while not stop.is_set():
@@ -242,23 +339,29 @@ class Worker:
         if not rows:
             return
         owner = rows[0].lease_owner or ""
-        last_of = {(r.res_type, r.res_id, r.kind): r.id for r in rows}
+        # each row sends its resource's current state: a later row of the same resource whose
+        # version was sent already has nothing left to send. (Skipping the earlier row instead
+        # would leave the rows between, which may refer to the resource, waiting for it.)
+        sent: dict[tuple[str, str, str], int] = {}
         for position, row in enumerate(rows):
             if not self._renew(rows[position:], owner):
                 log.warning("the lease on outbox row %s was lost; stopping its group", row.id)
                 return
-            if (
-                row.destination.startswith("partner:")
-                and last_of[(row.res_type, row.res_id, row.kind)] != row.id
-            ):
-                # a later row of the group sends the same resource's current state
+            key = (row.res_type, row.res_id, row.kind)
+            if row.destination.startswith("partner:") and sent.get(key, 0) >= row.version:
                 if not self._settle(replace(row, state="done", delivered_us=self.clock()), owner):
                     return
                 continue
             try:
-                self.deliver(row)
+                version = self.deliver(row)
+                if version is not None:
+                    sent[key] = version
             except (Retry, Unreachable) as exc:
-                self._retry(row, exc)
+                dead = self._dead_dependency(row, exc)
+                if dead is not None:
+                    self._blocked(row, dead, exc)
+                else:
+                    self._retry(row, exc)
                 self._release(rows[position + 1 :])  # keep the group's order: they wait too
                 return
             except Skipped as exc:
@@ -288,19 +391,27 @@ class Worker:
             if not settled:
                 return
 
-    def deliver(self, row: OutboxRow) -> None:
-        """Deliver one row (raises Retry, Unreachable or Refused)."""
+    def deliver(self, row: OutboxRow) -> int | None:
+        """Deliver one row (raises Retry, Unreachable or Refused); return the version of the
+        resource a partner now holds (its current state is what is sent), if any."""
         if row.destination.startswith("subscription:"):
             self._deliver_subscription(row)
-            return
+            return None
         partner = self.partners.get(row.destination)
         if partner is None:
             raise Refused(f"{row.destination} is no longer in the partners file")
         client = self._client(partner)
         current = self._current(row.res_type, row.res_id)
         if current is None:
-            return
+            return None
         capability = self._capability(client)
+        if not capability.usable:
+            raise Refused(
+                f"{partner.name} has no usable CapabilityStatement at {partner.base_url}/metadata "
+                f"(FHIR R4 http.html#capabilities); {row.res_type}/{row.res_id} is not sent to a "
+                "server that does not say what it accepts"
+            )
+        self._not_back_to_origin(partner, capability, row, current)
         documents_only = (
             not capability.writes(row.res_type)
             and row.res_type in SUMMARY_TYPES
@@ -316,16 +427,81 @@ class Worker:
                     self._send_summary(client, capability, json.loads(last.content), row)
             elif capability.writes(row.res_type):
                 self._send_delete(client, row)
-            return
+            else:
+                raise Skipped(f"{partner.name} accepts no {row.res_type} writes")
+            return current.version
         content = json.loads(current.content or "{}")
         if documents_only:
             self._send_summary(client, capability, content, row)
-            return
+            return current.version
         if not capability.writes(row.res_type):
             if row.res_type in SUMMARY_TYPES or row.res_type == "Provenance":
-                return  # nothing it accepts carries this; the summary document has the words
+                # nothing it accepts carries this: set aside, saying so (never "done")
+                raise Skipped(
+                    f"{partner.name} accepts no {row.res_type} writes"
+                    + ("" if row.res_type == "Provenance" else " and no DocumentReference")
+                )
             raise Refused(f"{partner.name} accepts no {row.res_type} writes")
         self._send_resource(client, capability, row.res_type, content, current.version)
+        return current.version
+
+    def _not_back_to_origin(
+        self, partner: Partner, capability: Capability, row: OutboxRow, current: StoredResource
+    ) -> None:
+        """A resource never goes back to the instance that originated it (by identity, not
+        by URL: the partners file may name it by any alias)."""
+        if capability.instance is None:
+            return
+        stored = current
+        if current.deleted:
+            before = self.fhir.read_only(
+                lambda tx: tx.vread(row.res_type, row.res_id, row.version - 1)
+            )
+            if before is None:
+                return
+            stored = before
+        content = json.loads(stored.content or "{}")
+        origin = origin_of(content) or self.instance_id
+        if origin == capability.instance:
+            raise Skipped(
+                f"{row.res_type}/{row.res_id} came from {partner.name} (instance {origin}); "
+                "it is not sent back"
+            )
+
+    def _dead_dependency(self, row: OutboxRow, exc: Exception) -> OutboxRow | None:
+        """The dead row of the resource ``row`` waits for, if that is why it waits: it
+        cannot arrive until an operator retries it."""
+        if not isinstance(exc, Waiting):
+            return None
+        type_, id_ = exc.waits_for
+        dead = self.fhir.read_only(
+            lambda tx: tx.outbox_rows(
+                states=("dead", "discarded"),
+                destination=row.destination,
+                group_key=row.group_key,
+                limit=10_000,
+            )
+        )
+        found = [r for r in dead if (r.res_type, r.res_id) == (type_, id_) and r.id < row.id]
+        return found[-1] if found else None
+
+    def _blocked(self, row: OutboxRow, dead: OutboxRow, exc: Exception) -> bool:
+        reason = (
+            f"{exc}: waiting for row #{dead.id} ({dead.res_type}/{dead.res_id}), which is "
+            f"{dead.state}; `whatmatters outbox retry --id {dead.id}` sends both"
+        )
+        log.warning("outbox row %s is blocked by row %s", row.id, dead.id)
+        return self._settle(
+            replace(
+                row,
+                state="blocked",
+                attempts=row.attempts + 1,
+                lease_owner=None,
+                lease_until_us=0,
+                last_error=_outcome(reason, transient=True),
+            ),
+            row.lease_owner,
+        )
 
     def _retry(self, row: OutboxRow, exc: Exception) -> bool:
         attempts = row.attempts + 1
@@ -333,8 +509,9 @@ class Worker:
         now = self.clock()
         if row.kind == "handshake" and attempts >= HANDSHAKE_ATTEMPTS:
             return self._dead(row, f"the handshake failed {attempts} times: {exc}", status)
+        since = row.requeued_us or row.created_us  # an operator's retry restarts the clock
         if (
-            now - row.created_us > self.backoff.give_up_seconds * 1_000_000
+            now - since > self.backoff.give_up_seconds * 1_000_000
             and attempts >= MIN_ATTEMPTS_BEFORE_GIVING_UP
         ):
             return self._dead(row, f"gave up after {attempts} attempts: {exc}", status)
@@ -414,6 +591,8 @@ class Worker:
         answer = check(client.request("GET", "metadata"), f"{name} CapabilityStatement")
         capability = capability_of(answer.body)
         self._capabilities[name] = (time.monotonic(), capability)
+        if capability.instance is not None and self._learned is not None:
+            self._learned(client.partner, capability.instance)
         return capability
 
     def _current(self, type_: str, id_: str) -> StoredResource | None:
@@ -429,6 +608,20 @@ class Worker:
     ) -> str:
         """Write the resource at the partner idempotently; return the partner's id."""
         param, token = self._key(type_, content)
+        found = self._write_resource(client, capability, type_, content, version, param, token)
+        self._remember(client, type_, param, token, found)
+        return found
+
+    def _write_resource(
+        self,
+        client: PartnerClient,
+        capability: Capability,
+        type_: str,
+        content: dict[str, Any],
+        version: int,
+        param: str,
+        token: str,
+    ) -> str:
         body = self._outbound(client, type_, content)
         criteria = urlencode({param: token})
         what = f"{type_} {param}={token} to {client.partner.name}"
@@ -462,6 +655,7 @@ class Worker:
             return
         param, token = self._key(row.res_type, json.loads(last.content))
         existing = self._find(client, row.res_type, param, token)
+        self._remember(client, row.res_type, param, token, None)
         if existing is not None:
             check(
                 client.request("DELETE", f"{row.res_type}/{existing}"),
@@ -475,6 +669,10 @@ class Worker:
         (https://hl7.org/fhir/R4/search.html#errors) rather than answer with everything, and
         each match is checked here as well.
         """
+        key = (client.partner.name, type_, param, token)
+        known = self._found.get(key)
+        if known is not None and time.monotonic() - known[0] < self.lookup_ttl:
+            return known[1]
         answer = check(
             client.request(
                 "GET", type_, headers={"Prefer": "handling=strict"}, params={param: token}
@@ -497,14 +695,31 @@ class Worker:
                 f"{client.partner.name} holds {len(ids)} {type_} with {param}={token}; "
                 "one is needed"
             )
+        if ids:
+            self._remember(client, type_, param, token, ids[0])
         return ids[0] if ids else None
 
+    def _remember(
+        self, client: PartnerClient, type_: str, param: str, token: str, found: str | None
+    ) -> None:
+        key = (client.partner.name, type_, param, token)
+        if found is None:
+            self._found.pop(key, None)
+        else:
+            self._found[key] = (time.monotonic(), found)
+
     def _source(self, type_: str, content: dict[str, Any]) -> str:
-        """Where the resource comes from: the source it arrived with, else its URL here."""
+        """Where the resource comes from: the source it arrived with (relayed), else a URI
+        naming this instance and the resource (``urn:uuid:<instance>#Goal/12``), which no
+        URL alias changes."""
         source = (content.get("meta") or {}).get("source")
-        if isinstance(source, str) and source:
+        if (
+            isinstance(source, str)
+            and source
+            and not is_local(content, self.instance_id, tuple(self.partners.values()))
+        ):
             return source
-        return f"{self.base_url}/{type_}/{content['id']}"
+        return f"{instance_uri(self.instance_id)}#{type_}/{content['id']}"
 
     def _key(self, type_: str, content: dict[str, Any]) -> tuple[str, str]:
         """The search that finds the resource at a partner: its identifier, or (for types
@@ -527,8 +742,12 @@ class Worker:
         pointing at the partner's own resources."""
         body = self._identified(type_, content)
         meta = {k: v for k, v in (body.get("meta") or {}).items() if k == "profile"}
-        # meta.source names where the resource comes from: the partner never sends it back
+        # meta.source names where the resource comes from, and the tag the instance that
+        # originated it: no partner ever sends it back there
         meta["source"] = self._source(type_, content)
+        meta["tag"] = [
+            {"system": ORIGIN_TAG_SYSTEM, "code": origin_of(content) or self.instance_id}
+        ]
         body = {k: v for k, v in body.items() if k not in ("id", "meta")}
         body["meta"] = meta
         rewritten: dict[str, Any] = self._rewrite(client, body, {})
@@ -546,7 +765,10 @@ class Worker:
                 if ref not in cache:
                     cache[ref] = self._partner_reference(client, *local)
                 replaced = {k: v for k, v in value.items() if k != "reference"}
-                return {**replaced, **cache[ref]}
+                rewritten = {**replaced, **cache[ref]}
+                if not {"reference", "identifier", "display"} & set(rewritten):
+                    rewritten["display"] = ref  # a reference keeps at least what it said
+                return rewritten
         return {k: self._rewrite(client, v, cache) for k, v in value.items()}
 
     def _local(self, ref: str) -> tuple[str, str] | None:
@@ -559,10 +781,11 @@ class Worker:
 
     def _partner_reference(self, client: PartnerClient, type_: str, id_: str) -> dict[str, Any]:
         partner = client.partner
-        stored = self._current(type_, id_)
+        stored = self._current(type_, id_) if type_ in SUPPORTED_TYPES else None
         if stored is None or stored.deleted or stored.content is None:
-            # nothing here to send: the partner gets our absolute URL, which still names it
-            return {"reference": f"{self.base_url}/{type_}/{id_}"}
+            # nothing here the partner could follow (a Practitioner, say): the reference
+            # keeps its display, never a URL that dangles
+            return {}
         content = json.loads(stored.content)
         if type_ == "Patient":
             identifier = partner.knows_patient(content)
@@ -571,19 +794,24 @@ class Worker:
             found = self._find(client, "Patient", "identifier", identifier_token(*identifier))
             if found is None:
                 if "Patient" not in partner.send_types:
-                    raise Retry(
+                    raise Waiting(
                         f"{partner.name} has no Patient with identifier "
-                        f"{identifier[0]}|{identifier[1]} yet"
+                        f"{identifier[0]}|{identifier[1]} yet",
+                        ("Patient", id_),
                     )
                 capability = self._capability(client)
                 found = self._send_resource(client, capability, "Patient", content, 1)
             return {"reference": f"Patient/{found}"}
-        if type_ not in partner.send_types:
-            # not sent to this partner: an absolute reference to us keeps the link
-            return {"reference": f"{self.base_url}/{type_}/{id_}"}
+        if type_ not in partner.send_types or not self._capability(client).holds(type_):
+            # the partner does not hold this type (or is not sent it): no search for it there;
+            # the reference names it by its identifier (Reference.identifier), which stays true
+            if type_ in NO_IDENTIFIER_TYPES:
+                return {"reference": f"{self.base_url}/{type_}/{id_}"}
+            system, value = _identifier(self._identified(type_, content))
+            return {"type": type_, "identifier": {"system": system, "value": value}}
         found = self._find(client, type_, *self._key(type_, content))
         if found is None:
-            raise Retry(f"{type_}/{id_} is not at {partner.name} yet")
+            raise Waiting(f"{type_}/{id_} is not at {partner.name} yet", (type_, id_))
         return {"reference": f"{type_}/{found}"}
 
     def _send_summary(

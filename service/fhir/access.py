@@ -482,6 +482,12 @@ class GuardedTransaction:
         self, resource: StoredResource, replaces: int | None, index: IndexRows | None = None
     ) -> None:
         """Store a new version, if the access may write it (and the version it replaces)."""
+        self.check_put(resource, replaces)
+        self.raw.put(resource, replaces, index)
+
+    def check_put(self, resource: StoredResource, replaces: int | None) -> None:
+        """Raise unless the access may store this version: ``put`` checks the same, and an
+        update that changes nothing (so stores nothing) needs the same right."""
         permission = "d" if resource.deleted else "c" if replaces is None else "u"
         _touch(resource.type, resource.id)
         reach = self.access.reach(resource.type, permission)
@@ -493,7 +499,6 @@ class GuardedTransaction:
                     self._check_owner(resource.type, before.content, reach, verb)
             if resource.content is not None:
                 self._check_owner(resource.type, resource.content, reach, "write")
-        self.raw.put(resource, replaces, index)
 
     def insert_new(self, items: Sequence[tuple[StoredResource, IndexRows]]) -> None:
         """Store many first versions, each checked."""

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from service.fhir.conformance import CONFORMANCE_TYPES
-from service.fhir.model import FHIR_VERSION, SUPPORTED_TYPES
+from service.fhir.model import FHIR_VERSION, INSTANCE_EXTENSION, SUPPORTED_TYPES, instance_uri
 from service.fhir.searchparams import SearchParameters
 from service.validation.profiles import CANONICAL_BASE
 
@@ -70,11 +70,13 @@ def capability_statement(
     params: SearchParameters,
     supported_profiles: Callable[[str], list[str]] = lambda _type: [],
     security: dict[str, Any] | None = None,
+    instance_id: str | None = None,
 ) -> dict[str, Any]:
     """Build the CapabilityStatement for the server at ``base``.
 
     ``supported_profiles`` gives, per type, the profiles the server validates against
-    (CapabilityStatement.rest.resource.supportedProfile).
+    (CapabilityStatement.rest.resource.supportedProfile). ``instance_id`` is this
+    installation's identifier, published in ``implementation`` for partners (exchange).
     """
     resources = []
     for type_ in SUPPORTED_TYPES:
@@ -142,6 +144,11 @@ def capability_statement(
         "instantiates": [f"{BACKPORT}/CapabilityStatement/backport-subscription-server-r4"],
         "software": {"name": SOFTWARE_NAME, "version": SOFTWARE_VERSION},
         "implementation": {
+            **(
+                {"extension": [{"url": INSTANCE_EXTENSION, "valueUri": instance_uri(instance_id)}]}
+                if instance_id
+                else {}
+            ),
             "description": "What Matters FHIR service: a patient's priorities and goals",
             "url": base,
         },

@@ -9,6 +9,7 @@ gets 412.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import random
 import re
@@ -54,6 +55,7 @@ from service.fhir.model import (
     now_us,
     parse_instant,
     parse_json,
+    same_content,
     with_meta,
 )
 from service.fhir.results import Result, operation_outcome
@@ -253,6 +255,11 @@ class FhirService:
             return tx
         guarded: Transaction = GuardedTransaction(tx, access, self.search_params.references)
         return guarded
+
+    @functools.cached_property
+    def instance_id(self) -> str:
+        """The identifier of this installation (made once with its database)."""
+        return self.store.instance_id()
 
     # -- instance level -----------------------------------------------------------------------
 
@@ -970,6 +977,14 @@ class FhirService:
         if type_ == "Subscription":
             resource = stamp_subscriber(resource)
         stored, content = self._version(type_, id_, resource, current, method)
+        if _unchanged(current, resource):
+            # an update that changes nothing is no new version and queues nothing (as HAPI
+            # answers one: the current version, not incremented); this also ends any echo of
+            # a resource between two servers. It needs the same right as a write.
+            assert current is not None
+            if isinstance(tx, GuardedTransaction):
+                tx.check_put(stored, current.version)
+            return current
         tx.put(
             stored,
             current.version if current is not None else None,
@@ -1000,6 +1015,13 @@ class FhirService:
         provenance = provenance_for(access, target, activity, instant(stored.last_updated_us))
         # written for the service, whatever the token may write itself
         self._write(raw, "Provenance", str(uuid.uuid4()), provenance, None, "POST")
+
+
+def _unchanged(current: StoredResource | None, resource: dict[str, Any]) -> bool:
+    """Whether ``resource`` is the current version again (meta's server-owned parts aside)."""
+    if current is None or current.deleted or current.content is None:
+        return False
+    return same_content(json.loads(current.content), resource)
 
 
 def without_resource(entry: Any) -> Any:

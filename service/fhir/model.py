@@ -188,6 +188,46 @@ def parse_etag(value: str) -> int:
     return int(match.group(1))
 
 
+# Each installation is known in exchanges by a UUID made once with its database. It is
+# published in the CapabilityStatement (implementation.extension) and stamped on what the
+# installation originates (meta.tag), so no partner ever sends a resource back to where it began,
+# whatever URLs name the two sides.
+INSTANCE_EXTENSION = "http://whatmatters.example/fhir/StructureDefinition/instance-identifier"
+ORIGIN_TAG_SYSTEM = "http://whatmatters.example/fhir/CodeSystem/origin-instance"
+
+
+def instance_uri(instance_id: str) -> str:
+    """The URI naming an installation (its meta.source prefix, its CapabilityStatement id)."""
+    return f"urn:uuid:{instance_id}"
+
+
+def origin_of(resource: dict[str, Any]) -> str | None:
+    """The instance id a resource carries in its origin tag, if any."""
+    for tag in (resource.get("meta") or {}).get("tag") or []:
+        if isinstance(tag, dict) and tag.get("system") == ORIGIN_TAG_SYSTEM:
+            code = tag.get("code")
+            return code if isinstance(code, str) else None
+    return None
+
+
+def same_content(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two versions hold the same resource, ignoring the server-owned meta
+    (versionId, lastUpdated) and meta.source, as a no-op update is judged."""
+    return _without_volatile_meta(a) == _without_volatile_meta(b)
+
+
+def _without_volatile_meta(resource: dict[str, Any]) -> dict[str, Any]:
+    meta = {
+        k: v
+        for k, v in (resource.get("meta") or {}).items()
+        if k not in ("versionId", "lastUpdated", "source")
+    }
+    out = {k: v for k, v in resource.items() if k not in ("meta", "id")}
+    if meta:
+        out["meta"] = meta
+    return out
+
+
 def with_meta(resource: dict[str, Any], id_: str, version: int, micros: int) -> dict[str, Any]:
     """Return the resource with the server-owned id, meta.versionId and meta.lastUpdated."""
     meta = dict(resource.get("meta") or {})

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+from service.fhir.model import origin_of
 from service.priorities.codes import (
     CARE_SETTING,
     CARE_SETTING_TYPE,
@@ -155,6 +157,53 @@ def normalised(text: str) -> str:
 def _updated(resource: dict[str, Any]) -> str:
     meta = resource.get("meta")
     return str(meta.get("lastUpdated", "")) if isinstance(meta, dict) else ""
+
+
+# when each kind of record was made, in content every copy of it shares
+_RECORDED = {
+    "List": ("date",),
+    "Observation": ("issued", "effectiveDateTime"),
+    "Goal": ("statusDate", "startDate"),
+}
+
+
+def _moment(value: Any) -> str:
+    """A FHIR date or dateTime as a sortable UTC instant (as given, if it is not one)."""
+    text = str(value or "")
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return text
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def _identity(resource: dict[str, Any]) -> str:
+    """What names a record on every instance that holds it: its first identifier."""
+    for identifier in resource.get("identifier", []) or []:
+        if isinstance(identifier, dict) and identifier.get("value"):
+            return f"{identifier.get('system', '')}|{identifier['value']}"
+    return reference_of(resource)
+
+
+def merge_order(resource: dict[str, Any], instance_id: str = "") -> tuple[str, str, str]:
+    """The tie-break key of the merge: the recorded time, then the instance that originated the
+    record (its origin tag; ``instance_id`` for this instance's own), then its identifier.
+
+    Every part is content that travels with the record, never the local ``lastUpdated``
+    (arrival time) unless the record has no recorded time at all, so every instance holding
+    the same records shows the same order.
+    """
+    recorded = next(
+        (
+            resource[name]
+            for name in _RECORDED.get(str(resource.get("resourceType", "")), ())
+            if resource.get(name)
+        ),
+        _updated(resource),  # a record without a recorded time has only its local one
+    )
+    return _moment(recorded), origin_of(resource) or instance_id, _identity(resource)
 
 
 @dataclass
@@ -301,7 +350,7 @@ def _keys(resource: dict[str, Any]) -> list[str]:
     return keys
 
 
-def _group(records: list[Record]) -> list[list[Record]]:
+def _group(records: list[Record], instance_id: str) -> list[list[Record]]:
     groups = _Groups()
     first: dict[str, str] = {}
     for record in records:
@@ -315,13 +364,14 @@ def _group(records: list[Record]) -> list[list[Record]]:
     for record in records:
         together.setdefault(groups.find(record.reference), []).append(record)
     for members in together.values():
-        members.sort(key=lambda r: _updated(r.resource), reverse=True)
+        members.sort(key=lambda r: merge_order(r.resource, instance_id), reverse=True)
     return list(together.values())
 
 
-def _ranking(lists: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """Every reference the Lists rank, newest List first, each with its List."""
-    ordered = sorted(lists, key=lambda r: (str(r.get("date", "")), _updated(r)), reverse=True)
+def _ranking(lists: list[dict[str, Any]], instance_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every reference the Lists rank, the most recently recorded List first (ties broken by
+    ``merge_order``, the same on every instance), each with its List."""
+    ordered = sorted(lists, key=lambda r: merge_order(r, instance_id), reverse=True)
     ranked = []
     for source in ordered:
         for entry in source.get("entry", []) or []:
@@ -337,13 +387,15 @@ def gather(
     lists: list[dict[str, Any]],
     resources: list[dict[str, Any]],
     provenances: list[dict[str, Any]],
+    instance_id: str = "",
 ) -> list[Item]:
     """The patient's items: ranked ones in the merged order, then the not-yet-ranked, newest
     first. ``lists`` are the current Priorities Lists; ``resources`` the patient's Observations
-    and Goals (those that are not about what matters are left out here)."""
+    and Goals (those that are not about what matters are left out here); ``instance_id`` names
+    this instance, the origin of the records that carry no origin tag."""
     statements = [r for r in resources if is_statement(r)]
     statement_refs = {reference_of(r) for r in statements}
-    ranking = _ranking(lists)
+    ranking = _ranking(lists, instance_id)
     goals = [r for r in resources if is_goal(r, statement_refs, {ref for ref, _ in ranking})]
     listed: dict[str, list[dict[str, Any]]] = {}
     for ref, source in ranking:
@@ -364,8 +416,8 @@ def gather(
             )
         ]
 
-    statement_items = [Item("statement", g) for g in _group(records(statements))]
-    goal_items = [Item("goal", g) for g in _group(records(goals))]
+    statement_items = [Item("statement", g) for g in _group(records(statements), instance_id)]
+    goal_items = [Item("goal", g) for g in _group(records(goals), instance_id)]
     place: dict[str, int] = {}
     for position, (ref, _) in enumerate(ranking):
         place.setdefault(ref, position)

@@ -47,6 +47,7 @@ from service.priorities.items import (
 from service.priorities.record import (
     Conversation,
     build_transaction,
+    goal_status_updates,
     item_identifier,
     list_entries,
     list_identifier,
@@ -74,12 +75,14 @@ class WhatMatters:
         for attempt in range(ATTEMPTS):
             current = self._current_list(patient_id, conversation, base)
             found = self._stored_items(conversation, patient_id, base)
-            unchanged = self._unchanged(conversation, found, current, base)
+            now = instant(self.clock())
+            updates = goal_status_updates(conversation, found, (conversation.recorded or now)[:10])
+            unchanged = None if updates else self._unchanged(conversation, found, current, base)
             if unchanged is not None:
                 return unchanged
             known = {key: f"{r['resourceType']}/{r['id']}" for key, r in found.items()}
             bundle, origins = build_transaction(
-                conversation, patient_id, instant(self.clock()), current, known
+                conversation, patient_id, now, current, known, updates
             )
             try:
                 with self.fhir.provenance_supplied():  # the Bundle holds the recorder's
@@ -192,12 +195,12 @@ class WhatMatters:
         patient = self.fhir.read("Patient", patient_id).stored
         assert patient is not None
         lists, resources, provenances = self._sources(patient_id, base)
-        items = gather(lists, resources, provenances)
+        items = gather(lists, resources, provenances, self.fhir.instance_id)
         marks: dict[int, Change] = {}
         removed: list[Item] = []
         if since is not None:
             earlier = self._as_at(patient_id, since, lists + resources, base)
-            marks, removed = compare(gather(*earlier, []), items)
+            marks, removed = compare(gather(*earlier, [], self.fhir.instance_id), items)
         now = instant(self.clock())
         merged = merged_list(
             patient_id, items, lists, marks, removed, instant(since) if since else None, now

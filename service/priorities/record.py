@@ -335,13 +335,15 @@ def build_transaction(
     now: str,
     current_list: dict[str, Any] | None,
     known: dict[str, str] | None = None,
+    updates: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], dict[int, str]]:
     """The transaction Bundle that records ``conversation``, and which input each entry is from.
 
     ``current_list`` is the setting's current priorities List, if any: its items not named in
     the new ranking stay, after the ranked ones, so nothing is dropped silently. ``known``
     maps the keys of items stored already (found by identifier) to their references: they are
-    not written again, and the List names them by those references.
+    not written again, and the List names them by those references; ``updates`` are the next
+    versions of stored goals whose status changes (``goal_status_updates``).
     """
     patient = {"reference": f"Patient/{patient_id}"}
     recorded = conversation.recorded or now
@@ -356,6 +358,21 @@ def build_transaction(
     for item in conversation.items:
         full_urls[item.key] = known.get(item.key) or f"urn:uuid:{uuid.uuid4()}"
     for item in conversation.items:
+        if item.key in (updates or {}):
+            changed = (updates or {})[item.key]
+            origins[len(entries)] = item.where
+            entries.append(
+                {
+                    "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                    "resource": changed,
+                    "request": {
+                        "method": "PUT",
+                        "url": f"Goal/{changed['id']}",
+                        "ifMatch": f'W/"{changed.get("meta", {}).get("versionId", "")}"',
+                    },
+                }
+            )
+            continue
         if item.key in known:
             continue  # stored already: the List and goals refer to it as it is
         words = _words(item)
@@ -407,6 +424,45 @@ def build_transaction(
     )
     origins[len(entries) - 1] = "Parameters"
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}, origins
+
+
+GOAL_ACHIEVEMENT = "http://terminology.hl7.org/CodeSystem/goal-achievement"
+
+
+def goal_status_updates(
+    conversation: Conversation, found: dict[str, dict[str, Any]], today: str
+) -> dict[str, dict[str, Any]]:
+    """The stored goals whose status the conversation changes, as their next versions, by key.
+
+    A goal recorded again with another ``status`` (``completed``, ``cancelled``...) or
+    ``status-reason`` keeps its words and everything else; ``statusDate`` says when the
+    status changed and a completed goal is ``achieved`` (R4 Goal.achievementStatus).
+    """
+    updates: dict[str, dict[str, Any]] = {}
+    for item in conversation.items:
+        stored = found.get(item.key)
+        if item.kind != "goal" or stored is None:
+            continue
+        status = item.parts.get("status", (None, ""))[0]
+        reason = item.parts.get("status-reason", (None, ""))[0]
+        changed = dict(stored)
+        if status is not None:
+            changed["lifecycleStatus"] = status
+        if reason is not None:
+            changed["statusReason"] = reason
+        if status == "completed":
+            changed["achievementStatus"] = {
+                "coding": [coding(GOAL_ACHIEVEMENT, "achieved", "Achieved")]
+            }
+        if changed == stored:
+            continue
+        changed["statusDate"] = today
+        # the version it changes stays in meta.versionId: the update is If-Match on it
+        changed["meta"] = {
+            k: v for k, v in (stored.get("meta") or {}).items() if k in ("profile", "versionId")
+        }
+        updates[item.key] = changed
+    return updates
 
 
 def item_identifier(item: Item, patient_id: str, setting: dict[str, Any] | None) -> dict[str, Any]:

@@ -403,8 +403,10 @@ class Transaction(Protocol):
         ids: Sequence[int] | None = None,
         limit: int = 1000,
         group_key: str | None = None,
+        after: int = 0,
     ) -> list[OutboxRow]:
-        """Return outbox rows in id order, filtered by state, destination, ids and group."""
+        """Return outbox rows in id order, filtered by state, destination, ids and group,
+        from the row after ``after`` (paging)."""
 
     def outbox_heads(self, now: int, limit: int = 1) -> list[OutboxRow]:
         """Return the oldest undelivered (pending or inflight) row of each group, where that
@@ -433,6 +435,9 @@ class Store(Protocol):
 
     def pending_migrations(self) -> list[int]:
         """The schema migrations not applied yet (empty: the schema is current)."""
+
+    def instance_id(self) -> str:
+        """The stable identifier of this installation (a UUID), made once with its database."""
 
     def check(self) -> None:
         """Raise StoreUnavailable if the database cannot answer."""

@@ -6,6 +6,7 @@ It answers searches from the same IndexRows the SQL store keeps, with the same s
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -34,7 +35,7 @@ from service.storage import (
     UriMatch,
     VersionConflict,
 )
-from service.storage.outbox import OutboxRow
+from service.storage.outbox import UNDELIVERED, OutboxRow
 
 Key = tuple[str, str]
 
@@ -383,12 +384,14 @@ class MemoryTransaction:
         ids: Sequence[int] | None = None,
         limit: int = 1000,
         group_key: str | None = None,
+        after: int = 0,
     ) -> list[OutboxRow]:
         """Return outbox rows in id order."""
         rows = [
             row
             for _, row in sorted(self.state.outbox.items())
-            if (states is None or row.state in states)
+            if row.id > after
+            and (states is None or row.state in states)
             and (destination is None or row.destination == destination)
             and (ids is None or row.id in ids)
             and (group_key is None or row.group_key == group_key)
@@ -399,7 +402,7 @@ class MemoryTransaction:
         """Return the ready head row of each group, oldest first."""
         heads: dict[tuple[str, str], OutboxRow] = {}
         for _, row in sorted(self.state.outbox.items()):
-            if row.state in ("pending", "inflight"):
+            if row.state in UNDELIVERED:
                 heads.setdefault((row.destination, row.group_key), row)
         ready = [row for row in heads.values() if row.ready(now)]
         return sorted(ready, key=lambda row: row.id)[:limit]
@@ -448,6 +451,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._state = _State()
         self._lock = threading.RLock()
+        self._instance_id = str(uuid.uuid4())
 
     @contextmanager
     def transaction(self, write: bool = True) -> Iterator[MemoryTransaction]:
@@ -465,6 +469,10 @@ class MemoryStore:
     def migrate(self) -> list[str]:
         """Nothing to migrate in memory."""
         return []
+
+    def instance_id(self) -> str:
+        """This store's identifier, made with it (it lives as long as the store)."""
+        return self._instance_id
 
     def check(self) -> None:
         """Memory is always reachable."""

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 # pending: waiting (maybe until next_attempt_us); inflight: leased by a worker until lease_until_us;
 # done: delivered; dead: refused by the destination, kept with its reason until retried or
-# discarded; discarded: given up by an operator (kept for the record).
-OUTBOX_STATES = ("pending", "inflight", "done", "dead", "discarded")
+# discarded; discarded: given up by an operator (kept for the record); blocked: waiting for a
+# resource whose own row is dead (its group waits with it until that row is retried).
+OUTBOX_STATES = ("pending", "inflight", "done", "dead", "discarded", "blocked")
+UNDELIVERED = ("pending", "inflight", "blocked")  # what holds a group's later rows back
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class OutboxRow:
     delivered_us: int | None = None
     last_status: int | None = None
     last_error: str | None = None  # the destination's OperationOutcome (JSON) or the reason
+    requeued_us: int | None = (
+        None  # when an operator last put it back (retry): give-up counts from there
+    )
 
     def ready(self, now: int) -> bool:
         """Whether a worker may take the row now: pending and due, or inflight with its

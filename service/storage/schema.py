@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 
 from sqlalchemy import (
@@ -182,6 +183,7 @@ outbox = Table(
     Column("delivered", BigInteger, nullable=True),
     Column("last_status", Integer, nullable=True),
     Column("last_error", Text, nullable=True),
+    Column("requeued", BigInteger, nullable=True),
     Index("ix_outbox_state_id", "state", "id"),
     Index("ix_outbox_destination_state", "destination", "state"),
 )
@@ -191,6 +193,16 @@ counters = Table(
     Column("name", String(200), primary_key=True),
     Column("value", BigInteger, nullable=False),
 )
+
+# one row: the identifier this installation names itself by when it exchanges resources
+# (generated once, by the migration that makes the table; see instance_id in sql.py)
+instance_identity = Table(
+    "instance_identity",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(200), nullable=False),
+)
+INSTANCE_ID_KEY = "instance-id"
 
 INDEX_TABLES = {
     "token": search_token,
@@ -242,10 +254,23 @@ def _outbox(conn: Connection) -> None:
     metadata.create_all(conn, tables=[outbox, counters])
 
 
+def _instance_identity(conn: Connection) -> None:
+    columns = {c["name"] for c in inspect(conn).get_columns("outbox")}
+    if "requeued" not in columns:
+        conn.execute(text("ALTER TABLE outbox ADD COLUMN requeued BIGINT"))
+    metadata.create_all(conn, tables=[instance_identity])
+    conn.execute(instance_identity.insert().values(name=INSTANCE_ID_KEY, value=str(uuid.uuid4())))
+
+
 # Append-only: a released migration never changes; a schema change is a new entry. Migration 2
 # needs `whatmatters reindex` on a database that already holds resources.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "resources, versions and token index", _initial_schema),
     (2, "index tables for every search parameter type, saved searches", _search_indexes),
     (3, "transactional outbox for partners and subscriptions, counters", _outbox),
+    (
+        4,
+        "the instance identifier this installation is known by in exchanges; outbox requeue time",
+        _instance_identity,
+    ),
 ]

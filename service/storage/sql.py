@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,11 +39,13 @@ from service.storage import (
     StoreUnavailable,
     VersionConflict,
 )
-from service.storage.outbox import OutboxRow
+from service.storage.outbox import UNDELIVERED, OutboxRow
 from service.storage.schema import (
     INDEX_TABLES,
+    INSTANCE_ID_KEY,
     MIGRATIONS,
     counters,
+    instance_identity,
     metadata,
     outbox,
     reindex_progress,
@@ -471,9 +474,10 @@ class SqlTransaction:
         ids: Sequence[int] | None = None,
         limit: int = 1000,
         group_key: str | None = None,
+        after: int = 0,
     ) -> list[OutboxRow]:
         """Return outbox rows in id order."""
-        statement = select(outbox).order_by(outbox.c.id).limit(limit)
+        statement = select(outbox).where(outbox.c.id > after).order_by(outbox.c.id).limit(limit)
         if group_key is not None:
             statement = statement.where(outbox.c.group_key == group_key)
         if states is not None:
@@ -486,7 +490,7 @@ class SqlTransaction:
 
     def outbox_heads(self, now: int, limit: int = 1) -> list[OutboxRow]:
         """Return the ready head row of each group, oldest first."""
-        undelivered = outbox.c.state.in_(["pending", "inflight"])
+        undelivered = outbox.c.state.in_(list(UNDELIVERED))
         heads = (
             select(func.min(outbox.c.id).label("id"))
             .where(undelivered)
@@ -550,6 +554,7 @@ _OUTBOX_COLUMNS = {
     "next_attempt_us": "next_attempt",
     "lease_until_us": "lease_until",
     "delivered_us": "delivered",
+    "requeued_us": "requeued",
 }
 
 
@@ -566,6 +571,13 @@ def _outbox_row(record: Any) -> OutboxRow:
 
 
 _ROW_FIELDS = tuple(OutboxRow.__dataclass_fields__)
+
+
+def _instance_id(conn: Any) -> str | None:
+    found = conn.execute(
+        select(instance_identity.c.value).where(instance_identity.c.name == INSTANCE_ID_KEY)
+    ).scalar_one_or_none()
+    return None if found is None else str(found)
 
 
 class SqlStore:
@@ -622,6 +634,23 @@ class SqlStore:
                 return [version for version, _, _ in MIGRATIONS]
             done = set(conn.execute(select(schema_migrations.c.version)).scalars())
         return [version for version, _, _ in MIGRATIONS if version not in done]
+
+    def instance_id(self) -> str:
+        """The identifier this installation was given when its schema was made (migration 4);
+        made now, once, if the row was removed since."""
+        with self.transaction(write=False) as tx:
+            found = _instance_id(tx._conn)
+        if found is not None:
+            return found
+        with self.transaction(write=True) as tx:
+            tx.lock("whatmatters-instance-id")
+            found = _instance_id(tx._conn)
+            if found is None:
+                found = str(uuid.uuid4())
+                tx._conn.execute(
+                    insert(instance_identity).values(name=INSTANCE_ID_KEY, value=found)
+                )
+        return found
 
     def check(self) -> None:
         """Raise StoreUnavailable if the database does not answer."""

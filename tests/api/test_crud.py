@@ -223,12 +223,24 @@ def test_update_with_malformed_if_match_is_400(client: FlaskClient) -> None:
 
 def test_server_owns_version_and_last_updated(client: FlaskClient) -> None:
     created = _create(client, patient())
-    forged = dict(created, meta={"versionId": "99", "lastUpdated": "1999-01-01T00:00:00Z"})
+    forged = dict(
+        created, active=True, meta={"versionId": "99", "lastUpdated": "1999-01-01T00:00:00Z"}
+    )
     body = client.put(
         f"/fhir/Patient/{created['id']}", json=forged, headers=JSON_HEADERS
     ).get_json()
     assert body["meta"]["versionId"] == "2"
     assert body["meta"]["lastUpdated"] >= created["meta"]["lastUpdated"]
+
+
+def test_an_update_that_changes_nothing_is_not_a_new_version(client: FlaskClient) -> None:
+    # as HAPI answers a no-op update: the current version, not incremented
+    created = _create(client, patient())
+    again = dict(created, meta={"versionId": "99", "lastUpdated": "1999-01-01T00:00:00Z"})
+    response = client.put(f"/fhir/Patient/{created['id']}", json=again, headers=JSON_HEADERS)
+    assert response.status_code == 200
+    assert response.headers["ETag"] == 'W/"1"'
+    assert response.get_json()["meta"] == created["meta"]
 
 
 # -- Prefer: http.html#ops ---------------------------------------------------------------------

@@ -84,11 +84,15 @@ def test_updates_without_if_match_racing_all_succeed_as_new_versions(
     live_server: str, config: Config
 ) -> None:
     requests.put(f"{live_server}/Goal/busy", json=goal(id="busy"), headers=HEADERS, timeout=30)
+    # each writer changes something (an update that changes nothing is no new version)
     statuses = _at_once(
         8,
-        lambda _i: (
+        lambda i: (
             requests.put(
-                f"{live_server}/Goal/busy", json=goal(id="busy"), headers=HEADERS, timeout=60
+                f"{live_server}/Goal/busy",
+                json=goal(id="busy", note=[{"text": f"writer {i}"}]),
+                headers=HEADERS,
+                timeout=60,
             ).status_code
         ),
     )

@@ -165,8 +165,9 @@ def test_retry_and_discard_touch_only_what_they_name(store: Store) -> None:
         )
     with store.transaction() as tx:
         again = retry(tx, 50_000, None, "partner:gp")
-    assert [(r.res_id, r.state, r.attempts, r.next_attempt_us) for r in again] == [
-        ("g1", "pending", 0, 50_000)
+    # the attempts made are kept; the give-up clock restarts at the retry
+    assert [(r.res_id, r.state, r.attempts, r.next_attempt_us, r.requeued_us) for r in again] == [
+        ("g1", "pending", 3, 50_000, 50_000)
     ]
     with store.transaction() as tx:
         gone = discard(tx, None, None)
@@ -179,6 +180,36 @@ def test_retry_and_discard_touch_only_what_they_name(store: Store) -> None:
         ("partner:care-home", "discarded", 1, 1_000),
         ("partner:gp", "pending", 2, 1_000),
     ]
+
+
+def test_a_blocked_row_holds_its_group_until_its_dead_dependency_is_retried(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.outbox_add(
+            [
+                row("Patient/a", "g1", state="dead"),
+                row("Patient/a", "l1", state="blocked"),
+                row("Patient/a", "p1"),
+                row("Patient/b", "g9"),
+            ]
+        )
+    with store.transaction(write=False) as tx:
+        # the blocked head keeps Patient/a's later row waiting; Patient/b goes on
+        assert [r.res_id for r in tx.outbox_heads(10_000, 10)] == ["g9"]
+    with store.transaction() as tx:
+        dead = tx.outbox_rows(states=("dead",))
+        again = retry(tx, 20_000, [r.id for r in dead], None)
+    assert [(r.res_id, r.state) for r in again] == [("g1", "pending"), ("l1", "pending")]
+    with store.transaction(write=False) as tx:
+        assert [r.res_id for r in tx.outbox_heads(30_000, 10)] == ["g1", "g9"]
+
+
+def test_rows_page_after_an_id(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.outbox_add([row("Patient/a", f"g{n}") for n in range(5)])
+    with store.transaction(write=False) as tx:
+        first = tx.outbox_rows(limit=2)
+        rest = tx.outbox_rows(after=first[-1].id)
+    assert [r.res_id for r in first + rest] == [f"g{n}" for n in range(5)]
 
 
 def test_counters_count_from_one_and_roll_back(store: Store) -> None:

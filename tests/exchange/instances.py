@@ -200,6 +200,17 @@ class Instance:
                 raise AssertionError(f"{self.name}: undelivered rows remain: {self.outbox()}")
             time.sleep(0.1)
 
+    def instance_id(self) -> str:
+        """The instance identifier the CapabilityStatement publishes (implementation)."""
+        statement = requests.get(f"{self.base}/metadata", timeout=10).json()
+        (uri,) = [
+            e["valueUri"]
+            for e in statement["implementation"].get("extension", [])
+            if e["url"].endswith("/instance-identifier")
+        ]
+        assert uri.startswith("urn:uuid:"), uri
+        return str(uri)
+
     def search(self, type_: str, **params: str) -> list[dict[str, Any]]:
         """Every match of a search (following next links)."""
         found: list[dict[str, Any]] = []

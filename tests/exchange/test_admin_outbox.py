@@ -40,3 +40,31 @@ def test_good_selections_answer(client: FlaskClient) -> None:
     response = client.get("/admin/outbox?state=dead&state=pending&_count=1000&id=1")
     assert response.status_code == 200
     assert response.get_json()["rows"] == []
+
+
+def test_the_queue_is_paged_with_next_links(client: FlaskClient) -> None:
+    # five queued rows, as writes for a partner would queue them
+    from service.fhir.interactions import FhirService
+    from service.storage.outbox import OutboxRow
+
+    fhir: FhirService = client.application.extensions["whatmatters.fhir"]
+    fhir.run(
+        lambda tx: tx.outbox_add(
+            [
+                OutboxRow("partner:gp", "Patient/p1", "resource", "Goal", f"g{n}", 1, n)
+                for n in range(5)
+            ]
+        )
+    )
+    seen: list[int] = []
+    url: str | None = "/admin/outbox?_count=2&partner=gp"
+    pages = 0
+    while url:
+        body = client.get(url).get_json()
+        seen += [row["id"] for row in body["rows"]]
+        url = next((link["url"] for link in body["link"] if link["relation"] == "next"), None)
+        pages += 1
+    assert pages == 3
+    assert len(seen) == 5
+    assert seen == sorted(set(seen))  # each row once, in queue order
+    assert client.get("/admin/outbox?after=x").status_code == 400

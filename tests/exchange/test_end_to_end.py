@@ -21,6 +21,7 @@ from tests.exchange.instances import Instance, partner_entry
 from tests.priorities.conversations import conversation, goal, ranking, statement
 
 MRN = "urn:oid:2.16.840.1.113883.19.5"
+ORIGIN_TAGS = "http://whatmatters.example/fhir/CodeSystem/origin-instance"
 TYPES = ("Patient", "Observation", "Goal", "List", "Provenance")
 
 
@@ -168,7 +169,11 @@ def test_conversation_recorded_at_hospital_is_readable_at_gp(
     assert counts(gp) == counts(hospital)
     # the GP's copies name the hospital as their source and are not sent back to it
     goal_at_gp = gp.search("Goal")[0]
-    assert goal_at_gp["meta"]["source"].startswith(f"{hospital.base}/Goal/")
+    hospital_uri = hospital.instance_id()
+    assert goal_at_gp["meta"]["source"].startswith(f"{hospital_uri}#Goal/")
+    assert {"system": ORIGIN_TAGS, "code": hospital_uri.removeprefix("urn:uuid:")} in goal_at_gp[
+        "meta"
+    ]["tag"]
     gp.wait_until_delivered()
     assert gp.outbox()["summary"] == []
     assert counts(hospital)["Goal"] == 1

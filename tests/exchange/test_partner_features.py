@@ -370,7 +370,10 @@ def test_import_pulls_a_patients_priorities_once_however_often_it_runs(tmp_path:
         assert "read 3 Observation, 1 Goal, 1 List; 5 created, 0 updated" in first.stdout
         again = hospital.cli("import", "--from", "gp", "--patient", f"{MRN}|MRN00003")
         assert again.returncode == 0, again.stdout + again.stderr
-        assert "0 created, 5 updated" in again.stdout
+        # nothing changed at the partner: nothing is written again (no new versions)
+        assert "0 created, 0 updated, 5 unchanged" in again.stdout
+        for type_ in ("Observation", "Goal", "List"):
+            assert {r["meta"]["versionId"] for r in hospital.search(type_)} == {"1"}
         here = hospital.search("Patient", identifier=f"{MRN}|MRN00003")
         assert len(here) == 1
         assert ranked_words(hospital, here[0]["id"]) is None  # no Provenance came with it

@@ -77,7 +77,10 @@ class FakePartner:
             "conditionalUpdate": self.conditional,
         }
         types = ("Patient", "Goal", "Observation", "List", "Provenance")
-        return {"rest": [{"mode": "server", "resource": [{"type": t, **resource} for t in types]}]}
+        return {
+            "resourceType": "CapabilityStatement",
+            "rest": [{"mode": "server", "resource": [{"type": t, **resource} for t in types]}],
+        }
 
 
 def make_worker(fhir: FhirService, fake: FakePartner) -> Worker:
@@ -140,7 +143,8 @@ def test_delivery_uses_conditional_create_and_rewrites_the_patient(fhir: FhirSer
     ]
     goal = posts[1][2]
     assert goal["subject"] == {"reference": "Patient/patient-1"}
-    assert goal["meta"]["source"].startswith("http://hospital.example/fhir/Goal/")
+    # the source names this instance (its published identifier), whatever URL partners use
+    assert goal["meta"]["source"].startswith(f"urn:uuid:{fhir.instance_id}#Goal/")
     assert "id" not in goal
     assert states(fhir) == [("Patient", "done", 1), ("Goal", "done", 1)]
 
@@ -235,6 +239,7 @@ def test_backoff_grows_is_capped_and_jittered() -> None:
 def test_capability_flags() -> None:
     capability = capability_of(
         {
+            "resourceType": "CapabilityStatement",
             "rest": [
                 {
                     "mode": "server",
@@ -247,7 +252,7 @@ def test_capability_flags() -> None:
                         },
                     ],
                 }
-            ]
+            ],
         }
     )
     assert not capability.writes("Goal")

@@ -152,7 +152,10 @@ class DocumentsOnly(FakePartner):
         codes = ["create", "search-type"] + (["update"] if self.updates else [])
         document = {"type": "DocumentReference", "interaction": [{"code": c} for c in codes]}
         patient = {**super()._capability()["rest"][0]["resource"][0]}
-        return {"rest": [{"mode": "server", "resource": [patient, document]}]}
+        return {
+            "resourceType": "CapabilityStatement",
+            "rest": [{"mode": "server", "resource": [patient, document]}],
+        }
 
 
 @pytest.mark.parametrize("updates", [True, False])

@@ -190,3 +190,15 @@ def test_no_names_identifiers_or_words_reach_the_logs(
         B_WORDS,
     ):
         assert private not in logged  # ... with nothing of the patient's
+
+
+def test_an_update_that_changes_nothing_still_needs_the_right_to_write(
+    world: dict[str, Any],
+) -> None:
+    # patient-B may read and search only: repeating a resource as it is is still a write
+    system = caller(world, token_for(world, "system"))
+    reader = caller(world, token_for(world, "patient-B"))
+    created = system.post("/fhir/Goal", plain_goal("pB", "Keep my allotment")).get_json()
+    assert reader.get(f"/fhir/Goal/{created['id']}").status_code == 200
+    assert reader.put(f"/fhir/Goal/{created['id']}", created).status_code == 403
+    assert system.put(f"/fhir/Goal/{created['id']}", created).status_code == 200
