@@ -8,6 +8,7 @@ README, "How it fits together".
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
@@ -30,7 +31,13 @@ def build_fhir_service(config: Config, registry: ProfileRegistry | None = None) 
     store = SqlStore.from_url(config.database_url, config.db_pool_size)
     if config.auto_migrate:
         store.migrate()
-    return wire_fhir_service(config, store, registry)
+    fhir = wire_fhir_service(config, store, registry)
+    # Learn the instance identifier now, in a transaction of its own: the first write would
+    # otherwise ask for it while holding its own write transaction (on SQLite, a wait on itself).
+    # A database not yet migrated (any driver error) or down is asked again later.
+    with contextlib.suppress(Exception):
+        _ = fhir.instance_id
+    return fhir
 
 
 def wire_fhir_service(
