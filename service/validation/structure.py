@@ -20,6 +20,7 @@ from service.validation.bundles import uri_problem
 from service.validation.dates import date_range
 from service.validation.definitions import Definitions, ElementDef, TypeModel
 from service.validation.fhirpath import InvariantEngine
+from service.validation.narrative import narrative_issues
 
 ID_MAX = 64
 _INT_RANGES = {
@@ -48,7 +49,8 @@ _STRING_PRIMITIVES = frozenset(
 )
 # Invariants not evaluated, and why:
 # - ele-1 (a value or children) is what the structural walk already checks, element by element;
-# - txt-1/txt-2 use htmlChecks(), which FHIRPath engines define for themselves;
+# - txt-1/txt-2 use htmlChecks(), which FHIRPath engines define for themselves: narrative.py
+#   checks them in Python;
 # - que-7 tests "answer is Boolean", which fhirpathpy answers false for a FHIR boolean (a false
 #   alarm on the official Questionnaire-bb example);
 # - per-1, rng-2, age-1, ctm-1 and dom-3 raise errors inside fhirpathpy (hasValue(), comparing
@@ -217,6 +219,8 @@ class StructureValidator:
             self._element(
                 value, definition, type_code, model, f"{expr}.{name}", issues, primitive_ext
             )
+            if self._invariants and definition.path == "Narrative.div" and isinstance(value, str):
+                issues += narrative_issues(value, f"{expr}.{name}")
             if (
                 definition.path in _ABSOLUTE_SYSTEMS
                 and isinstance(value, str)
