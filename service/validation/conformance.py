@@ -532,7 +532,12 @@ class _Run:
             )
         if node.has("type"):
             allowed = node.type_codes
-            for _, where, code in found:
+            for value, where, named in found:
+                # a resource (contained, a Bundle entry) has its own type, whatever was expected
+                own = value.get("resourceType") if isinstance(value, dict) else None
+                code = own if isinstance(own, str) else named
+                if own is not None and {"Resource", "DomainResource"} & set(allowed):
+                    continue
                 if code is not None and allowed and code not in allowed:
                     self.add(
                         "error",
