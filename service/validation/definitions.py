@@ -42,6 +42,8 @@ class ElementDef:
     constraints: tuple[tuple[str, str, str, str], ...] = ()
     # The resource types a Reference here may point at (from the type's targetProfile)
     targets: tuple[str, ...] = ()
+    # The resource types a canonical here may name (from the type's targetProfile)
+    canonical_targets: tuple[str, ...] = ()
 
     @property
     def is_choice(self) -> bool:
@@ -109,6 +111,12 @@ def _build_model(sd: dict[str, Any]) -> TypeModel:
                 str(url).rsplit("/", 1)[-1]
                 for t in element.get("type", [])
                 if t.get("code") == "Reference"
+                for url in t.get("targetProfile", [])
+            ),
+            canonical_targets=tuple(
+                str(url).rsplit("/", 1)[-1]
+                for t in element.get("type", [])
+                if t.get("code") == "canonical"
                 for url in t.get("targetProfile", [])
             ),
         )
@@ -184,6 +192,16 @@ class Definitions:
         }
         combined.__dict__["_terminology"] = {**self._terminology, **local}
         return combined
+
+    def canonical_type(self, url: str) -> str | None:
+        """The resource type of the conformance resource we hold at a canonical URL, if any."""
+        url = url.split("|", 1)[0]
+        if self.structure_definition(url) is not None:
+            return "StructureDefinition"
+        for kind in ("ValueSet", "CodeSystem"):
+            if f"{kind}|{url}" in self._terminology:
+                return kind
+        return None
 
     def code_system(self, url: str) -> dict[str, Any] | None:
         """A CodeSystem we hold (vendored or from the profiles folder), by URL."""

@@ -360,6 +360,19 @@ class StructureValidator:
                 return
             self._object(value, element_model, "Element", expr, issues)
             return
+        if type_code == "canonical" and definition.canonical_targets and isinstance(value, str):
+            held = self._definitions.canonical_type(value)
+            wanted = definition.canonical_targets
+            if held is not None and held not in wanted and "Resource" not in wanted:
+                issues.append(
+                    Issue(
+                        "error",
+                        "invalid",
+                        f"{value} is a {held}, but {definition.path} names a "
+                        + " or ".join(wanted),
+                        (expr,),
+                    )
+                )
         if type_code == "#":
             target = (definition.content_reference or "#").lstrip("#")
             self._complex(value, model, target, expr, issues)
