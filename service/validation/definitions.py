@@ -203,6 +203,14 @@ class Definitions:
                 return kind
         return None
 
+    def concept(self, system: str, code: str) -> tuple[dict[str, Any] | None] | None:
+        """(the concept or None when the code is not defined) for a complete code system we
+        hold; None when we do not hold the system completely, so nothing can be said."""
+        cs = self.code_system(system)
+        if cs is None or cs.get("content", "complete") != "complete" or "concept" not in cs:
+            return None
+        return (_find(cs["concept"], code),)
+
     def code_system(self, url: str) -> dict[str, Any] | None:
         """A CodeSystem we hold (vendored or from the profiles folder), by URL."""
         return self._terminology.get("CodeSystem|" + url)

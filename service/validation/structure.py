@@ -235,6 +235,8 @@ class StructureValidator:
                         (f"{expr}.{name}",),
                     )
                 )
+        if self._invariants and path == "Coding":
+            self._coding(node, expr, issues)
         if self._invariants:
             element = model.elements.get(path)
             if element is not None and element.constraints:
@@ -252,6 +254,44 @@ class StructureValidator:
                             (f"{expr}.{base_name}" if not definition.is_choice else expr,),
                         )
                     )
+
+    def _coding(self, node: dict[str, Any], expr: str, issues: list[Issue]) -> None:
+        """A code of a code system we hold must exist in it; its display should be the
+        concept's (terminologies.html#4.1; a display mismatch is a warning, as for the
+        reference validator)."""
+        system, code = node.get("system"), node.get("code")
+        if not isinstance(system, str) or not isinstance(code, str):
+            return
+        found = self._definitions.concept(system, code)
+        if found is None:
+            return
+        concept = found[0]
+        if concept is None:
+            issues.append(
+                Issue(
+                    "error",
+                    "code-invalid",
+                    f"The code {code!r} is not defined in the code system {system}",
+                    (f"{expr}.code",),
+                )
+            )
+            return
+        display = node.get("display")
+        if isinstance(display, str):
+            names = [concept.get("display")] + [
+                d.get("value") for d in concept.get("designation", []) if isinstance(d, dict)
+            ]
+            known = {" ".join(str(n).split()).lower() for n in names if isinstance(n, str)}
+            if known and " ".join(display.split()).lower() not in known:
+                issues.append(
+                    Issue(
+                        "warning",
+                        "value",
+                        f"The display {display!r} is not the display of {system}#{code} "
+                        f"({concept.get('display')!r})",
+                        (f"{expr}.display",),
+                    )
+                )
 
     def _check_invariants(
         self,
