@@ -56,6 +56,8 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     from service.validation.profiles import ProfileRegistry
 
     registry = ProfileRegistry.load(Definitions.shared(), config.profiles_dir)
+    for warning in registry.warnings:
+        print(f"warning: {warning}", file=sys.stderr)  # accepted, but worth fixing in the file
     wire_fhir_service(config, MemoryStore(), registry)
     load_mappings(config, [f.resource for f in registry.files])
     # Each worker builds its own app (and connection pool) after the fork.

@@ -17,6 +17,7 @@ from service.errors import Issue
 from service.validation.definitions import BASE_SD, Definitions, TypeModel
 from service.validation.fhirpath import InvariantEngine
 from service.validation.profiles import ProfileRegistry
+from service.validation.questionnaire import compare_values
 from service.validation.snapshots import CHANGED
 from service.validation.structure import lookup_element, reference_type
 from service.validation.terminology import code_format_problem
@@ -38,6 +39,8 @@ class ElementNode:
     fixed: tuple[str, Any] | None = None
     invariants: tuple[dict[str, Any], ...] = ()
     checks_reference: bool = False
+    # minValue[x], maxValue[x] and maxLength the profile sets
+    limits: tuple[tuple[str, Any], ...] = ()
     relevant_children: tuple[ElementNode, ...] = ()
 
     # From the element, read once: id (with slice names), path, last segment, cardinality
@@ -81,6 +84,11 @@ def build_tree(elements: list[dict[str, Any]], everything: bool = False) -> Elem
             if c.get("key") not in _BASE_KEYS and f"constraint:{c.get('key')}" in changed
         )
         node.checks_reference = "type" in changed and "Reference" in node.type_codes
+        node.limits = tuple(
+            (k, v)
+            for k, v in element.items()
+            if k in changed and (k.startswith(("minValue", "maxValue")) or k == "maxLength")
+        )
         element_id = str(element.get("id", element["path"]))
         nodes[element_id] = node
         parent_id, _, last = element_id.rpartition(".")
@@ -466,6 +474,8 @@ class _Run:
             self.binding(value, node, expr, type_code)
         if node.checks_reference and type_code in ("Reference", None):
             self.reference(value, node, expr)
+        for limit_key, limit in node.limits:
+            self.limit(value, node, limit_key, limit, expr)
         for constraint in node.invariants:
             key = constraint.get("key")
             holds = self.owner.engine.holds(
@@ -480,6 +490,29 @@ class _Run:
                 self.add(severity, "invariant", f"{key}: {constraint.get('human', '')}", expr)
         if isinstance(value, dict) and node.relevant_children:
             self.children(value, node, expr)
+
+    def limit(self, value: Any, node: ElementNode, key: str, limit: Any, expr: str) -> None:
+        """ElementDefinition.minValue[x], maxValue[x] and maxLength."""
+        if key == "maxLength":
+            if isinstance(value, str) and isinstance(limit, int) and len(value) > limit:
+                self.add(
+                    "error",
+                    "too-long",
+                    f"{node.path} is {len(value)} characters long; at most {limit} are allowed",
+                    expr,
+                )
+            return
+        order = compare_values(value, limit)
+        low = key.startswith("min")
+        if order is not None and (order < 0 if low else order > 0):
+            self.add(
+                "error",
+                "value",
+                f"{node.path} is {_describe(value)}, "
+                + ("below the minimum " if low else "above the maximum ")
+                + _describe(limit),
+                expr,
+            )
 
     def children(self, value: dict[str, Any], node: ElementNode, expr: str) -> None:
         for child in node.relevant_children:
@@ -532,7 +565,12 @@ class _Run:
             )
         if node.has("type"):
             allowed = node.type_codes
-            for _, where, code in found:
+            for value, where, named in found:
+                # a resource (contained, a Bundle entry) has its own type, whatever was expected
+                own = value.get("resourceType") if isinstance(value, dict) else None
+                code = own if isinstance(own, str) else named
+                if own is not None and {"Resource", "DomainResource"} & set(allowed):
+                    continue
                 if code is not None and allowed and code not in allowed:
                     self.add(
                         "error",

@@ -42,6 +42,8 @@ class ElementDef:
     constraints: tuple[tuple[str, str, str, str], ...] = ()
     # The resource types a Reference here may point at (from the type's targetProfile)
     targets: tuple[str, ...] = ()
+    # The resource types a canonical here may name (from the type's targetProfile)
+    canonical_targets: tuple[str, ...] = ()
 
     @property
     def is_choice(self) -> bool:
@@ -109,6 +111,12 @@ def _build_model(sd: dict[str, Any]) -> TypeModel:
                 str(url).rsplit("/", 1)[-1]
                 for t in element.get("type", [])
                 if t.get("code") == "Reference"
+                for url in t.get("targetProfile", [])
+            ),
+            canonical_targets=tuple(
+                str(url).rsplit("/", 1)[-1]
+                for t in element.get("type", [])
+                if t.get("code") == "canonical"
                 for url in t.get("targetProfile", [])
             ),
         )
@@ -184,6 +192,24 @@ class Definitions:
         }
         combined.__dict__["_terminology"] = {**self._terminology, **local}
         return combined
+
+    def canonical_type(self, url: str) -> str | None:
+        """The resource type of the conformance resource we hold at a canonical URL, if any."""
+        url = url.split("|", 1)[0]
+        if self.structure_definition(url) is not None:
+            return "StructureDefinition"
+        for kind in ("ValueSet", "CodeSystem"):
+            if f"{kind}|{url}" in self._terminology:
+                return kind
+        return None
+
+    def concept(self, system: str, code: str) -> tuple[dict[str, Any] | None] | None:
+        """(the concept or None when the code is not defined) for a complete code system we
+        hold; None when we do not hold the system completely, so nothing can be said."""
+        cs = self.code_system(system)
+        if cs is None or cs.get("content", "complete") != "complete" or "concept" not in cs:
+            return None
+        return (_find(cs["concept"], code),)
 
     def code_system(self, url: str) -> dict[str, Any] | None:
         """A CodeSystem we hold (vendored or from the profiles folder), by URL."""

@@ -23,6 +23,25 @@ from service.validation.structure import StructureValidator
 CANONICAL_BASE = "http://whatmatters.example/fhir"
 
 
+_NAME = ("StructureDefinition.name",)
+
+
+def _lenient(item: ProfileFile) -> list[str]:
+    """Accept what the reference validator accepts with a warning: a StructureDefinition without
+    ``name`` (a computer name only tools use), and ``abstract`` written as a string."""
+    resource = item.resource
+    if resource["resourceType"] != "StructureDefinition":
+        return []
+    found: list[str] = []
+    if "name" not in resource:
+        found.append(f"{item.where()}: StructureDefinition has no name")
+    abstract = resource.get("abstract")
+    if isinstance(abstract, str) and abstract in ("true", "false"):
+        resource["abstract"] = abstract == "true"
+        found.append(f"{item.where()}: abstract is the string {abstract!r}, read as a boolean")
+    return found
+
+
 class ProfileError(ValueError):
     """A file in the profiles folder cannot be used."""
 
@@ -85,13 +104,16 @@ class ProfileRegistry:
     files: list[ProfileFile] = field(default_factory=list)
     snapshots: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     local: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # what was accepted although not quite right, as the reference validator accepts it
+    warnings: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, base: Definitions, directory: Path) -> ProfileRegistry:
         """Load and check ``directory``; raise ProfileError naming the file and element."""
         files = load_profile_files(directory)
+        warnings = [w for f in files for w in _lenient(f)]
         definitions = base.overlay([f.resource for f in files])
-        registry = cls(definitions, files)
+        registry = cls(definitions, files, warnings=warnings)
         registry._check_files()
         for item in files:
             resource = item.resource
@@ -113,7 +135,9 @@ class ProfileRegistry:
         validator = StructureValidator(self.definitions)
         for item in self.files:
             issues = [
-                i for i in validator.validate(item.resource) if i.severity in ("error", "fatal")
+                i
+                for i in validator.validate(item.resource)
+                if i.severity in ("error", "fatal") and i.expression != _NAME
             ]
             if issues:
                 first = issues[0]
@@ -182,6 +206,15 @@ class ProfileRegistry:
             if sd.get("type") == resource_type and sd.get("kind") == "resource"
         ]
 
+    def _narrows(self, code: str, allowed: set[Any]) -> bool:
+        """Whether a profile's type is one the base allows, or a resource type where the base
+        allows any resource (``Patient.contained`` narrowed to Practitioner)."""
+        if code in allowed:
+            return True
+        model = self.definitions.model(code)
+        resource = model is not None and model.kind == "resource"
+        return resource and bool(allowed & {"Resource", "DomainResource"})
+
     def _check_references(self, item: ProfileFile) -> None:
         """Fail on bindings, target profiles, type profiles and invariants that cannot work."""
         url = item.resource["url"]
@@ -198,7 +231,7 @@ class ProfileRegistry:
             if "type" in changed:
                 allowed = base_types.get(element["id"])
                 for entry in element.get("type", []):
-                    if allowed and entry.get("code") not in allowed:
+                    if allowed and not self._narrows(str(entry.get("code")), allowed):
                         raise ProfileError(
                             f"{where}: type {entry.get('code')!r} is not allowed by the base"
                         )

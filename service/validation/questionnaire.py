@@ -558,7 +558,7 @@ class QuestionnaireChecker:
         for k, v in values:
             if k != kind:
                 continue
-            order = _compare(v, target)
+            order = compare_values(v, target)
             if order is None:
                 continue
             if (
@@ -624,8 +624,8 @@ def _equal(kind: str, value: Any, target: Any) -> bool:
     if kind == "Reference" and isinstance(value, dict) and isinstance(target, dict):
         return bool(value.get("reference") == target.get("reference"))
     if kind == "Quantity" and isinstance(value, dict) and isinstance(target, dict):
-        return _compare(value, target) == 0
-    order = _compare(value, target)
+        return compare_values(value, target) == 0
+    order = compare_values(value, target)
     return order == 0 if order is not None else bool(value == target)
 
 
@@ -638,8 +638,9 @@ def _number(value: Any) -> Decimal | None:
         return None
 
 
-def _compare(value: Any, target: Any) -> int | None:
-    """-1, 0 or 1, or None when the two cannot be ordered (different kinds or units)."""
+def compare_values(value: Any, target: Any) -> int | None:
+    """-1, 0 or 1 (numbers, dates and times, quantities of one unit), or None when the two
+    cannot be ordered (different kinds or units)."""
     if isinstance(value, dict) and isinstance(target, dict):
         same_unit = (value.get("system"), value.get("code")) == (
             target.get("system"),
@@ -647,7 +648,7 @@ def _compare(value: Any, target: Any) -> int | None:
         ) or value.get("unit") == target.get("unit")
         if not same_unit:
             return None
-        return _compare(value.get("value"), target.get("value"))
+        return compare_values(value.get("value"), target.get("value"))
     if isinstance(value, str) and isinstance(target, str):
         first, second = date_range(value), date_range(target)
         if first is not None and second is not None:
@@ -664,7 +665,7 @@ def _compare(value: Any, target: Any) -> int | None:
 
 
 def _beyond(value: Any, limit: Any, low: bool) -> bool:
-    order = _compare(value, limit)
+    order = compare_values(value, limit)
     if order is None:
         return False
     return order < 0 if low else order > 0

@@ -20,6 +20,7 @@ from service.validation.bundles import uri_problem
 from service.validation.dates import date_range
 from service.validation.definitions import Definitions, ElementDef, TypeModel
 from service.validation.fhirpath import InvariantEngine
+from service.validation.narrative import narrative_issues
 
 ID_MAX = 64
 _INT_RANGES = {
@@ -48,7 +49,8 @@ _STRING_PRIMITIVES = frozenset(
 )
 # Invariants not evaluated, and why:
 # - ele-1 (a value or children) is what the structural walk already checks, element by element;
-# - txt-1/txt-2 use htmlChecks(), which FHIRPath engines define for themselves;
+# - txt-1/txt-2 use htmlChecks(), which FHIRPath engines define for themselves: narrative.py
+#   checks them in Python;
 # - que-7 tests "answer is Boolean", which fhirpathpy answers false for a FHIR boolean (a false
 #   alarm on the official Questionnaire-bb example);
 # - per-1, rng-2, age-1, ctm-1 and dom-3 raise errors inside fhirpathpy (hasValue(), comparing
@@ -217,6 +219,8 @@ class StructureValidator:
             self._element(
                 value, definition, type_code, model, f"{expr}.{name}", issues, primitive_ext
             )
+            if self._invariants and definition.path == "Narrative.div" and isinstance(value, str):
+                issues += narrative_issues(value, f"{expr}.{name}")
             if (
                 definition.path in _ABSOLUTE_SYSTEMS
                 and isinstance(value, str)
@@ -231,6 +235,8 @@ class StructureValidator:
                         (f"{expr}.{name}",),
                     )
                 )
+        if self._invariants and path == "Coding":
+            self._coding(node, expr, issues)
         if self._invariants:
             element = model.elements.get(path)
             if element is not None and element.constraints:
@@ -248,6 +254,44 @@ class StructureValidator:
                             (f"{expr}.{base_name}" if not definition.is_choice else expr,),
                         )
                     )
+
+    def _coding(self, node: dict[str, Any], expr: str, issues: list[Issue]) -> None:
+        """A code of a code system we hold must exist in it; its display should be the
+        concept's (terminologies.html#4.1; a display mismatch is a warning, as for the
+        reference validator)."""
+        system, code = node.get("system"), node.get("code")
+        if not isinstance(system, str) or not isinstance(code, str):
+            return
+        found = self._definitions.concept(system, code)
+        if found is None:
+            return
+        concept = found[0]
+        if concept is None:
+            issues.append(
+                Issue(
+                    "error",
+                    "code-invalid",
+                    f"The code {code!r} is not defined in the code system {system}",
+                    (f"{expr}.code",),
+                )
+            )
+            return
+        display = node.get("display")
+        if isinstance(display, str):
+            names = [concept.get("display")] + [
+                d.get("value") for d in concept.get("designation", []) if isinstance(d, dict)
+            ]
+            known = {" ".join(str(n).split()).lower() for n in names if isinstance(n, str)}
+            if known and " ".join(display.split()).lower() not in known:
+                issues.append(
+                    Issue(
+                        "warning",
+                        "value",
+                        f"The display {display!r} is not the display of {system}#{code} "
+                        f"({concept.get('display')!r})",
+                        (f"{expr}.display",),
+                    )
+                )
 
     def _check_invariants(
         self,
@@ -356,6 +400,19 @@ class StructureValidator:
                 return
             self._object(value, element_model, "Element", expr, issues)
             return
+        if type_code == "canonical" and definition.canonical_targets and isinstance(value, str):
+            held = self._definitions.canonical_type(value)
+            wanted = definition.canonical_targets
+            if held is not None and held not in wanted and "Resource" not in wanted:
+                issues.append(
+                    Issue(
+                        "error",
+                        "invalid",
+                        f"{value} is a {held}, but {definition.path} names a "
+                        + " or ".join(wanted),
+                        (expr,),
+                    )
+                )
         if type_code == "#":
             target = (definition.content_reference or "#").lstrip("#")
             self._complex(value, model, target, expr, issues)

@@ -58,6 +58,12 @@ REASONS: dict[str, str] = {
     "wmty-treatment-preference/status-not-a-status": _REQUIRED_CODE,
     "wmty-personal-goal/lifecycle-status-unknown": _REQUIRED_CODE,
     "wmty-priorities-list/status-unknown": _REQUIRED_CODE,
+    "Questionnaire-zika-virus-exposure-assessment.json": (
+        "Ours is right. The narrative is an empty <pre> and nothing else, and txt-2 says the "
+        "narrative SHALL have some non-whitespace content "
+        "(https://hl7.org/fhir/R4/narrative.html#Narrative); medplum 4.5.2 does not evaluate "
+        "txt-2. The official example is itself wrong here."
+    ),
 }
 
 # Disagreements accepted as they are: ours is right, or the rule is outside medplum's scope.

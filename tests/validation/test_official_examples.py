@@ -1,5 +1,5 @@
 """No false alarms: every official R4 example of the stored types meets its base definition,
-extensions included (https://hl7.org/fhir/R4/extensibility.html), except the two the package
+extensions included (https://hl7.org/fhir/R4/extensibility.html), except the three the package
 itself ships broken, where exactly the broken elements are reported.
 """
 
@@ -16,10 +16,12 @@ from tests.r4_package import STORED_TYPES, examples
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
 EXAMPLES = examples(*STORED_TYPES)
-# Questionnaire.item.linkId is 1..1; Observation.performer may not be an Encounter.
+# Questionnaire.item.linkId is 1..1; Observation.performer may not be an Encounter; txt-2: a
+# narrative of an empty <pre> has no non-whitespace content.
 BROKEN_IN_THE_PACKAGE = {
     "Questionnaire-qs1.json": "Questionnaire.item[0].item[0].linkId",
     "Observation-clinical-gender.json": "Observation.performer[0].reference",
+    "Questionnaire-zika-virus-exposure-assessment.json": "Questionnaire.text.div",
 }
 
 
@@ -40,6 +42,6 @@ def test_official_example_has_no_errors(validator: ResourceValidator, name: str)
     errors = [i for i in issues if i.severity in ("error", "fatal")]
     if name in BROKEN_IN_THE_PACKAGE:
         assert BROKEN_IN_THE_PACKAGE[name] in {e for i in errors for e in i.expression}
-        assert {i.code for i in errors} <= {"required", "structure"}
+        assert {i.code for i in errors} <= {"required", "structure", "invariant"}
         return
     assert errors == [], [i.to_fhir() for i in errors]

@@ -215,3 +215,56 @@ def test_serve_and_validate_refuse_a_broken_profiles_folder(tmp_path: Path) -> N
         assert result.returncode == 2
         assert GOAL_FILE in result.stderr
         assert "Goal.mood" in result.stderr
+
+
+def test_a_profile_without_name_loads_with_a_warning(tmp_path: Path) -> None:
+    folder = _copy(tmp_path)
+    _edit(folder, GOAL_FILE, lambda sd: sd.pop("name"))
+    registry = ProfileRegistry.load(Definitions.shared(), folder)
+    assert any(GOAL_FILE in w and "no name" in w for w in registry.warnings)
+    assert BASE + "wmty-personal-goal" in registry.profiles_of("Goal")
+
+
+def test_abstract_written_as_a_string_is_read_as_a_boolean(tmp_path: Path) -> None:
+    folder = _copy(tmp_path)
+    _edit(folder, GOAL_FILE, lambda sd: sd.update(abstract="false"))
+    registry = ProfileRegistry.load(Definitions.shared(), folder)
+    assert any("abstract" in w for w in registry.warnings)
+    validator = ResourceValidator(registry)
+    goal = example("wmty-personal-goal")
+    assert validator.validate_profiles(goal, BASE + "wmty-personal-goal") == []
+
+
+def test_contained_may_be_narrowed_to_one_resource_type(tmp_path: Path) -> None:
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    url = "http://example.org/fhir/StructureDefinition/patient-with-practitioner"
+    narrowed = {
+        "resourceType": "StructureDefinition",
+        "id": "patient-with-practitioner",
+        "url": url,
+        "name": "PatientWithPractitioner",
+        "status": "active",
+        "kind": "resource",
+        "abstract": False,
+        "type": "Patient",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Patient",
+        "derivation": "constraint",
+        "differential": {
+            "element": [
+                {
+                    "id": "Patient.contained",
+                    "path": "Patient.contained",
+                    "type": [{"code": "Practitioner"}],
+                }
+            ]
+        },
+    }
+    (folder / "StructureDefinition-patient-with-practitioner.json").write_text(
+        json.dumps(narrowed), encoding="utf-8"
+    )
+    validator = ResourceValidator(ProfileRegistry.load(Definitions.shared(), folder))
+    good = {"resourceType": "Patient", "contained": [{"resourceType": "Practitioner", "id": "a"}]}
+    bad = {"resourceType": "Patient", "contained": [{"resourceType": "Organization", "id": "a"}]}
+    assert not [i for i in validator.validate_profiles(good, url) if i.severity == "error"]
+    assert [i for i in validator.validate_profiles(bad, url) if i.severity == "error"]

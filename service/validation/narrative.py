@@ -1,0 +1,181 @@
+"""The narrative rules txt-1 and txt-2: https://hl7.org/fhir/R4/narrative.html#xhtml.
+
+txt-1: the XHTML uses only the basic HTML formatting elements and attributes the page lists, with
+no scripts, forms, event attributes or ``javascript:`` links. txt-2: it has some non-whitespace
+content (text or an image). A link to ``#name`` inside the narrative should name an anchor of
+the narrative (a warning, since a reader only loses the jump).
+"""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+from service.errors import Issue
+
+ELEMENTS = frozenset(
+    [
+        "p",
+        "br",
+        "div",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "a",
+        "span",
+        "b",
+        "em",
+        "i",
+        "strong",
+        "small",
+        "big",
+        "tt",
+        "dfn",
+        "q",
+        "var",
+        "abbr",
+        "acronym",
+        "cite",
+        "blockquote",
+        "hr",
+        "address",
+        "bdo",
+        "kbd",
+        "sub",
+        "sup",
+        "ul",
+        "ol",
+        "li",
+        "dl",
+        "dt",
+        "dd",
+        "pre",
+        "table",
+        "caption",
+        "colgroup",
+        "col",
+        "thead",
+        "tr",
+        "tfoot",
+        "tbody",
+        "th",
+        "td",
+        "code",
+        "samp",
+        "img",
+        "map",
+        "area",
+    ]
+)
+# attributes any element may carry, and those only some may
+ATTRIBUTES = frozenset(
+    [
+        "title",
+        "style",
+        "class",
+        "id",
+        "lang",
+        "xml:lang",
+        "dir",
+        "accesskey",
+        "tabindex",
+        "rowspan",
+        "colspan",
+        "span",
+        "width",
+        "height",
+        "align",
+        "valign",
+        "char",
+        "charoff",
+        "abbr",
+        "axis",
+        "headers",
+        "scope",
+        "summary",
+        "rules",
+        "frame",
+        "border",
+        "cellspacing",
+        "cellpadding",
+        "xmlns",
+    ]
+)
+ELEMENT_ATTRIBUTES = {
+    "a": frozenset({"href", "name"}),
+    "img": frozenset({"src", "alt", "usemap", "ismap"}),
+    "blockquote": frozenset({"cite"}),
+    "q": frozenset({"cite"}),
+    "area": frozenset({"shape", "coords", "href", "alt", "nohref", "name"}),
+    "map": frozenset({"name"}),
+    "ol": frozenset({"start", "type"}),
+    "ul": frozenset({"type"}),
+    "li": frozenset({"value"}),
+}
+
+
+class _Reader(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.problems: list[str] = []
+        self.anchors: set[str] = set()
+        self.links: list[str] = []
+        self.content = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in ELEMENTS:
+            self.problems.append(f"the element <{tag}> is not allowed")
+        if tag == "img":
+            self.content = True
+        allowed = ELEMENT_ATTRIBUTES.get(tag, frozenset())
+        for name, value in attrs:
+            if name.startswith("on"):
+                self.problems.append(f"the event attribute {name} on <{tag}> is not allowed")
+            elif name not in ATTRIBUTES and name not in allowed:
+                self.problems.append(f"the attribute {name} on <{tag}> is not allowed")
+            text = (value or "").strip().lower()
+            if name in ("href", "src") and text.startswith(("javascript:", "vbscript:")):
+                self.problems.append(f"a script URL in {name} on <{tag}> is not allowed")
+            if name in ("id", "name") and value:
+                self.anchors.add(value)
+            if name == "href" and value and value.startswith("#") and len(value) > 1:
+                self.links.append(value[1:])
+
+    def handle_data(self, data: str) -> None:
+        if data.strip():
+            self.content = True
+
+
+def narrative_issues(div: str, expr: str) -> list[Issue]:
+    """The txt-1 and txt-2 issues of a Narrative.div, and its broken internal links."""
+    reader = _Reader()
+    reader.feed(div)
+    reader.close()
+    issues: list[Issue] = []
+    if reader.problems:
+        found = "; ".join(dict.fromkeys(reader.problems))
+        issues.append(
+            Issue("error", "invariant", f"txt-1: The narrative's XHTML: {found}", (expr,))
+        )
+    if not reader.content:
+        issues.append(
+            Issue(
+                "error",
+                "invariant",
+                "txt-2: The narrative SHALL have some non-whitespace content",
+                (expr,),
+            )
+        )
+    for link in dict.fromkeys(reader.links):
+        if link not in reader.anchors:
+            issues.append(
+                Issue(
+                    "warning",
+                    "value",
+                    f"The narrative links to #{link}, which names nothing in the narrative",
+                    (expr,),
+                )
+            )
+    return issues
