@@ -147,13 +147,16 @@ def test_no_invariant_false_alarms_on_the_official_examples() -> None:
     from tests.r4_package import STORED_TYPES, examples
 
     thorough = StructureValidator(Definitions.shared(), invariants=True)
+    # the one official example that breaks an invariant: its narrative is an empty <pre>, and
+    # txt-2 says a narrative SHALL have some non-whitespace content
+    broken = {"Questionnaire-zika-virus-exposure-assessment.json": ["Questionnaire.text.div"]}
     for name, resource in examples(*STORED_TYPES).items():
         errors = [
-            i
+            i.expression[0]
             for i in thorough.validate(resource)
             if i.code == "invariant" and i.severity == "error"
         ]
-        assert errors == [], name
+        assert errors == broken.get(name, []), name
 
 
 def test_period_and_range_order_are_checked_in_python() -> None:
