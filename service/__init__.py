@@ -117,18 +117,26 @@ def build_worker(config: Config, fhir: FhirService, partners: tuple[Partner, ...
                 or " ".join([*first.get("given", []), first.get("family", "")]).strip()
                 or None
             )
-        items = [
-            SummaryItem(
-                rank=item["rank"],
-                text=item["text"],
-                kind=item["kind"],
-                recorded_by=item.get("recordedBy"),
-                setting=", ".join(item.get("settings") or []) or item.get("settingType"),
-                date=item.get("date"),
-                status=item.get("status") if item["kind"] == "goal" else None,
+        items = []
+        for item in priorities(bundle or {})["priorities"]:
+            rank = item["rank"] if item.get("ranked", True) else None
+            setting = ", ".join(item.get("settings") or []) or item.get("settingType")
+            items.append(
+                SummaryItem(
+                    rank=rank,
+                    text=item["text"],
+                    kind=item["kind"],
+                    recorded_by=item.get("recordedBy"),
+                    setting=setting,
+                    date=item.get("date"),
+                    status=item.get("status") if item["kind"] == "goal" else None,
+                )
             )
-            for item in priorities(bundle or {})["priorities"]
-        ]
+            # the goals that address a statement follow it, with their status
+            items += [
+                SummaryItem(rank, g["text"], "goal", None, None, None, g.get("status"), True)
+                for g in item.get("goals") or []
+            ]
         return name, items
 
     from service.exchange.outbox import OutboxFeed

@@ -43,6 +43,7 @@ class SummaryItem:
     setting: str | None
     date: str | None
     status: str | None = None  # a goal's lifecycleStatus (active, completed, cancelled...)
+    under: bool = False  # a goal shown under the statement before it, with that one's rank
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,9 @@ def _lines(patient_name: str | None, items: Sequence[SummaryItem], generated: st
         lines.append(_Line("Nothing has been recorded yet.", 12, gap_before=6))
     number = 0
     for item in _ordered(items):
-        if item.rank is None:
+        if item.under:
+            marker = "  -"
+        elif item.rank is None:
             marker = "-"
         else:
             number += 1
