@@ -126,6 +126,22 @@ def test_patient_a_never_sees_patient_b(
         assert response.get_json()["issue"][0]["code"] == "forbidden"
 
 
+@pytest.mark.parametrize(("patient", "status"), [("pA", 403), ("pB", 200)])
+def test_what_matters_invoked_by_post_keeps_to_the_tokens_patient(
+    world: dict[str, Any], patient: str, status: int
+) -> None:
+    # a read-only token (patient/*.rs): POST of a read-only operation is still a read
+    b = caller(world, token_for(world, "patient-B"))
+    body = {"resourceType": "Parameters", "parameter": [{"name": "history", "valueBoolean": True}]}
+    response = b.post(f"/fhir/Patient/{patient}/$what-matters", body)
+    assert response.status_code == status, text_of(response)
+    if status == 403:
+        assert response.get_json()["issue"][0]["code"] == "forbidden"
+        assert "Walk the dog" not in text_of(response)
+    else:
+        assert B_WORDS in text_of(response)
+
+
 def test_patient_a_searches_find_only_a(world: dict[str, Any]) -> None:
     a = caller(world, token_for(world, "patient-A"))
     goals = a.get("/fhir/Goal").get_json()
