@@ -191,10 +191,19 @@ def install(app: Flask, config: Config, base_path: str, verifier: TokenVerifier 
     if config.auth_mode != "smart":
         return
     assert verifier is not None
-    public: tuple[str, ...] = (f"{base_path}/metadata", "/.well-known/", "/healthz", "/readyz")
+    public: tuple[str, ...] = (
+        f"{base_path}/metadata",
+        f"{base_path}/.well-known/",
+        "/.well-known/",
+        "/healthz",
+        "/readyz",
+    )
     if config.metrics_public:
         public += ("/metrics",)
 
+    # SMART clients look under the FHIR base ([base]/.well-known/smart-configuration); the root
+    # path stays for clients configured with the server's origin only
+    @app.get(f"{base_path}/.well-known/smart-configuration", endpoint="smart_configuration_base")
     @app.get("/.well-known/smart-configuration")
     def _smart_configuration() -> Any:
         response = jsonify(smart_configuration(config))

@@ -66,13 +66,15 @@ def test_metadata_and_smart_configuration_are_public(world: dict[str, Any]) -> N
     assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
     uris = {e["url"]: e["valueUri"] for e in security["extension"][0]["extension"]}
     assert uris == {"token": f"{ISSUER}/token", "authorize": f"{ISSUER}/authorize"}
-    smart = anonymous.get("/.well-known/smart-configuration")
-    assert smart.status_code == 200
-    document = smart.get_json()
-    assert document["issuer"] == ISSUER
-    assert document["token_endpoint"] == f"{ISSUER}/token"
-    assert document["authorization_endpoint"] == f"{ISSUER}/authorize"
-    assert "permission-v2" in document["capabilities"]
+    # SMART App Launch 2.x conformance: the document is at [FHIR base]/.well-known/...
+    for path in ("/fhir/.well-known/smart-configuration", "/.well-known/smart-configuration"):
+        smart = anonymous.get(path)
+        assert smart.status_code == 200, path
+        document = smart.get_json()
+        assert document["issuer"] == ISSUER
+        assert document["token_endpoint"] == f"{ISSUER}/token"
+        assert document["authorization_endpoint"] == f"{ISSUER}/authorize"
+        assert "permission-v2" in document["capabilities"]
 
 
 # -- patient A's token: every door shows A's data and never B's ---------------------------------
