@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import io
 from datetime import UTC, datetime
 from typing import Any
@@ -158,6 +159,28 @@ def _what_matters_parameters() -> dict[str, list[str]]:
     return given
 
 
+def _ingest_body(fmt: str) -> Any:
+    """The input of ``$ingest``: CSV streamed row by row, the other formats read whole. A
+    ``charset`` in the Content-Type (a spreadsheet's windows-1252 export, an ISO-8859-1 feed) is
+    decoded here, so the mapping reads text; without one the input must be UTF-8."""
+    charset = request.mimetype_params.get("charset", "utf-8").strip().lower()
+    try:
+        codecs.lookup(charset)
+    except LookupError as exc:
+        raise UnsupportedMediaType(f"charset {charset!r} is not known to this server") from exc
+    utf8 = codecs.lookup(charset).name == "utf-8"
+    if fmt == "csv":
+        encoding = "utf-8-sig" if utf8 else charset
+        return io.TextIOWrapper(request.stream, encoding=encoding, newline="")
+    data = request.get_data()
+    if utf8:
+        return data
+    try:
+        return data.decode(charset).encode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"input byte {exc.start}: not {charset}") from exc
+
+
 def _reply(result: Result, write: bool = False) -> Response:
     return render(request, result, base_url, write=write)
 
@@ -241,16 +264,10 @@ def build_blueprint(base_path: str) -> Blueprint:
                 f"The mapping {name} reads {fmt}; send it as {' or '.join(INGEST_TYPES[fmt])}"
             )
         dry_run = _flag("dryRun")
-        # CSV streams row by row; the other formats are read whole
-        body: Any = (
-            io.TextIOWrapper(request.stream, encoding="utf-8-sig", newline="")
-            if fmt == "csv"
-            else request.get_data()
-        )
         result, _ = ingest(
             _service(),
             mapping,
-            body,
+            _ingest_body(fmt),
             mappings.questionnaires,
             dry_run=dry_run,
             conceptmaps=mappings.conceptmaps,

@@ -264,6 +264,29 @@ def test_a_quoted_cell_never_closed_is_refused_not_swallowing_the_rows_after_it(
     assert _versions(vendor) == {}
 
 
+def test_an_export_in_the_charset_its_content_type_names_keeps_the_words(
+    vendor: FlaskClient,
+) -> None:
+    # a spreadsheet saved as "CSV (Windows)": windows-1252, said so in the Content-Type
+    windows = EXPORT.decode("utf-8-sig").encode("windows-1252")
+    response = vendor.post(
+        "/fhir/$ingest?mapping=nursing-csv",
+        data=windows,
+        headers={"Content-Type": "text/csv; charset=windows-1252"},
+    )
+    assert outcome_issues(response)[0]["severity"] == "error"  # the impossible date, as in UTF-8
+    statements = {s["identifier"][0]["value"]: s for s in _search(vendor, "Observation?_count=10")}
+    assert statements["V-1003"]["valueString"] == 'Seeing my grandson "Ciarán" play football'
+    assert statements["V-1001"]["performer"][0]["display"] == "Siân Parry"
+    unknown = vendor.post(
+        "/fhir/$ingest?mapping=nursing-csv",
+        data=windows,
+        headers={"Content-Type": "text/csv; charset=klingon-8"},
+    )
+    assert unknown.status_code == 415
+    assert "klingon-8" in outcome_issues(unknown)[0]["diagnostics"]
+
+
 def test_map_run_exits_non_zero_and_counts_errors(config: Config, tmp_path: Path) -> None:
     env = {"WHATMATTERS_DATABASE_URL": config.database_url}
     export = tmp_path / "export.csv"
