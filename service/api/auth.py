@@ -128,13 +128,12 @@ class TokenVerifier:
         return access_of(claims)
 
     def _check_lifetime(self, claims: dict[str, Any]) -> None:
-        """``exp`` (and ``iat``) are NumericDates (RFC 7519 section 2), not strings, and a token
-        lives at most max_lifetime seconds: a stolen token must not work for years."""
+        """``exp``, ``iat`` and ``nbf`` are NumericDates (RFC 7519 section 2), not strings, and a
+        token lives at most max_lifetime seconds: a stolen token must not work for years."""
         exp, iat = claims.get("exp"), claims.get("iat", time.time())
-        if not _numeric(exp):
-            raise _invalid("the access token's exp is not a number (RFC 7519 NumericDate)")
-        if not _numeric(iat):
-            raise _invalid("the access token's iat is not a number (RFC 7519 NumericDate)")
+        for name, value in (("exp", exp), ("iat", iat), ("nbf", claims.get("nbf", 0))):
+            if not _numeric(value):
+                raise _invalid(f"the access token's {name} is not a number (RFC 7519 NumericDate)")
         start = min(iat, time.time() + self.leeway)
         if exp - start > self.max_lifetime + self.leeway:
             raise _invalid(
@@ -192,10 +191,19 @@ def install(app: Flask, config: Config, base_path: str, verifier: TokenVerifier 
     if config.auth_mode != "smart":
         return
     assert verifier is not None
-    public: tuple[str, ...] = (f"{base_path}/metadata", "/.well-known/", "/healthz", "/readyz")
+    public: tuple[str, ...] = (
+        f"{base_path}/metadata",
+        f"{base_path}/.well-known/",
+        "/.well-known/",
+        "/healthz",
+        "/readyz",
+    )
     if config.metrics_public:
         public += ("/metrics",)
 
+    # SMART clients look under the FHIR base ([base]/.well-known/smart-configuration); the root
+    # path stays for clients configured with the server's origin only
+    @app.get(f"{base_path}/.well-known/smart-configuration", endpoint="smart_configuration_base")
     @app.get("/.well-known/smart-configuration")
     def _smart_configuration() -> Any:
         response = jsonify(smart_configuration(config))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import io
 from datetime import UTC, datetime
 from typing import Any
@@ -98,9 +99,9 @@ def _params() -> list[tuple[str, str]]:
     return parse_query_string(_criteria())
 
 
-def _flag(name: str) -> bool:
-    """A true|false operation parameter of the query string, given at most once."""
-    given = request.args.getlist(name)
+def _flag(name: str, given: list[str] | None = None) -> bool:
+    """A true|false operation parameter (of the query string unless ``given``), at most once."""
+    given = request.args.getlist(name) if given is None else given
     if len(given) > 1:
         raise BadRequest(f"{name} may be given once", expression=(name,))
     if not given or given[0] == "false":
@@ -110,9 +111,10 @@ def _flag(name: str) -> bool:
     raise BadRequest(f"{name} must be true or false, not {given[0]!r}", expression=(name,))
 
 
-def since_parameter() -> int | None:
-    """The ``since`` instant of ``$what-matters`` (and the facade and page), given at most once."""
-    given = request.args.getlist("since")
+def since_parameter(given: list[str] | None = None) -> int | None:
+    """The ``since`` instant of ``$what-matters`` (and the facade and page), given at most once
+    (in the query string unless ``given``)."""
+    given = request.args.getlist("since") if given is None else given
     if len(given) > 1:
         raise BadRequest("since may be given once", expression=("since",))
     if not given:
@@ -121,6 +123,62 @@ def since_parameter() -> int | None:
         return parse_instant(given[0], "since")
     except BadRequest as error:
         raise BadRequest(error.diagnostics, expression=("since",)) from error
+
+
+# $what-matters parameters as a POSTed Parameters resource carries them (the OperationDefinition)
+_WHAT_MATTERS_IN = {"history": "valueBoolean", "since": "valueInstant"}
+
+
+def _what_matters_parameters() -> dict[str, list[str]]:
+    """The in-parameters of ``$what-matters``, by name, as query-string text. Operations may
+    always be invoked by POST with a Parameters body (R4 operations.html#invoking; FHIR client
+    libraries do so by default); the query string counts too, so each is still given once."""
+    given = {name: request.args.getlist(name) for name in _WHAT_MATTERS_IN}
+    if request.method != "POST" or not (request.content_length or request.get_data(cache=True)):
+        return given
+    body, _ = request_body(request)
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise BadRequest("POST $what-matters takes a Parameters resource", ("resourceType",))
+    parameters = body.get("parameter", [])
+    if not isinstance(parameters, list):
+        raise BadRequest("Parameters.parameter must be an array", ("Parameters.parameter",))
+    for index, parameter in enumerate(parameters):
+        where = f"Parameters.parameter[{index}]"
+        name = parameter.get("name") if isinstance(parameter, dict) else None
+        kind = _WHAT_MATTERS_IN.get(name) if isinstance(name, str) else None
+        if name is None or kind is None:
+            known = ", ".join(_WHAT_MATTERS_IN)
+            raise BadRequest(f"$what-matters has no in-parameter {name!r} ({known})", (where,))
+        value = parameter.get(kind)
+        if kind == "valueBoolean" and isinstance(value, bool):
+            given[name].append("true" if value else "false")
+        elif kind == "valueInstant" and isinstance(value, str):
+            given[name].append(value)
+        else:
+            raise BadRequest(f"{name} is given as {kind}", (f"{where}.{kind}",))
+    return given
+
+
+def _ingest_body(fmt: str) -> Any:
+    """The input of ``$ingest``: CSV streamed row by row, the other formats read whole. A
+    ``charset`` in the Content-Type (a spreadsheet's windows-1252 export, an ISO-8859-1 feed) is
+    decoded here, so the mapping reads text; without one the input must be UTF-8."""
+    charset = request.mimetype_params.get("charset", "utf-8").strip().lower()
+    try:
+        codecs.lookup(charset)
+    except LookupError as exc:
+        raise UnsupportedMediaType(f"charset {charset!r} is not known to this server") from exc
+    utf8 = codecs.lookup(charset).name == "utf-8"
+    if fmt == "csv":
+        encoding = "utf-8-sig" if utf8 else charset
+        return io.TextIOWrapper(request.stream, encoding=encoding, newline="")
+    data = request.get_data()
+    if utf8:
+        return data
+    try:
+        return data.decode(charset).encode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"input byte {exc.start}: not {charset}") from exc
 
 
 def _reply(result: Result, write: bool = False) -> Response:
@@ -184,10 +242,11 @@ def build_blueprint(base_path: str) -> Blueprint:
         body, _ = request_body(request)
         return _reply(what_matters().record(None, body, base_url()))
 
-    @bp.get("/Patient/<id_>/$what-matters")
+    @bp.route("/Patient/<id_>/$what-matters", methods=["GET", "POST"])
     def get_what_matters(id_: str) -> Response:
-        history = _flag("history")
-        since = since_parameter()
+        given = _what_matters_parameters()
+        history = _flag("history", given["history"])
+        since = since_parameter(given["since"])
         return _reply(what_matters().what_matters(id_, history, base_url(), since))
 
     @bp.post("/$ingest")
@@ -205,16 +264,10 @@ def build_blueprint(base_path: str) -> Blueprint:
                 f"The mapping {name} reads {fmt}; send it as {' or '.join(INGEST_TYPES[fmt])}"
             )
         dry_run = _flag("dryRun")
-        # CSV streams row by row; the other formats are read whole
-        body: Any = (
-            io.TextIOWrapper(request.stream, encoding="utf-8-sig", newline="")
-            if fmt == "csv"
-            else request.get_data()
-        )
         result, _ = ingest(
             _service(),
             mapping,
-            body,
+            _ingest_body(fmt),
             mappings.questionnaires,
             dry_run=dry_run,
             conceptmaps=mappings.conceptmaps,

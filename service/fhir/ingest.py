@@ -53,6 +53,7 @@ class IngestReport:
     unchanged: int = 0
     errors: list[Issue] = field(default_factory=list)
     more_errors: int = 0
+    warnings: list[Issue] = field(default_factory=list)
     entries: list[dict[str, Any]] = field(default_factory=list)
 
     def add_error(self, issue: Issue) -> None:
@@ -67,16 +68,22 @@ class IngestReport:
         """Every problem found, shown or not."""
         return len(self.errors) + self.more_errors
 
+    def warn(self, issue: Issue) -> None:
+        """Keep the first MAX_ERRORS warnings (they change nothing, so the rest are dropped)."""
+        if len(self.warnings) < MAX_ERRORS:
+            self.warnings.append(issue)
+
     def summary(self) -> list[Issue]:
-        """The counts, as information issues."""
+        """The warnings, then the counts as an information issue."""
         return [
+            *self.warnings,
             Issue(
                 "information",
                 "informational",
                 f"{self.records} records read, {self.skipped} skipped; {self.created} resources "
                 f"created, {self.unchanged} already present and unchanged, {self.updated} "
                 f"corrected; {self.error_count} errors",
-            )
+            ),
         ]
 
 
@@ -159,6 +166,8 @@ def ingest(
                     report.updated += 1
                 else:
                     report.unchanged += 1
+                    if not output.corrects and _differs(resource, result):
+                        report.warn(_kept_stored(output, result))
             batch.clear()
             pending.clear()
 
@@ -288,15 +297,36 @@ def _corrected(
 ) -> bool:
     """Update the resource an earlier input made if the correction changes it."""
     current = result.stored
+    if current is None or not _differs(resource, result):
+        return False
+    fhir.update_in(tx, current.type, current.id, {**resource, "id": current.id})
+    return True
+
+
+def _differs(resource: dict[str, Any], result: Result) -> bool:
+    """Whether ``resource`` says something other than the stored one ``result`` found."""
+    current = result.stored
     if current is None or current.content is None:
         return False
     before = {k: v for k, v in json.loads(current.content).items() if k not in ("id", "meta")}
     # through the same JSON the store holds, so decimals compare as stored
     after = json.loads(dump_json({k: v for k, v in resource.items() if k != "meta"}))
-    if before == after:
-        return False
-    fhir.update_in(tx, current.type, current.id, {**resource, "id": current.id})
-    return True
+    return bool(before != after)
+
+
+def _kept_stored(output: Output, result: Result) -> Issue:
+    """A record already stored with other content, not marked a correction: the stored version
+    stays, and the sender is told, so what the record said now is not lost without a word."""
+    stored = result.stored
+    where = f"{stored.type}/{stored.id}" if stored is not None else "the stored resource"
+    identifier = output.identifier
+    return Issue(
+        "warning",
+        "business-rule",
+        f"{output.position}: {where} (identifier {identifier['system']}|"
+        f"{identifier['value']}) is already stored with other content; the stored version "
+        "is kept, as this mapping does not mark the record a correction",
+    )
 
 
 def _entry(output: Output) -> dict[str, Any]:

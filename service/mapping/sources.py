@@ -106,7 +106,8 @@ def _lines(data: bytes | str | Iterable[str]) -> Iterable[str]:
 
 def _csv(lines: Iterable[str], delimiter: str) -> Iterator[Record]:
     # "row N" is the line a record starts on (a quoted cell may hold line breaks)
-    reader = csv.DictReader(lines, delimiter=delimiter)
+    # strict: a quoted cell left open must not swallow the rows after it as one cell's text
+    reader = csv.DictReader(lines, delimiter=delimiter, strict=True)
     first = 1
     try:
         reader.fieldnames  # noqa: B018 - reads the header, so line_num counts from it
@@ -120,6 +121,8 @@ def _csv(lines: Iterable[str], delimiter: str) -> Iterator[Record]:
                 raise MappingError(f"row {first}: more cells than the header has columns")
             yield Record(f"row {first}", dict(row))
     except csv.Error as exc:
+        if str(exc) == "unexpected end of data":
+            raise MappingError(f"row {first}: a quoted cell is never closed") from exc
         raise MappingError(f"row {first}: {exc}") from exc
     except UnicodeDecodeError as exc:
         raise MappingError(f"row {first}: not UTF-8") from exc

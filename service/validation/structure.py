@@ -492,7 +492,8 @@ class StructureValidator:
             elif model.regex is not None and model.regex.fullmatch(value) is None:
                 problem = "is not a valid " + type_code
             elif type_code in _URI_TYPES and value[:4].lower() == "urn:":
-                problem = uri_problem(value)
+                # a uri may end in a fragment (RFC 3986 3.5), as meta.source "<uri>#<request>"
+                problem = uri_problem(value.split("#", 1)[0] if type_code == "uri" else value)
         if problem is not None:
             issues.append(
                 Issue(

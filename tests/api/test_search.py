@@ -107,3 +107,21 @@ def test_post_search_with_form_parameters(client: FlaskClient) -> None:
     response = client.post("/fhir/Patient/_search", data={"identifier": f"{NHS}|2"})
     assert response.status_code == 200
     assert [e["resource"]["id"] for e in response.get_json()["entry"]] == ["d"]
+
+
+def test_a_meta_source_naming_a_request_after_a_fragment_is_stored(client: FlaskClient) -> None:
+    # meta.source is a uri, and a uri may end in a fragment: "<source>#<request id>" is how
+    # HAPI and this service's own exchange stamp what they write
+    source = "urn:uuid:80da6b50-d703-4cb1-ab5c-faf555954de7#Patient/p1"
+    body = {"resourceType": "Patient", "meta": {"source": source}}
+    created = client.post(
+        "/fhir/Patient", json=body, headers={"Content-Type": "application/fhir+json"}
+    )
+    assert created.status_code == 201, created.get_data(as_text=True)
+    assert created.get_json()["meta"]["source"] == source
+    body["meta"]["source"] = "urn:uuid:not-a-uuid#Patient/p1"
+    refused = client.post(
+        "/fhir/Patient", json=body, headers={"Content-Type": "application/fhir+json"}
+    )
+    assert refused.status_code == 400
+    assert "is not a valid urn:uuid" in refused.get_data(as_text=True)

@@ -49,6 +49,37 @@ def test_ingesting_the_same_hl7_file_twice_leaves_the_store_unchanged(client: Fl
     assert statement["valueString"] == "Walking Bramble & the sea"
 
 
+def test_a_resent_row_with_other_words_is_kept_as_stored_and_the_sender_is_told(
+    client: FlaskClient,
+) -> None:
+    # the survey export sends r-1 again with other words; the mapping has no corrects rule
+    add_patient(client)
+    assert (
+        client.post("/fhir/$ingest?mapping=survey-csv", data=SURVEY, headers=CSV).status_code == 200
+    )
+    before = _history_size(client)
+    resent = SURVEY.replace("Singing in the choir", "Singing in the chapel choir")
+    response = client.post("/fhir/$ingest?mapping=survey-csv", data=resent, headers=CSV)
+    assert response.status_code == 200
+    warning, counts = outcome_issues(response)
+    assert warning["severity"] == "warning"
+    assert warning["diagnostics"].startswith("row 2: Observation/")
+    assert "survey-csv|r-1) is already stored with other content" in warning["diagnostics"]
+    assert "0 resources created, 2 already present" in counts["diagnostics"]
+    assert _history_size(client) == before
+    # the same row twice in one input, the second with other words
+    twice = (
+        SURVEY.replace("r-2,", "r-3,")
+        + SURVEY.splitlines()[2].replace("r-2,", "r-3,").replace("front door key", "back door key")
+        + "\n"
+    )
+    response = client.post("/fhir/$ingest?mapping=survey-csv", data=twice, headers=CSV)
+    warnings = [i for i in outcome_issues(response) if i["severity"] == "warning"]
+    assert [w["diagnostics"].split(":")[0] for w in warnings] == ["row 4"]
+    unchanged = client.post("/fhir/$ingest?mapping=survey-csv", data=SURVEY, headers=CSV)
+    assert [i["severity"] for i in outcome_issues(unchanged)] == ["information"]
+
+
 def test_dry_run_returns_the_bundle_and_its_outcome_and_writes_nothing(client: FlaskClient) -> None:
     add_patient(client)
     response = client.post("/fhir/$ingest?mapping=survey-csv&dryRun=true", data=SURVEY, headers=CSV)

@@ -239,6 +239,54 @@ def test_a_csv_export_with_uk_dates_stores_the_good_rows_and_names_the_bad_cell(
     assert "0 resources created" in outcome_issues(again)[-1]["diagnostics"]
 
 
+def test_a_quoted_cell_never_closed_is_refused_not_swallowing_the_rows_after_it(
+    vendor: FlaskClient,
+) -> None:
+    # a hand-edited export with an opening quote left open: read leniently, the rows after it
+    # would become the words of row 2 and be stored as what the patient said
+    header = EXPORT.decode("utf-8-sig").splitlines(keepends=True)[0]
+    broken = (
+        header
+        + "V-1002,9876543210,O'Neill,Padraig,21/11/1938,04/12/2026 09:15,Siân Parry,"
+        + '"Being in my own garden,\r\n'
+        + "V-1004,9876543210,O'Neill,Padraig,21/11/1938,05/12/2026 10:00,,Bingo on Fridays,\r\n"
+    ).encode()
+    response = vendor.post("/fhir/$ingest?mapping=nursing-csv", data=broken, headers=CSV)
+    # answered like any input with errors: the error names the row; nothing is written
+    issue, counts = outcome_issues(response)
+    assert issue["severity"] == "error"
+    assert issue["diagnostics"].endswith("row 2: a quoted cell is never closed")
+    assert "0 resources created" in counts["diagnostics"]
+    dry = _parameters(
+        vendor.post("/fhir/$ingest?mapping=nursing-csv&dryRun=true", data=broken, headers=CSV)
+    )
+    assert dry["outcome"]["issue"][0]["diagnostics"] == issue["diagnostics"]
+    assert _versions(vendor) == {}
+
+
+def test_an_export_in_the_charset_its_content_type_names_keeps_the_words(
+    vendor: FlaskClient,
+) -> None:
+    # a spreadsheet saved as "CSV (Windows)": windows-1252, said so in the Content-Type
+    windows = EXPORT.decode("utf-8-sig").encode("windows-1252")
+    response = vendor.post(
+        "/fhir/$ingest?mapping=nursing-csv",
+        data=windows,
+        headers={"Content-Type": "text/csv; charset=windows-1252"},
+    )
+    assert outcome_issues(response)[0]["severity"] == "error"  # the impossible date, as in UTF-8
+    statements = {s["identifier"][0]["value"]: s for s in _search(vendor, "Observation?_count=10")}
+    assert statements["V-1003"]["valueString"] == 'Seeing my grandson "Ciarán" play football'
+    assert statements["V-1001"]["performer"][0]["display"] == "Siân Parry"
+    unknown = vendor.post(
+        "/fhir/$ingest?mapping=nursing-csv",
+        data=windows,
+        headers={"Content-Type": "text/csv; charset=klingon-8"},
+    )
+    assert unknown.status_code == 415
+    assert "klingon-8" in outcome_issues(unknown)[0]["diagnostics"]
+
+
 def test_map_run_exits_non_zero_and_counts_errors(config: Config, tmp_path: Path) -> None:
     env = {"WHATMATTERS_DATABASE_URL": config.database_url}
     export = tmp_path / "export.csv"

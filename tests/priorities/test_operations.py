@@ -6,6 +6,8 @@ https://hl7.org/fhir/R4/http.html#transaction.
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask.testing import FlaskClient
 
 from tests.builders import outcome_issues
@@ -289,3 +291,62 @@ def test_capability_statement_names_the_operations(client: FlaskClient) -> None:
     statement_ = client.get("/fhir/metadata").get_json()
     patient = next(r for r in statement_["rest"][0]["resource"] if r["type"] == "Patient")
     assert {"record-what-matters", "what-matters"} <= {o["name"] for o in patient["operation"]}
+
+
+def _post_what_matters(client: FlaskClient, patient: str, *parameters: dict) -> Any:
+    """$what-matters as FHIR client libraries invoke operations: POST with a Parameters body."""
+    body = {"resourceType": "Parameters", "parameter": list(parameters)}
+    return client.post(f"/fhir/Patient/{patient}/$what-matters", json=body, headers=FHIR_JSON)
+
+
+def test_what_matters_may_be_invoked_by_post_with_parameters(client: FlaskClient) -> None:
+    # R4 operations.html#invoking: every operation may be invoked by POST; GET only as well
+    add_patient(client)
+    record(
+        client, conversation(statement("a", "Garden"), statement("b", "Choir"), ranking("a", "b"))
+    )
+    record(
+        client, conversation(ranking("b", "a"), statement("a", "Garden"), statement("b", "Choir"))
+    )
+    plain = _post_what_matters(client, "p1")
+    assert plain.status_code == 200, plain.get_data(as_text=True)
+    assert ranked_texts(plain.get_json()) == ["Choir", "Garden"]
+    with_history = _post_what_matters(client, "p1", {"name": "history", "valueBoolean": True})
+    earlier = [e for e in with_history.get_json()["entry"] if "/_history/" in e["fullUrl"]]
+    assert [e["resource"]["meta"]["versionId"] for e in earlier] == ["1"]
+    since = _post_what_matters(
+        client, "p1", {"name": "since", "valueInstant": "2000-01-01T00:00:00Z"}
+    )
+    assert since.status_code == 200
+    assert "wmty-change" in since.get_data(as_text=True)
+    no_body = client.post("/fhir/Patient/p1/$what-matters")
+    assert no_body.status_code == 200
+    assert ranked_texts(no_body.get_json()) == ["Choir", "Garden"]
+
+
+def test_a_posted_parameter_that_is_wrong_is_400_naming_it(client: FlaskClient) -> None:
+    add_patient(client)
+    cases = [
+        ({"name": "since", "valueString": "garbage"}, "Parameters.parameter[0].valueInstant"),
+        ({"name": "since", "valueInstant": "yesterday"}, "since"),
+        ({"name": "history", "valueString": "yes"}, "Parameters.parameter[0].valueBoolean"),
+        ({"name": "patient", "valueString": "p2"}, "Parameters.parameter[0]"),
+    ]
+    for parameter, where in cases:
+        response = _post_what_matters(client, "p1", parameter)
+        assert response.status_code == 400, parameter
+        assert [i["expression"] for i in outcome_issues(response)] == [[where]]
+    twice = client.post(
+        "/fhir/Patient/p1/$what-matters?since=2026-01-01T00:00:00Z",
+        json={
+            "resourceType": "Parameters",
+            "parameter": [{"name": "since", "valueInstant": "2026-01-01T00:00:00Z"}],
+        },
+        headers=FHIR_JSON,
+    )
+    assert twice.status_code == 400
+    not_parameters = client.post(
+        "/fhir/Patient/p1/$what-matters", json={"resourceType": "Patient"}, headers=FHIR_JSON
+    )
+    assert not_parameters.status_code == 400
+    assert _post_what_matters(client, "nobody").status_code == 404

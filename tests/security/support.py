@@ -118,7 +118,8 @@ def world(smart_app: Flask, keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]) -
             "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}],
             "name": [{"family": "Jones" if name == "pA" else "Bryn", "given": ["E"]}],
         }
-        assert admin.put(f"/fhir/Patient/{name}", patient).status_code == 201
+        put = admin.put(f"/fhir/Patient/{name}", patient)
+        assert put.status_code == 201, put.get_data(as_text=True)
         body = conversation(
             statement("s1", words), goal("g1", f"{words} goal", "s1"), ranking("s1")
         )

@@ -66,13 +66,15 @@ def test_metadata_and_smart_configuration_are_public(world: dict[str, Any]) -> N
     assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
     uris = {e["url"]: e["valueUri"] for e in security["extension"][0]["extension"]}
     assert uris == {"token": f"{ISSUER}/token", "authorize": f"{ISSUER}/authorize"}
-    smart = anonymous.get("/.well-known/smart-configuration")
-    assert smart.status_code == 200
-    document = smart.get_json()
-    assert document["issuer"] == ISSUER
-    assert document["token_endpoint"] == f"{ISSUER}/token"
-    assert document["authorization_endpoint"] == f"{ISSUER}/authorize"
-    assert "permission-v2" in document["capabilities"]
+    # SMART App Launch 2.x conformance: the document is at [FHIR base]/.well-known/...
+    for path in ("/fhir/.well-known/smart-configuration", "/.well-known/smart-configuration"):
+        smart = anonymous.get(path)
+        assert smart.status_code == 200, path
+        document = smart.get_json()
+        assert document["issuer"] == ISSUER
+        assert document["token_endpoint"] == f"{ISSUER}/token"
+        assert document["authorization_endpoint"] == f"{ISSUER}/authorize"
+        assert "permission-v2" in document["capabilities"]
 
 
 # -- patient A's token: every door shows A's data and never B's ---------------------------------
@@ -124,6 +126,22 @@ def test_patient_a_never_sees_patient_b(
         assert response.get_json()["issue"][0]["code"] in ("forbidden", "not-found")
     if status == 403 and not url.startswith("/patients/"):
         assert response.get_json()["issue"][0]["code"] == "forbidden"
+
+
+@pytest.mark.parametrize(("patient", "status"), [("pA", 403), ("pB", 200)])
+def test_what_matters_invoked_by_post_keeps_to_the_tokens_patient(
+    world: dict[str, Any], patient: str, status: int
+) -> None:
+    # a read-only token (patient/*.rs): POST of a read-only operation is still a read
+    b = caller(world, token_for(world, "patient-B"))
+    body = {"resourceType": "Parameters", "parameter": [{"name": "history", "valueBoolean": True}]}
+    response = b.post(f"/fhir/Patient/{patient}/$what-matters", body)
+    assert response.status_code == status, text_of(response)
+    if status == 403:
+        assert response.get_json()["issue"][0]["code"] == "forbidden"
+        assert "Walk the dog" not in text_of(response)
+    else:
+        assert B_WORDS in text_of(response)
 
 
 def test_patient_a_searches_find_only_a(world: dict[str, Any]) -> None:

@@ -158,6 +158,17 @@ def test_an_exp_sent_as_a_string_is_401(smart: tuple[FlaskClient, rsa.RSAPrivate
     assert "NumericDate" in response.headers["WWW-Authenticate"]
 
 
+@pytest.mark.parametrize("claim", ["nbf", "iat"])
+def test_an_nbf_or_iat_sent_as_a_string_is_401(
+    smart: tuple[FlaskClient, rsa.RSAPrivateKey], claim: str
+) -> None:
+    client, key = smart
+    # a string the JWT library would read as a number: "0" is long past
+    response = _get(client, "/fhir/Goal", sign(key, scope="system/*.rs", **{claim: "0"}))
+    assert response.status_code == 401
+    assert f"{claim} is not a number" in response.headers["WWW-Authenticate"]
+
+
 def test_a_token_of_the_longest_lifetime_is_accepted(
     smart: tuple[FlaskClient, rsa.RSAPrivateKey],
 ) -> None:
