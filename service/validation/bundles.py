@@ -31,11 +31,7 @@ _NOT_CONTENT = frozenset({"Bundle"})
 
 
 def uri_problem(value: str) -> str | None:
-    """Why a ``urn:uuid:`` or ``urn:oid:`` value is malformed ("is not ..."), or None.
-
-    A fragment after the name is allowed (RFC 8141 section 2.3.3, the f-component), as in a
-    ``meta.source`` of ``urn:uuid:<instance>#Goal/g1`` naming a record of one installation."""
-    value = value.split("#", 1)[0]
+    """Why a ``urn:uuid:`` or ``urn:oid:`` value is malformed ("is not ..."), or None."""
     lower = value[:9].lower()
     if lower.startswith("urn:uuid:") and UUID_URN.fullmatch(value) is None:
         return "is not a valid urn:uuid (lower-case 8-4-4-4-12 hexadecimal digits)"
