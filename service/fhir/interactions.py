@@ -28,6 +28,7 @@ from service.errors import (
     BadRequest,
     Conflict,
     FhirError,
+    Forbidden,
     Gone,
     InvalidResource,
     Issue,
@@ -917,6 +918,8 @@ class FhirService:
         if not held:
             return
         raw = tx.raw if isinstance(tx, GuardedTransaction) else tx
+        if isinstance(tx, GuardedTransaction):
+            self._keep_patients_own_numbers(tx, id_, held)
         parser = SearchParser(self.search_params)
         for (system, value), index in sorted(held.items()):
             criteria = f"identifier={escape_value(system)}|{escape_value(value)}"
@@ -926,6 +929,31 @@ class FhirService:
                 raise Conflict(
                     f"Another Patient already has the identifier {system}|{value}; "
                     f"no two Patients may share an identifier of {system}",
+                    expression=(f"Patient.identifier[{index}]",),
+                )
+
+    def _keep_patients_own_numbers(
+        self, tx: GuardedTransaction, id_: str, held: dict[tuple[str, str], int]
+    ) -> None:
+        """Refuse (403) a patient-context token that gives its Patient a number of a unique
+        system the Patient did not have: it could claim a number nobody holds yet (and have
+        later data for it filed under itself) or learn from a 409 that someone holds it."""
+        access = tx.access
+        if access.patient is None or any(g.context != "patient" for g in access.grants):
+            return
+        stored = tx.raw.read("Patient", id_)
+        had: set[tuple[str, str]] = set()
+        if stored is not None and stored.version > 1:
+            before = tx.raw.vread("Patient", id_, stored.version - 1)
+            content = json.loads(before.content) if before and before.content else {}
+            for identifier in content.get("identifier") or []:
+                if isinstance(identifier, dict):
+                    had.add((str(identifier.get("system")), str(identifier.get("value"))))
+        for (system, value), index in sorted(held.items()):
+            if (system, value) not in had:
+                raise Forbidden(
+                    f"A patient's own token may not add or change an identifier of {system}; "
+                    "the organisation that registers the patient sets it",
                     expression=(f"Patient.identifier[{index}]",),
                 )
 

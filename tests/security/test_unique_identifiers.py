@@ -133,3 +133,34 @@ def test_twenty_concurrent_creates_of_one_number_make_exactly_one_patient(
     assert sorted(statuses) == [201] + [409] * (RACERS - 1)
     found = caller(world, token).get(f"/fhir/Patient?identifier={NHS}|9000000068").get_json()
     assert len(found["entry"]) == 1
+
+
+def test_a_patients_own_token_cannot_claim_or_probe_an_nhs_number(world: dict[str, Any]) -> None:
+    """A patient token may keep its Patient's NHS number, not add or change one: claiming a
+    number nobody holds yet would file later data for it under this patient, and a 409 for a
+    held one would tell the token that someone has it. Both answers are the same 403."""
+    a = caller(world, token_for(world, "patient-A"))
+    system = caller(world, token_for(world, "system"))
+    before = system.get("/fhir/Patient/pA").get_json()
+    unheld = {**before, "identifier": [{"system": NHS, "value": "9000000025"}]}
+    held = {**before, "identifier": [{"system": NHS, "value": B_NHS}]}
+    added = {
+        **before,
+        "identifier": [*before["identifier"], {"system": NHS, "value": "9000000033"}],
+    }
+    answers = [a.put("/fhir/Patient/pA", body) for body in (unheld, held, added)]
+    assert [r.status_code for r in answers] == [403, 403, 403]
+    for answer in answers:
+        issue = answer.get_json()["issue"][0]
+        assert issue["code"] == "forbidden"
+        assert issue["expression"][0].startswith("Patient.identifier[")
+        assert B_NHS not in text_of(answer)
+    after = system.get("/fhir/Patient/pA").get_json()
+    assert after["meta"]["versionId"] == before["meta"]["versionId"]
+    assert (
+        system.get(f"/fhir/Patient?identifier={NHS}|9000000025&_summary=count").get_json()["total"]
+        == 0
+    )
+    # keeping the number while changing the name is the patient's own business
+    renamed = {**before, "name": [{"family": "Jones", "given": ["Eira"]}]}
+    assert a.put("/fhir/Patient/pA", renamed).status_code == 200
