@@ -262,7 +262,8 @@ def test_three_replicas_keep_every_promise(tmp_path: Path, tally: Tally) -> None
         while replicas[0].undelivered() and time.monotonic() < deadline:
             time.sleep(2)  # slowly: this address has its limit too
         outbox = replicas[0].outbox()["summary"]
-        readers = itertools.cycle([session_from(a) for a in ADDRESSES])
+        # the checks come from addresses the load never used, so no limit stands in their way
+        readers = itertools.cycle([session_from(f"127.0.2.{n}") for n in range(1, 250)])
         lost, duplicated = [], []
         for identifier, (goal_id, words) in sorted(acked.items()):
             here = next(readers).get(f"{replicas[0].base}/Goal/{goal_id}", timeout=30)
