@@ -3,15 +3,18 @@ WHATMATTERS_TEST_DATABASE_URL names one), the Flask app and a test client."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fhir.resources.R4B import get_fhir_model_class
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import text
+from werkzeug.test import Client
 
 from service import create_app, load_mappings
 from service.config import Config
@@ -213,3 +216,38 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_sep("=", "reliability report")
         terminalreporter.write_line(line)
         terminalreporter.write_line(f"details: {os.path.abspath(report.FOLDER / 'report.json')}")
+
+
+# Every resource a test gets back through the Flask test client is also parsed with the
+# fhir.resources R4B models: an independent check, written by others from the specification,
+# that what the service emits is well-formed FHIR, whatever the test itself asserts.
+
+
+def parse_with_r4b_models(body: Any) -> None:
+    """Raise when a FHIR resource does not parse with the R4B model of its type."""
+    if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
+        return
+    model = get_fhir_model_class(body["resourceType"])
+    model.model_validate(body)
+
+
+@pytest.fixture(autouse=True)
+def _responses_parse_as_r4(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Client.open
+
+    def open_and_parse(self: Client, *args: Any, **kwargs: Any) -> Any:
+        response = original(self, *args, **kwargs)
+        if "json" in (response.mimetype or "") and response.status_code != 204:
+            try:
+                body = json.loads(response.get_data())
+            except ValueError:
+                return response
+            try:
+                parse_with_r4b_models(body)
+            except Exception as exc:
+                raise AssertionError(
+                    f"{body.get('resourceType')} from the API does not parse as R4: {exc}"
+                ) from exc
+        return response
+
+    monkeypatch.setattr(Client, "open", open_and_parse)
