@@ -197,13 +197,8 @@ class FhirService:
         attempts = WRITE_RETRIES if retry else 1
         for attempt in range(attempts):
             try:
-                with self.store.transaction(write=True) as tx:
-                    guarded = self._guarded(tx)
-                    token = _OPEN_TX.set(guarded)
-                    try:
-                        return work(guarded)
-                    finally:
-                        _OPEN_TX.reset(token)
+                with self.store.transaction(write=True) as tx, self._opened(tx) as guarded:
+                    return work(guarded)
             except VersionConflict as exc:
                 if attempt < attempts - 1:
                     time.sleep(random.uniform(0, 0.01 * 2**attempt))  # jitter, then try again
@@ -223,13 +218,18 @@ class FhirService:
 
     def read_only(self, work: Callable[[Transaction], T]) -> T:
         """Run ``work`` in a read transaction."""
-        with self.store.transaction(write=False) as tx:
-            guarded = self._guarded(tx)
-            token = _OPEN_TX.set(guarded)
-            try:
-                return work(guarded)
-            finally:
-                _OPEN_TX.reset(token)
+        with self.store.transaction(write=False) as tx, self._opened(tx) as guarded:
+            return work(guarded)
+
+    @contextlib.contextmanager
+    def _opened(self, tx: Transaction) -> Iterator[Transaction]:
+        """The transaction as the request's token may use it, known as the open one meanwhile."""
+        guarded = self._guarded(tx)
+        token = _OPEN_TX.set(guarded)
+        try:
+            yield guarded
+        finally:
+            _OPEN_TX.reset(token)
 
     def find_canonical(self, type_: str, canonical: str) -> dict[str, Any] | None:
         """The stored resource of ``type_`` with this canonical URL (``url|version``), if any."""
