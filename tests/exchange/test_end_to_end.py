@@ -274,8 +274,14 @@ def test_outbox_admin_endpoint_lists_and_discards(hospital: Instance, proxy: Fau
     hospital.start()
     proxy.go_down()
     add_patient(hospital, 1)
+    # the worker may hold the row in flight for a moment (its failed attempt at the downed
+    # partner); between attempts it waits pending
+    deadline = time.monotonic() + 20
     view = hospital.outbox(state="pending")
-    assert [r["res_type"] for r in view["rows"]] == ["Patient"]
+    while not view["rows"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+        view = hospital.outbox(state="pending")
+    assert [r["res_type"] for r in view["rows"]] == ["Patient"], hospital.outbox()
     row_id = view["rows"][0]["id"]
     refused = requests.post(f"{hospital.root}/admin/outbox/discard", timeout=10)
     assert refused.status_code == 400
