@@ -896,7 +896,12 @@ class FhirService:
         return None
 
     def _check_unique_identifiers(
-        self, tx: Transaction, type_: str, id_: str, content: dict[str, Any] | None
+        self,
+        tx: Transaction,
+        type_: str,
+        id_: str,
+        content: dict[str, Any] | None,
+        replaced: StoredResource | None = None,
     ) -> None:
         """Refuse (409) a Patient version that shares an identifier of a unique system (the
         NHS number) with another current Patient.
@@ -904,7 +909,8 @@ class FhirService:
         Called after the version is stored, so the access guard has already refused what the
         token may not write (the answer cannot tell a patient token whose number is in use).
         A lock per identifier, held to commit, makes concurrent writers of one number take
-        turns, and each then sees what the one before committed.
+        turns, and each then sees what the one before committed. ``replaced`` is the version
+        this one follows (None for a create).
         """
         if type_ != "Patient" or not isinstance(content, dict):
             return
@@ -919,7 +925,7 @@ class FhirService:
             return
         raw = tx.raw if isinstance(tx, GuardedTransaction) else tx
         if isinstance(tx, GuardedTransaction):
-            self._keep_patients_own_numbers(tx, id_, held)
+            self._keep_patients_own_numbers(tx, held, replaced)
         parser = SearchParser(self.search_params)
         for (system, value), index in sorted(held.items()):
             criteria = f"identifier={escape_value(system)}|{escape_value(value)}"
@@ -933,7 +939,10 @@ class FhirService:
                 )
 
     def _keep_patients_own_numbers(
-        self, tx: GuardedTransaction, id_: str, held: dict[tuple[str, str], int]
+        self,
+        tx: GuardedTransaction,
+        held: dict[tuple[str, str], int],
+        replaced: StoredResource | None,
     ) -> None:
         """Refuse (403) a patient-context token that gives its Patient a number of a unique
         system the Patient did not have: it could claim a number nobody holds yet (and have
@@ -941,14 +950,13 @@ class FhirService:
         access = tx.access
         if access.patient is None or any(g.context != "patient" for g in access.grants):
             return
-        stored = tx.raw.read("Patient", id_)
-        had: set[tuple[str, str]] = set()
-        if stored is not None and stored.version > 1:
-            before = tx.raw.vread("Patient", id_, stored.version - 1)
-            content = json.loads(before.content) if before and before.content else {}
-            for identifier in content.get("identifier") or []:
-                if isinstance(identifier, dict):
-                    had.add((str(identifier.get("system")), str(identifier.get("value"))))
+        # the version this write replaces, as the write already holds it: no read-back
+        before = json.loads(replaced.content) if replaced and replaced.content else {}
+        had = {
+            (str(identifier.get("system")), str(identifier.get("value")))
+            for identifier in before.get("identifier") or []
+            if isinstance(identifier, dict)
+        }
         for (system, value), index in sorted(held.items()):
             if (system, value) not in had:
                 raise Forbidden(
@@ -1018,7 +1026,7 @@ class FhirService:
             current.version if current is not None else None,
             index if index is not None else self.search_params.index(content),
         )
-        self._check_unique_identifiers(tx, type_, id_, content)
+        self._check_unique_identifiers(tx, type_, id_, content, current)
         self._notify(tx, Change(type_, id_, stored.version, content))
         self._provenance(tx, stored, "CREATE" if current is None else "UPDATE")
         return stored
