@@ -148,8 +148,15 @@ def test_a_patients_own_token_cannot_claim_or_probe_an_nhs_number(world: dict[st
         **before,
         "identifier": [*before["identifier"], {"system": NHS, "value": "9000000033"}],
     }
-    answers = [a.put("/fhir/Patient/pA", body) for body in (unheld, held, added)]
-    assert [r.status_code for r in answers] == [403, 403, 403]
+    # as a patient's app would send it: a bare Patient of its own, no meta, another number
+    bare = {
+        "resourceType": "Patient",
+        "id": "pA",
+        "identifier": [{"system": NHS, "value": "9000000041"}],
+        "name": [{"family": "Jones"}],
+    }
+    answers = [a.put("/fhir/Patient/pA", body) for body in (unheld, held, added, bare)]
+    assert [r.status_code for r in answers] == [403, 403, 403, 403]
     for answer in answers:
         issue = answer.get_json()["issue"][0]
         assert issue["code"] == "forbidden"
