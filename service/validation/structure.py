@@ -2,51 +2,28 @@
 
 Checks, for a resource in JSON: element names (unknown elements are errors), JSON shapes that
 follow from cardinality (arrays for repeating elements), minimum cardinality, choice types,
-primitive formats (the regex of each R4 primitive type), and required bindings that can be
-expanded from the vendored code systems. Every problem is reported, each with its FHIRPath.
+primitive formats (``primitives.py``: the regex of each R4 primitive type), and required
+bindings that can be expanded from the vendored code systems. Every problem is reported, each
+with its FHIRPath. The walk carries where it is (the resource and its root, for invariants and
+``#id`` references) as a ``Walk`` passed down, never as ambient state.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import re
-from contextvars import ContextVar
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from service.errors import Issue
-from service.validation.bundles import uri_problem
 from service.validation.dates import date_range
 from service.validation.definitions import Definitions, ElementDef, TypeModel
 from service.validation.fhirpath import InvariantEngine
 from service.validation.narrative import narrative_issues
+from service.validation.primitives import primitive_issues, short
 
 ID_MAX = 64
-_INT_RANGES = {
-    "integer": (-(2**31), 2**31 - 1),
-    "unsignedInt": (0, 2**31 - 1),
-    "positiveInt": (1, 2**31 - 1),
-}
-_STRING_PRIMITIVES = frozenset(
-    {
-        "string",
-        "code",
-        "id",
-        "markdown",
-        "uri",
-        "url",
-        "canonical",
-        "oid",
-        "uuid",
-        "base64Binary",
-        "instant",
-        "date",
-        "dateTime",
-        "time",
-        "xhtml",
-    }
-)
 # Invariants not evaluated, and why:
 # - ele-1 (a value or children) is what the structural walk already checks, element by element;
 # - txt-1/txt-2 use htmlChecks(), which FHIRPath engines define for themselves: narrative.py
@@ -84,18 +61,28 @@ def _range_reversed(node: dict[str, Any]) -> bool:
 
 # Invariants fhirpathpy cannot run, checked here in Python instead.
 _PYTHON_CHECKS = {"per-1": _period_reversed, "rng-2": _range_reversed}
-_RESOURCE: ContextVar[dict[str, Any] | None] = ContextVar("resource", default=None)
-_ROOT: ContextVar[dict[str, Any] | None] = ContextVar("root_resource", default=None)
-_CONTROL = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f]")
 _CODED = frozenset({"code", "Coding", "CodeableConcept"})
 # Elements naming a code or identifier system: absolute URIs, never local names
 _ABSOLUTE_SYSTEMS = frozenset({"Coding.system", "Quantity.system", "Identifier.system"})
 _ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:\S+")
-_URI_TYPES = frozenset({"uri", "url", "canonical"})
 
 
 def _capitalise(type_code: str) -> str:
     return type_code[0].upper() + type_code[1:]
+
+
+@dataclass(frozen=True)
+class Walk:
+    """Where the walk is: the resource whose elements are being checked (FHIRPath
+    ``%resource``, and the container of its ``#id`` references) and its root (``%rootResource``:
+    the resource itself unless it is contained)."""
+
+    resource: dict[str, Any] | None = None
+    root: dict[str, Any] | None = None
+
+    def enter(self, resource: dict[str, Any], contained: bool) -> Walk:
+        """The walk inside ``resource``, found here (as a contained resource when ``contained``)."""
+        return Walk(resource, self.root if contained else resource)
 
 
 class StructureValidator:
@@ -115,11 +102,6 @@ class StructureValidator:
         if self._invariants and isinstance(resource, dict):
             # fhirpathpy may annotate what it walks: evaluate on a private copy
             resource = copy.deepcopy(resource)
-            token = _ROOT.set(resource)
-            try:
-                return self._validate(resource, expected_type)
-            finally:
-                _ROOT.reset(token)
         return self._validate(resource, expected_type)
 
     def _validate(self, resource: Any, expected_type: str | None) -> list[Issue]:
@@ -138,10 +120,12 @@ class StructureValidator:
                     ("resourceType",),
                 )
             ]
-        self._resource(resource, resource_type, resource_type, issues)
+        self._resource(resource, resource_type, resource_type, issues, Walk())
         return issues
 
-    def _resource(self, node: dict[str, Any], rtype: str, expr: str, issues: list[Issue]) -> None:
+    def _resource(
+        self, node: dict[str, Any], rtype: str, expr: str, issues: list[Issue], walk: Walk
+    ) -> None:
         model = self._definitions.model(rtype)
         if model is None or model.kind != "resource" or model.abstract:
             issues.append(
@@ -158,16 +142,10 @@ class StructureValidator:
                     (f"{expr}.id",),
                 )
             )
-        token = _RESOURCE.set(node)  # for invariants and contained (#id) references
         # fhirpath.html#vars: %rootResource is the resource itself unless it is contained (a
         # Bundle entry's resource, a Parameters resource, are roots of their own)
         contained = expr.rsplit(".", 1)[-1].startswith("contained[")
-        root = _ROOT.set(_ROOT.get() if contained else node)
-        try:
-            self._object(node, model, rtype, expr, issues, is_resource=True)
-        finally:
-            _ROOT.reset(root)
-            _RESOURCE.reset(token)
+        self._object(node, model, rtype, expr, issues, walk.enter(node, contained), True)
 
     def _object(
         self,
@@ -176,6 +154,7 @@ class StructureValidator:
         path: str,
         expr: str,
         issues: list[Issue],
+        walk: Walk,
         is_resource: bool = False,
     ) -> None:
         children = model.children.get(path, {})
@@ -217,7 +196,7 @@ class StructureValidator:
                     )
             seen.add(base_name)
             self._element(
-                value, definition, type_code, model, f"{expr}.{name}", issues, primitive_ext
+                value, definition, type_code, model, f"{expr}.{name}", issues, walk, primitive_ext
             )
             if self._invariants and definition.path == "Narrative.div" and isinstance(value, str):
                 issues += narrative_issues(value, f"{expr}.{name}")
@@ -231,7 +210,7 @@ class StructureValidator:
                         "error",
                         "value",
                         f"{definition.path} must be an absolute URI (terminologies.html"
-                        f"#4.1), not {_short(value)}",
+                        f"#4.1), not {short(value)}",
                         (f"{expr}.{name}",),
                     )
                 )
@@ -240,7 +219,7 @@ class StructureValidator:
         if self._invariants:
             element = model.elements.get(path)
             if element is not None and element.constraints:
-                self._check_invariants(node, path, element.constraints, expr, issues)
+                self._check_invariants(node, path, element.constraints, expr, issues, walk)
         for definition in children.values():
             if definition.min > 0:
                 base_name = definition.name[:-3] if definition.is_choice else definition.name
@@ -300,17 +279,15 @@ class StructureValidator:
         constraints: tuple[tuple[str, str, str, str], ...],
         expr: str,
         issues: list[Issue],
+        walk: Walk,
     ) -> None:
-        context = {"resource": _RESOURCE.get(), "rootResource": _ROOT.get()}
         for key, severity, human, expression in constraints:
             if key in NOT_EVALUATED:
                 failed = _PYTHON_CHECKS.get(key)
                 if failed is not None and failed(node):
                     issues.append(Issue(severity, "invariant", f"{key}: {human}", (expr,)))
                 continue
-            holds = self._engine.holds(
-                node, path, expression, context["resource"], context["rootResource"]
-            )
+            holds = self._engine.holds(node, path, expression, walk.resource, walk.root)
             if holds is None:
                 issues.append(
                     Issue(
@@ -339,6 +316,7 @@ class StructureValidator:
         model: TypeModel,
         expr: str,
         issues: list[Issue],
+        walk: Walk,
         primitive_ext: bool,
     ) -> None:
         if definition.repeats and not definition.is_choice:
@@ -361,9 +339,8 @@ class StructureValidator:
                 if item is None:
                     # null keeps primitive arrays aligned with their _name companions
                     continue
-                self._single(
-                    item, definition, type_code, model, f"{expr}[{index}]", issues, primitive_ext
-                )
+                where = f"{expr}[{index}]"
+                self._single(item, definition, type_code, model, where, issues, walk, primitive_ext)
             if not primitive_ext and all(v is None for v in value):
                 issues.append(
                     Issue("error", "structure", "An array must not hold only nulls", (expr,))
@@ -379,7 +356,7 @@ class StructureValidator:
                 )
             )
             return
-        self._single(value, definition, type_code, model, expr, issues, primitive_ext)
+        self._single(value, definition, type_code, model, expr, issues, walk, primitive_ext)
 
     def _single(
         self,
@@ -389,6 +366,7 @@ class StructureValidator:
         model: TypeModel,
         expr: str,
         issues: list[Issue],
+        walk: Walk,
         primitive_ext: bool,
     ) -> None:
         if primitive_ext:
@@ -398,7 +376,7 @@ class StructureValidator:
                     Issue("error", "structure", "A '_' companion must be a JSON object", (expr,))
                 )
                 return
-            self._object(value, element_model, "Element", expr, issues)
+            self._object(value, element_model, "Element", expr, issues, walk)
             return
         if type_code == "canonical" and definition.canonical_targets and isinstance(value, str):
             held = self._definitions.canonical_type(value)
@@ -415,10 +393,10 @@ class StructureValidator:
                 )
         if type_code == "#":
             target = (definition.content_reference or "#").lstrip("#")
-            self._complex(value, model, target, expr, issues)
+            self._complex(value, model, target, expr, issues, walk)
             return
         if type_code in ("BackboneElement", "Element") and definition.path in model.children:
-            self._complex(value, model, definition.path, expr, issues)
+            self._complex(value, model, definition.path, expr, issues, walk)
             return
         if type_code == "Resource":
             if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
@@ -426,20 +404,20 @@ class StructureValidator:
                     Issue("error", "structure", "A resource here needs a resourceType", (expr,))
                 )
                 return
-            self._resource(value, value["resourceType"], expr, issues)
+            self._resource(value, value["resourceType"], expr, issues, walk)
             return
         type_model = self._definitions.model(type_code)
         if type_model is None:
             issues.append(Issue("error", "structure", f"Unknown type {type_code!r}", (expr,)))
             return
         if type_model.kind == "primitive-type":
-            self._primitive(value, type_code, type_model, expr, issues)
+            issues += primitive_issues(value, type_code, type_model, expr)
         else:
-            self._complex(value, type_model, type_code, expr, issues)
+            self._complex(value, type_model, type_code, expr, issues, walk)
         if definition.binding_strength == "required" and type_code in _CODED:
             self._binding(value, definition, type_code, expr, issues)
         if type_code == "Reference" and definition.targets and "Resource" not in definition.targets:
-            kind = reference_type(value, _RESOURCE.get())
+            kind = reference_type(value, walk.resource)
             if kind is not None and kind not in definition.targets:
                 issues.append(
                     Issue(
@@ -452,68 +430,12 @@ class StructureValidator:
                 )
 
     def _complex(
-        self, value: Any, model: TypeModel, path: str, expr: str, issues: list[Issue]
+        self, value: Any, model: TypeModel, path: str, expr: str, issues: list[Issue], walk: Walk
     ) -> None:
         if not isinstance(value, dict):
             issues.append(Issue("error", "structure", f"{path} must be a JSON object", (expr,)))
             return
-        self._object(value, model, path, expr, issues)
-
-    @staticmethod
-    def _primitive(
-        value: Any, type_code: str, model: TypeModel, expr: str, issues: list[Issue]
-    ) -> None:
-        problem: str | None = None
-        if type_code == "boolean":
-            if not isinstance(value, bool):
-                problem = "must be true or false"
-        elif type_code in _INT_RANGES:
-            low, high = _INT_RANGES[type_code]
-            if isinstance(value, bool) or not isinstance(value, int):
-                problem = "must be a JSON whole number"
-            elif not low <= value <= high:
-                problem = f"must be between {low} and {high}"
-        elif type_code == "decimal":
-            if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
-                problem = "must be a JSON number"
-            elif isinstance(value, float) and not math.isfinite(value):
-                problem = "must be a finite number"
-        elif type_code in _STRING_PRIMITIVES:
-            if not isinstance(value, str):
-                problem = "must be a JSON string"
-            elif "\x00" in value:
-                # Not storable (PostgreSQL text refuses it), and never meaningful in FHIR
-                problem = "contains the character U+0000"
-            elif (value.strip() == "" and type_code != "string") or value == "":
-                problem = "must not be empty"
-            elif type_code == "xhtml":
-                if not value.lstrip().startswith("<div"):
-                    problem = "must be an XHTML <div> element"
-            elif model.regex is not None and model.regex.fullmatch(value) is None:
-                problem = "is not a valid " + type_code
-            elif type_code in _URI_TYPES and value[:4].lower() == "urn:":
-                # a uri may end in a fragment (RFC 3986 3.5), as meta.source "<uri>#<request>"
-                problem = uri_problem(value.split("#", 1)[0] if type_code == "uri" else value)
-        if problem is not None:
-            issues.append(
-                Issue(
-                    "error",
-                    "value",
-                    f"The value {_short(value)} {problem} ({type_code})",
-                    (expr,),
-                )
-            )
-        elif isinstance(value, str) and _CONTROL.search(value):
-            # datatypes.html#string: strings SHOULD NOT contain characters below U+0020 other
-            # than tab, CR and LF
-            issues.append(
-                Issue(
-                    "warning",
-                    "value",
-                    f"The value {_short(value)} contains a control character ({type_code})",
-                    (expr,),
-                )
-            )
+        self._object(value, model, path, expr, issues, walk)
 
     def _binding(
         self, value: Any, definition: ElementDef, type_code: str, expr: str, issues: list[Issue]
@@ -618,9 +540,3 @@ def is_valid_id(value: str) -> bool:
     if not 1 <= len(value) <= ID_MAX:
         return False
     return all(ch.isascii() and (ch.isalnum() or ch in "-.") for ch in value)
-
-
-def _short(value: Any) -> str:
-    text = getattr(value, "text", None) if isinstance(value, Decimal) else None
-    text = text or repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
