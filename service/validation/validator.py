@@ -13,7 +13,7 @@ from typing import Any
 
 from service.errors import Issue
 from service.validation.bundles import bundle_issues
-from service.validation.conformance import ProfileValidator
+from service.validation.profile_validation import ProfileValidator
 from service.validation.profiles import ProfileError, ProfileRegistry
 from service.validation.questionnaire import QuestionnaireChecker, Resolver
 from service.validation.structure import StructureValidator
@@ -77,7 +77,7 @@ class ResourceValidator:
         by ``resolve``: the server's store)."""
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             return []
-        issues = self.profiles.check_extensions(resource)
+        issues = self.profiles.validate_extensions(resource)
         type_ = resource["resourceType"]
         if type_ == "QuestionnaireResponse":
             issues += self._questionnaire_issues(resource, resolve)
