@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from service.errors import Issue
+from service.validation.comparison import compare_values
 from service.validation.definitions import BASE_SD, Definitions
 from service.validation.fhirpath import InvariantEngine
 from service.validation.profile_tree import (
@@ -21,7 +22,6 @@ from service.validation.profile_tree import (
     matches_fixed,
     matches_pattern,
 )
-from service.validation.questionnaire import compare_values
 from service.validation.structure import reference_type
 from service.validation.terminology import code_format_problem
 

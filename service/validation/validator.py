@@ -15,7 +15,7 @@ from service.errors import Issue
 from service.validation.bundles import bundle_issues
 from service.validation.profile_validation import ProfileValidator
 from service.validation.profiles import ProfileError, ProfileRegistry
-from service.validation.questionnaire import QuestionnaireChecker, Resolver
+from service.validation.questionnaire import QuestionnaireValidator, Resolver
 from service.validation.structure import StructureValidator
 
 _FAILED = ("error", "fatal")
@@ -36,7 +36,7 @@ class ResourceValidator:
         self.structure = StructureValidator(registry.definitions, invariants=invariants)
         self.profiles = ProfileValidator(registry, unknown_extensions)
         self.required = dict(required_profiles or {})
-        self.questionnaires = QuestionnaireChecker(registry.definitions)
+        self.questionnaires = QuestionnaireValidator(registry.definitions)
         # the profiles folder's conformance resources, by canonical URL (and url|version)
         self._local: dict[str, dict[str, Any]] = {}
         for item in registry.files:
@@ -130,7 +130,7 @@ class ResourceValidator:
             response, lambda t, c: self.resolve(t, c, resolve)
         )
         if questionnaire is not None:
-            issues += self.questionnaires.check(response, questionnaire)
+            issues += self.questionnaires.validate(response, questionnaire)
         return issues
 
     def _required(self, resource: dict[str, Any], type_: str, urls: tuple[str, ...]) -> list[Issue]:
