@@ -23,8 +23,9 @@ from service.fhir.interactions import FhirService
 from service.fhir.model import dump_json
 from service.fhir.results import Result, operation_outcome
 from service.fhir.search import escape_value
-from service.mapping.engine import Mapped, Mapper, Output, value_at
+from service.mapping.engine import Mapped, Mapper, Output
 from service.mapping.files import MappingError, MappingFile
+from service.mapping.resource_paths import value_at
 from service.mapping.sources import mapping_records
 from service.storage import Transaction
 

@@ -2,6 +2,11 @@
 
 Every error names the mapping file, line and rule path, and the input position:
 ``oru.yaml:22 rules[0].fields.status <- message 3, segment OBX|4: value 'X' not in map``.
+
+``Mapper`` runs the rules (conditions, sources, variables, templates, translations, references
+between rules, a message's ranked list); it reads dates with ``source_dates.py``, translates
+codes with ``codemaps.py``, writes target paths with ``resource_paths.py`` and extracts SDC
+Observations with ``sdc.py``.
 """
 
 from __future__ import annotations
@@ -11,30 +16,23 @@ import html
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, NoReturn
 from zoneinfo import ZoneInfo
 
 from fhirpathpy import evaluate as evaluate_fhirpath
 
+from service.mapping.codemaps import UNMAPPED_EQUIVALENCE, resolve_codemap
 from service.mapping.files import MappingError, MappingFile
+from service.mapping.resource_paths import set_at, value_at
+from service.mapping.sdc import sdc_observation
+from service.mapping.source_dates import DateReader, date_formats
 from service.mapping.sources import Record, hl7_field
 
 _HL7_PATH = re.compile(
     r"([A-Z][A-Z0-9]{2})-(\d+)(?:\((?:(\d+)|(\d+)(?:\.(\d+))?=([^)]*))\))?(?:\.(\d+))?(?:\.(\d+))?"
 )
-_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 _TEMPLATE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_HL7_DTM = re.compile(
-    r"(\d{4})(\d{2})?(\d{2})?(?:(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,4}))?)?([+-]\d{4})?"
-)
-_ISO_DATETIME = re.compile(
-    r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)(Z|[+-]\d{2}:?\d{2})?"
-)
-_DATE = re.compile(r"\d{4}(-\d{2}(-\d{2})?)?")
-_CLOCK_DIRECTIVES = re.compile(r"%[HIMSfpXc]")
-_UNMAPPED_EQUIVALENCE = frozenset({"unmatched", "disjoint"})
 
 
 @dataclass
@@ -96,7 +94,7 @@ class Mapper:
         source = self.content["source"]
         zone = source.get("timezone")
         self.zone = ZoneInfo(zone) if zone else None
-        self.date_formats = _formats(source.get("date_formats"))
+        self.date_formats = date_formats(source.get("date_formats"))
         self.clock_change = str(source.get("clock_change", "error"))
         continuation = source.get("continuation")
         self.separator = None if continuation is None else str(continuation.get("separator", " "))
@@ -240,7 +238,11 @@ class Mapper:
     def _apply(self, rule: dict[str, Any], rule_path: str) -> Output:
         resource: dict[str, Any] = {"resourceType": rule["resource"]}
         if rule.get("extract") == "sdc":
-            resource.update(self._sdc(rule_path))
+            resource.update(
+                sdc_observation(
+                    self._record, lambda message: self._fail(f"{rule_path}.extract", message)
+                )
+            )
         resource.update(copy.deepcopy(rule.get("template", {})))
         resource["resourceType"] = rule["resource"]
         if rule.get("profile"):
@@ -258,7 +260,7 @@ class Mapper:
             if value is None:
                 continue
             try:
-                _set(resource, target, value)
+                set_at(resource, target, value)
             except (ValueError, TypeError) as exc:
                 self._fail(path, f"cannot set {target}: {exc}")
         corrects = rule.get("corrects")
@@ -283,49 +285,6 @@ class Mapper:
             }
             self._lines[rule_path] = lines
         return lines
-
-    def _sdc(self, rule_path: str) -> dict[str, Any]:
-        """SDC observation-based extraction of one answered item (build.fhir.org/ig/HL7/sdc)."""
-        record = self._record
-        response = record.resource or {}
-        codes = record.question.get("code") or []
-        if not codes:
-            self._fail(
-                f"{rule_path}.extract",
-                f"the Questionnaire item {record.values.get('linkId')!r} has no code to extract",
-            )
-        observation: dict[str, Any] = {
-            "status": "final",
-            "code": {
-                "coding": [
-                    {k: c[k] for k in ("system", "code", "display") if k in c} for c in codes
-                ]
-            },
-        }
-        for key, target in (("subject", "subject"), ("encounter", "encounter")):
-            if key in response:
-                observation[target] = response[key]
-        if "authored" in response:
-            observation["effectiveDateTime"] = response["authored"]
-        if "author" in response:
-            observation["performer"] = [response["author"]]
-        if response.get("id"):
-            observation["derivedFrom"] = [{"reference": f"QuestionnaireResponse/{response['id']}"}]
-        answer = (record.values.get("answer") or [{}])[0]
-        if not isinstance(answer, dict):
-            self._fail(f"{rule_path}.extract", "the item's answer is not an object")
-        for key, value in answer.items():
-            if key.startswith("value"):
-                kind = key[5:]
-                if kind == "Coding":
-                    observation["valueCodeableConcept"] = {"coding": [value]}
-                elif kind in ("String", "Boolean", "Integer", "DateTime", "Time", "Quantity"):
-                    observation[key] = value
-                elif kind == "Date":
-                    observation["valueDateTime"] = value
-                else:
-                    observation["valueString"] = str(value)
-        return observation
 
     # -- values ---------------------------------------------------------------------------
 
@@ -449,7 +408,7 @@ class Mapper:
         codemap = self.codemaps[name]
         target = codemap["map"].get(str(code))
         if isinstance(target, dict):
-            target = None if target.get("equivalence") in _UNMAPPED_EQUIVALENCE else target["code"]
+            target = None if target.get("equivalence") in UNMAPPED_EQUIVALENCE else target["code"]
         if target is not None:
             return target
         unmapped = codemap.get("unmapped", "error")
@@ -485,7 +444,13 @@ class Mapper:
                 path, f"value {text!r} is not a{'n' if kind[0] == 'i' else ''} {kind}", origin
             )
         if kind in ("date", "dateTime"):
-            return _Dates(self, definition, path, origin).read(text, kind)
+            reader = DateReader(
+                date_formats(definition.get("format")) + self.date_formats,
+                self.zone,
+                str(definition.get("clock_change", self.clock_change)),
+                lambda message: self._fail(path, message, origin),
+            )
+            return reader.read(text, kind)
         return text
 
     # -- conditions -----------------------------------------------------------------------
@@ -506,119 +471,6 @@ class Mapper:
         raise MappingError(f"{self.mapping.where(path)} <- {position}: {message}")
 
 
-class _Dates:
-    """Read one date or date-time: the mapping's strptime formats in order, then ISO 8601 and
-    HL7 v2 DTM; every impossible date is an error at its location, never an exception."""
-
-    def __init__(
-        self, mapper: Mapper, definition: dict[str, Any], path: str, origin: str | None
-    ) -> None:
-        self.mapper = mapper
-        self.formats = _formats(definition.get("format")) + mapper.date_formats
-        self.policy = str(definition.get("clock_change", mapper.clock_change))
-        self.path = path
-        self.origin = origin
-
-    def fail(self, message: str) -> NoReturn:
-        self.mapper._fail(self.path, message, self.origin)
-
-    def read(self, text: str, kind: str) -> str:
-        stripped = text.strip()
-        for fmt in self.formats:
-            try:
-                parsed = datetime.strptime(stripped, fmt)
-            except ValueError:
-                continue
-            if kind == "date":
-                return parsed.date().isoformat()
-            if parsed.tzinfo is not None:
-                return parsed.isoformat()
-            if not _CLOCK_DIRECTIVES.search(fmt):
-                return parsed.date().isoformat()
-            return self.localise(parsed, text)
-        iso = _ISO_DATETIME.fullmatch(stripped)
-        if iso is not None:
-            day, clock, offset = iso.groups()
-            moment = self.real(f"{day}T{clock}", text)
-            if kind == "date":
-                return moment.date().isoformat()
-            if offset is None:
-                return self.localise(moment, text)
-            clock = clock if len(clock) > 5 else clock + ":00"
-            return f"{day}T{clock}{self.offset(offset, text)}"
-        if _DATE.fullmatch(stripped):
-            parts = [int(p) for p in stripped.split("-")]
-            self.real_date(parts, text)
-            return stripped
-        match = _HL7_DTM.fullmatch(stripped)
-        if match is None:
-            expected = f" (expected one of: {', '.join(self.formats)})" if self.formats else ""
-            self.fail(
-                f"value {text!r} is not a {'date' if kind == 'date' else 'date-time'}{expected}"
-            )
-        year, month, day, hour, minute, second, fraction, offset = match.groups()
-        parts = [int(p) for p in (year, month, day) if p]
-        self.real_date(parts, text)
-        if kind == "date" or hour is None:
-            return "-".join(p for p in (year, month, day) if p)
-        if month is None or day is None:
-            self.fail(f"value {text!r} has a time but no full date")
-        clock = f"{hour}:{minute or '00'}:{second or '00'}" + (f".{fraction}" if fraction else "")
-        local = f"{year}-{month}-{day}T{clock}"
-        moment = self.real(local, text)
-        if offset is None:
-            return self.localise(moment, text)
-        return f"{local}{self.offset(offset, text)}"
-
-    def real_date(self, parts: list[int], text: str) -> None:
-        try:
-            date(parts[0], *[*parts[1:], 1, 1][:2])
-        except ValueError as exc:
-            self.fail(f"value {text!r} is not a real date ({exc})")
-
-    def real(self, local: str, text: str) -> datetime:
-        try:
-            return datetime.fromisoformat(local)
-        except ValueError as exc:
-            self.fail(f"value {text!r} is not a real date and time ({exc})")
-
-    def offset(self, offset: str, text: str) -> str:
-        if offset == "Z":
-            return offset
-        digits = offset[1:].replace(":", "")
-        hours, minutes = int(digits[:2]), int(digits[2:])
-        if hours > 14 or minutes > 59 or (hours == 14 and minutes):
-            self.fail(f"value {text!r} has no real time zone offset ({offset})")
-        return f"{offset[0]}{digits[:2]}:{digits[2:]}"
-
-    def localise(self, naive: datetime, text: str) -> str:
-        zone = self.mapper.zone
-        if zone is None:
-            self.fail(
-                f"value {text!r} has a time but no time zone offset, and the mapping sets no "
-                "source.timezone (there is no silent UTC)"
-            )
-        first = naive.replace(tzinfo=zone, fold=0)
-        second = naive.replace(tzinfo=zone, fold=1)
-        if first.utcoffset() == second.utcoffset():
-            return first.isoformat()
-        gap = first.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != naive
-        if self.policy not in ("earlier", "later"):
-            what = "does not exist" if gap else "happens twice"
-            self.fail(
-                f"value {text!r} {what} in {zone.key} (the clocks change then); say which "
-                "instant is meant with clock_change: earlier or later"
-            )
-        earlier, later = sorted((first, second), key=lambda moment: moment.astimezone(UTC))
-        return (earlier if self.policy == "earlier" else later).isoformat()
-
-
-def _formats(value: Any) -> list[str]:
-    if value is None:
-        return []
-    return [str(value)] if isinstance(value, str) else [str(v) for v in value]
-
-
 def _origin(definition: dict[str, Any]) -> str | None:
     """Where in the input a value comes from, for error messages."""
     if "column" in definition:
@@ -632,40 +484,6 @@ def _origin(definition: dict[str, Any]) -> str | None:
     return None
 
 
-def resolve_codemap(
-    definition: dict[str, Any], conceptmaps: dict[str, dict[str, Any]]
-) -> dict[str, Any]:
-    """A codemap as source, target and map: inline, or from a ConceptMap resource.
-
-    ConceptMap semantics (https://hl7.org/fhir/R4/conceptmap.html): each element's first target
-    whose equivalence is not ``unmatched`` or ``disjoint`` is the translation.
-    """
-    url = definition.get("conceptmap")
-    if url is None:
-        return definition
-    concept_map = conceptmaps.get(str(url))
-    if concept_map is None:
-        raise MappingError(f"no ConceptMap {url} in the profiles folder")
-    groups = concept_map.get("group", [])
-    mapped: dict[str, Any] = {}
-    for group in groups:
-        for element in group.get("element", []):
-            for target in element.get("target", []):
-                equivalence = target.get("equivalence", "equivalent")
-                if "code" in target and equivalence not in _UNMAPPED_EQUIVALENCE:
-                    mapped.setdefault(
-                        str(element["code"]),
-                        {"code": target["code"], "equivalence": equivalence},
-                    )
-    first = groups[0] if groups else {}
-    return {
-        "source": first.get("source", concept_map.get("sourceUri", url)),
-        "target": first.get("target", concept_map.get("targetUri", "")),
-        "map": mapped,
-        "unmapped": definition.get("unmapped", "error"),
-    }
-
-
 def _normalise(value: str, how: str) -> str:
     """Only when a mapping asks: the patient's words are otherwise never changed."""
     if how == "trim":
@@ -675,46 +493,3 @@ def _normalise(value: str, how: str) -> str:
     if how == "lower":
         return value.lower()
     return " ".join(value.split())
-
-
-def value_at(value: Any, path: str) -> Any:
-    """The value at a ``code.coding[0].code``-style path, or None."""
-    current = value
-    for name, index in _PATH_PART.findall(path):
-        if name:
-            current = current.get(name) if isinstance(current, dict) else None
-        else:
-            position = int(index)
-            current = (
-                current[position] if isinstance(current, list) and position < len(current) else None
-            )
-        if current is None:
-            return None
-    return current
-
-
-def _set(resource: dict[str, Any], path: str, value: Any) -> None:
-    """Set ``code.coding[0].code``-style paths, creating objects and arrays as needed."""
-    parts: list[str | int] = [
-        name if name else int(index) for name, index in _PATH_PART.findall(path)
-    ]
-    current: Any = resource
-    for position, part in enumerate(parts):
-        last = position == len(parts) - 1
-        following = None if last else parts[position + 1]
-        if isinstance(part, str):
-            if not isinstance(current, dict):
-                raise ValueError(f"{part!r} is inside something that is not an object")
-            if last:
-                current[part] = value
-            else:
-                current = current.setdefault(part, [] if isinstance(following, int) else {})
-        else:
-            if not isinstance(current, list):
-                raise ValueError(f"[{part}] is on something that is not an array")
-            while len(current) <= part:
-                current.append({})
-            if last:
-                current[part] = value
-            else:
-                current = current[part]
