@@ -20,7 +20,7 @@ from service.exchange.admin import (
     parse_row_id,
     row_json,
 )
-from service.exchange.subscriptions import status_bundle
+from service.exchange.notifications import status_bundle
 from service.fhir.interactions import FhirService
 from service.fhir.model import instant
 from service.fhir.results import Result

@@ -57,6 +57,7 @@ class Worker:
         self.fhir = fhir
         self.partners = {p.destination: p for p in partners}
         self.base_url = base_url.rstrip("/")
+        self.summarise = summarise  # the patient's summary, for partners that take documents
         self.clock = clock
         self.owner = f"worker-{uuid.uuid4().hex[:12]}"
         self.rng = random.Random()

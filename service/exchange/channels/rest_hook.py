@@ -5,7 +5,7 @@ each event of the what-matters-changed topic that reaches it becomes one event-n
 read as the subscriber (a notification carries only what its creator may read now); a quiet
 subscription gets a heartbeat each period, once across every worker process. A subscription
 whose row goes dead turns to ``error``. The notification Bundles come from
-``service/exchange/subscriptions.py``; HTTP goes through ``client.HookClient``.
+``service/exchange/notifications.py``; HTTP goes through ``client.HookClient``.
 """
 
 from __future__ import annotations
@@ -20,15 +20,9 @@ from service.errors import FhirError, Forbidden
 from service.exchange.channels import Refused, Retry, Skipped, check
 from service.exchange.client import HookClient, Unreachable
 from service.exchange.destinations import Destination
+from service.exchange.notifications import event_bundle, handshake_bundle, heartbeat_bundle
 from service.exchange.outbox import ACTIVE_SUBSCRIPTIONS, server_status_write
-from service.exchange.subscriptions import (
-    SubscriptionSpec,
-    event_bundle,
-    handshake_bundle,
-    heartbeat_bundle,
-    parse_subscription,
-    with_status,
-)
+from service.exchange.subscriptions import SubscriptionSpec, parse_subscription, with_status
 from service.fhir.access import acting_as, subscriber_access
 from service.fhir.interactions import FhirService
 from service.fhir.model import instant
