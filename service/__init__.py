@@ -95,8 +95,9 @@ def wire_fhir_service(
 def build_worker(config: Config, fhir: FhirService, partners: tuple[Partner, ...]) -> Worker:
     """The outbox worker over ``fhir``: HTTP clients per partner, the summary for documents."""
     from service.exchange.client import HttpPartnerClient
+    from service.exchange.queue import Backoff
     from service.exchange.summary import SummaryItem
-    from service.exchange.worker import Backoff, Worker
+    from service.exchange.worker import Worker
     from service.priorities.operations import WhatMatters
     from service.priorities.view import priorities
 

@@ -139,7 +139,7 @@ def _worker(config: Config, args: argparse.Namespace) -> int:
 
 def _row_id(text: str) -> int:
     """An outbox row id for argparse."""
-    from service.storage.outbox import parse_row_id
+    from service.exchange.admin import parse_row_id
 
     row_id = parse_row_id(text)
     if row_id is None:
@@ -149,15 +149,15 @@ def _row_id(text: str) -> int:
 
 def _outbox(config: Config, args: argparse.Namespace) -> int:
     from service import build_fhir_service
-    from service.exchange import outbox
+    from service.exchange.admin import NoSelection, OutboxAdmin, Selection, reason_text
     from service.fhir.model import instant
 
     fhir = build_fhir_service(config)
-    ids = args.id or None
-    destination = f"partner:{args.partner}" if args.partner else args.destination
+    admin = OutboxAdmin(fhir)
+    selection = Selection.of(args.id, args.partner, args.destination)
     try:
         if args.outbox_command == "status":
-            lines = fhir.read_only(outbox.summary)
+            lines = admin.summary()
             if not lines:
                 print("the outbox is empty")
             for line in lines:
@@ -166,11 +166,8 @@ def _outbox(config: Config, args: argparse.Namespace) -> int:
                     f"oldest {instant(line.oldest_us)}"
                 )
             states = ["dead", "blocked"] if not args.all else None
-            rows = fhir.read_only(
-                lambda tx: tx.outbox_rows(states=states, destination=destination, ids=ids)
-            )
-            for row in rows:
-                reason = _reason(row.last_error)
+            for row in admin.rows(selection, states):
+                reason = reason_text(row.last_error)
                 print(
                     f"#{row.id} {row.state} {row.destination} {row.kind} "
                     f"{row.res_type}/{row.res_id}/_history/{row.version} attempts={row.attempts} "
@@ -178,35 +175,26 @@ def _outbox(config: Config, args: argparse.Namespace) -> int:
                 )
             return 0
         if args.outbox_command == "retry":
-            changed = fhir.run(lambda tx: outbox.retry(tx, fhir.clock(), ids, destination))
+            changed = admin.retry(selection)
             print(f"{len(changed)} rows queued again: {' '.join(f'#{r.id}' for r in changed)}")
             return 0
-        if ids is None and destination is None and not args.all:
+        try:
+            changed = admin.discard(selection, everything=args.all)
+        except NoSelection:
             print("whatmatters: name the rows to discard (--id, --partner, or --all)")
             return 2
-        changed = fhir.run(lambda tx: outbox.discard(tx, ids, destination))
         print(f"{len(changed)} rows discarded: {' '.join(f'#{r.id}' for r in changed)}")
         return 0
     finally:
         fhir.store.close()
 
 
-def _reason(error: str | None) -> str:
-    if not error:
-        return "-"
-    try:
-        outcome = json.loads(error)
-        return "; ".join(str(i.get("diagnostics", "")) for i in outcome.get("issue", []))
-    except ValueError:
-        return error
-
-
 def _import(config: Config, args: argparse.Namespace) -> int:
     from service import build_fhir_service
     from service.errors import FhirError
+    from service.exchange.channels import Refused, Retry
     from service.exchange.client import HttpPartnerClient, Unreachable
     from service.exchange.partners import load_partners
-    from service.exchange.worker import Refused, Retry
 
     partners = {p.name: p for p in load_partners(config.partners_file)}
     partner = partners.get(args.source)

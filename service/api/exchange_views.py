@@ -11,12 +11,19 @@ from flask import Blueprint, Response, current_app, request
 from service.api.fhir_views import base_url
 from service.api.negotiation import render
 from service.errors import BadRequest, NotFound
-from service.exchange import outbox
-from service.exchange.subscriptions import status_bundle
+from service.exchange.admin import (
+    MAX_ROW_ID,
+    OUTBOX_STATES,
+    NoSelection,
+    OutboxAdmin,
+    Selection,
+    parse_row_id,
+    row_json,
+)
+from service.exchange.notifications import status_bundle
 from service.fhir.interactions import FhirService
 from service.fhir.model import instant
 from service.fhir.results import Result
-from service.storage.outbox import MAX_ROW_ID, OUTBOX_STATES, parse_row_id
 
 
 def _service() -> FhirService:
@@ -33,7 +40,11 @@ def _json(body: Any, status: int = 200) -> Response:
     )
 
 
-def _selection() -> tuple[list[int] | None, str | None]:
+def _admin() -> OutboxAdmin:
+    return OutboxAdmin(_service())
+
+
+def _selection() -> Selection:
     """The rows an admin request names: ``id`` (repeatable) and/or ``partner``."""
     args = request.args if request.method == "GET" else (request.form or request.args)
     ids: list[int] | None = None
@@ -47,9 +58,7 @@ def _selection() -> tuple[list[int] | None, str | None]:
                     expression=("id",),
                 )
             ids.append(row_id)
-    partner = args.get("partner")
-    destination = f"partner:{partner}" if partner else args.get("destination")
-    return ids, destination
+    return Selection.of(ids, args.get("partner"), args.get("destination"))
 
 
 def _whole(value: str, name: str, low: int, high: int) -> int:
@@ -78,7 +87,7 @@ def build_exchange(base_path: str) -> Blueprint:
 
     @bp.get("/admin/outbox")
     def outbox_status() -> Response:
-        ids, destination = _selection()
+        selection = _selection()
         states = request.args.getlist("state") or None
         unknown = sorted(set(states or ()) - set(OUTBOX_STATES))
         if unknown:
@@ -88,13 +97,9 @@ def build_exchange(base_path: str) -> Blueprint:
             )
         limit = _whole(request.args.get("_count", "100"), "_count", 1, 1000)
         after = _whole(request.args.get("after", "0"), "after", 0, MAX_ROW_ID)
-        fhir = _service()
-        lines = fhir.read_only(outbox.summary)
-        rows = fhir.read_only(
-            lambda tx: tx.outbox_rows(
-                states=states, destination=destination, ids=ids, limit=limit + 1, after=after
-            )
-        )
+        admin = _admin()
+        lines = admin.summary()
+        rows = admin.rows(selection, states, limit=limit + 1, after=after)
         # one row more than asked for says there is a next page, which starts after the last
         links = []
         if len(rows) > limit:
@@ -114,23 +119,22 @@ def build_exchange(base_path: str) -> Blueprint:
                     }
                     for line in lines
                 ],
-                "rows": [outbox.row_json(row) for row in rows],
+                "rows": [row_json(row) for row in rows],
             }
         )
 
     @bp.post("/admin/outbox/retry")
     def outbox_retry() -> Response:
-        ids, destination = _selection()
-        fhir = _service()
-        changed = fhir.run(lambda tx: outbox.retry(tx, fhir.clock(), ids, destination))
+        changed = _admin().retry(_selection())
         return _json({"retried": [row.id for row in changed]})
 
     @bp.post("/admin/outbox/discard")
     def outbox_discard() -> Response:
-        ids, destination = _selection()
-        if ids is None and destination is None and request.args.get("all") != "true":
-            raise BadRequest("Name the rows to discard: id=N, partner=NAME, or all=true")
-        changed = _service().run(lambda tx: outbox.discard(tx, ids, destination))
+        selection = _selection()
+        try:
+            changed = _admin().discard(selection, everything=request.args.get("all") == "true")
+        except NoSelection as exc:
+            raise BadRequest("Name the rows to discard: id=N, partner=NAME, or all=true") from exc
         return _json({"discarded": [row.id for row in changed]})
 
     @bp.route(f"{base_path}/Subscription/<id_>/$status", methods=["GET", "POST"])
@@ -141,7 +145,7 @@ def build_exchange(base_path: str) -> Blueprint:
         if stored is None or stored.content is None:
             raise NotFound(f"Subscription/{id_} is not known")
         resource = json.loads(stored.content)
-        events = fhir.run(lambda tx: tx.next_counter(outbox.subscription_destination(id_), 0))
+        events = OutboxAdmin(fhir).subscription_events(id_)
         bundle = status_bundle(
             f"{base_url()}/Subscription/{id_}",
             str(resource.get("status")),

@@ -1,8 +1,14 @@
-"""HttpPartnerClient: FHIR REST calls to one partner, with its authentication."""
+"""HTTP to other servers: FHIR REST calls to a partner, and notifications to rest-hook endpoints.
+
+``HttpPartnerClient`` calls one partner's FHIR API with its authentication;
+``HttpHookClient`` POSTs Subscription notifications to subscribers' endpoints. Every delivery
+channel talks HTTP through these, and nothing else in the service calls other servers.
+"""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -159,3 +165,39 @@ class HttpPartnerClient:
 
     def _url(self, path: str) -> str:
         return urljoin(self.partner.base_url + "/", path.lstrip("/"))
+
+
+class HookClient(Protocol):
+    """POSTs to a subscriber's rest-hook endpoint."""
+
+    def post(self, url: str, data: bytes, headers: dict[str, str], timeout: float) -> Answer:
+        """Send; raise Unreachable when there is no HTTP answer."""
+
+
+class HttpHookClient:
+    """Rest-hook notifications over requests: no credentials of ours, no redirect followed
+    (a subscriber's endpoint cannot send this server elsewhere), a session per thread."""
+
+    def __init__(self) -> None:
+        self._threads = threading.local()  # a requests.Session per thread (they are not shared)
+
+    def post(self, url: str, data: bytes, headers: dict[str, str], timeout: float) -> Answer:
+        """POST ``data``; the answer's body is kept as text only (never parsed)."""
+        try:
+            response = self._session().post(
+                url, data=data, headers=headers, timeout=timeout, allow_redirects=False
+            )
+        except requests.RequestException as exc:
+            raise Unreachable(f"POST {url}: {type(exc).__name__}") from exc
+        return Answer(
+            response.status_code,
+            {k.lower(): v for k, v in response.headers.items()},
+            None,
+            response.text[:2000],
+        )
+
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._threads, "session", None)
+        if session is None:
+            session = self._threads.session = requests.Session()
+        return session

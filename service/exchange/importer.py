@@ -14,11 +14,13 @@ from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from service.errors import BadRequest, FhirError
+from service.exchange.channels import Refused, check
+from service.exchange.channels.partner_api import URI_SYSTEM, identifier_token
 from service.exchange.client import PartnerClient
-from service.exchange.worker import URI_SYSTEM, Refused, check, identifier_token
 from service.fhir.bundles import resolve_conditional_references
 from service.fhir.interactions import FhirService
 from service.fhir.model import ORIGIN_TAG_SYSTEM, origin_of
+from service.fhir.references import rewrite_references
 from service.storage import Transaction
 
 # dependencies first: Goals address Observations; Lists hold both
@@ -186,21 +188,17 @@ def _with(resource: dict[str, Any], ident: dict[str, str]) -> list[Any]:
 
 
 def _rewrite(value: Any, known: dict[str, str], base: str) -> Any:
-    if isinstance(value, list):
-        return [_rewrite(item, known, base) for item in value]
-    if not isinstance(value, dict):
-        return value
-    out = {}
-    for key, item in value.items():
-        if key == "reference" and isinstance(item, str):
-            ref = item[len(base) + 1 :] if item.startswith(base + "/") else item
-            ref = "/".join(ref.split("/")[:2])  # drop a _history version
-            if ref in known:
-                out[key] = known[ref]
-                continue
-            if ref.count("/") == 1 and "://" not in ref and not ref.startswith("#"):
-                # a partner resource not imported: keep it as an absolute reference to the partner
-                out[key] = f"{base}/{ref}"
-                continue
-        out[key] = _rewrite(item, known, base)
-    return out
+    """The partner's references as this service names them: an imported resource by its
+    conditional reference, any other partner resource by its absolute URL at the partner."""
+
+    def rewrite(item: str) -> str:
+        ref = item[len(base) + 1 :] if item.startswith(base + "/") else item
+        ref = "/".join(ref.split("/")[:2])  # drop a _history version
+        if ref in known:
+            return known[ref]
+        if ref.count("/") == 1 and "://" not in ref and not ref.startswith("#"):
+            # a partner resource not imported: keep it as an absolute reference to the partner
+            return f"{base}/{ref}"
+        return item
+
+    return rewrite_references(value, rewrite)

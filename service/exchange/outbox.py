@@ -1,9 +1,8 @@
-"""The transactional outbox: which writes go to which partner or subscriber, and the queue.
+"""The transactional outbox feed: which writes go to which partner or subscriber.
 
 ``OutboxFeed`` listens to every write of the FHIR core and adds outbox rows in the writing
-transaction (the exchange promises in the README, "How it fits together"). The worker leases
-rows per group (one patient at one destination) so that groups are delivered in order and no
-row is delivered by two workers at once.
+transaction (the exchange promises in the README, "How it fits together"). The queue
+(``service/exchange/queue.py``) leases them to the worker; ``admin.py`` is the operator's view.
 """
 
 from __future__ import annotations
@@ -12,10 +11,11 @@ import contextlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from service.errors import Forbidden, Unprocessable
+from service.exchange.destinations import Destination
 from service.exchange.partners import Partner
 from service.exchange.subscriptions import (
     SubscriptionInvalid,
@@ -32,7 +32,6 @@ from service.fhir.model import instance_uri, origin_of
 from service.storage import ParamCriterion, Query, TokenMatch, Transaction
 from service.storage.outbox import OutboxRow
 
-CLAIM_LOCK = "whatmatters-outbox-claim"
 ACTIVE_SUBSCRIPTIONS = Query(
     "Subscription", (ParamCriterion("token", "status", (TokenMatch(None, "active"),)),)
 )
@@ -56,7 +55,7 @@ def server_status_write() -> Iterator[None]:
 
 def subscription_destination(id_: str) -> str:
     """The outbox destination of a subscription."""
-    return f"subscription:{id_}"
+    return Destination.subscription(id_).format()
 
 
 class OutboxFeed:
@@ -250,142 +249,3 @@ def _from_partner(content: dict[str, Any] | None, partner: Partner) -> bool:
     return isinstance(source, str) and (
         source == partner.base_url or source.startswith(partner.base_url + "/")
     )
-
-
-# -- the queue: leasing, settling and the operator's view ----------------------------------------
-
-
-def choose_group(rows: Sequence[OutboxRow], now: int, limit: int) -> list[OutboxRow]:
-    """The ready head of the oldest group whose earlier rows are all delivered.
-
-    ``rows`` are the undelivered rows (pending or inflight) in id order. A group whose oldest
-    row is waiting (backoff, or leased by another worker) is skipped as a whole, which keeps
-    each patient's changes in order at each destination.
-    """
-    blocked: set[tuple[str, str]] = set()
-    chosen: list[OutboxRow] = []
-    group: tuple[str, str] | None = None
-    for row in rows:
-        key = (row.destination, row.group_key)
-        if group is not None:
-            if key != group:
-                continue
-            if not row.ready(now) or len(chosen) >= limit:
-                break
-            chosen.append(row)
-            continue
-        if key in blocked:
-            continue
-        if row.ready(now):
-            group = key
-            chosen.append(row)
-        else:
-            blocked.add(key)
-    return chosen
-
-
-def claim(tx: Transaction, owner: str, now: int, lease_us: int, limit: int) -> list[OutboxRow]:
-    """Lease the oldest deliverable group to ``owner`` (one claimer at a time).
-
-    The store names each group's head row, so a deep group, or many groups waiting out a
-    backoff, never hide a group that is ready behind them. ``owner`` is a token of this claim
-    alone: a worker that lost its lease cannot settle the rows of the next one.
-    """
-    tx.lock(CLAIM_LOCK)
-    heads = tx.outbox_heads(now, 1)
-    if not heads:
-        return []
-    head = heads[0]
-    rows = tx.outbox_rows(
-        states=("pending", "inflight"),
-        destination=head.destination,
-        group_key=head.group_key,
-        limit=limit,
-    )
-    leased = []
-    for row in choose_group(rows, now, limit):
-        taken = replace(row, state="inflight", lease_owner=owner, lease_until_us=now + lease_us)
-        tx.outbox_save(taken)
-        leased.append(taken)
-    return leased
-
-
-def renew(tx: Transaction, rows: Sequence[OutboxRow], owner: str, until: int) -> bool:
-    """Extend ``owner``'s lease on rows it still holds; False when any was taken over."""
-    held = tx.outbox_rows(states=("inflight",), ids=[row.id for row in rows], limit=len(rows))
-    if len(held) != len(rows) or any(row.lease_owner != owner for row in held):
-        return False
-    return all(tx.outbox_save(replace(row, lease_until_us=until), owner=owner) for row in held)
-
-
-@dataclass(frozen=True)
-class QueueLine:
-    """One line of ``whatmatters outbox status``."""
-
-    destination: str
-    state: str
-    rows: int
-    oldest_us: int
-
-
-def summary(tx: Transaction) -> list[QueueLine]:
-    """Rows per destination and state."""
-    return [QueueLine(*line) for line in tx.outbox_summary()]
-
-
-def retry(
-    tx: Transaction, now: int, ids: Sequence[int] | None, destination: str | None
-) -> list[OutboxRow]:
-    """Put dead and blocked (or discarded, when named by id) rows back in the queue, due now,
-    with the rows their groups held blocked behind them.
-
-    The attempts already made are kept (the row's history stays true); giving up is counted
-    from now, so a row put back gets a fair chance.
-    """
-    states = ("dead", "discarded", "blocked") if ids else ("dead", "blocked")
-    chosen = tx.outbox_rows(states=states, destination=destination, ids=ids, limit=100_000)
-    groups = {(row.destination, row.group_key) for row in chosen}
-    held = [
-        row
-        for destination_, group in groups
-        for row in tx.outbox_rows(
-            states=("blocked",), destination=destination_, group_key=group, limit=100_000
-        )
-    ]
-    changed = []
-    for row in {row.id: row for row in [*chosen, *held]}.values():
-        again = replace(
-            row,
-            state="pending",
-            next_attempt_us=now,
-            lease_owner=None,
-            lease_until_us=0,
-            requeued_us=now,
-        )
-        tx.outbox_save(again)
-        changed.append(again)
-    return sorted(changed, key=lambda row: row.id)
-
-
-def discard(tx: Transaction, ids: Sequence[int] | None, destination: str | None) -> list[OutboxRow]:
-    """Give up dead (or, named by id, undelivered) rows; they stay listed as discarded.
-
-    A worker holding the lease of a discarded row cannot settle it any more (the lease owner is
-    cleared), so the row stays discarded even if its delivery was under way.
-    """
-    states = ("dead", "pending", "inflight") if ids else ("dead",)
-    changed = []
-    for row in tx.outbox_rows(states=states, destination=destination, ids=ids, limit=100_000):
-        gone = replace(row, state="discarded", lease_owner=None)
-        tx.outbox_save(gone)
-        changed.append(gone)
-    return changed
-
-
-def row_json(row: OutboxRow) -> dict[str, Any]:
-    """A row as the admin endpoint shows it."""
-    shown = {k: v for k, v in vars(row).items() if v is not None}
-    if row.last_error is not None:
-        with contextlib.suppress(ValueError):  # a reason written as plain text
-            shown["last_error"] = json.loads(row.last_error)
-    return shown

@@ -15,6 +15,7 @@ from typing import Any
 
 import jsonschema
 
+from service.exchange.destinations import Destination
 from service.mapping.files import MappingError, MappingFile, read_yaml, schema_problems
 
 SCHEMA_PATH = Path(__file__).with_name("partners.schema.json")
@@ -56,7 +57,7 @@ class Partner:
     @property
     def destination(self) -> str:
         """The outbox destination of this partner."""
-        return f"partner:{self.name}"
+        return Destination.partner(self.name).format()
 
     def sends(self, type_: str, resource: dict[str, Any] | None) -> bool:
         """Whether a change of this resource type (and profile) is for this partner."""

@@ -35,6 +35,7 @@ from service.fhir.interactions import (
     without_resource,
 )
 from service.fhir.model import etag, instant, parse_etag, parse_json
+from service.fhir.references import rewrite_references, rewrite_strings
 from service.fhir.results import Result, operation_outcome
 from service.fhir.search import parse_query_string
 from service.storage import StoredResource, Transaction
@@ -367,22 +368,16 @@ def _rewrite(value: Any, mapping: dict[str, str]) -> Any:
     """Replace references to entries' fullUrls with the ids the server gave them."""
     if not mapping:
         return value
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            if key == "div" and isinstance(item, str):
-                for old, new in mapping.items():
-                    if old.startswith("urn:"):
-                        item = item.replace(f'"{old}"', f'"{new}"')
-                out[key] = item
-            else:
-                out[key] = _rewrite(item, mapping)
-        return out
-    if isinstance(value, list):
-        return [_rewrite(item, mapping) for item in value]
-    if isinstance(value, str) and value in mapping:
-        return mapping[value]
-    return value
+
+    def rewrite(key: str | None, text: str) -> str:
+        if key == "div":
+            for old, new in mapping.items():
+                if old.startswith("urn:"):
+                    text = text.replace(f'"{old}"', f'"{new}"')
+            return text
+        return mapping.get(text, text)
+
+    return rewrite_strings(value, rewrite)
 
 
 def resolve_conditional_references(
@@ -393,29 +388,25 @@ def resolve_conditional_references(
     ``cache`` (criteria -> reference) lets a long ingest that names the same patient in many
     records resolve each criteria once.
     """
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            if key == "reference" and isinstance(item, str) and "?" in item:
-                if cache is not None and item in cache:
-                    out[key] = cache[item]
-                    continue
-                type_ = item.split("?", 1)[0]
-                check_type(type_)
-                match = service.match_one_or_none(tx, type_, item, "The conditional reference")
-                if match is None:
-                    raise NotFound(
-                        f"The conditional reference {item!r} matches no resource",
-                    )
-                out[key] = f"{match.type}/{match.id}"
-                if cache is not None:
-                    cache[item] = out[key]
-            else:
-                out[key] = resolve_conditional_references(service, tx, item, cache)
-        return out
-    if isinstance(value, list):
-        return [resolve_conditional_references(service, tx, item, cache) for item in value]
-    return value
+
+    def resolve(item: str) -> str:
+        if "?" not in item:
+            return item
+        if cache is not None and item in cache:
+            return cache[item]
+        type_ = item.split("?", 1)[0]
+        check_type(type_)
+        match = service.match_one_or_none(tx, type_, item, "The conditional reference")
+        if match is None:
+            raise NotFound(
+                f"The conditional reference {item!r} matches no resource",
+            )
+        resolved = f"{match.type}/{match.id}"
+        if cache is not None:
+            cache[item] = resolved
+        return resolved
+
+    return rewrite_references(value, resolve)
 
 
 def _at_entry(exc: FhirError, op: EntryOp) -> FhirError:

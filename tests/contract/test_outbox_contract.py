@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from service.exchange.outbox import choose_group, claim, discard, renew, retry
+from service.exchange.queue import choose_group, claim, discard, renew, retry
 from service.storage import Store, StoredResource
 from service.storage.outbox import OutboxRow
 

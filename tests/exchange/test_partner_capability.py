@@ -330,10 +330,10 @@ def test_a_row_waiting_on_a_dead_row_is_blocked_and_retry_sends_both(
     assert "which is dead" in (blocked[0][1] or "")
     # the partner takes goals again; the operator retries the dead row: both go
     refuse_goals = False
-    from service.exchange import outbox
+    from service.exchange import queue
 
     dead_ids = [r.id for r in hospital.read_only(lambda tx: tx.outbox_rows(states=("dead",)))]
-    again = hospital.run(lambda tx: outbox.retry(tx, hospital.clock(), dead_ids, None))
+    again = hospital.run(lambda tx: queue.retry(tx, hospital.clock(), dead_ids, None))
     assert {r.res_type for r in again} == {"Goal", "List"}
     assert all(r.attempts == 1 for r in again)  # the attempts made are kept
     worker_for(hospital, gp, config).drain()
@@ -372,7 +372,7 @@ def test_start_up_warns_when_a_partner_names_another_base_or_has_no_statement(
     ],
 )
 def test_a_malformed_implementation_names_no_instance(implementation: Any) -> None:
-    from service.exchange.worker import capability_of
+    from service.exchange.channels.partner_api import capability_of
 
     capability = capability_of(
         {

@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 
+from service.exchange import notifications
 from service.exchange import subscriptions as subs
+from service.exchange.notifications import (
+    event_bundle,
+    handshake_bundle,
+    heartbeat_bundle,
+    status_bundle,
+)
 from service.exchange.subscriptions import (
     FILTER_CRITERIA_URL,
     HEARTBEAT_PERIOD_URL,
@@ -26,14 +33,10 @@ from service.exchange.subscriptions import (
     TOPIC_URL,
     SubscriptionInvalid,
     SubscriptionSpec,
-    event_bundle,
-    handshake_bundle,
-    heartbeat_bundle,
     matches,
     parse_filter,
     parse_subscription,
     patient_reference,
-    status_bundle,
     topic_event,
     with_status,
 )
@@ -138,8 +141,9 @@ def test_topic_and_ig_urls() -> None:
     assert f"{IG}/CodeSystem/backport-notification-type" == subs.NOTIFICATION_TYPE_SYSTEM
 
 
-def test_module_is_pure() -> None:
-    source = Path(subs.__file__).read_text(encoding="utf-8")
+@pytest.mark.parametrize("module", [subs, notifications])
+def test_module_is_pure(module: Any) -> None:
+    source = Path(module.__file__).read_text(encoding="utf-8")
     imported: set[str] = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):

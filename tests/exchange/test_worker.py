@@ -13,9 +13,12 @@ from typing import Any
 
 import pytest
 
+from service.exchange.channels import Refused, Retry, check
+from service.exchange.channels.partner_api import capability_of
 from service.exchange.client import Answer, Unreachable
 from service.exchange.partners import Partner, PartnerConfigError, load_partners
-from service.exchange.worker import Backoff, Refused, Retry, Worker, capability_of, check
+from service.exchange.queue import Backoff
+from service.exchange.worker import Worker
 from service.fhir.interactions import FhirService
 from tests.exchange.conftest import MRN
 

@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 
 from service.errors import FhirError
+from service.exchange.channels import Refused
 from service.exchange.client import Answer, Unreachable
 from service.exchange.importer import import_patient
 from service.exchange.outbox import server_status_write
 from service.exchange.summary import SummaryItem
-from service.exchange.worker import Refused, Worker
+from service.exchange.worker import Worker
 from service.fhir.interactions import FhirService
 from service.storage import Query
 from tests.exchange.test_subscriptions import subscription
@@ -367,13 +368,14 @@ def test_one_heartbeat_per_period_across_worker_processes(fhir: FhirService) -> 
     tick = {"now": 1_900_000_000 * 1_000_000}
     for worker in workers:
         worker.clock = lambda: tick["now"]
-        worker._post = lambda spec, bundle: sent.append(bundle["id"])  # type: ignore[method-assign]
-        worker._last_contact[created.id] = -1e9  # each thinks the subscriber has been quiet
+        hook = worker.rest_hook
+        hook.post = lambda spec, bundle: sent.append(bundle["id"])  # type: ignore[method-assign]
+        hook.last_contact[created.id] = -1e9  # each thinks the subscriber has been quiet
     for worker in workers:
         worker.heartbeats()
     assert len(sent) == 1
     tick["now"] += 61 * 1_000_000
     for worker in workers:
-        worker._last_contact[created.id] = -1e9
+        worker.rest_hook.last_contact[created.id] = -1e9
         worker.heartbeats()
     assert len(sent) == 2

@@ -1,0 +1,95 @@
+"""The rest-hook channel's HTTP: what a notification POST carries, and that a subscriber's
+endpoint is never followed elsewhere (no redirects) nor given more than its time."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from service.exchange.channels import Refused
+from service.exchange.channels.rest_hook import NOTIFY_TIMEOUT_CAP, RestHook
+from service.exchange.client import Answer, HttpHookClient, Unreachable
+from service.exchange.subscriptions import parse_subscription
+from service.fhir.interactions import FhirService
+from tests.exchange.test_subscriptions import subscription
+
+
+class Hooks:
+    """A HookClient that records each POST and answers ``status``."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self.posts: list[tuple[str, bytes, dict[str, str], float]] = []
+
+    def post(self, url: str, data: bytes, headers: dict[str, str], timeout: float) -> Answer:
+        self.posts.append((url, data, headers, timeout))
+        return Answer(self.status, {}, None, "refused" if self.status >= 400 else "")
+
+
+@pytest.mark.parametrize(("timeout", "sent"), [(10, 10.0), (3600, NOTIFY_TIMEOUT_CAP)])
+def test_a_notification_carries_the_subscribers_headers_and_its_time(
+    fhir: FhirService, timeout: int, sent: float
+) -> None:
+    hooks = Hooks()
+    hook = RestHook(fhir, "https://wm.example/fhir", hooks, lambda: 0)
+    spec = parse_subscription(subscription(timeout=timeout))
+    hook.post(spec, {"resourceType": "Bundle", "id": "b1"})
+    [(url, data, headers, seconds)] = hooks.posts
+    assert url == "https://ehr.example/hooks/what-matters"
+    assert json.loads(data) == {"resourceType": "Bundle", "id": "b1"}
+    assert headers == {
+        "Content-Type": "application/fhir+json",
+        "Authorization": "Bearer abc",
+        "X-Partner": "north",
+    }
+    assert seconds == sent
+    assert hook.last_contact["s1"] > 0
+
+
+def test_a_refusal_by_the_subscriber_keeps_its_text_as_the_reason(fhir: FhirService) -> None:
+    hook = RestHook(fhir, "https://wm.example/fhir", Hooks(status=410), lambda: 0)
+    reason = re.escape("notification to https://ehr.example/hooks/what-matters: HTTP 410: refused")
+    with pytest.raises(Refused, match=reason):
+        hook.post(parse_subscription(subscription()), {"resourceType": "Bundle"})
+
+
+class _Redirecting(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(302)
+        self.send_header("Location", "http://169.254.169.254/latest/meta-data")
+        self.send_header("Content-Length", "5")
+        self.end_headers()
+        self.wfile.write(b"moved")
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def redirecting() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirecting)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_hook_client_does_not_follow_a_redirect(redirecting: str) -> None:
+    answer = HttpHookClient().post(redirecting, b"{}", {"Content-Type": "application/json"}, 5)
+    assert answer.status == 302
+    assert answer.body is None  # a subscriber's answer is never parsed
+    assert answer.text == "moved"
+
+
+def test_no_answer_is_unreachable_without_the_error_text() -> None:
+    with pytest.raises(Unreachable) as caught:
+        HttpHookClient().post("http://127.0.0.1:9/hook", b"{}", {}, 2)
+    assert str(caught.value) == "POST http://127.0.0.1:9/hook: ConnectionError"
