@@ -234,7 +234,7 @@ def create_app(
     api.register(app, config.base_path)
     from service.api import observability
 
-    observability.install(app, config.base_path, config.metrics_dir)
+    observability.install(app, config.metrics_dir)
     from service.api.auth import install, verifier_for
     from service.api.hardening import (
         install_cors,

@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from service.api.exchange_views import build_exchange
 from service.api.facade import build_facade
-from service.api.fhir_views import build_blueprint
+from service.api.fhir_views import build_blueprint, route_label
 from service.api.negotiation import render_error
 from service.api.page import build_page
 from service.errors import (
@@ -33,13 +33,16 @@ log = logging.getLogger("whatmatters.api")
 
 
 def _route() -> str:
-    """The matched route (``/fhir/<type_>/<id_>``), never the path with its values."""
+    """The matched route (``/fhir/{type}/{id}``), never the path with its values."""
+    label = route_label()
+    if label is not None:
+        return label
     return request.url_rule.rule if request.url_rule is not None else "(no route)"
 
 
 def register(app: Flask, base_path: str) -> None:
     """Mount the FHIR API and make every error an OperationOutcome."""
-    app.register_blueprint(build_exchange(base_path))
+    app.register_blueprint(build_exchange())
     app.register_blueprint(build_blueprint(base_path))
     app.register_blueprint(build_facade())
     app.register_blueprint(build_page())

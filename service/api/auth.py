@@ -21,6 +21,7 @@ from urllib.request import url2pathname
 import jwt
 from flask import Flask, Response, g, jsonify, request
 
+from service.api.fhir_views import request_interaction
 from service.api.hardening import check_client_limit
 from service.api.negotiation import render_error
 from service.config import Config
@@ -232,7 +233,7 @@ def install(app: Flask, config: Config, base_path: str, verifier: TokenVerifier 
         # a monitoring system's scrapes are not a patient's data: they are not audited
         if request.method == "OPTIONS" or request.path.startswith((*public, "/metrics")):
             return response
-        return record_audit(app, response, base_path)
+        return record_audit(app, response)
 
     @app.teardown_request
     def _forget(_error: BaseException | None) -> None:
@@ -241,54 +242,13 @@ def install(app: Flask, config: Config, base_path: str, verifier: TokenVerifier 
             reset_access(token)
 
 
-def interaction_of(
-    method: str, rule: str | None, base_path: str, body_type: str | None = None
-) -> str:
-    """The FHIR restful interaction of a request, from its route (restful-interaction codes)."""
-    if rule is None:
-        return "operation"
-    tail = rule.rsplit("/", 1)[-1]
-    if "$" in rule or not rule.startswith(base_path):
-        return "operation"
-    if rule.endswith("/_history/<version>"):
-        return "vread"
-    if rule.endswith("<id_>/_history"):
-        return "history-instance"
-    if rule.endswith("<type_>/_history"):
-        return "history-type"
-    if tail == "_history":
-        return "history-system"
-    if rule.endswith("/_search") or (method == "GET" and tail == "<type_>"):
-        return "search-type"
-    if method == "GET":
-        return "read"
-    if method == "POST" and tail == "<type_>":
-        return "create"
-    if method == "POST":
-        return body_type or "transaction"
-    return {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, "operation")
-
-
-def request_interaction(base_path: str) -> str:
-    """The running request's interaction, worked out once (audit and metrics both ask). A
-    Bundle's type is noted by the view that parsed it (``g.whatmatters_bundle_type``)."""
-    known: str | None = g.get("whatmatters_interaction")
-    if known is None:
-        rule = request.url_rule.rule if request.url_rule is not None else None
-        bundle_type = "batch" if g.get("whatmatters_bundle_type") == "batch" else None
-        known = g.whatmatters_interaction = interaction_of(
-            request.method, rule, base_path, bundle_type
-        )
-    return known
-
-
-def record_audit(app: Flask, response: Response, base_path: str) -> Response:
+def record_audit(app: Flask, response: Response) -> Response:
     """Store the request's AuditEvent. A read whose access cannot be recorded is not answered
     (503); a write already made keeps its answer and the failure is logged."""
     access: Access | None = g.get("whatmatters_access")
     fhir = app.extensions["whatmatters.fhir"]
     seen = RequestSeen(
-        interaction=request_interaction(base_path),
+        interaction=request_interaction(),
         method=request.method,
         path=request.path,
         query=request.query_string.decode("latin-1"),

@@ -1,4 +1,5 @@
-"""Exchange endpoints: our JWKS, the outbox admin endpoint and Subscription ``$status``."""
+"""Exchange endpoints: our JWKS and the outbox admin endpoint; Subscription ``$status``, which
+the FHIR API routes (service.fhir.router) to ``subscription_status`` here."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, request
 
-from service.api.fhir_views import base_url
-from service.api.negotiation import render
 from service.errors import BadRequest, NotFound
 from service.exchange.admin import (
     MAX_ROW_ID,
@@ -72,8 +71,25 @@ def _whole(value: str, name: str, low: int, high: int) -> int:
     return int(text)
 
 
-def build_exchange(base_path: str) -> Blueprint:
-    """Mount the JWKS, the outbox admin endpoint and Subscription $status."""
+def subscription_status(fhir: FhirService, base: str, id_: str) -> Result:
+    """``Subscription/{id}/$status``: the Subscription's status Bundle."""
+    # https://hl7.org/fhir/uv/subscriptions-backport/STU1.1/OperationDefinition-backport-subscription-status.html
+    stored = fhir.read("Subscription", id_).stored
+    if stored is None or stored.content is None:
+        raise NotFound(f"Subscription/{id_} is not known")
+    resource = json.loads(stored.content)
+    events = OutboxAdmin(fhir).subscription_events(id_)
+    bundle = status_bundle(
+        f"{base}/Subscription/{id_}",
+        str(resource.get("status")),
+        events,
+        resource.get("error"),
+    )
+    return Result(200, body=bundle)
+
+
+def build_exchange() -> Blueprint:
+    """Mount the JWKS and the outbox admin endpoint."""
     bp = Blueprint("exchange", __name__)
 
     @bp.get("/.well-known/jwks.json")
@@ -136,22 +152,5 @@ def build_exchange(base_path: str) -> Blueprint:
         except NoSelection as exc:
             raise BadRequest("Name the rows to discard: id=N, partner=NAME, or all=true") from exc
         return _json({"discarded": [row.id for row in changed]})
-
-    @bp.route(f"{base_path}/Subscription/<id_>/$status", methods=["GET", "POST"])
-    def subscription_status(id_: str) -> Response:
-        # https://hl7.org/fhir/uv/subscriptions-backport/STU1.1/OperationDefinition-backport-subscription-status.html
-        fhir = _service()
-        stored = fhir.read("Subscription", id_).stored
-        if stored is None or stored.content is None:
-            raise NotFound(f"Subscription/{id_} is not known")
-        resource = json.loads(stored.content)
-        events = OutboxAdmin(fhir).subscription_events(id_)
-        bundle = status_bundle(
-            f"{base_url()}/Subscription/{id_}",
-            str(resource.get("status")),
-            events,
-            resource.get("error"),
-        )
-        return render(request, Result(200, body=bundle), base_url)
 
     return bp

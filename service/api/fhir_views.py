@@ -1,24 +1,43 @@
-"""The FHIR REST API under the base URL (default ``/fhir``): thin adapters over FhirService."""
+"""The FHIR REST API under the base URL (default ``/fhir``): one Flask view over the route table.
+
+The view turns the Flask request into a ``FhirRequest``, asks ``service.fhir.router`` which
+route it is (404 and 405 come from there), calls that route's handler and renders the
+``Result``. A handler is a small function of (``Context``, ``FhirRequest``, the path's
+parameters) that calls one interaction of the FHIR core or one what-matters operation; none
+reads ``flask.request``. Audit and metrics read the request's interaction from the route it
+matched (``request_interaction``).
+"""
 
 from __future__ import annotations
 
 import codecs
 import io
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, g, request
+from flask.blueprints import BlueprintSetupState
+from werkzeug.http import parse_date
+from werkzeug.routing import BaseConverter
+from werkzeug.wrappers import Response as HttpResponse
 
+from service.api.exchange_views import subscription_status
 from service.api.live_mappings import LiveMappings
-from service.api.negotiation import prefer, render, request_body, response_type
+from service.api.negotiation import mimetype, prefer, render, request_body, response_type
 from service.config import Config
-from service.errors import BadRequest, UnsupportedMediaType
+from service.errors import BadRequest, FhirError, NotFound, UnsupportedMediaType
+from service.fhir import router
 from service.fhir.bundles import process_bundle
 from service.fhir.capability import capability_statement, smart_security
 from service.fhir.ingest import Mappings, ingest
 from service.fhir.interactions import FhirService
 from service.fhir.model import parse_etag, parse_instant
 from service.fhir.results import Result
+from service.fhir.router import FhirRequest, Headers, Match
 from service.fhir.search import parse_query_string
 from service.priorities.operations import WhatMatters
 
@@ -29,6 +48,11 @@ INGEST_TYPES = {
     "questionnaire-response": ("application/fhir+json", "application/json"),
 }
 STARTED = datetime.now(UTC).isoformat(timespec="seconds")
+# the interactions whose answer honours Prefer: return (minimal, OperationOutcome)
+WRITES = frozenset({"create", "update", "patch", "delete"})
+# the handlers that read their input as a stream rather than as one body
+STREAMED = frozenset({"ingest"})
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def _service() -> FhirService:
@@ -66,51 +90,6 @@ def base_url() -> str:
     return request.host_url.rstrip("/") + config.base_path
 
 
-def _if_match() -> int | None:
-    value = request.headers.get("If-Match")
-    return parse_etag(value) if value is not None else None
-
-
-def _if_none_match() -> list[int] | None:
-    """The versions named by If-None-Match (W/"3", "3" or *), or None without the header."""
-    value = request.headers.get("If-None-Match")
-    if value is None:
-        return None
-    versions: list[int] = []
-    for part in value.split(","):
-        part = part.strip()
-        if part == "*":
-            return []
-        try:
-            versions.append(parse_etag(part))
-        except BadRequest:
-            continue  # an ETag that is not one of ours never matches
-    return versions if versions else [-1]
-
-
-def _criteria() -> str:
-    try:
-        return request.query_string.decode("utf-8", errors="strict")
-    except UnicodeDecodeError as exc:
-        raise BadRequest("The query string is not valid UTF-8") from exc
-
-
-def _params() -> list[tuple[str, str]]:
-    return parse_query_string(_criteria())
-
-
-def _flag(name: str, given: list[str] | None = None) -> bool:
-    """A true|false operation parameter (of the query string unless ``given``), at most once."""
-    given = request.args.getlist(name) if given is None else given
-    if len(given) > 1:
-        raise BadRequest(f"{name} may be given once", expression=(name,))
-    if not given or given[0] == "false":
-        return False
-    if given[0] == "true":
-        return True
-    raise BadRequest(f"{name} must be true or false, not {given[0]!r}", expression=(name,))
-
-
 def since_parameter(given: list[str] | None = None) -> int | None:
     """The ``since`` instant of ``$what-matters`` (and the facade and page), given at most once
     (in the query string unless ``given``)."""
@@ -125,18 +104,74 @@ def since_parameter(given: list[str] | None = None) -> int | None:
         raise BadRequest(error.diagnostics, expression=("since",)) from error
 
 
+# -- what handlers read from a FhirRequest --------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What a handler knows besides its request: the base URL clients see and the settings.
+    The transaction handler notes the posted Bundle's type (``bundle_type``) as soon as it has
+    read it, so audit and metrics can tell a batch from a transaction even when it fails."""
+
+    base: str
+    config: Config
+    bundle_type: str | None = None
+
+
+Params = Mapping[str, str]
+Handler = Callable[[Context, FhirRequest, Params], Result]
+
+
+def _if_match(req: FhirRequest) -> int | None:
+    value = req.headers.get("If-Match")
+    return parse_etag(value) if value is not None else None
+
+
+def _if_none_match(req: FhirRequest) -> list[int] | None:
+    """The versions named by If-None-Match (W/"3", "3" or *), or None without the header."""
+    value = req.headers.get("If-None-Match")
+    if value is None:
+        return None
+    versions: list[int] = []
+    for part in value.split(","):
+        part = part.strip()
+        if part == "*":
+            return []
+        try:
+            versions.append(parse_etag(part))
+        except BadRequest:
+            continue  # an ETag that is not one of ours never matches
+    return versions if versions else [-1]
+
+
+def _if_modified_since(req: FhirRequest) -> int | None:
+    since = parse_date(req.headers.get("If-Modified-Since"))
+    return int(since.timestamp()) if since is not None else None
+
+
+def _flag(name: str, given: list[str]) -> bool:
+    """A true|false operation parameter, given at most once."""
+    if len(given) > 1:
+        raise BadRequest(f"{name} may be given once", expression=(name,))
+    if not given or given[0] == "false":
+        return False
+    if given[0] == "true":
+        return True
+    raise BadRequest(f"{name} must be true or false, not {given[0]!r}", expression=(name,))
+
+
 # $what-matters parameters as a POSTed Parameters resource carries them (the OperationDefinition)
 _WHAT_MATTERS_IN = {"history": "valueBoolean", "since": "valueInstant"}
 
 
-def _what_matters_parameters() -> dict[str, list[str]]:
+def _what_matters_parameters(req: FhirRequest) -> dict[str, list[str]]:
     """The in-parameters of ``$what-matters``, by name, as query-string text. Operations may
     always be invoked by POST with a Parameters body (R4 operations.html#invoking; FHIR client
     libraries do so by default); the query string counts too, so each is still given once."""
-    given = {name: request.args.getlist(name) for name in _WHAT_MATTERS_IN}
-    if request.method != "POST" or not (request.content_length or request.get_data(cache=True)):
+    given = {name: req.args(name) for name in _WHAT_MATTERS_IN}
+    if req.method != "POST" or not req.body:
         return given
-    body, _ = request_body(request)
+    body, _ = request_body(req)
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
         raise BadRequest("POST $what-matters takes a Parameters resource", ("resourceType",))
     parameters = body.get("parameter", [])
@@ -159,20 +194,22 @@ def _what_matters_parameters() -> dict[str, list[str]]:
     return given
 
 
-def _ingest_body(fmt: str) -> Any:
+def _ingest_body(req: FhirRequest, fmt: str) -> Any:
     """The input of ``$ingest``: CSV streamed row by row, the other formats read whole. A
     ``charset`` in the Content-Type (a spreadsheet's windows-1252 export, an ISO-8859-1 feed) is
     decoded here, so the mapping reads text; without one the input must be UTF-8."""
-    charset = request.mimetype_params.get("charset", "utf-8").strip().lower()
+    _, options = mimetype(req)
+    charset = options.get("charset", "utf-8").strip().lower()
     try:
         codecs.lookup(charset)
     except LookupError as exc:
         raise UnsupportedMediaType(f"charset {charset!r} is not known to this server") from exc
     utf8 = codecs.lookup(charset).name == "utf-8"
+    stream = req.stream if req.stream is not None else io.BytesIO(req.body or b"")
     if fmt == "csv":
         encoding = "utf-8-sig" if utf8 else charset
-        return io.TextIOWrapper(request.stream, encoding=encoding, newline="")
-    data = request.get_data()
+        return io.TextIOWrapper(stream, encoding=encoding, newline="")
+    data = stream.read()
     if utf8:
         return data
     try:
@@ -181,182 +218,341 @@ def _ingest_body(fmt: str) -> Any:
         raise BadRequest(f"input byte {exc.start}: not {charset}") from exc
 
 
-def _reply(result: Result, write: bool = False) -> Response:
-    return render(request, result, base_url, write=write)
+def _strict(req: FhirRequest) -> bool:
+    return (prefer(req, "handling") or "lenient") == "strict"
 
 
-def _strict() -> bool:
-    return (prefer(request, "handling") or "lenient") == "strict"
-
-
-def _search_params() -> list[tuple[str, str]]:
-    params = _params()
-    if request.method == "POST":
-        if request.mimetype != "application/x-www-form-urlencoded":
+def _search_params(req: FhirRequest) -> list[tuple[str, str]]:
+    params = list(req.query)
+    if req.method == "POST":
+        if mimetype(req)[0] != "application/x-www-form-urlencoded":
             raise BadRequest("POST _search takes application/x-www-form-urlencoded parameters")
-        params += parse_query_string(request.get_data(as_text=True))
+        params += parse_query_string((req.body or b"").decode(errors="replace"))
     return params
 
 
+# -- the handlers, one per route of service.fhir.router.ROUTES -------------------------------
+
+
+def _capabilities(ctx: Context, req: FhirRequest, p: Params) -> Result:
+    fhir = _service()
+    config = ctx.config
+    security = (
+        smart_security(config.auth_token_url, config.auth_authorize_url)
+        if config.auth_mode == "smart"
+        else None
+    )
+    statement = capability_statement(
+        ctx.base,
+        STARTED,
+        fhir.search_params,
+        fhir.validator.supported_profiles,
+        security,
+        fhir.instance_id,
+    )
+    return Result(200, body=statement)
+
+
+def _transaction(ctx: Context, req: FhirRequest, p: Params) -> Result:
+    body, _ = request_body(req)
+    ctx.bundle_type = body.get("type") if isinstance(body, dict) else None
+    return process_bundle(_service(), body, ctx.base, prefer(req, "return"))
+
+
+def _record_what_matters(ctx: Context, req: FhirRequest, p: Params) -> Result:
+    body, _ = request_body(req)
+    return what_matters().record(p.get("id"), body, ctx.base)
+
+
+def _what_matters(ctx: Context, req: FhirRequest, p: Params) -> Result:
+    given = _what_matters_parameters(req)
+    history = _flag("history", given["history"])
+    since = since_parameter(given["since"])
+    return what_matters().what_matters(p["id"], history, ctx.base, since)
+
+
+def _ingest(ctx: Context, req: FhirRequest, p: Params) -> Result:
+    mappings = _mappings()
+    name = next(iter(req.args("mapping")), None)
+    mapping = mappings.files.get(name or "")
+    if mapping is None:
+        known = ", ".join(sorted(mappings.files)) or "none"
+        lead = f"No mapping {name!r}" if name else "Name a mapping with ?mapping=NAME"
+        raise BadRequest(f"{lead}; known mappings: {known}", expression=("mapping",))
+    fmt = mapping.content["source"]["format"]
+    if mimetype(req)[0] not in INGEST_TYPES[fmt]:
+        raise UnsupportedMediaType(
+            f"The mapping {name} reads {fmt}; send it as {' or '.join(INGEST_TYPES[fmt])}"
+        )
+    dry_run = _flag("dryRun", req.args("dryRun"))
+    result, _ = ingest(
+        _service(),
+        mapping,
+        _ingest_body(req, fmt),
+        mappings.questionnaires,
+        dry_run=dry_run,
+        conceptmaps=mappings.conceptmaps,
+    )
+    return result
+
+
+def _history_system(ctx: Context, req: FhirRequest, p: Params) -> Result:
+    return _service().history(None, None, list(req.query), ctx.base)
+
+
+def _search_type(ctx: Context, req: FhirRequest, p: Params) -> Result:
+    params = _search_params(req)
+    return _service().search_type(p["type"], params, ctx.base, strict=_strict(req))
+
+
+def _create(ctx: Context, req: FhirRequest, p: Params) -> Result:
+    body, _ = request_body(req)
+    return _service().create(p["type"], body, req.headers.get("If-None-Exist"))
+
+
+def _conditional_update(ctx: Context, req: FhirRequest, p: Params) -> Result:
+    body, _ = request_body(req)
+    return _service().conditional_update(p["type"], req.query_string, body, _if_match(req))
+
+
+def _conditional_patch(ctx: Context, req: FhirRequest, p: Params) -> Result:
+    body, _ = request_body(req, allow_patch=True)
+    return _service().conditional_patch(p["type"], req.query_string, body, _if_match(req))
+
+
+def _conditional_delete(ctx: Context, req: FhirRequest, p: Params) -> Result:
+    return _service().conditional_delete(p["type"], req.query_string)
+
+
+def _validate(ctx: Context, req: FhirRequest, p: Params) -> Result:
+    profiles = req.args("profile")
+    if "id" not in p:
+        body, _ = request_body(req)
+        return _service().validate_operation(p["type"], body, url_profiles=profiles)
+    # No body asks to check the stored resource; a chunked body has no Content-Length
+    chunked = "chunked" in req.headers.get("Transfer-Encoding", "").lower()
+    empty = not req.body and not chunked
+    body = {"resourceType": "Parameters"} if empty else request_body(req)[0]
+    return _service().validate_operation(p["type"], body, p["id"], profiles)
+
+
+def _history_type(ctx: Context, req: FhirRequest, p: Params) -> Result:
+    return _service().history(p["type"], None, list(req.query), ctx.base)
+
+
+def _read(ctx: Context, req: FhirRequest, p: Params) -> Result:
+    result = _service().read(
+        p["type"],
+        p["id"],
+        if_none_match=_if_none_match(req),
+        if_modified_since=_if_modified_since(req),
+    )
+    return _service().shape(result, list(req.query))
+
+
+def _update(ctx: Context, req: FhirRequest, p: Params) -> Result:
+    body, _ = request_body(req)
+    return _service().update(p["type"], p["id"], body, _if_match(req))
+
+
+def _patch(ctx: Context, req: FhirRequest, p: Params) -> Result:
+    body, _ = request_body(req, allow_patch=True)
+    return _service().patch(p["type"], p["id"], body, _if_match(req))
+
+
+def _delete(ctx: Context, req: FhirRequest, p: Params) -> Result:
+    return _service().delete(p["type"], p["id"], _if_match(req))
+
+
+def _history_instance(ctx: Context, req: FhirRequest, p: Params) -> Result:
+    return _service().history(p["type"], p["id"], list(req.query), ctx.base)
+
+
+def _vread(ctx: Context, req: FhirRequest, p: Params) -> Result:
+    return _service().shape(_service().vread(p["type"], p["id"], p["vid"]), list(req.query))
+
+
+def _subscription_status(ctx: Context, req: FhirRequest, p: Params) -> Result:
+    return subscription_status(_service(), ctx.base, p["id"])
+
+
+HANDLERS: dict[str, Handler] = {
+    "capabilities": _capabilities,
+    "transaction": _transaction,
+    "history_system": _history_system,
+    "ingest": _ingest,
+    "search_type": _search_type,
+    "create": _create,
+    "conditional_update": _conditional_update,
+    "conditional_patch": _conditional_patch,
+    "conditional_delete": _conditional_delete,
+    "history_type": _history_type,
+    "validate": _validate,
+    "read": _read,
+    "update": _update,
+    "patch": _patch,
+    "delete": _delete,
+    "history_instance": _history_instance,
+    "vread": _vread,
+    "record_what_matters": _record_what_matters,
+    "what_matters": _what_matters,
+    "subscription_status": _subscription_status,
+}
+
+
+# -- the one view ---------------------------------------------------------------------------
+
+
+class _AfterBase(BaseConverter):
+    """Whatever follows the FHIR base path: nothing, or a path from its first slash (doubled
+    and trailing slashes kept, for the router to judge)."""
+
+    regex = "(?:/.*)?"
+    part_isolating = False
+
+
+def _relative(rest: str) -> str:
+    """The path relative to the base: ``/fhir`` and ``/fhir/`` are both the base itself."""
+    return "" if rest in ("", "/") else rest[1:]
+
+
+def _criteria() -> str:
+    try:
+        return request.query_string.decode("utf-8", errors="strict")
+    except UnicodeDecodeError as exc:
+        raise BadRequest("The query string is not valid UTF-8") from exc
+
+
+def _negotiate() -> None:
+    _criteria()  # 400 for a query string that is not UTF-8, before anything reads it
+    response_type(request)  # 406 early, before any work is done
+
+
+def fhir_request(path: str, streamed: bool = False) -> FhirRequest:
+    """The running Flask request as a FhirRequest (``path`` relative to the base). Bodies
+    are read for POST, PUT and PATCH; ``streamed`` hands the body over as a stream."""
+    query_string = _criteria()
+    body: bytes | None = None
+    stream = None
+    if request.method in ("POST", "PUT", "PATCH"):
+        if streamed:
+            stream = request.stream
+        else:
+            body = request.get_data(cache=True)
+    return FhirRequest(
+        method=request.method,
+        path=path,
+        query=tuple(parse_query_string(query_string)),
+        headers=Headers(request.headers.items()),
+        body=body,
+        query_string=query_string,
+        stream=stream,
+    )
+
+
+def _merged(rest: str) -> HttpResponse:
+    """What the router says of the path with its doubled slashes merged: a 308 to it when it
+    routes (as the HTTP layer always answered), else its 404 or 405 naming the path as sent."""
+    merged = re.sub("/{2,}", "/", rest)
+    path = _relative(merged)
+    if request.method == "OPTIONS":
+        if not router.allowed_methods(path):
+            raise NotFound(f"There is nothing at {request.path}")
+    else:
+        router.match(request.method, path, shown=request.path)
+    config: Config = current_app.config["WHATMATTERS"]
+    target = quote(config.base_path + merged, safe="!$&'()*+,/:;=@")
+    adapter = current_app.create_url_adapter(request)
+    assert adapter is not None
+    return current_app.redirect(adapter.make_redirect_url(target), 308)
+
+
+def _options(path: str) -> Response:
+    """OPTIONS: the methods routed at the path (in ``Allow``), or 404."""
+    allowed = router.allowed_methods(path)
+    if not allowed:
+        raise NotFound(f"There is nothing at {request.path}")
+    _negotiate()
+    response = current_app.response_class()
+    response.allow.update(allowed)
+    return response
+
+
+def dispatch(rest: str) -> HttpResponse:
+    """Route the running request, call its handler and render the answer."""
+    if "//" in rest:
+        return _merged(rest)
+    path = _relative(rest)
+    if request.method == "OPTIONS":
+        return _options(path)
+    found = router.match(request.method, path, shown=request.path)
+    g.whatmatters_match = found
+    _negotiate()
+    handler = found.route.handler
+    req = fhir_request(path, streamed=handler in STREAMED)
+    ctx = Context(base_url(), current_app.config["WHATMATTERS"])
+    try:
+        result = HANDLERS[handler](ctx, req, found.params)
+    finally:
+        g.whatmatters_bundle_type = ctx.bundle_type
+    return render(request, result, base_url, write=found.route.interaction in WRITES)
+
+
+def _request_match() -> Match | None:
+    """The route of the running request: the one its view matched, or, when the view did not
+    run (a refused token, a CORS preflight), the one it would have."""
+    found: Match | None = g.get("whatmatters_match")
+    if found is not None or request.endpoint != "fhir.api":
+        return found
+    rest = (request.view_args or {}).get("rest", "")
+    if "//" in rest:
+        return None
+    try:
+        return router.match(request.method, _relative(rest))
+    except FhirError:
+        return None
+
+
+def request_interaction() -> str:
+    """The running request's FHIR interaction (restful-interaction code), from its route,
+    worked out once (audit and metrics both ask); ``operation`` when no route fits."""
+    known: str | None = g.get("whatmatters_interaction")
+    if known is None:
+        bundle_type = g.get("whatmatters_bundle_type")
+        known = g.whatmatters_interaction = router.interaction_of(_request_match(), bundle_type)
+    return known
+
+
+def route_label() -> str | None:
+    """The route the running request matched (``/fhir/{type}/{id}``), never the path with its
+    values (it may hold an NHS number); None outside the FHIR API."""
+    found = _request_match()
+    if found is None:
+        return None
+    config: Config = current_app.config["WHATMATTERS"]
+    return "/".join(part for part in (config.base_path, found.route.pattern) if part)
+
+
+def _add_converter(state: BlueprintSetupState) -> None:
+    state.app.url_map.converters["fhir"] = _AfterBase
+
+
 def build_blueprint(base_path: str) -> Blueprint:
-    """Create the FHIR blueprint mounted at ``base_path``."""
-    bp = Blueprint("fhir", __name__, url_prefix=base_path)
+    """Create the FHIR blueprint: one view for everything under ``base_path``."""
+    missing = {route.handler for route in router.ROUTES} - set(HANDLERS)
+    assert not missing, f"routes without a handler: {sorted(missing)}"
+    bp = Blueprint("fhir", __name__)
+    bp.record_once(_add_converter)
 
-    @bp.before_request
-    def _negotiate() -> None:
-        _criteria()  # 400 for a query string that is not UTF-8, before anything reads it
-        response_type(request)  # 406 early, before any work is done
-
-    @bp.get("/metadata")
-    def metadata() -> Response:
-        fhir = _service()
-        config = current_app.config["WHATMATTERS"]
-        security = (
-            smart_security(config.auth_token_url, config.auth_authorize_url)
-            if config.auth_mode == "smart"
-            else None
-        )
-        statement = capability_statement(
-            base_url(),
-            STARTED,
-            fhir.search_params,
-            fhir.validator.supported_profiles,
-            security,
-            fhir.instance_id,
-        )
-        return _reply(Result(200, body=statement))
-
-    @bp.post("", strict_slashes=False)
-    def bundle() -> Response:
-        body, _ = request_body(request)
-        g.whatmatters_bundle_type = body.get("type") if isinstance(body, dict) else None
-        return _reply(process_bundle(_service(), body, base_url(), prefer(request, "return")))
-
-    @bp.post("/Patient/<id_>/$record-what-matters")
-    def record_what_matters(id_: str) -> Response:
-        body, _ = request_body(request)
-        return _reply(what_matters().record(id_, body, base_url()))
-
-    @bp.post("/Patient/$record-what-matters")
-    def record_what_matters_by_identifier() -> Response:
-        body, _ = request_body(request)
-        return _reply(what_matters().record(None, body, base_url()))
-
-    @bp.route("/Patient/<id_>/$what-matters", methods=["GET", "POST"])
-    def get_what_matters(id_: str) -> Response:
-        given = _what_matters_parameters()
-        history = _flag("history", given["history"])
-        since = since_parameter(given["since"])
-        return _reply(what_matters().what_matters(id_, history, base_url(), since))
-
-    @bp.post("/$ingest")
-    def ingest_input() -> Response:
-        mappings = _mappings()
-        name = request.args.get("mapping")
-        mapping = mappings.files.get(name or "")
-        if mapping is None:
-            known = ", ".join(sorted(mappings.files)) or "none"
-            lead = f"No mapping {name!r}" if name else "Name a mapping with ?mapping=NAME"
-            raise BadRequest(f"{lead}; known mappings: {known}", expression=("mapping",))
-        fmt = mapping.content["source"]["format"]
-        if request.mimetype not in INGEST_TYPES[fmt]:
-            raise UnsupportedMediaType(
-                f"The mapping {name} reads {fmt}; send it as {' or '.join(INGEST_TYPES[fmt])}"
-            )
-        dry_run = _flag("dryRun")
-        result, _ = ingest(
-            _service(),
-            mapping,
-            _ingest_body(fmt),
-            mappings.questionnaires,
-            dry_run=dry_run,
-            conceptmaps=mappings.conceptmaps,
-        )
-        return _reply(result)
-
-    @bp.get("/_history")
-    def history_system() -> Response:
-        return _reply(_service().history(None, None, _params(), base_url()))
-
-    @bp.route("/<type_>", methods=["GET"])
-    @bp.route("/<type_>/_search", methods=["GET", "POST"])
-    def search_type(type_: str) -> Response:
-        params = _search_params()
-        return _reply(_service().search_type(type_, params, base_url(), strict=_strict()))
-
-    @bp.post("/<type_>")
-    def create(type_: str) -> Response:
-        body, _ = request_body(request)
-        if_none_exist = request.headers.get("If-None-Exist")
-        return _reply(_service().create(type_, body, if_none_exist), write=True)
-
-    @bp.put("/<type_>")
-    def conditional_update(type_: str) -> Response:
-        body, _ = request_body(request)
-        result = _service().conditional_update(type_, _criteria(), body, _if_match())
-        return _reply(result, write=True)
-
-    @bp.patch("/<type_>")
-    def conditional_patch(type_: str) -> Response:
-        body, _ = request_body(request, allow_patch=True)
-        return _reply(
-            _service().conditional_patch(type_, _criteria(), body, _if_match()), write=True
-        )
-
-    @bp.delete("/<type_>")
-    def conditional_delete(type_: str) -> Response:
-        return _reply(_service().conditional_delete(type_, _criteria()), write=True)
-
-    @bp.post("/<type_>/$validate")
-    def validate_type(type_: str) -> Response:
-        body, _ = request_body(request)
-        profiles = request.args.getlist("profile")
-        return _reply(_service().validate_operation(type_, body, url_profiles=profiles))
-
-    @bp.post("/<type_>/<id_>/$validate")
-    def validate_instance(type_: str, id_: str) -> Response:
-        # No body asks to check the stored resource; a chunked body has no Content-Length
-        chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
-        empty = not request.content_length and not chunked
-        body = {"resourceType": "Parameters"} if empty else request_body(request)[0]
-        profiles = request.args.getlist("profile")
-        return _reply(_service().validate_operation(type_, body, id_, profiles))
-
-    @bp.get("/<type_>/_history")
-    def history_type(type_: str) -> Response:
-        return _reply(_service().history(type_, None, _params(), base_url()))
-
-    @bp.get("/<type_>/<id_>")
-    def read(type_: str, id_: str) -> Response:
-        since = request.if_modified_since
-        result = _service().read(
-            type_,
-            id_,
-            if_none_match=_if_none_match(),
-            if_modified_since=int(since.timestamp()) if since is not None else None,
-        )
-        return _reply(_service().shape(result, _params()))
-
-    @bp.put("/<type_>/<id_>")
-    def update(type_: str, id_: str) -> Response:
-        body, _ = request_body(request)
-        return _reply(_service().update(type_, id_, body, _if_match()), write=True)
-
-    @bp.patch("/<type_>/<id_>")
-    def patch(type_: str, id_: str) -> Response:
-        body, _ = request_body(request, allow_patch=True)
-        return _reply(_service().patch(type_, id_, body, _if_match()), write=True)
-
-    @bp.delete("/<type_>/<id_>")
-    def delete(type_: str, id_: str) -> Response:
-        return _reply(_service().delete(type_, id_, _if_match()), write=True)
-
-    @bp.get("/<type_>/<id_>/_history")
-    def history_instance(type_: str, id_: str) -> Response:
-        return _reply(_service().history(type_, id_, _params(), base_url()))
-
-    @bp.get("/<type_>/<id_>/_history/<version>")
-    def vread(type_: str, id_: str, version: str) -> Response:
-        return _reply(_service().shape(_service().vread(type_, id_, version), _params()))
+    @bp.route(
+        f"{base_path}<fhir:rest>",
+        endpoint="api",
+        methods=list(METHODS),
+        merge_slashes=False,
+        strict_slashes=False,
+        provide_automatic_options=False,
+    )
+    def api(rest: str) -> HttpResponse:
+        return dispatch(rest)
 
     return bp

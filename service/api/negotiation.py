@@ -6,10 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Request, Response
+from werkzeug.http import parse_options_header
 
 from service.errors import FhirError, Issue, NotAcceptable, UnsupportedMediaType
 from service.fhir.model import dump_json, etag, http_date, parse_json
 from service.fhir.results import Result, operation_outcome
+from service.fhir.router import FhirRequest
 
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = frozenset({FHIR_JSON, "application/json", "application/json+fhir", "text/json"})
@@ -59,9 +61,21 @@ def response_type(request: Request) -> str:
     return best[1]
 
 
-def request_body(request: Request, allow_patch: bool = False) -> tuple[Any, bool]:
+def mimetype(request: FhirRequest) -> tuple[str, dict[str, str]]:
+    """The media type of a request's body, lower case, and its parameters (``charset``), read
+    from Content-Type as Werkzeug reads it for a Flask request."""
+    value, options = parse_options_header(request.headers.get("Content-Type", ""))
+    return value.lower(), options
+
+
+def request_body(request: Request | FhirRequest, allow_patch: bool = False) -> tuple[Any, bool]:
     """Parse the JSON body; return (value, is_json_patch). 415 for other media types."""
-    content_type = (request.mimetype or "").lower()
+    if isinstance(request, FhirRequest):
+        content_type, _ = mimetype(request)
+        data = request.body or b""
+    else:
+        content_type = (request.mimetype or "").lower()
+        data = request.get_data(cache=True)
     is_patch = content_type == JSON_PATCH
     if is_patch and not allow_patch:
         raise UnsupportedMediaType("application/json-patch+json is only accepted by PATCH")
@@ -75,10 +89,10 @@ def request_body(request: Request, allow_patch: bool = False) -> tuple[Any, bool
             "PATCH accepts JSON Patch (application/json-patch+json); FHIRPath Patch is not "
             "supported"
         )
-    return parse_json(request.get_data(cache=True)), is_patch
+    return parse_json(data), is_patch
 
 
-def prefer(request: Request, key: str) -> str | None:
+def prefer(request: Request | FhirRequest, key: str) -> str | None:
     """The value of one Prefer token, e.g. prefer(request, 'return') -> 'minimal'."""
     for part in request.headers.get("Prefer", "").split(","):
         for token in part.split(";"):

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from service.api.auth import request_interaction
+from service.api.fhir_views import request_interaction
 from service.errors import describe_exception
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -140,7 +140,7 @@ def configure_json_logs(level: int = logging.INFO) -> None:
     root.setLevel(level)
 
 
-def install(app: Flask, base_path: str, metrics_dir: Path | None = None) -> Metrics:
+def install(app: Flask, metrics_dir: Path | None = None) -> Metrics:
     """Mount /healthz, /readyz and /metrics; count, time and label every request.
 
     ``metrics_dir`` is prometheus_client's multiprocess folder when several processes serve
@@ -163,7 +163,7 @@ def install(app: Flask, base_path: str, metrics_dir: Path | None = None) -> Metr
         rule = request.url_rule.rule if request.url_rule is not None else None
         if rule in ("/metrics", "/healthz", "/readyz"):
             return response
-        interaction = request_interaction(base_path)
+        interaction = request_interaction()
         metrics.requests.labels(interaction, str(response.status_code)).inc()
         if started is not None:
             metrics.latency.labels(interaction).observe(time.perf_counter() - started)

@@ -23,10 +23,12 @@ from service.errors import (
     Conflict,
     FhirError,
     Issue,
+    MethodNotAllowed,
     NotFound,
     PreconditionFailed,
     describe_exception,
 )
+from service.fhir import router
 from service.fhir.interactions import (
     FhirService,
     check_id,
@@ -37,6 +39,7 @@ from service.fhir.interactions import (
 from service.fhir.model import etag, instant, parse_etag, parse_json
 from service.fhir.references import rewrite_references, rewrite_strings
 from service.fhir.results import Result, operation_outcome
+from service.fhir.router import Match
 from service.fhir.search import parse_query_string
 from service.storage import StoredResource, Transaction
 
@@ -278,6 +281,8 @@ def _read_entry(service: FhirService, tx: Transaction | None, op: EntryOp, base:
 
 
 def _parse_entry(index: int, entry: Any, base: str) -> EntryOp:
+    """One entry's request, classified by the router (``BUNDLE_ROUTES``: reads, searches,
+    history and the writes of one type or resource); errors name the entry."""
     where = f"Bundle.entry[{index}]"
     request = entry.get("request") if isinstance(entry, dict) else None
     if not isinstance(request, dict) or "method" not in request or "url" not in request:
@@ -310,23 +315,17 @@ def _parse_entry(index: int, entry: Any, base: str) -> EntryOp:
         if_none_exist=request.get("ifNoneExist"),
     )
     try:
-        if op.type is not None:
-            check_type(op.type)
-        if len(segments) >= 2:
-            if segments[1] == "_history":
-                op.history = True
-            else:
-                check_id(segments[1])
-                op.id = segments[1]
-        if len(segments) >= 3:
-            if segments[2] != "_history" or len(segments) > 4:
-                raise BadRequest(f"{where}: request.url {url!r} is not understood")
-            if len(segments) == 4:
-                op.version = segments[3]
-            else:
-                op.history = True
-        if op.type is None and method != "GET":
-            raise BadRequest(f"{where}: request.url must name a resource type")
+        if op.type is None:
+            if method != "GET":
+                raise BadRequest("request.url must name a resource type")
+            return op  # answered, when carried out, as nothing a Bundle entry may ask for
+        check_type(op.type)
+        found = _route_entry(method, segments, url, op.type)
+        if "id" in found.params:
+            check_id(found.params["id"])
+            op.id = found.params["id"]
+        op.version = found.params.get("vid")
+        op.history = found.interaction in ("history-instance", "history-type")
     except FhirError as exc:
         raise _at_entry(exc, op) from exc
     if method in ("POST", "PUT"):
@@ -340,11 +339,24 @@ def _parse_entry(index: int, entry: Any, base: str) -> EntryOp:
             )
         if method == "PUT" and op.id is None and op.query is None:
             raise BadRequest(f"{where}: PUT needs Type/id or Type?criteria")
-        if method == "POST" and (op.id is not None or op.query):
+        if method == "POST" and op.query:
             raise BadRequest(f"{where}: POST creates at the type URL, e.g. {op.type!r}")
     if method in ("DELETE", "PATCH") and op.id is None and op.query is None:
         raise BadRequest(f"{where}: {method} needs Type/id or Type?criteria")
     return op
+
+
+def _route_entry(method: str, segments: list[str], url: str, type_: str) -> Match:
+    """The route of an entry's request (the caller names the entry in the error): a URL no
+    entry route fits is not understood; a method its URL does not take is refused."""
+    try:
+        return router.match(method, segments, router.BUNDLE_ROUTES)
+    except MethodNotAllowed as exc:
+        if method == "POST":
+            raise BadRequest(f"POST creates at the type URL, e.g. {type_!r}") from exc
+        raise BadRequest(f"{method} is not allowed on {url!r}") from exc
+    except NotFound as exc:
+        raise BadRequest(f"request.url {url!r} is not understood") from exc
 
 
 def _patch_operations(op: EntryOp) -> Any:

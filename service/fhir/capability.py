@@ -1,6 +1,8 @@
 """The CapabilityStatement: https://hl7.org/fhir/R4/capabilitystatement.html.
 
-It lists exactly what this server does, built from the same tables the code uses.
+It lists exactly what this server does, built from the same tables the code uses: the
+interactions and operations from the route table (service.fhir.router: what is listed is what
+routes), the search parameters from the SearchParameters, the profiles from the validator.
 """
 
 from __future__ import annotations
@@ -8,24 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from service.fhir import router
 from service.fhir.conformance import CONFORMANCE_TYPES
 from service.fhir.model import FHIR_VERSION, INSTANCE_EXTENSION, SUPPORTED_TYPES, instance_uri
 from service.fhir.searchparams import SearchParameters
-from service.validation.profiles import CANONICAL_BASE
 
 SOFTWARE_NAME = "What Matters"
 SOFTWARE_VERSION = "0.1.0"
-_INTERACTIONS = (
-    "read",
-    "vread",
-    "update",
-    "patch",
-    "delete",
-    "history-instance",
-    "history-type",
-    "create",
-    "search-type",
-)
+# the conformance resources of the profiles folder are routed like any type, but the FHIR core
+# refuses to write them (405): of their routes, these interactions answer
+_READ_ONLY = ("read", "search-type")
 _SPECIAL_PARAMS = [
     {
         "name": "_id",
@@ -49,19 +43,15 @@ def _search_params(params: SearchParameters, type_: str) -> list[dict[str, Any]]
     return listed
 
 
-_PATIENT_OPERATIONS = [
-    {"name": code, "definition": f"{CANONICAL_BASE}/OperationDefinition/{code}"}
-    for code in ("record-what-matters", "what-matters")
-]
-
-
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport"
-_SUBSCRIPTION_OPERATIONS = [
-    {
-        "name": "status",
-        "definition": f"{BACKPORT}/OperationDefinition/backport-subscription-status",
-    }
-]
+
+
+def _interactions(codes: list[str]) -> list[dict[str, str]]:
+    return [{"code": code} for code in codes]
+
+
+def _operations(type_: str | None) -> list[dict[str, str]]:
+    return [{"name": name, "definition": url} for name, url in router.operations(type_)]
 
 
 def capability_statement(
@@ -86,7 +76,7 @@ def capability_statement(
                 "type": type_,
                 "profile": f"http://hl7.org/fhir/StructureDefinition/{type_}",
                 **({"supportedProfile": supported} if supported else {}),
-                "interaction": [{"code": code} for code in _INTERACTIONS],
+                "interaction": _interactions(router.type_interactions(type_)),
                 "versioning": "versioned-update",
                 "readHistory": True,
                 "updateCreate": True,
@@ -110,14 +100,7 @@ def capability_statement(
                     if p.type == "reference" and (type_ in p.targets or not p.targets)
                 ),
                 "searchParam": _search_params(params, type_),
-                "operation": [
-                    {
-                        "name": "validate",
-                        "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
-                    },
-                    *(_PATIENT_OPERATIONS if type_ == "Patient" else []),
-                    *(_SUBSCRIPTION_OPERATIONS if type_ == "Subscription" else []),
-                ],
+                "operation": _operations(type_),
             }
         )
     for type_ in CONFORMANCE_TYPES:
@@ -125,7 +108,9 @@ def capability_statement(
             {
                 "type": type_,
                 "documentation": "Read-only: the conformance resources of the profiles folder",
-                "interaction": [{"code": "read"}, {"code": "search-type"}],
+                "interaction": _interactions(
+                    [code for code in router.type_interactions(type_) if code in _READ_ONLY]
+                ),
                 "searchParam": [
                     {"name": "_id", "type": "token"},
                     {"name": "url", "type": "uri"},
@@ -160,11 +145,8 @@ def capability_statement(
                 "mode": "server",
                 **({"security": security} if security else {}),
                 "resource": resources,
-                "interaction": [
-                    {"code": "transaction"},
-                    {"code": "batch"},
-                    {"code": "history-system"},
-                ],
+                "interaction": _interactions(router.system_interactions()),
+                **({"operation": _operations(None)} if router.operations(None) else {}),
             }
         ],
     }
