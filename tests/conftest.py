@@ -184,7 +184,9 @@ SLOW_PATHS = (
     "perf/",
     "reliability/",
     "exchange/test_end_to_end.py",
+    "exchange/test_identity.py",  # two `whatmatters serve` instances and their workers
     "operations/test_dockerfile.py",
+    "operations/test_metrics_workers.py",  # `whatmatters serve` with four gunicorn workers
     "search/test_explain.py",
     "test_quality_gates.py",
 )
