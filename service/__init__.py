@@ -111,13 +111,9 @@ def build_worker(config: Config, fhir: FhirService, partners: tuple[Partner, ...
         if patient is not None and patient.content:
             import json
 
-            names = json.loads(patient.content).get("name") or [{}]
-            first = names[0] if isinstance(names[0], dict) else {}
-            name = (
-                first.get("text")
-                or " ".join([*first.get("given", []), first.get("family", "")]).strip()
-                or None
-            )
+            from service.api.page import patient_name
+
+            name = patient_name(json.loads(patient.content))
         items = []
         for item in priorities(bundle or {})["priorities"]:
             rank = item["rank"] if item.get("ranked", True) else None

@@ -151,6 +151,16 @@ class Forbidden(FhirError):
     code = "forbidden"
 
 
+class StorageError(Exception):
+    """The database failed in a way the caller cannot fix by changing the request (the store
+    raises it; the API answers 500 without the details)."""
+
+
+class StoreUnavailable(StorageError):
+    """The database cannot be reached right now; the request may be retried (the API answers
+    503 with Retry-After)."""
+
+
 def describe_exception(error: BaseException) -> str:
     """An exception for the logs: its type and where it was raised, without its message
     (messages may quote personal data)."""

@@ -27,15 +27,36 @@ PG_ENV = "WHATMATTERS_TEST_DATABASE_URL"
 
 def _database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     configured = os.environ.get(PG_ENV)
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, … under ``pytest -n``
     if configured:
-        return configured
+        return _worker_database(configured, worker, make=True) if worker else configured
+    # each xdist worker has a base temporary folder of its own
     return f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
 
 
+def _worker_database(configured: str, worker: str, make: bool) -> str:
+    """The PostgreSQL database of one xdist worker, next to the configured one (its name with
+    ``_gw0`` added): made empty (``make``), or dropped."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(configured)
+    database = f"{url.database}_{worker}"
+    admin = url.set(drivername="postgresql", database="postgres")
+    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        if make:
+            conn.execute(f'CREATE DATABASE "{database}"')
+    return url.set(database=database).render_as_string(hide_password=False)
+
+
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The database all tests of this run use."""
-    return _database_url(tmp_path_factory)
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The database all tests of this run (or of this xdist worker) use."""
+    yield _database_url(tmp_path_factory)
+    configured, worker = os.environ.get(PG_ENV), os.environ.get("PYTEST_XDIST_WORKER")
+    if configured and worker:
+        _worker_database(configured, worker, make=False)
 
 
 @pytest.fixture(scope="session")
@@ -184,7 +205,9 @@ SLOW_PATHS = (
     "perf/",
     "reliability/",
     "exchange/test_end_to_end.py",
+    "exchange/test_identity.py",  # two `whatmatters serve` instances and their workers
     "operations/test_dockerfile.py",
+    "operations/test_metrics_workers.py",  # `whatmatters serve` with four gunicorn workers
     "search/test_explain.py",
     "test_quality_gates.py",
 )

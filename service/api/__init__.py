@@ -3,8 +3,10 @@
 Views parse a request, call one interaction of the FHIR core (or a what-matters operation) and
 render its result; FHIR rules live below, in ``service.fhir``.
 
-May import: Flask and Werkzeug, ``service.exchange``, ``service.priorities``, ``service.fhir``
-and everything below them. Never ``service.cli``.
+May import: Flask and Werkzeug, ``service.exchange``, ``service.priorities``, ``service.fhir``,
+``service.validation``, ``service.mapping``, ``service.errors`` and ``service.config``. Never
+``service.cli``, and never ``service.storage``: views reach the data through the FHIR core, and
+the store's errors (``StorageError``, ``StoreUnavailable``) are in ``service.errors``.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from service.errors import (
     NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
+    StorageError,
+    StoreUnavailable,
     describe_exception,
 )
-from service.storage import StorageError, StoreUnavailable
 
 log = logging.getLogger("whatmatters.api")
 

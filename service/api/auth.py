@@ -25,7 +25,7 @@ from service.api.fhir_views import request_interaction
 from service.api.hardening import check_client_limit
 from service.api.negotiation import render_error
 from service.config import Config
-from service.errors import FhirError, Forbidden, ServiceUnavailable, Unauthorized
+from service.errors import FhirError, Forbidden, ServiceUnavailable, StorageError, Unauthorized
 from service.fhir.access import (
     Access,
     acting_as,
@@ -36,7 +36,6 @@ from service.fhir.access import (
 )
 from service.fhir.audit import RequestSeen, audit_event
 from service.fhir.model import instant
-from service.storage import StorageError
 
 ALGORITHMS = ("RS256", "RS384", "ES256", "ES384")
 log = logging.getLogger("whatmatters.audit")

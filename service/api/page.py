@@ -31,16 +31,20 @@ PAGE_HEADERS = {
 }
 
 
-def patient_name(patient: dict[str, Any]) -> str:
-    """The patient's name as it should be shown: text, else given names and family."""
-    for name in patient.get("name", []) or []:
+def patient_name(patient: dict[str, Any]) -> str | None:
+    """The patient's display name, the one way the service works it out (this page and the
+    documents sent to partners): the first HumanName with a ``text``, else with given names or a
+    family name, shown as text or as given names then family; None when no name says anything."""
+    for name in patient.get("name") or []:
+        if not isinstance(name, dict):
+            continue
         if name.get("text"):
             return str(name["text"])
-        parts = [*name.get("given", []), name.get("family", "")]
+        parts = [*(name.get("given") or []), name.get("family") or ""]
         shown = " ".join(str(p) for p in parts if p)
         if shown:
             return shown
-    return f"Patient {patient.get('id', '')}".strip()
+    return None
 
 
 NHS_NUMBER = "https://fhir.nhs.uk/Id/nhs-number"
@@ -112,7 +116,7 @@ def build_page() -> Blueprint:
         current = [i for i in items if (i["change"] or {}).get("mark") != "removed"]
         html = render_template(
             "what_matters.html",
-            name=patient_name(patient),
+            name=patient_name(patient) or f"Patient {patient.get('id', '')}".strip(),
             birth_date=patient.get("birthDate"),
             identifiers=identifiers(patient),
             ranked=[i for i in current if i["ranked"]],

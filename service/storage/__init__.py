@@ -4,8 +4,13 @@ Every resource version is kept. A write names the version it replaces, so two wr
 one resource cannot both win (``VersionConflict``); the FHIR core maps that to 412 or retries.
 
 This package is the port and its two implementations: ``MemoryStore`` (memory.py) and
-``SqlStore`` (sql.py, on SQLAlchemy Core). May import: SQLAlchemy and psycopg, ``service.errors``
-and ``service.config``; never the FHIR core or anything above it.
+``SqlStore`` (sql.py, on SQLAlchemy Core: the engine in sqlengine.py, the tables and migrations
+in schema.py, search SQL in sqlsearch.py, outbox SQL in sqloutbox.py). The errors a store raises
+(``StorageError``, ``StoreUnavailable``) are defined in ``service.errors``, so callers above the
+FHIR core can handle them without importing storage.
+
+May import: SQLAlchemy and psycopg, ``service.errors`` and ``service.config``; never the FHIR
+core or anything above it.
 """
 
 from __future__ import annotations
@@ -15,15 +20,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
+from service.errors import StorageError as StorageError
+from service.errors import StoreUnavailable as StoreUnavailable
 from service.storage.outbox import OutboxRow
-
-
-class StorageError(Exception):
-    """The database failed in a way the caller cannot fix by changing the request."""
-
-
-class StoreUnavailable(StorageError):
-    """The database cannot be reached right now; the request may be retried."""
 
 
 class VersionConflict(Exception):

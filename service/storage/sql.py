@@ -1,12 +1,15 @@
-"""SqlStore: the Store port on SQLAlchemy Core, for SQLite (embedded default) and PostgreSQL."""
+"""SqlStore: the Store port on SQLAlchemy Core, for SQLite (embedded default) and PostgreSQL.
+
+Here: transactions, resources and their versions, index rows, saved searches, reindex
+progress, locks, counters and migrations. The engine's settings are in sqlengine.py, the
+outbox statements in sqloutbox.py and the search SQL in sqlsearch.py.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -15,10 +18,7 @@ from sqlalchemy import (
     Engine,
     and_,
     bindparam,
-    create_engine,
     delete,
-    event,
-    func,
     insert,
     inspect,
     or_,
@@ -26,7 +26,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from service.storage import (
@@ -39,7 +38,6 @@ from service.storage import (
     StoreUnavailable,
     VersionConflict,
 )
-from service.storage.outbox import UNDELIVERED, OutboxRow
 from service.storage.schema import (
     INDEX_TABLES,
     INSTANCE_ID_KEY,
@@ -47,7 +45,6 @@ from service.storage.schema import (
     counters,
     instance_identity,
     metadata,
-    outbox,
     reindex_progress,
     resource_versions,
     resources,
@@ -56,69 +53,9 @@ from service.storage.schema import (
     schema_migrations,
     search_reference,
 )
+from service.storage.sqlengine import advisory_key, engine_for, is_transient
+from service.storage.sqloutbox import SqlOutbox
 from service.storage.sqlsearch import find_tokens_sql, read_many_sql, select_sql
-
-# Failures worth a 503 and a retry: the database is down, restarting, or busy. Anything else
-# (a statement too large, a value the column cannot hold) would fail again the same way.
-_TRANSIENT_SQLSTATES = ("08", "53", "57P")
-_TRANSIENT_SQLITE = ("locked", "busy", "unable to open", "disk i/o")
-
-
-def _transient(exc: DBAPIError) -> bool:
-    sqlstate = getattr(exc.orig, "sqlstate", None)
-    if isinstance(sqlstate, str):
-        return sqlstate.startswith(_TRANSIENT_SQLSTATES) or sqlstate == "40001"
-    if isinstance(exc, OperationalError):
-        message = str(exc.orig).lower()
-        return any(word in message for word in _TRANSIENT_SQLITE) or "connect" in message
-    return False
-
-
-def _advisory_key(key: str) -> int:
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
-def engine_for(url: str, pool_size: int = 5) -> Engine:
-    """Create an engine with the connection settings each database needs."""
-    parsed = make_url(url)
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed, connect_args={"timeout": 30})
-        _configure_sqlite(engine)
-        return engine
-    return create_engine(
-        parsed,
-        pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_pre_ping=True,
-        pool_timeout=10,
-        connect_args={"connect_timeout": 5},
-    )
-
-
-def _configure_sqlite(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's begin event below issue BEGIN itself (pysqlite would defer it).
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        # Writers take the write lock up front, so two writers never deadlock upgrading a read
-        # lock, and check-then-write sequences (conditional create) are atomic across processes.
-        immediate = conn.get_execution_options().get("whatmatters_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
 
 # Built once: composing these clauses per call costs more than running them.
 _READ_CURRENT = select(resources).where(
@@ -163,8 +100,8 @@ _DELETE_INDEX = {
 }
 
 
-class SqlTransaction:
-    """One database transaction on a SQLAlchemy connection."""
+class SqlTransaction(SqlOutbox):
+    """One database transaction on a SQLAlchemy connection (its outbox methods: sqloutbox.py)."""
 
     def __init__(self, conn: Connection, dialect: str) -> None:
         self._conn = conn
@@ -460,73 +397,7 @@ class SqlTransaction:
     def lock(self, key: str) -> None:
         """Serialise transactions on ``key`` (SQLite writers are serialised already)."""
         if self._dialect == "postgresql":
-            self._conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _advisory_key(key)})
-
-    def outbox_add(self, rows: Sequence[OutboxRow]) -> None:
-        """Queue deliveries in this transaction."""
-        if rows:
-            self._conn.execute(insert(outbox), [_outbox_values(row) for row in rows])
-
-    def outbox_rows(
-        self,
-        states: Sequence[str] | None = None,
-        destination: str | None = None,
-        ids: Sequence[int] | None = None,
-        limit: int = 1000,
-        group_key: str | None = None,
-        after: int = 0,
-    ) -> list[OutboxRow]:
-        """Return outbox rows in id order."""
-        statement = select(outbox).where(outbox.c.id > after).order_by(outbox.c.id).limit(limit)
-        if group_key is not None:
-            statement = statement.where(outbox.c.group_key == group_key)
-        if states is not None:
-            statement = statement.where(outbox.c.state.in_(list(states)))
-        if destination is not None:
-            statement = statement.where(outbox.c.destination == destination)
-        if ids is not None:
-            statement = statement.where(outbox.c.id.in_(list(ids)))
-        return [_outbox_row(r) for r in self._conn.execute(statement)]
-
-    def outbox_heads(self, now: int, limit: int = 1) -> list[OutboxRow]:
-        """Return the ready head row of each group, oldest first."""
-        undelivered = outbox.c.state.in_(list(UNDELIVERED))
-        heads = (
-            select(func.min(outbox.c.id).label("id"))
-            .where(undelivered)
-            .group_by(outbox.c.destination, outbox.c.group_key)
-            .subquery()
-        )
-        statement = (
-            select(outbox)
-            .join(heads, heads.c.id == outbox.c.id)
-            .where(
-                or_(
-                    and_(outbox.c.state == "pending", outbox.c.next_attempt <= now),
-                    and_(outbox.c.state == "inflight", outbox.c.lease_until < now),
-                )
-            )
-            .order_by(outbox.c.id)
-            .limit(limit)
-        )
-        return [_outbox_row(r) for r in self._conn.execute(statement)]
-
-    def outbox_save(self, row: OutboxRow, owner: str | None = None) -> bool:
-        """Store a row's new state (only under ``owner``'s lease when given)."""
-        values = _outbox_values(row)
-        statement = update(outbox).where(outbox.c.id == row.id).values(**values)
-        if owner is not None:
-            statement = statement.where(outbox.c.lease_owner == owner)
-        return bool(self._conn.execute(statement).rowcount)
-
-    def outbox_summary(self) -> list[tuple[str, str, int, int]]:
-        """Return (destination, state, rows, oldest created_us)."""
-        statement = (
-            select(outbox.c.destination, outbox.c.state, func.count(), func.min(outbox.c.created))
-            .group_by(outbox.c.destination, outbox.c.state)
-            .order_by(outbox.c.destination, outbox.c.state)
-        )
-        return [(r[0], r[1], int(r[2]), int(r[3])) for r in self._conn.execute(statement)]
+            self._conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": advisory_key(key)})
 
     def next_counter(self, name: str, step: int = 1) -> int:
         """Add ``step`` to a named counter and return its new value."""
@@ -547,30 +418,6 @@ class SqlTransaction:
         prefix = "EXPLAIN QUERY PLAN " if self._dialect == "sqlite" else "EXPLAIN "
         rows = self._conn.exec_driver_sql(prefix + sql, tuple(params)).all()
         return [" ".join(str(c) for c in row) for row in rows]
-
-
-_OUTBOX_COLUMNS = {
-    "created_us": "created",
-    "next_attempt_us": "next_attempt",
-    "lease_until_us": "lease_until",
-    "delivered_us": "delivered",
-    "requeued_us": "requeued",
-}
-
-
-def _outbox_values(row: OutboxRow) -> dict[str, Any]:
-    values = {_OUTBOX_COLUMNS.get(name, name): value for name, value in vars(row).items()}
-    if not row.id:
-        del values["id"]
-    return values
-
-
-def _outbox_row(record: Any) -> OutboxRow:
-    fields = {name: getattr(record, _OUTBOX_COLUMNS.get(name, name)) for name in _ROW_FIELDS}
-    return OutboxRow(**fields)
-
-
-_ROW_FIELDS = tuple(OutboxRow.__dataclass_fields__)
 
 
 def _instance_id(conn: Any) -> str | None:
@@ -604,7 +451,7 @@ class SqlStore:
         except (OperationalError, DBAPIError) as exc:
             if isinstance(exc, IntegrityError):
                 raise VersionConflict(str(exc.orig)) from exc
-            if exc.connection_invalidated or _transient(exc):
+            if exc.connection_invalidated or is_transient(exc):
                 raise StoreUnavailable("The database is not reachable") from exc
             raise StorageError("The database rejected the operation") from exc
 

@@ -7,6 +7,7 @@ import dataclasses
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -30,8 +31,10 @@ def folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def live(config: Config, folder: Path) -> Iterator[Flask]:
-    application = create_app(dataclasses.replace(config, mappings_dir=folder))
+def live(config: Config, folder: Path, folders: dict[str, Any]) -> Iterator[Flask]:
+    application = create_app(
+        dataclasses.replace(config, mappings_dir=folder), registry=folders["registry"]
+    )
     yield application
     application.extensions["whatmatters.store"].close()
 

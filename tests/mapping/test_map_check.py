@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.builders import whatmatters
+
+pytestmark = pytest.mark.slow  # every test runs the whatmatters command in a new process
 
 SHIPPED = Path(__file__).resolve().parents[2] / "mappings"
 

@@ -9,6 +9,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -92,8 +93,10 @@ def mappings_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def fuzz_app(config: Config, mappings_dir: Path) -> Iterator[Flask]:
-    application = create_app(dataclasses.replace(config, mappings_dir=mappings_dir))
+def fuzz_app(config: Config, mappings_dir: Path, folders: dict[str, Any]) -> Iterator[Flask]:
+    application = create_app(
+        dataclasses.replace(config, mappings_dir=mappings_dir), registry=folders["registry"]
+    )
     yield application
     application.extensions["whatmatters.store"].close()
 

@@ -31,9 +31,11 @@ STATEMENT_2 = "Observation?identifier=http://community-epr.example/what-matters|
 
 
 @pytest.fixture
-def vendor_app(config: Config) -> Iterator[Flask]:
+def vendor_app(config: Config, folders: dict[str, Any]) -> Iterator[Flask]:
     """The service with the vendor mappings as its mappings folder."""
-    application = create_app(dataclasses.replace(config, mappings_dir=VENDOR))
+    application = create_app(
+        dataclasses.replace(config, mappings_dir=VENDOR), registry=folders["registry"]
+    )
     yield application
     application.extensions["whatmatters.store"].close()
 
@@ -287,6 +289,7 @@ def test_an_export_in_the_charset_its_content_type_names_keeps_the_words(
     assert "klingon-8" in outcome_issues(unknown)[0]["diagnostics"]
 
 
+@pytest.mark.slow  # runs the whatmatters command in a new process
 def test_map_run_exits_non_zero_and_counts_errors(config: Config, tmp_path: Path) -> None:
     env = {"WHATMATTERS_DATABASE_URL": config.database_url}
     export = tmp_path / "export.csv"

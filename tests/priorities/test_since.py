@@ -20,9 +20,10 @@ from tests.priorities.conversations import (
     statement,
     what_matters,
 )
-from tests.security.support import caller, keys, smart_app, token_for, world
+from tests.security.support import caller, keys, shared_smart_app, smart_app, token_for, world
 
-__all__ = ["keys", "smart_app", "world"]  # the smart-mode fixtures this module uses
+# the smart-mode fixtures this module uses
+__all__ = ["keys", "shared_smart_app", "smart_app", "world"]
 
 CHANGE = "http://whatmatters.example/fhir/StructureDefinition/wmty-change"
 

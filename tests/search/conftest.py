@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from service import wire_fhir_service
@@ -10,13 +12,21 @@ from service.fhir.interactions import FhirService
 from service.storage import Store
 from service.storage.memory import MemoryStore
 from service.storage.sql import SqlStore
+from service.validation.definitions import Definitions
+from service.validation.profiles import ProfileRegistry
 from tests.conftest import wipe
 from tests.search.dataset import resources
 
 
+@functools.cache
+def _profiles() -> ProfileRegistry:
+    """The profiles folder, read once (as the ``folders`` fixture does for the apps)."""
+    return ProfileRegistry.load(Definitions.shared(), Config().profiles_dir)
+
+
 def build_service(store: Store) -> FhirService:
     """A FhirService wired as create_app wires it, on ``store``."""
-    return wire_fhir_service(Config(), store)
+    return wire_fhir_service(Config(), store, _profiles())
 
 
 def loaded_service(backend: str, sql_store: SqlStore) -> FhirService:

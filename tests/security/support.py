@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 import uuid
@@ -14,9 +15,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import insert, select
 
 from service import create_app
 from service.config import Config
+from service.storage.sql import SqlStore, metadata
+from tests.conftest import app_config
 from tests.priorities.conversations import FHIR_JSON, conversation, goal, ranking, statement
 
 ISSUER = "https://auth.test.local"
@@ -25,9 +29,10 @@ KID = "test-key-1"
 B_WORDS = "Bryn's secret wish"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def keys() -> tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]:
-    """The issuer's signing key, and a stranger's."""
+    """The issuer's signing key, and a stranger's (one pair per run: the shared smart-mode app
+    trusts the first)."""
     return (
         rsa.generate_private_key(public_exponent=65537, key_size=2048),
         rsa.generate_private_key(public_exponent=65537, key_size=2048),
@@ -67,16 +72,38 @@ def smart_config(config: Config, tmp_path: Path, key: rsa.RSAPrivateKey, **chang
     )
 
 
-@pytest.fixture
-def smart_app(
-    config: Config,
-    tmp_path: Path,
+def fresh(application: Flask) -> Flask:
+    """``application`` as a newly built one would be for the next test: no requests counted by
+    its rate limits (its only state besides the database and the metrics, which tests read as
+    differences)."""
+    limiter = application.extensions.get("whatmatters.client_limiter")
+    if limiter is not None:
+        # the per-address and per-client limits count in one storage
+        limiter.limiter.storage.reset()
+    return application
+
+
+@pytest.fixture(scope="session")
+def shared_smart_app(
+    database_url: str,
+    sql_store: SqlStore,
+    tmp_path_factory: pytest.TempPathFactory,
     keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey],
     folders: dict[str, Any],
 ) -> Iterator[Flask]:
-    application = create_app(smart_config(config, tmp_path, keys[0]), **folders)
+    """One smart-mode application for the run (building one per test cost more than most of
+    the tests)."""
+    folder = tmp_path_factory.mktemp("smart")
+    application = create_app(smart_config(app_config(database_url), folder, keys[0]), **folders)
     yield application
     application.extensions["whatmatters.store"].close()
+
+
+@pytest.fixture
+def smart_app(config: Config, shared_smart_app: Flask) -> Flask:
+    """The smart-mode application, trusting ``keys[0]``, on the database ``config`` has just
+    emptied; a test that needs other settings builds its own with ``smart_config``."""
+    return fresh(shared_smart_app)
 
 
 class Caller:
@@ -107,8 +134,61 @@ class Caller:
 
 @pytest.fixture
 def world(smart_app: Flask, keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]) -> dict[str, Any]:
-    """Patients pA and pB with a conversation each, stored by a system client."""
+    """Patients pA and pB with a conversation each, stored by a system client.
+
+    The first time on an application the world is made through the API; its rows are then kept
+    and, for the next test on the same application and an empty database, written back as they
+    were (the same resources, versions, index rows, audit and outbox rows), which costs a
+    fraction of the requests."""
     client = smart_app.test_client()
+    store = smart_app.extensions["whatmatters.store"]
+    saved: tuple[dict[str, Any], dict[str, list[dict[str, Any]]]] | None
+    saved = smart_app.extensions.get(WORLD)
+    if not isinstance(store, SqlStore) or not _empty(store):
+        return {**_make_world(client, keys), "client": client, "keys": keys}
+    if saved is None:
+        ids = _make_world(client, keys)
+        smart_app.extensions[WORLD] = (ids, _rows(store))
+    else:
+        ids, rows = saved
+        _write_rows(store, rows)
+    return {**copy.deepcopy(ids), "client": client, "keys": keys}
+
+
+WORLD = "tests.security.world"  # where an application keeps its world's rows
+_KEPT = ("schema_migrations", "instance_identity")  # never emptied between tests
+
+
+def _empty(store: SqlStore) -> bool:
+    with store.engine.connect() as conn:
+        return all(
+            conn.execute(select(table).limit(1)).first() is None
+            for table in metadata.sorted_tables
+            if table.name not in _KEPT
+        )
+
+
+def _rows(store: SqlStore) -> dict[str, list[dict[str, Any]]]:
+    with store.engine.connect() as conn:
+        return {
+            table.name: [dict(row._mapping) for row in conn.execute(select(table))]
+            for table in metadata.sorted_tables
+            if table.name not in _KEPT
+        }
+
+
+def _write_rows(store: SqlStore, rows: dict[str, list[dict[str, Any]]]) -> None:
+    """Write rows back as they were. Generated keys (version seq, outbox id) keep their values,
+    all below what their sequences hand out next, so later writes still come after them."""
+    with store.engine.begin() as conn:
+        for table in metadata.sorted_tables:
+            if rows.get(table.name):
+                conn.execute(insert(table), rows[table.name])
+
+
+def _make_world(
+    client: FlaskClient, keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]
+) -> dict[str, Any]:
     admin = Caller(client, sign(keys[0], scope="system/*.cruds"))
     ids: dict[str, Any] = {}
     for name, nhs, words in (("pA", "9000000009", "Walk the dog"), ("pB", "9000000017", B_WORDS)):
@@ -129,8 +209,6 @@ def world(smart_app: Flask, keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]) -
         ids[name] = {"goal": goals["entry"][0]["resource"]["id"]}
         observations = admin.get(f"/fhir/Observation?patient=Patient/{name}").get_json()
         ids[name]["observation"] = observations["entry"][0]["resource"]["id"]
-    ids["client"] = client
-    ids["keys"] = keys
     return ids
 
 

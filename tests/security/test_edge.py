@@ -55,9 +55,12 @@ def test_the_none_mode_answers_loopback_peers(client: FlaskClient, peer: str) ->
 
 
 def test_the_smart_mode_answers_any_peer(
-    config: Config, tmp_path: Path, keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]
+    config: Config,
+    tmp_path: Path,
+    keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey],
+    folders: dict[str, Any],
 ) -> None:
-    application = create_app(smart_config(config, tmp_path, keys[0]))
+    application = create_app(smart_config(config, tmp_path, keys[0]), **folders)
     try:
         client = application.test_client()
         response = client.get("/fhir/metadata", environ_base={"REMOTE_ADDR": "203.0.113.7"})
@@ -70,9 +73,9 @@ def test_the_smart_mode_answers_any_peer(
 
 
 @pytest.fixture
-def hostless(config: Config) -> Iterator[Flask]:
+def hostless(config: Config, folders: dict[str, Any]) -> Iterator[Flask]:
     """The app without a public base URL: links come from the Host header."""
-    application = create_app(replace(config, public_base_url=None))
+    application = create_app(replace(config, public_base_url=None), **folders)
     yield application
     application.extensions["whatmatters.store"].close()
 
@@ -101,9 +104,9 @@ def test_loopback_host_names_build_the_links(hostless: Flask, host: str) -> None
     assert created.headers["Location"].startswith(f"http://{host}/fhir/Patient/p1")
 
 
-def test_configured_hosts_are_answered(config: Config) -> None:
+def test_configured_hosts_are_answered(config: Config, folders: dict[str, Any]) -> None:
     application = create_app(
-        replace(config, public_base_url=None, allowed_hosts=("fhir.example.org",))
+        replace(config, public_base_url=None, allowed_hosts=("fhir.example.org",)), **folders
     )
     try:
         client = application.test_client()
@@ -126,11 +129,9 @@ def test_a_public_base_url_decides_the_links_whatever_the_host(client: FlaskClie
 
 @pytest.fixture
 def smart(
-    config: Config, tmp_path: Path, keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]
-) -> Iterator[tuple[FlaskClient, rsa.RSAPrivateKey]]:
-    application = create_app(smart_config(config, tmp_path, keys[0]))
-    yield application.test_client(), keys[0]
-    application.extensions["whatmatters.store"].close()
+    smart_app: Flask, keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]
+) -> tuple[FlaskClient, rsa.RSAPrivateKey]:
+    return smart_app.test_client(), keys[0]
 
 
 def _get(client: FlaskClient, url: str, token: str | None) -> Any:
@@ -192,9 +193,14 @@ def test_metrics_need_a_system_token_in_the_smart_mode(
 
 
 def test_metrics_may_be_made_public(
-    config: Config, tmp_path: Path, keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]
+    config: Config,
+    tmp_path: Path,
+    keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey],
+    folders: dict[str, Any],
 ) -> None:
-    application = create_app(smart_config(config, tmp_path, keys[0], metrics_public=True))
+    application = create_app(
+        smart_config(config, tmp_path, keys[0], metrics_public=True), **folders
+    )
     try:
         assert application.test_client().get("/metrics").status_code == 200
     finally:

@@ -38,13 +38,19 @@ def shared_redis() -> Iterator[str]:
 
 
 def _apps(
-    config: Config, tmp_path: Path, key: rsa.RSAPrivateKey, count: int, **changes: Any
+    config: Config,
+    tmp_path: Path,
+    key: rsa.RSAPrivateKey,
+    count: int,
+    folders: dict[str, Any],
+    **changes: Any,
 ) -> list[Flask]:
     return [
         create_app(
             smart_config(
                 config, tmp_path, key, rate_limit_per_minute=5, rate_limit_burst=5, **changes
-            )
+            ),
+            **folders,
         )
         for _ in range(count)
     ]
@@ -74,29 +80,30 @@ def test_limiters_of_two_processes_share_one_count_in_redis(shared_redis: str) -
 
 
 def test_a_limit_holds_across_replicas_with_redis(
-    config: Config, tmp_path: Path, keys: Keys, shared_redis: str
+    config: Config, tmp_path: Path, keys: Keys, shared_redis: str, folders: dict[str, Any]
 ) -> None:
     # four apps stand for two workers in each of two replicas: one shared count of 5 a minute
-    apps = _apps(config, tmp_path, keys[0], 4, redis_url=shared_redis)
+    apps = _apps(config, tmp_path, keys[0], 4, folders, redis_url=shared_redis)
     assert _round_robin(apps, keys[0], 8) == [200] * 5 + [429] * 3
 
 
 def test_without_redis_each_process_counts_alone(
-    config: Config, tmp_path: Path, keys: Keys
+    config: Config, tmp_path: Path, keys: Keys, folders: dict[str, Any]
 ) -> None:
-    apps = _apps(config, tmp_path, keys[0], 2)
+    apps = _apps(config, tmp_path, keys[0], 2, folders)
     # five each: the embedded default counts per process
     assert _round_robin(apps, keys[0], 10) == [200] * 10
 
 
 def test_the_service_answers_when_redis_is_down_and_counts_it(
-    config: Config, tmp_path: Path, keys: Keys
+    config: Config, tmp_path: Path, keys: Keys, folders: dict[str, Any]
 ) -> None:
     nobody = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
     app = create_app(
         smart_config(
             config, tmp_path, keys[0], rate_limit_per_minute=1, rate_limit_burst=1, redis_url=nobody
-        )
+        ),
+        **folders,
     )
     try:
         client = app.test_client()
@@ -128,7 +135,7 @@ def _audit_addresses(app: Flask, admin: dict[str, str]) -> list[str]:
 
 @pytest.mark.parametrize(("hops", "believed"), [(1, True), (0, False)])
 def test_forwarded_addresses_are_believed_only_from_trusted_proxies(
-    config: Config, tmp_path: Path, keys: Keys, hops: int, believed: bool
+    config: Config, tmp_path: Path, keys: Keys, hops: int, believed: bool, folders: dict[str, Any]
 ) -> None:
     app = create_app(
         smart_config(
@@ -138,7 +145,8 @@ def test_forwarded_addresses_are_believed_only_from_trusted_proxies(
             rate_limit_per_minute=2,
             rate_limit_burst=2,
             trusted_proxy_hops=hops,
-        )
+        ),
+        **folders,
     )
     try:
         client = app.test_client()

@@ -162,12 +162,16 @@ def test_endpoints_inside_the_network_or_without_tls_are_refused_by_default(
 
 
 def test_hosts_on_the_allow_list_may_be_subscribers(
-    config: Config, tmp_path: Path, keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]
+    config: Config,
+    tmp_path: Path,
+    keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey],
+    folders: dict[str, Any],
 ) -> None:
     app = create_app(
         smart_config(
             config, tmp_path, keys[0], subscription_endpoint_allow=("127.0.0.1", "10.0.0.0/8")
-        )
+        ),
+        **folders,
     )
     try:
         client = app.test_client()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,11 +23,14 @@ from flask import Flask
 
 from service import create_app
 from service.config import Config
+from service.storage.sql import SqlStore
+from tests.conftest import app_config
 from tests.priorities.conversations import conversation, goal, ranking, statement
 from tests.security.support import (
     B_WORDS,
     Caller,
     caller,
+    fresh,
     smart_config,
     text_of,
     token_for,
@@ -40,18 +42,30 @@ INJECTED = "Injected by A"
 TYPES = ("Patient", "Observation", "Goal", "List", "QuestionnaireResponse", "Provenance")
 
 
-@pytest.fixture
-def smart_app(
-    config: Config, tmp_path: Path, keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]
+@pytest.fixture(scope="module")
+def partnered_app(
+    database_url: str,
+    sql_store: SqlStore,
+    tmp_path_factory: pytest.TempPathFactory,
+    keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey],
+    folders: dict[str, Any],
 ) -> Iterator[Flask]:
     """The smart-mode app with a partner that is sent every change (so the outbox shows
-    whether anything was written)."""
-    partners = tmp_path / "partners.json"
+    whether anything was written), built once for this module."""
+    folder = tmp_path_factory.mktemp("ownership")
+    partners = folder / "partners.json"
     partner = {"name": "ehr", "base_url": "https://ehr.example/fhir", "send": {"types": TYPES}}
     partners.write_text(json.dumps({"partners": [partner]}))
-    application = create_app(smart_config(config, tmp_path, keys[0], partners_file=partners))
+    config = smart_config(app_config(database_url), folder, keys[0], partners_file=partners)
+    application = create_app(config, **folders)
     yield application
     application.extensions["whatmatters.store"].close()
+
+
+@pytest.fixture
+def smart_app(config: Config, partnered_app: Flask) -> Flask:
+    """That app on the database ``config`` has just emptied, no requests counted."""
+    return fresh(partnered_app)
 
 
 def observation(subject: str, **extra: Any) -> dict[str, Any]:
