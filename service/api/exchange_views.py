@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, request
 
-from service.api.fhir_views import base_url
+from service.api.fhir_views import base_url, request_actor
 from service.api.negotiation import render
 from service.errors import BadRequest, NotFound
 from service.exchange import outbox
@@ -137,7 +137,8 @@ def build_exchange(base_path: str) -> Blueprint:
     def subscription_status(id_: str) -> Response:
         # https://hl7.org/fhir/uv/subscriptions-backport/STU1.1/OperationDefinition-backport-subscription-status.html
         fhir = _service()
-        stored = fhir.read("Subscription", id_).stored
+        with fhir.session(request_actor()) as session:
+            stored = session.read("Subscription", id_).stored
         if stored is None or stored.content is None:
             raise NotFound(f"Subscription/{id_} is not known")
         resource = json.loads(stored.content)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import io
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +14,7 @@ from service.api.live_mappings import LiveMappings
 from service.api.negotiation import prefer, render, request_body, response_type
 from service.config import Config
 from service.errors import BadRequest, UnsupportedMediaType
+from service.fhir.actor import Actor
 from service.fhir.bundles import process_bundle
 from service.fhir.capability import capability_statement, smart_security
 from service.fhir.ingest import Mappings, ingest
@@ -20,6 +22,7 @@ from service.fhir.interactions import FhirService
 from service.fhir.model import parse_etag, parse_instant
 from service.fhir.results import Result
 from service.fhir.search import parse_query_string
+from service.fhir.session import Session
 from service.priorities.operations import WhatMatters
 
 INGEST_TYPES = {
@@ -34,6 +37,15 @@ STARTED = datetime.now(UTC).isoformat(timespec="seconds")
 def _service() -> FhirService:
     service: FhirService = current_app.extensions["whatmatters.fhir"]
     return service
+
+
+def request_actor() -> Actor:
+    """Who the running request acts for (set by the authentication hook; without one, the
+    embedded ``none`` mode, a client with no restriction)."""
+    actor: Actor | None = g.get("whatmatters_actor")
+    if actor is None:
+        actor = g.whatmatters_actor = Actor.client(None)
+    return actor
 
 
 def _mappings() -> Mappings:
@@ -185,6 +197,11 @@ def _reply(result: Result, write: bool = False) -> Response:
     return render(request, result, base_url, write=write)
 
 
+def _perform(work: Callable[[Session], Result], if_match: int | None) -> Result:
+    """A write of the request's actor; one with If-Match is not retried (412 on a race)."""
+    return _service().perform(request_actor(), work, retry=if_match is None)
+
+
 def _strict() -> bool:
     return (prefer(request, "handling") or "lenient") == "strict"
 
@@ -230,24 +247,26 @@ def build_blueprint(base_path: str) -> Blueprint:
     def bundle() -> Response:
         body, _ = request_body(request)
         g.whatmatters_bundle_type = body.get("type") if isinstance(body, dict) else None
-        return _reply(process_bundle(_service(), body, base_url(), prefer(request, "return")))
+        actor, base, returned = request_actor(), base_url(), prefer(request, "return")
+        return _reply(process_bundle(_service(), actor, body, base, returned))
 
     @bp.post("/Patient/<id_>/$record-what-matters")
     def record_what_matters(id_: str) -> Response:
         body, _ = request_body(request)
-        return _reply(what_matters().record(id_, body, base_url()))
+        return _reply(what_matters().record(request_actor(), id_, body, base_url()))
 
     @bp.post("/Patient/$record-what-matters")
     def record_what_matters_by_identifier() -> Response:
         body, _ = request_body(request)
-        return _reply(what_matters().record(None, body, base_url()))
+        return _reply(what_matters().record(request_actor(), None, body, base_url()))
 
     @bp.route("/Patient/<id_>/$what-matters", methods=["GET", "POST"])
     def get_what_matters(id_: str) -> Response:
         given = _what_matters_parameters()
         history = _flag("history", given["history"])
         since = since_parameter(given["since"])
-        return _reply(what_matters().what_matters(id_, history, base_url(), since))
+        actor = request_actor()
+        return _reply(what_matters().what_matters(actor, id_, history, base_url(), since))
 
     @bp.post("/$ingest")
     def ingest_input() -> Response:
@@ -266,6 +285,7 @@ def build_blueprint(base_path: str) -> Blueprint:
         dry_run = _flag("dryRun")
         result, _ = ingest(
             _service(),
+            request_actor(),
             mapping,
             _ingest_body(fmt),
             mappings.questionnaires,
@@ -276,42 +296,61 @@ def build_blueprint(base_path: str) -> Blueprint:
 
     @bp.get("/_history")
     def history_system() -> Response:
-        return _reply(_service().history(None, None, _params(), base_url()))
+        with _service().session(request_actor()) as s:
+            return _reply(s.history(None, None, _params(), base_url()))
 
     @bp.route("/<type_>", methods=["GET"])
     @bp.route("/<type_>/_search", methods=["GET", "POST"])
     def search_type(type_: str) -> Response:
         params = _search_params()
-        return _reply(_service().search_type(type_, params, base_url(), strict=_strict()))
+        with _service().session(request_actor()) as s:
+            return _reply(s.search_type(type_, params, base_url(), strict=_strict()))
 
     @bp.post("/<type_>")
     def create(type_: str) -> Response:
         body, _ = request_body(request)
         if_none_exist = request.headers.get("If-None-Exist")
-        return _reply(_service().create(type_, body, if_none_exist), write=True)
+
+        def work(s: Session) -> Result:
+            return s.create(type_, body, if_none_exist)
+
+        return _reply(_service().perform(request_actor(), work), write=True)
 
     @bp.put("/<type_>")
     def conditional_update(type_: str) -> Response:
         body, _ = request_body(request)
-        result = _service().conditional_update(type_, _criteria(), body, _if_match())
-        return _reply(result, write=True)
+        criteria, if_match = _criteria(), _if_match()
+
+        def work(s: Session) -> Result:
+            return s.conditional_update(type_, criteria, body, if_match)
+
+        return _reply(_perform(work, if_match), write=True)
 
     @bp.patch("/<type_>")
     def conditional_patch(type_: str) -> Response:
         body, _ = request_body(request, allow_patch=True)
-        return _reply(
-            _service().conditional_patch(type_, _criteria(), body, _if_match()), write=True
-        )
+        criteria, if_match = _criteria(), _if_match()
+
+        def work(s: Session) -> Result:
+            return s.conditional_patch(type_, criteria, body, if_match)
+
+        return _reply(_perform(work, if_match), write=True)
 
     @bp.delete("/<type_>")
     def conditional_delete(type_: str) -> Response:
-        return _reply(_service().conditional_delete(type_, _criteria()), write=True)
+        criteria = _criteria()
+
+        def work(s: Session) -> Result:
+            return s.conditional_delete(type_, criteria)
+
+        return _reply(_service().perform(request_actor(), work), write=True)
 
     @bp.post("/<type_>/$validate")
     def validate_type(type_: str) -> Response:
         body, _ = request_body(request)
         profiles = request.args.getlist("profile")
-        return _reply(_service().validate_operation(type_, body, url_profiles=profiles))
+        with _service().session(request_actor()) as s:
+            return _reply(s.validate_operation(type_, body, url_profiles=profiles))
 
     @bp.post("/<type_>/<id_>/$validate")
     def validate_instance(type_: str, id_: str) -> Response:
@@ -320,43 +359,51 @@ def build_blueprint(base_path: str) -> Blueprint:
         empty = not request.content_length and not chunked
         body = {"resourceType": "Parameters"} if empty else request_body(request)[0]
         profiles = request.args.getlist("profile")
-        return _reply(_service().validate_operation(type_, body, id_, profiles))
+        with _service().session(request_actor()) as s:
+            return _reply(s.validate_operation(type_, body, id_, profiles))
 
     @bp.get("/<type_>/_history")
     def history_type(type_: str) -> Response:
-        return _reply(_service().history(type_, None, _params(), base_url()))
+        with _service().session(request_actor()) as s:
+            return _reply(s.history(type_, None, _params(), base_url()))
 
     @bp.get("/<type_>/<id_>")
     def read(type_: str, id_: str) -> Response:
         since = request.if_modified_since
-        result = _service().read(
-            type_,
-            id_,
-            if_none_match=_if_none_match(),
-            if_modified_since=int(since.timestamp()) if since is not None else None,
-        )
-        return _reply(_service().shape(result, _params()))
+        if_none_match = _if_none_match()
+        modified = int(since.timestamp()) if since is not None else None
+        with _service().session(request_actor()) as s:
+            return _reply(s.shape(s.read(type_, id_, if_none_match, modified), _params()))
 
     @bp.put("/<type_>/<id_>")
     def update(type_: str, id_: str) -> Response:
         body, _ = request_body(request)
-        return _reply(_service().update(type_, id_, body, _if_match()), write=True)
+        if_match = _if_match()
+
+        def work(s: Session) -> Result:
+            return s.update(type_, id_, body, if_match)
+
+        return _reply(_perform(work, if_match), write=True)
 
     @bp.patch("/<type_>/<id_>")
     def patch(type_: str, id_: str) -> Response:
         body, _ = request_body(request, allow_patch=True)
-        return _reply(_service().patch(type_, id_, body, _if_match()), write=True)
+        if_match = _if_match()
+        return _reply(_perform(lambda s: s.patch(type_, id_, body, if_match), if_match), write=True)
 
     @bp.delete("/<type_>/<id_>")
     def delete(type_: str, id_: str) -> Response:
-        return _reply(_service().delete(type_, id_, _if_match()), write=True)
+        if_match = _if_match()
+        return _reply(_perform(lambda s: s.delete(type_, id_, if_match), if_match), write=True)
 
     @bp.get("/<type_>/<id_>/_history")
     def history_instance(type_: str, id_: str) -> Response:
-        return _reply(_service().history(type_, id_, _params(), base_url()))
+        with _service().session(request_actor()) as s:
+            return _reply(s.history(type_, id_, _params(), base_url()))
 
     @bp.get("/<type_>/<id_>/_history/<version>")
     def vread(type_: str, id_: str, version: str) -> Response:
-        return _reply(_service().shape(_service().vread(type_, id_, version), _params()))
+        with _service().session(request_actor()) as s:
+            return _reply(s.shape(s.vread(type_, id_, version), _params()))
 
     return bp

@@ -11,6 +11,7 @@ from service.storage import Store
 from service.storage.memory import MemoryStore
 from service.storage.sql import SqlStore
 from tests.conftest import wipe
+from tests.direct import Direct
 from tests.search.dataset import resources
 
 
@@ -30,7 +31,7 @@ def loaded_service(backend: str, sql_store: SqlStore) -> FhirService:
         store = sql_store
     service = build_service(store)
     for resource in resources():
-        service.update(resource["resourceType"], resource["id"], resource)
+        Direct(service).update(resource["resourceType"], resource["id"], resource)
     return service
 
 
