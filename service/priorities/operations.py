@@ -37,23 +37,15 @@ from service.priorities.codes import (
     STATEMENT_CODES,
     STATEMENT_PROFILES,
 )
-from service.priorities.items import (
-    Change,
-    Item,
-    compare,
-    gather,
-    merged_list,
-    plain_reference,
-    reference_of,
-)
+from service.priorities.conversation import Conversation, parse_conversation
+from service.priorities.items import Item, gather, plain_reference, reference_of
+from service.priorities.merged import Change, compare, merged_list
 from service.priorities.record import (
-    Conversation,
     build_transaction,
     goal_status_updates,
     item_identifier,
     list_entries,
     list_identifier,
-    parse_conversation,
     ranking_order,
     token,
 )
