@@ -1,4 +1,4 @@
-"""The history interaction's parameters and its Bundle:
+"""The history interaction's parameters, its typed page and its Bundle:
 https://hl7.org/fhir/R4/http.html#history."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
@@ -51,22 +52,47 @@ def parse_history_params(
     return count, since, before, kept
 
 
-def history_bundle(
-    clock: Callable[[], int],
-    base: str,
+@dataclass
+class HistoryPage:
+    """One page of a history, newest first, and the cursor to the next (``next_before``: the
+    position the next page starts before, None on the last page)."""
+
+    type: str | None
+    id: str | None
+    versions: list[StoredResource]
+    kept: list[tuple[str, str]]  # the parameters every page's link repeats
+    before: int | None
+    next_before: int | None
+
+    @property
+    def next_params(self) -> list[tuple[str, str]] | None:
+        """The parameters of the next page, or None when this is the last."""
+        if self.next_before is None:
+            return None
+        return [*self.kept, ("_page", str(self.next_before))]
+
+
+def history_page(
+    versions: list[StoredResource],
     type_: str | None,
     id_: str | None,
-    versions: list[StoredResource],
     count: int,
     kept: list[tuple[str, str]],
     before: int | None,
-) -> Result:
-    """The history Bundle of one page of ``versions`` (one more than ``count`` when more)."""
+) -> HistoryPage:
+    """The page of ``versions`` (read one more than ``count``, to know whether more follow)."""
     page = versions[:count]
-    path = "/".join(p for p in (base, type_, id_, "_history") if p)
-    links = [{"relation": "self", "url": _with_params(path, kept, before)}]
-    if len(versions) > count and page:
-        links.append({"relation": "next", "url": _with_params(path, kept, page[-1].seq)})
+    following = page[-1].seq if len(versions) > count and page else None
+    return HistoryPage(type_, id_, page, kept, before, following)
+
+
+def history_bundle(clock: Callable[[], int], base: str, history: HistoryPage) -> Result:
+    """The history Bundle of one page."""
+    kept, page = history.kept, history.versions
+    path = "/".join(p for p in (base, history.type, history.id, "_history") if p)
+    links = [{"relation": "self", "url": _with_params(path, kept, history.before)}]
+    if history.next_before is not None:
+        links.append({"relation": "next", "url": _with_params(path, kept, history.next_before)})
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "id": str(uuid.uuid4()),

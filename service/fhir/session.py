@@ -36,7 +36,12 @@ from service.fhir.actor import Actor
 from service.fhir.checking import Validator, check_id, check_type, parse_json_patch
 from service.fhir.conformance import CONFORMANCE_TYPES, ConformanceResources
 from service.fhir.guard import GuardedTransaction
-from service.fhir.history import history_bundle, parse_history_params
+from service.fhir.history import (
+    HistoryPage,
+    history_bundle,
+    history_page,
+    parse_history_params,
+)
 from service.fhir.model import SUPPORTED_TYPES, dump_json, parse_json
 from service.fhir.results import Result
 from service.fhir.search import SearchParser, parse_conditional
@@ -464,7 +469,14 @@ class Session:
         params: Sequence[tuple[str, str]],
         base: str,
     ) -> Result:
-        """history (instance, type, system): https://hl7.org/fhir/R4/http.html#history."""
+        """history, answered as a history Bundle."""
+        return history_bundle(self.fhir.clock, base, self.history_page(type_, id_, params))
+
+    def history_page(
+        self, type_: str | None, id_: str | None, params: Sequence[tuple[str, str]]
+    ) -> HistoryPage:
+        """history (instance, type, system): https://hl7.org/fhir/R4/http.html#history, as a
+        typed page."""
         if type_ is not None:
             check_type(type_)
         if id_ is not None:
@@ -474,7 +486,7 @@ class Session:
         if id_ is not None and type_ is not None and tx.read(type_, id_) is None:
             raise NotFound(f"{type_}/{id_} is not known")
         versions = tx.history(HistoryQuery(type_, id_, since, before, count + 1))
-        return history_bundle(self.fhir.clock, base, type_, id_, versions, count, kept, before)
+        return history_page(versions, type_, id_, count, kept, before)
 
 
 def _lock_key(query: Query) -> str:

@@ -10,11 +10,9 @@ Both are described by OperationDefinitions in ``profiles/``.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 from service.errors import (
     FhirError,
@@ -49,6 +47,7 @@ from service.priorities.record import (
     ranking_order,
     token,
 )
+from service.storage import StoredResource
 
 ATTEMPTS = 3  # a List updated by two conversations at once: the loser reads it again
 
@@ -288,7 +287,7 @@ class WhatMatters:
         subject = f"Patient/{patient_id}"
         changed: set[str] = set()
         for type_ in ("List", "Observation", "Goal"):
-            changed |= self._changed_since(session, type_, since, base)
+            changed |= self._changed_since(session, type_, since)
         kept = []
         for resource in current:
             ref = reference_of(resource)
@@ -298,7 +297,7 @@ class WhatMatters:
                 changed.add(ref)
         for ref in sorted(changed):
             type_, id_ = ref.split("/", 1)
-            earlier = self._version_at(session, type_, id_, since, base)
+            earlier = self._version_at(session, type_, id_, since)
             if (
                 earlier is not None
                 and plain_reference((earlier.get("subject") or {}).get("reference")) == subject
@@ -314,32 +313,30 @@ class WhatMatters:
         ]
         return lists, [r for r in kept if r.get("resourceType") != "List"]
 
-    def _changed_since(self, session: Session, type_: str, since: int, base: str) -> set[str]:
+    def _changed_since(self, session: Session, type_: str, since: int) -> set[str]:
         """``Type/id`` of every resource of the type written or deleted after ``since``."""
         params = [("_since", instant(since + 1)), ("_count", "1000")]
         try:
-            entries = self._pages(lambda p: session.history(type_, None, p, base), params)
+            versions = self._versions(session, type_, None, params)
         except Forbidden:
             # a patient-context token may not read type history: the changes of the resources
             # that are still there are found from their own history; deletions stay unseen
             return set()
-        return {plain_reference(entry.get("fullUrl")) for entry in entries}
+        return {f"{version.type}/{version.id}" for version in versions}
 
     def _version_at(
-        self, session: Session, type_: str, id_: str, since: int, base: str
+        self, session: Session, type_: str, id_: str, since: int
     ) -> dict[str, Any] | None:
         """The version of a resource current at ``since``; None if it did not exist then."""
         try:
-            params = [("_count", "1000")]
-            entries = self._pages(lambda p: session.history(type_, id_, p, base), params)
+            versions = self._versions(session, type_, id_, [("_count", "1000")])
         except NotFound:
             return None
         best: tuple[int, dict[str, Any] | None] | None = None
-        for entry in entries:
-            when = parse_instant(str(entry.get("response", {}).get("lastModified") or ""), "")
-            resource = entry.get("resource")
-            if resource is not None:
-                when = _micros(resource)
+        for version in versions:
+            resource = None if version.deleted else parse_json(version.content or "{}")
+            # when it was written, as the history Bundle tells it (to the millisecond)
+            when = _micros(resource) if resource is not None else _at(version.last_updated_us)
             if when <= since and (best is None or when > best[0]):
                 best = (when, resource)
         return best[1] if best else None
@@ -347,31 +344,32 @@ class WhatMatters:
     def _list_history(
         self, session: Session, source: dict[str, Any], base: str
     ) -> list[dict[str, Any]]:
-        result = session.history("List", str(source["id"]), [("_count", "1000")], base)
-        body = result.body or json.loads(result.text or "{}")
+        page = session.history_page("List", str(source["id"]), [("_count", "1000")])
         earlier = []
-        for entry in body.get("entry", []):
-            resource = entry.get("resource")
-            if not resource or resource.get("meta", {}).get("versionId") == source.get(
-                "meta", {}
-            ).get("versionId"):
+        for version in page.versions:
+            if version.deleted:
+                continue
+            resource = parse_json(version.content or "{}")
+            if resource.get("meta", {}).get("versionId") == source.get("meta", {}).get("versionId"):
                 continue
             earlier.append(_entry(base, resource, versioned=True))
         return earlier
 
-    def _pages(
-        self, fetch: Callable[[list[tuple[str, str]]], Result], params: list[tuple[str, str]]
-    ) -> list[dict[str, Any]]:
-        """Every entry of a paged history answer."""
-        found: list[dict[str, Any]] = []
-        while True:
-            result = fetch(params)
-            body = result.body or json.loads(result.text or "{}")
-            found += body.get("entry", [])
-            following = [link for link in body.get("link", []) if link.get("relation") == "next"]
-            if not following or len(found) > 20000:
-                return found
-            params = parse_qsl(urlsplit(following[0]["url"]).query, keep_blank_values=True)
+    def _versions(
+        self,
+        session: Session,
+        type_: str,
+        id_: str | None,
+        params: list[tuple[str, str]],
+    ) -> list[StoredResource]:
+        """Every version of a paged history, page by page through its own cursor."""
+        found: list[StoredResource] = []
+        asked: list[tuple[str, str]] | None = params
+        while asked is not None and len(found) <= 20000:
+            page = session.history_page(type_, id_, asked)
+            found += page.versions
+            asked = page.next_params
+        return found
 
     def _search(
         self,
@@ -412,6 +410,11 @@ def _named_after_input(error: FhirError, origins: dict[int, str]) -> Unprocessab
         + (lead.diagnostics if lead else error.diagnostics),
         issues=issues,
     )
+
+
+def _at(moment_us: int) -> int:
+    """A moment as an instant says it (FHIR instants here carry milliseconds)."""
+    return parse_instant(instant(moment_us), "")
 
 
 def _micros(resource: dict[str, Any]) -> int:
