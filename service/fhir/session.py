@@ -49,7 +49,14 @@ from service.fhir.searching import SearchPage, search, searchset
 from service.fhir.searchparams import SearchParameters
 from service.fhir.subsetting import subset
 from service.fhir.writes import ChangeListener, check_if_match
-from service.storage import HistoryQuery, Query, Store, StoredResource, Transaction
+from service.storage import (
+    HistoryQuery,
+    IndexRows,
+    Query,
+    Store,
+    StoredResource,
+    Transaction,
+)
 from service.validation.definitions import Definitions
 
 _DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII digits that fit a 64-bit integer
@@ -424,7 +431,7 @@ class Session:
         resource: dict[str, Any],
         current: StoredResource | None,
         method: str,
-        index: Any = None,
+        index: IndexRows | None = None,
     ) -> StoredResource:
         return writes.write(
             self.fhir, self.actor, self.tx, type_, id_, resource, current, method, index
