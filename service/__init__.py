@@ -98,6 +98,7 @@ def build_worker(config: Config, fhir: FhirService, partners: tuple[Partner, ...
     from service.exchange.queue import Backoff
     from service.exchange.summary import SummaryItem
     from service.exchange.worker import Worker
+    from service.fhir.actor import Actor
     from service.priorities.operations import WhatMatters
     from service.priorities.view import priorities
 
@@ -105,8 +106,9 @@ def build_worker(config: Config, fhir: FhirService, partners: tuple[Partner, ...
     base = config.own_base_url
 
     def summarise(patient_id: str) -> tuple[str | None, list[SummaryItem]]:
-        bundle = what_matters.what_matters(patient_id, False, base).body
-        patient = fhir.read("Patient", patient_id).stored
+        bundle = what_matters.what_matters(Actor.system(), patient_id, False, base).body
+        with fhir.session(Actor.system()) as session:
+            patient = session.read("Patient", patient_id).stored
         name = None
         if patient is not None and patient.content:
             import json

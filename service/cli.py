@@ -369,6 +369,7 @@ def _map_test(config: Config, args: argparse.Namespace) -> int:
 def _map_run(config: Config, args: argparse.Namespace) -> int:
     from service import build_fhir_service, load_mappings
     from service.errors import FhirError
+    from service.fhir.actor import Actor
     from service.fhir.ingest import ingest
     from service.mapping.files import load_mapping
 
@@ -401,6 +402,7 @@ def _map_run(config: Config, args: argparse.Namespace) -> int:
     try:
         result, report = ingest(
             fhir,
+            Actor.system(),
             mapping,
             data,
             loaded.questionnaires,

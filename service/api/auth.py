@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from contextvars import Token
 from pathlib import Path
 from typing import Any, TypeGuard
 from urllib.parse import urlsplit
@@ -26,14 +25,8 @@ from service.api.hardening import check_client_limit
 from service.api.negotiation import render_error
 from service.config import Config
 from service.errors import FhirError, Forbidden, ServiceUnavailable, StorageError, Unauthorized
-from service.fhir.access import (
-    Access,
-    acting_as,
-    parse_scopes,
-    reset_access,
-    set_access,
-    touched,
-)
+from service.fhir.access import Access, parse_scopes
+from service.fhir.actor import Actor
 from service.fhir.audit import RequestSeen, audit_event
 from service.fhir.model import instant
 
@@ -224,8 +217,8 @@ def install(app: Flask, config: Config, base_path: str, verifier: TokenVerifier 
             raise Forbidden("The outbox admin endpoints need a system/*.cruds (or *.*) scope")
         if request.path == "/metrics" and not any(g.context == "system" for g in access.grants):
             raise Forbidden("/metrics needs a system/ scope (or WHATMATTERS_METRICS_PUBLIC=true)")
-        g.whatmatters_access_token = set_access(access)
-        g.whatmatters_access = access
+        # who the request acts for: every session the views open takes it
+        g.whatmatters_actor = Actor.client(access)
 
     @app.after_request
     def _audit(response: Response) -> Response:
@@ -234,17 +227,13 @@ def install(app: Flask, config: Config, base_path: str, verifier: TokenVerifier 
             return response
         return record_audit(app, response)
 
-    @app.teardown_request
-    def _forget(_error: BaseException | None) -> None:
-        token: Token[Access | None] | None = g.pop("whatmatters_access_token", None)
-        if token is not None:
-            reset_access(token)
-
 
 def record_audit(app: Flask, response: Response) -> Response:
     """Store the request's AuditEvent. A read whose access cannot be recorded is not answered
     (503); a write already made keeps its answer and the failure is logged."""
-    access: Access | None = g.get("whatmatters_access")
+    actor: Actor | None = g.get("whatmatters_actor")
+    access = actor.access if actor is not None else None
+    touched = list(actor.touched) if actor is not None else []
     fhir = app.extensions["whatmatters.fhir"]
     seen = RequestSeen(
         interaction=request_interaction(),
@@ -254,10 +243,10 @@ def record_audit(app: Flask, response: Response) -> Response:
         status=response.status_code,
         address=request.remote_addr,
     )
-    event = audit_event(seen, access, touched(), instant(fhir.clock()), "What Matters FHIR service")
+    event = audit_event(seen, access, touched, instant(fhir.clock()), "What Matters FHIR service")
     try:
-        with acting_as(None):
-            fhir.run(lambda tx: fhir.create_in(tx, "AuditEvent", event))
+        # the audit trail is the system's own record, written whatever the token may write
+        fhir.perform(Actor.system(), lambda s: s.create("AuditEvent", event, checked=True))
     except (StorageError, FhirError) as exc:
         log.error(
             "the AuditEvent of a %s request could not be stored: %s",

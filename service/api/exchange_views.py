@@ -20,6 +20,7 @@ from service.exchange.admin import (
     row_json,
 )
 from service.exchange.notifications import status_bundle
+from service.fhir.actor import Actor
 from service.fhir.interactions import FhirService
 from service.fhir.model import instant
 from service.fhir.results import Result
@@ -71,10 +72,11 @@ def _whole(value: str, name: str, low: int, high: int) -> int:
     return int(text)
 
 
-def subscription_status(fhir: FhirService, base: str, id_: str) -> Result:
-    """``Subscription/{id}/$status``: the Subscription's status Bundle."""
+def subscription_status(fhir: FhirService, actor: Actor, base: str, id_: str) -> Result:
+    """``Subscription/{id}/$status``: the Subscription's status Bundle, as ``actor`` may read it."""
     # https://hl7.org/fhir/uv/subscriptions-backport/STU1.1/OperationDefinition-backport-subscription-status.html
-    stored = fhir.read("Subscription", id_).stored
+    with fhir.session(actor) as session:
+        stored = session.read("Subscription", id_).stored
     if stored is None or stored.content is None:
         raise NotFound(f"Subscription/{id_} is not known")
     resource = json.loads(stored.content)

@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from service.api.fhir_views import base_url, since_parameter, what_matters
+from service.api.fhir_views import base_url, request_actor, since_parameter, what_matters
 from service.api.negotiation import request_body
 from service.errors import BadRequest, FhirError
 from service.priorities.view import priorities
@@ -153,7 +153,7 @@ def build_facade() -> Blueprint:
         body, _ = request_body(request)
         parameters, paths = to_parameters(body, system, value)
         try:
-            what_matters().record(None, parameters, base_url())
+            what_matters().record(request_actor(), None, parameters, base_url())
         except FhirError as error:
             raise _facade_paths(error, paths) from error
         return _priorities(system, value, 201)
@@ -164,8 +164,9 @@ def build_facade() -> Blueprint:
 def _priorities(system: str, value: str, status: int, since: int | None = None) -> Response:
     """The patient's ranked priorities as the facade's JSON ($what-matters, made plain); with
     ``since``, each item's change mark (new, changed, removed) since then."""
-    patient_id = what_matters().patient_by_identifier({"system": system, "value": value})
-    result = what_matters().what_matters(patient_id, False, base_url(), since)
+    actor = request_actor()
+    patient_id = what_matters().patient_by_identifier(actor, {"system": system, "value": value})
+    result = what_matters().what_matters(actor, patient_id, False, base_url(), since)
     body = {"patient": {"system": system, "value": value}, **priorities(result.body or {})}
     return _json(body, status)
 

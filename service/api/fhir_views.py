@@ -14,6 +14,7 @@ import codecs
 import io
 import re
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +32,7 @@ from service.api.negotiation import mimetype, prefer, render, request_body, resp
 from service.config import Config
 from service.errors import BadRequest, FhirError, NotFound, UnsupportedMediaType
 from service.fhir import router
+from service.fhir.actor import Actor
 from service.fhir.bundles import process_bundle
 from service.fhir.capability import capability_statement, smart_security
 from service.fhir.ingest import Mappings, ingest
@@ -39,6 +41,7 @@ from service.fhir.model import parse_etag, parse_instant
 from service.fhir.results import Result
 from service.fhir.router import FhirRequest, Headers, Match
 from service.fhir.search import parse_query_string
+from service.fhir.session import Session
 from service.priorities.operations import WhatMatters
 
 INGEST_TYPES = {
@@ -74,6 +77,15 @@ def _mappings() -> Mappings:
     mappings: Mappings = live.get()
     current_app.extensions["whatmatters.mappings"] = mappings
     return mappings
+
+
+def request_actor() -> Actor:
+    """Who the running request acts for (set by the authentication hook; without one, the
+    embedded ``none`` mode, a client with no restriction)."""
+    actor: Actor | None = g.get("whatmatters_actor")
+    if actor is None:
+        actor = g.whatmatters_actor = Actor.client(None)
+    return actor
 
 
 def what_matters() -> WhatMatters:
@@ -115,7 +127,17 @@ class Context:
 
     base: str
     config: Config
+    actor: Actor
     bundle_type: str | None = None
+
+    def session(self) -> AbstractContextManager[Session]:
+        """A read session of the request's actor."""
+        return _service().session(self.actor)
+
+    def perform(self, work: Callable[[Session], Result], if_match: int | None = None) -> Result:
+        """A write of the request's actor, retried when it loses a race, unless it has an
+        If-Match (then a race is a 412)."""
+        return _service().perform(self.actor, work, retry=if_match is None)
 
 
 Params = Mapping[str, str]
@@ -256,19 +278,19 @@ def _capabilities(ctx: Context, req: FhirRequest, p: Params) -> Result:
 def _transaction(ctx: Context, req: FhirRequest, p: Params) -> Result:
     body, _ = request_body(req)
     ctx.bundle_type = body.get("type") if isinstance(body, dict) else None
-    return process_bundle(_service(), body, ctx.base, prefer(req, "return"))
+    return process_bundle(_service(), ctx.actor, body, ctx.base, prefer(req, "return"))
 
 
 def _record_what_matters(ctx: Context, req: FhirRequest, p: Params) -> Result:
     body, _ = request_body(req)
-    return what_matters().record(p.get("id"), body, ctx.base)
+    return what_matters().record(ctx.actor, p.get("id"), body, ctx.base)
 
 
 def _what_matters(ctx: Context, req: FhirRequest, p: Params) -> Result:
     given = _what_matters_parameters(req)
     history = _flag("history", given["history"])
     since = since_parameter(given["since"])
-    return what_matters().what_matters(p["id"], history, ctx.base, since)
+    return what_matters().what_matters(ctx.actor, p["id"], history, ctx.base, since)
 
 
 def _ingest(ctx: Context, req: FhirRequest, p: Params) -> Result:
@@ -287,6 +309,7 @@ def _ingest(ctx: Context, req: FhirRequest, p: Params) -> Result:
     dry_run = _flag("dryRun", req.args("dryRun"))
     result, _ = ingest(
         _service(),
+        ctx.actor,
         mapping,
         _ingest_body(req, fmt),
         mappings.questionnaires,
@@ -297,83 +320,102 @@ def _ingest(ctx: Context, req: FhirRequest, p: Params) -> Result:
 
 
 def _history_system(ctx: Context, req: FhirRequest, p: Params) -> Result:
-    return _service().history(None, None, list(req.query), ctx.base)
+    with ctx.session() as session:
+        return session.history(None, None, list(req.query), ctx.base)
 
 
 def _search_type(ctx: Context, req: FhirRequest, p: Params) -> Result:
     params = _search_params(req)
-    return _service().search_type(p["type"], params, ctx.base, strict=_strict(req))
+    with ctx.session() as session:
+        return session.search_type(p["type"], params, ctx.base, strict=_strict(req))
 
 
 def _create(ctx: Context, req: FhirRequest, p: Params) -> Result:
     body, _ = request_body(req)
-    return _service().create(p["type"], body, req.headers.get("If-None-Exist"))
+    if_none_exist = req.headers.get("If-None-Exist")
+    return ctx.perform(lambda session: session.create(p["type"], body, if_none_exist))
 
 
 def _conditional_update(ctx: Context, req: FhirRequest, p: Params) -> Result:
     body, _ = request_body(req)
-    return _service().conditional_update(p["type"], req.query_string, body, _if_match(req))
+    if_match = _if_match(req)
+
+    def work(session: Session) -> Result:
+        return session.conditional_update(p["type"], req.query_string, body, if_match)
+
+    return ctx.perform(work, if_match)
 
 
 def _conditional_patch(ctx: Context, req: FhirRequest, p: Params) -> Result:
     body, _ = request_body(req, allow_patch=True)
-    return _service().conditional_patch(p["type"], req.query_string, body, _if_match(req))
+    if_match = _if_match(req)
+
+    def work(session: Session) -> Result:
+        return session.conditional_patch(p["type"], req.query_string, body, if_match)
+
+    return ctx.perform(work, if_match)
 
 
 def _conditional_delete(ctx: Context, req: FhirRequest, p: Params) -> Result:
-    return _service().conditional_delete(p["type"], req.query_string)
+    return ctx.perform(lambda session: session.conditional_delete(p["type"], req.query_string))
 
 
 def _validate(ctx: Context, req: FhirRequest, p: Params) -> Result:
     profiles = req.args("profile")
     if "id" not in p:
         body, _ = request_body(req)
-        return _service().validate_operation(p["type"], body, url_profiles=profiles)
+        with ctx.session() as session:
+            return session.validate_operation(p["type"], body, url_profiles=profiles)
     # No body asks to check the stored resource; a chunked body has no Content-Length
     chunked = "chunked" in req.headers.get("Transfer-Encoding", "").lower()
     empty = not req.body and not chunked
     body = {"resourceType": "Parameters"} if empty else request_body(req)[0]
-    return _service().validate_operation(p["type"], body, p["id"], profiles)
+    with ctx.session() as session:
+        return session.validate_operation(p["type"], body, p["id"], profiles)
 
 
 def _history_type(ctx: Context, req: FhirRequest, p: Params) -> Result:
-    return _service().history(p["type"], None, list(req.query), ctx.base)
+    with ctx.session() as session:
+        return session.history(p["type"], None, list(req.query), ctx.base)
 
 
 def _read(ctx: Context, req: FhirRequest, p: Params) -> Result:
-    result = _service().read(
-        p["type"],
-        p["id"],
-        if_none_match=_if_none_match(req),
-        if_modified_since=_if_modified_since(req),
-    )
-    return _service().shape(result, list(req.query))
+    if_none_match, since = _if_none_match(req), _if_modified_since(req)
+    with ctx.session() as session:
+        return session.shape(
+            session.read(p["type"], p["id"], if_none_match, since), list(req.query)
+        )
 
 
 def _update(ctx: Context, req: FhirRequest, p: Params) -> Result:
     body, _ = request_body(req)
-    return _service().update(p["type"], p["id"], body, _if_match(req))
+    if_match = _if_match(req)
+    return ctx.perform(lambda session: session.update(p["type"], p["id"], body, if_match), if_match)
 
 
 def _patch(ctx: Context, req: FhirRequest, p: Params) -> Result:
     body, _ = request_body(req, allow_patch=True)
-    return _service().patch(p["type"], p["id"], body, _if_match(req))
+    if_match = _if_match(req)
+    return ctx.perform(lambda session: session.patch(p["type"], p["id"], body, if_match), if_match)
 
 
 def _delete(ctx: Context, req: FhirRequest, p: Params) -> Result:
-    return _service().delete(p["type"], p["id"], _if_match(req))
+    if_match = _if_match(req)
+    return ctx.perform(lambda session: session.delete(p["type"], p["id"], if_match), if_match)
 
 
 def _history_instance(ctx: Context, req: FhirRequest, p: Params) -> Result:
-    return _service().history(p["type"], p["id"], list(req.query), ctx.base)
+    with ctx.session() as session:
+        return session.history(p["type"], p["id"], list(req.query), ctx.base)
 
 
 def _vread(ctx: Context, req: FhirRequest, p: Params) -> Result:
-    return _service().shape(_service().vread(p["type"], p["id"], p["vid"]), list(req.query))
+    with ctx.session() as session:
+        return session.shape(session.vread(p["type"], p["id"], p["vid"]), list(req.query))
 
 
 def _subscription_status(ctx: Context, req: FhirRequest, p: Params) -> Result:
-    return subscription_status(_service(), ctx.base, p["id"])
+    return subscription_status(_service(), ctx.actor, ctx.base, p["id"])
 
 
 HANDLERS: dict[str, Handler] = {
@@ -490,7 +532,7 @@ def dispatch(rest: str) -> HttpResponse:
     _negotiate()
     handler = found.route.handler
     req = fhir_request(path, streamed=handler in STREAMED)
-    ctx = Context(base_url(), current_app.config["WHATMATTERS"])
+    ctx = Context(base_url(), current_app.config["WHATMATTERS"], request_actor())
     try:
         result = HANDLERS[handler](ctx, req, found.params)
     finally:

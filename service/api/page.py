@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, render_template, request
 
-from service.api.fhir_views import base_url, since_parameter, what_matters
+from service.api.fhir_views import base_url, request_actor, since_parameter, what_matters
 from service.errors import FhirError
 from service.fhir.interactions import FhirService
 from service.fhir.model import parse_json
@@ -106,11 +106,13 @@ def build_page() -> Blueprint:
     @bp.get("/patients/<id_>/what-matters")
     def page(id_: str) -> Response:
         fhir: FhirService = current_app.extensions["whatmatters.fhir"]
-        stored = fhir.read("Patient", id_).stored
+        actor = request_actor()
+        with fhir.session(actor) as session:
+            stored = session.read("Patient", id_).stored
         assert stored is not None
         patient = parse_json(stored.content or "{}")
         since = since_parameter()
-        result = what_matters().what_matters(id_, False, base_url(), since)
+        result = what_matters().what_matters(actor, id_, False, base_url(), since)
         view = priorities(result.body or {})
         items = view["priorities"]
         current = [i for i in items if (i["change"] or {}).get("mark") != "removed"]

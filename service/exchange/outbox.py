@@ -7,10 +7,8 @@ transaction (the exchange promises in the README, "How it fits together"). The q
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Callable, Iterator, Sequence
-from contextvars import ContextVar
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -37,20 +35,7 @@ ACTIVE_SUBSCRIPTIONS = Query(
 )
 
 
-# set while the worker itself writes a Subscription's status (active after the handshake,
-# error when delivery fails); any other write is a client's and follows the client's rules
-_SERVER_STATUS_WRITE: ContextVar[bool] = ContextVar("server_status_write", default=False)
 CLIENT_STATUSES = ("requested", "off")
-
-
-@contextlib.contextmanager
-def server_status_write() -> Iterator[None]:
-    """Mark the Subscription writes of the block as this server's own status changes."""
-    token = _SERVER_STATUS_WRITE.set(True)
-    try:
-        yield
-    finally:
-        _SERVER_STATUS_WRITE.reset(token)
 
 
 def subscription_destination(id_: str) -> str:
@@ -139,10 +124,13 @@ class OutboxFeed:
             spec = parse_subscription(change.content)
         except SubscriptionInvalid as exc:
             raise Unprocessable(str(exc), expression=(exc.expression,)) from exc
-        if _SERVER_STATUS_WRITE.get():
+        # the worker itself writes a Subscription's status (active after the handshake, error
+        # when delivery fails), as the server; any other write follows the client's rules
+        if change.actor.origin == "server":
             return []
         # whoever writes a Subscription must be able to read what it would be sent
-        require_reads(readable_types(spec), "A Subscription to what-matters-changed")
+        access = change.actor.access
+        require_reads(access, readable_types(spec), "A Subscription to what-matters-changed")
         before = _version_json(tx, change.type, change.id, change.version - 1)
         same_channel = before is not None and before.get("channel") == change.content.get("channel")
         refusal = endpoint_refusal(spec.endpoint, self.endpoint_allow)

@@ -1,12 +1,20 @@
 """The FHIR core: the R4 RESTful interactions, search, Bundles, capability and ``$ingest``.
 
-``FhirService`` (interactions.py) is the unit every caller drives: the API, the what-matters
-operations, the exchange worker and the CLI. It receives its collaborators (a Store, a
-validator, change listeners) and returns ``Result``s or raises typed ``FhirError``s; it does no
-I/O of its own.
+Every caller (the API, the what-matters operations, the exchange worker, the CLI) works through
+``FhirService`` (interactions.py): ``session(actor)`` opens a ``Session`` (session.py) over one
+store transaction, in which each interaction is written once; ``perform(actor, work)`` runs a
+write session and retries it when it loses a race. The ``Actor`` (actor.py) says who acts: the
+access its token allows (enforced by guard.py on the transaction), the origin (client, server,
+system), whether its writes bring their own Provenance, and what the request touched. No state
+travels sideways in context variables.
+
+Modules by job: writes.py (the write pipeline: version, index, listeners, Provenance, unique
+identifiers), checking.py (types, ids, validation, ``$validate``), searching.py (a search as a
+typed ``SearchPage``, and its searchset Bundle), history.py, bundles.py (batch and
+transaction), ingest.py, access.py (scopes, compartment, ownership), audit.py, capability.py.
 
 May import: ``service.storage`` (the Store port), ``service.validation``, ``service.mapping``,
 ``service.errors`` and ``service.config``. Never Flask, Werkzeug, SQLAlchemy, psycopg or
 ``requests``, and nothing above it (api, exchange, priorities, cli); exchange is known only
-through the ``ChangeListener`` port defined here.
+through the ``ChangeListener`` port defined here (writes.py).
 """

@@ -6,18 +6,15 @@ Scopes follow SMART App Launch 2.x (https://hl7.org/fhir/smart-app-launch/scopes
 ``write`` is ``cud``, ``*`` is all). A ``patient/`` grant counts only inside the compartment of
 the token's ``patient`` (R4 CompartmentDefinition patient,
 https://hl7.org/fhir/R4/compartmentdefinition-patient.html); ``user/`` and ``system/`` grants
-reach every patient. The access of the running request lives in a context variable set by the
-HTTP layer; with none set (the embedded ``none`` mode, the CLI, the outbox worker) nothing is
-restricted.
+reach every patient. The access of a request travels with its ``Actor`` (actor.py); with none
+(the embedded ``none`` mode, the CLI, the outbox worker) nothing is restricted. The guard that
+enforces it on a transaction is guard.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
-from collections.abc import Callable, Iterator, Sequence
-from contextvars import ContextVar, Token
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -25,16 +22,12 @@ from service.errors import Forbidden
 from service.storage import (
     Criterion,
     HasCriterion,
-    HistoryQuery,
     IdCriterion,
-    IndexRows,
     Match,
     ParamCriterion,
     Query,
     ReferenceMatch,
     ReferenceRow,
-    StoredResource,
-    Transaction,
 )
 
 PERMISSIONS = "cruds"
@@ -153,49 +146,6 @@ def _denied(type_: str, permission: str, patient: str | None) -> str:
     return f"The access token's scopes do not allow {names[permission]} on {type_}{where}"
 
 
-_CURRENT: ContextVar[Access | None] = ContextVar("whatmatters_access", default=None)
-# the resources the request touched (read or written), for its AuditEvent
-_TOUCHED: ContextVar[list[tuple[str, str]] | None] = ContextVar("whatmatters_touched", default=None)
-MAX_TOUCHED = 200
-
-
-@contextlib.contextmanager
-def acting_as(access: Access | None) -> Iterator[None]:
-    """Run the block with the access of one request's token."""
-    token = _CURRENT.set(access)
-    try:
-        yield
-    finally:
-        _CURRENT.reset(token)
-
-
-def set_access(access: Access | None) -> Token[Access | None]:
-    """Start a request's access (the HTTP layer); undo with reset_access."""
-    _TOUCHED.set([])
-    return _CURRENT.set(access)
-
-
-def touched() -> list[tuple[str, str]]:
-    """The (type, id) of the resources the running request read or wrote, first ones first."""
-    return list(_TOUCHED.get() or [])
-
-
-def _touch(type_: str, id_: str) -> None:
-    seen = _TOUCHED.get()
-    if seen is not None and len(seen) < MAX_TOUCHED and (type_, id_) not in seen:
-        seen.append((type_, id_))
-
-
-def reset_access(token: Token[Access | None]) -> None:
-    """End the access started by set_access."""
-    _CURRENT.reset(token)
-
-
-def current_access() -> Access | None:
-    """The access of the running request, or None (unrestricted)."""
-    return _CURRENT.get()
-
-
 # -- the compartment -----------------------------------------------------------------------------
 
 # the reference rows of the named parameters of a resource (SearchParameters.references)
@@ -235,10 +185,9 @@ def patients_of(
     return found
 
 
-def require_population_write(operation: str) -> None:
+def require_population_write(access: Access | None, operation: str) -> None:
     """Refuse ``operation`` (a bulk write whose input names its own patients, such as
     ``$ingest``) unless the request's token holds a user/ or system/ write scope."""
-    access = current_access()
     if access is None:
         return
     if not any(g.context != "patient" and "c" in g.permissions for g in access.grants):
@@ -255,11 +204,10 @@ def require_population_write(operation: str) -> None:
 SUBSCRIBER_ACCESS_URL = "http://whatmatters.example/fhir/StructureDefinition/subscriber-access"
 
 
-def stamp_subscriber(resource: dict[str, Any]) -> dict[str, Any]:
-    """The Subscription as the running request writes it: whatever access a client claimed
-    in it replaced by the request's own (unchanged when no token acts, e.g. the server's
-    own status changes)."""
-    access = current_access()
+def stamp_subscriber(resource: dict[str, Any], access: Access | None) -> dict[str, Any]:
+    """The Subscription as a request with ``access`` writes it: whatever access a client
+    claimed in it replaced by the request's own (unchanged when no token acts, e.g. the
+    server's own status changes)."""
     if access is None:
         return resource
     kept = [
@@ -297,9 +245,8 @@ def subscriber_access(resource: dict[str, Any]) -> Access | None:
     return None
 
 
-def require_reads(types: Sequence[str], what: str) -> None:
-    """Refuse ``what`` unless the running request's token may read every one of ``types``."""
-    access = current_access()
+def require_reads(access: Access | None, types: Sequence[str], what: str) -> None:
+    """Refuse ``what`` unless ``access`` (None: unrestricted) may read every one of ``types``."""
     if access is None:
         return
     missing = [t for t in types if not access.allows(t, "r")]
@@ -407,154 +354,6 @@ def _local_patient(value: Any) -> str | None:
     return local[1] if local is not None and local[0] == "Patient" else None
 
 
-class GuardedTransaction:
-    """A Transaction that lets through only what the request's access allows.
-
-    Every resource leaving the store (read, vread, read_many, history) and every version going
-    in (put, insert_new) is checked: its type against the scopes, and, for a patient-context
-    grant, its compartment against the launch patient. Anything else raises Forbidden, so no
-    door (search, _include, chains, history, Bundles, operations) can reach around it.
-    """
-
-    def __init__(self, tx: Transaction, access: Access, references: References) -> None:
-        self.raw = tx
-        self.access = access
-        self._references = references
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.raw, name)
-
-    # -- reading -------------------------------------------------------------------------------
-
-    def read(self, type_: str, id_: str) -> StoredResource | None:
-        """Return the current version, if the access may see it."""
-        return self._seen(self.raw.read(type_, id_))
-
-    def vread(self, type_: str, id_: str, version: int) -> StoredResource | None:
-        """Return one version, if the access may see it."""
-        return self._seen(self.raw.vread(type_, id_, version))
-
-    def read_many(self, keys: Sequence[tuple[str, str]]) -> list[StoredResource]:
-        """Return current versions, each checked."""
-        return [r for r in (self._seen(s) for s in self.raw.read_many(keys)) if r is not None]
-
-    def read_visible(self, keys: Sequence[tuple[str, str]]) -> list[StoredResource]:
-        """Return the current versions the access may see, leaving the others out silently
-        (_include and _revinclude: whether an unreadable target exists must not show)."""
-        visible = []
-        for stored in self.raw.read_many(keys):
-            try:
-                seen = self._seen(stored)
-            except Forbidden:
-                continue
-            if seen is not None:
-                visible.append(seen)
-        return visible
-
-    def history(self, query: HistoryQuery) -> list[StoredResource]:
-        """Return versions, each checked; a patient-context token sees only instance history."""
-        reach = self._reach_any(query.type or "*", ("r", "s"))
-        if reach is not None and query.id is None:
-            raise Forbidden(
-                "History of a whole type or of the system is not open to a patient-context "
-                "token; ask for one resource's history"
-            )
-        return [r for r in (self._seen(s) for s in self.raw.history(query)) if r is not None]
-
-    def _seen(self, stored: StoredResource | None) -> StoredResource | None:
-        if stored is None:
-            return None
-        _touch(stored.type, stored.id)
-        reach = self._reach_any(stored.type, ("r", "s"))
-        if reach is None:
-            return stored
-        if stored.content is None:  # a deletion: whose it was is in the version before
-            before = self.raw.vread(stored.type, stored.id, stored.version - 1)
-            if before is not None and before.content is not None:
-                self._check_compartment(stored.type, before.content, reach)
-            return stored
-        self._check_compartment(stored.type, stored.content, reach)
-        return stored
-
-    # -- writing -------------------------------------------------------------------------------
-
-    def put(
-        self, resource: StoredResource, replaces: int | None, index: IndexRows | None = None
-    ) -> None:
-        """Store a new version, if the access may write it (and the version it replaces)."""
-        self.check_put(resource, replaces)
-        self.raw.put(resource, replaces, index)
-
-    def check_put(self, resource: StoredResource, replaces: int | None) -> None:
-        """Raise unless the access may store this version: ``put`` checks the same, and an
-        update that changes nothing (so stores nothing) needs the same right."""
-        permission = "d" if resource.deleted else "c" if replaces is None else "u"
-        _touch(resource.type, resource.id)
-        reach = self.access.reach(resource.type, permission)
-        if reach is not None:
-            if replaces is not None:
-                before = self.raw.vread(resource.type, resource.id, replaces)
-                if before is not None and before.content is not None:
-                    verb = "delete" if resource.deleted else "update"
-                    self._check_owner(resource.type, before.content, reach, verb)
-            if resource.content is not None:
-                self._check_owner(resource.type, resource.content, reach, "write")
-
-    def insert_new(self, items: Sequence[tuple[StoredResource, IndexRows]]) -> None:
-        """Store many first versions, each checked."""
-        for stored, _ in items:
-            _touch(stored.type, stored.id)
-            reach = self.access.reach(stored.type, "c")
-            if reach is not None and stored.content is not None:
-                self._check_owner(stored.type, stored.content, reach, "write")
-        self.raw.insert_new(items)
-
-    # -- helpers -------------------------------------------------------------------------------
-
-    def _reach_any(self, type_: str, permissions: Sequence[str]) -> str | None:
-        problem: Forbidden | None = None
-        reaches: list[str | None] = []
-        for permission in permissions:
-            try:
-                reaches.append(self.access.reach(type_, permission))
-            except Forbidden as exc:
-                problem = exc
-        if not reaches:
-            assert problem is not None
-            raise problem
-        return None if None in reaches else reaches[0]
-
-    def _check_compartment(self, type_: str, content: str, patient: str) -> None:
-        if type_ in SHARED_TYPES:
-            return
-        resource = json.loads(content)
-        if patient not in patients_of(type_, resource, self._references, self._read_json):
-            # the message names no resource: it may be one the request did not name itself
-            raise Forbidden(
-                f"A {type_} outside the compartment of Patient/{patient}, the patient this "
-                "access token is for, was asked for; nothing of it is returned"
-            )
-
-    def _check_owner(self, type_: str, content: str, patient: str, verb: str) -> None:
-        if type_ in SHARED_TYPES:
-            return
-        problem = ownership_problem(type_, json.loads(content), patient, self._read_json)
-        if problem is not None:
-            where, why = problem
-            raise Forbidden(
-                f"A patient-context access token may {verb} only Patient/{patient}'s own "
-                f"resources: {why}",
-                expression=(where,),
-            )
-
-    def _read_json(self, type_: str, id_: str) -> dict[str, Any] | None:
-        stored = self.raw.read(type_, id_)
-        if stored is None or stored.content is None:
-            return None
-        loaded: dict[str, Any] = json.loads(stored.content)
-        return loaded
-
-
 def narrowed(
     access: Access, type_: str, params: Sequence[tuple[str, str]]
 ) -> list[tuple[str, str]]:
@@ -570,13 +369,6 @@ def narrowed(
         )
     value = patient if narrowing == "_id" else f"Patient/{patient}"
     return [*params, (narrowing, value)]
-
-
-def read_visible(tx: Transaction, keys: Sequence[tuple[str, str]]) -> list[StoredResource]:
-    """The current versions of ``keys`` the running request may see; the rest left out."""
-    if isinstance(tx, GuardedTransaction):
-        return tx.read_visible(keys)
-    return tx.read_many(keys)
 
 
 def confined(access: Access, query: Query) -> Query:

@@ -12,7 +12,6 @@ import base64
 import binascii
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 from typing import Any
@@ -29,19 +28,16 @@ from service.errors import (
     describe_exception,
 )
 from service.fhir import router
-from service.fhir.interactions import (
-    FhirService,
-    check_id,
-    check_type,
-    parse_json_patch,
-    without_resource,
-)
+from service.fhir.actor import Actor
+from service.fhir.checking import check_id, check_type, parse_json_patch, without_resource
+from service.fhir.interactions import FhirService
 from service.fhir.model import etag, instant, parse_etag, parse_json
 from service.fhir.references import rewrite_references, rewrite_strings
 from service.fhir.results import Result, operation_outcome
 from service.fhir.router import Match
 from service.fhir.search import parse_query_string
-from service.storage import StoredResource, Transaction
+from service.fhir.session import Session
+from service.storage import StoredResource
 
 log = logging.getLogger("whatmatters.fhir")
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -70,9 +66,13 @@ class EntryOp:
 
 
 def process_bundle(
-    service: FhirService, bundle: Any, base: str, prefer_return: str | None = None
+    service: FhirService,
+    actor: Actor,
+    bundle: Any,
+    base: str,
+    prefer_return: str | None = None,
 ) -> Result:
-    """Process a batch or transaction Bundle posted to the base URL."""
+    """Process a batch or transaction Bundle posted to the base URL, for ``actor``."""
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise BadRequest("Only a batch or transaction Bundle may be posted to the base URL")
     kind = bundle.get("type")
@@ -85,18 +85,21 @@ def process_bundle(
     if not isinstance(entries, list):
         raise BadRequest("Bundle.entry must be a JSON array", expression=("Bundle.entry",))
     if kind == "transaction":
-        service.check_resource(bundle, "Bundle")
+
+        def work(session: Session) -> list[Result | FhirError]:
+            session.check(bundle, "Bundle")
+            ops = [_parse_entry(i, e, base) for i, e in enumerate(entries)]
+            return _transaction(session, ops, base)
+
+        results = service.perform(actor, work)
     else:
         # In a batch each entry's resource stands or falls on its own, in its own response.
         shell = {**bundle, "entry": [without_resource(e) for e in entries]}
         if not entries:
             shell.pop("entry", None)
-        service.check_resource(shell, "Bundle")
-    if kind == "transaction":
-        ops = [_parse_entry(i, e, base) for i, e in enumerate(entries)]
-        results = service.run(lambda tx: _transaction(service, tx, ops, base))
-    else:
-        results = _batch(service, entries, base)
+        with service.session(actor) as session:
+            session.check(shell, "Bundle")
+        results = _batch(service, actor, entries, base)
     response_entries = [_response_entry(result, base, prefer_return) for result in results]
     body: dict[str, Any] = {
         "resourceType": "Bundle",
@@ -109,7 +112,9 @@ def process_bundle(
     return Result(200, body=body)
 
 
-def _batch(service: FhirService, entries: list[Any], base: str) -> list[Result | FhirError]:
+def _batch(
+    service: FhirService, actor: Actor, entries: list[Any], base: str
+) -> list[Result | FhirError]:
     results: list[Result | FhirError] = []
     for index, entry in enumerate(entries):
         try:
@@ -119,11 +124,13 @@ def _batch(service: FhirService, entries: list[Any], base: str) -> list[Result |
             continue
         try:
             if op.method in ("GET", "HEAD"):
-                results.append(_execute(service, None, op, {}, base))
+                with service.session(actor) as session:
+                    results.append(_execute(session, op, {}, base))
             else:
                 results.append(
-                    service.run(
-                        lambda tx, op=op: _execute(service, tx, op, {}, base),  # type: ignore[misc]
+                    service.perform(
+                        actor,
+                        lambda s, op=op: _execute(s, op, {}, base),  # type: ignore[misc]
                         retry=op.if_match is None,
                     )
                 )
@@ -137,16 +144,14 @@ def _batch(service: FhirService, entries: list[Any], base: str) -> list[Result |
     return results
 
 
-def _transaction(
-    service: FhirService, tx: Transaction, ops: list[EntryOp], base: str
-) -> list[Result | FhirError]:
+def _transaction(session: Session, ops: list[EntryOp], base: str) -> list[Result | FhirError]:
     mapping: dict[str, str] = {}
     targets: dict[tuple[str, str], int] = {}
     resolved: list[EntryOp] = []
     created: dict[tuple[str, str], str] = {}
     for op in ops:
         try:
-            op = _resolve_identity(service, tx, op, created)
+            op = _resolve_identity(session, op, created)
         except FhirError as exc:
             raise _at_entry(exc, op) from exc
         resolved.append(op)
@@ -169,14 +174,14 @@ def _transaction(
     results: list[Result | FhirError | None] = [None] * len(resolved)
     for op in sorted(resolved, key=lambda o: (_ORDER[o.method], o.index)):
         try:
-            results[op.index] = _execute(service, tx, op, mapping, base, validated=True)
+            results[op.index] = _execute(session, op, mapping, base, validated=True)
         except FhirError as exc:
             raise _at_entry(exc, op) from exc
     return [r for r in results if r is not None]
 
 
 def _resolve_identity(
-    service: FhirService, tx: Transaction, op: EntryOp, created: dict[tuple[str, str], str]
+    session: Session, op: EntryOp, created: dict[tuple[str, str], str]
 ) -> EntryOp:
     """Fix the id each write entry will have, so references to it can be rewritten.
 
@@ -189,21 +194,21 @@ def _resolve_identity(
             key = (op.type, op.if_none_exist)
             if key in created:
                 return replace(op, id=created[key])
-            existing = service.match_one_or_none(tx, op.type, op.if_none_exist, "If-None-Exist")
+            existing = session.match_one_or_none(op.type, op.if_none_exist, "If-None-Exist")
             if existing is not None:
                 return replace(op, id=existing.id, method="POST")
             created[key] = str(uuid.uuid4())
             return replace(op, id=created[key], if_none_exist=None)
         return replace(op, id=str(uuid.uuid4()), if_none_exist=None)
     if op.method in ("PUT", "PATCH", "DELETE") and op.type and op.id is None and op.query:
-        match = service.match_one_or_none(tx, op.type, op.query, f"The conditional {op.method}")
+        match = session.match_one_or_none(op.type, op.query, f"The conditional {op.method}")
         if match is not None:
             return replace(op, id=match.id)
         if op.method == "PUT":
             body_id = (op.resource or {}).get("id")
             if isinstance(body_id, str):
                 check_id(body_id)
-                existing = tx.read(op.type, body_id)
+                existing = session.tx.read(op.type, body_id)
                 if existing is not None and not existing.deleted:
                     raise Conflict(
                         f"No {op.type} matches {op.query!r}, but {op.type}/{body_id} exists "
@@ -217,8 +222,7 @@ def _resolve_identity(
 
 
 def _execute(
-    service: FhirService,
-    tx: Transaction | None,
+    session: Session,
     op: EntryOp,
     mapping: dict[str, str],
     base: str,
@@ -227,28 +231,28 @@ def _execute(
     """Carry out one entry. ``validated``: the transaction checked the whole Bundle already
     (rewriting references to the ids the server gave cannot make a resource invalid)."""
     if op.method in ("GET", "HEAD"):
-        return _read_entry(service, tx, op, base)
-    assert tx is not None
+        return _read_entry(session, op, base)
     assert op.type is not None
     if op.method == "DELETE":
         if op.id is None:
-            return service.conditional_delete_in(tx, op.type, op.query or "")
-        return service.delete_in(tx, op.type, op.id, op.if_match)
+            return session.conditional_delete(op.type, op.query or "")
+        return session.delete(op.type, op.id, op.if_match)
     if op.method == "PATCH":
         operations = _patch_operations(op)
         if op.id is None:
             raise NotFound(f"No {op.type} matches the criteria of the conditional patch")
-        return service.patch_in(tx, op.type, op.id, operations, op.if_match)
+        return session.patch(op.type, op.id, operations, op.if_match)
     resource = _rewrite(op.resource or {}, mapping)
-    resource = resolve_conditional_references(service, tx, resource)
+    resource = resolve_conditional_references(session, resource)
     if not validated:
-        service.check_resource(resource, op.type)
+        session.check(resource, op.type)
     if op.method == "POST":
         if op.if_none_exist:
-            return service.create_in(tx, op.type, resource, op.if_none_exist)
-        return service.create_in(tx, op.type, resource, new_id=op.id)
+            return session.create(op.type, resource, op.if_none_exist, checked=True)
+        return session.create(op.type, resource, new_id=op.id, checked=True)
     if op.id is None:
-        return service.conditional_update_in(tx, op.type, op.query or "", resource, op.if_match)
+        query = op.query or ""
+        return session.conditional_update(op.type, query, resource, op.if_match, checked=True)
     if resource.get("id") is None and op.query is not None:
         resource = {**resource, "id": op.id}
     if resource.get("id") != op.id:
@@ -257,27 +261,21 @@ def _execute(
             "entry URL",
             expression=("resource.id",),
         )
-    return service.update_in(tx, op.type, op.id, resource, op.if_match)
+    return session.update(op.type, op.id, resource, op.if_match, checked=True)
 
 
-def _read_entry(service: FhirService, tx: Transaction | None, op: EntryOp, base: str) -> Result:
+def _read_entry(session: Session, op: EntryOp, base: str) -> Result:
     if op.type is None:
         raise BadRequest("Only reads, searches and history of a resource type are allowed here")
-
-    def run(inner: Callable[[Transaction], Result]) -> Result:
-        return inner(tx) if tx is not None else service.read_only(inner)
-
     if op.history:
         params = parse_query_string(op.query or "")
-        return service.history(op.type, op.id, params, base, tx=tx)
+        return session.history(op.type, op.id, params, base)
     if op.id is None:
         params = parse_query_string(op.query or "")
-        return service.search_type(op.type, params, base, tx=tx)
-    type_, id_ = op.type, op.id
+        return session.search_type(op.type, params, base)
     if op.version is not None:
-        version = op.version
-        return run(lambda t: service.vread_in(t, type_, id_, version))
-    return run(lambda t: service.read_in(t, type_, id_))
+        return session.vread(op.type, op.id, op.version)
+    return session.read(op.type, op.id)
 
 
 def _parse_entry(index: int, entry: Any, base: str) -> EntryOp:
@@ -393,7 +391,7 @@ def _rewrite(value: Any, mapping: dict[str, str]) -> Any:
 
 
 def resolve_conditional_references(
-    service: FhirService, tx: Transaction, value: Any, cache: dict[str, str] | None = None
+    session: Session, value: Any, cache: dict[str, str] | None = None
 ) -> Any:
     """Replace references like ``Patient?identifier=s|v`` with the one resource they match.
 
@@ -408,7 +406,7 @@ def resolve_conditional_references(
             return cache[item]
         type_ = item.split("?", 1)[0]
         check_type(type_)
-        match = service.match_one_or_none(tx, type_, item, "The conditional reference")
+        match = session.match_one_or_none(type_, item, "The conditional reference")
         if match is None:
             raise NotFound(
                 f"The conditional reference {item!r} matches no resource",

@@ -18,16 +18,17 @@ from typing import Any
 
 from service.errors import FhirError, Issue, Unprocessable
 from service.fhir.access import require_population_write
+from service.fhir.actor import Actor
 from service.fhir.bundles import resolve_conditional_references
 from service.fhir.interactions import FhirService
 from service.fhir.model import dump_json
 from service.fhir.results import Result, operation_outcome
 from service.fhir.search import escape_value
+from service.fhir.session import Session
 from service.mapping.engine import Mapped, Mapper, Output
 from service.mapping.files import MappingError, MappingFile
 from service.mapping.resource_paths import value_at
 from service.mapping.sources import mapping_records
-from service.storage import Transaction
 
 MAX_ERRORS = 100  # reported at once; the rest are summarised
 DRY_RUN_LIMIT = 10_000  # resources shown by a dry run
@@ -94,6 +95,7 @@ class _Rollback(Exception):
 
 def ingest(
     fhir: FhirService,
+    actor: Actor,
     mapping: MappingFile,
     data: bytes | str | Iterable[str],
     questionnaires: dict[str, dict[str, Any]],
@@ -106,7 +108,7 @@ def ingest(
     A dry run does everything a real run does, references and all, in a transaction it then
     rolls back: its outcome lists exactly the problems the real run would meet.
     """
-    require_population_write("$ingest")
+    require_population_write(actor.access, "$ingest")
     report = IngestReport()
     mapper = Mapper(mapping, conceptmaps)
     per_record = mapping.content.get("errors") == "skip-record"
@@ -132,10 +134,10 @@ def ingest(
                 report.skipped += 1
             yield item
 
-    def check(output: Output) -> bool:
+    def check(session: Session, output: Output) -> bool:
         resource = output.resource
         try:
-            fhir.check_resource(resource, resource["resourceType"])  # what every write must meet
+            session.check(resource, resource["resourceType"])  # what every write must meet
         except FhirError as error:
             for issue in error.outcome_issues():
                 if issue.severity in ("error", "fatal"):
@@ -150,7 +152,7 @@ def ingest(
             return False
         return True
 
-    def write(tx: Transaction) -> None:
+    def write(session: Session) -> None:
         batch: list[tuple[Output, dict[str, Any]]] = []
         pending: set[str] = set()  # what the batch will create, as conditional references
         made: set[str] = set()  # what this input has made so far
@@ -158,12 +160,10 @@ def ingest(
 
         def flush() -> None:
             items = [(o.resource["resourceType"], r, o.identifier) for o, r in batch]
-            for (output, resource), result in zip(
-                batch, fhir.create_many_in(tx, items), strict=True
-            ):
+            for (output, resource), result in zip(batch, session.create_many(items), strict=True):
                 if result.status == 201:
                     report.created += 1
-                elif output.corrects and _corrected(fhir, tx, resource, result):
+                elif output.corrects and _corrected(session, resource, result):
                     report.updated += 1
                 else:
                     report.unchanged += 1
@@ -177,7 +177,7 @@ def ingest(
                 if criteria in made or criteria in earlier:
                     continue
                 try:
-                    resolve_conditional_references(fhir, tx, {"reference": criteria}, resolved)
+                    resolve_conditional_references(session, {"reference": criteria}, resolved)
                 except FhirError as error:
                     report.add_error(
                         Issue(
@@ -192,7 +192,7 @@ def ingest(
 
         for item in records():
             # after an error the run goes on, to report every problem
-            if not all([check(output) for output in item.outputs]):
+            if not all([check(session, output) for output in item.outputs]):
                 continue
             references = [_references(output.resource) for output in item.outputs]
             if not all(
@@ -213,7 +213,7 @@ def ingest(
             for output, refers_to in zip(item.outputs, references, strict=True):
                 if not pending.isdisjoint(refers_to):
                     flush()  # it refers to what this input creates: write that first
-                resource = resolve_conditional_references(fhir, tx, output.resource, resolved)
+                resource = resolve_conditional_references(session, output.resource, resolved)
                 batch.append((output, resource))
                 pending.add(output.criteria)
             if len(batch) >= BATCH:
@@ -228,7 +228,7 @@ def ingest(
             raise _Rollback
 
     with contextlib.suppress(_Rollback):
-        fhir.run(write, retry=False)
+        fhir.perform(actor, write, retry=False)
     if report.more_errors:
         report.errors.append(
             Issue("error", "too-costly", f"... and {report.more_errors} more problems")
@@ -293,14 +293,12 @@ def _field_where(output: Output, expressions: tuple[str, ...]) -> str:
     return output.where
 
 
-def _corrected(
-    fhir: FhirService, tx: Transaction, resource: dict[str, Any], result: Result
-) -> bool:
+def _corrected(session: Session, resource: dict[str, Any], result: Result) -> bool:
     """Update the resource an earlier input made if the correction changes it."""
     current = result.stored
     if current is None or not _differs(resource, result):
         return False
-    fhir.update_in(tx, current.type, current.id, {**resource, "id": current.id})
+    session.update(current.type, current.id, {**resource, "id": current.id}, checked=True)
     return True
 
 

@@ -1,4 +1,5 @@
-"""Run a search and build its searchset Bundle: https://hl7.org/fhir/R4/search.html.
+"""Run a search (``search``, a typed ``SearchPage``) and render it as a searchset Bundle
+(``searchset``): https://hl7.org/fhir/R4/search.html.
 
 Paging: when a search has more matches than one page, its ordered matches are kept (up to
 ``MAX_KEPT``) under a token, and ``next``/``previous`` links page through that list. Writes made
@@ -10,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode
 
 from service.errors import Issue, NotFound
-from service.fhir.access import confined, current_access, read_visible
+from service.fhir.access import Access, confined, narrowed
+from service.fhir.guard import read_visible
 from service.fhir.model import dump_json, instant, parse_json
 from service.fhir.results import Result, operation_outcome
 from service.fhir.search import Include, SearchParser, SearchRequest
@@ -30,12 +33,10 @@ MAX_INCLUDED = 1_000
 ITERATE_DEPTH = 4
 Key = tuple[str, str]
 Page = tuple[list[StoredResource], list[StoredResource]]
-T = TypeVar("T")
 
 
 class SearchHost(Protocol):
-    """What a search needs from the FHIR service (``FhirService`` is one). Named here, so this
-    module does not import interactions.py, which calls it: no import cycle."""
+    """The settings a search needs from the FHIR service (``FhirService`` is one)."""
 
     search_params: SearchParameters
     definitions: Definitions
@@ -44,51 +45,74 @@ class SearchHost(Protocol):
     max_chain_depth: int
     clock: Callable[[], int]
 
-    def read_only(self, work: Callable[[Transaction], T]) -> T:
-        """Run ``work`` in a read transaction."""
-        ...
 
-    def run(self, work: Callable[[Transaction], T], *, retry: bool = True) -> T:
-        """Run ``work`` in one write transaction."""
-        ...
+@dataclass
+class SearchPage:
+    """One page of a search: the matches, what ``_include`` added, and where it stands.
+
+    ``token``/``offset``/``count`` are the cursor: ``next_params`` gives the parameters of the
+    next page (None on the last), as the ``next`` link of the searchset Bundle says them.
+    """
+
+    type: str
+    request: SearchRequest
+    matches: list[StoredResource]
+    included: list[StoredResource]
+    total: int | None
+    token: str | None
+    offset: int
+    count: int
+    more: bool
+    warnings: list[Issue] = field(default_factory=list)
+
+    @property
+    def next_params(self) -> list[tuple[str, str]] | None:
+        """The parameters of the next page, or None when this is the last."""
+        if not (self.more and self.token is not None and self.count > 0):
+            return None
+        return _paged(self.request.used, self.token, self.offset + self.count, self.count)
 
 
-def search_type(
-    service: SearchHost,
+def search(
+    host: SearchHost,
+    access: Access | None,
+    tx: Callable[[], Transaction],
+    keep: Callable[[str, list[Key], int], None],
     type_: str,
     params: Sequence[tuple[str, str]],
-    base: str,
     *,
     strict: bool,
-    tx: Transaction | None,
-) -> Result:
-    """Search one resource type and return a searchset Bundle."""
-    request = SearchParser(service.search_params, base, service.max_chain_depth).parse(
+    base: str = "",
+) -> SearchPage:
+    """Run a search of one resource type for ``access`` and return the page asked for.
+
+    ``base`` is the server's base URL (absolute references to it are local); ``tx`` gives
+    the session's open transaction; ``keep`` keeps a search's ordered matches
+    under a key (in a write transaction) so later pages come from the same list.
+    """
+    if access is not None:
+        params = narrowed(access, type_, params)
+    request = SearchParser(host.search_params, base, host.max_chain_depth).parse(
         type_,
         params,
         strict=strict,
-        default_count=service.default_page_size,
-        max_count=service.max_page_size,
+        default_count=host.default_page_size,
+        max_count=host.max_page_size,
     )
-    access = current_access()
     if access is not None:
         request.query = confined(access, request.query)
     warnings = list(request.warnings)
-
-    def read(work: Any) -> Any:
-        return work(tx) if tx is not None else service.read_only(work)
-
     total: int | None = None
     page: Page | None = None
     token = request.page_token
     offset = request.offset
     count = request.count
     if request.summary == "count" or count == 0:
-        total = read(lambda t: t.count(request.query))
+        total = tx().count(request.query)
         keys: list[Key] = []
         more = False
     elif token is not None:
-        kept = read(lambda t: t.saved_search(_kept_under(token, type_), offset, count))
+        kept = tx().saved_search(_kept_under(access, token, type_), offset, count)
         if kept is None:
             raise NotFound(
                 f"No {type_} search with this _page_token is open to this access token (it "
@@ -100,22 +124,16 @@ def search_type(
         if request.total:
             total = kept_total
     else:
-
-        def first_page(t: Transaction) -> tuple[list[Key], Page | None]:
-            found = t.search_keys(request.query, count + 1)
-            if len(found) > count or offset > 0:
-                return found[:count], None
+        found = tx().search_keys(request.query, count + 1)
+        more = len(found) > count or offset > 0
+        if not more:
             # One page holds every match: read it in the same transaction.
-            return found, _page(t, request, found)
-
-        keys, done = read(first_page)
-        more = done is None
-        if done is not None:
-            page = done
+            keys = found
+            page = _page(tx(), request, found)
             if request.total:
                 total = len(keys)
         else:
-            every = read(lambda t: t.search_keys(request.query, MAX_KEPT + 1))
+            every = tx().search_keys(request.query, MAX_KEPT + 1)
             if len(every) > MAX_KEPT:
                 warnings.append(
                     Issue(
@@ -130,25 +148,29 @@ def search_type(
             keys = every[offset : offset + count]
             more = offset + count < len(every)
             token = str(uuid.uuid4())
-            moment = service.clock()
-            new_token = _kept_under(token, type_)
-            if tx is not None:
-                tx.save_search(new_token, every, moment)
-            else:
-                service.run(lambda t: t.save_search(new_token, every, moment))
+            keep(_kept_under(access, token, type_), every, host.clock())
             if request.total:
                 capped = len(every) >= MAX_KEPT
-                total = read(lambda t: t.count(request.query)) if capped else len(every)
+                total = tx().count(request.query) if capped else len(every)
     if page is None:
-        page = read(lambda t: _page(t, request, keys))
+        page = _page(tx(), request, keys)
     matches, included = page
-    entries = [_entry(service, base, item, "match", request) for item in matches]
-    entries += [_entry(service, base, item, "include", request) for item in included]
-    if warnings:
-        outcome = {"resource": operation_outcome(warnings), "search": {"mode": "outcome"}}
+    return SearchPage(
+        type_, request, matches, included, total, token, offset, count, more, warnings
+    )
+
+
+def searchset(host: SearchHost, page: SearchPage, base: str) -> Result:
+    """The searchset Bundle of a search page: https://hl7.org/fhir/R4/bundle.html#searchset."""
+    request, type_, token = page.request, page.type, page.token
+    offset, count = page.offset, page.count
+    entries = [_entry(host, base, item, "match", request) for item in page.matches]
+    entries += [_entry(host, base, item, "include", request) for item in page.included]
+    if page.warnings:
+        outcome = {"resource": operation_outcome(page.warnings), "search": {"mode": "outcome"}}
         entries.append(dump_json(outcome))
     links = [{"relation": "self", "url": _url(base, type_, request.used, token, offset, count)}]
-    if more and token is not None and count > 0:
+    if page.next_params is not None:
         links.append(
             {
                 "relation": "next",
@@ -165,11 +187,11 @@ def search_type(
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "id": str(uuid.uuid4()),
-        "meta": {"lastUpdated": instant(service.clock())},
+        "meta": {"lastUpdated": instant(host.clock())},
         "type": "searchset",
     }
-    if total is not None:
-        bundle["total"] = total
+    if page.total is not None:
+        bundle["total"] = page.total
     bundle["link"] = links
     text = dump_json(bundle)
     if entries:
@@ -183,15 +205,13 @@ def _page(t: Transaction, request: SearchRequest, keys: list[Key]) -> Page:
 
 
 def _entry(
-    service: SearchHost, base: str, item: StoredResource, mode: str, request: SearchRequest
+    host: SearchHost, base: str, item: StoredResource, mode: str, request: SearchRequest
 ) -> str:
     """One entry as JSON text; the stored resource is spliced in unless it must be subsetted."""
     full_url = dump_json(f"{base}/{item.type}/{item.id}")
     content = item.content or "{}"
     if request.summary is not None or request.elements is not None:
-        resource = subset(
-            service.definitions, parse_json(content), request.summary, request.elements
-        )
+        resource = subset(host.definitions, parse_json(content), request.summary, request.elements)
         content = dump_json(resource)
     return (
         '{"fullUrl":' + full_url + ',"resource":' + content + ',"search":{"mode":"' + mode + '"}}'
@@ -242,11 +262,10 @@ def _includes(
     return found
 
 
-def _kept_under(token: str, type_: str) -> str:
+def _kept_under(access: Access | None, token: str, type_: str) -> str:
     """The key a search's matches are kept under: the token the client sees, bound to the
     type and to whoever made it (issuer, subject, client, patient), so nobody else and no
     other type's search can page through them."""
-    access = current_access()
     owner = (
         ()
         if access is None
@@ -263,11 +282,17 @@ def _url(
     offset: int,
     count: int,
 ) -> str:
+    return f"{base}/{type_}?" + urlencode(_paged(params, token, offset, count))
+
+
+def _paged(
+    params: Sequence[tuple[str, str]], token: str | None, offset: int, count: int
+) -> list[tuple[str, str]]:
     items = [(k, v) for k, v in params if k != "_count"]
     items.append(("_count", str(count)))
     if token is not None:
         items += [("_page_token", token), ("_offset", str(offset))]
-    return f"{base}/{type_}?" + urlencode(items)
+    return items
 
 
-__all__ = ["search_type"]
+__all__ = ["SearchPage", "search", "searchset"]

@@ -10,11 +10,9 @@ Both are described by OperationDefinitions in ``profiles/``.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 from service.errors import (
     FhirError,
@@ -24,10 +22,12 @@ from service.errors import (
     PreconditionFailed,
     Unprocessable,
 )
+from service.fhir.actor import Actor
 from service.fhir.bundles import process_bundle
 from service.fhir.interactions import FhirService
-from service.fhir.model import instant, now_us, parse_instant
+from service.fhir.model import instant, now_us, parse_instant, parse_json
 from service.fhir.results import Result
+from service.fhir.session import Session
 from service.priorities.codes import (
     LOINC,
     PCO_CONCEPTS,
@@ -35,26 +35,19 @@ from service.priorities.codes import (
     STATEMENT_CODES,
     STATEMENT_PROFILES,
 )
-from service.priorities.items import (
-    Change,
-    Item,
-    compare,
-    gather,
-    merged_list,
-    plain_reference,
-    reference_of,
-)
+from service.priorities.conversation import Conversation, parse_conversation
+from service.priorities.items import Item, gather, plain_reference, reference_of
+from service.priorities.merged import Change, compare, merged_list
 from service.priorities.record import (
-    Conversation,
     build_transaction,
     goal_status_updates,
     item_identifier,
     list_entries,
     list_identifier,
-    parse_conversation,
     ranking_order,
     token,
 )
+from service.storage import StoredResource
 
 ATTEMPTS = 3  # a List updated by two conversations at once: the loser reads it again
 
@@ -68,13 +61,15 @@ class WhatMatters:
 
     # -- $record-what-matters ---------------------------------------------------------------
 
-    def record(self, patient_id: str | None, body: Any, base: str) -> Result:
+    def record(self, actor: Actor, patient_id: str | None, body: Any, base: str) -> Result:
         """Record one conversation in one transaction; 422 naming the input on any problem."""
         conversation = parse_conversation(body)
-        patient_id = self.patient_id(patient_id, conversation)
+        with self.fhir.session(actor) as session:
+            patient_id = self.patient_id(session, patient_id, conversation)
         for attempt in range(ATTEMPTS):
-            current = self._current_list(patient_id, conversation, base)
-            found = self._stored_items(conversation, patient_id, base)
+            with self.fhir.session(actor) as session:
+                current = self._current_list(session, patient_id, conversation, base)
+                found = self._stored_items(session, conversation, patient_id, base)
             now = instant(self.clock())
             updates = goal_status_updates(conversation, found, (conversation.recorded or now)[:10])
             unchanged = None if updates else self._unchanged(conversation, found, current, base)
@@ -85,8 +80,9 @@ class WhatMatters:
                 conversation, patient_id, now, current, known, updates
             )
             try:
-                with self.fhir.provenance_supplied():  # the Bundle holds the recorder's
-                    return process_bundle(self.fhir, bundle, base, "representation")
+                # the Bundle holds the recorder's Provenance: no other is added
+                recorder = actor.supplying_provenance()
+                return process_bundle(self.fhir, recorder, bundle, base, "representation")
             except PreconditionFailed:
                 if attempt == ATTEMPTS - 1:
                     raise
@@ -97,14 +93,14 @@ class WhatMatters:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _stored_items(
-        self, conversation: Conversation, patient_id: str, base: str
+        self, session: Session, conversation: Conversation, patient_id: str, base: str
     ) -> dict[str, dict[str, Any]]:
         """The statements and goals of the conversation that are stored already, by key."""
         found: dict[str, dict[str, Any]] = {}
         for item in conversation.items:
             identifier = item_identifier(item, patient_id, conversation.setting)
             type_ = "Observation" if item.kind == "statement" else "Goal"
-            matches = self._search(type_, [("identifier", token(identifier))], base)
+            matches = self._search(session, type_, [("identifier", token(identifier))], base)
             if len(matches) == 1:
                 found[item.key] = matches[0]
         return found
@@ -148,10 +144,12 @@ class WhatMatters:
         }
         return Result(200, body=bundle)
 
-    def patient_id(self, patient_id: str | None, conversation: Conversation) -> str:
+    def patient_id(
+        self, session: Session, patient_id: str | None, conversation: Conversation
+    ) -> str:
         """The id of the patient: from the URL, or found by ``patient-identifier``."""
         if patient_id is not None:
-            self.fhir.read("Patient", patient_id)  # 404 or 410 when there is no such patient
+            session.read("Patient", patient_id)  # 404 or 410 when there is no such patient
             return patient_id
         identifier = conversation.patient_identifier
         if identifier is None:
@@ -160,11 +158,15 @@ class WhatMatters:
                 "or give 'patient-identifier'",
                 expression=("Parameters",),
             )
-        return self.patient_by_identifier(identifier)
+        return self._patient_by_identifier(session, identifier)
 
-    def patient_by_identifier(self, identifier: dict[str, Any]) -> str:
+    def patient_by_identifier(self, actor: Actor, identifier: dict[str, Any]) -> str:
         """The id of the one Patient with ``identifier``: 404 for none, 422 for several."""
-        found = self._search("Patient", [("identifier", token(identifier))], "")
+        with self.fhir.session(actor) as session:
+            return self._patient_by_identifier(session, identifier)
+
+    def _patient_by_identifier(self, session: Session, identifier: dict[str, Any]) -> str:
+        found = self._search(session, "Patient", [("identifier", token(identifier))], "")
         shown = f"{identifier.get('system', '')}|{identifier['value']}"
         if not found:
             raise NotFound(f"No Patient has the identifier {shown}; create the Patient first")
@@ -176,30 +178,36 @@ class WhatMatters:
         return str(found[0]["id"])
 
     def _current_list(
-        self, patient_id: str, conversation: Conversation, base: str
+        self, session: Session, patient_id: str, conversation: Conversation, base: str
     ) -> dict[str, Any] | None:
         identifier = list_identifier(patient_id, conversation.setting)
-        found = self._search("List", [("identifier", token(identifier))], base)
+        found = self._search(session, "List", [("identifier", token(identifier))], base)
         return found[0] if found else None
 
     # -- $what-matters --------------------------------------------------------------------
 
     def what_matters(
-        self, patient_id: str, history: bool, base: str, since: int | None = None
+        self, actor: Actor, patient_id: str, history: bool, base: str, since: int | None = None
     ) -> Result:
         """The patient's merged priorities: a Bundle of the merged List and what it names.
 
         With ``since`` (microseconds), each entry of the merged List is marked new or changed
         since then, and items gone since then are added, marked removed.
         """
-        patient = self.fhir.read("Patient", patient_id).stored
+        with self.fhir.session(actor) as session:
+            return self._what_matters(session, patient_id, history, base, since)
+
+    def _what_matters(
+        self, session: Session, patient_id: str, history: bool, base: str, since: int | None
+    ) -> Result:
+        patient = session.read("Patient", patient_id).stored
         assert patient is not None
-        lists, resources, provenances = self._sources(patient_id, base)
+        lists, resources, provenances = self._sources(session, patient_id, base)
         items = gather(lists, resources, provenances, self.fhir.instance_id)
         marks: dict[int, Change] = {}
         removed: list[Item] = []
         if since is not None:
-            earlier = self._as_at(patient_id, since, lists + resources, base)
+            earlier = self._as_at(session, patient_id, since, lists + resources, base)
             marks, removed = compare(gather(*earlier, [], self.fhir.instance_id), items)
         now = instant(self.clock())
         merged = merged_list(
@@ -228,7 +236,7 @@ class WhatMatters:
                 entries.append(_entry(base, provenance))
         if history:
             for source in lists:
-                entries += self._list_history(source, base)
+                entries += self._list_history(session, source, base)
         bundle = {
             "resourceType": "Bundle",
             "type": "collection",
@@ -238,12 +246,13 @@ class WhatMatters:
         return Result(200, body=bundle)
 
     def _sources(
-        self, patient_id: str, base: str
+        self, session: Session, patient_id: str, base: str
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
         """The current Priorities Lists, the candidate Observations and Goals, and the
         Provenances that target them."""
         patient = f"Patient/{patient_id}"
         lists = self._search(
+            session,
             "List",
             [("subject", patient), ("code", f"{LOINC}|{PRIORITIES_CODE}"), ("status", "current")],
             base,
@@ -259,21 +268,26 @@ class WhatMatters:
             params = [("patient", patient), revinclude]
             if criterion is not None:
                 params.append(criterion)
-            for resource in self._search(type_, params, base, keep_includes=True):
+            for resource in self._search(session, type_, params, base, keep_includes=True):
                 found.setdefault(reference_of(resource), resource)
         resources = [r for r in found.values() if r.get("resourceType") != "Provenance"]
         provenances = [r for r in found.values() if r.get("resourceType") == "Provenance"]
         return lists, resources, provenances
 
     def _as_at(
-        self, patient_id: str, since: int, current: list[dict[str, Any]], base: str
+        self,
+        session: Session,
+        patient_id: str,
+        since: int,
+        current: list[dict[str, Any]],
+        base: str,
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The patient's Priorities Lists and Observations/Goals as they were at ``since``,
         from version history: (lists, resources)."""
         subject = f"Patient/{patient_id}"
         changed: set[str] = set()
         for type_ in ("List", "Observation", "Goal"):
-            changed |= self._changed_since(type_, since, base)
+            changed |= self._changed_since(session, type_, since)
         kept = []
         for resource in current:
             ref = reference_of(resource)
@@ -283,7 +297,7 @@ class WhatMatters:
                 changed.add(ref)
         for ref in sorted(changed):
             type_, id_ = ref.split("/", 1)
-            earlier = self._version_at(type_, id_, since, base)
+            earlier = self._version_at(session, type_, id_, since)
             if (
                 earlier is not None
                 and plain_reference((earlier.get("subject") or {}).get("reference")) == subject
@@ -299,77 +313,82 @@ class WhatMatters:
         ]
         return lists, [r for r in kept if r.get("resourceType") != "List"]
 
-    def _changed_since(self, type_: str, since: int, base: str) -> set[str]:
+    def _changed_since(self, session: Session, type_: str, since: int) -> set[str]:
         """``Type/id`` of every resource of the type written or deleted after ``since``."""
         params = [("_since", instant(since + 1)), ("_count", "1000")]
         try:
-            entries = self._pages(lambda p: self.fhir.history(type_, None, p, base), params)
+            versions = self._versions(session, type_, None, params)
         except Forbidden:
             # a patient-context token may not read type history: the changes of the resources
             # that are still there are found from their own history; deletions stay unseen
             return set()
-        return {plain_reference(entry.get("fullUrl")) for entry in entries}
+        return {f"{version.type}/{version.id}" for version in versions}
 
-    def _version_at(self, type_: str, id_: str, since: int, base: str) -> dict[str, Any] | None:
+    def _version_at(
+        self, session: Session, type_: str, id_: str, since: int
+    ) -> dict[str, Any] | None:
         """The version of a resource current at ``since``; None if it did not exist then."""
         try:
-            params = [("_count", "1000")]
-            entries = self._pages(lambda p: self.fhir.history(type_, id_, p, base), params)
+            versions = self._versions(session, type_, id_, [("_count", "1000")])
         except NotFound:
             return None
         best: tuple[int, dict[str, Any] | None] | None = None
-        for entry in entries:
-            when = parse_instant(str(entry.get("response", {}).get("lastModified") or ""), "")
-            resource = entry.get("resource")
-            if resource is not None:
-                when = _micros(resource)
+        for version in versions:
+            resource = None if version.deleted else parse_json(version.content or "{}")
+            # when it was written, as the history Bundle tells it (to the millisecond)
+            when = _micros(resource) if resource is not None else _at(version.last_updated_us)
             if when <= since and (best is None or when > best[0]):
                 best = (when, resource)
         return best[1] if best else None
 
-    def _list_history(self, source: dict[str, Any], base: str) -> list[dict[str, Any]]:
-        result = self.fhir.history("List", str(source["id"]), [("_count", "1000")], base)
-        body = result.body or json.loads(result.text or "{}")
+    def _list_history(
+        self, session: Session, source: dict[str, Any], base: str
+    ) -> list[dict[str, Any]]:
+        page = session.history_page("List", str(source["id"]), [("_count", "1000")])
         earlier = []
-        for entry in body.get("entry", []):
-            resource = entry.get("resource")
-            if not resource or resource.get("meta", {}).get("versionId") == source.get(
-                "meta", {}
-            ).get("versionId"):
+        for version in page.versions:
+            if version.deleted:
+                continue
+            resource = parse_json(version.content or "{}")
+            if resource.get("meta", {}).get("versionId") == source.get("meta", {}).get("versionId"):
                 continue
             earlier.append(_entry(base, resource, versioned=True))
         return earlier
 
-    def _pages(
-        self, fetch: Callable[[list[tuple[str, str]]], Result], params: list[tuple[str, str]]
-    ) -> list[dict[str, Any]]:
-        """Every entry of a paged history or search answer."""
-        found: list[dict[str, Any]] = []
-        while True:
-            result = fetch(params)
-            body = result.body or json.loads(result.text or "{}")
-            found += body.get("entry", [])
-            following = [link for link in body.get("link", []) if link.get("relation") == "next"]
-            if not following or len(found) > 20000:
-                return found
-            params = parse_qsl(urlsplit(following[0]["url"]).query, keep_blank_values=True)
+    def _versions(
+        self,
+        session: Session,
+        type_: str,
+        id_: str | None,
+        params: list[tuple[str, str]],
+    ) -> list[StoredResource]:
+        """Every version of a paged history, page by page through its own cursor."""
+        found: list[StoredResource] = []
+        asked: list[tuple[str, str]] | None = params
+        while asked is not None and len(found) <= 20000:
+            page = session.history_page(type_, id_, asked)
+            found += page.versions
+            asked = page.next_params
+        return found
 
     def _search(
         self,
+        session: Session,
         type_: str,
         params: list[tuple[str, str]],
         base: str,
         keep_includes: bool = False,
     ) -> list[dict[str, Any]]:
-        entries = self._pages(
-            lambda p: self.fhir.search_type(type_, p, base or "urn:local", strict=True),
-            [*params, ("_count", "1000")],
-        )
-        return [
-            e["resource"]
-            for e in entries
-            if keep_includes or e.get("search", {}).get("mode", "match") == "match"
-        ]
+        """Every match of a search (and, with ``keep_includes``, what it includes), page by
+        page through the search's own cursor."""
+        found: list[dict[str, Any]] = []
+        asked: list[tuple[str, str]] | None = [*params, ("_count", "1000")]
+        while asked is not None and len(found) <= 20000:
+            page = session.search(type_, asked, strict=True, base=base or "urn:local")
+            shown = page.matches + (page.included if keep_includes else [])
+            found += [parse_json(stored.content or "{}") for stored in shown]
+            asked = page.next_params
+        return found
 
 
 def _named_after_input(error: FhirError, origins: dict[int, str]) -> Unprocessable:
@@ -391,6 +410,11 @@ def _named_after_input(error: FhirError, origins: dict[int, str]) -> Unprocessab
         + (lead.diagnostics if lead else error.diagnostics),
         issues=issues,
     )
+
+
+def _at(moment_us: int) -> int:
+    """A moment as an instant says it (FHIR instants here carry milliseconds)."""
+    return parse_instant(instant(moment_us), "")
 
 
 def _micros(resource: dict[str, Any]) -> int:

@@ -11,8 +11,8 @@ import pytest
 
 from service import wire_fhir_service
 from service.config import Config
-from service.fhir.interactions import FhirService
 from service.storage.memory import MemoryStore
+from tests.direct import Direct
 from tests.exchange.instances import Instance
 
 MRN = "urn:oid:2.16.840.1.113883.19.5"
@@ -43,10 +43,10 @@ def partner_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def fhir(partner_file: Path, folders: dict[str, Any]) -> FhirService:
+def fhir(partner_file: Path, folders: dict[str, Any]) -> Direct:
     service = wire_fhir_service(
         Config(partners_file=partner_file, public_base_url="http://hospital.example/fhir"),
         MemoryStore(),
         folders["registry"],
     )
-    return service
+    return Direct(service)

@@ -23,9 +23,11 @@ from service.config import Config
 from service.exchange.partners import Partner, load_partners
 from service.exchange.summary import summary_text
 from service.exchange.worker import Worker
+from service.fhir.actor import Actor
 from service.fhir.interactions import FhirService
 from service.priorities.operations import WhatMatters
 from service.storage.memory import MemoryStore
+from tests.direct import Direct
 from tests.exchange.conftest import MRN
 from tests.exchange.fakefhir import FakeFhir
 from tests.priorities.conversations import conversation, goal, ranking, statement
@@ -35,7 +37,7 @@ SENT = ["Patient", "Observation", "Goal", "List", "Provenance"]
 
 
 @pytest.fixture
-def hospital(tmp_path: Path) -> FhirService:
+def hospital(tmp_path: Path) -> Direct:
     """A hospital (in memory) sending everything of its patients to one partner, the GP."""
     path = tmp_path / "partners.json"
     path.write_text(
@@ -52,7 +54,8 @@ def hospital(tmp_path: Path) -> FhirService:
         ),
         encoding="utf-8",
     )
-    return wire_fhir_service(Config(partners_file=path, public_base_url=BASE), MemoryStore())
+    service = wire_fhir_service(Config(partners_file=path, public_base_url=BASE), MemoryStore())
+    return Direct(service)
 
 
 def worker_for(fhir: FhirService, partner_server: FakeFhir, config: Config) -> Worker:
@@ -89,7 +92,7 @@ def record_conversation(fhir: FhirService) -> None:
         goal("g1", "Walk to the end of the lane and back by spring", "s1", priority="high"),
         ranking("g1", "s1", "s2"),
     )
-    result = WhatMatters(fhir).record("p1", body, BASE)
+    result = WhatMatters(fhir).record(Actor.system(), "p1", body, BASE)
     assert result.status == 200
 
 
@@ -267,7 +270,7 @@ def test_goal_status_recorded_again_reaches_the_partner_and_its_document(
         ),
         recorded="2027-03-20T10:00:00Z",
     )
-    answer = WhatMatters(hospital).record("p1", completed, BASE)
+    answer = WhatMatters(hospital).record(Actor.system(), "p1", completed, BASE)
     assert answer.status == 200
     # the answer says the goal changed: its entry is an update (200) to a new version
     goal_entries = [e for e in answer.body["entry"] if e["resource"]["resourceType"] == "Goal"]
@@ -294,7 +297,7 @@ def test_recording_the_same_goal_status_again_changes_nothing(hospital: FhirServ
         goal("g1", "Walk to the end of the lane and back by spring", "s1", status="active"),
     )
     before = hospital.read_only(lambda tx: tx.read_many(tx.current_keys(None, 100)))
-    WhatMatters(hospital).record("p1", same, BASE)
+    WhatMatters(hospital).record(Actor.system(), "p1", same, BASE)
     goals = [
         s
         for s in hospital.read_only(lambda tx: tx.read_many(tx.current_keys(None, 100)))

@@ -20,9 +20,9 @@ from service.errors import FhirError
 from service.exchange.channels import Refused
 from service.exchange.client import Answer, Unreachable
 from service.exchange.importer import import_patient
-from service.exchange.outbox import server_status_write
 from service.exchange.summary import SummaryItem
 from service.exchange.worker import Worker
+from service.fhir.actor import Actor
 from service.fhir.interactions import FhirService
 from service.storage import Query
 from tests.exchange.test_subscriptions import subscription
@@ -246,8 +246,8 @@ def test_only_the_handshake_activates_and_a_client_may_keep_or_switch_off(
     resource = json.loads(created.content or "{}")
     with pytest.raises(FhirError):  # the client cannot skip the handshake
         fhir.update("Subscription", created.id, {**resource, "status": "active"})
-    with server_status_write():  # what the worker does after a successful handshake
-        fhir.update("Subscription", created.id, {**resource, "status": "active"})
+    # what the worker does after a successful handshake, as the server
+    fhir.acting(Actor.server()).update("Subscription", created.id, {**resource, "status": "active"})
     active = json.loads(fhir.read("Subscription", created.id).stored.content or "{}")  # type: ignore[union-attr]
     # editing the reason keeps the status; changing the endpoint needs a new handshake
     fhir.update("Subscription", created.id, {**active, "reason": "For the care home"})
@@ -276,8 +276,7 @@ def test_events_of_a_subscription_switched_off_are_set_aside_and_it_stays_off(
     created = fhir.create("Subscription", resource).stored
     assert created is not None
     content = json.loads(created.content or "{}")
-    with server_status_write():
-        fhir.update("Subscription", created.id, {**content, "status": "active"})
+    fhir.acting(Actor.server()).update("Subscription", created.id, {**content, "status": "active"})
     patient = content["_criteria"]["extension"][0]["valueString"].split("=", 1)[1]
     fhir.create(
         "Goal",
@@ -359,10 +358,9 @@ def test_one_heartbeat_per_period_across_worker_processes(fhir: FhirService) -> 
     resource = a_subscription(fhir, heartbeat=60)
     created = fhir.create("Subscription", resource).stored
     assert created is not None
-    with server_status_write():
-        fhir.update(
-            "Subscription", created.id, {**json.loads(created.content or "{}"), "status": "active"}
-        )
+    fhir.acting(Actor.server()).update(
+        "Subscription", created.id, {**json.loads(created.content or "{}"), "status": "active"}
+    )
     sent: list[str] = []
     workers = [make_worker(fhir, FakePartner(load_partners_of(fhir)[0])) for _ in range(3)]
     tick = {"now": 1_900_000_000 * 1_000_000}

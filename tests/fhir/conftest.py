@@ -1,4 +1,4 @@
-"""The FHIR core on its own: a FhirService over a MemoryStore, driven by plain calls (no HTTP,
+"""The FHIR core on its own: a Direct over a MemoryStore, driven by plain calls (no HTTP,
 no Flask app, no database). The errors it raises are the typed ``FhirError``s the API layer
 renders once as OperationOutcomes, so each test names the status the specification asks for."""
 
@@ -11,16 +11,18 @@ import pytest
 
 from service import wire_fhir_service
 from service.config import Config
-from service.fhir.interactions import FhirService
 from service.fhir.results import Result
 from service.storage.memory import MemoryStore
 from tests.builders import BASE
+from tests.direct import Direct
 
 
 @pytest.fixture
-def fhir(folders: dict[str, Any]) -> FhirService:
+def fhir(folders: dict[str, Any]) -> Direct:
     """An empty FHIR core, wired as the application wires it, on a fresh MemoryStore."""
-    return wire_fhir_service(Config(public_base_url=BASE), MemoryStore(), folders["registry"])
+    return Direct(
+        wire_fhir_service(Config(public_base_url=BASE), MemoryStore(), folders["registry"])
+    )
 
 
 def body(result: Result) -> dict[str, Any]:

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 
 from service.errors import BadRequest, Gone, NotFound, PreconditionFailed
-from service.fhir.interactions import FhirService
 from tests.builders import BASE, goal, patient
+from tests.direct import Direct
 from tests.fhir.conftest import body
 
 # -- create: http.html#create -------------------------------------------------------------------
 
 
-def test_create_assigns_the_id_and_version_1_and_says_where_it_is(fhir: FhirService) -> None:
+def test_create_assigns_the_id_and_version_1_and_says_where_it_is(fhir: Direct) -> None:
     """ "The server assigns a new id and version" and returns 201 with a Location."""
     created = fhir.create("Patient", patient(id="chosen-by-client"))
     assert created.status == 201
@@ -29,7 +29,7 @@ def test_create_assigns_the_id_and_version_1_and_says_where_it_is(fhir: FhirServ
     assert resource["name"] == patient()["name"]
 
 
-def test_create_of_an_invalid_resource_is_refused_and_writes_nothing(fhir: FhirService) -> None:
+def test_create_of_an_invalid_resource_is_refused_and_writes_nothing(fhir: Direct) -> None:
     """A resource that fails validation is rejected (400/422) and nothing is stored."""
     with pytest.raises(BadRequest) as refused:
         fhir.create("Patient", patient(gender="sometimes"))
@@ -41,7 +41,7 @@ def test_create_of_an_invalid_resource_is_refused_and_writes_nothing(fhir: FhirS
 # -- read: http.html#read -----------------------------------------------------------------------
 
 
-def test_read_returns_the_current_version(fhir: FhirService) -> None:
+def test_read_returns_the_current_version(fhir: Direct) -> None:
     fhir.update("Patient", "p1", patient(id="p1"))
     fhir.update("Patient", "p1", patient(id="p1", gender="male"))
     read = fhir.read("Patient", "p1")
@@ -50,7 +50,7 @@ def test_read_returns_the_current_version(fhir: FhirService) -> None:
     assert body(read)["meta"]["versionId"] == "2"
 
 
-def test_read_of_an_unknown_resource_is_not_found(fhir: FhirService) -> None:
+def test_read_of_an_unknown_resource_is_not_found(fhir: Direct) -> None:
     """ "Unknown resources and deleted resources are treated differently on a read: a GET for a
     deleted resource returns a 410 status code, whereas a GET for an unknown resource returns
     404"."""
@@ -59,7 +59,7 @@ def test_read_of_an_unknown_resource_is_not_found(fhir: FhirService) -> None:
     assert missing.value.status == 404
 
 
-def test_read_of_a_deleted_resource_is_gone(fhir: FhirService) -> None:
+def test_read_of_a_deleted_resource_is_gone(fhir: Direct) -> None:
     fhir.update("Patient", "p1", patient(id="p1"))
     fhir.delete("Patient", "p1")
     with pytest.raises(Gone) as gone:
@@ -68,7 +68,7 @@ def test_read_of_a_deleted_resource_is_gone(fhir: FhirService) -> None:
 
 
 def test_conditional_read_answers_304_when_the_client_has_the_current_version(
-    fhir: FhirService,
+    fhir: Direct,
 ) -> None:
     """http.html#cread: If-None-Match with the current version gives 304 Not Modified."""
     fhir.update("Patient", "p1", patient(id="p1"))
@@ -80,7 +80,7 @@ def test_conditional_read_answers_304_when_the_client_has_the_current_version(
 # -- vread: http.html#vread ---------------------------------------------------------------------
 
 
-def test_vread_returns_each_version_as_it_was_written(fhir: FhirService) -> None:
+def test_vread_returns_each_version_as_it_was_written(fhir: Direct) -> None:
     fhir.update("Patient", "p1", patient(id="p1", gender="female"))
     fhir.update("Patient", "p1", patient(id="p1", gender="male"))
     first = fhir.vread("Patient", "p1", "1")
@@ -90,9 +90,7 @@ def test_vread_returns_each_version_as_it_was_written(fhir: FhirService) -> None
 
 
 @pytest.mark.parametrize("version", ["3", "0", "x", "-1"])
-def test_vread_of_a_version_that_never_existed_is_not_found(
-    fhir: FhirService, version: str
-) -> None:
+def test_vread_of_a_version_that_never_existed_is_not_found(fhir: Direct, version: str) -> None:
     fhir.update("Patient", "p1", patient(id="p1"))
     fhir.update("Patient", "p1", patient(id="p1", gender="male"))
     with pytest.raises(NotFound):
@@ -100,7 +98,7 @@ def test_vread_of_a_version_that_never_existed_is_not_found(
 
 
 def test_vread_of_the_deletion_is_gone_and_earlier_versions_stay_readable(
-    fhir: FhirService,
+    fhir: Direct,
 ) -> None:
     """http.html#delete: deleted resources keep their history; the deletion itself has no
     content to return."""
@@ -114,7 +112,7 @@ def test_vread_of_the_deletion_is_gone_and_earlier_versions_stay_readable(
 # -- update: http.html#update -------------------------------------------------------------------
 
 
-def test_update_of_a_new_id_creates_it_with_201(fhir: FhirService) -> None:
+def test_update_of_a_new_id_creates_it_with_201(fhir: Direct) -> None:
     """Update as create: "the server SHALL return 201" when it created the resource."""
     created = fhir.update("Patient", "p1", patient(id="p1"))
     assert (created.status, created.location) == (201, True)
@@ -122,7 +120,7 @@ def test_update_of_a_new_id_creates_it_with_201(fhir: FhirService) -> None:
     assert created.stored.version == 1
 
 
-def test_update_of_an_existing_resource_makes_the_next_version(fhir: FhirService) -> None:
+def test_update_of_an_existing_resource_makes_the_next_version(fhir: Direct) -> None:
     fhir.update("Patient", "p1", patient(id="p1"))
     updated = fhir.update("Patient", "p1", patient(id="p1", gender="male"))
     assert updated.status == 200
@@ -132,7 +130,7 @@ def test_update_of_an_existing_resource_makes_the_next_version(fhir: FhirService
 
 @pytest.mark.parametrize("sent_id", [None, "p2"])
 def test_update_whose_body_id_is_missing_or_different_is_400(
-    fhir: FhirService, sent_id: str | None
+    fhir: Direct, sent_id: str | None
 ) -> None:
     """ "If no id element is provided, or the id disagrees with the id in the URL, the server
     SHALL respond with an HTTP 400 error code"."""
@@ -146,7 +144,7 @@ def test_update_whose_body_id_is_missing_or_different_is_400(
 
 
 def test_update_after_delete_brings_the_resource_back_as_the_next_version(
-    fhir: FhirService,
+    fhir: Direct,
 ) -> None:
     fhir.update("Patient", "p1", patient(id="p1"))
     fhir.delete("Patient", "p1")
@@ -159,14 +157,14 @@ def test_update_after_delete_brings_the_resource_back_as_the_next_version(
 # -- version-aware updates: http.html#concurrency -----------------------------------------------
 
 
-def test_update_with_the_current_version_in_if_match_succeeds(fhir: FhirService) -> None:
+def test_update_with_the_current_version_in_if_match_succeeds(fhir: Direct) -> None:
     fhir.update("Goal", "g1", goal(id="g1"))
     updated = fhir.update("Goal", "g1", goal(id="g1", lifecycleStatus="completed"), if_match=1)
     assert updated.stored is not None
     assert updated.stored.version == 2
 
 
-def test_update_with_a_stale_version_is_412_and_changes_nothing(fhir: FhirService) -> None:
+def test_update_with_a_stale_version_is_412_and_changes_nothing(fhir: Direct) -> None:
     """ "If the version id given in the If-Match header does not match, the server returns a
     412 Precondition Failed status code instead of updating the resource"."""
     fhir.update("Goal", "g1", goal(id="g1"))
@@ -178,7 +176,7 @@ def test_update_with_a_stale_version_is_412_and_changes_nothing(fhir: FhirServic
     assert (current["meta"]["versionId"], current["lifecycleStatus"]) == ("2", "accepted")
 
 
-def test_delete_with_a_stale_version_is_412_and_deletes_nothing(fhir: FhirService) -> None:
+def test_delete_with_a_stale_version_is_412_and_deletes_nothing(fhir: Direct) -> None:
     fhir.update("Goal", "g1", goal(id="g1"))
     fhir.update("Goal", "g1", goal(id="g1", lifecycleStatus="accepted"))
     with pytest.raises(PreconditionFailed):
@@ -189,7 +187,7 @@ def test_delete_with_a_stale_version_is_412_and_deletes_nothing(fhir: FhirServic
 # -- delete: http.html#delete -------------------------------------------------------------------
 
 
-def test_delete_is_204_and_keeps_the_history(fhir: FhirService) -> None:
+def test_delete_is_204_and_keeps_the_history(fhir: Direct) -> None:
     fhir.update("Patient", "p1", patient(id="p1"))
     deleted = fhir.delete("Patient", "p1")
     assert deleted.status == 204
@@ -201,7 +199,7 @@ def test_delete_is_204_and_keeps_the_history(fhir: FhirService) -> None:
 
 
 def test_delete_of_an_unknown_or_deleted_resource_is_204_and_writes_nothing(
-    fhir: FhirService,
+    fhir: Direct,
 ) -> None:
     """ "Upon successful deletion, or if the resource does not exist at all, the server should
     return ... 204 No Content"; deleting again makes no new version."""
@@ -215,7 +213,7 @@ def test_delete_of_an_unknown_or_deleted_resource_is_204_and_writes_nothing(
 # -- history: http.html#history -----------------------------------------------------------------
 
 
-def test_instance_history_lists_every_version_newest_first(fhir: FhirService) -> None:
+def test_instance_history_lists_every_version_newest_first(fhir: Direct) -> None:
     """ "The return content is a Bundle with type set to history containing the specified
     version history, sorted with oldest versions last, and including deleted resources"."""
     fhir.update("Patient", "p1", patient(id="p1"))
@@ -234,14 +232,14 @@ def test_instance_history_lists_every_version_newest_first(fhir: FhirService) ->
     assert entries[2]["resource"]["meta"]["versionId"] == "1"
 
 
-def test_type_history_holds_only_that_type(fhir: FhirService) -> None:
+def test_type_history_holds_only_that_type(fhir: Direct) -> None:
     fhir.update("Patient", "p1", patient(id="p1"))
     fhir.update("Goal", "g1", goal(id="g1"))
     entries = body(fhir.history("Goal", None, [], BASE))["entry"]
     assert [e["fullUrl"] for e in entries] == [f"{BASE}/Goal/g1"]
 
 
-def test_history_pages_with_count_and_a_next_link(fhir: FhirService) -> None:
+def test_history_pages_with_count_and_a_next_link(fhir: Direct) -> None:
     for gender in ("female", "male", "other"):
         fhir.update("Patient", "p1", patient(id="p1", gender=gender))
     first = body(fhir.history("Patient", "p1", [("_count", "2")], BASE))
@@ -254,12 +252,12 @@ def test_history_pages_with_count_and_a_next_link(fhir: FhirService) -> None:
     assert not [link for link in second["link"] if link["relation"] == "next"]
 
 
-def test_history_of_an_unknown_resource_is_not_found(fhir: FhirService) -> None:
+def test_history_of_an_unknown_resource_is_not_found(fhir: Direct) -> None:
     with pytest.raises(NotFound):
         fhir.history("Patient", "nobody", [], BASE)
 
 
-def test_history_refuses_a_parameter_it_does_not_support(fhir: FhirService) -> None:
+def test_history_refuses_a_parameter_it_does_not_support(fhir: Direct) -> None:
     """http.html#history names _count, _since and _at; one the server does not support is
     an error rather than silently ignored."""
     with pytest.raises(BadRequest):

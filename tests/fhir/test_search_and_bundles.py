@@ -11,8 +11,8 @@ import pytest
 
 from service.errors import BadRequest, FhirError, NotFound, PreconditionFailed
 from service.fhir.bundles import process_bundle
-from service.fhir.interactions import FhirService
 from tests.builders import BASE, goal, patient
+from tests.direct import Direct
 from tests.fhir.conftest import body
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -36,7 +36,7 @@ def ids(bundle: dict[str, Any], mode: str = "match") -> list[str]:
 # -- search: search.html ------------------------------------------------------------------------
 
 
-def test_search_returns_a_searchset_of_the_matches_only(fhir: FhirService) -> None:
+def test_search_returns_a_searchset_of_the_matches_only(fhir: Direct) -> None:
     """search.html#Summary: the result is a Bundle of type searchset; each match has
     search.mode = match and a fullUrl."""
     fhir.update("Patient", "a", with_number("9000000009", id="a"))
@@ -47,14 +47,14 @@ def test_search_returns_a_searchset_of_the_matches_only(fhir: FhirService) -> No
     assert found["entry"][0]["fullUrl"] == f"{BASE}/Patient/b"
 
 
-def test_search_leaves_out_deleted_resources(fhir: FhirService) -> None:
+def test_search_leaves_out_deleted_resources(fhir: Direct) -> None:
     fhir.update("Patient", "a", with_number("9000000009", MRN, id="a"))
     fhir.update("Patient", "b", with_number("9000000009", MRN, id="b"))
     fhir.delete("Patient", "a")
     assert ids(body(fhir.search_type("Patient", [("identifier", "9000000009")], BASE))) == ["b"]
 
 
-def test_search_total_counts_every_match_across_pages(fhir: FhirService) -> None:
+def test_search_total_counts_every_match_across_pages(fhir: Direct) -> None:
     """search.html#total and #count: _count limits the page; a next link leads on; the
     pages together hold each match once."""
     for n in range(5):
@@ -72,7 +72,7 @@ def test_search_total_counts_every_match_across_pages(fhir: FhirService) -> None
     assert sorted(seen) == [f"g{n}" for n in range(5)]
 
 
-def test_search_includes_what_the_matches_reference(fhir: FhirService) -> None:
+def test_search_includes_what_the_matches_reference(fhir: Direct) -> None:
     """search.html#include: _include adds the referenced resources with mode include."""
     fhir.update("Patient", "p1", patient(id="p1"))
     fhir.update("Goal", "g1", goal(id="g1"))
@@ -81,7 +81,7 @@ def test_search_includes_what_the_matches_reference(fhir: FhirService) -> None:
     assert ids(found, "include") == ["p1"]
 
 
-def test_unknown_search_parameter_is_refused_in_strict_mode(fhir: FhirService) -> None:
+def test_unknown_search_parameter_is_refused_in_strict_mode(fhir: Direct) -> None:
     """search.html#errors: with Prefer: handling=strict an unknown parameter is an error;
     lenient handling ignores it and says so in an OperationOutcome entry."""
     with pytest.raises(BadRequest):
@@ -94,13 +94,13 @@ def test_unknown_search_parameter_is_refused_in_strict_mode(fhir: FhirService) -
 # -- conditional create: http.html#ccreate ------------------------------------------------------
 
 
-def test_conditional_create_with_no_match_creates(fhir: FhirService) -> None:
+def test_conditional_create_with_no_match_creates(fhir: Direct) -> None:
     created = fhir.create("Patient", with_number("9000000009"), f"identifier={NHS}|9000000009")
     assert created.status == 201
 
 
 def test_conditional_create_with_one_match_returns_it_and_creates_nothing(
-    fhir: FhirService,
+    fhir: Direct,
 ) -> None:
     """ "One Match: The server ignores the post and returns 200 OK"."""
     fhir.update("Patient", "a", with_number("9000000009", id="a"))
@@ -111,7 +111,7 @@ def test_conditional_create_with_one_match_returns_it_and_creates_nothing(
     assert ids(body(fhir.search_type("Patient", [], BASE))) == ["a"]
 
 
-def test_conditional_create_with_several_matches_is_412(fhir: FhirService) -> None:
+def test_conditional_create_with_several_matches_is_412(fhir: Direct) -> None:
     """ "Multiple matches: The server returns a 412 Precondition Failed error indicating the
     client's criteria were not selective enough"."""
     fhir.update("Patient", "a", with_number("9000000009", MRN, id="a"))
@@ -124,7 +124,7 @@ def test_conditional_create_with_several_matches_is_412(fhir: FhirService) -> No
 # -- conditional update and delete: http.html#cond-update, http.html#3.1.0.7.1 -------------------
 
 
-def test_conditional_update_updates_the_one_match(fhir: FhirService) -> None:
+def test_conditional_update_updates_the_one_match(fhir: Direct) -> None:
     fhir.update("Patient", "a", with_number("9000000009", id="a"))
     updated = fhir.conditional_update(
         "Patient", f"identifier={NHS}|9000000009", with_number("9000000009", gender="male")
@@ -134,7 +134,7 @@ def test_conditional_update_updates_the_one_match(fhir: FhirService) -> None:
     assert (updated.stored.id, updated.stored.version) == ("a", 2)
 
 
-def test_conditional_update_and_delete_with_several_matches_are_412(fhir: FhirService) -> None:
+def test_conditional_update_and_delete_with_several_matches_are_412(fhir: Direct) -> None:
     fhir.update("Patient", "a", with_number("9000000009", MRN, id="a"))
     fhir.update("Patient", "b", with_number("9000000009", MRN, id="b"))
     criteria = f"identifier={MRN}|9000000009"
@@ -153,12 +153,13 @@ def transaction(*entries: dict[str, Any], kind: str = "transaction") -> dict[str
 
 
 def test_transaction_resolves_urn_uuid_references_to_the_ids_it_assigns(
-    fhir: FhirService,
+    fhir: Direct,
 ) -> None:
     """http.html#trules: references to an entry's fullUrl are rewritten to the new id."""
     patient_url = "urn:uuid:6b2c5d8e-1f0a-4e7b-9c3d-2a1b0c9d8e7f"
     result = process_bundle(
         fhir,
+        fhir.actor,
         transaction(
             {
                 "fullUrl": patient_url,
@@ -180,12 +181,13 @@ def test_transaction_resolves_urn_uuid_references_to_the_ids_it_assigns(
     assert response["entry"][1]["resource"]["subject"]["reference"] == f"Patient/{new_patient}"
 
 
-def test_transaction_is_all_or_nothing(fhir: FhirService) -> None:
+def test_transaction_is_all_or_nothing(fhir: Direct) -> None:
     """ "If any resource action fails, the server SHALL reject the whole transaction": the
     valid first entry is not written either, and the error names the failing entry."""
     with pytest.raises(FhirError) as failed:
         process_bundle(
             fhir,
+            fhir.actor,
             transaction(
                 {
                     "resource": patient(id="kept-out"),
@@ -205,12 +207,13 @@ def test_transaction_is_all_or_nothing(fhir: FhirService) -> None:
         fhir.read("Patient", "kept-out")
 
 
-def test_transaction_with_a_stale_if_match_is_412_and_writes_nothing(fhir: FhirService) -> None:
+def test_transaction_with_a_stale_if_match_is_412_and_writes_nothing(fhir: Direct) -> None:
     fhir.update("Goal", "g1", goal(id="g1"))
     fhir.update("Goal", "g1", goal(id="g1", lifecycleStatus="accepted"))
     with pytest.raises(PreconditionFailed):
         process_bundle(
             fhir,
+            fhir.actor,
             transaction(
                 {
                     "resource": patient(id="p9"),
@@ -228,11 +231,12 @@ def test_transaction_with_a_stale_if_match_is_412_and_writes_nothing(fhir: FhirS
     assert body(fhir.read("Goal", "g1"))["lifecycleStatus"] == "accepted"
 
 
-def test_batch_entries_succeed_or_fail_on_their_own(fhir: FhirService) -> None:
+def test_batch_entries_succeed_or_fail_on_their_own(fhir: Direct) -> None:
     """http.html#brules: in a batch each entry is processed on its own; a failing entry gets
     its own error status and OperationOutcome, the others still happen."""
     result = process_bundle(
         fhir,
+        fhir.actor,
         transaction(
             {"resource": patient(id="p1"), "request": {"method": "PUT", "url": "Patient/p1"}},
             {"request": {"method": "GET", "url": "Patient/nobody"}},
@@ -247,7 +251,7 @@ def test_batch_entries_succeed_or_fail_on_their_own(fhir: FhirService) -> None:
     assert entries[2]["resource"]["id"] == "p1"
 
 
-def test_only_batch_and_transaction_bundles_are_processed(fhir: FhirService) -> None:
+def test_only_batch_and_transaction_bundles_are_processed(fhir: Direct) -> None:
     with pytest.raises(BadRequest) as refused:
-        process_bundle(fhir, transaction(kind="collection"), BASE)
+        process_bundle(fhir, fhir.actor, transaction(kind="collection"), BASE)
     assert ("Bundle.type",) in [i.expression for i in refused.value.outcome_issues()]

@@ -10,7 +10,9 @@ import pytest
 from flask.testing import FlaskClient
 
 from service.errors import Unprocessable
+from service.fhir.actor import Actor
 from tests.builders import outcome_issues, whatmatters
+from tests.direct import Direct
 from tests.priorities.conversations import add_patient
 
 HL7 = {"Content-Type": "x-application/hl7-v2+er7"}
@@ -179,7 +181,7 @@ def test_map_run_command_writes_and_dry_runs(tmp_path: Path) -> None:
     assert "rules[0].fields.subject <- row 2: " in orphan.stdout
     fhir = build_fhir_service(Config(database_url=database))
     nhs = {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9000000009"}
-    fhir.create("Patient", {"resourceType": "Patient", "identifier": [nhs]})
+    Direct(fhir).create("Patient", {"resourceType": "Patient", "identifier": [nhs]})
     fhir.store.close()
     run = whatmatters("map", "run", mapping, str(survey), env=env)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -236,7 +238,7 @@ def test_an_output_that_breaks_its_profile_names_rule_and_record(
     fhir = client.application.extensions["whatmatters.fhir"]
     mappings = client.application.extensions["whatmatters.mappings"]
     with pytest.raises(Unprocessable) as caught:
-        ingest(fhir, mapping, SURVEY, {}, conceptmaps=mappings.conceptmaps)
+        ingest(fhir, Actor.system(), mapping, SURVEY, {}, conceptmaps=mappings.conceptmaps)
     issues = caught.value.outcome_issues()
     rule_line = next(
         n for n, line in enumerate(broken.read_text().splitlines(), 1) if "- id: statement" in line
@@ -266,7 +268,7 @@ def test_an_empty_reference_the_profile_requires_is_an_error_at_its_field(
     mappings = client.application.extensions["whatmatters.mappings"]
     no_nhs = SURVEY.replace("r-2,9000000009,", "r-2,,")
     result, report = ingest(
-        fhir, mapping, no_nhs, {}, dry_run=True, conceptmaps=mappings.conceptmaps
+        fhir, Actor.system(), mapping, no_nhs, {}, dry_run=True, conceptmaps=mappings.conceptmaps
     )
     subject_line = next(
         n for n, line in enumerate(optional.read_text().splitlines(), 1) if "subject:" in line

@@ -31,8 +31,10 @@ import psycopg
 
 from service import build_fhir_service, load_mappings
 from service.config import Config
+from service.fhir.actor import Actor
 from service.fhir.ingest import BATCH, ingest
 from service.fhir.interactions import FhirService
+from service.fhir.session import Session
 
 ROOT = Path(__file__).resolve().parents[2]
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -64,15 +66,15 @@ def _database(kind: str, tmp: Path, name: str, pg_url: str) -> str:
 def _service(url: str, patients: int) -> FhirService:
     fhir = build_fhir_service(Config(database_url=url))
 
-    def load(tx: Any) -> None:
+    def load(session: Session) -> None:
         for n in range(patients):
             patient = {
                 "resourceType": "Patient",
                 "identifier": [{"system": NHS, "value": f"9{n:09d}"}],
             }
-            fhir.create_in(tx, "Patient", patient, new_id=f"p{n}")
+            session.create("Patient", patient, new_id=f"p{n}", checked=True)
 
-    fhir.run(load)
+    fhir.perform(Actor.system(), load)
     return fhir
 
 
@@ -109,7 +111,7 @@ def _baseline(fhir: FhirService, rows: int, patients: int) -> float:
     profile = "http://whatmatters.example/fhir/StructureDefinition/wmty-statement"
     start = time.perf_counter()
 
-    def write(tx: Any) -> None:
+    def write(session: Session) -> None:
         batch: list[tuple[str, dict[str, Any], dict[str, str]]] = []
         for n in range(rows):
             identifier = {
@@ -145,14 +147,14 @@ def _baseline(fhir: FhirService, rows: int, patients: int) -> float:
                 "performer": [{"display": "Nurse Ada Okafor"}],
                 "valueString": WORDS[n % len(WORDS)],
             }
-            fhir.check_resource(resource, "Observation")
+            session.check(resource, "Observation")
             batch.append(("Observation", resource, identifier))
             if len(batch) == BATCH:
-                fhir.create_many_in(tx, batch)
+                session.create_many(batch)
                 batch.clear()
-        fhir.create_many_in(tx, batch)
+        session.create_many(batch)
 
-    fhir.run(write, retry=False)
+    fhir.perform(Actor.system(), write, retry=False)
     return rows / (time.perf_counter() - start)
 
 
@@ -190,6 +192,7 @@ def main() -> int:
         start = time.perf_counter()
         _, report = ingest(
             fhir,
+            Actor.system(),
             mapping,
             lines(),
             mappings.questionnaires,

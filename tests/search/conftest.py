@@ -15,6 +15,7 @@ from service.storage.sql import SqlStore
 from service.validation.definitions import Definitions
 from service.validation.profiles import ProfileRegistry
 from tests.conftest import wipe
+from tests.direct import Direct
 from tests.search.dataset import resources
 
 
@@ -40,7 +41,7 @@ def loaded_service(backend: str, sql_store: SqlStore) -> FhirService:
         store = sql_store
     service = build_service(store)
     for resource in resources():
-        service.update(resource["resourceType"], resource["id"], resource)
+        Direct(service).update(resource["resourceType"], resource["id"], resource)
     return service
 
 

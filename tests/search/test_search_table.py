@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl
 import pytest
 
 from service.fhir.interactions import FhirService
+from tests.direct import Direct
 
 BASE = "http://test.local/fhir"
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -189,7 +190,8 @@ CASES: list[tuple[str, str, list[str]]] = [
 
 
 def _search(service: FhirService, type_: str, query: str) -> dict[str, Any]:
-    result = service.search_type(type_, parse_qsl(query, keep_blank_values=True), BASE, strict=True)
+    params = parse_qsl(query, keep_blank_values=True)
+    result = Direct(service).search_type(type_, params, BASE, strict=True)
     assert result.text is not None
     bundle: dict[str, Any] = json.loads(result.text)
     return bundle

@@ -26,13 +26,15 @@ from hypothesis import strategies as st
 from service import wire_fhir_service
 from service.config import Config
 from service.errors import FhirError
-from service.fhir.access import Access, acting_as, parse_scopes
+from service.fhir.access import Access, parse_scopes
+from service.fhir.actor import Actor
 from service.fhir.interactions import FhirService
 from service.storage import Store
 from service.storage.memory import MemoryStore
 from service.storage.sql import SqlStore
 from service.validation.definitions import Definitions
 from service.validation.profiles import ProfileRegistry
+from tests.direct import Direct
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
 BASE = "http://test.local/fhir"
@@ -251,20 +253,21 @@ def _normalised(text: str) -> Any:
 def answer(fhir: FhirService, access: Access, type_: str, params: list[tuple[str, str]]) -> Any:
     """The normalised answer, and the next page's when there is one."""
     pages = []
-    with acting_as(access):
-        for _ in range(2):
-            try:
-                result = fhir.search_type(type_, params, BASE)
-            except FhirError as error:
-                pages.append((error.status, error.diagnostics, error.expression))
-                break
-            assert result.text is not None
-            bundle = json.loads(result.text)
-            pages.append(_normalised(result.text))
-            following = [link["url"] for link in bundle["link"] if link["relation"] == "next"]
-            if not following:
-                break
-            params = parse_qsl(urlsplit(following[0]).query)
+    actor = Actor.client(access)
+    for _ in range(2):
+        try:
+            with fhir.session(actor) as session:  # a session per page, as per request
+                result = session.search_type(type_, params, BASE)
+        except FhirError as error:
+            pages.append((error.status, error.diagnostics, error.expression))
+            break
+        assert result.text is not None
+        bundle = json.loads(result.text)
+        pages.append(_normalised(result.text))
+        following = [link["url"] for link in bundle["link"] if link["relation"] == "next"]
+        if not following:
+            break
+        params = parse_qsl(urlsplit(following[0]).query)
     return pages
 
 
@@ -303,8 +306,9 @@ def _stores(
 ) -> Iterator[FhirService]:
     for index, resources in enumerate(contents):
         fhir = wire_fhir_service(Config(public_base_url=BASE), make(index), registry)
+        direct = Direct(fhir)
         for resource in resources:
-            result = fhir.update(resource["resourceType"], resource["id"], resource)
+            result = direct.update(resource["resourceType"], resource["id"], resource)
             assert result.status == 201
         yield fhir
 

@@ -19,9 +19,9 @@ from flask import Flask
 
 from service import create_app
 from service.config import Config
-from service.exchange.outbox import server_status_write
 from service.exchange.subscriptions import PAYLOAD_CONTENT_URL, TOPIC_URL, with_status
-from service.fhir.access import SUBSCRIBER_ACCESS_URL, acting_as
+from service.fhir.access import SUBSCRIBER_ACCESS_URL
+from service.fhir.actor import Actor
 from tests.security.support import (
     B_WORDS,
     caller,
@@ -75,8 +75,8 @@ def activate(app: Flask, sub_id: str) -> None:
     """Do what the worker does after a successful handshake (no token acts)."""
     fhir = app.extensions["whatmatters.fhir"]
     stored = fhir.read_only(lambda tx: tx.read("Subscription", sub_id))
-    with acting_as(None), server_status_write():
-        fhir.update("Subscription", sub_id, with_status(json.loads(stored.content), "active"))
+    active = with_status(json.loads(stored.content), "active")
+    fhir.perform(Actor.server(), lambda s: s.update("Subscription", sub_id, active))
 
 
 def queued(app: Flask, sub_id: str | None = None) -> list[tuple[str, str, str]]:

@@ -55,3 +55,27 @@ def test_the_project_refers_to_no_design_notes_outside_the_repository() -> None:
         if path.is_file() and any(name in path.read_bytes() for name in outside)
     ]
     assert offenders == []
+
+
+def test_no_state_travels_sideways_in_context_variables() -> None:
+    """Who acts, on what terms, and what a request touched travel with its session's Actor
+    (service/fhir/actor.py), not in module-level context variables. (The validator's own,
+    in service/validation, are not covered here yet.)"""
+    offenders = [
+        str(path.relative_to(ROOT))
+        for package in ("fhir", "exchange", "priorities", "api")
+        for path in sorted((ROOT / "service" / package).rglob("*.py"))
+        if "ContextVar" in path.read_text(encoding="utf-8")
+    ]
+    assert offenders == []
+
+
+def test_no_file_of_the_fhir_core_or_the_priorities_is_over_600_lines() -> None:
+    """Each module does one job and can be read whole."""
+    long = [
+        f"{path.relative_to(ROOT)}: {lines}"
+        for package in ("fhir", "priorities")
+        for path in sorted((ROOT / "service" / package).rglob("*.py"))
+        if (lines := len(path.read_text(encoding="utf-8").splitlines())) > 600
+    ]
+    assert long == []

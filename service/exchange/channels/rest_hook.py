@@ -21,9 +21,10 @@ from service.exchange.channels import Refused, Retry, Skipped, check
 from service.exchange.client import HookClient, Unreachable
 from service.exchange.destinations import Destination
 from service.exchange.notifications import event_bundle, handshake_bundle, heartbeat_bundle
-from service.exchange.outbox import ACTIVE_SUBSCRIPTIONS, server_status_write
+from service.exchange.outbox import ACTIVE_SUBSCRIPTIONS
 from service.exchange.subscriptions import SubscriptionSpec, parse_subscription, with_status
-from service.fhir.access import acting_as, subscriber_access
+from service.fhir.access import subscriber_access
+from service.fhir.actor import Actor
 from service.fhir.interactions import FhirService
 from service.fhir.model import instant
 from service.storage import StoredResource
@@ -79,10 +80,8 @@ class RestHook:
             raise Skipped(f"Subscription/{sub_id} is {spec.status}; the event is not sent")
         # read as the subscriber: a notification carries only what its creator may read now
         try:
-            with acting_as(subscriber_access(resource)):
-                focus = self.fhir.read_only(
-                    lambda tx: tx.vread(row.res_type, row.res_id, row.version)
-                )
+            with self.fhir.session(Actor.client(subscriber_access(resource))) as session:
+                focus = session.tx.vread(row.res_type, row.res_id, row.version)
         except Forbidden as exc:
             raise Skipped(
                 f"Subscription/{sub_id}'s access does not reach {row.res_type}/{row.res_id}"
@@ -141,13 +140,16 @@ class RestHook:
         if resource.get("status") != only_from:
             return
         try:
-            with server_status_write():
-                self.fhir.update(
+            self.fhir.perform(
+                Actor.server(),
+                lambda s: s.update(
                     "Subscription",
                     sub_id,
                     with_status(resource, status, error),
                     if_match=stored.version,
-                )
+                ),
+                retry=False,
+            )
         except FhirError as exc:  # 412: the client wrote first, and its word stands
             log.info("Subscription/%s changed meanwhile: %s", sub_id, type(exc).__name__)
 

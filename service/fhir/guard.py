@@ -1,0 +1,191 @@
+"""The one place access is enforced: a Transaction wrapper that lets through only what an
+``Access`` (access.py) allows, and notes each resource it lets by for the request's AuditEvent.
+
+Every transaction a session opens for an actor with an access token is wrapped in it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from service.errors import Forbidden
+from service.fhir.access import (
+    SHARED_TYPES,
+    Access,
+    References,
+    ownership_problem,
+    patients_of,
+)
+from service.storage import HistoryQuery, IndexRows, StoredResource, Transaction
+
+MAX_TOUCHED = 200
+
+
+def touch(touched: list[tuple[str, str]], type_: str, id_: str) -> None:
+    """Note that the request read or wrote ``type_/id_`` (first ones first, at most 200)."""
+    if len(touched) < MAX_TOUCHED and (type_, id_) not in touched:
+        touched.append((type_, id_))
+
+
+class GuardedTransaction:
+    """A Transaction that lets through only what the request's access allows.
+
+    Every resource leaving the store (read, vread, read_many, history) and every version going
+    in (put, insert_new) is checked: its type against the scopes, and, for a patient-context
+    grant, its compartment against the launch patient. Anything else raises Forbidden, so no
+    door (search, _include, chains, history, Bundles, operations) can reach around it.
+    """
+
+    def __init__(
+        self,
+        tx: Transaction,
+        access: Access,
+        references: References,
+        touched: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self.raw = tx
+        self.access = access
+        self._references = references
+        self.touched = touched if touched is not None else []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def read(self, type_: str, id_: str) -> StoredResource | None:
+        """Return the current version, if the access may see it."""
+        return self._seen(self.raw.read(type_, id_))
+
+    def vread(self, type_: str, id_: str, version: int) -> StoredResource | None:
+        """Return one version, if the access may see it."""
+        return self._seen(self.raw.vread(type_, id_, version))
+
+    def read_many(self, keys: Sequence[tuple[str, str]]) -> list[StoredResource]:
+        """Return current versions, each checked."""
+        return [r for r in (self._seen(s) for s in self.raw.read_many(keys)) if r is not None]
+
+    def read_visible(self, keys: Sequence[tuple[str, str]]) -> list[StoredResource]:
+        """Return the current versions the access may see, leaving the others out silently
+        (_include and _revinclude: whether an unreadable target exists must not show)."""
+        visible = []
+        for stored in self.raw.read_many(keys):
+            try:
+                seen = self._seen(stored)
+            except Forbidden:
+                continue
+            if seen is not None:
+                visible.append(seen)
+        return visible
+
+    def history(self, query: HistoryQuery) -> list[StoredResource]:
+        """Return versions, each checked; a patient-context token sees only instance history."""
+        reach = self._reach_any(query.type or "*", ("r", "s"))
+        if reach is not None and query.id is None:
+            raise Forbidden(
+                "History of a whole type or of the system is not open to a patient-context "
+                "token; ask for one resource's history"
+            )
+        return [r for r in (self._seen(s) for s in self.raw.history(query)) if r is not None]
+
+    def _seen(self, stored: StoredResource | None) -> StoredResource | None:
+        if stored is None:
+            return None
+        touch(self.touched, stored.type, stored.id)
+        reach = self._reach_any(stored.type, ("r", "s"))
+        if reach is None:
+            return stored
+        if stored.content is None:  # a deletion: whose it was is in the version before
+            before = self.raw.vread(stored.type, stored.id, stored.version - 1)
+            if before is not None and before.content is not None:
+                self._check_compartment(stored.type, before.content, reach)
+            return stored
+        self._check_compartment(stored.type, stored.content, reach)
+        return stored
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def put(
+        self, resource: StoredResource, replaces: int | None, index: IndexRows | None = None
+    ) -> None:
+        """Store a new version, if the access may write it (and the version it replaces)."""
+        self.check_put(resource, replaces)
+        self.raw.put(resource, replaces, index)
+
+    def check_put(self, resource: StoredResource, replaces: int | None) -> None:
+        """Raise unless the access may store this version: ``put`` checks the same, and an
+        update that changes nothing (so stores nothing) needs the same right."""
+        permission = "d" if resource.deleted else "c" if replaces is None else "u"
+        touch(self.touched, resource.type, resource.id)
+        reach = self.access.reach(resource.type, permission)
+        if reach is not None:
+            if replaces is not None:
+                before = self.raw.vread(resource.type, resource.id, replaces)
+                if before is not None and before.content is not None:
+                    verb = "delete" if resource.deleted else "update"
+                    self._check_owner(resource.type, before.content, reach, verb)
+            if resource.content is not None:
+                self._check_owner(resource.type, resource.content, reach, "write")
+
+    def insert_new(self, items: Sequence[tuple[StoredResource, IndexRows]]) -> None:
+        """Store many first versions, each checked."""
+        for stored, _ in items:
+            touch(self.touched, stored.type, stored.id)
+            reach = self.access.reach(stored.type, "c")
+            if reach is not None and stored.content is not None:
+                self._check_owner(stored.type, stored.content, reach, "write")
+        self.raw.insert_new(items)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _reach_any(self, type_: str, permissions: Sequence[str]) -> str | None:
+        problem: Forbidden | None = None
+        reaches: list[str | None] = []
+        for permission in permissions:
+            try:
+                reaches.append(self.access.reach(type_, permission))
+            except Forbidden as exc:
+                problem = exc
+        if not reaches:
+            assert problem is not None
+            raise problem
+        return None if None in reaches else reaches[0]
+
+    def _check_compartment(self, type_: str, content: str, patient: str) -> None:
+        if type_ in SHARED_TYPES:
+            return
+        resource = json.loads(content)
+        if patient not in patients_of(type_, resource, self._references, self._read_json):
+            # the message names no resource: it may be one the request did not name itself
+            raise Forbidden(
+                f"A {type_} outside the compartment of Patient/{patient}, the patient this "
+                "access token is for, was asked for; nothing of it is returned"
+            )
+
+    def _check_owner(self, type_: str, content: str, patient: str, verb: str) -> None:
+        if type_ in SHARED_TYPES:
+            return
+        problem = ownership_problem(type_, json.loads(content), patient, self._read_json)
+        if problem is not None:
+            where, why = problem
+            raise Forbidden(
+                f"A patient-context access token may {verb} only Patient/{patient}'s own "
+                f"resources: {why}",
+                expression=(where,),
+            )
+
+    def _read_json(self, type_: str, id_: str) -> dict[str, Any] | None:
+        stored = self.raw.read(type_, id_)
+        if stored is None or stored.content is None:
+            return None
+        loaded: dict[str, Any] = json.loads(stored.content)
+        return loaded
+
+
+def read_visible(tx: Transaction, keys: Sequence[tuple[str, str]]) -> list[StoredResource]:
+    """The current versions of ``keys`` the transaction's access may see; the rest left out."""
+    if isinstance(tx, GuardedTransaction):
+        return tx.read_visible(keys)
+    return tx.read_many(keys)
