@@ -236,7 +236,7 @@ def test_batch_entries_are_routed_like_requests(fhir: FhirService) -> None:
             {"request": {"method": "DELETE", "url": "Patient/p1/_history/1"}},
         ],
     }
-    entries = body(process_bundle(fhir, batch, BASE))["entry"]
+    entries = body(process_bundle(fhir, fhir.actor, batch, BASE))["entry"]
     statuses = [e["response"]["status"] for e in entries]
     assert statuses[:4] == ["200 OK"] * 4
     assert statuses[4:] == [
