@@ -5,6 +5,7 @@ what they cannot express is checked here."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 from pathlib import Path
 
@@ -59,23 +60,53 @@ def test_the_project_refers_to_no_design_notes_outside_the_repository() -> None:
 
 def test_no_state_travels_sideways_in_context_variables() -> None:
     """Who acts, on what terms, and what a request touched travel with its session's Actor
-    (service/fhir/actor.py), not in module-level context variables. (The validator's own,
-    in service/validation, are not covered here yet.)"""
-    offenders = [
+    (service/fhir/actor.py); the validation walk carries its resource and root in a ``Walk``.
+    No module of the service keeps a module-level context variable, but one holding the
+    request id for log lines, were it ever needed (today the id lives in Flask's ``g``)."""
+    found = {}
+    for path in sorted((ROOT / "service").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:  # module level only
+            value = node.value if isinstance(node, ast.Assign | ast.AnnAssign) else None
+            if isinstance(value, ast.Call):
+                func = value.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if name == "ContextVar":
+                    found[f"{path.relative_to(ROOT)}:{node.lineno}"] = ast.unparse(value.args[0])
+    allowed = {"'whatmatters_request_id'"}
+    assert {where: name for where, name in found.items() if name not in allowed} == {}
+    # nor imported at all elsewhere (a ContextVar made in a function is just as sideways)
+    importers = [
         str(path.relative_to(ROOT))
-        for package in ("fhir", "exchange", "priorities", "api")
-        for path in sorted((ROOT / "service" / package).rglob("*.py"))
-        if "ContextVar" in path.read_text(encoding="utf-8")
+        for path in sorted((ROOT / "service").rglob("*.py"))
+        if "contextvars" in path.read_text(encoding="utf-8")
     ]
-    assert offenders == []
+    assert importers == []
 
 
-def test_no_file_of_the_fhir_core_or_the_priorities_is_over_600_lines() -> None:
+def test_no_file_of_the_service_is_over_600_lines() -> None:
     """Each module does one job and can be read whole."""
     long = [
         f"{path.relative_to(ROOT)}: {lines}"
-        for package in ("fhir", "priorities")
-        for path in sorted((ROOT / "service" / package).rglob("*.py"))
+        for path in sorted((ROOT / "service").rglob("*.py"))
         if (lines := len(path.read_text(encoding="utf-8").splitlines())) > 600
     ]
     assert long == []
+
+
+def test_no_interaction_is_written_twice() -> None:
+    """Each interaction is one Session method: no ``read``/``read_in`` twins (one opening its
+    own transaction, one inside an open one)."""
+    twins = []
+    for path in sorted((ROOT / "service").rglob("*.py")):
+        names = {
+            node.name
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        }
+        twins += [
+            f"{path.relative_to(ROOT)}: {name}"
+            for name in sorted(names)
+            if name.endswith("_in") and name.removesuffix("_in") in names
+        ]
+    assert twins == []
