@@ -44,9 +44,9 @@ def wire_fhir_service(
     config: Config, store: Store, registry: ProfileRegistry | None = None
 ) -> FhirService:
     """The FHIR core over ``store``: profiles loaded and checked, validators, search params."""
-    from service.fhir.conformance import ConformanceResources
+    from service.fhir.conformance_resources import ConformanceResources
     from service.fhir.interactions import FhirService
-    from service.fhir.searchparams import SearchParameters
+    from service.fhir.search_index import SearchParameters
     from service.validation.definitions import Definitions
     from service.validation.profiles import ProfileRegistry, search_parameters
     from service.validation.validator import ResourceValidator
@@ -56,7 +56,7 @@ def wire_fhir_service(
     search_params = SearchParameters.shared(
         definitions.search_parameters + search_parameters([f.resource for f in registry.files])
     )
-    from service.exchange.outbox import OutboxFeed
+    from service.exchange.feed import OutboxFeed
     from service.exchange.partners import load_partners
 
     required = dict(config.required_profiles)
@@ -94,7 +94,7 @@ def wire_fhir_service(
 
 def build_worker(config: Config, fhir: FhirService, partners: tuple[Partner, ...]) -> Worker:
     """The outbox worker over ``fhir``: HTTP clients per partner, the summary for documents."""
-    from service.exchange.client import HttpPartnerClient
+    from service.exchange.partner_client import HttpPartnerClient
     from service.exchange.queue import Backoff
     from service.exchange.summary import SummaryItem
     from service.exchange.worker import Worker
@@ -138,7 +138,7 @@ def build_worker(config: Config, fhir: FhirService, partners: tuple[Partner, ...
             ]
         return name, items
 
-    from service.exchange.outbox import OutboxFeed
+    from service.exchange.feed import OutboxFeed
 
     feeds = [listener for listener in fhir.listeners if isinstance(listener, OutboxFeed)]
     return Worker(

@@ -193,7 +193,7 @@ def _import(config: Config, args: argparse.Namespace) -> int:
     from service import build_fhir_service
     from service.errors import FhirError
     from service.exchange.channels import Refused, Retry
-    from service.exchange.client import HttpPartnerClient, Unreachable
+    from service.exchange.partner_client import HttpPartnerClient, Unreachable
     from service.exchange.partners import load_partners
 
     partners = {p.name: p for p in load_partners(config.partners_file)}

@@ -40,7 +40,7 @@ from service.fhir.interactions import FhirService
 from service.fhir.model import parse_etag, parse_instant
 from service.fhir.results import Result
 from service.fhir.router import FhirRequest, Headers, Match
-from service.fhir.search import parse_query_string
+from service.fhir.search_parser import parse_query_string
 from service.fhir.session import Session
 from service.priorities.operations import WhatMatters
 

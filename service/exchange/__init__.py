@@ -2,7 +2,7 @@
 
 What the package is for: everything this service sends to or pulls from other servers.
 
-- ``outbox.py``: the feed that listens to every write of the FHIR core (its ``ChangeListener``
+- ``feed.py``: the feed that listens to every write of the FHIR core (its ``ChangeListener``
   port) and queues deliveries in the writing transaction; ``destinations.py``: where a row
   goes (``Destination(kind, name)``, parsed and formatted at the store's boundary);
 - ``queue.py``: claim, lease, renew, settle and back off; ``worker.py``: the loop that claims
@@ -10,7 +10,7 @@ What the package is for: everything this service sends to or pulls from other se
   interface (``Retry``, ``Refused``, ``Skipped``) and the partner sync, documents and rest-hook
   channels;
 - ``admin.py``: outbox administration, the one use case the CLI and ``/admin/outbox`` call;
-- ``client.py`` (HTTP, the only module here that talks to other servers, through
+- ``partner_client.py`` (HTTP, the only module here that talks to other servers, through
   ``requests``), ``smart.py`` (SMART Backend Services), ``partners.py`` (the partners file),
   ``importer.py`` (pulling a patient's priorities), ``subscriptions.py`` and
   ``notifications.py`` (Subscriptions Backport: specs, topic, notification Bundles),

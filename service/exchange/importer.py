@@ -16,7 +16,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 from service.errors import BadRequest, FhirError
 from service.exchange.channels import Refused, check
 from service.exchange.channels.partner_api import URI_SYSTEM, identifier_token
-from service.exchange.client import PartnerClient
+from service.exchange.partner_client import PartnerClient
 from service.fhir.actor import Actor
 from service.fhir.bundles import resolve_conditional_references
 from service.fhir.interactions import FhirService

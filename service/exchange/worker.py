@@ -23,8 +23,8 @@ from service.exchange.channels.documents import Documents, Summariser
 from service.exchange.channels.partner_api import PartnerApi
 from service.exchange.channels.partner_sync import PartnerSync
 from service.exchange.channels.rest_hook import RestHook
-from service.exchange.client import HookClient, HttpHookClient, PartnerClient, Unreachable
 from service.exchange.destinations import Destination, Kind
+from service.exchange.partner_client import HookClient, HttpHookClient, PartnerClient, Unreachable
 from service.exchange.partners import Partner
 from service.exchange.queue import Backoff, OutboxQueue
 from service.fhir.interactions import FhirService

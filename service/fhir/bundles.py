@@ -35,7 +35,7 @@ from service.fhir.model import etag, instant, parse_etag, parse_json
 from service.fhir.references import rewrite_references, rewrite_strings
 from service.fhir.results import Result, operation_outcome
 from service.fhir.router import Match
-from service.fhir.search import parse_query_string
+from service.fhir.search_parser import parse_query_string
 from service.fhir.session import Session
 from service.storage import StoredResource
 

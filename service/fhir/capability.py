@@ -11,9 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 from service.fhir import router
-from service.fhir.conformance import CONFORMANCE_TYPES
+from service.fhir.conformance_resources import CONFORMANCE_TYPES
 from service.fhir.model import FHIR_VERSION, INSTANCE_EXTENSION, SUPPORTED_TYPES, instance_uri
-from service.fhir.searchparams import SearchParameters
+from service.fhir.search_index import SearchParameters
 
 SOFTWARE_NAME = "What Matters"
 SOFTWARE_VERSION = "0.1.0"

@@ -23,7 +23,7 @@ from service.errors import (
     NotSupported,
     Unprocessable,
 )
-from service.fhir.conformance import CONFORMANCE_TYPES
+from service.fhir.conformance_resources import CONFORMANCE_TYPES
 from service.fhir.model import SUPPORTED_TYPES, parse_json
 from service.fhir.results import Result, operation_outcome
 from service.validation.structure import is_valid_id

@@ -23,7 +23,7 @@ from service.fhir.bundles import resolve_conditional_references
 from service.fhir.interactions import FhirService
 from service.fhir.model import dump_json
 from service.fhir.results import Result, operation_outcome
-from service.fhir.search import escape_value
+from service.fhir.search_parser import escape_value
 from service.fhir.session import Session
 from service.mapping.engine import Mapped, Mapper, Output
 from service.mapping.files import MappingError, MappingFile

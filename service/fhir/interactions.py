@@ -27,11 +27,11 @@ from service.fhir.checking import (
     parse_json_patch,
     without_resource,
 )
-from service.fhir.conformance import ConformanceResources
+from service.fhir.conformance_resources import ConformanceResources
 from service.fhir.model import SUPPORTED_TYPES, now_us, parse_json
 from service.fhir.results import Result
-from service.fhir.search import DEFAULT_MAX_CHAIN_DEPTH
-from service.fhir.searchparams import SearchParameters
+from service.fhir.search_index import SearchParameters
+from service.fhir.search_parser import DEFAULT_MAX_CHAIN_DEPTH
 from service.fhir.session import Session
 from service.fhir.writes import Change, ChangeListener
 from service.storage import Query, Store, Transaction, VersionConflict

@@ -5,7 +5,7 @@ A ``Session`` is opened by ``FhirService.session`` (reads) or ``FhirService.perf
 retried when they lose a race). Its transaction is opened on first use, so a write validates
 its resource before it holds the store's write lock; with an access token the transaction is
 the guarded one (guard.py). The write pipeline is writes.py, the checks checking.py, search
-searching.py.
+search_executor.py.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from service.fhir import checking, writes
 from service.fhir.access import confined, narrowed
 from service.fhir.actor import Actor
 from service.fhir.checking import Validator, check_id, check_type, parse_json_patch
-from service.fhir.conformance import CONFORMANCE_TYPES, ConformanceResources
+from service.fhir.conformance_resources import CONFORMANCE_TYPES, ConformanceResources
 from service.fhir.guard import GuardedTransaction
 from service.fhir.history import (
     HistoryPage,
@@ -44,9 +44,9 @@ from service.fhir.history import (
 )
 from service.fhir.model import SUPPORTED_TYPES, dump_json, parse_json
 from service.fhir.results import Result
-from service.fhir.search import SearchParser, parse_conditional
-from service.fhir.searching import SearchPage, search, searchset
-from service.fhir.searchparams import SearchParameters
+from service.fhir.search_executor import SearchPage, search, searchset
+from service.fhir.search_index import SearchParameters
+from service.fhir.search_parser import SearchParser, parse_conditional
 from service.fhir.subsetting import subset
 from service.fhir.writes import ChangeListener, check_if_match
 from service.storage import (
@@ -447,7 +447,7 @@ class Session:
         strict: bool = False,
         base: str = "",
     ) -> SearchPage:
-        """search: https://hl7.org/fhir/R4/search.html, as a typed page (searching.py)."""
+        """search: https://hl7.org/fhir/R4/search.html, as a typed page (search_executor.py)."""
         check_type(type_)
         return search(
             self.fhir,

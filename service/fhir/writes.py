@@ -25,8 +25,8 @@ from service.fhir.actor import Actor
 from service.fhir.guard import GuardedTransaction
 from service.fhir.model import dump_json, instant, parse_json, same_content, with_meta
 from service.fhir.results import Result
-from service.fhir.search import SearchParser, escape_value, parse_conditional
-from service.fhir.searchparams import SearchParameters
+from service.fhir.search_index import SearchParameters
+from service.fhir.search_parser import SearchParser, escape_value, parse_conditional
 from service.storage import IndexRows, StoredResource, Transaction
 
 # the record of an access, and provenance itself, get no Provenance of their own

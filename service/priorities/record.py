@@ -9,7 +9,7 @@ import re
 import uuid
 from typing import Any
 
-from service.fhir.search import escape_value
+from service.fhir.search_parser import escape_value
 from service.priorities.codes import (
     CARE_SETTING,
     CARE_SETTING_TYPE,

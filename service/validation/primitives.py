@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from service.errors import Issue
-from service.validation.bundles import uri_problem
+from service.validation.bundle_rules import uri_problem
 from service.validation.definitions import TypeModel
 
 _INT_RANGES = {

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from service.errors import Issue
-from service.validation.bundles import bundle_issues
+from service.validation.bundle_rules import bundle_issues
 from service.validation.profile_validation import ProfileValidator
 from service.validation.profiles import ProfileError, ProfileRegistry
 from service.validation.questionnaire import QuestionnaireValidator, Resolver

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl
 
-from service.exchange.client import Answer
+from service.exchange.partner_client import Answer
 from service.exchange.partners import Partner
 
 

@@ -317,7 +317,7 @@ def test_a_row_waiting_on_a_dead_row_is_blocked_and_retry_sends_both(
 
     def refusing(method: str, path: str, *args: Any, **kwargs: Any) -> Any:
         if refuse_goals and method != "GET" and path.startswith("Goal"):
-            from service.exchange.client import Answer
+            from service.exchange.partner_client import Answer
 
             return Answer(422, {}, {"resourceType": "OperationOutcome", "issue": []})
         return answer(method, path, *args, **kwargs)

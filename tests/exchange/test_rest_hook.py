@@ -14,7 +14,7 @@ import pytest
 
 from service.exchange.channels import Refused
 from service.exchange.channels.rest_hook import NOTIFY_TIMEOUT_CAP, RestHook
-from service.exchange.client import Answer, HttpHookClient, Unreachable
+from service.exchange.partner_client import Answer, HttpHookClient, Unreachable
 from service.exchange.subscriptions import parse_subscription
 from service.fhir.interactions import FhirService
 from tests.exchange.test_subscriptions import subscription

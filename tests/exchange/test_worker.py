@@ -15,7 +15,7 @@ import pytest
 
 from service.exchange.channels import Refused, Retry, check
 from service.exchange.channels.partner_api import capability_of
-from service.exchange.client import Answer, Unreachable
+from service.exchange.partner_client import Answer, Unreachable
 from service.exchange.partners import Partner, PartnerConfigError, load_partners
 from service.exchange.queue import Backoff
 from service.exchange.worker import Worker

@@ -18,8 +18,8 @@ import pytest
 
 from service.errors import FhirError
 from service.exchange.channels import Refused
-from service.exchange.client import Answer, Unreachable
 from service.exchange.importer import import_patient
+from service.exchange.partner_client import Answer, Unreachable
 from service.exchange.summary import SummaryItem
 from service.exchange.worker import Worker
 from service.fhir.actor import Actor

@@ -13,7 +13,7 @@ from service.errors import MethodNotAllowed, NotFound
 from service.fhir import router
 from service.fhir.bundles import process_bundle
 from service.fhir.capability import capability_statement
-from service.fhir.conformance import CONFORMANCE_TYPES
+from service.fhir.conformance_resources import CONFORMANCE_TYPES
 from service.fhir.interactions import FhirService
 from service.fhir.router import ROUTES, FhirRequest, Headers, match
 from tests.builders import BASE, patient

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 import pytest
 from sqlalchemy import text
 
-from service.fhir.search import SearchParser
+from service.fhir.search_parser import SearchParser
 from service.storage.sql import SqlStore
 from tests.conftest import wipe
 from tests.perf.dataset import load

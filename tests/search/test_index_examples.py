@@ -9,7 +9,7 @@ import pytest
 from fhirpathpy import evaluate as fhirpath_evaluate
 from fhirpathpy.models import models
 
-from service.fhir.searchparams import SearchParameters
+from service.fhir.search_index import SearchParameters
 from service.storage.memory import MemoryStore
 from tests.r4_package import STORED_TYPES, examples
 from tests.search.conftest import build_service

@@ -9,8 +9,8 @@ now holds (None when that does not apply) or raises
 
 The channels: ``partner_sync`` (a partner holds the resources themselves), ``documents`` (a
 partner that takes only the patient's "What matters to me" DocumentReference) and ``rest_hook``
-(Subscription notifications). Each talks HTTP through ``service.exchange.client`` only. A new
-channel implements ``Channel`` and is named by a destination kind in the worker.
+(Subscription notifications). Each talks HTTP through ``service.exchange.partner_client``
+only. A new channel implements ``Channel`` and is named by a destination kind in the worker.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from service.exchange.client import Answer
+from service.exchange.partner_client import Answer
 from service.storage.outbox import OutboxRow
 
 RETRIED_STATUSES = frozenset({408, 429})

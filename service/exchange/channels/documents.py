@@ -16,7 +16,7 @@ from typing import Any
 
 from service.exchange.channels import Refused
 from service.exchange.channels.partner_api import URI_SYSTEM, Capability, PartnerApi, Target
-from service.exchange.client import PartnerClient
+from service.exchange.partner_client import PartnerClient
 from service.exchange.summary import SummaryItem, summary_pdf, summary_text
 from service.fhir.model import instant
 from service.storage.outbox import OutboxRow

@@ -19,8 +19,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from service.exchange.channels import Refused, Retry, Skipped, Waiting, check
-from service.exchange.client import Answer, PartnerClient
-from service.exchange.outbox import is_local
+from service.exchange.feed import is_local
+from service.exchange.partner_client import Answer, PartnerClient
 from service.exchange.partners import Partner
 from service.fhir.interactions import FhirService
 from service.fhir.model import (
@@ -31,7 +31,7 @@ from service.fhir.model import (
     origin_of,
 )
 from service.fhir.references import replace_references
-from service.fhir.search import escape_value
+from service.fhir.search_parser import escape_value
 from service.storage import StoredResource
 from service.storage.outbox import OutboxRow
 

@@ -14,7 +14,7 @@ import logging
 from service.exchange.channels import Refused, Retry, Skipped
 from service.exchange.channels.documents import SUMMARY_TYPES, Documents
 from service.exchange.channels.partner_api import PartnerApi
-from service.exchange.client import Unreachable
+from service.exchange.partner_client import Unreachable
 from service.storage.outbox import OutboxRow
 
 log = logging.getLogger("whatmatters.exchange")

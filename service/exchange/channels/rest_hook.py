@@ -18,10 +18,10 @@ from typing import Any
 
 from service.errors import FhirError, Forbidden
 from service.exchange.channels import Refused, Retry, Skipped, check
-from service.exchange.client import HookClient, Unreachable
 from service.exchange.destinations import Destination
+from service.exchange.feed import ACTIVE_SUBSCRIPTIONS
 from service.exchange.notifications import event_bundle, handshake_bundle, heartbeat_bundle
-from service.exchange.outbox import ACTIVE_SUBSCRIPTIONS
+from service.exchange.partner_client import HookClient, Unreachable
 from service.exchange.subscriptions import SubscriptionSpec, parse_subscription, with_status
 from service.fhir.access import subscriber_access
 from service.fhir.actor import Actor

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 
 from service.errors import BadRequest, Issue
 from service.fhir.model import SUPPORTED_TYPES
-from service.fhir.searchparams import SearchParam, SearchParameters, fold, parse_reference
+from service.fhir.search_index import SearchParam, SearchParameters, fold, parse_reference
 from service.storage import (
     CompositeMatch,
     Criterion,

@@ -20,12 +20,12 @@ from service.fhir.access import Access, confined, narrowed
 from service.fhir.guard import read_visible
 from service.fhir.model import dump_json, instant, parse_json
 from service.fhir.results import Result, operation_outcome
-from service.fhir.search import Include, SearchParser, SearchRequest
+from service.fhir.search_parser import Include, SearchParser, SearchRequest
 from service.fhir.subsetting import subset
 from service.storage import StoredResource, Transaction
 
 if TYPE_CHECKING:
-    from service.fhir.searchparams import SearchParameters
+    from service.fhir.search_index import SearchParameters
     from service.validation.definitions import Definitions
 
 MAX_KEPT = 20_000
