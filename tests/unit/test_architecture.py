@@ -6,6 +6,7 @@ what they cannot express is checked here."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 from pathlib import Path
 
@@ -110,3 +111,30 @@ def test_no_interaction_is_written_twice() -> None:
             if name.endswith("_in") and name.removesuffix("_in") in names
         ]
     assert twins == []
+
+
+def test_the_readme_layout_names_every_module() -> None:
+    """README "How the code is laid out" matches the tree: every module of the service is
+    named in its table (by path, or by file name in a row of its folder), and every path the
+    table names exists, so a newcomer finds any module in one step."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("## How the code is laid out")
+    section = readme[start : readme.index("\n## ", start + 1)]
+    rows = [line for line in section.splitlines() if line.startswith("| `service/")]
+    unnamed = []
+    for path in sorted((ROOT / "service").rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if path.name == "__init__.py":
+            folder = f"`{rel.parent}/`"
+            top_package = rel.parent.parent == Path("service")
+            if top_package or any(folder in row or f"`{rel}`" in row for row in rows):
+                continue  # a package's own docstring describes it; a sub-package has a row
+        elif any(
+            f"`{rel}`" in row or (f"`{rel.parent}/" in row and f"`{path.name}`" in row)
+            for row in rows
+        ):
+            continue
+        unnamed.append(str(rel))
+    assert unnamed == []
+    named = {m for row in rows for m in re.findall(r"`(service/[\w/]+(?:\.py)?/?)`", row)}
+    assert sorted(p for p in named if not (ROOT / p).exists()) == []
