@@ -153,7 +153,7 @@ class PartnerApi:
     def previous(self, row: OutboxRow) -> StoredResource | None:
         """The version before the row's (what a deletion deleted)."""
         stored: StoredResource | None = self.fhir.read_only(
-            lambda tx: tx.vread(row.res_type, row.res_id, row.version - 1)
+            lambda tx: tx.resources.vread(row.res_type, row.res_id, row.version - 1)
         )
         return stored
 
@@ -224,7 +224,7 @@ class PartnerApi:
 
     def current(self, type_: str, id_: str) -> StoredResource | None:
         """The resource's current version here (a deletion, too)."""
-        return self.fhir.read_only(lambda tx: tx.read(type_, id_))
+        return self.fhir.read_only(lambda tx: tx.resources.read(type_, id_))
 
     def send_resource(
         self,
