@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from service.fhir.ingest import Mappings
     from service.fhir.interactions import FhirService
     from service.storage import Store
+    from service.validation.packages import DocumentChecker
     from service.validation.profiles import ProfileRegistry
 
 
@@ -188,6 +189,7 @@ def create_app(
     *,
     registry: ProfileRegistry | None = None,
     mappings: Mappings | None = None,
+    ips_checker: DocumentChecker | None = None,
 ) -> Flask:
     """Build the application; with build_fhir_service, the only place that wires classes.
 
@@ -211,7 +213,14 @@ def create_app(
     fhir = build_fhir_service(config, registry)
     app.extensions["whatmatters.store"] = fhir.store
     app.extensions["whatmatters.fhir"] = fhir
-    app.extensions["whatmatters.priorities"] = WhatMatters(fhir)
+    operations = WhatMatters(fhir)
+    app.extensions["whatmatters.priorities"] = operations
+    from service.priorities.ips import Summaries
+    from service.validation.packages import load_ips
+
+    # the IPS 2.0.0 profiles, read at start-up when the package is there (else a warning)
+    checker = ips_checker if ips_checker is not None else load_ips(config.ips_package)
+    app.extensions["whatmatters.summaries"] = Summaries(operations, checker)
     if mappings is None:
         mappings = load_mappings(config, [f.resource for f in registry.files])
     app.extensions["whatmatters.mappings"] = mappings

@@ -165,6 +165,7 @@ _BACKPORT_STATUS = (
     "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status"
 )
 _OURS = f"{CANONICAL_BASE}/OperationDefinition"
+_IPS_SUMMARY = "http://hl7.org/fhir/uv/ips/OperationDefinition/summary"
 _GET, _POST = ("GET",), ("POST",)
 
 ROUTES: tuple[Route, ...] = (
@@ -225,6 +226,16 @@ ROUTES: tuple[Route, ...] = (
         "what-matters",
         f"{_OURS}/what-matters",
     ),
+    Route(
+        _GET,
+        "Patient/$summary",
+        "operation",
+        TYPE,
+        "summary_by_identifier",
+        "summary",
+        _IPS_SUMMARY,
+    ),
+    Route(_GET, "Patient/{id}/$summary", "operation", INSTANCE, "summary", "summary", _IPS_SUMMARY),
     Route(
         ("GET", "POST"),
         "Subscription/{id}/$status",
