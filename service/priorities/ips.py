@@ -131,10 +131,12 @@ class Summaries:
         errors = [i for i in issues if i.severity in ("error", "fatal")]
         if errors:
             log.error("an IPS document failed IPS 2.0.0: %s", [i.diagnostics for i in errors])
+            lead = f"The summary does not conform to {IPS_BUNDLE}: {errors[0].diagnostics}"
             raise SummaryNotConformant(
-                f"The summary does not conform to {IPS_BUNDLE}: {errors[0].diagnostics}",
+                lead,
                 issues=[
-                    Issue(i.severity, "exception", i.diagnostics, i.expression) for i in errors
+                    Issue("error", "exception", lead),
+                    *(Issue(i.severity, "exception", i.diagnostics, i.expression) for i in errors),
                 ],
             )
 
