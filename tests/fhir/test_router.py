@@ -65,6 +65,15 @@ EVERY_ROUTE = [
         "what-matters",
     ),
     (
+        ("GET",),
+        "Patient/$summary",
+        "operation",
+        "type",
+        "summary_by_identifier",
+        "summary",
+    ),
+    (("GET",), "Patient/{id}/$summary", "operation", "instance", "summary", "summary"),
+    (
         ("GET", "POST"),
         "Subscription/{id}/$status",
         "operation",
@@ -301,6 +310,7 @@ def test_the_capability_statement_lists_the_operations_that_route(fhir: FhirServ
         "validate",
         "record-what-matters",
         "what-matters",
+        "summary",
     ]
     assert [o["name"] for o in resources["Subscription"]["operation"]] == ["validate", "status"]
     assert [o["name"] for o in resources["Goal"]["operation"]] == ["validate"]
