@@ -93,8 +93,15 @@ def wire_fhir_service(
     return fhir
 
 
-def build_worker(config: Config, fhir: FhirService, partners: tuple[Partner, ...]) -> Worker:
-    """The outbox worker over ``fhir``: HTTP clients per partner, the summary for documents."""
+def build_worker(
+    config: Config,
+    fhir: FhirService,
+    partners: tuple[Partner, ...],
+    ips_checker: DocumentChecker | None = None,
+) -> Worker:
+    """The outbox worker over ``fhir``: HTTP clients per partner, the summary for documents
+    (and the IPS document for partners that ask for it, checked by ``ips_checker`` or by the
+    IPS package of ``config``)."""
     from service.exchange.partner_client import HttpPartnerClient
     from service.exchange.queue import Backoff
     from service.exchange.summary import SummaryItem
@@ -139,6 +146,17 @@ def build_worker(config: Config, fhir: FhirService, partners: tuple[Partner, ...
             ]
         return name, items
 
+    ips_document = None
+    if any(partner.send_document == "ips" for partner in partners):
+        from service.priorities.ips import Summaries
+        from service.validation.packages import load_ips
+
+        # partners that take IPS get the $summary document, checked as $summary checks it
+        summaries = Summaries(what_matters, ips_checker or load_ips(config.ips_package))
+
+        def ips_document(patient_id: str) -> dict[str, Any]:
+            return summaries.document(Actor.system(), patient_id, base)
+
     from service.exchange.feed import OutboxFeed
 
     feeds = [listener for listener in fhir.listeners if isinstance(listener, OutboxFeed)]
@@ -148,6 +166,7 @@ def build_worker(config: Config, fhir: FhirService, partners: tuple[Partner, ...
         base,
         HttpPartnerClient,
         summarise=summarise,
+        ips=ips_document,
         learned=feeds[0].learn if feeds else None,
         lease_seconds=config.outbox_lease_seconds,
         backoff=Backoff(
