@@ -32,7 +32,7 @@ from service.fhir.actor import Actor
 from service.fhir.model import ORIGIN_TAG_SYSTEM, instance_uri, instant, now_us, origin_of
 from service.fhir.references import replace_references
 from service.fhir.results import Result
-from service.priorities.codes import LOINC, PROVENANCE_ROLES, coding
+from service.priorities.codes import LOINC, coding
 from service.priorities.items import gather, plain_reference, reference_of
 from service.priorities.operations import WhatMatters
 from service.priorities.view import priorities
@@ -402,4 +402,4 @@ def build_document(
     }
 
 
-__all__ = ["PROVENANCE_ROLES", "Summaries", "SummaryNotConformant", "build_document"]
+__all__ = ["Summaries", "SummaryNotConformant", "build_document"]

@@ -25,6 +25,7 @@ from service.fhir.actor import Actor
 from service.fhir.interactions import FhirService
 from service.priorities.operations import WhatMatters
 from service.storage.memory import MemoryStore
+from tests.conftest import parse_with_r4b_models
 from tests.direct import Direct
 from tests.exchange.conftest import MRN
 from tests.exchange.fakefhir import FakeFhir
@@ -188,6 +189,7 @@ def test_an_ips_partner_holds_one_current_document_through_faults(
     ]
     errors = [i for i in ips_checker().validate(document) if i.severity in ("error", "fatal")]
     assert errors == []
+    parse_with_r4b_models(document)
     # a change while the partner is down: delivered once it is back, replacing the document
     proxy.go_down()
     _record(

@@ -20,6 +20,7 @@ from service.config import Config
 from service.errors import Issue
 from service.priorities.ips_import import import_document
 from service.priorities.view import priorities
+from service.validation.packages import IPS_BUNDLE, IPS_COMPOSITION
 from tests.ips_package import ips_checker, ips_package_path
 from tests.priorities.conversations import (
     NHS,
@@ -126,6 +127,14 @@ def test_the_summary_of_two_settings_meets_the_ips_profiles(ips_client: FlaskCli
     document = _summary(ips_client)  # parsed with the R4B models by the autouse fixture
     errors = [i for i in ips_checker().validate(document) if i.severity in ("error", "fatal")]
     assert errors == []
+    # the Bundle and Composition profiles, each asked on its own as well
+    profiles = ips_checker().validator.profiles
+    for resource, profile in (
+        (document, IPS_BUNDLE),
+        (document["entry"][0]["resource"], IPS_COMPOSITION),
+    ):
+        found = profiles.validate(resource, profile)
+        assert [i for i in found if i.severity in ("error", "fatal")] == [], profile
     assert document["type"] == "document"
     assert (
         "http://hl7.org/fhir/uv/ips/StructureDefinition/Bundle-uv-ips"
@@ -173,6 +182,23 @@ def test_the_summary_of_two_settings_meets_the_ips_profiles(ips_client: FlaskCli
     div = story["text"]["div"]
     assert "heard by Dr Rhys Evans, at Bodnant Surgery (GP), on 2026-11-28T09:30:00Z" in div
     assert "heard by Nurse Ada Okafor, at Ward 7, Ysbyty Gwynedd (Hospital), on 2026-11-20" in div
+
+
+def test_a_patient_with_no_name_birth_date_or_words_still_gets_a_conforming_summary(
+    ips_client: FlaskClient,
+) -> None:
+    patient = {"resourceType": "Patient", "id": "p2", "gender": "unknown"}
+    assert ips_client.put("/fhir/Patient/p2", json=patient).status_code == 201
+    document = _summary(ips_client, "Patient/p2/$summary")
+    errors = [i for i in ips_checker().validate(document) if i.severity in ("error", "fatal")]
+    assert errors == []
+    ips_patient = document["entry"][1]["resource"]
+    assert ips_patient["_birthDate"]["extension"][0]["valueCode"] == "unknown"
+    assert ips_patient["name"] == [{"text": "Name not recorded"}]
+    story = _section(document, STORY)
+    assert story["emptyReason"]["coding"][0]["code"] == "nilknown"
+    assert "has not yet said what matters" in story["text"]["div"]
+    assert "No goals have been agreed yet" in _section(document, PLAN)["text"]["div"]
 
 
 def test_the_identifier_variant_names_the_same_patient(ips_client: FlaskClient) -> None:
