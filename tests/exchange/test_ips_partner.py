@@ -19,6 +19,7 @@ import pytest
 
 from service import build_worker, wire_fhir_service
 from service.config import Config
+from service.errors import Issue
 from service.exchange.partners import Partner
 from service.exchange.worker import Worker
 from service.fhir.actor import Actor
@@ -246,3 +247,28 @@ def test_a_partner_without_bundles_gets_the_ips_in_a_document_reference(
     document = json.loads(base64.b64decode(attachment["data"]))
     assert document["type"] == "document"
     assert _story(document) == ["Seeing my grandchildren", "Tea with Ffion on Sundays"]
+
+
+class _Refusing:
+    """A document check that finds every document broken."""
+
+    def validate(self, document: dict[str, Any]) -> list[Issue]:
+        return [Issue("error", "invalid", "broken on purpose", ("Bundle",))]
+
+
+def test_a_document_that_does_not_conform_is_never_sent(
+    tmp_path: Path, fake_server: _FakeOverHttp, proxy: FaultProxy
+) -> None:
+    fhir, _ = _hospital(tmp_path, proxy)
+    partners = fhir.listeners[0].partners
+    config = Config(public_base_url=BASE)
+    worker = build_worker(config, fhir, partners, _Refusing())  # type: ignore[arg-type]
+    _patient(fhir)
+    _record(
+        fhir, statement("s1", "Tea with Ffion on Sundays", "tea"), recorded="2026-11-20T10:00:00Z"
+    )
+    worker.drain(timeout=10)
+    rows = fhir.read_only(lambda tx: tx.outbox.rows(limit=1000))
+    assert {r.state for r in rows} == {"dead"}
+    assert all("does not conform" in (r.last_error or "") for r in rows)
+    assert fake_server.fake.of_type("Bundle") == []
