@@ -309,14 +309,14 @@ def build_document(
         author = {"reference": urls[plain_reference(author_ref.get("reference"))]}
     else:
         name = _name(author_ref, "What Matters")
-        author_url = _uuid(instance_id, "author", name)
         kind = "Practitioner" if author_ref else "Organization"
+        author_url = _uuid(instance_id, kind, name)  # the same one is named once
         author_body: dict[str, Any] = {"resourceType": kind, "id": author_url[9:]}
         author_body["name"] = [{"text": name}] if kind == "Practitioner" else name
         entries.append({"fullUrl": author_url, "resource": author_body})
         author = {"reference": author_url, "display": name}
     custodian_name = _name(custodian_ref, "What Matters")
-    custodian_url = _uuid(instance_id, "custodian", custodian_name)
+    custodian_url = _uuid(instance_id, "Organization", custodian_name)
     if not any(e["fullUrl"] == custodian_url for e in entries):
         organization = {"resourceType": "Organization", "id": custodian_url[9:]}
         entries.append(

@@ -199,6 +199,11 @@ def test_a_patient_with_no_name_birth_date_or_words_still_gets_a_conforming_summ
     assert story["emptyReason"]["coding"][0]["code"] == "nilknown"
     assert "has not yet said what matters" in story["text"]["div"]
     assert "No goals have been agreed yet" in _section(document, PLAN)["text"]["div"]
+    # no Provenance says who: the service is author and custodian, one Organization
+    composition = document["entry"][0]["resource"]
+    assert composition["author"][0]["reference"] == composition["custodian"]["reference"]
+    kinds = [e["resource"]["resourceType"] for e in document["entry"]]
+    assert kinds.count("Organization") == 1
 
 
 def test_the_identifier_variant_names_the_same_patient(ips_client: FlaskClient) -> None:
