@@ -152,7 +152,7 @@ def build_worker(
         from service.validation.packages import load_ips
 
         # partners that take IPS get the $summary document, checked as $summary checks it
-        summaries = Summaries(what_matters, ips_checker or load_ips(config.ips_package))
+        summaries = Summaries(what_matters, ips_checker or (lambda: load_ips(config.ips_package)))
 
         def ips_document(patient_id: str) -> dict[str, Any]:
             return summaries.document(Actor.system(), patient_id, base)
@@ -237,8 +237,14 @@ def create_app(
     from service.priorities.ips import Summaries
     from service.validation.packages import load_ips
 
-    # the IPS 2.0.0 profiles, read at start-up when the package is there (else a warning)
-    checker = ips_checker if ips_checker is not None else load_ips(config.ips_package)
+    # the IPS 2.0.0 profiles, read on the first summary when the package is there (else a
+    # warning, and summaries go unchecked)
+    ips_path = config.ips_package
+    checker: Any = ips_checker
+    if checker is None:
+        present = ips_path is not None and ips_path.is_file()
+        # absent: the warning now, at start-up, where an operator looks for it
+        checker = (lambda: load_ips(ips_path)) if present else load_ips(ips_path)
     app.extensions["whatmatters.summaries"] = Summaries(operations, checker)
     if mappings is None:
         mappings = load_mappings(config, [f.resource for f in registry.files])

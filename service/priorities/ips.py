@@ -22,10 +22,11 @@ that does not conform is a 500, never sent.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable
 from html import escape
-from typing import Any
+from typing import Any, cast
 
 from service.errors import FhirError, Issue
 from service.fhir.actor import Actor
@@ -79,12 +80,30 @@ class Summaries:
     def __init__(
         self,
         operations: WhatMatters,
-        checker: DocumentChecker | None,
+        checker: DocumentChecker | Callable[[], DocumentChecker | None] | None,
         clock: Callable[[], int] = now_us,
     ) -> None:
+        """``checker`` may be a loader, called once on the first document: reading the IPS
+        packages takes seconds, which a process that never makes a summary should not pay."""
         self.operations = operations
-        self.checker = checker
+        self._checker: DocumentChecker | None = None
+        self._load: Callable[[], DocumentChecker | None] | None = None
+        if checker is None or hasattr(checker, "validate"):  # a checker (or a stand-in)
+            self._checker = cast("DocumentChecker | None", checker)
+        else:
+            self._load = checker
+        self._lock = threading.Lock()
         self.clock = clock
+
+    @property
+    def checker(self) -> DocumentChecker | None:
+        """The IPS 2.0.0 check (None when the package is not there: documents go unchecked)."""
+        if self._load is not None:
+            with self._lock:
+                if self._load is not None:
+                    self._checker = self._load()
+                    self._load = None
+        return self._checker
 
     def summary(self, actor: Actor, patient_id: str, base: str) -> Result:
         """``$summary``: the checked document (500 when it does not conform)."""
