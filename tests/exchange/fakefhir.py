@@ -1,7 +1,7 @@
 """A small FHIR server in memory, answering the worker's calls as a partner would: it offers
-the types its CapabilityStatement lists (create, update, search by ``identifier`` and
-``_source``, conditional create and update) and refuses the rest with 404, as a server that
-does not know a type does. ``capability=None`` answers ``/metadata`` with an empty Bundle, as
+the types its CapabilityStatement lists (create, update, search by ``identifier``, ``_source``
+and ``patient``, conditional create and update) and refuses the rest with 404, as a server
+that does not know a type does. ``capability=None`` answers ``/metadata`` with an empty Bundle, as
 a server with no CapabilityStatement was seen doing."""
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ def _keys(resource: dict[str, Any]) -> set[str]:
     source = (resource.get("meta") or {}).get("source")
     if source:
         found.add(f"_source={source}")
+    subject = (resource.get("subject") or {}).get("reference")
+    if subject:
+        found.add(f"patient={subject}")
     return found
 
 

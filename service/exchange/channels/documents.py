@@ -3,7 +3,9 @@
 A partner whose CapabilityStatement accepts no writes of a Goal, Observation or List but
 accepts DocumentReference gets, for each change of those, the patient's summary (text and
 PDF, ``service/exchange/summary.py``) as one DocumentReference: replaced in place where the
-partner updates documents, a new one per change where it only creates them.
+partner updates documents, a new one per change where it only creates them. The text ends with
+the machine-readable block of ``service/exchange/summary_data.py`` (the statements, goals and
+Lists as data), from which ``whatmatters import`` restores them.
 """
 
 from __future__ import annotations
@@ -18,11 +20,16 @@ from service.exchange.channels import Refused
 from service.exchange.channels.partner_api import URI_SYSTEM, Capability, PartnerApi, Target
 from service.exchange.partner_client import PartnerClient
 from service.exchange.summary import SummaryItem, summary_pdf, summary_text
-from service.fhir.model import instant
+from service.exchange.summary_data import collection, data_block
+from service.fhir.model import ORIGIN_TAG_SYSTEM, instant, origin_of
+from service.fhir.references import replace_references
 from service.storage.outbox import OutboxRow
 
 SUMMARY_TYPES = ("Goal", "Observation", "List")
 Summariser = Callable[[str], tuple[str | None, list[SummaryItem]]]
+# the patient (as stored) and its statements, goals and Lists, for the data block; None when
+# the patient is not here
+Records = Callable[[str], tuple[dict[str, Any], list[dict[str, Any]]] | None]
 
 
 class Documents:
@@ -31,11 +38,16 @@ class Documents:
     coalesces = True
 
     def __init__(
-        self, api: PartnerApi, summarise: Summariser | None, clock: Callable[[], int]
+        self,
+        api: PartnerApi,
+        summarise: Summariser | None,
+        clock: Callable[[], int],
+        records: Records | None = None,
     ) -> None:
         self.api = api
         self.summarise = summarise
         self.clock = clock
+        self.records = records
 
     @staticmethod
     def takes(capability: Capability, type_: str) -> bool:
@@ -89,6 +101,9 @@ class Documents:
         name, items = self.summarise(patient)
         generated = instant(self.clock())
         text = summary_text(name, items, generated)
+        held = self.records(patient) if self.records is not None else None
+        if held is not None:
+            text += data_block(self.data(*held, generated))
         pdf = summary_pdf(name, items, generated)
         replaced_in_place = capability.updates("DocumentReference") or capability.flag(
             "DocumentReference", "conditionalUpdate"
@@ -114,6 +129,40 @@ class Documents:
         self.api.send_resource(
             client, capability, "DocumentReference", document, 2 if replaced_in_place else 1
         )
+
+    def data(
+        self, patient: dict[str, Any], resources: list[dict[str, Any]], generated: str
+    ) -> dict[str, Any]:
+        """The data block's Bundle: the resources stamped with where they began (as a partner
+        would get them), references among them relative, any other reference its display."""
+        inside = {f"Patient/{patient['id']}"} | {
+            f"{r['resourceType']}/{r['id']}" for r in resources
+        }
+
+        def replace(element: dict[str, Any]) -> dict[str, Any] | None:
+            ref = element.get("reference")
+            local = self.api.local(ref) if isinstance(ref, str) else None
+            if local is None:
+                return None
+            key = "/".join(local)
+            if key in inside:
+                return {**element, "reference": key}
+            kept = {k: v for k, v in element.items() if k != "reference"}
+            if not {"identifier", "display"} & set(kept):
+                kept["display"] = key  # a reference keeps at least what it said
+            return kept
+
+        stamped = []
+        for resource in resources:
+            type_ = resource["resourceType"]
+            given = resource.get("meta") or {}
+            meta = {k: v for k, v in given.items() if k == "profile"}
+            meta["source"] = self.api.source(type_, resource)
+            origin = origin_of(resource) or self.api.instance_id
+            meta["tag"] = [{"system": ORIGIN_TAG_SYSTEM, "code": origin}]
+            body = {**{k: v for k, v in resource.items() if k != "meta"}, "meta": meta}
+            stamped.append(replace_references(body, replace))
+        return collection(patient, stamped, self.api.base_url, generated)
 
 
 def _subject_id(content: dict[str, Any]) -> str | None:
