@@ -109,12 +109,13 @@ def import_patient(
     patient_criteria = f"Patient?{urlencode({'identifier': identifier_token(system, value)})}"
     known = {f"Patient/{remote_id}": patient_criteria}
     document = None
-    if not pulled:
+    restored = None if pulled else from_document(client, remote_id, system, value)
+    if restored is not None:
         # nothing but documents there: the priorities as our document's data block holds them
-        document, patient_ref, pulled = from_document(client, remote_id, system, value)
+        document, patient_ref, held = restored
         report.document = document
-        report.read = {t: sum(1 for k, _ in pulled if k == t) for t in wanted}
-        pulled = [(t, r) for t, r in pulled if t in wanted]
+        report.read = {t: sum(1 for k, _ in held if k == t) for t in wanted}
+        pulled = [(t, r) for t, r in held if t in wanted]
         known[patient_ref] = patient_criteria
     identified: list[tuple[str, dict[str, Any], str]] = []
     for type_, resource in pulled:
@@ -186,17 +187,15 @@ def _held(client: PartnerClient, type_: str, params: dict[str, str]) -> Iterator
 
 def from_document(
     client: PartnerClient, remote_id: str, system: str, value: str
-) -> tuple[str, str, list[tuple[str, dict[str, Any]]]]:
+) -> tuple[str, str, list[tuple[str, dict[str, Any]]]] | None:
     """The newest "What matters to me" document of the patient at the partner that carries a
     data block: its reference at the partner, the reference its block names the patient by,
-    and the statements, goals and Lists it holds (dependencies first)."""
+    and the statements, goals and Lists it holds (dependencies first); None when the partner
+    holds no document for the patient."""
     partner = client.partner
     documents = list(_held(client, "DocumentReference", {"patient": f"Patient/{remote_id}"}))
     if not documents:
-        raise Refused(
-            f"{partner.name} holds no Observation, Goal, List or DocumentReference for the "
-            f"patient {system}|{value}: nothing to import"
-        )
+        return None  # nothing there at all: only the patient is imported
     reasons: list[str] = []
     found: list[tuple[str, str, dict[str, Any]]] = []
     for doc in documents:

@@ -275,3 +275,15 @@ def test_the_block_survives_words_that_look_like_it() -> None:
         read_block(data_block(bundle).replace("DATA 1-----", "DATA 2-----"))
     with pytest.raises(NoData, match="cut short"):
         read_block(data_block(bundle).rsplit("-----END", 1)[0])
+
+
+def test_a_partner_with_no_document_either_gives_the_patient_only(
+    tmp_path: Path, hospital: FhirService, docs: FakeFhir
+) -> None:
+    docs.stored = {k: v for k, v in docs.stored.items() if k[0] != "DocumentReference"}
+    clinic = service(tmp_path, "clinic", CLINIC)
+    report = import_patient(clinic, docs, MRN, "M1")
+    assert report.document is None
+    assert (report.created, report.updated, report.unchanged) == (0, 0, 0)
+    assert report.patient.startswith("Patient/")
+    assert stored(clinic, "Observation") == []
