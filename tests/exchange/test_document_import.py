@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from service import build_worker, wire_fhir_service
 from service.config import Config
@@ -31,7 +32,8 @@ from service.priorities.codes import GOAL_PROFILE, LIST_PROFILE, STATEMENT_PROFI
 from service.priorities.operations import WhatMatters
 from service.storage.memory import MemoryStore
 from tests.exchange.conftest import MRN
-from tests.exchange.fakefhir import FakeFhir
+from tests.exchange.fakefhir import FakeFhir, FakeFhirServer
+from tests.exchange.instances import Instance, partner_entry
 from tests.priorities.conversations import conversation, goal, ranked_texts, ranking, statement
 
 HOSPITAL = "http://hospital.example/fhir"
@@ -287,3 +289,51 @@ def test_a_partner_with_no_document_either_gives_the_patient_only(
     assert (report.created, report.updated, report.unchanged) == (0, 0, 0)
     assert report.patient.startswith("Patient/")
     assert stored(clinic, "Observation") == []
+
+
+@pytest.mark.slow  # a real instance at each side of a documents-only partner
+def test_whatmatters_import_restores_from_a_documents_only_partner_over_http(
+    tmp_path: Path,
+) -> None:
+    """The hospital (a real instance) sends to a documents-only FHIR server over HTTP; a clinic
+    (another real instance) runs ``whatmatters import`` from it and shows the same ranking,
+    word for word; importing again writes nothing."""
+    with FakeFhirServer(("Patient", "DocumentReference")) as docs:
+        hospital = Instance(
+            "doc_hospital", tmp_path, partners=[partner_entry("docs", docs.url, [MRN])]
+        )
+        clinic = Instance("doc_clinic", tmp_path, partners=[partner_entry("docs", docs.url, [MRN])])
+        try:
+            hospital.start()
+            clinic.start()
+            patient = {"resourceType": "Patient", "identifier": [{"system": MRN, "value": "M1"}]}
+            answer = requests.post(f"{hospital.base}/Patient", json=patient, timeout=30)
+            assert answer.status_code == 201, answer.text
+            at_hospital = answer.json()["id"]
+            path = f"{hospital.base}/Patient/{at_hospital}/$record-what-matters"
+            for body in (
+                talk(("s2", "s1", "g1", "s3", "s4", "s5")),
+                talk(("s5", "s3", "s1", "g1", "s4", "s2"), status="completed"),
+            ):
+                answer = requests.post(path, json=body, timeout=60)
+                assert answer.status_code in (200, 201), answer.text
+            hospital.wait_until_delivered()
+            assert docs.fake.of_type("DocumentReference")
+            first = clinic.cli("import", "--from", "docs", "--patient", f"{MRN}|M1")
+            assert first.returncode == 0, first.stderr
+            assert "from its What matters to me document DocumentReference/" in first.stdout
+            assert "8 created, 0 updated, 0 unchanged" in first.stdout, first.stdout
+            again = clinic.cli("import", "--from", "docs", "--patient", f"{MRN}|M1")
+            assert "0 created, 0 updated, 8 unchanged" in again.stdout, again.stdout
+            (at_clinic,) = clinic.search("Patient", identifier=f"{MRN}|M1")
+
+            def ranked(instance: Instance, id_: str) -> list[str]:
+                url = f"{instance.base}/Patient/{id_}/$what-matters"
+                return ranked_texts(requests.get(url, timeout=30).json())
+
+            expected = ranked(hospital, at_hospital)
+            assert expected[0] == WORDS["s5"]
+            assert ranked(clinic, at_clinic["id"]) == expected
+        finally:
+            hospital.stop()
+            clinic.stop()
