@@ -12,10 +12,11 @@ The text/plain attachment is the summary for people (``summary.py``), untouched,
 - The JSON is one line (JSON escapes every line break inside a string, so the patient's words,
   newlines included, never break the block), UTF-8 without ``\\u`` escapes: the words are the
   same bytes as in the human text above.
-- It is a FHIR R4 ``collection`` Bundle: the Patient (id and identifiers only: an import checks
-  it is the patient asked for), then each statement (Observation), goal (Goal, with its status
-  and what it addresses) and priorities List (its order is the ranking) as this service holds
-  them, with identifiers, profiles, recorded times and authors. ``meta`` keeps the profile,
+- It is a FHIR R4 ``collection`` Bundle: the Patient (its id and the identifiers of the
+  systems the partner shares, nothing else: an import checks it is the patient asked for),
+  then each statement (Observation), goal (Goal, with its status and what it addresses) and
+  priorities List (its order is the ranking) as this service holds them, with identifiers,
+  profiles, recorded times and authors. ``meta`` keeps the profile,
   ``source`` and the origin-instance tag only; references between these resources stay
   relative (``Observation/12``); a reference to anything else keeps its display only.
 - The checksum lets a reader tell a block another system re-encoded or edited (a Unicode

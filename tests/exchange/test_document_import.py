@@ -143,7 +143,10 @@ def hospital(tmp_path: Path) -> FhirService:
     patient = {
         "resourceType": "Patient",
         "id": "p1",
-        "identifier": [{"system": MRN, "value": "M1"}],
+        "identifier": [
+            {"system": MRN, "value": "M1"},
+            {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9000000009"},
+        ],
         "name": [{"family": "Okafor", "given": ["Ada"]}],
     }
     fhir.perform(Actor.system(), lambda session: session.update("Patient", "p1", patient))
@@ -167,6 +170,13 @@ def test_import_restores_statements_goals_and_ranking_verbatim(
     text = the_text(document)
     human, _, _ = text.partition(BEGIN)
     assert WORDS["s3"] in human  # the text for people is as it was, the words untouched
+    # the block names the patient by the identifiers shared with this partner only
+    block_patient = read_block(text)["entry"][0]["resource"]
+    assert block_patient == {
+        "resourceType": "Patient",
+        "id": "p1",
+        "identifier": [{"system": MRN, "value": "M1"}],
+    }
     expected = shown(hospital, "p1", HOSPITAL)
     assert expected["ranked"][:3] == [WORDS["s5"], WORDS["s3"], WORDS["s1"]]
     assert (GOALS["g2"], "completed") in expected["goals"]

@@ -103,7 +103,16 @@ class Documents:
         text = summary_text(name, items, generated)
         held = self.records(patient) if self.records is not None else None
         if held is not None:
-            text += data_block(self.data(*held, generated))
+            patient_record, resources = held
+            # the partner learns no identifier of the patient it was not configured to share
+            systems = client.partner.patient_identifier_systems
+            shared = [
+                i
+                for i in patient_record.get("identifier") or []
+                if not systems or (isinstance(i, dict) and i.get("system") in systems)
+            ]
+            patient_record = {**patient_record, "identifier": shared}
+            text += data_block(self.data(patient_record, resources, generated))
         pdf = summary_pdf(name, items, generated)
         replaced_in_place = capability.updates("DocumentReference") or capability.flag(
             "DocumentReference", "conditionalUpdate"
