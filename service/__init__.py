@@ -157,6 +157,25 @@ def build_worker(
         def ips_document(patient_id: str) -> dict[str, Any]:
             return summaries.document(Actor.system(), patient_id, base)
 
+    def records(patient_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """The patient and its statements, goals and Lists, for the document's data block."""
+        import json
+
+        from service.exchange.summary_data import DATA_TYPES
+
+        with fhir.session(Actor.system()) as session:
+            patient = session.read("Patient", patient_id).stored
+        if patient is None or patient.deleted or not patient.content:
+            return None
+        bundle = what_matters.what_matters(Actor.system(), patient_id, False, base).body or {}
+        held = [
+            entry["resource"]
+            for entry in bundle.get("entry", [])[1:]  # the first is the merged List: not stored
+            if entry["resource"].get("resourceType") in DATA_TYPES
+            and "/_history/" not in entry.get("fullUrl", "")
+        ]
+        return json.loads(patient.content), held
+
     from service.exchange.feed import OutboxFeed
 
     feeds = [listener for listener in fhir.listeners if isinstance(listener, OutboxFeed)]
@@ -167,6 +186,7 @@ def build_worker(
         HttpPartnerClient,
         summarise=summarise,
         ips=ips_document,
+        records=records,
         learned=feeds[0].learn if feeds else None,
         lease_seconds=config.outbox_lease_seconds,
         backoff=Backoff(

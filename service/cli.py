@@ -262,6 +262,8 @@ def _import(config: Config, args: argparse.Namespace) -> int:
     finally:
         fhir.store.close()
     read = ", ".join(f"{n} {t}" for t, n in report.read.items())
+    if report.document:
+        read += f" from its What matters to me document {report.document}"
     print(
         f"imported {report.patient} from {partner.name}: read {read}; "
         f"{report.created} created, {report.updated} updated, {report.unchanged} unchanged"

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from service.errors import FhirError, describe_exception
 from service.exchange.channels import Channel, Refused, Retry, Skipped, Waiting
-from service.exchange.channels.documents import Documents, IpsDocument, Summariser
+from service.exchange.channels.documents import Documents, IpsDocument, Records, Summariser
 from service.exchange.channels.partner_api import PartnerApi
 from service.exchange.channels.partner_sync import PartnerSync
 from service.exchange.channels.rest_hook import RestHook
@@ -46,6 +46,7 @@ class Worker:
         *,
         summarise: Summariser | None = None,
         ips: IpsDocument | None = None,
+        records: Records | None = None,
         lease_seconds: float = 60.0,
         backoff: Backoff | None = None,
         batch: int = 10,
@@ -75,7 +76,7 @@ class Worker:
             lookup_ttl=lookup_ttl,
             learned=learned,
         )
-        self.documents = Documents(self.partner_api, summarise, now, ips)
+        self.documents = Documents(self.partner_api, summarise, now, ips=ips, records=records)
         self.partner_sync = PartnerSync(self.partner_api, self.documents)
         self.rest_hook = RestHook(fhir, self.base_url, hooks or HttpHookClient(), now)
         self.channels: dict[Kind, Channel] = {

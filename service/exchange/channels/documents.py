@@ -3,7 +3,9 @@
 A partner whose CapabilityStatement accepts no writes of a Goal, Observation or List but
 accepts DocumentReference gets, for each change of those, the patient's summary (text and
 PDF, ``service/exchange/summary.py``) as one DocumentReference: replaced in place where the
-partner updates documents, a new one per change where it only creates them.
+partner updates documents, a new one per change where it only creates them. The text ends with
+the machine-readable block of ``service/exchange/summary_data.py`` (the statements, goals and
+Lists as data), from which ``whatmatters import`` restores them.
 
 A partner whose entry asks for ``document: ips`` gets, for each change of those types, the
 patient's IPS 2.0.0 document instead (``$summary``, checked before it leaves): as a Bundle
@@ -32,7 +34,9 @@ from service.exchange.channels.partner_api import (
 from service.exchange.partner_client import PartnerClient
 from service.exchange.partners import Partner
 from service.exchange.summary import SummaryItem, summary_pdf, summary_text
-from service.fhir.model import instant
+from service.exchange.summary_data import collection, data_block
+from service.fhir.model import ORIGIN_TAG_SYSTEM, instant, origin_of
+from service.fhir.references import replace_references
 from service.storage.outbox import OutboxRow
 
 SUMMARY_TYPES = ("Goal", "Observation", "List")
@@ -44,6 +48,9 @@ IPS_TYPE = {
         {"system": "http://loinc.org", "code": "60591-5", "display": "Patient summary Document"}
     ]
 }
+# the patient (as stored) and its statements, goals and Lists, for the data block; None when
+# the patient is not here
+Records = Callable[[str], tuple[dict[str, Any], list[dict[str, Any]]] | None]
 
 
 class Documents:
@@ -57,11 +64,13 @@ class Documents:
         summarise: Summariser | None,
         clock: Callable[[], int],
         ips: IpsDocument | None = None,
+        records: Records | None = None,
     ) -> None:
         self.api = api
         self.summarise = summarise
         self.clock = clock
         self.ips = ips
+        self.records = records
 
     @staticmethod
     def takes(capability: Capability, type_: str, partner: Partner | None = None) -> bool:
@@ -120,6 +129,18 @@ class Documents:
         name, items = self.summarise(patient)
         generated = instant(self.clock())
         text = summary_text(name, items, generated)
+        held = self.records(patient) if self.records is not None else None
+        if held is not None:
+            patient_record, resources = held
+            # the partner learns no identifier of the patient it was not configured to share
+            systems = client.partner.patient_identifier_systems
+            shared = [
+                i
+                for i in patient_record.get("identifier") or []
+                if not systems or (isinstance(i, dict) and i.get("system") in systems)
+            ]
+            patient_record = {**patient_record, "identifier": shared}
+            text += data_block(self.data(patient_record, resources, generated))
         pdf = summary_pdf(name, items, generated)
         replaced_in_place = capability.updates("DocumentReference") or capability.flag(
             "DocumentReference", "conditionalUpdate"
@@ -220,6 +241,40 @@ class Documents:
                 f"patient's IPS document there cannot be replaced"
             )
         check(client.request("PUT", f"{type_}/{existing}", {**body, "id": existing}), what)
+
+    def data(
+        self, patient: dict[str, Any], resources: list[dict[str, Any]], generated: str
+    ) -> dict[str, Any]:
+        """The data block's Bundle: the resources stamped with where they began (as a partner
+        would get them), references among them relative, any other reference its display."""
+        inside = {f"Patient/{patient['id']}"} | {
+            f"{r['resourceType']}/{r['id']}" for r in resources
+        }
+
+        def replace(element: dict[str, Any]) -> dict[str, Any] | None:
+            ref = element.get("reference")
+            local = self.api.local(ref) if isinstance(ref, str) else None
+            if local is None:
+                return None
+            key = "/".join(local)
+            if key in inside:
+                return {**element, "reference": key}
+            kept = {k: v for k, v in element.items() if k != "reference"}
+            if not {"identifier", "display"} & set(kept):
+                kept["display"] = key  # a reference keeps at least what it said
+            return kept
+
+        stamped = []
+        for resource in resources:
+            type_ = resource["resourceType"]
+            given = resource.get("meta") or {}
+            meta = {k: v for k, v in given.items() if k == "profile"}
+            meta["source"] = self.api.source(type_, resource)
+            origin = origin_of(resource) or self.api.instance_id
+            meta["tag"] = [{"system": ORIGIN_TAG_SYSTEM, "code": origin}]
+            body = {**{k: v for k, v in resource.items() if k != "meta"}, "meta": meta}
+            stamped.append(replace_references(body, replace))
+        return collection(patient, stamped, self.api.base_url, generated)
 
 
 def _subject_id(content: dict[str, Any]) -> str | None:
