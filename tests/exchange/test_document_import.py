@@ -203,7 +203,7 @@ def test_import_restores_statements_goals_and_ranking_verbatim(
             assert profile in resource["meta"]["profile"], resource
             assert resource["meta"]["source"].startswith(f"{DOCS}/DocumentReference/")
     # nothing of it goes back to the partner it came from
-    rows = clinic.read_only(lambda tx: tx.outbox_rows(limit=1000))
+    rows = clinic.read_only(lambda tx: tx.outbox.rows(limit=1000))
     assert [r for r in rows if r.res_type in ("Observation", "Goal", "List")] == []
 
 
