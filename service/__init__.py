@@ -94,6 +94,7 @@ def wire_fhir_service(
 
 def build_worker(config: Config, fhir: FhirService, partners: tuple[Partner, ...]) -> Worker:
     """The outbox worker over ``fhir``: HTTP clients per partner, the summary for documents."""
+    from service.exchange.bulk_export import ExportFolder
     from service.exchange.partner_client import HttpPartnerClient
     from service.exchange.queue import Backoff
     from service.exchange.summary import SummaryItem
@@ -154,6 +155,7 @@ def build_worker(config: Config, fhir: FhirService, partners: tuple[Partner, ...
             cap_seconds=config.outbox_retry_cap_seconds,
             give_up_seconds=config.outbox_give_up_hours * 3600,
         ),
+        exports=ExportFolder(config.export_dir, config.export_ttl_seconds),
     )
 
 
