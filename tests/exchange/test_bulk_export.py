@@ -114,7 +114,9 @@ def test_a_system_export_writes_every_stored_resource_once(
     worker_of(export_app).drain()
     body = manifest(client, status)
     assert body["requiresAccessToken"] is False
-    assert body["request"] == "http://test.local/fhir/$export?_outputFormat=application/fhir%2Bndjson"
+    assert (
+        body["request"] == "http://test.local/fhir/$export?_outputFormat=application/fhir%2Bndjson"
+    )
     assert body["error"] == []
     assert body["transactionTime"].endswith("Z")
     files = exported(client, body)
@@ -140,7 +142,8 @@ def test_type_and_since_filter_what_is_exported(client: FlaskClient, export_app:
     only_goals = kick_off(client, _type="Goal", _outputFormat="ndjson")
     worker.drain()
     files = exported(client, manifest(client, only_goals))
-    assert set(files) == {"Goal"} and len(files["Goal"]) == 7
+    assert set(files) == {"Goal"}
+    assert len(files["Goal"]) == 7
 
     recent = kick_off(client, _since=since, _outputFormat="application/ndjson")
     worker.drain()
@@ -173,7 +176,13 @@ def test_patient_level_export_writes_the_compartment_types(
         ("/fhir/$export", {"_type": "Goal,Banana"}, ASYNC, 400, "Banana"),
         ("/fhir/$export", {"_since": "yesterday"}, ASYNC, 400, "_since"),
         ("/fhir/Patient/$export", {"_type": "Questionnaire"}, ASYNC, 400, "Questionnaire"),
-        ("/fhir/$export", {"_typeFilter": "Goal?x=y"}, {**ASYNC, "Prefer": "respond-async, handling=strict"}, 400, "_typeFilter"),  # noqa: E501
+        (
+            "/fhir/$export",
+            {"_typeFilter": "Goal?x=y"},
+            {**ASYNC, "Prefer": "respond-async, handling=strict"},
+            400,
+            "_typeFilter",
+        ),
         ("/fhir/$export", {"_bogus": "1"}, ASYNC, 400, "_bogus"),
         ("/fhir/Group/g1/$export", {}, ASYNC, 404, "Group"),
     ],
@@ -272,7 +281,9 @@ def test_an_export_survives_a_worker_that_stops_half_way(
     assert not list(job_folder.glob("*.part"))
 
 
-def test_expired_exports_are_removed(client: FlaskClient, export_app: Flask, tmp_path: Path) -> None:
+def test_expired_exports_are_removed(
+    client: FlaskClient, export_app: Flask, tmp_path: Path
+) -> None:
     load(client, patients=1, goals=1)
     status = kick_off(client)
     worker_of(export_app).drain()
