@@ -256,14 +256,14 @@ def test_an_export_survives_a_worker_that_stops_half_way(
     assert channel is not None
     channel.page_size = 2
     record = channel._record
-    recorded = []
+    recorded: list[int] = []
 
-    def crash_before_the_third_record(key: str, after: Any, count: int) -> None:
+    def crash_before_the_third_record(key: str, after: tuple[str, str], lines: int) -> None:
         if len(recorded) == 2:
             # the page's lines are on disk, its progress is not: the worker dies here
             raise RuntimeError("the worker process was killed")
-        recorded.append(count)
-        record(key, after, count)
+        recorded.append(lines)
+        record(key, after, lines)
 
     channel._record = crash_before_the_third_record  # type: ignore[method-assign]
     first.drain()

@@ -32,11 +32,9 @@ class BulkClient:
 
     def kick_off(self, path: str = "$export", **params: str) -> str:
         """Bulk Data Kick-off Request: the status URL (Content-Location of the 202)."""
+        headers = {"Accept": "application/fhir+json", "Prefer": "respond-async", **self.auth}
         response = self.session.get(
-            f"{self.base}/{path}",
-            params=params,
-            headers={"Accept": "application/fhir+json", "Prefer": "respond-async", **self.auth},
-            timeout=30,
+            f"{self.base}/{path}", params=params, headers=headers, timeout=30
         )
         assert response.status_code == 202, response.text
         return response.headers["Content-Location"]
@@ -94,9 +92,11 @@ def load(base: str, patients: int, goals_each: int) -> dict[tuple[str, str], dic
     """Store patients and goals with transaction Bundles; return them as stored."""
     stored: dict[tuple[str, str], dict[str, Any]] = {}
     for first in range(0, patients, 50):
-        entries = []
+        entries: list[dict[str, Any]] = []
         for n in range(first, min(first + 50, patients)):
-            resources = [{"resourceType": "Patient", "id": f"bc{n}", "name": [{"family": "B"}]}]
+            resources: list[dict[str, Any]] = [
+                {"resourceType": "Patient", "id": f"bc{n}", "name": [{"family": "B"}]}
+            ]
             resources += [
                 {
                     "resourceType": "Goal",
