@@ -203,6 +203,9 @@ def build_exports() -> Blueprint:
             expires = http_date(ended + int(folder.ttl_seconds * 1_000_000))
             return _json(200, manifest, "application/json", {"Expires": expires})
         state = progress(_service(), folder, job)
+        if state.stopped:  # an operator discarded its row, or it went dead without a word
+            stopped = outcome("error", "exception", "The export was stopped and will not complete")
+            return _json(500, stopped, "application/fhir+json")
         return Response(
             status=202,
             headers={"X-Progress": state.describe(), "Retry-After": str(RETRY_AFTER_SECONDS)},

@@ -270,6 +270,7 @@ class Progress:
     types_done: int
     types: int
     lines: int
+    stopped: bool = False  # its outbox row was discarded or went dead: it will not complete
 
     def describe(self) -> str:
         """The X-Progress text."""
@@ -283,11 +284,17 @@ class Progress:
 
 def progress(fhir: FhirService, folder: ExportFolder, job: ExportJob) -> Progress:
     """The progress of a running export."""
-    state = fhir.read_only(lambda tx: tx.jobs.progress(progress_key(job.id)))
+
+    def read(tx: Transaction) -> tuple[tuple[Key | None, int] | None, list[OutboxRow]]:
+        rows = tx.outbox.rows(destination=destination_of(job.id), limit=10)
+        return tx.jobs.progress(progress_key(job.id)), rows
+
+    state, rows = fhir.read_only(read)
+    stopped = bool(rows) and all(row.state in ("dead", "discarded") for row in rows)
     done = sum(1 for t in job.types if (folder.root / job.id / f"{t}.ndjson").exists())
     if state is None or state[0] is None:
-        return Progress(None, done, len(job.types), 0)
-    return Progress(state[0][0], done, len(job.types), state[1])
+        return Progress(None, done, len(job.types), 0, stopped)
+    return Progress(state[0][0], done, len(job.types), state[1], stopped)
 
 
 def cancel(fhir: FhirService, folder: ExportFolder, job_id: str) -> None:

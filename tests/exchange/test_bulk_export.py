@@ -311,3 +311,21 @@ def test_the_channel_skips_an_unknown_job(tmp_path: Path, export_app: Flask) -> 
     row = OutboxRow("export:" + "0" * 32, "0" * 32, "export", "Bulk", "0" * 32, 0, 0)
     with pytest.raises(Skipped):
         channel.deliver(row)
+
+
+def test_an_export_whose_row_an_operator_discarded_is_answered_as_failed(
+    client: FlaskClient, export_app: Flask
+) -> None:
+    from service.exchange.queue import discard
+
+    load(client, patients=1, goals=0)
+    status = kick_off(client)
+    fhir = export_app.extensions["whatmatters.fhir"]
+    fhir.run(lambda tx: discard(tx, None, f"export:{status.rsplit('/', 1)[1]}"))
+    response = client.get(status)
+    assert response.status_code == 202  # discard without ids gives up dead rows only
+    rows = fhir.read_only(lambda tx: tx.outbox.rows(destination=f"export:{status[-32:]}"))
+    fhir.run(lambda tx: discard(tx, [rows[0].id], None))
+    response = client.get(status)
+    assert response.status_code == 500
+    assert response.get_json()["issue"][0]["diagnostics"].startswith("The export was stopped")
