@@ -273,13 +273,14 @@ class Progress:
     stopped: bool = False  # its outbox row was discarded or went dead: it will not complete
 
     def describe(self) -> str:
-        """The X-Progress text."""
+        """The X-Progress text (the IG: under 100 characters)."""
         if self.current is None:
             return f"queued: {self.types} resource types to export"
-        return (
+        text = (
             f"writing {self.current} ({self.lines} resources so far); "
             f"{self.types_done} of {self.types} types complete"
         )
+        return text[:99]
 
 
 def progress(fhir: FhirService, folder: ExportFolder, job: ExportJob) -> Progress:
