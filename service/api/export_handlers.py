@@ -194,18 +194,17 @@ def build_exports() -> Blueprint:
         job = _owned(job_id)
         folder = exports()
         folder.sweep()
-        failure = folder.failure(job.id)
-        if failure is not None:
-            return _json(500, failure, "application/fhir+json")
         manifest = folder.manifest(job.id)
         if manifest is not None:
             ended = folder.ended_us(job.id) or now_us()
             expires = http_date(ended + int(folder.ttl_seconds * 1_000_000))
             return _json(200, manifest, "application/json", {"Expires": expires})
         state = progress(_service(), folder, job)
-        if state.stopped:  # an operator discarded its row, or it went dead without a word
-            stopped = outcome("error", "exception", "The export was stopped and will not complete")
-            return _json(500, stopped, "application/fhir+json")
+        if state.stopped:  # it failed, or an operator discarded its row (not retried since)
+            failure = folder.failure(job.id) or outcome(
+                "error", "exception", "The export was stopped and will not complete"
+            )
+            return _json(500, failure, "application/fhir+json")
         return Response(
             status=202,
             headers={"X-Progress": state.describe(), "Retry-After": str(RETRY_AFTER_SECONDS)},

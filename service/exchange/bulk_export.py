@@ -358,6 +358,8 @@ class BulkExport:
             raise Skipped("the export was cancelled or has expired")
         if self.folder.manifest(job.id) is not None:
             return None  # complete already (a worker stopped after writing the manifest)
+        # an operator put a failed export back in the queue: it is running again
+        (self.folder.root / job.id / "error.json").unlink(missing_ok=True)
         try:
             for type_ in job.types:
                 self._write_type(job, type_, row)
@@ -376,8 +378,9 @@ class BulkExport:
         return None
 
     def gave_up(self, row: OutboxRow, reason: str) -> None:
-        """An export that went dead is answered as failed."""
-        self.folder.fail(row.res_id, outcome("error", "exception", "The export failed"))
+        """An export that went dead is answered as failed (with its own outcome, if any)."""
+        if self.folder.failure(row.res_id) is None:
+            self.folder.fail(row.res_id, outcome("error", "exception", "The export failed"))
 
     def sweep(self) -> list[str]:
         """Remove expired exports (at most once a minute)."""

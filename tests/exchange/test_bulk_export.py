@@ -329,3 +329,33 @@ def test_an_export_whose_row_an_operator_discarded_is_answered_as_failed(
     response = client.get(status)
     assert response.status_code == 500
     assert response.get_json()["issue"][0]["diagnostics"].startswith("The export was stopped")
+
+
+def test_a_failed_export_is_answered_with_its_outcome_and_runs_again_when_retried(
+    client: FlaskClient, export_app: Flask
+) -> None:
+    from service.errors import Forbidden
+    from service.exchange.queue import retry
+
+    load(client, patients=2, goals=1)
+    status = kick_off(client)
+    worker = worker_of(export_app)
+    channel = worker.bulk_export
+    assert channel is not None
+    page = channel._page
+
+    def refused(*args: Any) -> Any:
+        raise Forbidden("The access token's scopes do not allow read on Goal")
+
+    channel._page = refused  # type: ignore[method-assign]
+    worker.drain()
+    failed = client.get(status)
+    assert failed.status_code == 500
+    assert "do not allow read on Goal" in failed.get_json()["issue"][0]["diagnostics"]
+
+    channel._page = page  # type: ignore[method-assign]
+    fhir = export_app.extensions["whatmatters.fhir"]
+    fhir.run(lambda tx: retry(tx, now_us(), None, f"export:{status[-32:]}"))
+    assert client.get(status).status_code == 202
+    worker.drain()
+    assert set(exported(client, manifest(client, status))) == {"Goal", "Patient"}
