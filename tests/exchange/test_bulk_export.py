@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,10 @@ STATUS_PREFIX = "http://test.local/bulk-export/"
 
 
 @pytest.fixture
-def export_app(config: Config, folders: dict[str, Any], tmp_path: Path) -> Flask:
-    return create_app(replace(config, export_dir=tmp_path / "exports"), **folders)
+def export_app(config: Config, folders: dict[str, Any], tmp_path: Path) -> Iterator[Flask]:
+    app = create_app(replace(config, export_dir=tmp_path / "exports"), **folders)
+    yield app
+    app.extensions["whatmatters.store"].close()
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ poll it, cancel it and fetch its files (requiresAccessToken)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ def smart(
     folders: dict[str, Any],
     tmp_path: Path,
     keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey],
-) -> Flask:
+) -> Iterator[Flask]:
     app = create_app(
         smart_config(config, tmp_path, keys[0], export_dir=tmp_path / "exports"), **folders
     )
@@ -42,7 +43,8 @@ def smart(
             "subject": {"reference": f"Patient/sx{n}"},
         }
         assert client.put(f"/fhir/Goal/sx-goal{n}", json=goal, headers=admin).status_code == 201
-    return app
+    yield app
+    app.extensions["whatmatters.store"].close()
 
 
 def bearer(key: rsa.RSAPrivateKey, scope: str, **claims: Any) -> dict[str, str]:
