@@ -1,7 +1,8 @@
 """Bulk Data export over HTTP (FHIR Bulk Data Access IG v2, export.html): the ``$export``
 kick-off handler of the route table, and the plain routes of what follows it.
 
-- kick-off: ``GET [base]/$export``, ``[base]/Patient/$export`` (``Group/{id}/$export``: 404,
+- kick-off: ``GET`` (or ``POST`` with a Parameters body) ``[base]/$export``,
+  ``[base]/Patient/$export`` (``Group/{id}/$export``: 404,
   this server stores no Group) with ``Prefer: respond-async``, ``_type``, ``_since`` and
   ``_outputFormat``; 202 with ``Content-Location``, the status URL;
 - status: ``GET /bulk-export/{job}``: 202 with ``X-Progress`` and ``Retry-After`` while it runs,
@@ -23,7 +24,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, send_file
 
 from service.api.handlers import Context, Params, request_actor
-from service.api.negotiation import prefer
+from service.api.negotiation import prefer, request_body
 from service.config import Config
 from service.errors import BadRequest, Forbidden, NotFound
 from service.exchange.bulk_export import (
@@ -69,15 +70,39 @@ def _service() -> FhirService:
     return service
 
 
-def _once(req: FhirRequest, name: str) -> str | None:
-    given = req.args(name)
+def _parameters(req: FhirRequest) -> list[tuple[str, str]]:
+    """The kick-off's parameters: the query string, and for a POST the Parameters resource of
+    its body (export.html: a server MAY support POST; each value as query-string text)."""
+    given = list(req.query)
+    if req.method != "POST":
+        return given
+    body, _ = request_body(req)
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise BadRequest("POST $export takes a Parameters resource", ("resourceType",))
+    parameters = body.get("parameter", [])
+    if not isinstance(parameters, list):
+        raise BadRequest("Parameters.parameter must be an array", ("Parameters.parameter",))
+    for index, parameter in enumerate(parameters):
+        where = f"Parameters.parameter[{index}]"
+        name = parameter.get("name") if isinstance(parameter, dict) else None
+        values = [v for k, v in (parameter or {}).items() if k.startswith("value") and k != "value"]
+        if not isinstance(name, str) or len(values) != 1:
+            raise BadRequest("each parameter needs a name and one value[x]", (where,))
+        value = values[0]
+        given.append((name, value if isinstance(value, str) else json.dumps(value)))
+    return given
+
+
+def _once(params: list[tuple[str, str]], name: str) -> str | None:
+    given = [value for key, value in params if key == name]
     if len(given) > 1:
         raise BadRequest(f"{name} may be given once", expression=(name,))
     return given[0] if given else None
 
 
-def _asked_types(req: FhirRequest, allowed: tuple[str, ...]) -> list[str]:
-    asked = [t.strip() for value in req.args("_type") for t in value.split(",") if t.strip()]
+def _asked_types(params: list[tuple[str, str]], allowed: tuple[str, ...]) -> list[str]:
+    types = [value for key, value in params if key == "_type"]
+    asked = [t.strip() for value in types for t in value.split(",") if t.strip()]
     unknown = [t for t in asked if t not in allowed]
     if unknown:
         raise BadRequest(
@@ -101,21 +126,22 @@ def _export(ctx: Context, req: FhirRequest, p: Params) -> Result:
             "Bulk Data export is asynchronous: the kick-off needs the header Prefer: respond-async"
         )
     strict = (prefer(req, "handling") or "lenient") == "strict"
-    for name, _ in req.query:
+    params = _parameters(req)
+    for name, _ in params:
         known = name in ("_type", "_since", "_outputFormat", *GENERAL)
         if not known and (strict or name not in UNSUPPORTED):
             raise BadRequest(f"$export does not support the parameter {name}", (name,))
-    output_format = _once(req, "_outputFormat")
+    output_format = _once(params, "_outputFormat")
     if output_format is not None and output_format not in OUTPUT_FORMATS:
         raise BadRequest(
             f"_outputFormat {output_format!r} is not supported; this server writes "
             f"{NDJSON} (also accepted as application/ndjson and ndjson)",
             expression=("_outputFormat",),
         )
-    since = _once(req, "_since")
+    since = _once(params, "_since")
     since_us = parse_instant(since, "_since") if since is not None else None
     supported = PATIENT_TYPES if level == "patient" else tuple(sorted(SUPPORTED_TYPES))
-    asked = _asked_types(req, supported)
+    asked = _asked_types(params, supported)
     access = ctx.actor.access
     if access is not None:
         if access.patient is not None:

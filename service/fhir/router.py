@@ -175,7 +175,7 @@ ROUTES: tuple[Route, ...] = (
     Route(_POST, "", "transaction", SYSTEM, "transaction"),
     Route(_GET, "_history", "history-system", SYSTEM, "history_system"),
     Route(_POST, "$ingest", "operation", SYSTEM, "ingest", "ingest"),
-    Route(_GET, "$export", "operation", SYSTEM, "export", "export", f"{_BULK}/export"),
+    Route(("GET", "POST"), "$export", "operation", SYSTEM, "export", "export", f"{_BULK}/export"),
     # type level: [base]/[type]
     Route(_GET, "{type}", "search-type", TYPE, "search_type", in_bundle=True),
     Route(("GET", "POST"), "{type}/_search", "search-type", TYPE, "search_type"),
@@ -229,7 +229,7 @@ ROUTES: tuple[Route, ...] = (
         f"{_OURS}/what-matters",
     ),
     Route(
-        _GET,
+        ("GET", "POST"),
         "Patient/$export",
         "operation",
         TYPE,

@@ -362,3 +362,29 @@ def test_a_failed_export_is_answered_with_its_outcome_and_runs_again_when_retrie
     assert client.get(status).status_code == 202
     worker.drain()
     assert set(exported(client, manifest(client, status))) == {"Goal", "Patient"}
+
+
+def test_a_kick_off_may_be_posted_with_a_parameters_resource(
+    client: FlaskClient, export_app: Flask
+) -> None:
+    load(client, patients=2, goals=3)
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "_outputFormat", "valueString": "application/fhir+ndjson"},
+            {"name": "_type", "valueString": "Goal"},
+            {"name": "_since", "valueInstant": "2020-01-01T00:00:00Z"},
+        ],
+    }
+    headers = {**ASYNC, **FHIR_JSON}
+    response = client.post("/fhir/Patient/$export", json=body, headers=headers)
+    assert response.status_code == 202
+    status = response.headers["Content-Location"].removeprefix("http://test.local")
+    worker_of(export_app).drain()
+    files = exported(client, manifest(client, status))
+    assert {t: len(found) for t, found in files.items()} == {"Goal": 3}
+
+    wrong = client.post("/fhir/$export", json={"resourceType": "Patient"}, headers=headers)
+    assert wrong.status_code == 400
+    bad_type = {"resourceType": "Parameters", "parameter": [{"name": "_type", "valueString": "X"}]}
+    assert client.post("/fhir/$export", json=bad_type, headers=headers).status_code == 400

@@ -25,7 +25,7 @@ EVERY_ROUTE = [
     (("POST",), "", "transaction", "system", "transaction", None),
     (("GET",), "_history", "history-system", "system", "history_system", None),
     (("POST",), "$ingest", "operation", "system", "ingest", "ingest"),
-    (("GET",), "$export", "operation", "system", "export", "export"),
+    (("GET", "POST"), "$export", "operation", "system", "export", "export"),
     (("GET",), "{type}", "search-type", "type", "search_type", None),
     (("GET", "POST"), "{type}/_search", "search-type", "type", "search_type", None),
     (("POST",), "{type}", "create", "type", "create", None),
@@ -65,7 +65,7 @@ EVERY_ROUTE = [
         "what_matters",
         "what-matters",
     ),
-    (("GET",), "Patient/$export", "operation", "type", "export", "export"),
+    (("GET", "POST"), "Patient/$export", "operation", "type", "export", "export"),
     (("GET",), "Group/{id}/$export", "operation", "instance", "export", "export"),
     (
         ("GET", "POST"),
@@ -127,6 +127,8 @@ CLIENT_REQUESTS = [
     ("GET", "Subscription/s1/$status", "operation", {"id": "s1"}),
     ("GET", "$export", "operation", {}),
     ("GET", "Patient/$export", "operation", {}),
+    ("POST", "$export", "operation", {}),
+    ("POST", "Patient/$export", "operation", {}),
     ("GET", "Group/g1/$export", "operation", {"id": "g1"}),
     # a literal segment wins, but a route that does not take the method gives way to one
     # that does (the type and id are then checked by the FHIR core, as before)
