@@ -299,7 +299,12 @@ def test_expired_exports_are_removed(
 
 
 def test_the_capability_statement_names_the_export_operations(client: FlaskClient) -> None:
-    rest = client.get("/fhir/metadata").get_json()["rest"][0]
+    statement = client.get("/fhir/metadata").get_json()
+    assert (
+        "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
+        in (statement["instantiates"])
+    )
+    rest = statement["rest"][0]
     bulk = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
     assert {"name": "export", "definition": f"{bulk}/export"} in rest["operation"]
     patient_ = next(r for r in rest["resource"] if r["type"] == "Patient")
