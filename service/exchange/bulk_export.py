@@ -29,7 +29,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -305,17 +305,11 @@ def cancel(fhir: FhirService, folder: ExportFolder, job_id: str) -> None:
     def discard(tx: Transaction) -> None:
         destination = destination_of(job_id)
         for row in tx.outbox.rows(states=("pending", "inflight"), destination=destination):
-            tx.outbox.save(_replace_state(row, "discarded"))
+            tx.outbox.save(replace(row, state="discarded", lease_owner=None, lease_until_us=0))
         tx.jobs.set_progress(progress_key(job_id), None, None)
 
     fhir.run(discard)
     folder.remove(job_id)
-
-
-def _replace_state(row: OutboxRow, state: str) -> OutboxRow:
-    from dataclasses import replace
-
-    return replace(row, state=state, lease_owner=None, lease_until_us=0)
 
 
 def outcome(severity: str, code: str, text: str) -> dict[str, Any]:
@@ -366,6 +360,7 @@ class BulkExport:
             self._finish(job)
         except Cancelled as exc:
             self.folder.remove(job.id)  # whatever was written after the cancel goes too
+            self._forget(job.id)
             raise Skipped("the export was cancelled") from exc
         except FhirError as exc:  # the kick-off's token no longer reads what it asked for
             self.folder.fail(job.id, outcome("error", exc.code, str(exc)))
@@ -373,6 +368,7 @@ class BulkExport:
         except OSError as exc:
             if self.folder.job(job.id) is None:
                 self.folder.remove(job.id)
+                self._forget(job.id)
                 raise Skipped("the export was cancelled") from exc
             raise Retry(f"the export files could not be written ({type(exc).__name__})") from exc
         return None
@@ -429,6 +425,10 @@ class BulkExport:
             if self.folder.job(job.id) is None:
                 raise Cancelled()
             raise Retry("the lease on the export was lost to another worker")
+
+    def _forget(self, job_id: str) -> None:
+        """Forget the progress of an export that will not go on."""
+        self.fhir.run(lambda tx: tx.jobs.set_progress(progress_key(job_id), None, None))
 
     def _record(self, key: str, after: Key, lines: int) -> None:
         """Record how far the export got (after its lines are on disk)."""
@@ -509,7 +509,7 @@ class BulkExport:
         if self.folder.job(job.id) is None:
             raise Cancelled()
         write_atomically(folder / "manifest.json", json.dumps(manifest))
-        self.fhir.run(lambda tx: tx.jobs.set_progress(progress_key(job.id), None, None))
+        self._forget(job.id)
         log.info("bulk export %s complete: %d files", job.id, len(output))
 
 

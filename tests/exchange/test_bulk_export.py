@@ -247,6 +247,10 @@ def test_a_cancelled_export_leaves_no_files(
         lambda tx: tx.outbox.rows(destination=f"export:{job_folder.name}")
     )
     assert [row.state for row in rows] == ["discarded"]
+    progress = export_app.extensions["whatmatters.fhir"].read_only(
+        lambda tx: tx.jobs.progress(f"export:{job_folder.name}")
+    )
+    assert progress is None
 
 
 def test_an_export_survives_a_worker_that_stops_half_way(
