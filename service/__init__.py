@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from service.fhir.ingest import Mappings
     from service.fhir.interactions import FhirService
     from service.storage import Store
+    from service.validation.packages import DocumentChecker
     from service.validation.profiles import ProfileRegistry
 
 
@@ -92,8 +93,15 @@ def wire_fhir_service(
     return fhir
 
 
-def build_worker(config: Config, fhir: FhirService, partners: tuple[Partner, ...]) -> Worker:
-    """The outbox worker over ``fhir``: HTTP clients per partner, the summary for documents."""
+def build_worker(
+    config: Config,
+    fhir: FhirService,
+    partners: tuple[Partner, ...],
+    ips_checker: DocumentChecker | None = None,
+) -> Worker:
+    """The outbox worker over ``fhir``: HTTP clients per partner, the summary for documents
+    (and the IPS document for partners that ask for it, checked by ``ips_checker`` or by the
+    IPS package of ``config``)."""
     from service.exchange.bulk_export import ExportFolder
     from service.exchange.partner_client import HttpPartnerClient
     from service.exchange.queue import Backoff
@@ -139,6 +147,17 @@ def build_worker(config: Config, fhir: FhirService, partners: tuple[Partner, ...
             ]
         return name, items
 
+    ips_document = None
+    if any(partner.send_document == "ips" for partner in partners):
+        from service.priorities.ips import Summaries
+        from service.validation.packages import load_ips
+
+        # partners that take IPS get the $summary document, checked as $summary checks it
+        summaries = Summaries(what_matters, ips_checker or load_ips(config.ips_package))
+
+        def ips_document(patient_id: str) -> dict[str, Any]:
+            return summaries.document(Actor.system(), patient_id, base)
+
     from service.exchange.feed import OutboxFeed
 
     feeds = [listener for listener in fhir.listeners if isinstance(listener, OutboxFeed)]
@@ -148,6 +167,7 @@ def build_worker(config: Config, fhir: FhirService, partners: tuple[Partner, ...
         base,
         HttpPartnerClient,
         summarise=summarise,
+        ips=ips_document,
         learned=feeds[0].learn if feeds else None,
         lease_seconds=config.outbox_lease_seconds,
         backoff=Backoff(
@@ -190,6 +210,7 @@ def create_app(
     *,
     registry: ProfileRegistry | None = None,
     mappings: Mappings | None = None,
+    ips_checker: DocumentChecker | None = None,
 ) -> Flask:
     """Build the application; with build_fhir_service, the only place that wires classes.
 
@@ -213,7 +234,14 @@ def create_app(
     fhir = build_fhir_service(config, registry)
     app.extensions["whatmatters.store"] = fhir.store
     app.extensions["whatmatters.fhir"] = fhir
-    app.extensions["whatmatters.priorities"] = WhatMatters(fhir)
+    operations = WhatMatters(fhir)
+    app.extensions["whatmatters.priorities"] = operations
+    from service.priorities.ips import Summaries
+    from service.validation.packages import load_ips
+
+    # the IPS 2.0.0 profiles, read at start-up when the package is there (else a warning)
+    checker = ips_checker if ips_checker is not None else load_ips(config.ips_package)
+    app.extensions["whatmatters.summaries"] = Summaries(operations, checker)
     if mappings is None:
         mappings = load_mappings(config, [f.resource for f in registry.files])
     app.extensions["whatmatters.mappings"] = mappings

@@ -53,6 +53,9 @@ class Config:
     # Exchange: the partners file (none by default), and the outbox worker. ``serve`` runs the
     # worker in each gunicorn process unless outbox_worker is off (then run `whatmatters worker`).
     partners_file: Path | None = None
+    # The IPS 2.0.0 npm package (hl7.fhir.uv.ips-2.0.0.tgz, its dependencies beside it) that
+    # $summary documents are checked against; absent: they are served unchecked (a warning).
+    ips_package: Path | None = None
     outbox_worker: bool = True
     outbox_poll_seconds: float = 0.5
     outbox_lease_seconds: float = 60.0
@@ -146,6 +149,9 @@ class Config:
         raw_export = env.get("WHATMATTERS_EXPORT_DIR")
         if raw_export:
             changes["export_dir"] = Path(raw_export)
+        raw_ips = env.get("WHATMATTERS_IPS_PACKAGE")
+        cache = Path(env.get("WHATMATTERS_CACHE") or Path.home() / ".cache" / "whatmatters")
+        changes["ips_package"] = Path(raw_ips) if raw_ips else cache / "hl7.fhir.uv.ips-2.0.0.tgz"
         raw_file = env.get("WHATMATTERS_PARTNERS_FILE")
         if raw_file:
             changes["partners_file"] = Path(raw_file)

@@ -20,7 +20,9 @@ from werkzeug.wrappers import Response as HttpResponse
 
 from service.api.export_handlers import EXPORT_HANDLERS
 from service.api.handlers import (
-    HANDLERS,
+    HANDLERS as FHIR_HANDLERS,
+)
+from service.api.handlers import (
     STREAMED,
     WRITES,
     Context,
@@ -28,11 +30,15 @@ from service.api.handlers import (
     request_actor,
 )
 from service.api.negotiation import render, response_type
+from service.api.summary_handlers import SUMMARY_HANDLERS
 from service.config import Config
 from service.errors import BadRequest, FhirError, NotFound
 from service.fhir import router
 from service.fhir.router import FhirRequest, Headers, Match
 from service.fhir.search_parser import parse_query_string
+
+# every route's handler: the FHIR interactions and operations, and $summary
+HANDLERS = {**FHIR_HANDLERS, **SUMMARY_HANDLERS}
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 # every route's handler: handlers.py, and the modules of operations that keep their own

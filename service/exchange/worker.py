@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from service.errors import FhirError, describe_exception
 from service.exchange.bulk_export import BulkExport, ExportFolder
 from service.exchange.channels import Channel, Refused, Retry, Skipped, Waiting
-from service.exchange.channels.documents import Documents, Summariser
+from service.exchange.channels.documents import Documents, IpsDocument, Summariser
 from service.exchange.channels.partner_api import PartnerApi
 from service.exchange.channels.partner_sync import PartnerSync
 from service.exchange.channels.rest_hook import RestHook
@@ -47,6 +47,7 @@ class Worker:
         clients: Callable[[Partner], PartnerClient],
         *,
         summarise: Summariser | None = None,
+        ips: IpsDocument | None = None,
         lease_seconds: float = 60.0,
         backoff: Backoff | None = None,
         batch: int = 10,
@@ -77,7 +78,7 @@ class Worker:
             lookup_ttl=lookup_ttl,
             learned=learned,
         )
-        self.documents = Documents(self.partner_api, summarise, now)
+        self.documents = Documents(self.partner_api, summarise, now, ips)
         self.partner_sync = PartnerSync(self.partner_api, self.documents)
         self.rest_hook = RestHook(fhir, self.base_url, hooks or HttpHookClient(), now)
         self.channels: dict[Kind, Channel] = {

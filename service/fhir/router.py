@@ -167,6 +167,7 @@ _BACKPORT_STATUS = (
 _OURS = f"{CANONICAL_BASE}/OperationDefinition"
 # FHIR Bulk Data Access IG v2 (https://hl7.org/fhir/uv/bulkdata/export.html)
 _BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
+_IPS_SUMMARY = "http://hl7.org/fhir/uv/ips/OperationDefinition/summary"
 _GET, _POST = ("GET",), ("POST",)
 
 ROUTES: tuple[Route, ...] = (
@@ -228,6 +229,16 @@ ROUTES: tuple[Route, ...] = (
         "what-matters",
         f"{_OURS}/what-matters",
     ),
+    Route(
+        _GET,
+        "Patient/$summary",
+        "operation",
+        TYPE,
+        "summary_by_identifier",
+        "summary",
+        _IPS_SUMMARY,
+    ),
+    Route(_GET, "Patient/{id}/$summary", "operation", INSTANCE, "summary", "summary", _IPS_SUMMARY),
     Route(
         ("GET", "POST"),
         "Patient/$export",

@@ -15,9 +15,10 @@ from service.exchange.partners import Partner
 
 def _keys(resource: dict[str, Any]) -> set[str]:
     """The ``param=value`` searches that find the resource."""
+    given = resource.get("identifier")  # one Identifier on a Bundle, a list elsewhere
     found = {
         f"identifier={i.get('system')}|{i.get('value')}"
-        for i in resource.get("identifier") or []
+        for i in ([given] if isinstance(given, dict) else given or [])
         if isinstance(i, dict)
     }
     source = (resource.get("meta") or {}).get("source")

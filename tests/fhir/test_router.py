@@ -65,6 +65,15 @@ EVERY_ROUTE = [
         "what_matters",
         "what-matters",
     ),
+    (
+        ("GET",),
+        "Patient/$summary",
+        "operation",
+        "type",
+        "summary_by_identifier",
+        "summary",
+    ),
+    (("GET",), "Patient/{id}/$summary", "operation", "instance", "summary", "summary"),
     (("GET", "POST"), "Patient/$export", "operation", "type", "export", "export"),
     (("GET",), "Group/{id}/$export", "operation", "instance", "export", "export"),
     (
@@ -309,6 +318,7 @@ def test_the_capability_statement_lists_the_operations_that_route(fhir: FhirServ
         "validate",
         "record-what-matters",
         "what-matters",
+        "summary",
         "export",
     ]
     assert [o["name"] for o in resources["Subscription"]["operation"]] == ["validate", "status"]
