@@ -102,6 +102,7 @@ def build_worker(
     """The outbox worker over ``fhir``: HTTP clients per partner, the summary for documents
     (and the IPS document for partners that ask for it, checked by ``ips_checker`` or by the
     IPS package of ``config``)."""
+    from service.exchange.bulk_export import ExportFolder
     from service.exchange.partner_client import HttpPartnerClient
     from service.exchange.queue import Backoff
     from service.exchange.summary import SummaryItem
@@ -194,6 +195,7 @@ def build_worker(
             cap_seconds=config.outbox_retry_cap_seconds,
             give_up_seconds=config.outbox_give_up_hours * 3600,
         ),
+        exports=ExportFolder(config.export_dir, config.export_ttl_seconds),
     )
 
 

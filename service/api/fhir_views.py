@@ -18,6 +18,7 @@ from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import BaseConverter
 from werkzeug.wrappers import Response as HttpResponse
 
+from service.api.export_handlers import EXPORT_HANDLERS
 from service.api.handlers import (
     HANDLERS as FHIR_HANDLERS,
 )
@@ -40,6 +41,8 @@ from service.fhir.search_parser import parse_query_string
 HANDLERS = {**FHIR_HANDLERS, **SUMMARY_HANDLERS}
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+# every route's handler: handlers.py, and the modules of operations that keep their own
+ALL_HANDLERS = {**HANDLERS, **EXPORT_HANDLERS}
 
 # -- the one view ---------------------------------------------------------------------------
 
@@ -133,7 +136,7 @@ def dispatch(rest: str) -> HttpResponse:
     req = fhir_request(path, streamed=handler in STREAMED)
     ctx = Context(base_url(), current_app.config["WHATMATTERS"], request_actor())
     try:
-        result = HANDLERS[handler](ctx, req, found.params)
+        result = ALL_HANDLERS[handler](ctx, req, found.params)
     finally:
         g.whatmatters_bundle_type = ctx.bundle_type
     return render(request, result, base_url, write=found.route.interaction in WRITES)
@@ -180,7 +183,7 @@ def _add_converter(state: BlueprintSetupState) -> None:
 
 def build_blueprint(base_path: str) -> Blueprint:
     """Create the FHIR blueprint: one view for everything under ``base_path``."""
-    missing = {route.handler for route in router.ROUTES} - set(HANDLERS)
+    missing = {route.handler for route in router.ROUTES} - set(ALL_HANDLERS)
     assert not missing, f"routes without a handler: {sorted(missing)}"
     bp = Blueprint("fhir", __name__)
     bp.record_once(_add_converter)
