@@ -37,7 +37,7 @@ _TRACE = re.compile(r"\.trace\('[^']*'(?:,[^()]*)?\)")
 #   container's narrative (https://hl7.org/fhir/R4/references.html#contained), so only the
 #   root resource is asked for one.
 # - bdl-8 (Bundle.entry): "fullUrl cannot be a version specific reference" says nothing of an
-#   entry without fullUrl, which the published form failed to evaluate on.
+#   entry without fullUrl; the corrected form holds there instead of answering empty.
 # - ras-2 (RiskAssessment.prediction): a probability that is a Range is not compared with 100.
 # - The R4 ``name.matches(...)`` of the conformance resources (cnl-0/vsd-0 style, a warning)
 #   only concerns a name that is present.
