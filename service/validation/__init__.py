@@ -21,6 +21,9 @@ The modules, by job:
   profiles folder and its snapshots, re-vendoring.
 - ``fhirpath.py``, ``terminology.py``, ``dates.py``, ``comparison.py``: invariants, code format
   checks, date ranges, the order of two values.
+- ``fhirpath_compiled.py``: the recurring invariant shapes as Python closures (``fhirpath.py``
+  interprets the rest with fhirpathpy).
+- ``vital_signs.py``: the core vital-signs profiles, applied to an Observation by its code.
 
 May import: ``service.errors`` and ``service.config`` only (it sits beside storage and mapping,
 independent of both; see ``[tool.importlinter]`` in pyproject.toml), and libraries that do no

@@ -156,7 +156,23 @@ class Definitions:
     def _terminology(self) -> dict[str, dict[str, Any]]:
         path = self._directory / "r4-terminology.json"
         items: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
+        items += [r for r in self._vital_signs if r["resourceType"] != "StructureDefinition"]
         return {(r["resourceType"] + "|" + r["url"]): r for r in items}
+
+    @cached_property
+    def _vital_signs(self) -> list[dict[str, Any]]:
+        """The core vital-signs profiles and the value sets they bind to (vendor.py)."""
+        path = self._directory / "r4-vitalsigns.json"
+        if not path.exists():
+            return []
+        items: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
+        return items
+
+    @cached_property
+    def _core_profiles(self) -> dict[str, dict[str, Any]]:
+        return {
+            r["url"]: r for r in self._vital_signs if r["resourceType"] == "StructureDefinition"
+        }
 
     @cached_property
     def search_parameters(self) -> list[dict[str, Any]]:
@@ -178,6 +194,9 @@ class Definitions:
             sd = self._structure_definitions.get(url[len(BASE_SD) :])
             if sd is not None and sd["url"] == url:
                 return sd
+            profile = self._core_profiles.get(url)
+            if profile is not None:
+                return profile
         return self._extensions.get(url)
 
     def overlay(self, resources: list[dict[str, Any]]) -> Definitions:
@@ -185,6 +204,7 @@ class Definitions:
         combined = Definitions(self._directory)
         combined._models = self._models  # base types are the same; share their models
         combined.__dict__["_structure_definitions"] = self._structure_definitions
+        combined.__dict__["_vital_signs"] = self._vital_signs
         local = {
             r["resourceType"] + "|" + r["url"]: r
             for r in resources

@@ -1,4 +1,10 @@
-"""Evaluate FHIRPath invariants with fhirpathpy and the R4 model: https://hl7.org/fhirpath/."""
+"""Evaluate FHIRPath invariants: compiled closures for the shapes that recur
+(``fhirpath_compiled.py``), fhirpathpy with the R4 model for the rest: https://hl7.org/fhirpath/.
+
+Some R4 invariants were published with an expression that says something other than their
+text; ``CORRECTED`` replaces those (exactly as published) by what the text means, as the HL7
+reference validator does (``FHIRPathExpressionFixer`` in org.hl7.fhir.validation).
+"""
 
 from __future__ import annotations
 
@@ -15,14 +21,61 @@ from fhirpathpy.models import models
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
+from service.validation.fhirpath_compiled import Fallback, Fn, compile_expression, evaluate
+
 _TRACE = re.compile(r"\.trace\('[^']*'(?:,[^()]*)?\)")
+
+# R4 invariants whose published expression contradicts their text (the specification's text is
+# normative; FHIRPath expressions are how it is tested), read as the reference validator reads
+# them (org.hl7.fhir.validation FHIRPathExpressionFixer, the R4 entries):
+# - que-12 (Questionnaire.item, https://hl7.org/fhir/R4/questionnaire.html#invs): "If there are
+#   more than one enableWhen, enableBehavior must be specified", published as
+#   ``enableWhen.count() > 2``, which lets two conditions through without enableBehavior; the
+#   text and the element's definition ("enableBehavior ... SHALL be specified if there is more
+#   than one enableWhen") say two already need it: ``>= 2``.
+# - dom-6 (DomainResource, best practice: a narrative): a contained resource is described by its
+#   container's narrative (https://hl7.org/fhir/R4/references.html#contained), so only the
+#   root resource is asked for one.
+# - bdl-8 (Bundle.entry): "fullUrl cannot be a version specific reference" says nothing of an
+#   entry without fullUrl; the corrected form holds there instead of answering empty.
+# - ras-2 (RiskAssessment.prediction): a probability that is a Range is not compared with 100.
+# - The R4 ``name.matches(...)`` of the conformance resources (cnl-0/vsd-0 style, a warning)
+#   only concerns a name that is present.
+CORRECTED = {
+    "enableWhen.count() > 2 implies enableBehavior.exists()": (
+        "enableWhen.count() >= 2 implies enableBehavior.exists()"
+    ),
+    "text.`div`.exists()": "(%rootResource != $this) or text.`div`.exists()",
+    "fullUrl.contains('/_history/').not()": (
+        "fullUrl.exists() implies fullUrl.contains('/_history/').not()"
+    ),
+    "probability is decimal implies (probability as decimal) <= 100": (
+        "(probability.exists() and (probability is decimal)) implies "
+        "((probability as decimal) <= 100)"
+    ),
+    "name.matches('[A-Z]([A-Za-z0-9_]){0,254}')": (
+        "name.exists() implies name.matches('[A-Z]([A-Za-z0-9_]){0,254}')"
+    ),
+}
+
+
+def corrected(expression: str) -> str:
+    """The expression the reference validator evaluates for a published R4 invariant."""
+    return CORRECTED.get(expression, expression)
 
 
 class InvariantEngine:
-    """Compile each invariant once and answer whether it holds on a node."""
+    """Compile each invariant once and answer whether it holds on a node.
 
-    def __init__(self) -> None:
+    With ``compiled`` (the default) an expression of a recurring shape runs as a Python closure
+    and anything else through fhirpathpy; without, everything goes through fhirpathpy (the
+    reference the compiled closures are tested against).
+    """
+
+    def __init__(self, compiled: bool = True) -> None:
         self._compiled: dict[str, Any] = {}
+        self._closures: dict[str, Fn | None] = {}
+        self._use_closures = compiled
 
     def holds(
         self,
@@ -33,6 +86,28 @@ class InvariantEngine:
         root: dict[str, Any] | None,
     ) -> bool | None:
         """True or False, or None when fhirpathpy cannot evaluate the expression here."""
+        expression = CORRECTED.get(expression, expression)
+        if self._use_closures:
+            closure = self._closures.get(expression, _UNSEEN)
+            if closure is _UNSEEN:
+                closure = compile_expression(_TRACE.sub("", expression))
+                self._closures[expression] = closure
+            if closure is not None:
+                try:
+                    return evaluate(closure, node, type_path, resource, root)
+                except Fallback:
+                    pass
+        return self.interpret(node, type_path, expression, resource, root)
+
+    def interpret(
+        self,
+        node: Any,
+        type_path: str,
+        expression: str,
+        resource: dict[str, Any] | None,
+        root: dict[str, Any] | None,
+    ) -> bool | None:
+        """``holds`` by fhirpathpy alone (the expression as given, not corrected)."""
         compiled = self._compiled.get(expression)
         if compiled is None:
             # trace() would print to standard output; it does not change the result
@@ -77,6 +152,9 @@ class InvariantEngine:
             except Exception as exc:  # noqa: BLE001 - fhirpathpy raises bare Exceptions
                 return str(exc) or type(exc).__name__
         return listener.message
+
+
+_UNSEEN: Any = object()
 
 
 class _FirstError(ErrorListener):  # type: ignore[misc]

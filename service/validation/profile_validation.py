@@ -24,13 +24,15 @@ from service.validation.profiles import ProfileRegistry
 class ProfileValidator:
     """Validate resources against the profiles of a registry (and extensions against theirs)."""
 
-    def __init__(self, registry: ProfileRegistry, unknown_extensions: str = "warning") -> None:
+    def __init__(
+        self, registry: ProfileRegistry, unknown_extensions: str = "warning", compiled: bool = True
+    ) -> None:
         self.registry = registry
         # the severity of an extension whose definition is not known (a modifier: always error)
         self.unknown_extensions = unknown_extensions
         self.definitions: Definitions = registry.definitions
         self._trees: dict[tuple[str, bool], ElementNode | None] = {}
-        self.engine = InvariantEngine()
+        self.engine = InvariantEngine(compiled=compiled)
         self._extensions = ExtensionValidator(self)
 
     def tree(self, url: str, everything: bool = False) -> ElementNode | None:

@@ -425,8 +425,13 @@ class ProfileWalk:
             return
         allowed: list[str] = []
         for target in targets:
-            if target.startswith(BASE_SD) and "/" not in target[len(BASE_SD) :]:
-                allowed.append(target[len(BASE_SD) :])
+            name = target[len(BASE_SD) :]
+            if (
+                target.startswith(BASE_SD)
+                and "/" not in name
+                and self.owner.definitions.model(name) is not None
+            ):
+                allowed.append(name)
             else:
                 declared = self.owner.profile_type(target)
                 if declared:
@@ -465,6 +470,21 @@ def _at(item: Any, path: str) -> list[Any]:
     return current
 
 
+def _in_required_slices(node: ElementNode, parts: list[str]) -> tuple[str, Any] | None:
+    """A value fixed at ``parts`` under a slice the path passes through and that must be
+    present (the bp profile's ``component:SystolicBP.code.coding:SBPCode.code``)."""
+    if not parts:
+        return fixed_or_pattern(node.element)
+    child = node.children.get(parts[0])
+    if child is None:
+        return None
+    for step in (child, *(s for s in child.slices if s.min > 0)):
+        found = _in_required_slices(step, parts[1:])
+        if found is not None:
+            return found
+    return None
+
+
 def _node_at(node: ElementNode, path: str) -> ElementNode | None:
     current: ElementNode | None = node
     if path in ("$this", ""):
@@ -480,6 +500,10 @@ def _discriminator_value(candidate: ElementNode, path: str) -> tuple[str, Any] |
     target = _node_at(candidate, path)
     if target is not None:
         found = fixed_or_pattern(target.element)
+        if found is not None:
+            return found
+    if path not in ("$this", ""):
+        found = _in_required_slices(candidate, path.split("."))
         if found is not None:
             return found
     if path == "url":

@@ -17,6 +17,7 @@ from service.validation.definitions import BASE_SD, Definitions
 from service.validation.fhirpath import InvariantEngine
 from service.validation.snapshots import SnapshotError, generate_snapshot
 from service.validation.structure import StructureValidator
+from service.validation.vital_signs import marked_snapshot
 
 # The base (not a profile) the service's own canonical URLs start with; one constant, so it can
 # be replaced once the project has a domain.
@@ -174,7 +175,13 @@ class ProfileRegistry:
         sd = self.local.get(url)
         if sd is None:
             found = self.definitions.structure_definition(url)
-            return None if found is None else list(found["snapshot"]["element"])
+            if found is None:
+                return None
+            if found.get("derivation") == "constraint" and found.get("kind") == "resource":
+                # a core profile (vital signs): its published snapshot, marked with its changes
+                self.snapshots[url] = marked_snapshot(found, self._type_elements)
+                return self.snapshots[url]
+            return list(found["snapshot"]["element"])
         item = self.file_of(url)
         where = item.where() if item is not None else url
         if url in _seen:

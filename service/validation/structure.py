@@ -10,7 +10,6 @@ with its FHIRPath. The walk carries where it is (the resource and its root, for 
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -92,16 +91,19 @@ class StructureValidator:
     (fhirpathpy, R4 model), except the few listed in ``NOT_EVALUATED``.
     """
 
-    def __init__(self, definitions: Definitions, invariants: bool = False) -> None:
+    def __init__(
+        self, definitions: Definitions, invariants: bool = False, compiled: bool = True
+    ) -> None:
         self._definitions = definitions
         self._invariants = invariants
-        self._engine = InvariantEngine()
+        # compiled: recurring invariant shapes run as Python closures (fhirpath_compiled.py)
+        self._engine = InvariantEngine(compiled=compiled)
 
     def validate(self, resource: Any, expected_type: str | None = None) -> list[Issue]:
-        """Return every base-R4 problem of ``resource``; an empty list means it is valid."""
-        if self._invariants and isinstance(resource, dict):
-            # fhirpathpy may annotate what it walks: evaluate on a private copy
-            resource = copy.deepcopy(resource)
+        """Return every base-R4 problem of ``resource``; an empty list means it is valid.
+
+        Invariants read the resource in place: neither the compiled closures nor fhirpathpy
+        change what they walk (tests/validation/test_compiled_invariants.py checks it)."""
         return self._validate(resource, expected_type)
 
     def _validate(self, resource: Any, expected_type: str | None) -> list[Issue]:

@@ -6,7 +6,9 @@ result is written to ``service/validation/definitions/``. Only what the service 
 every base StructureDefinition (resources and data types, without narrative, mappings and
 documentation prose), the ValueSets and CodeSystems reached from their required bindings, and
 the SearchParameters of the resource types the service stores, and the core extension
-definitions (so extensions such as goal-acceptance are checked, not only tolerated).
+definitions (so extensions such as goal-acceptance are checked, not only tolerated), and the
+core vital-signs profiles (observation-vitalsigns.html) with the value sets they bind to, which
+every Observation with a vital-sign code must meet (``vital_signs.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,20 @@ _SD_KEEP = (
     "derivation",
     "context",
     "snapshot",
+)
+# The core profiles R4 requires by code (observation-vitalsigns.html), and the value sets they bind
+VITAL_SIGNS = (
+    "vitalsigns",
+    "vitalspanel",
+    "resprate",
+    "heartrate",
+    "oxygensat",
+    "bodytemp",
+    "bodyheight",
+    "headcircum",
+    "bodyweight",
+    "bmi",
+    "bp",
 )
 SEARCH_TYPES = (
     "Resource",
@@ -157,6 +173,22 @@ def vendor(package: Path, target: Path = DEFINITIONS_DIR) -> dict[str, int]:
         if r.get("resourceType") == "SearchParameter"
         and any(base in SEARCH_TYPES for base in r.get("base", []))
     ]
+    vital_signs = [
+        r
+        for r in resources.values()
+        if r.get("resourceType") == "StructureDefinition"
+        and r.get("url") in {f"http://hl7.org/fhir/StructureDefinition/{n}" for n in VITAL_SIGNS}
+    ]
+    vital_sets = sorted(
+        {
+            _canonical(e["binding"]["valueSet"])
+            for sd in vital_signs
+            for e in sd["snapshot"]["element"]
+            if e.get("binding", {}).get("strength") in ("required", "extensible")
+            and "valueSet" in e["binding"]
+        }
+        - set(kept_vs)
+    )
     target.mkdir(parents=True, exist_ok=True)
     files = {
         "r4-structuredefinitions.json": sorted(
@@ -169,6 +201,14 @@ def vendor(package: Path, target: Path = DEFINITIONS_DIR) -> dict[str, int]:
         "r4-extensions.json": sorted(
             (_strip_structure_definition(sd) for sd in extensions), key=lambda s: s["url"]
         ),
+        "r4-vitalsigns.json": sorted(
+            (_strip_structure_definition(sd) for sd in vital_signs), key=lambda s: s["url"]
+        )
+        + [
+            {k: value_sets[url][k] for k in ("resourceType", "url", "name", "compose")}
+            for url in vital_sets
+            if url in value_sets
+        ],
     }
     for name, content in files.items():
         (target / name).write_text(

@@ -137,3 +137,55 @@ def test_a_chunked_body_on_the_instance_route_is_validated(client: FlaskClient) 
     )
     codes = [i["code"] for i in outcome_issues(response)]
     assert "code-invalid" in codes
+
+
+def _heart_rate(**changes: object) -> dict:
+    resource: dict = {
+        "resourceType": "Observation",
+        "text": NARRATIVE,
+        "status": "final",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "vital-signs",
+                    }
+                ]
+            }
+        ],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": "2026-11-20T08:00:00Z",
+        "valueQuantity": {
+            "value": 72,
+            "unit": "beats/min",
+            "system": "http://unitsofmeasure.org",
+            "code": "/min",
+        },
+    }
+    resource.update(changes)
+    return {k: v for k, v in resource.items() if v is not None}
+
+
+def test_validate_applies_the_vital_signs_profile_of_the_code(client: FlaskClient) -> None:
+    """observation-vitalsigns.html: a heart rate meets the heartrate profile, claimed or not."""
+    good = outcome_issues(
+        client.post("/fhir/Observation/$validate", json=_heart_rate(), headers=JSON)
+    )
+    assert [i["severity"] for i in good if i["severity"] == "error"] == []
+    assert any("StructureDefinition/heartrate" in i["diagnostics"] for i in good)
+    bad = _heart_rate(
+        category=None,
+        valueQuantity={
+            "value": 1.2,
+            "unit": "/s",
+            "system": "http://unitsofmeasure.org",
+            "code": "/s",
+        },
+    )
+    issues = outcome_issues(client.post("/fhir/Observation/$validate", json=bad, headers=JSON))
+    assert {i["expression"][0] for i in issues if i["severity"] == "error"} == {
+        "Observation.category",
+        "Observation.valueQuantity.code",
+    }
