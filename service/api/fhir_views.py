@@ -14,7 +14,7 @@ import codecs
 import io
 import re
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +42,7 @@ from service.fhir.results import Result
 from service.fhir.router import FhirRequest, Headers, Match
 from service.fhir.search_parser import parse_query_string
 from service.fhir.session import Session
+from service.fhir.terminology_ops import terminology_operation
 from service.priorities.operations import WhatMatters
 
 INGEST_TYPES = {
@@ -155,14 +156,11 @@ def _if_none_match(req: FhirRequest) -> list[int] | None:
     if value is None:
         return None
     versions: list[int] = []
-    for part in value.split(","):
-        part = part.strip()
+    for part in (p.strip() for p in value.split(",")):
         if part == "*":
             return []
-        try:
+        with suppress(BadRequest):  # an ETag that is not one of ours never matches
             versions.append(parse_etag(part))
-        except BadRequest:
-            continue  # an ETag that is not one of ours never matches
     return versions if versions else [-1]
 
 
@@ -223,10 +221,9 @@ def _ingest_body(req: FhirRequest, fmt: str) -> Any:
     _, options = mimetype(req)
     charset = options.get("charset", "utf-8").strip().lower()
     try:
-        codecs.lookup(charset)
+        utf8 = codecs.lookup(charset).name == "utf-8"
     except LookupError as exc:
         raise UnsupportedMediaType(f"charset {charset!r} is not known to this server") from exc
-    utf8 = codecs.lookup(charset).name == "utf-8"
     stream = req.stream if req.stream is not None else io.BytesIO(req.body or b"")
     if fmt == "csv":
         encoding = "utf-8-sig" if utf8 else charset
@@ -418,6 +415,11 @@ def _subscription_status(ctx: Context, req: FhirRequest, p: Params) -> Result:
     return subscription_status(_service(), ctx.actor, ctx.base, p["id"])
 
 
+def _terminology(ctx: Context, req: FhirRequest, p: Params) -> Result:
+    body = request_body(req)[0] if req.body else None
+    return terminology_operation(_service().terminology, req.path, req.query, body, p.get("id"))
+
+
 HANDLERS: dict[str, Handler] = {
     "capabilities": _capabilities,
     "transaction": _transaction,
@@ -439,6 +441,7 @@ HANDLERS: dict[str, Handler] = {
     "record_what_matters": _record_what_matters,
     "what_matters": _what_matters,
     "subscription_status": _subscription_status,
+    "terminology": _terminology,
 }
 
 
@@ -474,13 +477,9 @@ def fhir_request(path: str, streamed: bool = False) -> FhirRequest:
     """The running Flask request as a FhirRequest (``path`` relative to the base). Bodies
     are read for POST, PUT and PATCH; ``streamed`` hands the body over as a stream."""
     query_string = _criteria()
-    body: bytes | None = None
-    stream = None
-    if request.method in ("POST", "PUT", "PATCH"):
-        if streamed:
-            stream = request.stream
-        else:
-            body = request.get_data(cache=True)
+    sent = request.method in ("POST", "PUT", "PATCH")
+    stream = request.stream if sent and streamed else None
+    body = request.get_data(cache=True) if sent and not streamed else None
     return FhirRequest(
         method=request.method,
         path=path,
