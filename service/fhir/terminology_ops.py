@@ -126,14 +126,14 @@ def _value_set(
         if inline.get("resourceType") != "ValueSet":
             raise BadRequest("The valueSet parameter must be a ValueSet", ("valueSet",))
         url = str(inline.get("url") or "urn:inline:valueset")
-        resources = ChainMap({"ValueSet|" + url: inline}, terminology.resources)
+        resources = ChainMap({"ValueSet|" + url: inline}, dict(terminology.resources))
         return Terminology(resources), url
-    url = params.text("url")
-    if url is None:
+    given = params.text("url")
+    if given is None:
         raise BadRequest("The value set is missing: give url (or a valueSet resource)", ("url",))
-    if terminology.value_set(url) is None:
-        raise NotFound(f"This server holds no ValueSet {url}", ("url",))
-    return terminology, url.split("|", 1)[0]
+    if terminology.value_set(given) is None:
+        raise NotFound(f"This server holds no ValueSet {given}", ("url",))
+    return terminology, given.split("|", 1)[0]
 
 
 def _not_expandable(url: str) -> FhirError:
@@ -164,7 +164,7 @@ def _expand(terminology: Terminology, url: str, params: Params) -> dict[str, Any
             e for e in entries if all(w in f"{e.code} {e.display or ''}".lower() for w in words)
         ]
     page = entries[offset:] if count is None else entries[offset : offset + count]
-    used = [{"name": "url", "valueUri": url}]
+    used: list[dict[str, Any]] = [{"name": "url", "valueUri": url}]
     if text is not None:
         used.append({"name": "filter", "valueString": text})
     if count is not None:
@@ -172,7 +172,9 @@ def _expand(terminology: Terminology, url: str, params: Params) -> dict[str, Any
     if offset:
         used.append({"name": "offset", "valueInteger": offset})
     vs = terminology.value_set(url) or {}
-    answer = {k: vs[k] for k in ("id", "url", "version", "name", "title", "status") if k in vs}
+    answer: dict[str, Any] = {
+        k: vs[k] for k in ("id", "url", "version", "name", "title", "status") if k in vs
+    }
     answer["resourceType"] = "ValueSet"
     answer.setdefault("status", "active")
     answer["expansion"] = {

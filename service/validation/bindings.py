@@ -48,8 +48,8 @@ def coded_pairs(value: Any) -> tuple[list[tuple[str | None, str]], bool] | None:
 def not_checked_message(path: str, url: str) -> str:
     """The one warning of a binding whose value set cannot be expanded here."""
     return (
-        f"The binding of {path} to {url} was not checked: the value set cannot be expanded "
-        "here (it draws on a code system this server does not hold)"
+        f"The binding of {path} to {url} was not checked: the value set is not held, or "
+        "draws on a code system this server does not hold (SNOMED CT, LOINC, ...)"
     )
 
 

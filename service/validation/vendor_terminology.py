@@ -83,7 +83,9 @@ def _concepts(concepts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _contains(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for e in entries:
-        item = {k: e[k] for k in ("system", "version", "code", "display", "abstract") if k in e}
+        item: dict[str, Any] = {
+            k: e[k] for k in ("system", "version", "code", "display", "abstract") if k in e
+        }
         if e.get("contains"):
             item["contains"] = _contains(e["contains"])
         out.append(item)
