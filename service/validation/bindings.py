@@ -105,9 +105,11 @@ def binding_issues(
                 )
             )
         return issues
-    codes = {code for _, code in allowed}
     hit = any(
-        (system, code) in allowed if system is not None else code in codes for system, code in pairs
+        (system, code) in allowed
+        if system is not None
+        else any(code == held for _, held in allowed)
+        for system, code in pairs
     )
     if hit:
         return issues
