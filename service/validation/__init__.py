@@ -21,6 +21,9 @@ The modules, by job:
   profiles folder and its snapshots, re-vendoring.
 - ``fhirpath.py``, ``terminology.py``, ``dates.py``, ``comparison.py``: invariants, code format
   checks, date ranges, the order of two values.
+- ``value_sets.py``, ``bindings.py``, ``vendor_terminology.py``: local terminology (the R4
+  core and HL7 THO value sets and code systems: expansion, look-up, code checks), the binding
+  strength rules, re-vendoring the terminology.
 
 May import: ``service.errors`` and ``service.config`` only (it sits beside storage and mapping,
 independent of both; see ``[tool.importlinter]`` in pyproject.toml), and libraries that do no
