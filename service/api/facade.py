@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from service.api.fhir_views import base_url, request_actor, since_parameter, what_matters
+from service.api.handlers import base_url, request_actor, since_parameter, what_matters
 from service.api.negotiation import request_body
 from service.errors import BadRequest, FhirError
 from service.priorities.view import priorities

@@ -56,7 +56,7 @@ class OutboxCollector(Collector):
         )
         fhir = self.app.extensions["whatmatters.fhir"]
         try:
-            lines = fhir.read_only(lambda tx: tx.outbox_summary())
+            lines = fhir.read_only(lambda tx: tx.outbox.summary())
         except Exception:  # noqa: BLE001 - a scrape must answer while the database is down
             lines = []
         now = fhir.clock()

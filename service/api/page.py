@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, render_template, request
 
-from service.api.fhir_views import base_url, request_actor, since_parameter, what_matters
+from service.api.handlers import base_url, request_actor, since_parameter, what_matters
 from service.errors import FhirError
 from service.fhir.interactions import FhirService
 from service.fhir.model import parse_json

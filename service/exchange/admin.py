@@ -79,7 +79,7 @@ class OutboxAdmin:
 
     def summary(self) -> list[QueueLine]:
         """Rows per destination and state."""
-        lines = self.fhir.read_only(lambda tx: tx.outbox_summary())
+        lines = self.fhir.read_only(lambda tx: tx.outbox.summary())
         return [QueueLine(*line) for line in lines]
 
     def rows(
@@ -91,7 +91,7 @@ class OutboxAdmin:
     ) -> list[OutboxRow]:
         """The selected rows in these states, in queue order, from the row after ``after``."""
         rows: list[OutboxRow] = self.fhir.read_only(
-            lambda tx: tx.outbox_rows(
+            lambda tx: tx.outbox.rows(
                 states=states,
                 destination=selection.destination,
                 ids=selection.ids,
@@ -121,7 +121,7 @@ class OutboxAdmin:
     def subscription_events(self, subscription_id: str) -> int:
         """How many events the subscription has had since it started (``$status``)."""
         destination = Destination.subscription(subscription_id).format()
-        events: int = self.fhir.run(lambda tx: tx.next_counter(destination, 0))
+        events: int = self.fhir.run(lambda tx: tx.counters.next(destination, 0))
         return events
 
 

@@ -90,7 +90,7 @@ class OutboxFeed:
                 rows.append(_row(partner.destination, patient_ref, kind, change, now))
         if content is not None and topic_event(change.type, content):
             rows += self._notifications(tx, change, patient_ref, now)
-        tx.outbox_add(rows)
+        tx.outbox.add(rows)
 
     def _patient_of(
         self, tx: Transaction, type_: str, id_: str, content: dict[str, Any] | None
@@ -153,7 +153,7 @@ class OutboxFeed:
         self, tx: Transaction, change: Change, patient_ref: str | None, now: int
     ) -> list[OutboxRow]:
         rows = []
-        for stored in tx.read_many(tx.search_keys(ACTIVE_SUBSCRIPTIONS, 1000)):
+        for stored in tx.resources.read_many(tx.searches.keys(ACTIVE_SUBSCRIPTIONS, 1000)):
             try:
                 spec = parse_subscription(json.loads(stored.content or "{}"))
             except SubscriptionInvalid:
@@ -163,7 +163,7 @@ class OutboxFeed:
             if not _may_read(subscriber_access(json.loads(stored.content or "{}")), change):
                 continue  # the subscriber's access does not reach this change
             destination = subscription_destination(stored.id)
-            event = tx.next_counter(destination)
+            event = tx.counters.next(destination)
             rows.append(
                 replace(
                     _row(destination, destination, "notification", change, now),
@@ -200,7 +200,7 @@ def _row(destination: str, group: str, kind: str, change: Change, now: int) -> O
 
 
 def _read_json(tx: Transaction, type_: str, id_: str) -> dict[str, Any] | None:
-    stored = tx.read(type_, id_)
+    stored = tx.resources.read(type_, id_)
     if stored is None or stored.deleted or stored.content is None:
         return None
     loaded: dict[str, Any] = json.loads(stored.content)
@@ -210,7 +210,7 @@ def _read_json(tx: Transaction, type_: str, id_: str) -> dict[str, Any] | None:
 def _version_json(tx: Transaction, type_: str, id_: str, version: int) -> dict[str, Any] | None:
     if version < 1:
         return None
-    stored = tx.vread(type_, id_, version)
+    stored = tx.resources.vread(type_, id_, version)
     if stored is None or stored.deleted or stored.content is None:
         return None
     loaded: dict[str, Any] = json.loads(stored.content)

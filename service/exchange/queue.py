@@ -86,12 +86,12 @@ def claim(tx: Transaction, owner: str, now: int, lease_us: int, limit: int) -> l
     backoff, never hide a group that is ready behind them. ``owner`` is a token of this claim
     alone: a worker that lost its lease cannot settle the rows of the next one.
     """
-    tx.lock(CLAIM_LOCK)
-    heads = tx.outbox_heads(now, 1)
+    tx.locks.hold(CLAIM_LOCK)
+    heads = tx.outbox.heads(now, 1)
     if not heads:
         return []
     head = heads[0]
-    rows = tx.outbox_rows(
+    rows = tx.outbox.rows(
         states=("pending", "inflight"),
         destination=head.destination,
         group_key=head.group_key,
@@ -100,17 +100,17 @@ def claim(tx: Transaction, owner: str, now: int, lease_us: int, limit: int) -> l
     leased = []
     for row in choose_group(rows, now, limit):
         taken = replace(row, state="inflight", lease_owner=owner, lease_until_us=now + lease_us)
-        tx.outbox_save(taken)
+        tx.outbox.save(taken)
         leased.append(taken)
     return leased
 
 
 def renew(tx: Transaction, rows: Sequence[OutboxRow], owner: str, until: int) -> bool:
     """Extend ``owner``'s lease on rows it still holds; False when any was taken over."""
-    held = tx.outbox_rows(states=("inflight",), ids=[row.id for row in rows], limit=len(rows))
+    held = tx.outbox.rows(states=("inflight",), ids=[row.id for row in rows], limit=len(rows))
     if len(held) != len(rows) or any(row.lease_owner != owner for row in held):
         return False
-    return all(tx.outbox_save(replace(row, lease_until_us=until), owner=owner) for row in held)
+    return all(tx.outbox.save(replace(row, lease_until_us=until), owner=owner) for row in held)
 
 
 def retry(
@@ -123,12 +123,12 @@ def retry(
     from now, so a row put back gets a fair chance.
     """
     states = ("dead", "discarded", "blocked") if ids else ("dead", "blocked")
-    chosen = tx.outbox_rows(states=states, destination=destination, ids=ids, limit=100_000)
+    chosen = tx.outbox.rows(states=states, destination=destination, ids=ids, limit=100_000)
     groups = {(row.destination, row.group_key) for row in chosen}
     held = [
         row
         for destination_, group in groups
-        for row in tx.outbox_rows(
+        for row in tx.outbox.rows(
             states=("blocked",), destination=destination_, group_key=group, limit=100_000
         )
     ]
@@ -142,7 +142,7 @@ def retry(
             lease_until_us=0,
             requeued_us=now,
         )
-        tx.outbox_save(again)
+        tx.outbox.save(again)
         changed.append(again)
     return sorted(changed, key=lambda row: row.id)
 
@@ -155,9 +155,9 @@ def discard(tx: Transaction, ids: Sequence[int] | None, destination: str | None)
     """
     states = ("dead", "pending", "inflight") if ids else ("dead",)
     changed = []
-    for row in tx.outbox_rows(states=states, destination=destination, ids=ids, limit=100_000):
+    for row in tx.outbox.rows(states=states, destination=destination, ids=ids, limit=100_000):
         gone = replace(row, state="discarded", lease_owner=None)
-        tx.outbox_save(gone)
+        tx.outbox.save(gone)
         changed.append(gone)
     return changed
 
@@ -215,7 +215,7 @@ class OutboxQueue:
 
     def due(self, now: int) -> bool:
         """Whether some group has a row ready now."""
-        return bool(self.fhir.read_only(lambda tx: tx.outbox_heads(now, 1)))
+        return bool(self.fhir.read_only(lambda tx: tx.outbox.heads(now, 1)))
 
     def claim(self, owner: str, now: int) -> list[OutboxRow]:
         """Lease the oldest deliverable group (up to a batch of rows) to ``owner``."""
@@ -232,7 +232,7 @@ class OutboxQueue:
 
     def settle(self, row: OutboxRow, owner: str | None) -> bool:
         """Save a row under the lease it was claimed with; False when the lease was lost."""
-        saved: bool = self.fhir.run(lambda tx: tx.outbox_save(row, owner=owner))
+        saved: bool = self.fhir.run(lambda tx: tx.outbox.save(row, owner=owner))
         if not saved:  # the lease ran out and another worker took the row over
             log.warning("outbox row %s was taken over by another worker", row.id)
         return saved
@@ -333,7 +333,7 @@ class OutboxQueue:
         cannot arrive until an operator retries it."""
         type_, id_ = waits_for
         dead = self.fhir.read_only(
-            lambda tx: tx.outbox_rows(
+            lambda tx: tx.outbox.rows(
                 states=("dead", "discarded"),
                 destination=row.destination,
                 group_key=row.group_key,

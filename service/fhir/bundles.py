@@ -208,7 +208,7 @@ def _resolve_identity(
             body_id = (op.resource or {}).get("id")
             if isinstance(body_id, str):
                 check_id(body_id)
-                existing = session.tx.read(op.type, body_id)
+                existing = session.tx.resources.read(op.type, body_id)
                 if existing is not None and not existing.deleted:
                     raise Conflict(
                         f"No {op.type} matches {op.query!r}, but {op.type}/{body_id} exists "

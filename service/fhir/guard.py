@@ -1,7 +1,11 @@
-"""The one place access is enforced: a Transaction wrapper that lets through only what an
-``Access`` (access.py) allows, and notes each resource it lets by for the request's AuditEvent.
+"""The one place access is enforced: a Transaction wrapper whose resources let through only
+what an ``Access`` (access.py) allows, noting each resource they let by for the request's
+AuditEvent.
 
-Every transaction a session opens for an actor with an access token is wrapped in it.
+Every transaction a session opens for an actor with an access token is wrapped in it. Only
+``tx.resources`` is guarded: every resource leaves the store and enters it there. The other
+parts (index, searches, outbox, counters, jobs, locks) hand out keys, counts and the service's
+own bookkeeping, never a resource, and are the raw transaction's.
 """
 
 from __future__ import annotations
@@ -18,7 +22,20 @@ from service.fhir.access import (
     ownership_problem,
     patients_of,
 )
-from service.storage import HistoryQuery, IndexRows, StoredResource, Transaction
+from service.storage import (
+    Counters,
+    HistoryQuery,
+    Index,
+    IndexRows,
+    Jobs,
+    Key,
+    Locks,
+    Outbox,
+    Resources,
+    Searches,
+    StoredResource,
+    Transaction,
+)
 
 MAX_TOUCHED = 200
 
@@ -30,13 +47,7 @@ def touch(touched: list[tuple[str, str]], type_: str, id_: str) -> None:
 
 
 class GuardedTransaction:
-    """A Transaction that lets through only what the request's access allows.
-
-    Every resource leaving the store (read, vread, read_many, history) and every version going
-    in (put, insert_new) is checked: its type against the scopes, and, for a patient-context
-    grant, its compartment against the launch patient. Anything else raises Forbidden, so no
-    door (search, _include, chains, history, Bundles, operations) can reach around it.
-    """
+    """A Transaction whose resources let through only what the request's access allows."""
 
     def __init__(
         self,
@@ -47,11 +58,60 @@ class GuardedTransaction:
     ) -> None:
         self.raw = tx
         self.access = access
-        self._references = references
         self.touched = touched if touched is not None else []
+        self.resources = GuardedResources(tx.resources, access, references, self.touched)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.raw, name)
+    @property
+    def index(self) -> Index:
+        """The raw index: keys only; what they name is read through ``resources``."""
+        return self.raw.index
+
+    @property
+    def searches(self) -> Searches:
+        """The raw searches: keys and counts of queries the session has confined."""
+        return self.raw.searches
+
+    @property
+    def outbox(self) -> Outbox:
+        """The raw outbox."""
+        return self.raw.outbox
+
+    @property
+    def counters(self) -> Counters:
+        """The raw counters."""
+        return self.raw.counters
+
+    @property
+    def jobs(self) -> Jobs:
+        """The raw job progress."""
+        return self.raw.jobs
+
+    @property
+    def locks(self) -> Locks:
+        """The raw locks."""
+        return self.raw.locks
+
+
+class GuardedResources:
+    """Resources that let through only what the request's access allows.
+
+    Every resource leaving the store (read, vread, read_many, history) and every version going
+    in (put, insert_new) is checked: its type against the scopes, and, for a patient-context
+    grant, its compartment against the launch patient. Anything else raises Forbidden, so no
+    door (search, _include, chains, history, Bundles, operations) can reach around it.
+    """
+
+    def __init__(
+        self,
+        raw: Resources,
+        access: Access,
+        references: References,
+        touched: list[tuple[str, str]],
+    ) -> None:
+        self.raw = raw
+        self.access = access
+        self._references = references
+        self.touched = touched
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -79,6 +139,10 @@ class GuardedTransaction:
             if seen is not None:
                 visible.append(seen)
         return visible
+
+    def current_keys(self, after: Key | None, limit: int) -> list[Key]:
+        """Return current keys (keys only: what they name is read through the guard)."""
+        return self.raw.current_keys(after, limit)
 
     def history(self, query: HistoryQuery) -> list[StoredResource]:
         """Return versions, each checked; a patient-context token sees only instance history."""
@@ -186,6 +250,6 @@ class GuardedTransaction:
 
 def read_visible(tx: Transaction, keys: Sequence[tuple[str, str]]) -> list[StoredResource]:
     """The current versions of ``keys`` the transaction's access may see; the rest left out."""
-    if isinstance(tx, GuardedTransaction):
-        return tx.read_visible(keys)
-    return tx.read_many(keys)
+    if isinstance(tx.resources, GuardedResources):
+        return tx.resources.read_visible(keys)
+    return tx.resources.read_many(keys)

@@ -147,8 +147,8 @@ class FhirService:
         Returns how many resources were reindexed in all.
         """
         job = "reindex"
-        total = self.read_only(lambda tx: sum(tx.count(Query(t)) for t in SUPPORTED_TYPES))
-        state = self.read_only(lambda tx: tx.progress(job))
+        total = self.read_only(lambda tx: sum(tx.searches.count(Query(t)) for t in SUPPORTED_TYPES))
+        state = self.read_only(lambda tx: tx.jobs.progress(job))
         if restart or state is None:
             last: tuple[str, str] | None = None
             done = 0
@@ -156,15 +156,15 @@ class FhirService:
             last, done = state
 
         def batch(tx: Transaction) -> tuple[tuple[str, str] | None, int]:
-            keys = tx.current_keys(last, batch_size)
+            keys = tx.resources.current_keys(last, batch_size)
             for type_, id_ in keys:
-                tx.lock(f"{type_}/{id_}")  # the same lock a writer of this resource takes
-                current = tx.read(type_, id_)
+                tx.locks.hold(f"{type_}/{id_}")  # the same lock a writer of this resource takes
+                current = tx.resources.read(type_, id_)
                 if current is None or current.deleted or current.content is None:
                     continue
-                tx.replace_index(type_, id_, self.search_params.index(parse_json(current.content)))
+                tx.index.replace(type_, id_, self.search_params.index(parse_json(current.content)))
             new_last = keys[-1] if keys else None
-            tx.set_progress(job, new_last, done + len(keys) if keys else None)
+            tx.jobs.set_progress(job, new_last, done + len(keys) if keys else None)
             return new_last, len(keys)
 
         while True:

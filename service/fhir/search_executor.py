@@ -108,11 +108,11 @@ def search(
     offset = request.offset
     count = request.count
     if request.summary == "count" or count == 0:
-        total = tx().count(request.query)
+        total = tx().searches.count(request.query)
         keys: list[Key] = []
         more = False
     elif token is not None:
-        kept = tx().saved_search(_kept_under(access, token, type_), offset, count)
+        kept = tx().searches.saved(_kept_under(access, token, type_), offset, count)
         if kept is None:
             raise NotFound(
                 f"No {type_} search with this _page_token is open to this access token (it "
@@ -124,7 +124,7 @@ def search(
         if request.total:
             total = kept_total
     else:
-        found = tx().search_keys(request.query, count + 1)
+        found = tx().searches.keys(request.query, count + 1)
         more = len(found) > count or offset > 0
         if not more:
             # One page holds every match: read it in the same transaction.
@@ -133,7 +133,7 @@ def search(
             if request.total:
                 total = len(keys)
         else:
-            every = tx().search_keys(request.query, MAX_KEPT + 1)
+            every = tx().searches.keys(request.query, MAX_KEPT + 1)
             if len(every) > MAX_KEPT:
                 warnings.append(
                     Issue(
@@ -151,7 +151,7 @@ def search(
             keep(_kept_under(access, token, type_), every, host.clock())
             if request.total:
                 capped = len(every) >= MAX_KEPT
-                total = tx().count(request.query) if capped else len(every)
+                total = tx().searches.count(request.query) if capped else len(every)
     if page is None:
         page = _page(tx(), request, keys)
     matches, included = page
@@ -200,7 +200,7 @@ def searchset(host: SearchHost, page: SearchPage, base: str) -> Result:
 
 
 def _page(t: Transaction, request: SearchRequest, keys: list[Key]) -> Page:
-    matches = t.read_many(keys)
+    matches = t.resources.read_many(keys)
     return matches, _includes(t, request.includes, matches) if matches else []
 
 
@@ -237,9 +237,9 @@ def _includes(
             if not sources:
                 continue
             if rule.reverse:
-                keys = tx.referencing(rule.source_type, rule.param, sources)
+                keys = tx.index.referencing(rule.source_type, rule.param, sources)
             else:
-                keys = tx.references_from(sources, rule.param)
+                keys = tx.index.references_from(sources, rule.param)
                 if rule.target_type is not None:
                     keys = [k for k in keys if k[0] == rule.target_type]
             for key in keys:

@@ -125,11 +125,11 @@ class Session:
         """Keep a search's ordered matches under ``key`` (its own write transaction in a
         read session, which then reads on in a new one)."""
         if self.write:
-            self.tx.save_search(key, keys, moment)
+            self.tx.searches.save(key, keys, moment)
             return
         self.close()
         with self.fhir.store.transaction(write=True) as tx:
-            tx.save_search(key, keys, moment)
+            tx.searches.save(key, keys, moment)
 
     # -- checks -----------------------------------------------------------------------------------
 
@@ -148,7 +148,7 @@ class Session:
         criteria = urlencode([("url", url)] + ([("version", version)] if version else []))
         try:
             query = parse_conditional(SearchParser(self.fhir.search_params), type_, criteria)
-            found = self.tx.read_many(self.tx.search_keys(query, 1))
+            found = self.tx.resources.read_many(self.tx.searches.keys(query, 1))
         except FhirError:
             return None  # a URL the search cannot take names nothing stored here
         return parse_json(found[0].content or "{}") if found else None
@@ -176,8 +176,8 @@ class Session:
         if access is not None:
             query = confined(access, query)
         tx = self.tx
-        tx.lock(f"{type_}?{_lock_key(query)}")
-        found = tx.read_many(tx.search_keys(query, 2))
+        tx.locks.hold(f"{type_}?{_lock_key(query)}")
+        found = tx.resources.read_many(tx.searches.keys(query, 2))
         if len(found) > 1:
             raise PreconditionFailed(
                 f"{what} criteria {criteria!r} match more than one {type_}; "
@@ -204,7 +204,7 @@ class Session:
             return self.fhir.conformance.read(type_, id_)
         check_type(type_)
         check_id(id_)
-        stored = self.tx.read(type_, id_)
+        stored = self.tx.resources.read(type_, id_)
         if stored is None:
             raise NotFound(f"{type_}/{id_} is not known")
         if stored.deleted:
@@ -224,9 +224,9 @@ class Session:
         check_id(id_)
         if not _DIGITS.fullmatch(version):
             raise NotFound(f"{type_}/{id_} has no version {version!r}")
-        found = self.tx.vread(type_, id_, int(version))
+        found = self.tx.resources.vread(type_, id_, int(version))
         if found is None:
-            if self.tx.read(type_, id_) is None:
+            if self.tx.resources.read(type_, id_) is None:
                 raise NotFound(f"{type_}/{id_} is not known")
             raise NotFound(f"{type_}/{id_} has no version {version}")
         if found.deleted:
@@ -309,8 +309,8 @@ class Session:
                 )
             index = self.fhir.search_params.index(resource)
         tx = self.tx
-        tx.lock(f"{type_}/{id_}")  # writers of one resource queue instead of conflicting
-        current = tx.read(type_, id_)
+        tx.locks.hold(f"{type_}/{id_}")  # writers of one resource queue instead of conflicting
+        current = tx.resources.read(type_, id_)
         check_if_match(current, type_, id_, if_match)
         stored = self._write(type_, id_, resource, current, "PUT", index)
         created = current is None or current.deleted
@@ -335,7 +335,7 @@ class Session:
         if match is None:
             if body_id is not None:
                 check_id(body_id)
-                existing = self.tx.read(type_, body_id)
+                existing = self.tx.resources.read(type_, body_id)
                 if existing is not None and not existing.deleted:
                     raise Conflict(
                         f"No resource matches the criteria, but {type_}/{body_id} exists and "
@@ -362,8 +362,8 @@ class Session:
         check_id(id_)
         operations = patch if isinstance(patch, jsonpatch.JsonPatch) else parse_json_patch(patch)
         tx = self.tx
-        tx.lock(f"{type_}/{id_}")
-        current = tx.read(type_, id_)
+        tx.locks.hold(f"{type_}/{id_}")
+        current = tx.resources.read(type_, id_)
         if current is None:
             raise NotFound(f"{type_}/{id_} is not known")
         if current.deleted:
@@ -403,8 +403,8 @@ class Session:
         check_type(type_)
         check_id(id_)
         tx = self.tx
-        tx.lock(f"{type_}/{id_}")
-        current = tx.read(type_, id_)
+        tx.locks.hold(f"{type_}/{id_}")
+        current = tx.resources.read(type_, id_)
         check_if_match(current, type_, id_, if_match)
         if current is None or current.deleted:
             return Result(204, stored=current)
@@ -490,9 +490,9 @@ class Session:
             check_id(id_)
         count, since, before, kept = parse_history_params(params, self.fhir)
         tx = self.tx
-        if id_ is not None and type_ is not None and tx.read(type_, id_) is None:
+        if id_ is not None and type_ is not None and tx.resources.read(type_, id_) is None:
             raise NotFound(f"{type_}/{id_} is not known")
-        versions = tx.history(HistoryQuery(type_, id_, since, before, count + 1))
+        versions = tx.resources.history(HistoryQuery(type_, id_, since, before, count + 1))
         return history_page(versions, type_, id_, count, kept, before)
 
 

@@ -119,9 +119,9 @@ def write(
         # a resource between two servers. It needs the same right as a write.
         assert current is not None
         if isinstance(tx, GuardedTransaction):
-            tx.check_put(stored, current.version)
+            tx.resources.check_put(stored, current.version)
         return current
-    tx.put(
+    tx.resources.put(
         stored,
         current.version if current is not None else None,
         index if index is not None else host.search_params.index(content),
@@ -143,7 +143,7 @@ def delete(host: WriteHost, actor: Actor, tx: Transaction, current: StoredResour
         content=None,
         method="DELETE",
     )
-    tx.put(marker, current.version)
+    tx.resources.put(marker, current.version)
     previous = parse_json(current.content or "{}")
     notify(host, tx, Change(current.type, current.id, marker.version, None, previous, actor))
     provenance(host, actor, tx, marker, "DELETE")
@@ -220,8 +220,8 @@ def create_many(
     existing: dict[tuple[str, str, str], str] = {}
     for type_, pairs in wanted.items():
         for system in sorted({system for system, _ in pairs}):
-            tx.lock(f"{type_}?identifier={system}|")
-        for (system, value), id_ in raw.find_tokens(type_, "identifier", pairs).items():
+            tx.locks.hold(f"{type_}?identifier={system}|")
+        for (system, value), id_ in raw.index.find_tokens(type_, "identifier", pairs).items():
             existing[(type_, system, value)] = id_
     pending: dict[tuple[str, str, str, str | None], Result] = {}
     batch: list[tuple[StoredResource, IndexRows]] = []
@@ -235,14 +235,14 @@ def create_many(
             continue
         held = _held_by(host, raw, key, existing.get(key[:3]))
         if held is not None:
-            results.append(Result(200, stored=tx.read(type_, held), location=True))
+            results.append(Result(200, stored=tx.resources.read(type_, held), location=True))
             continue
         stored, content = next_version(host, type_, str(uuid.uuid4()), resource, None, "POST")
         batch.append((stored, host.search_params.index(content)))
         changes.append(Change(type_, stored.id, 1, content, actor=actor))
         pending[key] = Result(201, stored=stored, location=True)
         results.append(pending[key])
-    tx.insert_new(batch)
+    tx.resources.insert_new(batch)
     for change in changes:
         check_unique_identifiers(host, tx, change.type, change.id, change.content)
         notify(host, tx, change)
@@ -264,7 +264,7 @@ def _held_by(
     type_, system, value, owner = key
     if type_ == "Patient":
         return candidate
-    found = raw.read(type_, candidate)
+    found = raw.resources.read(type_, candidate)
     content = json.loads(found.content) if found and found.content else None
     if content is not None and owner_of(type_, content) == owner:
         return candidate
@@ -276,7 +276,7 @@ def _held_by(
         f"{element}={about}" if owner else f"{element}:missing=true"
     )
     query = parse_conditional(SearchParser(host.search_params), type_, criteria)
-    for found_type, found_id in raw.search_keys(query, 1):
+    for found_type, found_id in raw.searches.keys(query, 1):
         return found_id if found_type == type_ else None
     return None
 
@@ -318,9 +318,9 @@ def check_unique_identifiers(
     parser = SearchParser(host.search_params)
     for (system, value), index in sorted(held.items()):
         criteria = f"identifier={escape_value(system)}|{escape_value(value)}"
-        raw.lock(f"Patient?{criteria}")
+        raw.locks.hold(f"Patient?{criteria}")
         query = parse_conditional(parser, "Patient", criteria)
-        if any(key != ("Patient", id_) for key in raw.search_keys(query, 2)):
+        if any(key != ("Patient", id_) for key in raw.searches.keys(query, 2)):
             raise Conflict(
                 f"Another Patient already has the identifier {system}|{value}; "
                 f"no two Patients may share an identifier of {system}",

@@ -3,6 +3,11 @@
 Every resource version is kept. A write names the version it replaces, so two writers racing on
 one resource cannot both win (``VersionConflict``); the FHIR core maps that to 412 or retries.
 
+A ``Store`` opens ``Transaction``s. A transaction is made of small ports, one per job, that all
+commit together: ``tx.resources`` (versions and history), ``tx.index`` (index rows and the
+look-ups on them), ``tx.searches`` (searches and kept results), ``tx.outbox`` (queued
+deliveries), ``tx.counters``, ``tx.jobs`` (progress of reindex) and ``tx.locks``.
+
 This package is the port and its two implementations: ``MemoryStore`` (memory.py) and
 ``SqlStore`` (sql.py, on SQLAlchemy Core: the engine in sqlengine.py, the tables and migrations
 in schema.py, search SQL in sqlsearch.py, outbox SQL in sqloutbox.py). The errors a store raises
@@ -312,8 +317,11 @@ class HistoryQuery:
     count: int = 50
 
 
-class Transaction(Protocol):
-    """One database transaction: everything it writes commits together or not at all."""
+Key = tuple[str, str]  # (resource type, id)
+
+
+class Resources(Protocol):
+    """Resource versions: read them, write the next one, walk their history."""
 
     def read(self, type_: str, id_: str) -> StoredResource | None:
         """Return the current version (which may be a deletion), or None if never written."""
@@ -321,43 +329,46 @@ class Transaction(Protocol):
     def vread(self, type_: str, id_: str, version: int) -> StoredResource | None:
         """Return one version of a resource, or None."""
 
+    def read_many(self, keys: Sequence[Key]) -> list[StoredResource]:
+        """Return the current, non-deleted versions of the given resources."""
+
     def put(
         self,
         resource: StoredResource,
         replaces: int | None,
         index: IndexRows | None = None,
     ) -> None:
-        """Store a new version; ``replaces`` is the current version it supersedes (None: new).
+        """Store a new version with its index rows; ``replaces`` is the current version it
+        supersedes (None: new).
 
         Raises VersionConflict if the current version is no longer ``replaces``.
         """
 
-    def search_keys(self, query: Query, limit: int) -> list[tuple[str, str]]:
-        """Return the (type, id) of the first ``limit`` matches, in query order."""
+    def insert_new(self, items: Sequence[tuple[StoredResource, IndexRows]]) -> None:
+        """Store first versions of many new resources at once (bulk loading).
 
-    def count(self, query: Query) -> int:
-        """Return how many current resources match ``query``."""
+        Raises VersionConflict if any of them exists already.
+        """
 
-    def read_many(self, keys: Sequence[tuple[str, str]]) -> list[StoredResource]:
-        """Return the current, non-deleted versions of the given resources."""
+    def current_keys(self, after: Key | None, limit: int) -> list[Key]:
+        """Return current, non-deleted resource keys in key order after ``after``."""
 
-    def references_from(
-        self, keys: Sequence[tuple[str, str]], param: str | None
-    ) -> list[tuple[str, str]]:
+    def history(self, query: HistoryQuery) -> list[StoredResource]:
+        """Return versions newest first."""
+
+
+class Index(Protocol):
+    """The index rows of current versions: rebuilt by reindexing, followed by _include and
+    _revinclude, looked up by identifier."""
+
+    def replace(self, type_: str, id_: str, rows: IndexRows) -> None:
+        """Replace the index rows of the current version (reindexing)."""
+
+    def references_from(self, keys: Sequence[Key], param: str | None) -> list[Key]:
         """Return local targets referenced by the given resources (through ``param``)."""
 
-    def referencing(
-        self, source_type: str, param: str | None, keys: Sequence[tuple[str, str]]
-    ) -> list[tuple[str, str]]:
+    def referencing(self, source_type: str, param: str | None, keys: Sequence[Key]) -> list[Key]:
         """Return resources of ``source_type`` that reference any of ``keys``."""
-
-    def save_search(self, search_id: str, keys: Sequence[tuple[str, str]], created_us: int) -> None:
-        """Keep the ordered matches of a search so that its pages stay stable."""
-
-    def saved_search(
-        self, search_id: str, offset: int, count: int
-    ) -> tuple[list[tuple[str, str]], int] | None:
-        """Return a page of a kept search and its total, or None if it expired."""
 
     def find_tokens(
         self, type_: str, param: str, pairs: Sequence[tuple[str, str]]
@@ -366,36 +377,30 @@ class Transaction(Protocol):
         pairs: each pair found, with the id of one resource holding it (bulk identifier
         look-ups, one query per batch)."""
 
-    def insert_new(self, items: Sequence[tuple[StoredResource, IndexRows]]) -> None:
-        """Store first versions of many new resources at once (bulk loading).
 
-        Raises VersionConflict if any of them exists already.
-        """
+class Searches(Protocol):
+    """Searches answered from the index, and the kept matches that keep their pages stable."""
 
-    def replace_index(self, type_: str, id_: str, index: IndexRows) -> None:
-        """Replace the index rows of the current version (reindexing)."""
+    def keys(self, query: Query, limit: int) -> list[Key]:
+        """Return the (type, id) of the first ``limit`` matches, in query order."""
 
-    def current_keys(self, after: tuple[str, str] | None, limit: int) -> list[tuple[str, str]]:
-        """Return current, non-deleted resource keys in key order after ``after``."""
+    def count(self, query: Query) -> int:
+        """Return how many current resources match ``query``."""
 
-    def history(self, query: HistoryQuery) -> list[StoredResource]:
-        """Return versions newest first."""
+    def save(self, search_id: str, keys: Sequence[Key], created_us: int) -> None:
+        """Keep the ordered matches of a search so that its pages stay stable."""
 
-    def progress(self, name: str) -> tuple[tuple[str, str] | None, int] | None:
-        """Return (last key, count done) of a resumable job such as reindex, or None."""
+    def saved(self, search_id: str, offset: int, count: int) -> tuple[list[Key], int] | None:
+        """Return a page of a kept search and its total, or None if it expired."""
 
-    def set_progress(self, name: str, last: tuple[str, str] | None, done: int | None) -> None:
-        """Record a job's progress; ``done`` None forgets the job."""
 
-    def lock(self, key: str) -> None:
-        """Serialise transactions that use the same key (e.g. a conditional create)."""
+class Outbox(Protocol):
+    """Deliveries to partners and subscribers, written with the change that makes them."""
 
-    # -- the outbox: deliveries to partners and subscribers, written with the change ------------
-
-    def outbox_add(self, rows: Sequence[OutboxRow]) -> None:
+    def add(self, rows: Sequence[OutboxRow]) -> None:
         """Queue deliveries; they commit with the transaction's writes or not at all."""
 
-    def outbox_rows(
+    def rows(
         self,
         states: Sequence[str] | None = None,
         destination: str | None = None,
@@ -407,20 +412,76 @@ class Transaction(Protocol):
         """Return outbox rows in id order, filtered by state, destination, ids and group,
         from the row after ``after`` (paging)."""
 
-    def outbox_heads(self, now: int, limit: int = 1) -> list[OutboxRow]:
+    def heads(self, now: int, limit: int = 1) -> list[OutboxRow]:
         """Return the oldest undelivered (pending or inflight) row of each group, where that
         row may be taken now (pending and due, or inflight with its lease run out), oldest
         first. Groups whose head waits are left out whatever their depth."""
 
-    def outbox_save(self, row: OutboxRow, owner: str | None = None) -> bool:
+    def save(self, row: OutboxRow, owner: str | None = None) -> bool:
         """Store a row's new state by id; with ``owner``, only while that worker holds its
         lease. Return whether the row was saved."""
 
-    def outbox_summary(self) -> list[tuple[str, str, int, int]]:
+    def summary(self) -> list[tuple[str, str, int, int]]:
         """Return (destination, state, rows, oldest created_us) per destination and state."""
 
-    def next_counter(self, name: str, step: int = 1) -> int:
-        """Add ``step`` to a named counter (a subscription's event number) and return it."""
+
+class Counters(Protocol):
+    """Named counters (a subscription's event number, a channel's last heartbeat)."""
+
+    def next(self, name: str, step: int = 1) -> int:
+        """Add ``step`` to a named counter and return it (step 0 reads it)."""
+
+
+class Jobs(Protocol):
+    """The progress of resumable jobs such as reindex and Bulk Data exports."""
+
+    def progress(self, name: str) -> tuple[Key | None, int] | None:
+        """Return (last key, count done) of a job, or None."""
+
+    def set_progress(self, name: str, last: Key | None, done: int | None) -> None:
+        """Record a job's progress; ``done`` None forgets the job."""
+
+
+class Locks(Protocol):
+    """Locks held until the transaction ends."""
+
+    def hold(self, key: str) -> None:
+        """Serialise transactions that use the same key (e.g. a conditional create)."""
+
+
+class Transaction(Protocol):
+    """One database transaction: everything it writes commits together or not at all.
+
+    Its parts, one per job, share the transaction.
+    """
+
+    @property
+    def resources(self) -> Resources:
+        """Resource versions and their history."""
+
+    @property
+    def index(self) -> Index:
+        """Index rows and the look-ups on them."""
+
+    @property
+    def searches(self) -> Searches:
+        """Searches and kept search results."""
+
+    @property
+    def outbox(self) -> Outbox:
+        """Queued deliveries."""
+
+    @property
+    def counters(self) -> Counters:
+        """Named counters."""
+
+    @property
+    def jobs(self) -> Jobs:
+        """Progress of resumable jobs."""
+
+    @property
+    def locks(self) -> Locks:
+        """Locks held to the end of the transaction."""
 
 
 class Store(Protocol):

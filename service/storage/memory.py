@@ -1,6 +1,8 @@
 """MemoryStore: the Store port in process memory, for unit tests and the contract suite.
 
-It answers searches from the same IndexRows the SQL store keeps, with the same semantics.
+A transaction's parts (``MemoryResources``, ``MemorySearches``, ...) share one private copy
+of the state. It answers searches from the same IndexRows the SQL store keeps, with the same
+semantics.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from service.storage import (
     HistoryQuery,
     IdCriterion,
     IndexRows,
+    Key,
     LastUpdatedCriterion,
     Match,
     MissingCriterion,
@@ -36,8 +39,6 @@ from service.storage import (
     VersionConflict,
 )
 from service.storage.outbox import UNDELIVERED, OutboxRow
-
-Key = tuple[str, str]
 
 
 def in_range(match: RangeMatch, low: float, high: float) -> bool:
@@ -108,16 +109,27 @@ class _State:
         )
 
 
-class MemoryTransaction:
-    """A transaction over a private copy of the state, published on commit."""
+def _current(state: _State, type_: str) -> Iterator[StoredResource]:
+    """The current, non-deleted versions of ``type_``."""
+    for (t, _), versions in state.versions.items():
+        if t == type_ and not versions[-1].deleted:
+            yield versions[-1]
+
+
+def _read(state: _State, type_: str, id_: str) -> StoredResource | None:
+    versions = state.versions.get((type_, id_))
+    return versions[-1] if versions else None
+
+
+class MemoryResources:
+    """Resource versions in memory."""
 
     def __init__(self, state: _State) -> None:
         self.state = state
 
     def read(self, type_: str, id_: str) -> StoredResource | None:
         """Return the current version, or None."""
-        versions = self.state.versions.get((type_, id_))
-        return versions[-1] if versions else None
+        return _read(self.state, type_, id_)
 
     def vread(self, type_: str, id_: str, version: int) -> StoredResource | None:
         """Return one version, or None."""
@@ -125,6 +137,15 @@ class MemoryTransaction:
             if item.version == version:
                 return item
         return None
+
+    def read_many(self, keys: Sequence[Key]) -> list[StoredResource]:
+        """Return current, non-deleted versions in the order given."""
+        out = []
+        for key in keys:
+            current = _read(self.state, *key)
+            if current is not None and not current.deleted:
+                out.append(current)
+        return out
 
     def put(
         self, resource: StoredResource, replaces: int | None, index: IndexRows | None = None
@@ -145,14 +166,103 @@ class MemoryTransaction:
         for resource, index in items:
             self.put(resource, None, index)
 
-    def replace_index(self, type_: str, id_: str, index: IndexRows) -> None:
-        """Replace the index rows of a resource."""
-        self.state.index[(type_, id_)] = index
+    def current_keys(self, after: Key | None, limit: int) -> list[Key]:
+        """Return current keys in order after ``after``."""
+        keys = sorted(k for k, v in self.state.versions.items() if not v[-1].deleted)
+        if after is not None:
+            keys = [k for k in keys if k > after]
+        return keys[:limit]
 
-    def _current(self, type_: str) -> Iterator[StoredResource]:
-        for (t, _), versions in self.state.versions.items():
-            if t == type_ and not versions[-1].deleted:
-                yield versions[-1]
+    def history(self, query: HistoryQuery) -> list[StoredResource]:
+        """Return versions newest first."""
+        out: list[StoredResource] = []
+        for item in reversed(self.state.log):
+            if query.type is not None and item.type != query.type:
+                continue
+            if query.id is not None and item.id != query.id:
+                continue
+            if query.since_us is not None and item.last_updated_us < query.since_us:
+                continue
+            if query.before_seq is not None and item.seq >= query.before_seq:
+                continue
+            out.append(item)
+            if len(out) >= query.count:
+                break
+        return out
+
+
+class MemoryIndex:
+    """Index rows in memory."""
+
+    def __init__(self, state: _State) -> None:
+        self.state = state
+
+    def replace(self, type_: str, id_: str, rows: IndexRows) -> None:
+        """Replace the index rows of a resource."""
+        self.state.index[(type_, id_)] = rows
+
+    def find_tokens(
+        self, type_: str, param: str, pairs: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        """Which (system, code) pairs current resources of ``type_`` hold in ``param``."""
+        wanted = set(pairs)
+        found: dict[tuple[str, str], str] = {}
+        for resource in _current(self.state, type_):
+            for row in self.state.index.get((resource.type, resource.id), IndexRows()).tokens:
+                pair = (row.system or "", row.code)
+                if row.param == param and pair in wanted and pair not in found:
+                    found[pair] = resource.id
+        return found
+
+    def references_from(self, keys: Sequence[Key], param: str | None) -> list[Key]:
+        """Return local targets referenced by the given resources."""
+        out: list[Key] = []
+        for key in keys:
+            for row in self.state.index.get(key, IndexRows()).references:
+                if (param is None or row.param == param) and row.target_id and row.target_type:
+                    target = (row.target_type, row.target_id)
+                    if target not in out:
+                        out.append(target)
+        return out
+
+    def referencing(self, source_type: str, param: str | None, keys: Sequence[Key]) -> list[Key]:
+        """Return resources of ``source_type`` referencing any of ``keys``."""
+        wanted = set(keys)
+        out: list[Key] = []
+        for source in _current(self.state, source_type):
+            rows = self.state.index.get((source.type, source.id), IndexRows()).references
+            if any(
+                (param is None or r.param == param) and (r.target_type, r.target_id) in wanted
+                for r in rows
+            ):
+                out.append((source.type, source.id))
+        return out
+
+
+class MemorySearches:
+    """Searches over the index rows in memory, with the same semantics as SQL."""
+
+    def __init__(self, state: _State) -> None:
+        self.state = state
+
+    def keys(self, query: Query, limit: int) -> list[Key]:
+        """Return the first ``limit`` matching keys in query order."""
+        return [(r.type, r.id) for r in self._sorted(query)[:limit]]
+
+    def count(self, query: Query) -> int:
+        """Return how many resources match."""
+        return len(self._sorted(query))
+
+    def save(self, search_id: str, keys: Sequence[Key], created_us: int) -> None:
+        """Keep the ordered matches of a search."""
+        self.state.saved[search_id] = list(keys)
+
+    def saved(self, search_id: str, offset: int, count: int) -> tuple[list[Key], int] | None:
+        """Return one page of a kept search."""
+        keys = self.state.saved.get(search_id)
+        if keys is None:
+            return None
+        return keys[offset : offset + count], len(keys)
 
     def _matches(self, type_: str, stored: StoredResource, criteria: Sequence[Criterion]) -> bool:
         rows = self.state.index.get((type_, stored.id), IndexRows())
@@ -170,7 +280,7 @@ class MemoryTransaction:
             present = any(r.param == criterion.param for r in rows.of(criterion.kind))
             return present != criterion.missing
         if isinstance(criterion, HasCriterion):
-            for source in self._current(criterion.source_type):
+            for source in _current(self.state, criterion.source_type):
                 source_rows = self.state.index.get((source.type, source.id), IndexRows())
                 points_here = any(
                     r.param == criterion.param
@@ -226,7 +336,7 @@ class MemoryTransaction:
         if match.chain:
             if row.target_type not in match.types or row.target_id is None:
                 return False
-            target = self.read(row.target_type, row.target_id)
+            target = _read(self.state, row.target_type, row.target_id)
             return (
                 target is not None
                 and not target.deleted
@@ -241,7 +351,9 @@ class MemoryTransaction:
 
     def _sorted(self, query: Query) -> list[StoredResource]:
         found = [
-            r for r in self._current(query.type) if self._matches(query.type, r, query.criteria)
+            r
+            for r in _current(self.state, query.type)
+            if self._matches(query.type, r, query.criteria)
         ]
         found.sort(key=lambda r: r.id)
         for key in reversed(query.sort):
@@ -268,116 +380,20 @@ class MemoryTransaction:
             return (0, _Reversed(value))
         return (0, value)
 
-    def search_keys(self, query: Query, limit: int) -> list[Key]:
-        """Return the first ``limit`` matching keys in query order."""
-        return [(r.type, r.id) for r in self._sorted(query)[:limit]]
 
-    def count(self, query: Query) -> int:
-        """Return how many resources match."""
-        return len(self._sorted(query))
+class MemoryOutbox:
+    """The outbox in memory."""
 
-    def read_many(self, keys: Sequence[Key]) -> list[StoredResource]:
-        """Return current, non-deleted versions in the order given."""
-        out = []
-        for key in keys:
-            current = self.read(*key)
-            if current is not None and not current.deleted:
-                out.append(current)
-        return out
+    def __init__(self, state: _State) -> None:
+        self.state = state
 
-    def find_tokens(
-        self, type_: str, param: str, pairs: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], str]:
-        """Which (system, code) pairs current resources of ``type_`` hold in ``param``."""
-        wanted = set(pairs)
-        found: dict[tuple[str, str], str] = {}
-        for resource in self._current(type_):
-            for row in self.state.index.get((resource.type, resource.id), IndexRows()).tokens:
-                pair = (row.system or "", row.code)
-                if row.param == param and pair in wanted and pair not in found:
-                    found[pair] = resource.id
-        return found
-
-    def references_from(self, keys: Sequence[Key], param: str | None) -> list[Key]:
-        """Return local targets referenced by the given resources."""
-        out: list[Key] = []
-        for key in keys:
-            for row in self.state.index.get(key, IndexRows()).references:
-                if (param is None or row.param == param) and row.target_id and row.target_type:
-                    target = (row.target_type, row.target_id)
-                    if target not in out:
-                        out.append(target)
-        return out
-
-    def referencing(self, source_type: str, param: str | None, keys: Sequence[Key]) -> list[Key]:
-        """Return resources of ``source_type`` referencing any of ``keys``."""
-        wanted = set(keys)
-        out: list[Key] = []
-        for source in self._current(source_type):
-            rows = self.state.index.get((source.type, source.id), IndexRows()).references
-            if any(
-                (param is None or r.param == param) and (r.target_type, r.target_id) in wanted
-                for r in rows
-            ):
-                out.append((source.type, source.id))
-        return out
-
-    def save_search(self, search_id: str, keys: Sequence[Key], created_us: int) -> None:
-        """Keep the ordered matches of a search."""
-        self.state.saved[search_id] = list(keys)
-
-    def saved_search(self, search_id: str, offset: int, count: int) -> tuple[list[Key], int] | None:
-        """Return one page of a kept search."""
-        keys = self.state.saved.get(search_id)
-        if keys is None:
-            return None
-        return keys[offset : offset + count], len(keys)
-
-    def current_keys(self, after: Key | None, limit: int) -> list[Key]:
-        """Return current keys in order after ``after``."""
-        keys = sorted(k for k, v in self.state.versions.items() if not v[-1].deleted)
-        if after is not None:
-            keys = [k for k in keys if k > after]
-        return keys[:limit]
-
-    def history(self, query: HistoryQuery) -> list[StoredResource]:
-        """Return versions newest first."""
-        out: list[StoredResource] = []
-        for item in reversed(self.state.log):
-            if query.type is not None and item.type != query.type:
-                continue
-            if query.id is not None and item.id != query.id:
-                continue
-            if query.since_us is not None and item.last_updated_us < query.since_us:
-                continue
-            if query.before_seq is not None and item.seq >= query.before_seq:
-                continue
-            out.append(item)
-            if len(out) >= query.count:
-                break
-        return out
-
-    def progress(self, name: str) -> tuple[Key | None, int] | None:
-        """Return a job's progress."""
-        return self.state.jobs.get(name)
-
-    def set_progress(self, name: str, last: Key | None, done: int | None) -> None:
-        """Record or forget a job's progress."""
-        if done is None:
-            self.state.jobs.pop(name, None)
-        else:
-            self.state.jobs[name] = (last, done)
-
-    def lock(self, key: str) -> None:
-        """Nothing to do: write transactions already run one at a time."""
-
-    def outbox_add(self, rows: Sequence[OutboxRow]) -> None:
+    def add(self, rows: Sequence[OutboxRow]) -> None:
         """Queue deliveries in this transaction."""
         for row in rows:
             id_ = max(self.state.outbox, default=0) + 1
             self.state.outbox[id_] = replace(row, id=id_)
 
-    def outbox_rows(
+    def rows(
         self,
         states: Sequence[str] | None = None,
         destination: str | None = None,
@@ -398,7 +414,7 @@ class MemoryTransaction:
         ]
         return rows[:limit]
 
-    def outbox_heads(self, now: int, limit: int = 1) -> list[OutboxRow]:
+    def heads(self, now: int, limit: int = 1) -> list[OutboxRow]:
         """Return the ready head row of each group, oldest first."""
         heads: dict[tuple[str, str], OutboxRow] = {}
         for _, row in sorted(self.state.outbox.items()):
@@ -407,7 +423,7 @@ class MemoryTransaction:
         ready = [row for row in heads.values() if row.ready(now)]
         return sorted(ready, key=lambda row: row.id)[:limit]
 
-    def outbox_save(self, row: OutboxRow, owner: str | None = None) -> bool:
+    def save(self, row: OutboxRow, owner: str | None = None) -> bool:
         """Store a row's new state (only under ``owner``'s lease when given)."""
         current = self.state.outbox.get(row.id)
         if current is None or (owner is not None and current.lease_owner != owner):
@@ -415,17 +431,63 @@ class MemoryTransaction:
         self.state.outbox[row.id] = row
         return True
 
-    def outbox_summary(self) -> list[tuple[str, str, int, int]]:
+    def summary(self) -> list[tuple[str, str, int, int]]:
         """Return (destination, state, rows, oldest created_us)."""
         groups: dict[tuple[str, str], list[int]] = {}
         for row in self.state.outbox.values():
             groups.setdefault((row.destination, row.state), []).append(row.created_us)
         return [(d, s, len(c), min(c)) for (d, s), c in sorted(groups.items())]
 
-    def next_counter(self, name: str, step: int = 1) -> int:
+
+class MemoryCounters:
+    """Named counters in memory."""
+
+    def __init__(self, state: _State) -> None:
+        self.state = state
+
+    def next(self, name: str, step: int = 1) -> int:
         """Add ``step`` to a named counter and return its new value."""
         self.state.counters[name] = self.state.counters.get(name, 0) + step
         return self.state.counters[name]
+
+
+class MemoryJobs:
+    """Job progress in memory."""
+
+    def __init__(self, state: _State) -> None:
+        self.state = state
+
+    def progress(self, name: str) -> tuple[Key | None, int] | None:
+        """Return a job's progress."""
+        return self.state.jobs.get(name)
+
+    def set_progress(self, name: str, last: Key | None, done: int | None) -> None:
+        """Record or forget a job's progress."""
+        if done is None:
+            self.state.jobs.pop(name, None)
+        else:
+            self.state.jobs[name] = (last, done)
+
+
+class MemoryLocks:
+    """Locks in memory."""
+
+    def hold(self, key: str) -> None:
+        """Nothing to do: write transactions already run one at a time."""
+
+
+class MemoryTransaction:
+    """A transaction over a private copy of the state, published on commit."""
+
+    def __init__(self, state: _State) -> None:
+        self.state = state
+        self.resources = MemoryResources(state)
+        self.index = MemoryIndex(state)
+        self.searches = MemorySearches(state)
+        self.outbox = MemoryOutbox(state)
+        self.counters = MemoryCounters(state)
+        self.jobs = MemoryJobs(state)
+        self.locks = MemoryLocks()
 
 
 class _Reversed:

@@ -43,7 +43,7 @@ class OutboxRow:
 
     def ready(self, now: int) -> bool:
         """Whether a worker may take the row now: pending and due, or inflight with its
-        lease run out (SqlStore.outbox_heads says the same in SQL)."""
+        lease run out (``SqlOutbox.heads`` says the same in SQL)."""
         if self.state == "pending":
             return self.next_attempt_us <= now
         return self.state == "inflight" and self.lease_until_us < now

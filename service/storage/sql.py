@@ -1,8 +1,9 @@
 """SqlStore: the Store port on SQLAlchemy Core, for SQLite (embedded default) and PostgreSQL.
 
-Here: transactions, resources and their versions, index rows, saved searches, reindex
-progress, locks, counters and migrations. The engine's settings are in sqlengine.py, the
-outbox statements in sqloutbox.py and the search SQL in sqlsearch.py.
+Here: the transaction and its parts for resources and their versions (``SqlResources``), index
+rows (``SqlIndex``), counters, reindex progress and locks; and migrations. The engine's settings
+are in sqlengine.py, the outbox part in sqloutbox.py and the searches part (with its SQL) in
+sqlsearch.py.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from service.storage import (
     INDEX_KINDS,
     HistoryQuery,
     IndexRows,
-    Query,
     StorageError,
     StoredResource,
     StoreUnavailable,
@@ -48,14 +48,12 @@ from service.storage.schema import (
     reindex_progress,
     resource_versions,
     resources,
-    saved_search,
-    saved_search_result,
     schema_migrations,
     search_reference,
 )
 from service.storage.sqlengine import advisory_key, engine_for, is_transient
 from service.storage.sqloutbox import SqlOutbox
-from service.storage.sqlsearch import find_tokens_sql, read_many_sql, select_sql
+from service.storage.sqlsearch import SqlSearches, find_tokens_sql, param_mark, read_many_sql
 
 # Built once: composing these clauses per call costs more than running them.
 _READ_CURRENT = select(resources).where(
@@ -100,8 +98,18 @@ _DELETE_INDEX = {
 }
 
 
-class SqlTransaction(SqlOutbox):
-    """One database transaction on a SQLAlchemy connection (its outbox methods: sqloutbox.py)."""
+def _write_index(conn: Connection, type_: str, id_: str, index: IndexRows, clear: bool) -> None:
+    """Write the index rows of a resource, first removing its old ones when ``clear``."""
+    for kind, table in INDEX_TABLES.items():
+        rows = index.of(kind)
+        if clear:
+            conn.execute(_DELETE_INDEX[kind], {"t": type_, "i": id_})
+        if rows:
+            conn.execute(insert(table), [_index_row(type_, id_, kind, r) for r in rows])
+
+
+class SqlResources:
+    """Resource versions and their history, on the transaction's connection."""
 
     def __init__(self, conn: Connection, dialect: str) -> None:
         self._conn = conn
@@ -116,6 +124,27 @@ class SqlTransaction(SqlOutbox):
         """Return one version, or None."""
         row = self._conn.execute(_READ_VERSION, {"t": type_, "i": id_, "v": version}).first()
         return _row_to_resource(row) if row else None
+
+    def read_many(self, keys: Sequence[tuple[str, str]]) -> list[StoredResource]:
+        """Return the current, non-deleted versions of ``keys``, in the order given."""
+        found: dict[tuple[str, str], StoredResource] = {}
+        mark = param_mark(self._dialect)
+        for type_, ids in _by_type(keys).items():
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                sql = read_many_sql(mark, len(chunk))
+                for row in self._conn.exec_driver_sql(sql, (type_, False, *chunk)):
+                    found[(row[0], row[1])] = StoredResource(
+                        type=row[0],
+                        id=row[1],
+                        version=row[2],
+                        last_updated_us=row[3],
+                        deleted=bool(row[4]),
+                        content=row[5],
+                        method=row[6],
+                        seq=row[7],
+                    )
+        return [found[k] for k in keys if k in found]
 
     def put(
         self, resource: StoredResource, replaces: int | None, index: IndexRows | None = None
@@ -151,7 +180,7 @@ class SqlTransaction(SqlOutbox):
             raise VersionConflict(f"{resource.type}/{resource.id} changed") from exc
         rows = IndexRows() if resource.deleted else index or IndexRows()
         # A resource written for the first time has no index rows to remove.
-        self._write_index(resource.type, resource.id, rows, clear=replaces is not None)
+        _write_index(self._conn, resource.type, resource.id, rows, clear=replaces is not None)
 
     def insert_new(self, items: Sequence[tuple[StoredResource, IndexRows]]) -> None:
         """Store many new resources with a few multi-row statements."""
@@ -193,151 +222,6 @@ class SqlTransaction(SqlOutbox):
             if rows:
                 self._conn.execute(insert(table), rows)
 
-    def find_tokens(
-        self, type_: str, param: str, pairs: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], str]:
-        """Which (system, code) pairs current resources of ``type_`` hold in ``param``.
-
-        One query per batch on the token lookup index (res_type, param, code, system); its
-        shape does not depend on table statistics, which a long ingest leaves stale.
-        """
-        found: dict[tuple[str, str], str] = {}
-        mark = self._placeholder()
-        unique = list(dict.fromkeys(pairs))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            codes = list(dict.fromkeys(code for _, code in chunk))
-            sql = find_tokens_sql(mark, len(codes))
-            wanted = set(chunk)
-            rows = self._conn.exec_driver_sql(sql, (type_, param, *codes, False))
-            for system, code, res_id in rows:
-                pair = (system or "", code)
-                if pair in wanted and pair not in found:
-                    found[pair] = res_id
-        return found
-
-    def replace_index(self, type_: str, id_: str, index: IndexRows) -> None:
-        """Replace every index row of a resource."""
-        self._write_index(type_, id_, index, clear=True)
-
-    def _write_index(self, type_: str, id_: str, index: IndexRows, clear: bool) -> None:
-        for kind, table in INDEX_TABLES.items():
-            rows = index.of(kind)
-            if clear:
-                self._conn.execute(_DELETE_INDEX[kind], {"t": type_, "i": id_})
-            if rows:
-                self._conn.execute(insert(table), [_index_row(type_, id_, kind, r) for r in rows])
-
-    def _placeholder(self) -> str:
-        return "?" if self._dialect == "sqlite" else "%s"
-
-    def search_keys(self, query: Query, limit: int) -> list[tuple[str, str]]:
-        """Return the keys of the first ``limit`` matches, in query order."""
-        sql, params = select_sql(query, self._placeholder(), "r.res_type, r.res_id", limit)
-        rows = self._conn.exec_driver_sql(sql, tuple(params))
-        return [(row[0], row[1]) for row in rows]
-
-    def count(self, query: Query) -> int:
-        """Return how many resources match ``query``."""
-        sql, params = select_sql(query, self._placeholder(), "COUNT(*)", None)
-        return int(self._conn.exec_driver_sql(sql, tuple(params)).scalar_one())
-
-    def read_many(self, keys: Sequence[tuple[str, str]]) -> list[StoredResource]:
-        """Return the current, non-deleted versions of ``keys``, in the order given."""
-        found: dict[tuple[str, str], StoredResource] = {}
-        mark = self._placeholder()
-        for type_, ids in _by_type(keys).items():
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                sql = read_many_sql(mark, len(chunk))
-                for row in self._conn.exec_driver_sql(sql, (type_, False, *chunk)):
-                    found[(row[0], row[1])] = StoredResource(
-                        type=row[0],
-                        id=row[1],
-                        version=row[2],
-                        last_updated_us=row[3],
-                        deleted=bool(row[4]),
-                        content=row[5],
-                        method=row[6],
-                        seq=row[7],
-                    )
-        return [found[k] for k in keys if k in found]
-
-    def references_from(
-        self, keys: Sequence[tuple[str, str]], param: str | None
-    ) -> list[tuple[str, str]]:
-        """Return the local targets the given resources reference (through ``param``)."""
-        ref = search_reference
-        out: list[tuple[str, str]] = []
-        for type_, ids in _by_type(keys).items():
-            conditions = [ref.c.res_type == type_, ref.c.res_id.in_(ids)]
-            conditions.append(ref.c.target_id.is_not(None))
-            out += self._references(ref.c.target_type, ref.c.target_id, conditions, param)
-        return out
-
-    def referencing(
-        self, source_type: str, param: str | None, keys: Sequence[tuple[str, str]]
-    ) -> list[tuple[str, str]]:
-        """Return resources of ``source_type`` that reference any of ``keys``."""
-        ref = search_reference
-        out: list[tuple[str, str]] = []
-        for type_, ids in _by_type(keys).items():
-            conditions = [ref.c.res_type == source_type, ref.c.target_type == type_]
-            conditions.append(ref.c.target_id.in_(ids))
-            out += self._references(ref.c.res_type, ref.c.res_id, conditions, param)
-        return out
-
-    def _references(
-        self, type_column: Any, id_column: Any, conditions: list[Any], param: str | None
-    ) -> list[tuple[str, str]]:
-        if param is not None:
-            conditions.append(search_reference.c.param == param)
-        statement = select(type_column, id_column).where(*conditions).distinct()
-        return [(row[0], row[1]) for row in self._conn.execute(statement)]
-
-    def save_search(self, search_id: str, keys: Sequence[tuple[str, str]], created_us: int) -> None:
-        """Keep the ordered matches of a search; drop searches older than a day."""
-        stale = select(saved_search.c.search_id).where(
-            saved_search.c.created < created_us - 86_400_000_000
-        )
-        self._conn.execute(
-            delete(saved_search_result).where(saved_search_result.c.search_id.in_(stale))
-        )
-        self._conn.execute(
-            delete(saved_search).where(saved_search.c.created < created_us - 86_400_000_000)
-        )
-        self._conn.execute(
-            insert(saved_search).values(search_id=search_id, created=created_us, total=len(keys))
-        )
-        for start in range(0, len(keys), 1000):
-            self._conn.execute(
-                insert(saved_search_result),
-                [
-                    {"search_id": search_id, "position": start + i, "res_type": t, "res_id": r}
-                    for i, (t, r) in enumerate(keys[start : start + 1000])
-                ],
-            )
-
-    def saved_search(
-        self, search_id: str, offset: int, count: int
-    ) -> tuple[list[tuple[str, str]], int] | None:
-        """Return one page of a kept search and its total, or None if it is gone."""
-        total = self._conn.execute(
-            select(saved_search.c.total).where(saved_search.c.search_id == search_id)
-        ).scalar_one_or_none()
-        if total is None:
-            return None
-        rows = self._conn.execute(
-            select(saved_search_result.c.res_type, saved_search_result.c.res_id)
-            .where(
-                saved_search_result.c.search_id == search_id,
-                saved_search_result.c.position >= offset,
-                saved_search_result.c.position < offset + count,
-            )
-            .order_by(saved_search_result.c.position)
-        )
-        return [(r.res_type, r.res_id) for r in rows], int(total)
-
     def current_keys(self, after: tuple[str, str] | None, limit: int) -> list[tuple[str, str]]:
         """Return current, non-deleted keys in (type, id) order after ``after``."""
         conditions: list[ColumnElement[bool]] = [resources.c.deleted.is_(False)]
@@ -371,6 +255,100 @@ class SqlTransaction(SqlOutbox):
         statement = select(table).where(*conditions).order_by(table.c.seq.desc()).limit(query.count)
         return [_row_to_resource(r) for r in self._conn.execute(statement)]
 
+
+class SqlIndex:
+    """Index rows and the look-ups on them, on the transaction's connection."""
+
+    def __init__(self, conn: Connection, dialect: str) -> None:
+        self._conn = conn
+        self._dialect = dialect
+
+    def replace(self, type_: str, id_: str, rows: IndexRows) -> None:
+        """Replace every index row of a resource."""
+        _write_index(self._conn, type_, id_, rows, clear=True)
+
+    def find_tokens(
+        self, type_: str, param: str, pairs: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        """Which (system, code) pairs current resources of ``type_`` hold in ``param``.
+
+        One query per batch on the token lookup index (res_type, param, code, system); its
+        shape does not depend on table statistics, which a long ingest leaves stale.
+        """
+        found: dict[tuple[str, str], str] = {}
+        mark = param_mark(self._dialect)
+        unique = list(dict.fromkeys(pairs))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            codes = list(dict.fromkeys(code for _, code in chunk))
+            sql = find_tokens_sql(mark, len(codes))
+            wanted = set(chunk)
+            rows = self._conn.exec_driver_sql(sql, (type_, param, *codes, False))
+            for system, code, res_id in rows:
+                pair = (system or "", code)
+                if pair in wanted and pair not in found:
+                    found[pair] = res_id
+        return found
+
+    def references_from(
+        self, keys: Sequence[tuple[str, str]], param: str | None
+    ) -> list[tuple[str, str]]:
+        """Return the local targets the given resources reference (through ``param``)."""
+        ref = search_reference
+        out: list[tuple[str, str]] = []
+        for type_, ids in _by_type(keys).items():
+            conditions = [ref.c.res_type == type_, ref.c.res_id.in_(ids)]
+            conditions.append(ref.c.target_id.is_not(None))
+            out += self._references(ref.c.target_type, ref.c.target_id, conditions, param)
+        return out
+
+    def referencing(
+        self, source_type: str, param: str | None, keys: Sequence[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        """Return resources of ``source_type`` that reference any of ``keys``."""
+        ref = search_reference
+        out: list[tuple[str, str]] = []
+        for type_, ids in _by_type(keys).items():
+            conditions = [ref.c.res_type == source_type, ref.c.target_type == type_]
+            conditions.append(ref.c.target_id.in_(ids))
+            out += self._references(ref.c.res_type, ref.c.res_id, conditions, param)
+        return out
+
+    def _references(
+        self, type_column: Any, id_column: Any, conditions: list[Any], param: str | None
+    ) -> list[tuple[str, str]]:
+        if param is not None:
+            conditions.append(search_reference.c.param == param)
+        statement = select(type_column, id_column).where(*conditions).distinct()
+        return [(row[0], row[1]) for row in self._conn.execute(statement)]
+
+
+class SqlCounters:
+    """Named counters, on the transaction's connection."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def next(self, name: str, step: int = 1) -> int:
+        """Add ``step`` to a named counter and return its new value."""
+        bumped = self._conn.execute(
+            update(counters).where(counters.c.name == name).values(value=counters.c.value + step)
+        )
+        if not bumped.rowcount:
+            # a racing first insert fails on the key and the caller's transaction is retried
+            self._conn.execute(insert(counters).values(name=name, value=step))
+            return step
+        return int(
+            self._conn.execute(select(counters.c.value).where(counters.c.name == name)).scalar_one()
+        )
+
+
+class SqlJobs:
+    """Job progress (reindex), on the transaction's connection."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
     def progress(self, name: str) -> tuple[tuple[str, str] | None, int] | None:
         """Return a job's (last key, done), or None."""
         row = self._conn.execute(
@@ -394,30 +372,32 @@ class SqlTransaction(SqlOutbox):
                 )
             )
 
-    def lock(self, key: str) -> None:
+
+class SqlLocks:
+    """Transaction-scoped locks: advisory locks on PostgreSQL."""
+
+    def __init__(self, conn: Connection, dialect: str) -> None:
+        self._conn = conn
+        self._dialect = dialect
+
+    def hold(self, key: str) -> None:
         """Serialise transactions on ``key`` (SQLite writers are serialised already)."""
         if self._dialect == "postgresql":
             self._conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": advisory_key(key)})
 
-    def next_counter(self, name: str, step: int = 1) -> int:
-        """Add ``step`` to a named counter and return its new value."""
-        bumped = self._conn.execute(
-            update(counters).where(counters.c.name == name).values(value=counters.c.value + step)
-        )
-        if not bumped.rowcount:
-            # a racing first insert fails on the key and the caller's transaction is retried
-            self._conn.execute(insert(counters).values(name=name, value=step))
-            return step
-        return int(
-            self._conn.execute(select(counters.c.value).where(counters.c.name == name)).scalar_one()
-        )
 
-    def execute_explain(self, query: Query, limit: int = 50) -> list[str]:
-        """Return the database's plan for ``query`` (used by the index-usage tests)."""
-        sql, params = select_sql(query, self._placeholder(), "r.res_type, r.res_id", limit)
-        prefix = "EXPLAIN QUERY PLAN " if self._dialect == "sqlite" else "EXPLAIN "
-        rows = self._conn.exec_driver_sql(prefix + sql, tuple(params)).all()
-        return [" ".join(str(c) for c in row) for row in rows]
+class SqlTransaction:
+    """One database transaction on a SQLAlchemy connection; its parts share the connection."""
+
+    def __init__(self, conn: Connection, dialect: str) -> None:
+        self._conn = conn
+        self.resources = SqlResources(conn, dialect)
+        self.index = SqlIndex(conn, dialect)
+        self.searches = SqlSearches(conn, dialect)
+        self.outbox = SqlOutbox(conn)
+        self.counters = SqlCounters(conn)
+        self.jobs = SqlJobs(conn)
+        self.locks = SqlLocks(conn, dialect)
 
 
 def _instance_id(conn: Any) -> str | None:
@@ -459,7 +439,7 @@ class SqlStore:
         """Apply the migrations not yet applied, under a lock so several workers may race."""
         applied: list[str] = []
         with self.transaction(write=True) as tx:
-            tx.lock("whatmatters-schema-migration")
+            tx.locks.hold("whatmatters-schema-migration")
             conn = tx._conn
             metadata.create_all(conn, tables=[schema_migrations])
             done = set(conn.execute(select(schema_migrations.c.version)).scalars())
@@ -490,7 +470,7 @@ class SqlStore:
         if found is not None:
             return found
         with self.transaction(write=True) as tx:
-            tx.lock("whatmatters-instance-id")
+            tx.locks.hold("whatmatters-instance-id")
             found = _instance_id(tx._conn)
             if found is None:
                 found = str(uuid.uuid4())

@@ -1,5 +1,5 @@
 """The outbox on SQL: queueing deliveries inside a write, and the worker's claims on them (the
-ready head of each group, leases, new states). ``SqlTransaction`` takes these methods.
+ready head of each group, leases, new states): ``tx.outbox`` of a ``SqlTransaction``.
 
 May import SQLAlchemy and the storage schema; nothing above ``service.storage``.
 """
@@ -39,16 +39,17 @@ def _outbox_row(record: Any) -> OutboxRow:
 
 
 class SqlOutbox:
-    """The outbox methods of a SQL transaction, on its connection."""
+    """The outbox of a SQL transaction, on its connection."""
 
-    _conn: Connection
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
 
-    def outbox_add(self, rows: Sequence[OutboxRow]) -> None:
+    def add(self, rows: Sequence[OutboxRow]) -> None:
         """Queue deliveries in this transaction."""
         if rows:
             self._conn.execute(insert(outbox), [_outbox_values(row) for row in rows])
 
-    def outbox_rows(
+    def rows(
         self,
         states: Sequence[str] | None = None,
         destination: str | None = None,
@@ -69,7 +70,7 @@ class SqlOutbox:
             statement = statement.where(outbox.c.id.in_(list(ids)))
         return [_outbox_row(r) for r in self._conn.execute(statement)]
 
-    def outbox_heads(self, now: int, limit: int = 1) -> list[OutboxRow]:
+    def heads(self, now: int, limit: int = 1) -> list[OutboxRow]:
         """Return the ready head row of each group, oldest first."""
         undelivered = outbox.c.state.in_(list(UNDELIVERED))
         heads = (
@@ -92,7 +93,7 @@ class SqlOutbox:
         )
         return [_outbox_row(r) for r in self._conn.execute(statement)]
 
-    def outbox_save(self, row: OutboxRow, owner: str | None = None) -> bool:
+    def save(self, row: OutboxRow, owner: str | None = None) -> bool:
         """Store a row's new state (only under ``owner``'s lease when given)."""
         values = _outbox_values(row)
         statement = update(outbox).where(outbox.c.id == row.id).values(**values)
@@ -100,7 +101,7 @@ class SqlOutbox:
             statement = statement.where(outbox.c.lease_owner == owner)
         return bool(self._conn.execute(statement).rowcount)
 
-    def outbox_summary(self) -> list[tuple[str, str, int, int]]:
+    def summary(self) -> list[tuple[str, str, int, int]]:
         """Return (destination, state, rows, oldest created_us)."""
         statement = (
             select(outbox.c.destination, outbox.c.state, func.count(), func.min(outbox.c.created))

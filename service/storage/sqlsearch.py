@@ -7,7 +7,8 @@ res_id) key. SQLite materialises each IN list, so a broad criterion (category=wh
 written as IN would cost time in proportion to the whole table rather than to one patient.
 
 The SQL is built as text with driver placeholders: composing SQLAlchemy expressions for every
-search cost more than running the query.
+search cost more than running the query. ``SqlSearches`` (``tx.searches`` of a SQL transaction)
+runs it, and keeps the ordered matches of a search so that its pages stay stable.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select
 
 from service.storage import (
     INDEX_KINDS,
@@ -35,7 +38,7 @@ from service.storage import (
     TokenMatch,
     UriMatch,
 )
-from service.storage.schema import INDEX_TABLES
+from service.storage.schema import INDEX_TABLES, saved_search, saved_search_result
 
 TABLES = {kind: table.name for kind, table in INDEX_TABLES.items()}
 _TOP = "\U0010ffff"  # above every character: [v, v + _TOP) holds the strings starting with v
@@ -362,3 +365,77 @@ def read_many_sql(placeholder: str, count: int) -> str:
         f" FROM resources WHERE res_type = {placeholder} AND deleted = {placeholder}"
         f" AND res_id IN ({marks})"
     )
+
+
+def param_mark(dialect: str) -> str:
+    """The driver's parameter mark."""
+    return "?" if dialect == "sqlite" else "%s"
+
+
+class SqlSearches:
+    """Searches and kept search results, on the transaction's connection."""
+
+    def __init__(self, conn: Connection, dialect: str) -> None:
+        self._conn = conn
+        self._dialect = dialect
+
+    def keys(self, query: Query, limit: int) -> list[tuple[str, str]]:
+        """Return the keys of the first ``limit`` matches, in query order."""
+        sql, params = select_sql(query, param_mark(self._dialect), "r.res_type, r.res_id", limit)
+        rows = self._conn.exec_driver_sql(sql, tuple(params))
+        return [(row[0], row[1]) for row in rows]
+
+    def count(self, query: Query) -> int:
+        """Return how many resources match ``query``."""
+        sql, params = select_sql(query, param_mark(self._dialect), "COUNT(*)", None)
+        return int(self._conn.exec_driver_sql(sql, tuple(params)).scalar_one())
+
+    def save(self, search_id: str, keys: Sequence[tuple[str, str]], created_us: int) -> None:
+        """Keep the ordered matches of a search; drop searches older than a day."""
+        stale = select(saved_search.c.search_id).where(
+            saved_search.c.created < created_us - 86_400_000_000
+        )
+        self._conn.execute(
+            delete(saved_search_result).where(saved_search_result.c.search_id.in_(stale))
+        )
+        self._conn.execute(
+            delete(saved_search).where(saved_search.c.created < created_us - 86_400_000_000)
+        )
+        self._conn.execute(
+            insert(saved_search).values(search_id=search_id, created=created_us, total=len(keys))
+        )
+        for start in range(0, len(keys), 1000):
+            self._conn.execute(
+                insert(saved_search_result),
+                [
+                    {"search_id": search_id, "position": start + i, "res_type": t, "res_id": r}
+                    for i, (t, r) in enumerate(keys[start : start + 1000])
+                ],
+            )
+
+    def saved(
+        self, search_id: str, offset: int, count: int
+    ) -> tuple[list[tuple[str, str]], int] | None:
+        """Return one page of a kept search and its total, or None if it is gone."""
+        total = self._conn.execute(
+            select(saved_search.c.total).where(saved_search.c.search_id == search_id)
+        ).scalar_one_or_none()
+        if total is None:
+            return None
+        rows = self._conn.execute(
+            select(saved_search_result.c.res_type, saved_search_result.c.res_id)
+            .where(
+                saved_search_result.c.search_id == search_id,
+                saved_search_result.c.position >= offset,
+                saved_search_result.c.position < offset + count,
+            )
+            .order_by(saved_search_result.c.position)
+        )
+        return [(r.res_type, r.res_id) for r in rows], int(total)
+
+    def explain(self, query: Query, limit: int = 50) -> list[str]:
+        """Return the database's plan for ``query`` (used by the index-usage tests)."""
+        sql, params = select_sql(query, param_mark(self._dialect), "r.res_type, r.res_id", limit)
+        prefix = "EXPLAIN QUERY PLAN " if self._dialect == "sqlite" else "EXPLAIN "
+        rows = self._conn.exec_driver_sql(prefix + sql, tuple(params)).all()
+        return [" ".join(str(c) for c in row) for row in rows]

@@ -32,31 +32,31 @@ def _version(id_: str, version: int, deleted: bool = False, type_: str = "Goal")
 
 def test_put_then_read_and_vread(store: Store) -> None:
     with store.transaction() as tx:
-        tx.put(_version("a", 1), None)
-        tx.put(_version("a", 2), 1)
+        tx.resources.put(_version("a", 1), None)
+        tx.resources.put(_version("a", 2), 1)
     with store.transaction(write=False) as tx:
-        current = tx.read("Goal", "a")
+        current = tx.resources.read("Goal", "a")
         assert current is not None
         assert current.version == 2
         assert current.content == '{"v":2}'
-        first = tx.vread("Goal", "a", 1)
+        first = tx.resources.vread("Goal", "a", 1)
         assert first is not None
         assert first.content == '{"v":1}'
-        assert tx.read("Goal", "b") is None
+        assert tx.resources.read("Goal", "b") is None
 
 
 def test_put_with_stale_replaces_raises_version_conflict(store: Store) -> None:
     with store.transaction() as tx:
-        tx.put(_version("a", 1), None)
+        tx.resources.put(_version("a", 1), None)
     with pytest.raises(VersionConflict), store.transaction() as tx:
-        tx.put(_version("a", 2), 5)
+        tx.resources.put(_version("a", 2), 5)
     with pytest.raises(VersionConflict), store.transaction() as tx:
-        tx.put(_version("a", 1), None)
+        tx.resources.put(_version("a", 1), None)
 
 
 def _write_then_fail(store: Store) -> None:
     with store.transaction() as tx:
-        tx.put(_version("a", 1), None, _tokens(("s", "1")))
+        tx.resources.put(_version("a", 1), None, _tokens(("s", "1")))
         raise RuntimeError("boom")
 
 
@@ -64,9 +64,9 @@ def test_failed_transaction_writes_nothing(store: Store) -> None:
     with pytest.raises(RuntimeError):
         _write_then_fail(store)
     with store.transaction(write=False) as tx:
-        assert tx.read("Goal", "a") is None
-        assert tx.search_keys(Query("Goal"), 10) == []
-        assert tx.history(HistoryQuery()) == []
+        assert tx.resources.read("Goal", "a") is None
+        assert tx.searches.keys(Query("Goal"), 10) == []
+        assert tx.resources.history(HistoryQuery()) == []
 
 
 def _tokens(*pairs: tuple[str | None, str]) -> IndexRows:
@@ -75,15 +75,15 @@ def _tokens(*pairs: tuple[str | None, str]) -> IndexRows:
 
 def test_search_by_token_forms(store: Store) -> None:
     with store.transaction() as tx:
-        tx.put(_version("a", 1), None, _tokens(("s", "1")))
-        tx.put(_version("b", 1), None, _tokens((None, "1")))
-        tx.put(_version("c", 1), None, _tokens(("s", "2")))
+        tx.resources.put(_version("a", 1), None, _tokens(("s", "1")))
+        tx.resources.put(_version("b", 1), None, _tokens((None, "1")))
+        tx.resources.put(_version("c", 1), None, _tokens(("s", "2")))
 
     def ids(*values: tuple[str | None, str | None]) -> list[str]:
         matches = tuple(TokenMatch(s, c) for s, c in values)
         query = Query("Goal", criteria=(ParamCriterion("token", "identifier", matches),))
         with store.transaction(write=False) as tx:
-            return sorted(k[1] for k in tx.search_keys(query, 100))
+            return sorted(k[1] for k in tx.searches.keys(query, 100))
 
     assert ids(("s", "1")) == ["a"]
     assert ids((None, "1")) == ["a", "b"]
@@ -95,14 +95,16 @@ def test_search_by_token_forms(store: Store) -> None:
 def test_search_skips_deleted_and_counts_total(store: Store) -> None:
     with store.transaction() as tx:
         for id_ in "abc":
-            tx.put(_version(id_, 1), None, _tokens(("s", "1")))
-        tx.put(_version("b", 2, deleted=True), 1)
+            tx.resources.put(_version(id_, 1), None, _tokens(("s", "1")))
+        tx.resources.put(_version("b", 2, deleted=True), 1)
     with store.transaction(write=False) as tx:
-        assert tx.count(Query("Goal")) == 2
-        assert tx.search_keys(Query("Goal"), 1) == [("Goal", "a")]
+        assert tx.searches.count(Query("Goal")) == 2
+        assert tx.searches.keys(Query("Goal"), 1) == [("Goal", "a")]
         by_id = Query("Goal", criteria=(IdCriterion(("a", "b")),))
-        assert tx.search_keys(by_id, 10) == [("Goal", "a")]
-        assert [r.id for r in tx.read_many([("Goal", "c"), ("Goal", "b"), ("Goal", "a")])] == [
+        assert tx.searches.keys(by_id, 10) == [("Goal", "a")]
+        assert [
+            r.id for r in tx.resources.read_many([("Goal", "c"), ("Goal", "b"), ("Goal", "a")])
+        ] == [
             "c",
             "a",
         ]
@@ -110,19 +112,19 @@ def test_search_skips_deleted_and_counts_total(store: Store) -> None:
 
 def test_history_is_newest_first_and_pages_by_sequence(store: Store) -> None:
     with store.transaction() as tx:
-        tx.put(_version("a", 1), None)
-        tx.put(_version("b", 1, type_="Patient"), None)
-        tx.put(_version("a", 2), 1)
+        tx.resources.put(_version("a", 1), None)
+        tx.resources.put(_version("b", 1, type_="Patient"), None)
+        tx.resources.put(_version("a", 2), 1)
     with store.transaction(write=False) as tx:
-        everything = tx.history(HistoryQuery())
+        everything = tx.resources.history(HistoryQuery())
         assert [(r.type, r.id, r.version) for r in everything] == [
             ("Goal", "a", 2),
             ("Patient", "b", 1),
             ("Goal", "a", 1),
         ]
-        goals = tx.history(HistoryQuery(type="Goal"))
+        goals = tx.resources.history(HistoryQuery(type="Goal"))
         assert [r.version for r in goals] == [2, 1]
-        older = tx.history(HistoryQuery(before_seq=everything[1].seq))
+        older = tx.resources.history(HistoryQuery(before_seq=everything[1].seq))
         assert [(r.id, r.version) for r in older] == [("a", 1)]
-        recent = tx.history(HistoryQuery(since_us=2_000_000))
+        recent = tx.resources.history(HistoryQuery(since_us=2_000_000))
         assert [(r.id, r.version) for r in recent] == [("a", 2)]

@@ -49,7 +49,7 @@ def test_the_queue_is_paged_with_next_links(client: FlaskClient) -> None:
 
     fhir: FhirService = client.application.extensions["whatmatters.fhir"]
     fhir.run(
-        lambda tx: tx.outbox_add(
+        lambda tx: tx.outbox.add(
             [
                 OutboxRow("partner:gp", "Patient/p1", "resource", "Goal", f"g{n}", 1, n)
                 for n in range(5)

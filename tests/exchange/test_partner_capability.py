@@ -99,7 +99,7 @@ def record_conversation(fhir: FhirService) -> None:
 def rows(fhir: FhirService) -> list[tuple[str, str, str | None]]:
     return [
         (r.res_type, r.state, r.last_error)
-        for r in fhir.read_only(lambda tx: tx.outbox_rows(limit=1000))
+        for r in fhir.read_only(lambda tx: tx.outbox.rows(limit=1000))
     ]
 
 
@@ -226,7 +226,9 @@ def test_a_resource_is_not_sent_back_to_the_instance_it_came_from(
 def _only_goal_id(fhir: FhirService) -> str:
     (stored,) = [
         s
-        for s in fhir.read_only(lambda tx: tx.read_many(tx.current_keys(None, 100)))
+        for s in fhir.read_only(
+            lambda tx: tx.resources.read_many(tx.resources.current_keys(None, 100))
+        )
         if s.type == "Goal"
     ]
     return stored.id
@@ -296,11 +298,15 @@ def test_recording_the_same_goal_status_again_changes_nothing(hospital: FhirServ
         statement("s1", "Walking Bramble, my dog, every morning", "walk"),
         goal("g1", "Walk to the end of the lane and back by spring", "s1", status="active"),
     )
-    before = hospital.read_only(lambda tx: tx.read_many(tx.current_keys(None, 100)))
+    before = hospital.read_only(
+        lambda tx: tx.resources.read_many(tx.resources.current_keys(None, 100))
+    )
     WhatMatters(hospital).record(Actor.system(), "p1", same, BASE)
     goals = [
         s
-        for s in hospital.read_only(lambda tx: tx.read_many(tx.current_keys(None, 100)))
+        for s in hospital.read_only(
+            lambda tx: tx.resources.read_many(tx.resources.current_keys(None, 100))
+        )
         if s.type == "Goal"
     ]
     assert [g.version for g in goals] == [1]
@@ -335,7 +341,7 @@ def test_a_row_waiting_on_a_dead_row_is_blocked_and_retry_sends_both(
     refuse_goals = False
     from service.exchange import queue
 
-    dead_ids = [r.id for r in hospital.read_only(lambda tx: tx.outbox_rows(states=("dead",)))]
+    dead_ids = [r.id for r in hospital.read_only(lambda tx: tx.outbox.rows(states=("dead",)))]
     again = hospital.run(lambda tx: queue.retry(tx, hospital.clock(), dead_ids, None))
     assert {r.res_type for r in again} == {"Goal", "List"}
     assert all(r.attempts == 1 for r in again)  # the attempts made are kept

@@ -123,7 +123,7 @@ def patient_with_goal(fhir: FhirService, goals: int = 1) -> list[str]:
 
 
 def states(fhir: FhirService) -> list[tuple[str, str, int]]:
-    rows = fhir.read_only(lambda tx: tx.outbox_rows())
+    rows = fhir.read_only(lambda tx: tx.outbox.rows())
     return [(r.res_type, r.state, r.attempts) for r in rows]
 
 
@@ -169,7 +169,7 @@ def test_server_errors_back_off_and_hold_the_rest_of_the_group(fhir: FhirService
     worker = make_worker(fhir, fake)
     before = worker.clock()
     assert worker.run_once() == 3
-    rows = fhir.read_only(lambda tx: tx.outbox_rows())
+    rows = fhir.read_only(lambda tx: tx.outbox.rows())
     assert [(r.state, r.attempts) for r in rows] == [("pending", 1), ("pending", 0), ("pending", 0)]
     assert rows[0].last_status == 503
     assert rows[0].next_attempt_us - before >= 120 * 1_000_000  # Retry-After wins
@@ -192,7 +192,7 @@ def test_refusals_park_the_row_with_the_partners_outcome_and_let_the_group_go_on
         Answer(422, {}, outcome),
     ]
     make_worker(fhir, fake).drain()
-    rows = fhir.read_only(lambda tx: tx.outbox_rows())
+    rows = fhir.read_only(lambda tx: tx.outbox.rows())
     assert [r.state for r in rows] == ["done", "dead", "done"]
     assert rows[1].last_status == 422
     assert json.loads(rows[1].last_error or "") == outcome  # the partner's words, as they came

@@ -37,7 +37,7 @@ from tests.exchange.test_worker import (
 
 
 def rows_of(fhir: FhirService) -> list[Any]:
-    return fhir.read_only(lambda tx: tx.outbox_rows())
+    return fhir.read_only(lambda tx: tx.outbox.rows())
 
 
 def update_goal(fhir: FhirService, goal_id: str, text: str) -> None:
@@ -65,8 +65,8 @@ class LeaseThief(FakePartner):
             self.stolen = True
             self.fhir.run(
                 lambda tx: [
-                    tx.outbox_save(replace(r, lease_owner="other-worker", lease_until_us=2**62))
-                    for r in tx.outbox_rows(states=["inflight"])
+                    tx.outbox.save(replace(r, lease_owner="other-worker", lease_until_us=2**62))
+                    for r in tx.outbox.rows(states=["inflight"])
                 ]
             )
         return super().request(method, path, *args, **kwargs)
@@ -194,7 +194,7 @@ def summary_items(fhir: FhirService) -> list[SummaryItem]:
     for row in rows_of(fhir):
         if row.res_type != "Goal":
             continue
-        stored = fhir.read_only(lambda tx, id_=row.res_id: tx.read("Goal", id_))
+        stored = fhir.read_only(lambda tx, id_=row.res_id: tx.resources.read("Goal", id_))
         if stored is not None and stored.content is not None and not stored.deleted:
             texts.append(json.loads(stored.content)["description"]["text"])
     return [SummaryItem(None, t, "goal", None, None, None) for t in sorted(set(texts))]
@@ -347,7 +347,9 @@ def test_import_never_follows_a_next_link_to_another_host(fhir: FhirService) -> 
 def test_imported_resources_name_the_partner_as_their_source(fhir: FhirService) -> None:
     pages = Pages(fhir, "")
     import_patient(fhir, pages, MRN, "M9")
-    [stored] = fhir.read_only(lambda tx: tx.read_many(tx.search_keys(Query("Goal", ()), 10)))
+    [stored] = fhir.read_only(
+        lambda tx: tx.resources.read_many(tx.searches.keys(Query("Goal", ()), 10))
+    )
     source = json.loads(stored.content or "{}")["meta"]["source"]
     assert source == "http://gp.example/fhir/Goal/g1"
     # and nothing of it is queued back to the partner it came from

@@ -25,6 +25,7 @@ EVERY_ROUTE = [
     (("POST",), "", "transaction", "system", "transaction", None),
     (("GET",), "_history", "history-system", "system", "history_system", None),
     (("POST",), "$ingest", "operation", "system", "ingest", "ingest"),
+    (("GET", "POST"), "$export", "operation", "system", "export", "export"),
     (("GET",), "{type}", "search-type", "type", "search_type", None),
     (("GET", "POST"), "{type}/_search", "search-type", "type", "search_type", None),
     (("POST",), "{type}", "create", "type", "create", None),
@@ -83,6 +84,17 @@ EVERY_ROUTE = [
         "validate-code",
     ),
     (("GET", "POST"), "CodeSystem/$lookup", "operation", "type", "terminology", "lookup"),
+    (
+        ("GET",),
+        "Patient/$summary",
+        "operation",
+        "type",
+        "summary_by_identifier",
+        "summary",
+    ),
+    (("GET",), "Patient/{id}/$summary", "operation", "instance", "summary", "summary"),
+    (("GET", "POST"), "Patient/$export", "operation", "type", "export", "export"),
+    (("GET",), "Group/{id}/$export", "operation", "instance", "export", "export"),
     (
         ("GET", "POST"),
         "Subscription/{id}/$status",
@@ -146,6 +158,11 @@ CLIENT_REQUESTS = [
     ("GET", "ValueSet/$validate-code", "operation", {}),
     ("POST", "ValueSet/vs1/$validate-code", "operation", {"id": "vs1"}),
     ("GET", "CodeSystem/$lookup", "operation", {}),
+    ("GET", "$export", "operation", {}),
+    ("GET", "Patient/$export", "operation", {}),
+    ("POST", "$export", "operation", {}),
+    ("POST", "Patient/$export", "operation", {}),
+    ("GET", "Group/g1/$export", "operation", {"id": "g1"}),
     # a literal segment wins, but a route that does not take the method gives way to one
     # that does (the type and id are then checked by the FHIR core, as before)
     ("POST", "metadata", "create", {"type": "metadata"}),
@@ -325,10 +342,13 @@ def test_the_capability_statement_lists_the_operations_that_route(fhir: FhirServ
         "validate",
         "record-what-matters",
         "what-matters",
+        "summary",
+        "export",
     ]
     assert [o["name"] for o in resources["Subscription"]["operation"]] == ["validate", "status"]
     assert [o["name"] for o in resources["Goal"]["operation"]] == ["validate"]
     assert [o["name"] for o in resources["ValueSet"]["operation"]] == ["expand", "validate-code"]
     assert [o["name"] for o in resources["CodeSystem"]["operation"]] == ["lookup"]
-    # $ingest routes but has no OperationDefinition to point to: it is not listed
-    assert "operation" not in _statement(fhir)["rest"][0]
+    # $ingest routes but has no OperationDefinition to point to: it is not listed; the
+    # system-level Bulk Data $export is
+    assert [o["name"] for o in _statement(fhir)["rest"][0]["operation"]] == ["export"]

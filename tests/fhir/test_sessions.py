@@ -21,7 +21,7 @@ NURSE = Access(grants=parse_scopes("user/*.cruds"), subject="nurse-1", client_id
 
 
 def provenances(fhir: Direct) -> int:
-    return fhir.read_only(lambda tx: tx.count(Query("Provenance")))
+    return fhir.read_only(lambda tx: tx.searches.count(Query("Provenance")))
 
 
 def another_patient(id_: str) -> dict[str, Any]:

@@ -99,7 +99,7 @@ def test_metrics_move_with_requests_validation_failures_and_the_outbox(
     row = OutboxRow(
         "partner:gp", "Patient/p1", "resource", "Goal", "g1", 1, created_us=fhir.clock() - 5_000_000
     )
-    fhir.run(lambda tx: tx.outbox_add([row]))
+    fhir.run(lambda tx: tx.outbox.add([row]))
     after = client.get("/metrics").get_data(as_text=True)
     assert (
         sample(after, "whatmatters_requests_total", interaction="read", status="200") == reads + 2

@@ -3,7 +3,7 @@ priorities List, a QuestionnaireResponse, a Provenance and ordinary vital-sign O
 
 Sixteen resources per patient; ids are deterministic (``p{n}``, ``p{n}-wm1`` ...), so a
 benchmark can name a patient. Loading goes through the same indexing as the REST API, in bulk
-transactions (``Transaction.insert_new``), without HTTP.
+transactions (``tx.resources.insert_new``), without HTTP.
 
     .venv/bin/python -m tests.perf.dataset --resources 100000 --database-url sqlite:///big.db
 """
@@ -174,7 +174,7 @@ def load(
     def flush() -> None:
         nonlocal written
         items = list(pending)
-        service.run(lambda tx: tx.insert_new(items), retry=False)
+        service.run(lambda tx: tx.resources.insert_new(items), retry=False)
         written += len(items)
         pending.clear()
         if progress is not None:

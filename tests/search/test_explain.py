@@ -57,7 +57,7 @@ def test_main_searches_use_indexes(loaded_store: SqlStore, name: str) -> None:
         type_, parse_qsl(query), strict=True, default_count=50, max_count=100
     )
     with loaded_store.transaction(write=False) as tx:
-        plan = tx.execute_explain(request.query)
+        plan = tx.searches.explain(request.query)
     joined = "\n".join(plan)
     for table in tables:
         # SQLite: "USING INDEX ix_search_token_lookup"; PostgreSQL: "using ix_search_token_..."
@@ -72,4 +72,4 @@ def test_main_searches_use_indexes(loaded_store: SqlStore, name: str) -> None:
         assert "Seq Scan" not in joined, joined
     # and the query finds what it should
     with loaded_store.transaction(write=False) as tx:
-        assert tx.search_keys(request.query, 100)
+        assert tx.searches.keys(request.query, 100)

@@ -28,7 +28,7 @@ def _bulk_observations(store: SqlStore) -> list[str]:
         items.append((stored, service.search_params.index(content)))
     for start in range(0, MATCHES, 2000):
         batch = items[start : start + 2000]
-        service.run(lambda tx, batch=batch: tx.insert_new(batch), retry=False)
+        service.run(lambda tx, batch=batch: tx.resources.insert_new(batch), retry=False)
     return ids
 
 

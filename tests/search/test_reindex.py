@@ -21,13 +21,13 @@ def _female(service: FhirService) -> list[str]:
     query = Query(
         "Patient", criteria=(ParamCriterion("token", "gender", (TokenMatch(None, "female"),)),)
     )
-    return sorted(k[1] for k in service.read_only(lambda tx: tx.search_keys(query, 100)))
+    return sorted(k[1] for k in service.read_only(lambda tx: tx.searches.keys(query, 100)))
 
 
 def _drop_all_index_rows(service: FhirService) -> None:
     def work(tx):  # type: ignore[no-untyped-def]
-        for type_, id_ in tx.current_keys(None, 10_000):
-            tx.replace_index(type_, id_, IndexRows())
+        for type_, id_ in tx.resources.current_keys(None, 10_000):
+            tx.index.replace(type_, id_, IndexRows())
 
     service.run(work)
 
@@ -56,7 +56,7 @@ def test_reindex_resumes_after_interruption(service: FhirService) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         service.reindex(batch_size=5, progress=stop_after_two_batches)
-    state = service.read_only(lambda tx: tx.progress("reindex"))
+    state = service.read_only(lambda tx: tx.jobs.progress("reindex"))
     assert state is not None
     assert state[1] == 10
     reports: list[int] = []
@@ -64,6 +64,6 @@ def test_reindex_resumes_after_interruption(service: FhirService) -> None:
     assert reports[0] == 15  # 10 done before the interruption, then one batch of 5
     assert resumed == len(resources())
     assert _female(service) == ["pat-ada", "pat-bjo"]
-    assert service.read_only(lambda tx: tx.progress("reindex")) is None
+    assert service.read_only(lambda tx: tx.jobs.progress("reindex")) is None
     by_id = Query("Patient", criteria=(IdCriterion(("pat-ada",)),))
-    assert service.read_only(lambda tx: tx.count(by_id)) == 1
+    assert service.read_only(lambda tx: tx.searches.count(by_id)) == 1

@@ -74,7 +74,7 @@ def statement(patient: str, words: str) -> dict[str, Any]:
 def activate(app: Flask, sub_id: str) -> None:
     """Do what the worker does after a successful handshake (no token acts)."""
     fhir = app.extensions["whatmatters.fhir"]
-    stored = fhir.read_only(lambda tx: tx.read("Subscription", sub_id))
+    stored = fhir.read_only(lambda tx: tx.resources.read("Subscription", sub_id))
     active = with_status(json.loads(stored.content), "active")
     fhir.perform(Actor.server(), lambda s: s.update("Subscription", sub_id, active))
 
@@ -82,7 +82,7 @@ def activate(app: Flask, sub_id: str) -> None:
 def queued(app: Flask, sub_id: str | None = None) -> list[tuple[str, str, str]]:
     """The outbox rows of subscriptions: (destination, kind, what changed)."""
     with app.extensions["whatmatters.store"].transaction(write=False) as tx:
-        rows = tx.outbox_rows()
+        rows = tx.outbox.rows()
     return [
         (r.destination, r.kind, f"{r.res_type}/{r.res_id}")
         for r in rows

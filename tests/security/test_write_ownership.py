@@ -95,7 +95,7 @@ def snapshot(world: dict[str, Any], smart_app: Flask) -> dict[str, Any]:
     state["$what-matters"] = [merged["entry"], *(json.dumps(r, sort_keys=True) for r in rest)]
     store = smart_app.extensions["whatmatters.store"]
     with store.transaction(write=False) as tx:
-        state["outbox"] = sorted(row.id for row in tx.outbox_rows())
+        state["outbox"] = sorted(row.id for row in tx.outbox.rows())
     return state
 
 

@@ -153,7 +153,7 @@ class PartnerApi:
     def previous(self, row: OutboxRow) -> StoredResource | None:
         """The version before the row's (what a deletion deleted)."""
         stored: StoredResource | None = self.fhir.read_only(
-            lambda tx: tx.vread(row.res_type, row.res_id, row.version - 1)
+            lambda tx: tx.resources.vread(row.res_type, row.res_id, row.version - 1)
         )
         return stored
 
@@ -224,7 +224,7 @@ class PartnerApi:
 
     def current(self, type_: str, id_: str) -> StoredResource | None:
         """The resource's current version here (a deletion, too)."""
-        return self.fhir.read_only(lambda tx: tx.read(type_, id_))
+        return self.fhir.read_only(lambda tx: tx.resources.read(type_, id_))
 
     def send_resource(
         self,
@@ -465,8 +465,14 @@ def _has_key(resource: dict[str, Any], param: str, token: str) -> bool:
         and i.get("system")
         and i.get("value")
         and identifier_token(str(i["system"]), str(i["value"])) == token
-        for i in resource.get("identifier") or []
+        for i in _identifiers(resource)
     )
+
+
+def _identifiers(resource: dict[str, Any]) -> list[Any]:
+    """A resource's identifiers (one object for a Bundle, a list for the others)."""
+    given = resource.get("identifier")
+    return [given] if isinstance(given, dict) else list(given or [])
 
 
 def _identifier(content: dict[str, Any]) -> tuple[str, str]:

@@ -57,7 +57,7 @@ class RestHook:
         )
 
     def _current(self, type_: str, id_: str) -> StoredResource | None:
-        return self.fhir.read_only(lambda tx: tx.read(type_, id_))
+        return self.fhir.read_only(lambda tx: tx.resources.read(type_, id_))
 
     def deliver(self, row: OutboxRow) -> int | None:
         """Send the row's handshake or event notification (the subscription as it is now)."""
@@ -81,7 +81,7 @@ class RestHook:
         # read as the subscriber: a notification carries only what its creator may read now
         try:
             with self.fhir.session(Actor.client(subscriber_access(resource))) as session:
-                focus = session.tx.vread(row.res_type, row.res_id, row.version)
+                focus = session.tx.resources.vread(row.res_type, row.res_id, row.version)
         except Forbidden as exc:
             raise Skipped(
                 f"Subscription/{sub_id}'s access does not reach {row.res_type}/{row.res_id}"
@@ -125,7 +125,7 @@ class RestHook:
 
     def _events(self, sub_id: str) -> int:
         return self.fhir.run(
-            lambda tx: tx.next_counter(Destination.subscription(sub_id).format(), 0)
+            lambda tx: tx.counters.next(Destination.subscription(sub_id).format(), 0)
         )
 
     def _set_subscription_status(
@@ -160,11 +160,11 @@ class RestHook:
         name = f"heartbeat:{sub_id}"
 
         def take(tx: Any) -> bool:
-            tx.lock(name)
-            last = tx.next_counter(name, 0)
+            tx.locks.hold(name)
+            last = tx.counters.next(name, 0)
             if now - last < period:
                 return False
-            tx.next_counter(name, now - last)
+            tx.counters.next(name, now - last)
             return True
 
         due: bool = self.fhir.run(take)
@@ -173,7 +173,7 @@ class RestHook:
     def heartbeats(self) -> None:
         """Send a heartbeat to each active subscription quiet for its heartbeat period."""
         subscriptions = self.fhir.read_only(
-            lambda tx: tx.read_many(tx.search_keys(ACTIVE_SUBSCRIPTIONS, 1000))
+            lambda tx: tx.resources.read_many(tx.searches.keys(ACTIVE_SUBSCRIPTIONS, 1000))
         )
         for stored in subscriptions:
             try:
