@@ -77,6 +77,7 @@ def wire_fhir_service(
         default_page_size=config.default_page_size,
         max_page_size=config.max_page_size,
         max_chain_depth=config.max_chain_depth,
+        terminology=registry.definitions.terminology,
         return_warnings=config.validation_warnings,
         conformance=ConformanceResources([f.resource for f in registry.files], registry.snapshots),
         unique_identifier_systems=config.unique_identifier_systems,

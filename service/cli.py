@@ -480,6 +480,14 @@ def _vendor(_config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _vendor_terminology(_config: Config, args: argparse.Namespace) -> int:
+    from service.validation.vendor_terminology import vendor_terminology
+
+    for kind, count in vendor_terminology(Path(args.core), Path(args.tho)).items():
+        print(f"{kind}: {count}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the whatmatters command line."""
     parser = argparse.ArgumentParser(prog="whatmatters", description=__doc__)
@@ -554,6 +562,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     vendor.add_argument("package", help="path to hl7.fhir.r4.examples-4.0.1.tgz")
     vendor.set_defaults(run=_vendor)
+    terms = sub.add_parser(
+        "vendor-terminology", help="regenerate the vendored value sets and code systems"
+    )
+    terms.add_argument("core", help="path to hl7.fhir.r4.examples-4.0.1.tgz (the R4 core)")
+    terms.add_argument("tho", help="path to hl7.terminology.r4-VERSION.tgz (HL7 THO)")
+    terms.set_defaults(run=_vendor_terminology)
     args = parser.parse_args(argv)
     try:
         config = Config.from_env()

@@ -31,14 +31,15 @@ from service.api.handlers import (
 )
 from service.api.negotiation import render, response_type
 from service.api.summary_handlers import SUMMARY_HANDLERS
+from service.api.terminology_handlers import TERMINOLOGY_HANDLERS
 from service.config import Config
 from service.errors import BadRequest, FhirError, NotFound
 from service.fhir import router
 from service.fhir.router import FhirRequest, Headers, Match
 from service.fhir.search_parser import parse_query_string
 
-# every route's handler: the FHIR interactions and operations, and $summary
-HANDLERS = {**FHIR_HANDLERS, **SUMMARY_HANDLERS}
+# every route's handler: the FHIR interactions and operations, $summary and terminology
+HANDLERS = {**FHIR_HANDLERS, **SUMMARY_HANDLERS, **TERMINOLOGY_HANDLERS}
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 # every route's handler: handlers.py, and the modules of operations that keep their own

@@ -1,4 +1,5 @@
-"""The FHIR core: the R4 RESTful interactions, search, Bundles, capability and ``$ingest``.
+"""The FHIR core: the R4 RESTful interactions, search, Bundles, capability, ``$ingest`` and
+the terminology operations.
 
 Every caller (the API, the what-matters operations, the exchange worker, the CLI) works through
 ``FhirService`` (interactions.py): ``session(actor)`` opens a ``Session`` (session.py) over one
@@ -15,7 +16,8 @@ identifiers), checking.py (types, ids, validation, ``$validate``); search: searc
 its searchset Bundle), search_index.py (the SearchParameters and the index rows they give);
 history.py, bundles.py (batch and transaction), references.py (the one reference walker),
 ingest.py, access.py (scopes, compartment, ownership), guard.py (the access guard),
-audit.py, capability.py and conformance_resources.py (the profiles folder, served).
+audit.py, capability.py and conformance_resources.py (the profiles folder, served),
+terminology_ops.py (``$expand``, ``$validate-code``, ``$lookup`` over the terminology held).
 
 May import: ``service.storage`` (the Store port), ``service.validation``, ``service.mapping``,
 ``service.errors`` and ``service.config``. Never Flask, Werkzeug, SQLAlchemy, psycopg or

@@ -118,6 +118,11 @@ def capability_statement(
                     {"name": "version", "type": "token"},
                     {"name": "status", "type": "token"},
                 ],
+                **(
+                    {"operation": [{"name": n, "definition": d} for n, d in own]}
+                    if (own := router.operations(type_, own=True))
+                    else {}
+                ),
             }
         )
     return {

@@ -36,6 +36,7 @@ from service.fhir.session import Session
 from service.fhir.writes import Change, ChangeListener
 from service.storage import Query, Store, Transaction, VersionConflict
 from service.validation.definitions import Definitions
+from service.validation.value_sets import Terminology
 
 T = TypeVar("T")
 WRITE_RETRIES = 5
@@ -59,12 +60,15 @@ class FhirService:
         conformance: ConformanceResources | None = None,
         unique_identifier_systems: Sequence[str] = (NHS_NUMBER_SYSTEM,),
         max_chain_depth: int = DEFAULT_MAX_CHAIN_DEPTH,
+        terminology: Terminology | None = None,
     ) -> None:
         self.store = store
         self.max_chain_depth = max_chain_depth
         self.validator = validator
         self.search_params = search_params
         self.definitions = definitions
+        # the value sets and code systems held (vendored and the profiles folder's): $expand...
+        self.terminology = terminology or definitions.terminology
         # $validate also runs the snapshot invariants, which writes do not (yet) pay for
         self.thorough = thorough or validator
         self.default_page_size = default_page_size

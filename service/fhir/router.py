@@ -165,6 +165,7 @@ _BACKPORT_STATUS = (
     "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status"
 )
 _OURS = f"{CANONICAL_BASE}/OperationDefinition"
+_CORE_OPS = "http://hl7.org/fhir/OperationDefinition/"
 # FHIR Bulk Data Access IG v2 (https://hl7.org/fhir/uv/bulkdata/export.html)
 _BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
 _IPS_SUMMARY = "http://hl7.org/fhir/uv/ips/OperationDefinition/summary"
@@ -228,6 +229,17 @@ ROUTES: tuple[Route, ...] = (
         "what_matters",
         "what-matters",
         f"{_OURS}/what-matters",
+    ),
+    # terminology over the value sets and code systems held (service.fhir.terminology_ops)
+    *(
+        Route(("GET", "POST"), path, "operation", level, "terminology", name, _CORE_OPS + op)
+        for path, level, name, op in (
+            ("ValueSet/$expand", TYPE, "expand", "ValueSet-expand"),
+            ("ValueSet/{id}/$expand", INSTANCE, "expand", "ValueSet-expand"),
+            ("ValueSet/$validate-code", TYPE, "validate-code", "ValueSet-validate-code"),
+            ("ValueSet/{id}/$validate-code", INSTANCE, "validate-code", "ValueSet-validate-code"),
+            ("CodeSystem/$lookup", TYPE, "lookup", "CodeSystem-lookup"),
+        )
     ),
     Route(
         _GET,
@@ -349,11 +361,12 @@ def system_interactions() -> list[str]:
     return [code for code in SYSTEM_INTERACTIONS if code in routed]
 
 
-def operations(resource_type: str | None) -> list[tuple[str, str]]:
+def operations(resource_type: str | None, own: bool = False) -> list[tuple[str, str]]:
     """The (name, definition) of each operation routed for a resource type (the system-level
-    ones for None) that has an OperationDefinition, generic ones first, each once."""
+    ones for None) that has an OperationDefinition, generic ones first, each once; ``own``:
+    only those routed for this type by name (not the ones of every type)."""
     listed: dict[str, str] = {}
-    generic = [r for r in ROUTES if r.resource_type is None]
+    generic = [] if own else [r for r in ROUTES if r.resource_type is None]
     specific = [r for r in ROUTES if r.resource_type is not None]
     for route in (*generic, *specific):
         if route.operation is None or route.definition is None:

@@ -24,6 +24,9 @@ The modules, by job:
 - ``fhirpath_compiled.py``: the recurring invariant shapes as Python closures (``fhirpath.py``
   interprets the rest with fhirpathpy).
 - ``vital_signs.py``: the core vital-signs profiles, applied to an Observation by its code.
+- ``value_sets.py``, ``bindings.py``, ``vendor_terminology.py``: local terminology (the R4
+  core and HL7 THO value sets and code systems: expansion, look-up, code checks), the binding
+  strength rules, re-vendoring the terminology.
 
 May import: ``service.errors`` and ``service.config`` only (it sits beside storage and mapping,
 independent of both; see ``[tool.importlinter]`` in pyproject.toml), and libraries that do no

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from dataclasses import dataclass, field
@@ -9,7 +10,9 @@ from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
+from service.validation.value_sets import Terminology
 from service.validation.vendor import DEFINITIONS_DIR
+from service.validation.vendor_terminology import TERMINOLOGY_FILE
 
 BASE_SD = "http://hl7.org/fhir/StructureDefinition/"
 FHIR_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
@@ -157,7 +160,16 @@ class Definitions:
         path = self._directory / "r4-terminology.json"
         items: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
         items += [r for r in self._vital_signs if r["resourceType"] != "StructureDefinition"]
+        full = self._directory / TERMINOLOGY_FILE
+        if full.exists():  # the R4 core and THO value sets and code systems (vendor_terminology)
+            with gzip.open(full, "rt", encoding="utf-8") as handle:
+                items += json.load(handle)
         return {(r["resourceType"] + "|" + r["url"]): r for r in items}
+
+    @cached_property
+    def terminology(self) -> Terminology:
+        """Expansions, look-ups and code checks over the value sets and code systems held."""
+        return Terminology(self._terminology)
 
     @cached_property
     def _vital_signs(self) -> list[dict[str, Any]]:
@@ -226,10 +238,9 @@ class Definitions:
     def concept(self, system: str, code: str) -> tuple[dict[str, Any] | None] | None:
         """(the concept or None when the code is not defined) for a complete code system we
         hold; None when we do not hold the system completely, so nothing can be said."""
-        cs = self.code_system(system)
-        if cs is None or cs.get("content", "complete") != "complete" or "concept" not in cs:
+        if not self.terminology.complete(system):
             return None
-        return (_find(cs["concept"], code),)
+        return (self.terminology.concept(system, code),)
 
     def code_system(self, url: str) -> dict[str, Any] | None:
         """A CodeSystem we hold (vendored or from the profiles folder), by URL."""
@@ -249,81 +260,8 @@ class Definitions:
     def expand(self, value_set_url: str) -> frozenset[tuple[str, str]] | None:
         """The (system, code) pairs of a value set, or None if it cannot be expanded locally."""
         if value_set_url not in self._expansions:
-            self._expansions[value_set_url] = self._expand(value_set_url, depth=0)
+            entries = self.terminology.expand(value_set_url)
+            self._expansions[value_set_url] = (
+                None if entries is None else frozenset((e.system, e.code) for e in entries)
+            )
         return self._expansions[value_set_url]
-
-    def _expand(self, url: str, depth: int) -> frozenset[tuple[str, str]] | None:
-        vs = self._terminology.get("ValueSet|" + url)
-        if vs is None or depth > 10 or "compose" not in vs:
-            return None
-        included: set[tuple[str, str]] = set()
-        for part in vs["compose"].get("include", []):
-            codes = self._part_codes(part, depth)
-            if codes is None:
-                return None
-            included |= codes
-        for part in vs["compose"].get("exclude", []):
-            codes = self._part_codes(part, depth)
-            if codes is None:
-                return None
-            included -= codes
-        return frozenset(included)
-
-    def _part_codes(self, part: dict[str, Any], depth: int) -> set[tuple[str, str]] | None:
-        result: set[tuple[str, str]] | None = None
-        system = part.get("system")
-        if system is not None:
-            if "concept" in part:
-                result = {(system, c["code"]) for c in part["concept"]}
-            else:
-                cs = self._terminology.get("CodeSystem|" + system)
-                if cs is None or cs.get("content", "complete") != "complete":
-                    return None
-                if "filter" in part:
-                    result = _filtered(system, cs["concept"], part["filter"])
-                    if result is None:
-                        return None
-                else:
-                    result = {(system, code) for code in _all_codes(cs["concept"])}
-        for nested in part.get("valueSet", []):
-            codes = self._expand(nested.split("|", 1)[0], depth + 1)
-            if codes is None:
-                return None
-            result = set(codes) if result is None else result & codes
-        return result
-
-
-def _all_codes(concepts: list[dict[str, Any]]) -> list[str]:
-    codes: list[str] = []
-    for c in concepts:
-        codes.append(c["code"])
-        codes.extend(_all_codes(c.get("concept", [])))
-    return codes
-
-
-def _filtered(
-    system: str, concepts: list[dict[str, Any]], filters: list[dict[str, Any]]
-) -> set[tuple[str, str]] | None:
-    result: set[tuple[str, str]] | None = None
-    for f in filters:
-        if f.get("property") != "concept" or f.get("op") not in ("is-a", "descendent-of"):
-            return None
-        found = _find(concepts, f["value"])
-        if found is None:
-            return None
-        codes = set(_all_codes(found.get("concept", [])))
-        if f["op"] == "is-a":
-            codes.add(found["code"])
-        pairs = {(system, c) for c in codes}
-        result = pairs if result is None else result & pairs
-    return result
-
-
-def _find(concepts: list[dict[str, Any]], code: str) -> dict[str, Any] | None:
-    for c in concepts:
-        if c["code"] == code:
-            return c
-        found = _find(c.get("concept", []), code)
-        if found is not None:
-            return found
-    return None

@@ -9,9 +9,11 @@ to which slice, by the discriminators of https://hl7.org/fhir/R4/profiling.html#
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any, Protocol
 
 from service.errors import Issue
+from service.validation.bindings import add_once, binding_issues
 from service.validation.comparison import compare_values
 from service.validation.definitions import BASE_SD, Definitions
 from service.validation.fhirpath import InvariantEngine
@@ -23,7 +25,6 @@ from service.validation.profile_tree import (
     matches_pattern,
 )
 from service.validation.structure import reference_type
-from service.validation.terminology import code_format_problem
 
 
 class Profiles(Protocol):
@@ -346,70 +347,16 @@ class ProfileWalk:
 
     def binding(self, value: Any, node: ElementNode, expr: str, type_code: str | None) -> None:
         binding = node.element.get("binding", {})
-        strength = binding.get("strength")
-        url = str(binding.get("valueSet", "")).split("|", 1)[0]
-        if strength not in ("required", "extensible") or not url:
-            return
-        if isinstance(value, str):
-            pairs: list[tuple[str | None, str]] = [(None, value)]
-        elif isinstance(value, dict):
-            codings = value.get("coding", []) if "coding" in value or "text" in value else [value]
-            if not isinstance(codings, list):
-                return  # the base validator reports the shape
-            pairs = [
-                (c.get("system") if isinstance(c.get("system"), str) else None, c["code"])
-                for c in codings
-                if isinstance(c, dict) and isinstance(c.get("code"), str)
-            ]
-        else:
-            return
-        allowed = self.owner.definitions.expand(url)
-        if allowed is None:
-            for system, code in pairs:
-                problem = code_format_problem(system, code)
-                if problem is not None:
-                    self.add("error", "code-invalid", problem, expr)
-            if pairs:
-                self.add(
-                    "information",
-                    "informational",
-                    f"The value set {url} cannot be expanded here; only the format of the code "
-                    "was checked",
-                    expr,
-                )
-            return
-        if not pairs:
-            if strength == "required" and isinstance(value, dict) and "text" in value:
-                # terminologies.html#required: text alone does not meet a required binding
-                self.add(
-                    "error",
-                    "code-invalid",
-                    f"No code is given, and {node.path} requires one from {url}",
-                    expr,
-                )
-            return
-        hit = any(
-            (system, code) in allowed if system is not None else any(code == c for _, c in allowed)
-            for system, code in pairs
+        found = binding_issues(
+            self.owner.definitions,
+            binding.get("strength"),
+            binding.get("valueSet"),
+            value,
+            node.path,
+            expr,
         )
-        if hit:
-            return
-        shown = ", ".join(f"{s}|{c}" if s else c for s, c in pairs)
-        if strength == "required":
-            self.add(
-                "error",
-                "code-invalid",
-                f"{shown} is not in the value set {url}, which {node.path} requires",
-                expr,
-            )
-        else:
-            self.add(
-                "warning",
-                "code-invalid",
-                f"{shown} is not in the value set {url}, which {node.path} should use when a "
-                "code in it fits (extensible binding)",
-                expr,
-            )
+        suffix = f" (profile {self.profile})"
+        add_once(self.issues, [replace(i, diagnostics=i.diagnostics + suffix) for i in found])
 
     def reference(self, value: Any, node: ElementNode, expr: str) -> None:
         targets = [

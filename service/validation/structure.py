@@ -3,8 +3,8 @@
 Checks, for a resource in JSON: element names (unknown elements are errors), JSON shapes that
 follow from cardinality (arrays for repeating elements), minimum cardinality, choice types,
 primitive formats (``primitives.py``: the regex of each R4 primitive type), and required
-bindings that can be expanded from the vendored code systems. Every problem is reported, each
-with its FHIRPath. The walk carries where it is (the resource and its root, for invariants and
+bindings (with invariants, extensible ones too; ``bindings.py``). Every problem is reported,
+each with its FHIRPath. The walk carries where it is (the resource and its root, for invariants and
 ``#id`` references) as a ``Walk`` passed down, never as ambient state.
 """
 
@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from service.errors import Issue
+from service.validation.bindings import add_once, binding_issues
 from service.validation.dates import date_range
 from service.validation.definitions import Definitions, ElementDef, TypeModel
 from service.validation.fhirpath import InvariantEngine
@@ -416,8 +417,14 @@ class StructureValidator:
             issues += primitive_issues(value, type_code, type_model, expr)
         else:
             self._complex(value, type_model, type_code, expr, issues, walk)
-        if definition.binding_strength == "required" and type_code in _CODED:
-            self._binding(value, definition, type_code, expr, issues)
+        strength = definition.binding_strength
+        if type_code in _CODED and (
+            strength == "required" or (strength == "extensible" and self._invariants)
+        ):
+            found = binding_issues(
+                self._definitions, strength, definition.value_set, value, definition.path, expr
+            )
+            add_once(issues, found)
         if type_code == "Reference" and definition.targets and "Resource" not in definition.targets:
             kind = reference_type(value, walk.resource)
             if kind is not None and kind not in definition.targets:
@@ -438,60 +445,6 @@ class StructureValidator:
             issues.append(Issue("error", "structure", f"{path} must be a JSON object", (expr,)))
             return
         self._object(value, model, path, expr, issues, walk)
-
-    def _binding(
-        self, value: Any, definition: ElementDef, type_code: str, expr: str, issues: list[Issue]
-    ) -> None:
-        if definition.value_set is None:
-            return
-        allowed = self._definitions.expand(definition.value_set)
-        if allowed is None:
-            return  # the value set draws on a code system we cannot expand locally
-        if type_code == "code":
-            if isinstance(value, str) and value and not any(code == value for _, code in allowed):
-                issues.append(
-                    Issue(
-                        "error",
-                        "code-invalid",
-                        f"The code {value!r} is not in the required value set "
-                        f"{definition.value_set}",
-                        (expr,),
-                    )
-                )
-            return
-        if not isinstance(value, dict):
-            return
-        codings = [value] if type_code == "Coding" else value.get("coding", [])
-        if not isinstance(codings, list):
-            return
-        pairs = [
-            (c.get("system"), c.get("code")) for c in codings if isinstance(c, dict) and "code" in c
-        ]
-        if not pairs:
-            if type_code == "CodeableConcept":
-                # terminologies.html#required: the concept SHALL come from the value set, so
-                # text alone does not meet a required binding
-                issues.append(
-                    Issue(
-                        "error",
-                        "code-invalid",
-                        f"No code is given, and {definition.path} requires one from "
-                        f"{definition.value_set}",
-                        (expr,),
-                    )
-                )
-            return
-        if not any(pair in allowed for pair in pairs):
-            shown = ", ".join(f"{s}|{c}" for s, c in pairs)
-            issues.append(
-                Issue(
-                    "error",
-                    "code-invalid",
-                    f"None of the codes ({shown}) is in the required value set "
-                    f"{definition.value_set}",
-                    (expr,),
-                )
-            )
 
 
 def reference_type(reference: Any, root: dict[str, Any] | None) -> str | None:

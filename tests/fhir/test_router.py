@@ -65,6 +65,25 @@ EVERY_ROUTE = [
         "what_matters",
         "what-matters",
     ),
+    (("GET", "POST"), "ValueSet/$expand", "operation", "type", "terminology", "expand"),
+    (("GET", "POST"), "ValueSet/{id}/$expand", "operation", "instance", "terminology", "expand"),
+    (
+        ("GET", "POST"),
+        "ValueSet/$validate-code",
+        "operation",
+        "type",
+        "terminology",
+        "validate-code",
+    ),
+    (
+        ("GET", "POST"),
+        "ValueSet/{id}/$validate-code",
+        "operation",
+        "instance",
+        "terminology",
+        "validate-code",
+    ),
+    (("GET", "POST"), "CodeSystem/$lookup", "operation", "type", "terminology", "lookup"),
     (
         ("GET",),
         "Patient/$summary",
@@ -134,6 +153,11 @@ CLIENT_REQUESTS = [
     ("GET", "Patient/p1/$what-matters", "operation", {"id": "p1"}),
     ("POST", "Patient/p1/$what-matters", "operation", {"id": "p1"}),
     ("GET", "Subscription/s1/$status", "operation", {"id": "s1"}),
+    ("GET", "ValueSet/$expand", "operation", {}),
+    ("POST", "ValueSet/age-units/$expand", "operation", {"id": "age-units"}),
+    ("GET", "ValueSet/$validate-code", "operation", {}),
+    ("POST", "ValueSet/vs1/$validate-code", "operation", {"id": "vs1"}),
+    ("GET", "CodeSystem/$lookup", "operation", {}),
     ("GET", "$export", "operation", {}),
     ("GET", "Patient/$export", "operation", {}),
     ("POST", "$export", "operation", {}),
@@ -304,13 +328,13 @@ def test_the_capability_statement_lists_the_operations_that_route(fhir: FhirServ
     resources = {r["type"]: r for r in _statement(fhir)["rest"][0]["resource"]}
     for type_, resource in resources.items():
         listed = {o["name"] for o in resource.get("operation", [])}
+        # the read-only conformance types list only their own operations: the generic
+        # $validate routes for them too, but answers 405 (they are not written here)
+        of_type = (type_,) if type_ in CONFORMANCE_TYPES else (None, type_)
         routed = {
             r.operation
             for r in ROUTES
-            if r.operation
-            and r.definition
-            and r.resource_type in (None, type_)
-            and r.level != "system"
+            if r.operation and r.definition and r.resource_type in of_type and r.level != "system"
         }
         if "operation" in resource:
             assert listed == routed, type_
@@ -323,6 +347,8 @@ def test_the_capability_statement_lists_the_operations_that_route(fhir: FhirServ
     ]
     assert [o["name"] for o in resources["Subscription"]["operation"]] == ["validate", "status"]
     assert [o["name"] for o in resources["Goal"]["operation"]] == ["validate"]
+    assert [o["name"] for o in resources["ValueSet"]["operation"]] == ["expand", "validate-code"]
+    assert [o["name"] for o in resources["CodeSystem"]["operation"]] == ["lookup"]
     # $ingest routes but has no OperationDefinition to point to: it is not listed; the
     # system-level Bulk Data $export is
     assert [o["name"] for o in _statement(fhir)["rest"][0]["operation"]] == ["export"]
