@@ -19,13 +19,16 @@ from werkzeug.routing import BaseConverter
 from werkzeug.wrappers import Response as HttpResponse
 
 from service.api.handlers import (
-    HANDLERS,
+    HANDLERS as CORE_HANDLERS,
+)
+from service.api.handlers import (
     STREAMED,
     WRITES,
     Context,
     base_url,
     request_actor,
 )
+from service.api.measure_handlers import HANDLERS as MEASURE_HANDLERS
 from service.api.negotiation import render, response_type
 from service.config import Config
 from service.errors import BadRequest, FhirError, NotFound
@@ -33,6 +36,8 @@ from service.fhir import router
 from service.fhir.router import FhirRequest, Headers, Match
 from service.fhir.search_parser import parse_query_string
 
+# every route's handler: the core's (handlers.py) and the measure's (measure_handlers.py)
+HANDLERS = {**CORE_HANDLERS, **MEASURE_HANDLERS}
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 # -- the one view ---------------------------------------------------------------------------

@@ -118,6 +118,7 @@ def capability_statement(
                     {"name": "version", "type": "token"},
                     {"name": "status", "type": "token"},
                 ],
+                **({"operation": ops} if (ops := _operations(type_)) else {}),
             }
         )
     return {

@@ -164,6 +164,7 @@ _VALIDATE = "http://hl7.org/fhir/OperationDefinition/Resource-validate"
 _BACKPORT_STATUS = (
     "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status"
 )
+_EVALUATE_MEASURE = "http://hl7.org/fhir/OperationDefinition/Measure-evaluate-measure"
 _OURS = f"{CANONICAL_BASE}/OperationDefinition"
 _GET, _POST = ("GET",), ("POST",)
 
@@ -224,6 +225,15 @@ ROUTES: tuple[Route, ...] = (
         "what_matters",
         "what-matters",
         f"{_OURS}/what-matters",
+    ),
+    Route(
+        ("GET", "POST"),
+        "Measure/{id}/$evaluate-measure",
+        "operation",
+        INSTANCE,
+        "evaluate_measure",
+        "evaluate-measure",
+        _EVALUATE_MEASURE,
     ),
     Route(
         ("GET", "POST"),

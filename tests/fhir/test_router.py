@@ -66,6 +66,14 @@ EVERY_ROUTE = [
     ),
     (
         ("GET", "POST"),
+        "Measure/{id}/$evaluate-measure",
+        "operation",
+        "instance",
+        "evaluate_measure",
+        "evaluate-measure",
+    ),
+    (
+        ("GET", "POST"),
         "Subscription/{id}/$status",
         "operation",
         "instance",
