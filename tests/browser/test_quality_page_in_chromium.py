@@ -35,11 +35,13 @@ def test_quality_page_in_chromium(
     root = live_server.rsplit("/fhir", 1)[0]
     page = browser.new_page(viewport={"width": 1280, "height": 900}, java_script_enabled=False)
     response = page.goto(f"{root}/reports/what-matters?period=2026-01..2026-06")
-    assert response is not None and response.status == 200
+    assert response is not None
+    assert response.status == 200
     assert page.locator("script").count() == 0
     assert page.locator("svg[role=img] polyline").count() >= 4  # all settings and each setting
     svg_box = page.locator("svg[role=img]").bounding_box()
-    assert svg_box is not None and svg_box["width"] > 600
+    assert svg_box is not None
+    assert svg_box["width"] > 600
     report = requests.get(
         f"{live_server}/Measure/what-matters/$evaluate-measure",
         params={"periodStart": "2026-01-01", "periodEnd": "2026-06-30"},
