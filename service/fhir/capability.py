@@ -54,6 +54,17 @@ def _operations(type_: str | None) -> list[dict[str, str]]:
     return [{"name": name, "definition": url} for name, url in router.operations(type_)]
 
 
+def _own_operations(type_: str) -> list[dict[str, str]]:
+    """The operations routed for this one type only (a read-only conformance type has none
+    of the generic ones: no writes, so no $validate of its own)."""
+    own = {
+        route.operation: route.definition
+        for route in router.ROUTES
+        if route.resource_type == type_ and route.operation and route.definition
+    }
+    return [{"name": name, "definition": url} for name, url in own.items()]
+
+
 def capability_statement(
     base: str,
     released: str,
@@ -118,7 +129,7 @@ def capability_statement(
                     {"name": "version", "type": "token"},
                     {"name": "status", "type": "token"},
                 ],
-                **({"operation": ops} if (ops := _operations(type_)) else {}),
+                **({"operation": ops} if (ops := _own_operations(type_)) else {}),
             }
         )
     return {

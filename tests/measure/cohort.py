@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+from sqlalchemy import text
+
 from service.fhir.model import dump_json, now_us, with_meta
 from service.storage import StoredResource
 
@@ -216,4 +218,10 @@ def load(fhir: Any, all_facts: list[Facts], batch: int = 5000) -> int:
                 flush()
     if pending:
         flush()
+    engine = getattr(fhir.store, "engine", None)
+    if engine is not None and engine.dialect.name == "postgresql":
+        # what autovacuum does to a running database after a bulk load: without statistics
+        # PostgreSQL plans every join for one row
+        with engine.begin() as conn:
+            conn.execute(text("ANALYZE"))
     return written

@@ -167,3 +167,15 @@ def test_bad_parameters_are_400(client: FlaskClient) -> None:
     assert client.get(URL + "&reportType=population").status_code == 400
     assert client.get(URL + "&review-days=soon").status_code == 400
     assert client.get(URL.replace("what-matters/", "other/")).status_code == 404
+
+
+def test_capability_statement_lists_the_operation(client: FlaskClient) -> None:
+    statement = client.get("/fhir/metadata").get_json()
+    measure = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Measure")
+    assert measure["operation"] == [
+        {
+            "name": "evaluate-measure",
+            "definition": "http://hl7.org/fhir/OperationDefinition/Measure-evaluate-measure",
+        }
+    ]
+    assert "read" in [i["code"] for i in measure["interaction"]]
