@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from service.fhir.ingest import Mappings
     from service.fhir.interactions import FhirService
     from service.storage import Store
+    from service.validation.packages import DocumentChecker
     from service.validation.profiles import ProfileRegistry
 
 
@@ -92,8 +93,16 @@ def wire_fhir_service(
     return fhir
 
 
-def build_worker(config: Config, fhir: FhirService, partners: tuple[Partner, ...]) -> Worker:
-    """The outbox worker over ``fhir``: HTTP clients per partner, the summary for documents."""
+def build_worker(
+    config: Config,
+    fhir: FhirService,
+    partners: tuple[Partner, ...],
+    ips_checker: DocumentChecker | None = None,
+) -> Worker:
+    """The outbox worker over ``fhir``: HTTP clients per partner, the summary for documents
+    (and the IPS document for partners that ask for it, checked by ``ips_checker`` or by the
+    IPS package of ``config``)."""
+    from service.exchange.bulk_export import ExportFolder
     from service.exchange.partner_client import HttpPartnerClient
     from service.exchange.queue import Backoff
     from service.exchange.summary import SummaryItem
@@ -138,6 +147,36 @@ def build_worker(config: Config, fhir: FhirService, partners: tuple[Partner, ...
             ]
         return name, items
 
+    ips_document = None
+    if any(partner.send_document == "ips" for partner in partners):
+        from service.priorities.ips import Summaries
+        from service.validation.packages import load_ips
+
+        # partners that take IPS get the $summary document, checked as $summary checks it
+        summaries = Summaries(what_matters, ips_checker or (lambda: load_ips(config.ips_package)))
+
+        def ips_document(patient_id: str) -> dict[str, Any]:
+            return summaries.document(Actor.system(), patient_id, base)
+
+    def records(patient_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """The patient and its statements, goals and Lists, for the document's data block."""
+        import json
+
+        from service.exchange.summary_data import DATA_TYPES
+
+        with fhir.session(Actor.system()) as session:
+            patient = session.read("Patient", patient_id).stored
+        if patient is None or patient.deleted or not patient.content:
+            return None
+        bundle = what_matters.what_matters(Actor.system(), patient_id, False, base).body or {}
+        held = [
+            entry["resource"]
+            for entry in bundle.get("entry", [])[1:]  # the first is the merged List: not stored
+            if entry["resource"].get("resourceType") in DATA_TYPES
+            and "/_history/" not in entry.get("fullUrl", "")
+        ]
+        return json.loads(patient.content), held
+
     from service.exchange.feed import OutboxFeed
 
     feeds = [listener for listener in fhir.listeners if isinstance(listener, OutboxFeed)]
@@ -147,6 +186,8 @@ def build_worker(config: Config, fhir: FhirService, partners: tuple[Partner, ...
         base,
         HttpPartnerClient,
         summarise=summarise,
+        ips=ips_document,
+        records=records,
         learned=feeds[0].learn if feeds else None,
         lease_seconds=config.outbox_lease_seconds,
         backoff=Backoff(
@@ -154,6 +195,7 @@ def build_worker(config: Config, fhir: FhirService, partners: tuple[Partner, ...
             cap_seconds=config.outbox_retry_cap_seconds,
             give_up_seconds=config.outbox_give_up_hours * 3600,
         ),
+        exports=ExportFolder(config.export_dir, config.export_ttl_seconds),
     )
 
 
@@ -188,6 +230,7 @@ def create_app(
     *,
     registry: ProfileRegistry | None = None,
     mappings: Mappings | None = None,
+    ips_checker: DocumentChecker | None = None,
 ) -> Flask:
     """Build the application; with build_fhir_service, the only place that wires classes.
 
@@ -211,7 +254,20 @@ def create_app(
     fhir = build_fhir_service(config, registry)
     app.extensions["whatmatters.store"] = fhir.store
     app.extensions["whatmatters.fhir"] = fhir
-    app.extensions["whatmatters.priorities"] = WhatMatters(fhir)
+    operations = WhatMatters(fhir)
+    app.extensions["whatmatters.priorities"] = operations
+    from service.priorities.ips import Summaries
+    from service.validation.packages import load_ips
+
+    # the IPS 2.0.0 profiles, read on the first summary when the package is there (else a
+    # warning, and summaries go unchecked)
+    ips_path = config.ips_package
+    checker: Any = ips_checker
+    if checker is None:
+        present = ips_path is not None and ips_path.is_file()
+        # absent: the warning now, at start-up, where an operator looks for it
+        checker = (lambda: load_ips(ips_path)) if present else load_ips(ips_path)
+    app.extensions["whatmatters.summaries"] = Summaries(operations, checker)
     if mappings is None:
         mappings = load_mappings(config, [f.resource for f in registry.files])
     app.extensions["whatmatters.mappings"] = mappings

@@ -189,7 +189,48 @@ def _outbox(config: Config, args: argparse.Namespace) -> int:
         fhir.store.close()
 
 
+def _import_document(config: Config, path: Path) -> int:
+    from service import build_fhir_service
+    from service.errors import FhirError
+    from service.priorities.ips_import import import_document
+
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        print(f"whatmatters: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    fhir = build_fhir_service(config)
+    try:
+        report = import_document(fhir, document)
+    except FhirError as exc:
+        for issue in exc.outcome_issues():
+            print(f"error: {', '.join(issue.expression) or '-'}: {issue.diagnostics}")
+        return 1
+    finally:
+        fhir.store.close()
+    read = ", ".join(f"{n} {t}" for t, n in report.read.items())
+    print(
+        f"imported {report.patient} from {path}: read {read}; "
+        f"{report.created} created, {report.updated} updated, {report.unchanged} unchanged"
+    )
+    return 0
+
+
 def _import(config: Config, args: argparse.Namespace) -> int:
+    if args.ips is not None:
+        if args.source or args.patient:
+            print(
+                "whatmatters: --ips reads a document; leave out --from and --patient",
+                file=sys.stderr,
+            )
+            return 2
+        return _import_document(config, args.ips)
+    if not args.source or not args.patient:
+        print(
+            "whatmatters: import needs --from NAME --patient SYSTEM|VALUE, or --ips FILE",
+            file=sys.stderr,
+        )
+        return 2
     from service import build_fhir_service
     from service.errors import FhirError
     from service.exchange.channels import Refused, Retry
@@ -221,6 +262,8 @@ def _import(config: Config, args: argparse.Namespace) -> int:
     finally:
         fhir.store.close()
     read = ", ".join(f"{n} {t}" for t, n in report.read.items())
+    if report.document:
+        read += f" from its What matters to me document {report.document}"
     print(
         f"imported {report.patient} from {partner.name}: read {read}; "
         f"{report.created} created, {report.updated} updated, {report.unchanged} unchanged"
@@ -497,9 +540,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         command.add_argument("--destination", help="only rows for this destination")
         command.add_argument("--all", action="store_true", help="status: list every row")
         command.set_defaults(run=_outbox)
-    pull = sub.add_parser("import", help="pull a patient's priorities from a partner")
-    pull.add_argument("--from", dest="source", required=True, help="the partner's name")
-    pull.add_argument("--patient", required=True, help="the patient's identifier SYSTEM|VALUE")
+    pull = sub.add_parser(
+        "import", help="pull a patient's priorities from a partner, or read an IPS document"
+    )
+    pull.add_argument("--from", dest="source", help="the partner's name")
+    pull.add_argument("--patient", help="the patient's identifier SYSTEM|VALUE")
+    pull.add_argument(
+        "--ips", type=Path, help="an IPS document (JSON Bundle) whose Patient Story to store"
+    )
     pull.set_defaults(run=_import)
     vendor = sub.add_parser(
         "vendor-definitions", help="regenerate the vendored R4 definitions from the npm package"

@@ -55,12 +55,19 @@ class Config:
     # Exchange: the partners file (none by default), and the outbox worker. ``serve`` runs the
     # worker in each gunicorn process unless outbox_worker is off (then run `whatmatters worker`).
     partners_file: Path | None = None
+    # The IPS 2.0.0 npm package (hl7.fhir.uv.ips-2.0.0.tgz, its dependencies beside it) that
+    # $summary documents are checked against; absent: they are served unchecked (a warning).
+    ips_package: Path | None = None
     outbox_worker: bool = True
     outbox_poll_seconds: float = 0.5
     outbox_lease_seconds: float = 60.0
     outbox_retry_base_seconds: float = 1.0
     outbox_retry_cap_seconds: float = 300.0
     outbox_give_up_hours: float = 72.0
+    # Bulk Data export: where the NDJSON files are written (a folder shared by every process
+    # that serves or writes them), and how long they are kept after the export ended.
+    export_dir: Path = field(default_factory=lambda: Path("instance") / "exports")
+    export_ttl_seconds: float = 3600.0
     # Authorization: "none" (the embedded default, refused unless bound to a loopback address)
     # or "smart": Bearer JWTs from auth_issuer, verified with the keys at auth_jwks_url (its
     # /.well-known/jwks.json when unset), for auth_audience (our own base URL when unset).
@@ -142,6 +149,12 @@ class Config:
         raw_metrics = env.get("PROMETHEUS_MULTIPROC_DIR") or env.get("prometheus_multiproc_dir")
         if raw_metrics:
             changes["metrics_dir"] = Path(raw_metrics)
+        raw_export = env.get("WHATMATTERS_EXPORT_DIR")
+        if raw_export:
+            changes["export_dir"] = Path(raw_export)
+        raw_ips = env.get("WHATMATTERS_IPS_PACKAGE")
+        cache = Path(env.get("WHATMATTERS_CACHE") or Path.home() / ".cache" / "whatmatters")
+        changes["ips_package"] = Path(raw_ips) if raw_ips else cache / "hl7.fhir.uv.ips-2.0.0.tgz"
         raw_file = env.get("WHATMATTERS_PARTNERS_FILE")
         if raw_file:
             changes["partners_file"] = Path(raw_file)
@@ -151,6 +164,7 @@ class Config:
             "outbox_retry_base_seconds",
             "outbox_retry_cap_seconds",
             "outbox_give_up_hours",
+            "export_ttl_seconds",
         ):
             number = _number(env, name, float, "a number", changes)
             if number is not None and number <= 0:

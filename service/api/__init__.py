@@ -17,6 +17,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from service.api.exchange_views import build_exchange
+from service.api.export_handlers import build_exports
 from service.api.facade import build_facade
 from service.api.fhir_views import build_blueprint, route_label
 from service.api.negotiation import render_error
@@ -47,6 +48,7 @@ def _route() -> str:
 def register(app: Flask, base_path: str) -> None:
     """Mount the FHIR API and make every error an OperationOutcome."""
     app.register_blueprint(build_exchange())
+    app.register_blueprint(build_exports())
     app.register_blueprint(build_blueprint(base_path))
     app.register_blueprint(build_facade())
     app.register_blueprint(build_page())

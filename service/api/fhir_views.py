@@ -18,8 +18,9 @@ from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import BaseConverter
 from werkzeug.wrappers import Response as HttpResponse
 
+from service.api.export_handlers import EXPORT_HANDLERS
 from service.api.handlers import (
-    HANDLERS as CORE_HANDLERS,
+    HANDLERS as FHIR_HANDLERS,
 )
 from service.api.handlers import (
     STREAMED,
@@ -30,15 +31,19 @@ from service.api.handlers import (
 )
 from service.api.measure_handlers import HANDLERS as MEASURE_HANDLERS
 from service.api.negotiation import render, response_type
+from service.api.summary_handlers import SUMMARY_HANDLERS
 from service.config import Config
 from service.errors import BadRequest, FhirError, NotFound
 from service.fhir import router
 from service.fhir.router import FhirRequest, Headers, Match
 from service.fhir.search_parser import parse_query_string
 
-# every route's handler: the core's (handlers.py) and the measure's (measure_handlers.py)
-HANDLERS = {**CORE_HANDLERS, **MEASURE_HANDLERS}
+# every route's handler: the FHIR interactions and operations, $summary and $evaluate-measure
+HANDLERS = {**FHIR_HANDLERS, **SUMMARY_HANDLERS, **MEASURE_HANDLERS}
+
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+# every route's handler: handlers.py, and the modules of operations that keep their own
+ALL_HANDLERS = {**HANDLERS, **EXPORT_HANDLERS}
 
 # -- the one view ---------------------------------------------------------------------------
 
@@ -132,7 +137,7 @@ def dispatch(rest: str) -> HttpResponse:
     req = fhir_request(path, streamed=handler in STREAMED)
     ctx = Context(base_url(), current_app.config["WHATMATTERS"], request_actor())
     try:
-        result = HANDLERS[handler](ctx, req, found.params)
+        result = ALL_HANDLERS[handler](ctx, req, found.params)
     finally:
         g.whatmatters_bundle_type = ctx.bundle_type
     return render(request, result, base_url, write=found.route.interaction in WRITES)
@@ -179,7 +184,7 @@ def _add_converter(state: BlueprintSetupState) -> None:
 
 def build_blueprint(base_path: str) -> Blueprint:
     """Create the FHIR blueprint: one view for everything under ``base_path``."""
-    missing = {route.handler for route in router.ROUTES} - set(HANDLERS)
+    missing = {route.handler for route in router.ROUTES} - set(ALL_HANDLERS)
     assert not missing, f"routes without a handler: {sorted(missing)}"
     bp = Blueprint("fhir", __name__)
     bp.record_once(_add_converter)

@@ -119,7 +119,7 @@ def render(
 ) -> Response:
     """Turn an interaction Result into an HTTP response with the spec's headers."""
     media = response_type(request)
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = dict(result.headers)
     stored = result.stored
     if stored is not None:
         headers["ETag"] = etag(stored.version)

@@ -1,6 +1,7 @@
-"""Where an outbox row goes: a partner by name, or a subscription by id, as a typed value.
+"""Where an outbox row goes: a partner by name, a subscription or an export job by id, typed.
 
-The store keeps a destination as text (``partner:NAME``, ``subscription:ID``); ``Destination``
+The store keeps a destination as text (``partner:NAME``, ``subscription:ID``,
+``export:JOB``); ``Destination``
 is parsed from that text and formatted back to it at the store's boundary, so the rest of the
 exchange asks ``destination.kind`` instead of testing string prefixes.
 """
@@ -16,6 +17,7 @@ class Kind(StrEnum):
 
     PARTNER = "partner"
     SUBSCRIPTION = "subscription"
+    EXPORT = "export"  # a Bulk Data export job (exchange/bulk_export.py): its files are written
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,11 @@ class Destination:
     def subscription(cls, id_: str) -> Destination:
         """The destination of a Subscription's notifications."""
         return cls(Kind.SUBSCRIPTION, id_)
+
+    @classmethod
+    def export(cls, job_id: str) -> Destination:
+        """The destination of a Bulk Data export job (its files, written by the worker)."""
+        return cls(Kind.EXPORT, job_id)
 
     @classmethod
     def parse(cls, text: str) -> Destination:

@@ -1,5 +1,9 @@
 """Inbound: pull a patient's Goals, Observations and Lists from a partner FHIR server.
 
+A partner that holds none of them for the patient (a documents-only partner) is read for its
+"What matters to me" DocumentReference instead: the data block at the end of its text/plain
+part (``summary_data.py``) gives back the statements, goals and ranked Lists verbatim.
+
 Everything pulled is written in one transaction through the same validation as any write, by
 conditional update on each resource's identifier, so importing twice changes nothing twice.
 References are rewritten to this service's resources; ``meta.source`` names the partner, so the
@@ -8,6 +12,7 @@ outbox never sends the partner's own data back to it.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +22,7 @@ from service.errors import BadRequest, FhirError
 from service.exchange.channels import Refused, check
 from service.exchange.channels.partner_api import URI_SYSTEM, identifier_token
 from service.exchange.partner_client import PartnerClient
+from service.exchange.summary_data import DATA_TYPES, NoData, read_block, resources_of
 from service.fhir.actor import Actor
 from service.fhir.bundles import resolve_conditional_references
 from service.fhir.interactions import FhirService
@@ -39,6 +45,7 @@ class ImportReport:
     updated: int = 0
     unchanged: int = 0  # found here already as they are: no new version written
     pages: int = 0
+    document: str | None = None  # the DocumentReference at the partner it was restored from
 
 
 def pages(client: PartnerClient, type_: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
@@ -95,12 +102,21 @@ def import_patient(
     wanted = [t for t in IMPORT_ORDER if t in (partner.receive_types or IMPORT_ORDER)]
     pulled: list[tuple[str, dict[str, Any]]] = []
     for type_ in wanted:
-        found = list(pages(client, type_, {"patient": f"Patient/{remote_id}"}))
+        found = list(_held(client, type_, {"patient": f"Patient/{remote_id}"}))
         report.read[type_] = len(found)
         pulled += [(type_, r) for r in found]
     # each partner resource as a conditional reference on its identifier
     patient_criteria = f"Patient?{urlencode({'identifier': identifier_token(system, value)})}"
     known = {f"Patient/{remote_id}": patient_criteria}
+    document = None
+    restored = None if pulled else from_document(client, remote_id, system, value)
+    if restored is not None:
+        # nothing but documents there: the priorities as our document's data block holds them
+        document, patient_ref, held = restored
+        report.document = document
+        report.read = {t: sum(1 for k, _ in held if k == t) for t in wanted}
+        pulled = [(t, r) for t, r in held if t in wanted]
+        known[patient_ref] = patient_criteria
     identified: list[tuple[str, dict[str, Any], str]] = []
     for type_, resource in pulled:
         ident = _identifier(resource, f"{partner.base_url}/{type_}/{resource.get('id')}")
@@ -116,7 +132,10 @@ def import_patient(
         if origin is not None:  # the instance that originated it, when the partner names one
             meta["tag"] = [{"system": ORIGIN_TAG_SYSTEM, "code": origin}]
         # where it came from: the outbox never sends it back to that partner
-        meta["source"] = f"{partner.base_url}/{resource['resourceType']}/{resource.get('id')}"
+        here = f"{resource['resourceType']}/{resource.get('id')}"
+        meta["source"] = (
+            f"{partner.base_url}/{document}#{here}" if document else f"{partner.base_url}/{here}"
+        )
         body = {k: v for k, v in body.items() if k not in ("id", "meta")}
         return {**body, "meta": meta}
 
@@ -155,6 +174,77 @@ def import_patient(
 
     # the service imports for whoever runs it (the CLI): no token restricts it
     return fhir.perform(Actor.system(), work)
+
+
+def _held(client: PartnerClient, type_: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
+    """The resources of a search, none when the partner does not serve the type (404)."""
+    try:
+        yield from pages(client, type_, params)
+    except Refused as exc:
+        if exc.status not in (404, 405):
+            raise
+
+
+def from_document(
+    client: PartnerClient, remote_id: str, system: str, value: str
+) -> tuple[str, str, list[tuple[str, dict[str, Any]]]] | None:
+    """The newest "What matters to me" document of the patient at the partner that carries a
+    data block: its reference at the partner, the reference its block names the patient by,
+    and the statements, goals and Lists it holds (dependencies first); None when the partner
+    holds no document for the patient."""
+    partner = client.partner
+    documents = list(_held(client, "DocumentReference", {"patient": f"Patient/{remote_id}"}))
+    if not documents:
+        return None  # nothing there at all: only the patient is imported
+    reasons: list[str] = []
+    found: list[tuple[str, str, dict[str, Any]]] = []
+    for doc in documents:
+        name = f"DocumentReference/{doc.get('id')}"
+        try:
+            bundle = read_block(_plain_text(doc))
+        except NoData as exc:
+            reasons.append(f"{name}: {exc}")
+            continue
+        found.append((str(bundle.get("timestamp") or doc.get("date") or ""), name, bundle))
+    if not found:
+        raise Refused(
+            f"{partner.name} holds only documents for the patient {system}|{value}, and none "
+            "carries What Matters data to restore the priorities from: " + "; ".join(reasons)
+        )
+    _, name, bundle = max(found, key=lambda item: item[0])
+    resources = resources_of(bundle)
+    patients = [r for r in resources if r.get("resourceType") == "Patient"]
+    if len(patients) != 1 or not any(
+        isinstance(i, dict) and i.get("system") == system and i.get("value") == value
+        for i in patients[0].get("identifier") or []
+    ):
+        raise Refused(f"{name} at {partner.name} is not about the patient {system}|{value}")
+    held = [(type_, r) for type_ in DATA_TYPES for r in resources if r.get("resourceType") == type_]
+    return name, f"Patient/{patients[0].get('id')}", held
+
+
+def _plain_text(document: dict[str, Any]) -> str:
+    """The text/plain attachment of a DocumentReference, decoded (UTF-8 unless it says)."""
+    for content in _dicts(document.get("content")):
+        attachment = content.get("attachment")
+        if not isinstance(attachment, dict):
+            continue
+        kind = str(attachment.get("contentType") or "")
+        if kind.split(";")[0].strip().lower() != "text/plain":
+            continue
+        data = attachment.get("data")
+        if not isinstance(data, str):
+            raise NoData("its text/plain part is not inline (no attachment data)")
+        charset = "utf-8"
+        for param in kind.split(";")[1:]:
+            key, _, val = param.partition("=")
+            if key.strip().lower() == "charset" and val.strip():
+                charset = val.strip().strip('"')
+        try:
+            return base64.b64decode(data, validate=True).decode(charset)
+        except (ValueError, LookupError) as exc:
+            raise NoData(f"its text/plain part cannot be read: {exc}") from exc
+    raise NoData("it has no text/plain part")
 
 
 def _dicts(value: Any) -> list[dict[str, Any]]:

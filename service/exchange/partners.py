@@ -53,6 +53,10 @@ class Partner:
     timeout_seconds: float = 10.0
     # local: only what this instance originated is sent; any: what partners sent is relayed
     send_origin: str = "local"
+    # the patient's document for changes of Goals, Observations and Lists: "summary" (our "What
+    # matters to me" DocumentReference, to partners that take no such writes) or "ips" (the
+    # IPS 2.0.0 document of $summary, as a Bundle or wrapped in a DocumentReference)
+    send_document: str = "summary"
 
     @property
     def destination(self) -> str:
@@ -169,5 +173,6 @@ def _partner(item: dict[str, Any], folder: Path, where: str) -> Partner:
         patient_identifier_systems=tuple(send.get("patient_identifier_systems", ())),
         receive_types=tuple((item.get("receive") or {}).get("types", ())),
         send_origin=send.get("origin", "local"),
+        send_document=send.get("document", "summary"),
         timeout_seconds=float(item.get("timeout_seconds", 10.0)),
     )

@@ -2,7 +2,8 @@
 
 At-least-once delivery with an exactly-once effect: the queue (``queue.py``) leases one group
 (one patient at one destination) at a time and settles each row; the channel the row's
-destination names (``channels/``: partner sync, documents, rest-hook) delivers it, raising
+destination names (``channels/``: partner sync, documents, rest-hook; ``bulk_export.py`` for
+Bulk Data export jobs) delivers it, raising
 ``Retry`` (timeouts, 408, 429 and 5xx: backed off, honouring Retry-After), ``Refused`` (400,
 403, 404, 409, 412, 422 and other refusals: dead with the destination's OperationOutcome) or
 ``Skipped`` (nothing left to deliver: discarded with the reason).
@@ -18,8 +19,9 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from service.errors import FhirError, describe_exception
+from service.exchange.bulk_export import BulkExport, ExportFolder
 from service.exchange.channels import Channel, Refused, Retry, Skipped, Waiting
-from service.exchange.channels.documents import Documents, Summariser
+from service.exchange.channels.documents import Documents, IpsDocument, Records, Summariser
 from service.exchange.channels.partner_api import PartnerApi
 from service.exchange.channels.partner_sync import PartnerSync
 from service.exchange.channels.rest_hook import RestHook
@@ -45,6 +47,8 @@ class Worker:
         clients: Callable[[Partner], PartnerClient],
         *,
         summarise: Summariser | None = None,
+        ips: IpsDocument | None = None,
+        records: Records | None = None,
         lease_seconds: float = 60.0,
         backoff: Backoff | None = None,
         batch: int = 10,
@@ -53,6 +57,7 @@ class Worker:
         lookup_ttl: float = 300.0,
         learned: Callable[[Partner, str], None] | None = None,
         hooks: HookClient | None = None,
+        exports: ExportFolder | None = None,
     ) -> None:
         self.fhir = fhir
         self.partners = {p.destination: p for p in partners}
@@ -74,13 +79,17 @@ class Worker:
             lookup_ttl=lookup_ttl,
             learned=learned,
         )
-        self.documents = Documents(self.partner_api, summarise, now)
+        self.documents = Documents(self.partner_api, summarise, now, ips=ips, records=records)
         self.partner_sync = PartnerSync(self.partner_api, self.documents)
         self.rest_hook = RestHook(fhir, self.base_url, hooks or HttpHookClient(), now)
         self.channels: dict[Kind, Channel] = {
             Kind.PARTNER: self.partner_sync,
             Kind.SUBSCRIPTION: self.rest_hook,
         }
+        # Bulk Data export jobs: their files are written by the same workers, one row a job
+        self.bulk_export = BulkExport(fhir, exports) if exports is not None else None
+        if self.bulk_export is not None:
+            self.channels[Kind.EXPORT] = self.bulk_export
         # the lease is renewed before each row: it needs to outlive one row's partner calls,
         # not a group's. A row slower than the lease may be sent again by the worker that takes
         # it over, which the idempotent writes (and the subscribers' event numbers) make harmless.
@@ -93,6 +102,10 @@ class Worker:
             rng=lambda: self.rng,
             on_dead=self._gave_up,
         )
+        if self.bulk_export is not None:
+            queue = self.queue
+            # an export runs longer than one lease: its lease is renewed before each page
+            self.bulk_export.renew = lambda row: queue.renew([row], row.lease_owner or "")
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -128,8 +141,11 @@ class Worker:
         self.partner_sync.check_partners()
 
     def heartbeats(self) -> None:
-        """Send a heartbeat to each active subscription quiet for its heartbeat period."""
+        """Send a heartbeat to each active subscription quiet for its heartbeat period; remove
+        the files of Bulk Data exports past their time."""
         self.rest_hook.heartbeats()
+        if self.bulk_export is not None:
+            self.bulk_export.sweep()
 
     def serve_forever(self, stop: threading.Event, threads: int = 2, poll: float = 0.5) -> None:
         """Deliver in ``threads`` threads until ``stop`` is set; send heartbeats."""

@@ -138,7 +138,11 @@ def capability_statement(
         "date": released,
         "publisher": "What Matters",
         "kind": "instance",
-        "instantiates": [f"{BACKPORT}/CapabilityStatement/backport-subscription-server-r4"],
+        "instantiates": [
+            f"{BACKPORT}/CapabilityStatement/backport-subscription-server-r4",
+            # Bulk Data Access IG: $export (system and Patient level)
+            "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data",
+        ],
         "software": {"name": SOFTWARE_NAME, "version": SOFTWARE_VERSION},
         "implementation": {
             **(

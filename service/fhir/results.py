@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.errors import Issue
@@ -22,6 +22,9 @@ class Result:
     location: bool = False
     # Validation warnings of a write, returned with Prefer: return=OperationOutcome
     issues: tuple[Issue, ...] = ()
+    # Headers of the answer besides those the rendering derives (Content-Location of an
+    # asynchronous kick-off)
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def operation_outcome(issues: Sequence[Issue]) -> dict[str, Any]:

@@ -166,6 +166,9 @@ _BACKPORT_STATUS = (
 )
 _EVALUATE_MEASURE = "http://hl7.org/fhir/OperationDefinition/Measure-evaluate-measure"
 _OURS = f"{CANONICAL_BASE}/OperationDefinition"
+# FHIR Bulk Data Access IG v2 (https://hl7.org/fhir/uv/bulkdata/export.html)
+_BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
+_IPS_SUMMARY = "http://hl7.org/fhir/uv/ips/OperationDefinition/summary"
 _GET, _POST = ("GET",), ("POST",)
 
 ROUTES: tuple[Route, ...] = (
@@ -174,6 +177,7 @@ ROUTES: tuple[Route, ...] = (
     Route(_POST, "", "transaction", SYSTEM, "transaction"),
     Route(_GET, "_history", "history-system", SYSTEM, "history_system"),
     Route(_POST, "$ingest", "operation", SYSTEM, "ingest", "ingest"),
+    Route(("GET", "POST"), "$export", "operation", SYSTEM, "export", "export", f"{_BULK}/export"),
     # type level: [base]/[type]
     Route(_GET, "{type}", "search-type", TYPE, "search_type", in_bundle=True),
     Route(("GET", "POST"), "{type}/_search", "search-type", TYPE, "search_type"),
@@ -226,6 +230,27 @@ ROUTES: tuple[Route, ...] = (
         "what-matters",
         f"{_OURS}/what-matters",
     ),
+    Route(
+        _GET,
+        "Patient/$summary",
+        "operation",
+        TYPE,
+        "summary_by_identifier",
+        "summary",
+        _IPS_SUMMARY,
+    ),
+    Route(_GET, "Patient/{id}/$summary", "operation", INSTANCE, "summary", "summary", _IPS_SUMMARY),
+    Route(
+        ("GET", "POST"),
+        "Patient/$export",
+        "operation",
+        TYPE,
+        "export",
+        "export",
+        f"{_BULK}/patient-export",
+    ),
+    # Group is not a type this server stores: routed to say so (and not listed)
+    Route(_GET, "Group/{id}/$export", "operation", INSTANCE, "export", "export"),
     Route(
         ("GET", "POST"),
         "Measure/{id}/$evaluate-measure",

@@ -245,6 +245,26 @@ class WhatMatters:
         }
         return Result(200, body=bundle)
 
+    def patient_resource(self, session: Session, patient_id: str) -> dict[str, Any]:
+        """The Patient's current JSON (404 or 410 when there is none)."""
+        stored = session.read("Patient", patient_id).stored
+        assert stored is not None
+        patient: dict[str, Any] = parse_json(stored.content or "{}")
+        return patient
+
+    def merged_bundle(self, session: Session, patient_id: str, base: str) -> dict[str, Any]:
+        """The ``$what-matters`` Bundle, in a session already open (``$summary``)."""
+        body = self._what_matters(session, patient_id, False, base, None).body
+        assert body is not None
+        return body
+
+    def sources(
+        self, session: Session, patient_id: str, base: str
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        """The current Priorities Lists, the candidate Observations and Goals, and the
+        Provenances that target them (what ``$what-matters`` gathers)."""
+        return self._sources(session, patient_id, base)
+
     def _sources(
         self, session: Session, patient_id: str, base: str
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:

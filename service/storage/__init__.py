@@ -507,7 +507,7 @@ class Counters(Protocol):
 
 
 class Jobs(Protocol):
-    """The progress of resumable jobs such as reindex."""
+    """The progress of resumable jobs such as reindex and Bulk Data exports."""
 
     def progress(self, name: str) -> tuple[Key | None, int] | None:
         """Return (last key, count done) of a job, or None."""

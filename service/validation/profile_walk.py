@@ -140,7 +140,11 @@ class ProfileWalk:
     def children(self, value: dict[str, Any], node: ElementNode, expr: str) -> None:
         for child in node.relevant_children:
             found = list(self.values(value, child, expr))
-            self.element(found, child, f"{expr}.{child.name.replace('[x]', '')}")
+            # a primitive given only by its extensions (``_birthDate`` with a data-absent-reason)
+            # is there, without a value (json.html#primitive): it counts towards min
+            bare = value.get(f"_{child.name}") if value.get(child.name) is None else None
+            extra = len(bare) if isinstance(bare, list) else int(isinstance(bare, dict))
+            self.element(found, child, f"{expr}.{child.name.replace('[x]', '')}", extra)
 
     def values(
         self, value: dict[str, Any], child: ElementNode, expr: str
@@ -169,10 +173,14 @@ class ProfileWalk:
             yield item, f"{expr}.{name}", single
 
     def element(
-        self, found: list[tuple[Any, str, str | None]], node: ElementNode, expr: str
+        self,
+        found: list[tuple[Any, str, str | None]],
+        node: ElementNode,
+        expr: str,
+        without_value: int = 0,
     ) -> None:
         count = len(found)
-        if node.has("min") and count < node.min:
+        if node.has("min") and count + without_value < node.min:
             self.add(
                 "error",
                 "required",

@@ -110,7 +110,11 @@ class ProfileRegistry:
     @classmethod
     def load(cls, base: Definitions, directory: Path) -> ProfileRegistry:
         """Load and check ``directory``; raise ProfileError naming the file and element."""
-        files = load_profile_files(directory)
+        return cls.from_files(base, load_profile_files(directory))
+
+    @classmethod
+    def from_files(cls, base: Definitions, files: list[ProfileFile]) -> ProfileRegistry:
+        """Load and check profile files (of a folder, or of an npm package: packages.py)."""
         warnings = [w for f in files for w in _lenient(f)]
         definitions = base.overlay([f.resource for f in files])
         registry = cls(definitions, files, warnings=warnings)

@@ -1,28 +1,36 @@
 """A small FHIR server in memory, answering the worker's calls as a partner would: it offers
-the types its CapabilityStatement lists (create, update, search by ``identifier`` and
-``_source``, conditional create and update) and refuses the rest with 404, as a server that
-does not know a type does. ``capability=None`` answers ``/metadata`` with an empty Bundle, as
-a server with no CapabilityStatement was seen doing."""
+the types its CapabilityStatement lists (create, update, search by ``identifier``, ``_source``
+and ``patient``, conditional create and update) and refuses the rest with 404, as a server
+that does not know a type does. ``capability=None`` answers ``/metadata`` with an empty Bundle, as
+a server with no CapabilityStatement was seen doing. ``FakeFhirServer`` serves one over HTTP."""
 
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from service.exchange.partner_client import Answer
 from service.exchange.partners import Partner
+from tests.exchange.serving import Serving
 
 
 def _keys(resource: dict[str, Any]) -> set[str]:
     """The ``param=value`` searches that find the resource."""
+    given = resource.get("identifier")  # one Identifier on a Bundle, a list elsewhere
     found = {
         f"identifier={i.get('system')}|{i.get('value')}"
-        for i in resource.get("identifier") or []
+        for i in ([given] if isinstance(given, dict) else given or [])
         if isinstance(i, dict)
     }
     source = (resource.get("meta") or {}).get("source")
     if source:
         found.add(f"_source={source}")
+    subject = (resource.get("subject") or {}).get("reference")
+    if subject:
+        found.add(f"patient={subject}")
     return found
 
 
@@ -104,3 +112,64 @@ class FakeFhir:
             {"location": f"{type_}/{id_}/_history/1"},
             self.stored[(type_, id_)],
         )
+
+
+class FakeFhirServer(Serving):
+    """A FakeFhir served over HTTP on loopback (``url`` is its base), for real instances to
+    use as a partner: one request at a time, as the in-memory dict wants."""
+
+    def __init__(self, types: tuple[str, ...] | None) -> None:
+        self.port = 0
+        self.fake = FakeFhir(Partner(name="fake", base_url=""), types)
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/fhir"
+
+    def start(self) -> FakeFhirServer:
+        fake, lock = self.fake, threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Log nothing."""
+
+            def _handle(self) -> None:
+                split = urlsplit(self.path)
+                path = split.path.removeprefix("/fhir").lstrip("/")
+                params = None
+                if self.command == "GET":
+                    params = dict(parse_qsl(split.query)) or None
+                elif split.query:
+                    path += "?" + split.query  # a conditional write's criteria
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                with lock:
+                    answer = fake.request(
+                        self.command, path, body, dict(self.headers.items()), params
+                    )
+                payload = json.dumps(answer.body, ensure_ascii=False).encode("utf-8")
+                self.send_response(answer.status)
+                self.send_header("Content-Type", "application/fhir+json")
+                self.send_header("Content-Length", str(len(payload)))
+                for name, value in answer.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = _handle  # noqa: N815
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -96,6 +96,8 @@ def leaks(response: Any) -> bool:
         ("/fhir/Goal/_history", 403),
         ("/fhir/_history", 403),
         ("/fhir/Patient/pB/$what-matters", 403),
+        ("/fhir/Patient/pB/$summary", 403),
+        ("/fhir/Patient/$summary?identifier=https://fhir.nhs.uk/Id/nhs-number|9000000017", 404),
         ("/patients/pB/what-matters", 403),
         # the facade finds the patient by identifier, a search: B is not there for A's token
         ("/api/patients/https%3A%2F%2Ffhir.nhs.uk%2FId%2Fnhs-number|9000000017/priorities", 404),
@@ -107,6 +109,7 @@ def leaks(response: Any) -> bool:
         ("/fhir/Observation?_summary=count", 200),
         ("/fhir/Provenance", 200),
         ("/fhir/Patient/pA/$what-matters", 200),
+        ("/fhir/Patient/pA/$summary", 200),
         ("/fhir/Goal/{A_goal}", 200),
         ("/fhir/Goal/{A_goal}/_history", 200),
     ],

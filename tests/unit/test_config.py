@@ -74,3 +74,15 @@ def test_read_isolation_and_edge_settings_are_read() -> None:
     assert config.metrics_public is True
     with pytest.raises(ConfigError, match="WHATMATTERS_MAX_CHAIN_DEPTH"):
         Config.from_env({"WHATMATTERS_MAX_CHAIN_DEPTH": "0"})
+
+
+def test_bulk_export_settings_are_read() -> None:
+    assert Config.from_env({}).export_dir == Path("instance") / "exports"
+    assert Config.from_env({}).export_ttl_seconds == 3600.0
+    config = Config.from_env(
+        {"WHATMATTERS_EXPORT_DIR": "/srv/exports", "WHATMATTERS_EXPORT_TTL_SECONDS": "600"}
+    )
+    assert config.export_dir == Path("/srv/exports")
+    assert config.export_ttl_seconds == 600.0
+    with pytest.raises(ConfigError, match="WHATMATTERS_EXPORT_TTL_SECONDS must be positive"):
+        Config.from_env({"WHATMATTERS_EXPORT_TTL_SECONDS": "0"})

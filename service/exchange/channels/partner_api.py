@@ -465,8 +465,14 @@ def _has_key(resource: dict[str, Any], param: str, token: str) -> bool:
         and i.get("system")
         and i.get("value")
         and identifier_token(str(i["system"]), str(i["value"])) == token
-        for i in resource.get("identifier") or []
+        for i in _identifiers(resource)
     )
+
+
+def _identifiers(resource: dict[str, Any]) -> list[Any]:
+    """A resource's identifiers (one object for a Bundle, a list for the others)."""
+    given = resource.get("identifier")
+    return [given] if isinstance(given, dict) else list(given or [])
 
 
 def _identifier(content: dict[str, Any]) -> tuple[str, str]:

@@ -41,7 +41,7 @@ class PartnerSync:
             target.capability,
             target.current,
         )
-        if Documents.takes(capability, row.res_type):
+        if Documents.takes(capability, row.res_type, partner):
             return self.documents.send(target, row)
         if current.deleted:
             if capability.writes(row.res_type):
