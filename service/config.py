@@ -38,6 +38,8 @@ class Config:
     default_page_size: int = 50
     max_page_size: int = 1000
     db_pool_size: int = 5
+    # The What Matters measure counts patients of at least this age at the period's start.
+    measure_min_age: int = 65
     # Profiles every write of a type must meet (any one of them), e.g.
     # (("Goal", ("http://whatmatters.example/fhir/StructureDefinition/wmty-personal-goal",)),).
     # Empty by default: EHRs send ordinary Goals and Observations too (the validation policy in
@@ -137,6 +139,7 @@ class Config:
             "max_chain_depth",
             "auth_max_token_seconds",
             "trusted_proxy_hops",
+            "measure_min_age",
         ):
             _number(env, name, int, "a whole number", changes)
         for name in ("profiles_dir", "mappings_dir"):

@@ -22,6 +22,7 @@ from service.api.facade import build_facade
 from service.api.fhir_views import build_blueprint, route_label
 from service.api.negotiation import render_error
 from service.api.page import build_page
+from service.api.quality_page import build_quality_page
 from service.errors import (
     FhirError,
     MethodNotAllowed,
@@ -51,6 +52,7 @@ def register(app: Flask, base_path: str) -> None:
     app.register_blueprint(build_blueprint(base_path))
     app.register_blueprint(build_facade())
     app.register_blueprint(build_page())
+    app.register_blueprint(build_quality_page())
 
     @app.errorhandler(FhirError)
     def _fhir_error(error: FhirError) -> Response:

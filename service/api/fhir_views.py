@@ -29,6 +29,7 @@ from service.api.handlers import (
     base_url,
     request_actor,
 )
+from service.api.measure_handlers import HANDLERS as MEASURE_HANDLERS
 from service.api.negotiation import render, response_type
 from service.api.summary_handlers import SUMMARY_HANDLERS
 from service.api.terminology_handlers import TERMINOLOGY_HANDLERS
@@ -38,12 +39,16 @@ from service.fhir import router
 from service.fhir.router import FhirRequest, Headers, Match
 from service.fhir.search_parser import parse_query_string
 
-# every route's handler: the FHIR interactions and operations, $summary and terminology
-HANDLERS = {**FHIR_HANDLERS, **SUMMARY_HANDLERS, **TERMINOLOGY_HANDLERS}
-
+# every route's handler, by the name its route gives: the FHIR interactions (handlers.py), and
+# the operations that keep their own module ($summary, terminology, $evaluate-measure, $export)
+HANDLERS = {
+    **FHIR_HANDLERS,
+    **SUMMARY_HANDLERS,
+    **TERMINOLOGY_HANDLERS,
+    **MEASURE_HANDLERS,
+    **EXPORT_HANDLERS,
+}
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-# every route's handler: handlers.py, and the modules of operations that keep their own
-ALL_HANDLERS = {**HANDLERS, **EXPORT_HANDLERS}
 
 # -- the one view ---------------------------------------------------------------------------
 
@@ -137,7 +142,7 @@ def dispatch(rest: str) -> HttpResponse:
     req = fhir_request(path, streamed=handler in STREAMED)
     ctx = Context(base_url(), current_app.config["WHATMATTERS"], request_actor())
     try:
-        result = ALL_HANDLERS[handler](ctx, req, found.params)
+        result = HANDLERS[handler](ctx, req, found.params)
     finally:
         g.whatmatters_bundle_type = ctx.bundle_type
     return render(request, result, base_url, write=found.route.interaction in WRITES)
@@ -184,7 +189,7 @@ def _add_converter(state: BlueprintSetupState) -> None:
 
 def build_blueprint(base_path: str) -> Blueprint:
     """Create the FHIR blueprint: one view for everything under ``base_path``."""
-    missing = {route.handler for route in router.ROUTES} - set(ALL_HANDLERS)
+    missing = {route.handler for route in router.ROUTES} - set(HANDLERS)
     assert not missing, f"routes without a handler: {sorted(missing)}"
     bp = Blueprint("fhir", __name__)
     bp.record_once(_add_converter)

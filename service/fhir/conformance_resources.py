@@ -1,8 +1,8 @@
 """The conformance resources of the profiles folder, served read-only.
 
 ``GET /fhir/StructureDefinition/wmty-statement`` (with the snapshot the service generated),
-and the same for ValueSet, CodeSystem, OperationDefinition, SearchParameter and ConceptMap;
-search by ``url``, ``_id`` or ``name``. They change only with the profiles folder, so every
+and the same for ValueSet, CodeSystem, OperationDefinition, SearchParameter, ConceptMap and
+Measure; search by ``url``, ``_id`` or ``name``. They change only with the profiles folder, so every
 write is 405 (https://hl7.org/fhir/R4/http.html, capability-based read-only resources).
 """
 
@@ -25,6 +25,7 @@ CONFORMANCE_TYPES = (
     "OperationDefinition",
     "SearchParameter",
     "ConceptMap",
+    "Measure",
 )
 SEARCH_PARAMS = ("url", "_id", "name", "version", "status")
 _CHANGED = "_changed"

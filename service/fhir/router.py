@@ -164,6 +164,7 @@ _VALIDATE = "http://hl7.org/fhir/OperationDefinition/Resource-validate"
 _BACKPORT_STATUS = (
     "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status"
 )
+_EVALUATE_MEASURE = "http://hl7.org/fhir/OperationDefinition/Measure-evaluate-measure"
 _OURS = f"{CANONICAL_BASE}/OperationDefinition"
 _CORE_OPS = "http://hl7.org/fhir/OperationDefinition/"
 # FHIR Bulk Data Access IG v2 (https://hl7.org/fhir/uv/bulkdata/export.html)
@@ -262,6 +263,15 @@ ROUTES: tuple[Route, ...] = (
     ),
     # Group is not a type this server stores: routed to say so (and not listed)
     Route(_GET, "Group/{id}/$export", "operation", INSTANCE, "export", "export"),
+    Route(
+        ("GET", "POST"),
+        "Measure/{id}/$evaluate-measure",
+        "operation",
+        INSTANCE,
+        "evaluate_measure",
+        "evaluate-measure",
+        _EVALUATE_MEASURE,
+    ),
     Route(
         ("GET", "POST"),
         "Subscription/{id}/$status",

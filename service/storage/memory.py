@@ -16,6 +16,9 @@ from typing import Any
 
 from service.storage import (
     INDEX_KINDS,
+    CohortCount,
+    CohortMember,
+    CohortQuery,
     CompositeMatch,
     Criterion,
     HasCriterion,
@@ -38,6 +41,7 @@ from service.storage import (
     UriMatch,
     VersionConflict,
 )
+from service.storage.memcohort import MemoryCohorts
 from service.storage.outbox import UNDELIVERED, OutboxRow
 
 
@@ -252,6 +256,14 @@ class MemorySearches:
     def count(self, query: Query) -> int:
         """Return how many resources match."""
         return len(self._sorted(query))
+
+    def cohort_counts(self, query: CohortQuery) -> list[CohortCount]:
+        """Count a cohort's subjects (memcohort.py)."""
+        return MemoryCohorts(self.state.versions, self.state.index, self._matches).counts(query)
+
+    def cohort_members(self, query: CohortQuery) -> list[CohortMember]:
+        """A cohort's subjects (memcohort.py)."""
+        return MemoryCohorts(self.state.versions, self.state.index, self._matches).members(query)
 
     def save(self, search_id: str, keys: Sequence[Key], created_us: int) -> None:
         """Keep the ordered matches of a search."""

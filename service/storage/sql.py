@@ -51,9 +51,10 @@ from service.storage.schema import (
     schema_migrations,
     search_reference,
 )
+from service.storage.sqlcohort import SqlCohortSearches
 from service.storage.sqlengine import advisory_key, engine_for, is_transient
 from service.storage.sqloutbox import SqlOutbox
-from service.storage.sqlsearch import SqlSearches, find_tokens_sql, param_mark, read_many_sql
+from service.storage.sqlsearch import find_tokens_sql, param_mark, read_many_sql
 
 # Built once: composing these clauses per call costs more than running them.
 _READ_CURRENT = select(resources).where(
@@ -393,7 +394,7 @@ class SqlTransaction:
         self._conn = conn
         self.resources = SqlResources(conn, dialect)
         self.index = SqlIndex(conn, dialect)
-        self.searches = SqlSearches(conn, dialect)
+        self.searches = SqlCohortSearches(conn, dialect)
         self.outbox = SqlOutbox(conn)
         self.counters = SqlCounters(conn)
         self.jobs = SqlJobs(conn)

@@ -97,6 +97,14 @@ EVERY_ROUTE = [
     (("GET",), "Group/{id}/$export", "operation", "instance", "export", "export"),
     (
         ("GET", "POST"),
+        "Measure/{id}/$evaluate-measure",
+        "operation",
+        "instance",
+        "evaluate_measure",
+        "evaluate-measure",
+    ),
+    (
+        ("GET", "POST"),
         "Subscription/{id}/$status",
         "operation",
         "instance",
