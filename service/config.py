@@ -95,6 +95,8 @@ class Config:
     trusted_proxy_hops: int = 0
     # prometheus_client's multiprocess folder (PROMETHEUS_MULTIPROC_DIR); `serve` sets its own.
     metrics_dir: Path | None = None
+    # where `serve` writes its master's pid (gunicorn's pidfile), for `map reload` to signal
+    pid_file: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -139,6 +141,9 @@ class Config:
         raw_metrics = env.get("PROMETHEUS_MULTIPROC_DIR") or env.get("prometheus_multiproc_dir")
         if raw_metrics:
             changes["metrics_dir"] = Path(raw_metrics)
+        raw_pid_file = env.get("WHATMATTERS_PID_FILE")
+        if raw_pid_file:
+            changes["pid_file"] = Path(raw_pid_file)
         raw_file = env.get("WHATMATTERS_PARTNERS_FILE")
         if raw_file:
             changes["partners_file"] = Path(raw_file)
