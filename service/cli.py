@@ -348,7 +348,8 @@ def _map_reload(config: Config, args: argparse.Namespace) -> int:
     names = ", ".join(sorted(mappings.files)) or "none"
     pid = args.pid
     if pid is None and config.pid_file is not None and config.pid_file.exists():
-        pid = int(config.pid_file.read_text().strip() or 0) or None
+        text = config.pid_file.read_text().strip()
+        pid = int(text) if text.isdigit() else None
     if pid is None:
         print(
             f"{config.mappings_dir}: a running service serves these from its next $ingest: "
