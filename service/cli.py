@@ -59,7 +59,13 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     for warning in registry.warnings:
         print(f"warning: {warning}", file=sys.stderr)  # accepted, but worth fixing in the file
     wire_fhir_service(config, MemoryStore(), registry)
-    load_mappings(config, [f.resource for f in registry.files])
+    from service.api.live_mappings import ServedMappings, log
+    from service.validation.profiles import ProfileError
+
+    # the last good mappings: SIGHUP reloads them; a worker falls back on them (never fails)
+    served = ServedMappings(
+        load_mappings(config, [f.resource for f in registry.files]), lambda: load_mappings(config)
+    )
     # Each worker builds its own app (and connection pool) after the fork.
     worker_config = replace(config, auto_migrate=False, metrics_dir=metrics_dir)
 
@@ -78,9 +84,20 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
             self.cfg.set("limit_request_line", 8190)
             # a dead worker's live gauges leave the sums; its counters stay counted
             self.cfg.set("child_exit", _worker_exited)
+            # SIGHUP: gunicorn reloads, this reads the mappings, new workers replace the old
+            self.cfg.set("on_reload", lambda _arbiter: served.reload())
+            if config.pid_file is not None:
+                self.cfg.set("pidfile", str(config.pid_file))
 
         def load(self) -> object:
-            app = create_app(worker_config)
+            fresh = registry
+            try:
+                fresh = ProfileRegistry.load(Definitions.shared(), worker_config.profiles_dir)
+            except ProfileError:  # a worker that cannot boot would stop the service
+                log.error("the profiles folder is broken; this worker serves the start-up one")
+            resources = [f.resource for f in fresh.files]
+            mappings = served.for_worker(lambda: load_mappings(worker_config, resources))
+            app = create_app(worker_config, registry=fresh, mappings=mappings)
             if config.outbox_worker:
                 _start_embedded_worker(worker_config, app)
             return app
@@ -359,6 +376,9 @@ def _map_check(config: Config, args: argparse.Namespace) -> int:
 
 
 def _map_reload(config: Config, args: argparse.Namespace) -> int:
+    import os
+    import signal
+
     from service import load_mappings
     from service.mapping.files import MappingError
 
@@ -369,7 +389,22 @@ def _map_reload(config: Config, args: argparse.Namespace) -> int:
         print("The mappings folder is broken: a running service keeps the set it has.")
         return 1
     names = ", ".join(sorted(mappings.files)) or "none"
-    print(f"{config.mappings_dir}: a running service serves these from its next $ingest: {names}")
+    pid = args.pid
+    if pid is None and config.pid_file is not None and config.pid_file.exists():
+        text = config.pid_file.read_text().strip()
+        pid = int(text) if text.isdigit() else None
+    if pid is None:
+        print(
+            f"{config.mappings_dir}: a running service serves these from its next $ingest: "
+            f"{names} (SIGHUP to `whatmatters serve`, or --pid, restarts its workers on them)"
+        )
+        return 0
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        print(f"whatmatters: no service to reload at pid {pid} ({exc.strerror})")
+        return 1
+    print(f"{config.mappings_dir}: sent SIGHUP to the service (pid {pid}); it now serves: {names}")
     return 0
 
 
@@ -527,8 +562,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--dry-run", action="store_true", help="show the Bundle; write nothing")
     run.set_defaults(run=_map_run)
     reload = map_sub.add_parser(
-        "reload", help="check the mappings folder as a running service reloads it"
+        "reload",
+        help="check the mappings folder, then (with --pid or WHATMATTERS_PID_FILE) send the "
+        "running service SIGHUP to reload it; a broken folder is never sent",
     )
+    reload.add_argument("--pid", type=int, help="the `whatmatters serve` master's process id")
     reload.set_defaults(run=_map_reload)
     worker = sub.add_parser("worker", help="deliver the outbox to partners and subscribers")
     worker.add_argument("--threads", type=int, default=2, help="delivery threads")

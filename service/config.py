@@ -104,6 +104,8 @@ class Config:
     trusted_proxy_hops: int = 0
     # prometheus_client's multiprocess folder (PROMETHEUS_MULTIPROC_DIR); `serve` sets its own.
     metrics_dir: Path | None = None
+    # where `serve` writes its master's pid (gunicorn's pidfile), for `map reload` to signal
+    pid_file: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -155,6 +157,9 @@ class Config:
         raw_ips = env.get("WHATMATTERS_IPS_PACKAGE")
         cache = Path(env.get("WHATMATTERS_CACHE") or Path.home() / ".cache" / "whatmatters")
         changes["ips_package"] = Path(raw_ips) if raw_ips else cache / "hl7.fhir.uv.ips-2.0.0.tgz"
+        raw_pid_file = env.get("WHATMATTERS_PID_FILE")
+        if raw_pid_file:
+            changes["pid_file"] = Path(raw_pid_file)
         raw_file = env.get("WHATMATTERS_PARTNERS_FILE")
         if raw_file:
             changes["partners_file"] = Path(raw_file)

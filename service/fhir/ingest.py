@@ -33,6 +33,7 @@ from service.mapping.sources import mapping_records
 MAX_ERRORS = 100  # reported at once; the rest are summarised
 DRY_RUN_LIMIT = 10_000  # resources shown by a dry run
 BATCH = 200  # resources inserted with one multi-row statement per table
+RESOLVED_LIMIT = 10_000  # conditional references kept resolved during one ingest
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,21 @@ class IngestReport:
                 f"corrected; {self.error_count} errors",
             ),
         ]
+
+
+class ResolvedReferences(dict[str, str]):
+    """Conditional references already resolved (criteria -> ``Type/id``), at most ``limit`` of
+    them: the oldest is forgotten first, so an input naming a million patients does not hold a
+    million entries (a forgotten one is looked up again)."""
+
+    def __init__(self, limit: int = RESOLVED_LIMIT) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def __setitem__(self, criteria: str, reference: str) -> None:
+        if criteria not in self and len(self) >= self.limit:
+            del self[next(iter(self))]
+        super().__setitem__(criteria, reference)
 
 
 class _Rollback(Exception):
@@ -153,10 +169,12 @@ def ingest(
         return True
 
     def write(session: Session) -> None:
+        # Nothing here grows with the input: what a record refers to that an earlier record
+        # made is either in the batch not yet written (``pending``) or already written in this
+        # transaction, where the database finds it; ``resolved`` is bounded.
         batch: list[tuple[Output, dict[str, Any]]] = []
         pending: set[str] = set()  # what the batch will create, as conditional references
-        made: set[str] = set()  # what this input has made so far
-        resolved: dict[str, str] = {}  # the same patient is named by many records
+        resolved = ResolvedReferences()  # the same patient is named by many records
 
         def flush() -> None:
             items = [(o.resource["resourceType"], r, o.identifier) for o, r in batch]
@@ -174,7 +192,7 @@ def ingest(
 
         def resolvable(output: Output, references: list[str], earlier: set[str]) -> bool:
             for criteria in references:
-                if criteria in made or criteria in earlier:
+                if criteria in pending or criteria in earlier:
                     continue
                 try:
                     resolve_conditional_references(session, {"reference": criteria}, resolved)
@@ -204,12 +222,11 @@ def ingest(
                 ]
             ):
                 continue
-            made.update(output.criteria for output in item.outputs)
             if dry_run:
                 room = DRY_RUN_LIMIT - len(report.entries)
                 report.entries += [_entry(output) for output in item.outputs[: max(room, 0)]]
-            if report.errors and not per_record:
-                continue  # nothing will be kept: check the rest, write no more
+            # after an error nothing will be kept, yet the rest is still written (and rolled
+            # back at the end), so that what later records refer to is found as in a real run
             for output, refers_to in zip(item.outputs, references, strict=True):
                 if not pending.isdisjoint(refers_to):
                     flush()  # it refers to what this input creates: write that first

@@ -84,3 +84,20 @@ def test_a_broken_edit_is_refused_and_the_old_set_kept(
     assert checked.returncode == 1
     assert "community-oru.yaml:" in checked.stdout
     assert "keeps the set it has" in checked.stdout
+
+
+def test_map_reload_checks_then_signals_only_a_running_service(
+    folder: Path, config: Config, tmp_path: Path
+) -> None:
+    env = {
+        "WHATMATTERS_DATABASE_URL": config.database_url,
+        "WHATMATTERS_MAPPINGS_DIR": str(folder),
+    }
+    checked = whatmatters("map", "reload", env=env)
+    assert checked.returncode == 0
+    assert "wmty-oru (SIGHUP to `whatmatters serve`, or --pid" in checked.stdout
+    gone = tmp_path / "serve.pid"
+    gone.write_text("999999999\n")  # no such process
+    refused = whatmatters("map", "reload", env={**env, "WHATMATTERS_PID_FILE": str(gone)})
+    assert refused.returncode == 1
+    assert "no service to reload at pid 999999999" in refused.stdout

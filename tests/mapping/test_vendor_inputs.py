@@ -203,6 +203,24 @@ def test_statements_refer_to_a_patient_the_message_fails_to_make(vendor: FlaskCl
     )
 
 
+def test_after_a_failed_record_what_later_records_make_is_still_found_by_the_records_after(
+    vendor: FlaskClient,
+) -> None:
+    # the first statement's date is impossible: the patient is then made by the second
+    # statement's record, and the third statement and the goal refer to what was made after the
+    # error; only the bad date and the rank of the statement never made are errors
+    message = ORU.replace(b"|20261204141500|", b"|20261332250000|")
+    dry = vendor.post("/fhir/$ingest?mapping=community-oru&dryRun=true", data=message, headers=HL7)
+    real = vendor.post("/fhir/$ingest?mapping=community-oru", data=message, headers=HL7)
+    assert real.status_code == 422
+    for issues in (_parameters(dry)["outcome"]["issue"], outcome_issues(real)):
+        errors = [i["diagnostics"] for i in issues if i["severity"] == "error"]
+        assert len(errors) == 2, errors
+        assert "segment OBX|1, field OBX-14: value '20261332250000' is not a real date" in errors[0]
+        assert "it ranks '1', which no record of the message made into a 'statement'" in errors[1]
+    assert _versions(vendor) == {}
+
+
 def test_a_csv_export_with_uk_dates_stores_the_good_rows_and_names_the_bad_cell(
     vendor: FlaskClient,
 ) -> None:
