@@ -99,6 +99,6 @@ def test_serve_refuses_the_network_without_authorization(tmp_path: Path) -> None
     ],
 )
 def test_loopback_addresses(host: str, loopback: bool) -> None:
-    from service.cli import is_loopback
+    from service.config import is_loopback
 
     assert is_loopback(host) is loopback
