@@ -212,6 +212,9 @@ def create_app(
     app.extensions["whatmatters.store"] = fhir.store
     app.extensions["whatmatters.fhir"] = fhir
     app.extensions["whatmatters.priorities"] = WhatMatters(fhir)
+    from service.fhir.audit_trail import AuditTrail
+
+    app.extensions["whatmatters.audit"] = AuditTrail(fhir, config.audit_window_ms / 1000)
     if mappings is None:
         mappings = load_mappings(config, [f.resource for f in registry.files])
     app.extensions["whatmatters.mappings"] = mappings
