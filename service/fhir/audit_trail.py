@@ -26,6 +26,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -74,7 +75,7 @@ class AuditTrail:
         self._closed = False
         self._failing = False  # the last write of the buffer failed
         if window_seconds > 0:
-            atexit.register(self.close)
+            _TRAILS.add(self)
 
     def record(self, event: dict[str, Any]) -> None:
         """Store ``event`` now (window 0) or buffer it for the writer; raise StorageError or
@@ -161,4 +162,24 @@ class AuditTrail:
                 self._oldest = time.monotonic()
 
 
-__all__ = ["AuditTrail", "store_events"]
+_TRAILS: weakref.WeakSet[AuditTrail] = weakref.WeakSet()
+
+
+def close_all() -> None:
+    """Close every buffered trail of this process (at exit: what they hold is stored)."""
+    for trail in list(_TRAILS):
+        trail.close()
+
+
+def flush_all() -> None:
+    """Store what every trail of this process holds now (a trail that cannot is logged)."""
+    for trail in list(_TRAILS):
+        try:
+            trail.flush()
+        except (StorageError, FhirError) as exc:
+            log.error("AuditEvents could not be stored: %s", type(exc).__name__)
+
+
+atexit.register(close_all)
+
+__all__ = ["AuditTrail", "close_all", "flush_all", "store_events"]

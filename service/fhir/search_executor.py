@@ -136,31 +136,31 @@ def _by_cursor(
         as_of: int | None = cursor.as_of
         offset = cursor.offset
         if cursor.backward:
-            keys = t.searches.keys(query, count, Window(as_of=as_of, before=cursor.key))
-            if len(keys) < count:
+            window = Window(as_of=as_of, before=cursor.key)
+            matches, earlier = t.resources.matching(query, count, window)
+            if not earlier:
                 offset = 0  # the page before reached the first match
             more = True
         else:
-            found = t.searches.keys(query, count + 1, Window(as_of=as_of, after=cursor.key))
-            keys, more = found[:count], len(found) > count
+            window = Window(as_of=as_of, after=cursor.key)
+            matches, more = t.resources.matching(query, count, window)
         if request.total:
             total = t.searches.count(query, as_of)
     else:
         offset = request.offset
-        found = t.searches.keys(query, count + 1, Window(offset=offset) if offset else None)
-        keys, more = found[:count], len(found) > count
+        matches, more = t.resources.matching(query, count, Window(offset=offset))
         as_of = t.searches.horizon() if more or offset else None
         if request.total:
-            total = offset + len(keys) if keys and not more else t.searches.count(query)
+            total = offset + len(matches) if matches and not more else t.searches.count(query)
     next_token = previous_token = None
-    if as_of is not None and keys:
+    if as_of is not None and matches:
         if more:
-            after = Cursor(as_of, keys[-1][1], False, offset + count, now)
+            after = Cursor(as_of, matches[-1].id, False, offset + count, now)
             next_token = write_cursor(after, bound_to)
         if offset > 0:
-            before = Cursor(as_of, keys[0][1], True, max(0, offset - count), now)
+            before = Cursor(as_of, matches[0].id, True, max(0, offset - count), now)
             previous_token = write_cursor(before, bound_to)
-    matches, included = _page(t, request, keys)
+    included = _includes(t, request.includes, matches) if matches else []
     return SearchPage(
         type_,
         request,

@@ -374,6 +374,13 @@ class Resources(Protocol):
         Raises VersionConflict if any of them exists already.
         """
 
+    def matching(
+        self, query: Query, limit: int, window: Window
+    ) -> tuple[list[StoredResource], bool]:
+        """Return the current versions of the first ``limit`` matches of ``query`` within
+        ``window`` (a query ``pages_by_cursor``), in query order, read with the search in one
+        statement, and whether more matches follow (for a window ``before`` an id: precede)."""
+
     def current_keys(self, after: Key | None, limit: int) -> list[Key]:
         """Return current, non-deleted resource keys in key order after ``after``."""
 

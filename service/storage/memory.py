@@ -167,6 +167,17 @@ class MemoryResources:
         for resource, index in items:
             self.put(resource, None, index)
 
+    def matching(
+        self, query: Query, limit: int, window: Window
+    ) -> tuple[list[StoredResource], bool]:
+        """Return a page of matches (see MemorySearches.keys) and whether more follow."""
+        keys = MemorySearches(self.state).keys(query, limit + 1, window)
+        if window.before is not None:
+            more, keys = len(keys) > limit, keys[-limit:] if limit else []
+        else:
+            more, keys = len(keys) > limit, keys[:limit]
+        return self.read_many(keys), more
+
     def current_keys(self, after: Key | None, limit: int) -> list[Key]:
         """Return current keys in order after ``after``."""
         keys = sorted(k for k, v in self.state.versions.items() if not v[-1].deleted)

@@ -33,10 +33,12 @@ from service.storage import (
     INDEX_KINDS,
     HistoryQuery,
     IndexRows,
+    Query,
     StorageError,
     StoredResource,
     StoreUnavailable,
     VersionConflict,
+    Window,
 )
 from service.storage.schema import (
     INDEX_TABLES,
@@ -53,7 +55,13 @@ from service.storage.schema import (
 )
 from service.storage.sqlengine import advisory_key, engine_for, is_transient
 from service.storage.sqloutbox import SqlOutbox
-from service.storage.sqlsearch import SqlSearches, find_tokens_sql, param_mark, read_many_sql
+from service.storage.sqlsearch import (
+    SqlSearches,
+    find_tokens_sql,
+    param_mark,
+    read_many_sql,
+    select_sql,
+)
 
 # Built once: composing these clauses per call costs more than running them.
 _READ_CURRENT = select(resources).where(
@@ -172,6 +180,24 @@ class SqlResources:
                         seq=row[7],
                     )
         return [found[k] for k in keys if k in found]
+
+    def matching(
+        self, query: Query, limit: int, window: Window
+    ) -> tuple[list[StoredResource], bool]:
+        """Return a page of matches with their content, read by the search itself."""
+        columns = (
+            "r.res_type, r.res_id, r.version, r.last_updated, r.deleted, r.content, r.method, r.seq"
+        )
+        sql, params = select_sql(query, param_mark(self._dialect), columns, limit + 1, window)
+        found = [
+            StoredResource(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6], row[7])
+            for row in self._conn.exec_driver_sql(sql, tuple(params))
+        ]
+        more = len(found) > limit
+        found = found[:limit]
+        if window.before is not None:
+            found.reverse()  # taken backward from the id, given in query order
+        return found, more
 
     def put(
         self, resource: StoredResource, replaces: int | None, index: IndexRows | None = None

@@ -20,7 +20,7 @@ from sqlalchemy import insert, select
 from service import create_app
 from service.config import Config
 from service.storage.sql import SqlStore, metadata
-from tests.conftest import app_config, wipe
+from tests.conftest import app_config
 from tests.priorities.conversations import FHIR_JSON, conversation, goal, ranking, statement
 
 ISSUER = "https://auth.test.local"
@@ -56,12 +56,7 @@ def sign(key: rsa.RSAPrivateKey, **claims: Any) -> str:
 
 
 def smart_config(config: Config, tmp_path: Path, key: rsa.RSAPrivateKey, **changes: Any) -> Config:
-    """The test database's Config in the smart mode, trusting ``key`` (a JWKS file).
-
-    Each request's AuditEvent is stored before its answer (window 0) unless ``changes`` say
-    otherwise: an application built for one test is dropped at its end, and a buffered event
-    would reach a later test's database. The shared application runs the default window."""
-    changes.setdefault("audit_window_ms", 0)
+    """The test database's Config in the smart mode, trusting ``key`` (a JWKS file)."""
     public = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
     jwks_file = tmp_path / "jwks.json"
     jwks_file.write_text(json.dumps({"keys": [{**public, "kid": KID, "alg": "RS384"}]}))
@@ -99,10 +94,7 @@ def shared_smart_app(
     """One smart-mode application for the run (building one per test cost more than most of
     the tests)."""
     folder = tmp_path_factory.mktemp("smart")
-    config = smart_config(
-        app_config(database_url), folder, keys[0], audit_window_ms=Config().audit_window_ms
-    )
-    application = create_app(config, **folders)
+    application = create_app(smart_config(app_config(database_url), folder, keys[0]), **folders)
     yield application
     application.extensions["whatmatters.store"].close()
 
@@ -110,14 +102,7 @@ def shared_smart_app(
 @pytest.fixture
 def smart_app(config: Config, shared_smart_app: Flask) -> Flask:
     """The smart-mode application, trusting ``keys[0]``, on the database ``config`` has just
-    emptied; a test that needs other settings builds its own with ``smart_config``.
-
-    The AuditEvents an earlier test left in the trail's buffer are stored now and emptied
-    with the rest, so they cannot reach this test's database later."""
-    trail = shared_smart_app.extensions["whatmatters.audit"]
-    if trail.pending():
-        trail.flush()
-        wipe(shared_smart_app.extensions["whatmatters.store"])
+    emptied; a test that needs other settings builds its own with ``smart_config``."""
     return fresh(shared_smart_app)
 
 
