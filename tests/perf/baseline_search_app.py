@@ -52,6 +52,13 @@ PAGE = text(
     "  WHERE v.res_type = r.res_type AND v.res_id = r.res_id AND v.seq <= :bound))"
     " AND r.res_id > :after ORDER BY r.res_id ASC LIMIT 21"
 )
+# The first page, as the service runs it: no cursor and no bound yet.
+FIRST_PAGE = text(
+    "SELECT r.content FROM resources r WHERE r.res_type = 'Observation' AND r.deleted = false"
+    " AND r.res_id IN (SELECT res_id FROM search_reference WHERE res_type = 'Observation'"
+    "  AND param = 'patient' AND target_type IN ('Patient', 'Group') AND target_id = :p)"
+    " ORDER BY r.res_id ASC LIMIT 21"
+)
 # ge2026-01-01 as the service computes it: the day's first and last microsecond
 DAY_LOW, DAY_HIGH = 1767225600000000, 1767311999999999
 
@@ -77,10 +84,13 @@ def create_baseline_app() -> Flask:
         with engine.connect() as conn:
             chained = request.args.get("subject:Patient.identifier")
             if "_count" in request.args:
+                if "after" not in request.args:
+                    first = conn.execute(FIRST_PAGE, {"p": request.args["patient"]})
+                    return bundle([r.content for r in first][:20])
                 params = {
                     "p": request.args["patient"],
-                    "after": request.args.get("after", ""),
-                    "bound": int(request.args.get("bound", 2**62)),
+                    "after": request.args["after"],
+                    "bound": int(request.args["bound"]),
                 }
                 return bundle([r.content for r in conn.execute(PAGE, params)][:20])
             if chained is not None:
