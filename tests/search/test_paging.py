@@ -5,10 +5,11 @@ creating new matches and updating existing ones between and during page requests
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import requests
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from service.config import Config
 from service.fhir.model import dump_json, now_us, with_meta
@@ -178,3 +179,35 @@ def test_previous_links_page_back_by_cursor(client: FlaskClient) -> None:
     assert "previous" not in {link["relation"] for link in back["link"]}
     tampered = links["next"].replace("_page_token=c.", "_page_token=c.x")
     assert client.get(tampered.replace("http://test.local/fhir", "/fhir")).status_code == 404
+
+
+def test_a_page_of_a_search_is_one_read_transaction(
+    client: FlaskClient, sql_store: SqlStore
+) -> None:
+    """A search, its _include, its total and its paging run in one read transaction."""
+    for n in range(12):
+        mrn = [{"system": "https://hospital.example/Id/mrn", "value": f"q{n}"}]
+        body = patient(id=f"q{n}", identifier=mrn)
+        client.put(f"/fhir/Patient/q{n}", json=body, headers={"Content-Type": FHIR_JSON})
+        obs = observation(id=f"q{n}", subject={"reference": f"Patient/q{n}"})
+        client.put(f"/fhir/Observation/q{n}", json=obs, headers={"Content-Type": FHIR_JSON})
+    engine = client.application.extensions["whatmatters.store"].engine
+    began: list[bool] = []
+
+    def _began(conn: Any) -> None:
+        began.append(bool(conn.get_execution_options().get("whatmatters_write", False)))
+
+    event.listen(engine, "begin", _began)
+    try:
+        url: str | None = "/fhir/Observation?_count=5&_total=accurate&_include=Observation:subject"
+        pages = 0
+        while url:
+            response = client.get(url)
+            assert response.status_code == 200
+            pages += 1
+            assert began == [False] * pages  # one more read transaction, no write
+            links = {link["relation"]: link["url"] for link in response.get_json()["link"]}
+            url = links.get("next", "").replace("http://test.local/fhir", "/fhir") or None
+    finally:
+        event.remove(engine, "begin", _began)
+    assert pages == 3
