@@ -257,9 +257,11 @@ def create_app(
     app.extensions["whatmatters.fhir"] = fhir
     operations = WhatMatters(fhir)
     app.extensions["whatmatters.priorities"] = operations
+    from service.fhir.audit_trail import AuditTrail
     from service.priorities.ips import Summaries
     from service.validation.packages import load_ips
 
+    app.extensions["whatmatters.audit"] = AuditTrail(fhir, config.audit_window_ms / 1000)
     # the IPS 2.0.0 profiles, read on the first summary when the package is there (else a
     # warning, and summaries go unchecked)
     ips_path = config.ips_package

@@ -102,6 +102,10 @@ class Config:
     redis_url: str | None = None
     # How many proxies in front of the service may set X-Forwarded-For/-Proto/-Host (0: none).
     trusted_proxy_hops: int = 0
+    # How long (ms) an answered request's AuditEvent may wait in its process's buffer before it
+    # is stored, in batches (smart mode); 0 stores each before its answer is sent. The window
+    # is what a crash may lose (README, Authorization: the audit trail).
+    audit_window_ms: int = 200
     # prometheus_client's multiprocess folder (PROMETHEUS_MULTIPROC_DIR); `serve` sets its own.
     metrics_dir: Path | None = None
     # where `serve` writes its master's pid (gunicorn's pidfile), for `map reload` to signal
@@ -142,6 +146,7 @@ class Config:
             "auth_max_token_seconds",
             "trusted_proxy_hops",
             "measure_min_age",
+            "audit_window_ms",
         ):
             _number(env, name, int, "a whole number", changes)
         for name in ("profiles_dir", "mappings_dir"):
@@ -217,6 +222,8 @@ class Config:
             )
         if self.trusted_proxy_hops < 0:
             raise ConfigError("WHATMATTERS_TRUSTED_PROXY_HOPS must be 0 or more")
+        if not 0 <= self.audit_window_ms <= 10_000:
+            raise ConfigError("WHATMATTERS_AUDIT_WINDOW_MS must be from 0 to 10000")
         if self.unknown_extensions not in ("warning", "error"):
             raise ConfigError(
                 "WHATMATTERS_UNKNOWN_EXTENSIONS must be warning or error, "

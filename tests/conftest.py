@@ -18,6 +18,7 @@ from werkzeug.test import Client
 
 from service import create_app, load_mappings
 from service.config import Config
+from service.fhir.audit_trail import flush_all
 from service.storage.sql import SqlStore, metadata
 from service.validation.definitions import Definitions
 from service.validation.profiles import ProfileRegistry
@@ -73,7 +74,9 @@ def sql_store(database_url: str) -> Iterator[SqlStore]:
 def wipe(store: SqlStore) -> None:
     """Remove every row, keeping the schema and the installation's identity (both made by the
     migrations; an installation never loses its identity, and making it again inside a write
-    would wait on that write's own lock under SQLite)."""
+    would wait on that write's own lock under SQLite). AuditEvents an application still holds
+    in its audit buffer are stored first, so none reaches the emptied database later."""
+    flush_all()
     with store.engine.begin() as conn:
         for table in reversed(metadata.sorted_tables):
             if table.name not in ("schema_migrations", "instance_identity"):

@@ -28,11 +28,14 @@ from service.errors import FhirError, Forbidden, ServiceUnavailable, StorageErro
 from service.fhir.access import Access, parse_scopes
 from service.fhir.actor import Actor
 from service.fhir.audit import RequestSeen, audit_event
+from service.fhir.audit_trail import AuditTrail
 from service.fhir.model import instant
 
 ALGORITHMS = ("RS256", "RS384", "ES256", "ES384")
 log = logging.getLogger("whatmatters.audit")
 REALM = "what-matters"
+REVERIFY_SECONDS = 60.0  # how long a verified token is trusted without checking it again
+VERIFIED_TOKENS = 10_000  # how many verified tokens a process remembers
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 # the SMART configuration's capabilities this server supports
 CAPABILITIES = (
@@ -76,13 +79,33 @@ class TokenVerifier:
         self.leeway = leeway
         self.max_lifetime = max_lifetime
         self.keys: jwt.PyJWKClient | FileKeys
+        # tokens verified lately: token -> (Access, exp, nbf, verified at); see verify
+        self._verified: dict[str, tuple[Access, float, float, float]] = {}
         if jwks_url.startswith("file:"):
             self.keys = FileKeys(Path(url2pathname(urlsplit(jwks_url).path)))
         else:
             self.keys = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300, timeout=10)
 
     def verify(self, token: str) -> Access:
-        """The Access a token grants; raise Unauthorized when it cannot be trusted."""
+        """The Access a token grants; raise Unauthorized when it cannot be trusted.
+
+        A token verified in the last ``REVERIFY_SECONDS`` is not verified again (its signature
+        check is most of a request's cost); its ``exp`` and ``nbf`` are checked on every use.
+        A key the issuer withdraws stops its tokens within that time."""
+        now = time.time()
+        known = self._verified.get(token)
+        if known is not None:
+            access, exp, nbf, verified = known
+            if now - verified < REVERIFY_SECONDS and nbf - self.leeway <= now <= exp + self.leeway:
+                return access
+            self._verified.pop(token, None)
+        access, exp, nbf = self._verify(token)
+        if len(self._verified) >= VERIFIED_TOKENS:
+            self._verified.clear()
+        self._verified[token] = (access, exp, nbf, now)
+        return access
+
+    def _verify(self, token: str) -> tuple[Access, float, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -118,7 +141,7 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise _invalid(f"the access token cannot be trusted: {exc}") from exc
         self._check_lifetime(claims)
-        return access_of(claims)
+        return access_of(claims), float(claims["exp"]), float(claims.get("nbf", 0))
 
     def _check_lifetime(self, claims: dict[str, Any]) -> None:
         """``exp``, ``iat`` and ``nbf`` are NumericDates (RFC 7519 section 2), not strings, and a
@@ -203,10 +226,16 @@ def install(app: Flask, config: Config, base_path: str, verifier: TokenVerifier 
         response.headers["Cache-Control"] = "public, max-age=300"
         return response
 
+    trail: AuditTrail = app.extensions["whatmatters.audit"]
+    # what may show AuditEvents: the trail's own type, system history and search, Bundles
+    reads_trail = (f"{base_path}/AuditEvent", f"{base_path}/_history")
+
     @app.before_request
     def _authenticate() -> None:
         if request.method == "OPTIONS" or request.path.startswith(public):
             return
+        if request.path.startswith(reads_trail) or request.path.rstrip("/") == base_path:
+            trail.flush()  # what was answered before is on record before the trail is read
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -229,8 +258,9 @@ def install(app: Flask, config: Config, base_path: str, verifier: TokenVerifier 
 
 
 def record_audit(app: Flask, response: Response) -> Response:
-    """Store the request's AuditEvent. A read whose access cannot be recorded is not answered
-    (503); a write already made keeps its answer and the failure is logged."""
+    """Record the request's AuditEvent in the audit trail (stored at once, or within its window:
+    service/fhir/audit_trail.py). A read whose access cannot be recorded is not answered (503);
+    a write already made keeps its answer and the failure is logged."""
     actor: Actor | None = g.get("whatmatters_actor")
     access = actor.access if actor is not None else None
     touched = list(actor.touched) if actor is not None else []
@@ -246,7 +276,7 @@ def record_audit(app: Flask, response: Response) -> Response:
     event = audit_event(seen, access, touched, instant(fhir.clock()), "What Matters FHIR service")
     try:
         # the audit trail is the system's own record, written whatever the token may write
-        fhir.perform(Actor.system(), lambda s: s.create("AuditEvent", event, checked=True))
+        app.extensions["whatmatters.audit"].record(event)
     except (StorageError, FhirError) as exc:
         log.error(
             "the AuditEvent of a %s request could not be stored: %s",

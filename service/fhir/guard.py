@@ -31,10 +31,12 @@ from service.storage import (
     Key,
     Locks,
     Outbox,
+    Query,
     Resources,
     Searches,
     StoredResource,
     Transaction,
+    Window,
 )
 
 MAX_TOUCHED = 200
@@ -139,6 +141,14 @@ class GuardedResources:
             if seen is not None:
                 visible.append(seen)
         return visible
+
+    def matching(
+        self, query: Query, limit: int, window: Window
+    ) -> tuple[list[StoredResource], bool]:
+        """Return a page of a search's matches, each checked (the search was confined to the
+        access already; this is the store's door all the same)."""
+        found, more = self.raw.matching(query, limit, window)
+        return [r for r in (self._seen(s) for s in found) if r is not None], more
 
     def current_keys(self, after: Key | None, limit: int) -> list[Key]:
         """Return current keys (keys only: what they name is read through the guard)."""

@@ -1,9 +1,14 @@
 """Run a search (``search``, a typed ``SearchPage``) and render it as a searchset Bundle
 (``searchset``): https://hl7.org/fhir/R4/search.html.
 
-Paging: when a search has more matches than one page, its ordered matches are kept (up to
-``MAX_KEPT``) under a token, and ``next``/``previous`` links page through that list. Writes made
-while a client pages therefore neither repeat nor skip a match.
+Paging writes nothing for a search ordered by id (no ``_sort``, or ``_sort=_id``): its
+``next``/``previous`` links carry a cursor (search_cursor.py), the id of the page's last (first)
+match and the write sequence when the search began, and each page runs the search again after
+(before) that id among the resources first written by then. Ids never change, so writes made
+while a client pages neither repeat nor skip a match. A ``_sort`` on anything else orders by
+values an update may change, which no cursor can follow: there, and only there, the ordered
+matches (up to ``MAX_KEPT``) are kept under a token when the search begins, and its links page
+through that list.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from service.fhir.access import Access, confined, narrowed
 from service.fhir.guard import read_visible
 from service.fhir.model import dump_json, instant, parse_json
 from service.fhir.results import Result, operation_outcome
+from service.fhir.search_cursor import Cursor, binding, is_cursor, read_cursor, write_cursor
 from service.fhir.search_parser import Include, SearchParser, SearchRequest
 from service.fhir.subsetting import subset
-from service.storage import StoredResource, Transaction
+from service.storage import StoredResource, Transaction, Window, pages_by_cursor
 
 if TYPE_CHECKING:
     from service.fhir.search_index import SearchParameters
@@ -50,8 +56,9 @@ class SearchHost(Protocol):
 class SearchPage:
     """One page of a search: the matches, what ``_include`` added, and where it stands.
 
-    ``token``/``offset``/``count`` are the cursor: ``next_params`` gives the parameters of the
-    next page (None on the last), as the ``next`` link of the searchset Bundle says them.
+    ``token``/``offset``/``count`` say where this page is; ``next_token`` and
+    ``previous_token`` (a cursor, or a kept search's token) page on. ``next_params`` gives the
+    parameters of the next page (None on the last), as the ``next`` link says them.
     """
 
     type: str
@@ -64,13 +71,15 @@ class SearchPage:
     count: int
     more: bool
     warnings: list[Issue] = field(default_factory=list)
+    next_token: str | None = None
+    previous_token: str | None = None
 
     @property
     def next_params(self) -> list[tuple[str, str]] | None:
         """The parameters of the next page, or None when this is the last."""
-        if not (self.more and self.token is not None and self.count > 0):
+        if not (self.more and self.next_token is not None and self.count > 0):
             return None
-        return _paged(self.request.used, self.token, self.offset + self.count, self.count)
+        return _paged(self.request.used, self.next_token, self.offset + self.count, self.count)
 
 
 def search(
@@ -87,8 +96,9 @@ def search(
     """Run a search of one resource type for ``access`` and return the page asked for.
 
     ``base`` is the server's base URL (absolute references to it are local); ``tx`` gives
-    the session's open transaction; ``keep`` keeps a search's ordered matches
-    under a key (in a write transaction) so later pages come from the same list.
+    the session's open transaction. A search ordered by id pages by cursor and writes
+    nothing; ``keep`` keeps the ordered matches of any other multi-page search under a key
+    (in a write transaction) so later pages come from the same list.
     """
     if access is not None:
         params = narrowed(access, type_, params)
@@ -101,24 +111,92 @@ def search(
     )
     if access is not None:
         request.query = confined(access, request.query)
+    if request.summary == "count" or request.count == 0:
+        total = tx().searches.count(request.query)
+        return SearchPage(type_, request, [], [], total, None, request.offset, 0, False)
+    token = request.page_token
+    if pages_by_cursor(request.query) and (token is None or is_cursor(token)):
+        return _by_cursor(host, access, tx(), type_, request)
+    return _kept(host, access, tx, keep, type_, request)
+
+
+def _by_cursor(
+    host: SearchHost, access: Access | None, t: Transaction, type_: str, request: SearchRequest
+) -> SearchPage:
+    """A page of a search ordered by id: from the cursor it brings, or the first page."""
+    bound_to = binding(access, type_, request.used)
+    count = request.count
+    now = host.clock()
+    query = request.query
+    total: int | None = None
+    if request.page_token is not None:
+        cursor = read_cursor(request.page_token, bound_to, now)
+        if cursor is None:
+            raise _gone(type_)
+        as_of: int | None = cursor.as_of
+        offset = cursor.offset
+        if cursor.backward:
+            window = Window(as_of=as_of, before=cursor.key)
+            matches, earlier = t.resources.matching(query, count, window)
+            if not earlier:
+                offset = 0  # the page before reached the first match
+            more = True
+        else:
+            window = Window(as_of=as_of, after=cursor.key)
+            matches, more = t.resources.matching(query, count, window)
+        if request.total:
+            total = t.searches.count(query, as_of)
+    else:
+        offset = request.offset
+        matches, more = t.resources.matching(query, count, Window(offset=offset))
+        as_of = t.searches.horizon() if more or offset else None
+        if request.total:
+            total = offset + len(matches) if matches and not more else t.searches.count(query)
+    next_token = previous_token = None
+    if as_of is not None and matches:
+        if more:
+            after = Cursor(as_of, matches[-1].id, False, offset + count, now)
+            next_token = write_cursor(after, bound_to)
+        if offset > 0:
+            before = Cursor(as_of, matches[0].id, True, max(0, offset - count), now)
+            previous_token = write_cursor(before, bound_to)
+    included = _includes(t, request.includes, matches) if matches else []
+    return SearchPage(
+        type_,
+        request,
+        matches,
+        included,
+        total,
+        request.page_token,
+        offset,
+        count,
+        more,
+        list(request.warnings),
+        next_token,
+        previous_token,
+    )
+
+
+def _kept(
+    host: SearchHost,
+    access: Access | None,
+    tx: Callable[[], Transaction],
+    keep: Callable[[str, list[Key], int], None],
+    type_: str,
+    request: SearchRequest,
+) -> SearchPage:
+    """A page of a search whose order a cursor cannot follow (``_sort`` on a value an update
+    may change): its ordered matches are kept when it begins, and later pages read them."""
     warnings = list(request.warnings)
     total: int | None = None
     page: Page | None = None
     token = request.page_token
     offset = request.offset
     count = request.count
-    if request.summary == "count" or count == 0:
-        total = tx().searches.count(request.query)
-        keys: list[Key] = []
-        more = False
-    elif token is not None:
+    if token is not None:
         kept = tx().searches.saved(_kept_under(access, token, type_), offset, count)
         if kept is None:
-            raise NotFound(
-                f"No {type_} search with this _page_token is open to this access token (it "
-                "belongs to another search, or has expired); run the search again",
-                expression=("_page_token",),
-            )
+            raise _gone(type_)
         keys, kept_total = kept
         more = offset + count < kept_total
         if request.total:
@@ -155,33 +233,62 @@ def search(
     if page is None:
         page = _page(tx(), request, keys)
     matches, included = page
+    previous = token if token is not None and offset > 0 else None
     return SearchPage(
-        type_, request, matches, included, total, token, offset, count, more, warnings
+        type_,
+        request,
+        matches,
+        included,
+        total,
+        token,
+        offset,
+        count,
+        more,
+        warnings,
+        token,
+        previous,
+    )
+
+
+def _gone(type_: str) -> NotFound:
+    return NotFound(
+        f"No {type_} search with this _page_token is open to this access token (it "
+        "belongs to another search, or has expired); run the search again",
+        expression=("_page_token",),
     )
 
 
 def searchset(host: SearchHost, page: SearchPage, base: str) -> Result:
     """The searchset Bundle of a search page: https://hl7.org/fhir/R4/bundle.html#searchset."""
-    request, type_, token = page.request, page.type, page.token
+    request, type_ = page.request, page.type
     offset, count = page.offset, page.count
     entries = [_entry(host, base, item, "match", request) for item in page.matches]
     entries += [_entry(host, base, item, "include", request) for item in page.included]
     if page.warnings:
         outcome = {"resource": operation_outcome(page.warnings), "search": {"mode": "outcome"}}
         entries.append(dump_json(outcome))
-    links = [{"relation": "self", "url": _url(base, type_, request.used, token, offset, count)}]
+    links = [
+        {"relation": "self", "url": _url(base, type_, request.used, page.token, offset, count)}
+    ]
     if page.next_params is not None:
         links.append(
             {
                 "relation": "next",
-                "url": _url(base, type_, request.used, token, offset + count, count),
+                "url": _url(base, type_, request.used, page.next_token, offset + count, count),
             }
         )
-    if token is not None and offset > 0:
+    if page.previous_token is not None and offset > 0:
         links.append(
             {
                 "relation": "previous",
-                "url": _url(base, type_, request.used, token, max(0, offset - count), count),
+                "url": _url(
+                    base,
+                    type_,
+                    request.used,
+                    page.previous_token,
+                    max(0, offset - count),
+                    count,
+                ),
             }
         )
     bundle: dict[str, Any] = {

@@ -307,6 +307,30 @@ class Query:
 
 
 @dataclass(frozen=True)
+class Window:
+    """Which part of a search's matches a page takes, without anything kept between pages.
+
+    ``as_of`` is the write sequence when the search began: resources first written after it
+    are left out (a resource changed since still counts, at its place). ``after`` / ``before``
+    is the id of the last (first) match of the previous (next) page, for a query ordered by
+    ``_id`` (ascending or descending); ``before`` takes the page before that id, in query
+    order. ``offset`` skips matches, for a first page asked for with ``_offset``.
+    """
+
+    as_of: int | None = None
+    after: str | None = None
+    before: str | None = None
+    offset: int = 0
+
+
+def pages_by_cursor(query: Query) -> bool:
+    """Whether pages of ``query`` can be taken by a cursor: its order is the resource id
+    (no ``_sort``, or ``_sort`` led by ``_id``), which no write changes. Other orders sort on
+    values an update may change, so their matches are kept instead (``Searches.save``)."""
+    return not query.sort or query.sort[0].kind == "_id"
+
+
+@dataclass(frozen=True)
 class HistoryQuery:
     """Versions of the whole system, one type, or one resource, newest first."""
 
@@ -418,6 +442,13 @@ class Resources(Protocol):
         Raises VersionConflict if any of them exists already.
         """
 
+    def matching(
+        self, query: Query, limit: int, window: Window
+    ) -> tuple[list[StoredResource], bool]:
+        """Return the current versions of the first ``limit`` matches of ``query`` within
+        ``window`` (a query ``pages_by_cursor``), in query order, read with the search in one
+        statement, and whether more matches follow (for a window ``before`` an id: precede)."""
+
     def current_keys(self, after: Key | None, limit: int) -> list[Key]:
         """Return current, non-deleted resource keys in key order after ``after``."""
 
@@ -447,13 +478,19 @@ class Index(Protocol):
 
 
 class Searches(Protocol):
-    """Searches answered from the index, and the kept matches that keep their pages stable."""
+    """Searches answered from the index; a cursor (``Window``) pages those ordered by id, and
+    kept matches page the others (``_sort`` on a value an update may change)."""
 
-    def keys(self, query: Query, limit: int) -> list[Key]:
-        """Return the (type, id) of the first ``limit`` matches, in query order."""
+    def keys(self, query: Query, limit: int, window: Window | None = None) -> list[Key]:
+        """Return the (type, id) of the first ``limit`` matches, in query order; with a
+        ``window`` (only for a query ``pages_by_cursor``), the matches it takes (in query
+        order, also when it takes the page ``before`` an id)."""
 
-    def count(self, query: Query) -> int:
-        """Return how many current resources match ``query``."""
+    def count(self, query: Query, as_of: int | None = None) -> int:
+        """Return how many current resources match ``query`` (first written by ``as_of``)."""
+
+    def horizon(self) -> int:
+        """The latest write sequence: the ``as_of`` of a search beginning now."""
 
     def cohort_counts(self, query: CohortQuery) -> list[CohortCount]:
         """Count the subjects of a cohort by stratum, band and flags, in the database."""

@@ -40,6 +40,7 @@ from service.storage import (
     TokenMatch,
     UriMatch,
     VersionConflict,
+    Window,
 )
 from service.storage.memcohort import MemoryCohorts
 from service.storage.outbox import UNDELIVERED, OutboxRow
@@ -170,6 +171,17 @@ class MemoryResources:
         for resource, index in items:
             self.put(resource, None, index)
 
+    def matching(
+        self, query: Query, limit: int, window: Window
+    ) -> tuple[list[StoredResource], bool]:
+        """Return a page of matches (see MemorySearches.keys) and whether more follow."""
+        keys = MemorySearches(self.state).keys(query, limit + 1, window)
+        if window.before is not None:
+            more, keys = len(keys) > limit, keys[-limit:] if limit else []
+        else:
+            more, keys = len(keys) > limit, keys[:limit]
+        return self.read_many(keys), more
+
     def current_keys(self, after: Key | None, limit: int) -> list[Key]:
         """Return current keys in order after ``after``."""
         keys = sorted(k for k, v in self.state.versions.items() if not v[-1].deleted)
@@ -249,13 +261,30 @@ class MemorySearches:
     def __init__(self, state: _State) -> None:
         self.state = state
 
-    def keys(self, query: Query, limit: int) -> list[Key]:
-        """Return the first ``limit`` matching keys in query order."""
-        return [(r.type, r.id) for r in self._sorted(query)[:limit]]
+    def keys(self, query: Query, limit: int, window: Window | None = None) -> list[Key]:
+        """Return the first ``limit`` matching keys (in ``window``) in query order."""
+        found = [(r.type, r.id) for r in self._sorted(query, window)]
+        if window is None:
+            return found[:limit]
+        descending = bool(query.sort) and query.sort[0].descending
+        if window.after is not None:
+            found = [
+                k for k in found if (k[1] < window.after if descending else k[1] > window.after)
+            ]
+        elif window.before is not None:
+            found = [
+                k for k in found if (k[1] > window.before if descending else k[1] < window.before)
+            ]
+            return found[-limit:] if limit else []
+        return found[window.offset : window.offset + limit]
 
-    def count(self, query: Query) -> int:
-        """Return how many resources match."""
-        return len(self._sorted(query))
+    def count(self, query: Query, as_of: int | None = None) -> int:
+        """Return how many resources match (first written by ``as_of``)."""
+        return len(self._sorted(query, None if as_of is None else Window(as_of=as_of)))
+
+    def horizon(self) -> int:
+        """The latest write sequence."""
+        return self.state.seq
 
     def cohort_counts(self, query: CohortQuery) -> list[CohortCount]:
         """Count a cohort's subjects (memcohort.py)."""
@@ -361,11 +390,13 @@ class MemorySearches:
             and (not match.types or row.target_type in match.types)
         )
 
-    def _sorted(self, query: Query) -> list[StoredResource]:
+    def _sorted(self, query: Query, window: Window | None = None) -> list[StoredResource]:
+        as_of = None if window is None else window.as_of
         found = [
             r
             for r in _current(self.state, query.type)
             if self._matches(query.type, r, query.criteria)
+            and (as_of is None or self.state.versions[(r.type, r.id)][0].seq <= as_of)
         ]
         found.sort(key=lambda r: r.id)
         for key in reversed(query.sort):

@@ -33,10 +33,12 @@ from service.storage import (
     INDEX_KINDS,
     HistoryQuery,
     IndexRows,
+    Query,
     StorageError,
     StoredResource,
     StoreUnavailable,
     VersionConflict,
+    Window,
 )
 from service.storage.schema import (
     INDEX_TABLES,
@@ -54,7 +56,12 @@ from service.storage.schema import (
 from service.storage.sqlcohort import SqlCohortSearches
 from service.storage.sqlengine import advisory_key, engine_for, is_transient
 from service.storage.sqloutbox import SqlOutbox
-from service.storage.sqlsearch import find_tokens_sql, param_mark, read_many_sql
+from service.storage.sqlsearch import (
+    find_tokens_sql,
+    param_mark,
+    read_many_sql,
+    select_sql,
+)
 
 # Built once: composing these clauses per call costs more than running them.
 _READ_CURRENT = select(resources).where(
@@ -67,10 +74,33 @@ _READ_VERSION = select(resource_versions).where(
 )
 
 
-def _index_row(type_: str, id_: str, kind: str, row: Any) -> dict[str, Any]:
-    """The column values of one index row."""
-    values = {f: getattr(row, f) for f in INDEX_KINDS[kind].fields}
-    return {"res_type": type_, "res_id": id_, "param": row.param, **values}
+def _index_values(type_: str, id_: str, kind: str, row: Any) -> tuple[Any, ...]:
+    """The column values of one index row, in the order of ``_insert_index_sql``."""
+    return (type_, id_, row.param, *(getattr(row, f) for f in INDEX_KINDS[kind].fields))
+
+
+def _insert_index_sql(kind: str, mark: str) -> str:
+    """The INSERT of one index row of ``kind`` (run once per table with every row)."""
+    columns = ("res_type", "res_id", "param", *INDEX_KINDS[kind].fields)
+    marks = ", ".join(mark for _ in columns)
+    table = INDEX_TABLES[kind].name
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608 - fixed names
+
+
+_INDEX_INSERTS = {
+    (kind, mark): _insert_index_sql(kind, mark) for kind in INDEX_TABLES for mark in ("?", "%s")
+}
+# The statements of a put: insert the version (returning its sequence), insert the current
+# row, or update it from the version it replaces; for sqlite3's marks and psycopg's.
+_PUT_SQLITE = (
+    "INSERT INTO resource_versions (res_type, res_id, version, last_updated, deleted, method,"
+    " content) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+    "INSERT INTO resources (res_type, res_id, version, last_updated, deleted, method, content,"
+    " seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    "UPDATE resources SET version = ?, last_updated = ?, deleted = ?, method = ?, content = ?,"
+    " seq = ? WHERE res_type = ? AND res_id = ? AND version = ?",
+)
+_PUT = {"?": _PUT_SQLITE, "%s": tuple(q.replace("?", "%s") for q in _PUT_SQLITE)}
 
 
 def _by_type(keys: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
@@ -99,14 +129,18 @@ _DELETE_INDEX = {
 }
 
 
-def _write_index(conn: Connection, type_: str, id_: str, index: IndexRows, clear: bool) -> None:
-    """Write the index rows of a resource, first removing its old ones when ``clear``."""
-    for kind, table in INDEX_TABLES.items():
+def _write_index(
+    conn: Connection, mark: str, type_: str, id_: str, index: IndexRows, clear: bool
+) -> None:
+    """Write the index rows of a resource (one executemany per table that gets rows), first
+    removing its old ones when ``clear``."""
+    for kind in INDEX_TABLES:
         rows = index.of(kind)
         if clear:
             conn.execute(_DELETE_INDEX[kind], {"t": type_, "i": id_})
         if rows:
-            conn.execute(insert(table), [_index_row(type_, id_, kind, r) for r in rows])
+            values = [_index_values(type_, id_, kind, r) for r in rows]
+            conn.exec_driver_sql(_INDEX_INSERTS[(kind, mark)], values)
 
 
 class SqlResources:
@@ -147,33 +181,47 @@ class SqlResources:
                     )
         return [found[k] for k in keys if k in found]
 
+    def matching(
+        self, query: Query, limit: int, window: Window
+    ) -> tuple[list[StoredResource], bool]:
+        """Return a page of matches with their content, read by the search itself."""
+        columns = (
+            "r.res_type, r.res_id, r.version, r.last_updated, r.deleted, r.content, r.method, r.seq"
+        )
+        sql, params = select_sql(query, param_mark(self._dialect), columns, limit + 1, window)
+        found = [
+            StoredResource(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6], row[7])
+            for row in self._conn.exec_driver_sql(sql, tuple(params))
+        ]
+        more = len(found) > limit
+        found = found[:limit]
+        if window.before is not None:
+            found.reverse()  # taken backward from the id, given in query order
+        return found, more
+
     def put(
         self, resource: StoredResource, replaces: int | None, index: IndexRows | None = None
     ) -> None:
-        """Store a new version if ``replaces`` is still the current one."""
-        values = {
-            "version": resource.version,
-            "last_updated": resource.last_updated_us,
-            "deleted": resource.deleted,
-            "method": resource.method,
-            "content": resource.content,
-        }
-        key = {"res_type": resource.type, "res_id": resource.id}
+        """Store a new version if ``replaces`` is still the current one: three statements
+        (the version, the current row, the index rows per table), prepared once."""
+        mark = param_mark(self._dialect)
+        values = (
+            resource.type,
+            resource.id,
+            resource.version,
+            resource.last_updated_us,
+            resource.deleted,
+            resource.method,
+            resource.content,
+        )
+        insert_version, insert_current, update_current = _PUT[mark]
         try:
-            seq = self._conn.execute(
-                insert(resource_versions).values(**key, **values).returning(resource_versions.c.seq)
-            ).scalar_one()
+            seq = self._conn.exec_driver_sql(insert_version, values).scalar_one()
             if replaces is None:
-                self._conn.execute(insert(resources).values(**key, **values, seq=seq))
+                self._conn.exec_driver_sql(insert_current, (*values, seq))
             else:
-                changed = self._conn.execute(
-                    update(resources)
-                    .where(
-                        resources.c.res_type == resource.type,
-                        resources.c.res_id == resource.id,
-                        resources.c.version == replaces,
-                    )
-                    .values(**values, seq=seq)
+                changed = self._conn.exec_driver_sql(
+                    update_current, (*values[2:], seq, resource.type, resource.id, replaces)
                 ).rowcount
                 if changed != 1:
                     raise VersionConflict(f"{resource.type}/{resource.id} changed")
@@ -181,7 +229,7 @@ class SqlResources:
             raise VersionConflict(f"{resource.type}/{resource.id} changed") from exc
         rows = IndexRows() if resource.deleted else index or IndexRows()
         # A resource written for the first time has no index rows to remove.
-        _write_index(self._conn, resource.type, resource.id, rows, clear=replaces is not None)
+        _write_index(self._conn, mark, resource.type, resource.id, rows, clear=replaces is not None)
 
     def insert_new(self, items: Sequence[tuple[StoredResource, IndexRows]]) -> None:
         """Store many new resources with a few multi-row statements."""
@@ -216,12 +264,15 @@ class SqlResources:
             )
         except IntegrityError as exc:
             raise VersionConflict("a resource of the batch exists already") from exc
-        for kind, table in INDEX_TABLES.items():
+        mark = param_mark(self._dialect)
+        for kind in INDEX_TABLES:
             rows = [
-                _index_row(r.type, r.id, kind, row) for r, index in items for row in index.of(kind)
+                _index_values(r.type, r.id, kind, row)
+                for r, index in items
+                for row in index.of(kind)
             ]
             if rows:
-                self._conn.execute(insert(table), rows)
+                self._conn.exec_driver_sql(_INDEX_INSERTS[(kind, mark)], rows)
 
     def current_keys(self, after: tuple[str, str] | None, limit: int) -> list[tuple[str, str]]:
         """Return current, non-deleted keys in (type, id) order after ``after``."""
@@ -266,7 +317,7 @@ class SqlIndex:
 
     def replace(self, type_: str, id_: str, rows: IndexRows) -> None:
         """Replace every index row of a resource."""
-        _write_index(self._conn, type_, id_, rows, clear=True)
+        _write_index(self._conn, param_mark(self._dialect), type_, id_, rows, clear=True)
 
     def find_tokens(
         self, type_: str, param: str, pairs: Sequence[tuple[str, str]]
@@ -333,15 +384,16 @@ class SqlCounters:
     def next(self, name: str, step: int = 1) -> int:
         """Add ``step`` to a named counter and return its new value."""
         bumped = self._conn.execute(
-            update(counters).where(counters.c.name == name).values(value=counters.c.value + step)
-        )
-        if not bumped.rowcount:
+            update(counters)
+            .where(counters.c.name == name)
+            .values(value=counters.c.value + step)
+            .returning(counters.c.value)
+        ).scalar_one_or_none()
+        if bumped is None:
             # a racing first insert fails on the key and the caller's transaction is retried
             self._conn.execute(insert(counters).values(name=name, value=step))
             return step
-        return int(
-            self._conn.execute(select(counters.c.value).where(counters.c.name == name)).scalar_one()
-        )
+        return int(bumped)
 
 
 class SqlJobs:

@@ -8,7 +8,8 @@ written as IN would cost time in proportion to the whole table rather than to on
 
 The SQL is built as text with driver placeholders: composing SQLAlchemy expressions for every
 search cost more than running the query. ``SqlSearches`` (``tx.searches`` of a SQL transaction)
-runs it, and keeps the ordered matches of a search so that its pages stay stable.
+runs it: a page after (or before) a cursor, among the resources first written by the search's
+bound, or, for a ``_sort`` a cursor cannot follow, from the matches kept when it began.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from service.storage import (
     StringMatch,
     TokenMatch,
     UriMatch,
+    Window,
 )
 from service.storage.schema import INDEX_TABLES, saved_search, saved_search_result
 
@@ -332,17 +334,44 @@ class SqlBuilder:
 
 
 def select_sql(
-    query: Query, placeholder: str, columns: str, limit: int | None
+    query: Query,
+    placeholder: str,
+    columns: str,
+    limit: int | None,
+    window: Window | None = None,
 ) -> tuple[str, list[Any]]:
-    """SQL and parameters selecting ``columns`` of the current resources matching ``query``."""
+    """SQL and parameters selecting ``columns`` of the current resources matching ``query``
+    (within ``window``: see ``Window``)."""
     b = SqlBuilder(placeholder)
     where = [f"r.res_type = {b.p(query.type)}", f"r.deleted = {b.p(False)}"]
     where += b.conditions(query.type, "r", query.criteria)
+    backward = False
+    if window is not None:
+        if window.as_of is not None:
+            # first written by the bound: the current version is, or an earlier one was
+            where.append(
+                f"(r.seq <= {b.p(window.as_of)} OR EXISTS (SELECT 1 FROM resource_versions v"
+                " WHERE v.res_type = r.res_type AND v.res_id = r.res_id AND v.seq <= "
+                f"{b.p(window.as_of)}))"
+            )
+        descending = bool(query.sort) and query.sort[0].descending
+        if window.after is not None:
+            where.append(f"r.res_id {'<' if descending else '>'} {b.p(window.after)}")
+        elif window.before is not None:
+            where.append(f"r.res_id {'>' if descending else '<'} {b.p(window.before)}")
+            backward = True
     sql = f"SELECT {columns} FROM resources r WHERE " + " AND ".join(where)
     if limit is not None:
-        order = [b.sort_term("r", key) for key in query.sort] + ["r.res_id ASC"]
+        if window is not None:
+            # ordered by id alone (pages_by_cursor): the id is unique
+            descending = bool(query.sort) and query.sort[0].descending
+            order = ["r.res_id DESC" if descending != backward else "r.res_id ASC"]
+        else:
+            order = [b.sort_term("r", key) for key in query.sort] + ["r.res_id ASC"]
         sql += " ORDER BY " + ", ".join(order)
         sql += f" LIMIT {int(limit)}"
+        if window is not None and window.offset and not backward:
+            sql += f" OFFSET {int(window.offset)}"
     return sql, b.params
 
 
@@ -379,16 +408,27 @@ class SqlSearches:
         self._conn = conn
         self._dialect = dialect
 
-    def keys(self, query: Query, limit: int) -> list[tuple[str, str]]:
-        """Return the keys of the first ``limit`` matches, in query order."""
-        sql, params = select_sql(query, param_mark(self._dialect), "r.res_type, r.res_id", limit)
+    def keys(self, query: Query, limit: int, window: Window | None = None) -> list[tuple[str, str]]:
+        """Return the keys of the first ``limit`` matches (in ``window``), in query order."""
+        sql, params = select_sql(
+            query, param_mark(self._dialect), "r.res_type, r.res_id", limit, window
+        )
         rows = self._conn.exec_driver_sql(sql, tuple(params))
-        return [(row[0], row[1]) for row in rows]
+        found = [(row[0], row[1]) for row in rows]
+        if window is not None and window.before is not None:
+            found.reverse()  # taken backward from the id, given in query order
+        return found
 
-    def count(self, query: Query) -> int:
-        """Return how many resources match ``query``."""
-        sql, params = select_sql(query, param_mark(self._dialect), "COUNT(*)", None)
+    def count(self, query: Query, as_of: int | None = None) -> int:
+        """Return how many resources match ``query`` (first written by ``as_of``)."""
+        window = None if as_of is None else Window(as_of=as_of)
+        sql, params = select_sql(query, param_mark(self._dialect), "COUNT(*)", None, window)
         return int(self._conn.exec_driver_sql(sql, tuple(params)).scalar_one())
+
+    def horizon(self) -> int:
+        """The latest write sequence (the primary key's largest value: one index probe)."""
+        found = self._conn.exec_driver_sql("SELECT MAX(seq) FROM resource_versions").scalar()
+        return int(found or 0)
 
     def save(self, search_id: str, keys: Sequence[tuple[str, str]], created_us: int) -> None:
         """Keep the ordered matches of a search; drop searches older than a day."""

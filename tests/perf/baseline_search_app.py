@@ -1,6 +1,7 @@
 """The bare baseline for the search benchmark: a minimal Flask app that runs the same indexed
 SQL as the service for the three benchmark searches (index-table IN subqueries, then the
-resources by primary key) and returns the stored JSON in a Bundle, with no FHIR logic."""
+resources by primary key) and for the pages of a patient's Observations (bench_paging.py), and
+returns the stored JSON in a Bundle, with no FHIR logic."""
 
 from __future__ import annotations
 
@@ -41,6 +42,23 @@ CHAINED = text(
     "    AND param = 'identifier' AND system = :system AND code = :code)))"
     " ORDER BY r.res_id LIMIT 51"
 )
+# A patient's Observations a page at a time (_count=20), as the service pages them: after the
+# last id of the page before, among the resources first written by the search's bound.
+PAGE = text(
+    "SELECT r.content FROM resources r WHERE r.res_type = 'Observation' AND r.deleted = false"
+    " AND r.res_id IN (SELECT res_id FROM search_reference WHERE res_type = 'Observation'"
+    "  AND param = 'patient' AND target_type IN ('Patient', 'Group') AND target_id = :p)"
+    " AND (r.seq <= :bound OR EXISTS (SELECT 1 FROM resource_versions v"
+    "  WHERE v.res_type = r.res_type AND v.res_id = r.res_id AND v.seq <= :bound))"
+    " AND r.res_id > :after ORDER BY r.res_id ASC LIMIT 21"
+)
+# The first page, as the service runs it: no cursor and no bound yet.
+FIRST_PAGE = text(
+    "SELECT r.content FROM resources r WHERE r.res_type = 'Observation' AND r.deleted = false"
+    " AND r.res_id IN (SELECT res_id FROM search_reference WHERE res_type = 'Observation'"
+    "  AND param = 'patient' AND target_type IN ('Patient', 'Group') AND target_id = :p)"
+    " ORDER BY r.res_id ASC LIMIT 21"
+)
 # ge2026-01-01 as the service computes it: the day's first and last microsecond
 DAY_LOW, DAY_HIGH = 1767225600000000, 1767311999999999
 
@@ -65,6 +83,16 @@ def create_baseline_app() -> Flask:
     def observations() -> Response:
         with engine.connect() as conn:
             chained = request.args.get("subject:Patient.identifier")
+            if "_count" in request.args:
+                if "after" not in request.args:
+                    first = conn.execute(FIRST_PAGE, {"p": request.args["patient"]})
+                    return bundle([r.content for r in first][:20])
+                params = {
+                    "p": request.args["patient"],
+                    "after": request.args["after"],
+                    "bound": int(request.args["bound"]),
+                }
+                return bundle([r.content for r in conn.execute(PAGE, params)][:20])
             if chained is not None:
                 system, code = chained.split("|", 1)
                 rows = conn.execute(CHAINED, {"system": system, "code": code})

@@ -34,9 +34,11 @@ AUDIENCE = "http://bench.local/fhir"
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
 
-def fresh_database(kind: str, folder: Path) -> str:
+def fresh_database(kind: str, folder: Path, url: str | None = None) -> str:
     if kind == "sqlite":
         return f"sqlite:///{folder / f'auth-{uuid.uuid4().hex}.db'}"
+    if url is not None:
+        return url  # emptied by empty() before each mode
     import psycopg
 
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
@@ -98,6 +100,7 @@ def measure(config: Config, headers: dict[str, str], seconds: float) -> dict[str
         "search": rate(search, seconds),
         "write": rate(write, seconds),
     }
+    app.extensions["whatmatters.audit"].close()  # what the trail still holds is stored
     app.extensions["whatmatters.store"].close()
     return results
 
@@ -106,6 +109,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--postgresql-url",
+        help="a database of its own (emptied); default: whatmatters_bench, dropped and made again",
+    )
+    parser.add_argument(
+        "--audit-window-ms",
+        type=int,
+        default=Config().audit_window_ms,
+        help="the smart mode's audit window (0: each AuditEvent before its answer)",
+    )
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="wm-auth-bench-"))
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -126,7 +139,7 @@ def main() -> None:
         algorithm="RS384",
         headers={"kid": "k1"},
     )
-    url = fresh_database(args.database, folder)
+    url = fresh_database(args.database, folder, args.postgresql_url)
     empty(url)
     baseline = measure(Config(database_url=url, public_base_url=AUDIENCE), {}, args.seconds)
     empty(url)
@@ -138,10 +151,12 @@ def main() -> None:
             auth_issuer=ISSUER,
             auth_jwks_url=jwks.as_uri(),
             rate_limit_per_minute=0,
+            audit_window_ms=args.audit_window_ms,
         ),
         {"Authorization": f"Bearer {token}"},
         args.seconds,
     )
+    print(f"audit window: {args.audit_window_ms} ms")
     print("| database | request | none mode /s | smart mode /s | ratio (none / smart) |")
     print("|---|---|---|---|---|")
     for name in ("read", "search", "write"):

@@ -25,7 +25,8 @@ from tests.perf.driver import ROOT, Request, drive, start, stop
 PATIENT = json.dumps(
     {
         "resourceType": "Patient",
-        "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9000000009"}],
+        # a hospital number: no two Patients may share an NHS number, and every create sends this
+        "identifier": [{"system": "https://hospital.example/Id/mrn", "value": "9000000009"}],
         "name": [{"family": "Okafor", "given": ["Adaeze"]}],
         "gender": "female",
         "birthDate": "1941-03-07",

@@ -97,9 +97,16 @@ def _client(
         method, path, body = requests[index % len(requests)]
         index += 1
         start_at = time.perf_counter()
-        conn.request(method, path, body=body, headers=HEADERS)
-        response = conn.getresponse()
-        data = response.read()
+        try:
+            conn.request(method, path, body=body, headers=HEADERS)
+            response = conn.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException):
+            # a dropped connection is an error of the run, not the end of the client
+            errors += 1
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            continue
         latencies.append(time.perf_counter() - start_at)
         if response.status >= 300:
             errors += 1

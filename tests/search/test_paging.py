@@ -5,14 +5,17 @@ creating new matches and updating existing ones between and during page requests
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import requests
+from flask.testing import FlaskClient
+from sqlalchemy import event, select
 
 from service.config import Config
 from service.fhir.model import dump_json, now_us, with_meta
 from service.storage import StoredResource
-from service.storage.sql import SqlStore
-from tests.builders import FHIR_JSON, observation
+from service.storage.sql import SqlStore, metadata
+from tests.builders import FHIR_JSON, observation, patient
 from tests.search.conftest import build_service
 
 MATCHES = 10_000
@@ -100,3 +103,111 @@ def test_paging_returns_each_match_once_during_writes(
     assert len(seen) == len(set(seen)), "a match was returned twice"
     assert set(seen) == set(original), "a match was skipped"
     assert pages == MATCHES // 50
+
+
+def _every_row(store: SqlStore) -> dict[str, list[str]]:
+    """The content of every table of the schema (resources, versions, index rows, kept
+    searches, outbox, counters ...), each row as text, sorted."""
+    with store.engine.connect() as conn:
+        return {
+            table.name: sorted(repr(tuple(row)) for row in conn.execute(select(table)))
+            for table in metadata.sorted_tables
+        }
+
+
+def _pages(client: FlaskClient, url: str) -> tuple[list[str], int]:
+    seen: list[str] = []
+    pages = 0
+    next_url: str | None = url
+    while next_url:
+        response = client.get(next_url)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        bundle = response.get_json()
+        pages += 1
+        seen += [
+            e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"
+        ]
+        links = {link["relation"]: link["url"] for link in bundle["link"]}
+        next_url = links.get("next", "").replace("http://test.local/fhir", "/fhir") or None
+    return seen, pages
+
+
+def test_a_search_pages_without_writing(client: FlaskClient, sql_store: SqlStore) -> None:
+    """Paging a search ordered by id (the default) writes no row anywhere: no kept search, no
+    outbox row, no counter; only a _sort on a value an update may change keeps its matches."""
+    client.put("/fhir/Patient/p1", json=patient(id="p1"), headers={"Content-Type": FHIR_JSON})
+    for n in range(45):
+        body = observation(id=f"o{n:02d}", subject={"reference": "Patient/p1"})
+        client.put(f"/fhir/Observation/o{n:02d}", json=body, headers={"Content-Type": FHIR_JSON})
+    before = _every_row(sql_store)
+    for url in (
+        "/fhir/Observation?patient=p1&_count=10",
+        "/fhir/Observation?subject=Patient/p1&_count=7&_total=accurate&_include=Observation:subject",
+        "/fhir/Observation?_count=20&_offset=5",
+        "/fhir/Observation?patient=p1&_count=10&_sort=-_id",
+    ):
+        seen, pages = _pages(client, url)
+        expected = [f"o{n:02d}" for n in range(45)]
+        if "_offset=5" in url:
+            expected = expected[5:]
+        if "-_id" in url:
+            expected.reverse()
+        assert seen == expected, url
+        assert pages > 1
+    assert _every_row(sql_store) == before
+    # a _sort on a value that changes between versions keeps its matches: that search alone
+    seen, _ = _pages(client, "/fhir/Observation?patient=p1&_count=10&_sort=date")
+    assert sorted(seen) == [f"o{n:02d}" for n in range(45)]
+    after = _every_row(sql_store)
+    changed = {name for name in after if after[name] != before[name]}
+    assert changed == {"saved_search", "saved_search_result"}
+
+
+def test_previous_links_page_back_by_cursor(client: FlaskClient) -> None:
+    for n in range(9):
+        mrn = [{"system": "https://hospital.example/Id/mrn", "value": f"p{n}"}]
+        body = patient(id=f"p{n}", identifier=mrn)
+        created = client.put(f"/fhir/Patient/p{n}", json=body, headers={"Content-Type": FHIR_JSON})
+        assert created.status_code == 201
+    first = client.get("/fhir/Patient?_count=4").get_json()
+    nxt = {link["relation"]: link["url"] for link in first["link"]}["next"]
+    second = client.get(nxt.replace("http://test.local/fhir", "/fhir")).get_json()
+    assert [e["resource"]["id"] for e in second["entry"]] == ["p4", "p5", "p6", "p7"]
+    links = {link["relation"]: link["url"] for link in second["link"]}
+    back = client.get(links["previous"].replace("http://test.local/fhir", "/fhir")).get_json()
+    assert [e["resource"]["id"] for e in back["entry"]] == ["p0", "p1", "p2", "p3"]
+    assert "previous" not in {link["relation"] for link in back["link"]}
+    tampered = links["next"].replace("_page_token=c.", "_page_token=c.x")
+    assert client.get(tampered.replace("http://test.local/fhir", "/fhir")).status_code == 404
+
+
+def test_a_page_of_a_search_is_one_read_transaction(
+    client: FlaskClient, sql_store: SqlStore
+) -> None:
+    """A search, its _include, its total and its paging run in one read transaction."""
+    for n in range(12):
+        mrn = [{"system": "https://hospital.example/Id/mrn", "value": f"q{n}"}]
+        body = patient(id=f"q{n}", identifier=mrn)
+        client.put(f"/fhir/Patient/q{n}", json=body, headers={"Content-Type": FHIR_JSON})
+        obs = observation(id=f"q{n}", subject={"reference": f"Patient/q{n}"})
+        client.put(f"/fhir/Observation/q{n}", json=obs, headers={"Content-Type": FHIR_JSON})
+    engine = client.application.extensions["whatmatters.store"].engine
+    began: list[bool] = []
+
+    def _began(conn: Any) -> None:
+        began.append(bool(conn.get_execution_options().get("whatmatters_write", False)))
+
+    event.listen(engine, "begin", _began)
+    try:
+        url: str | None = "/fhir/Observation?_count=5&_total=accurate&_include=Observation:subject"
+        pages = 0
+        while url:
+            response = client.get(url)
+            assert response.status_code == 200
+            pages += 1
+            assert began == [False] * pages  # one more read transaction, no write
+            links = {link["relation"]: link["url"] for link in response.get_json()["link"]}
+            url = links.get("next", "").replace("http://test.local/fhir", "/fhir") or None
+    finally:
+        event.remove(engine, "begin", _began)
+    assert pages == 3

@@ -148,6 +148,7 @@ def world(smart_app: Flask, keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]) -
         return {**_make_world(client, keys), "client": client, "keys": keys}
     if saved is None:
         ids = _make_world(client, keys)
+        smart_app.extensions["whatmatters.audit"].flush()  # its AuditEvents are rows too
         smart_app.extensions[WORLD] = (ids, _rows(store))
     else:
         ids, rows = saved

@@ -1,0 +1,185 @@
+"""The audit trail: where each request's AuditEvent is stored, at once or in short batches.
+
+``AuditTrail.record`` takes the AuditEvent of a request before its answer leaves.
+
+- With a window of 0 it stores the event in a write transaction of its own and returns once it
+  is committed (every answer's record is durable before the answer is sent).
+- With a window (the default, 200 ms), it adds the event to this process's buffer, and a
+  writer thread stores everything buffered in one transaction (one multi-row insert per table)
+  at most ``window`` after the first of them came, and on ``flush`` (before the trail itself is
+  read, and at shutdown). An answered request whose record is still in the buffer when the
+  process is killed outright (a crash, SIGKILL, power loss) has no record: that is the window
+  operators accept, at most ``window`` plus one transaction's time. While the buffer cannot be
+  written (the last write of the buffer failed, or it has waited ``STALLED_SECONDS`` past its
+  window), ``record`` refuses (``StoreUnavailable``), so no read is answered whose record
+  could be lost for longer; the buffered events are written when the database is back. A
+  refused read is answered 503 and its event is not kept (it would say the read was answered).
+
+AuditEvents are ordinary resources once stored: indexed, searchable with system/ scopes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from service.errors import FhirError, StorageError, StoreUnavailable
+from service.fhir.writes import Change, WriteHost, next_version, notify
+from service.storage import IndexRows, Store, StoredResource
+
+log = logging.getLogger("whatmatters.audit")
+BATCH = 500  # events a transaction takes at most
+STALLED_SECONDS = 10.0  # a buffer not written for this long (past its window) means trouble
+CAPACITY = 50_000  # events a buffer holds at most while the database is away
+
+
+class AuditHost(WriteHost, Protocol):
+    """What the trail needs from the FHIR service (``FhirService`` is one)."""
+
+    store: Store
+
+
+def store_events(host: AuditHost, events: Sequence[dict[str, Any]]) -> None:
+    """Store AuditEvents as new resources, with their index rows, in one transaction."""
+    batch: list[tuple[StoredResource, IndexRows]] = []
+    changes: list[Change] = []
+    for event in events:
+        stored, content = next_version(host, "AuditEvent", str(uuid.uuid4()), event, None, "POST")
+        batch.append((stored, host.search_params.index(content)))
+        changes.append(Change("AuditEvent", stored.id, 1, content))
+    with host.store.transaction(write=True) as tx:
+        tx.resources.insert_new(batch)
+        for change in changes:
+            notify(host, tx, change)
+
+
+class AuditTrail:
+    """Stores the AuditEvent of every request (see the module's docstring)."""
+
+    def __init__(self, host: AuditHost, window_seconds: float) -> None:
+        self.host = host
+        self.window = window_seconds
+        self._lock = threading.Condition()
+        self._writing = threading.Lock()  # one batch in flight at a time
+        self._buffer: list[dict[str, Any]] = []
+        self._oldest = 0.0  # when the oldest buffered event came (monotonic)
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._closed = False
+        self._failing = False  # the last write of the buffer failed
+        if window_seconds > 0:
+            _TRAILS.add(self)
+
+    def record(self, event: dict[str, Any]) -> None:
+        """Store ``event`` now (window 0) or buffer it for the writer; raise StorageError or
+        StoreUnavailable when it cannot be (read: the request must not be answered)."""
+        if self.window <= 0 or self._closed:
+            store_events(self.host, [event])
+            return
+        with self._lock:
+            now = time.monotonic()
+            stalled = bool(self._buffer) and now - self._oldest > self.window + STALLED_SECONDS
+            if self._failing or stalled or len(self._buffer) >= CAPACITY:
+                # the last write of the trail failed, or it has not been written for long:
+                # the database is away
+                raise StoreUnavailable("The audit trail cannot be written")
+            if not self._buffer:
+                self._oldest = now
+            self._buffer.append(event)
+            self._start()
+            self._lock.notify()
+
+    def flush(self) -> None:
+        """Store everything buffered so far (before the trail is read; at shutdown)."""
+        if self.window <= 0:
+            return
+        while True:
+            with self._writing:
+                with self._lock:
+                    taken = self._buffer[:BATCH]
+                if not taken:
+                    return
+                self._write(taken)
+
+    def close(self) -> None:
+        """Flush and stop the writer; later events are stored one by one."""
+        self._closed = True
+        with self._lock:
+            self._lock.notify_all()
+        try:
+            self.flush()
+        except (StorageError, FhirError):
+            log.error("%d AuditEvents could not be stored at shutdown", len(self._buffer))
+
+    def pending(self) -> int:
+        """How many events wait in the buffer."""
+        with self._lock:
+            return len(self._buffer)
+
+    def _start(self) -> None:
+        # started in the process that records (gunicorn forks workers after the app is made)
+        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+            return
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._run, name="audit-trail", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._closed:
+            with self._lock:
+                while not self._buffer and not self._closed:
+                    self._lock.wait()
+                if self._closed:
+                    return
+                due = self._oldest + self.window
+            # wait out the window (or until a batch is full), then store what is there
+            while time.monotonic() < due and self.pending() < BATCH and not self._closed:
+                time.sleep(min(0.01, max(0.0, due - time.monotonic())))
+            try:
+                self.flush()
+            except (StorageError, FhirError) as exc:
+                log.error("AuditEvents could not be stored (%s); retrying", type(exc).__name__)
+                time.sleep(min(1.0, self.window))
+
+    def _write(self, taken: list[dict[str, Any]]) -> None:
+        """Store ``taken`` (the head of the buffer) and drop it from the buffer."""
+        try:
+            store_events(self.host, taken)
+        except BaseException:
+            self._failing = True
+            raise
+        self._failing = False
+        with self._lock:
+            del self._buffer[: len(taken)]
+            if self._buffer:
+                self._oldest = time.monotonic()
+
+
+_TRAILS: weakref.WeakSet[AuditTrail] = weakref.WeakSet()
+
+
+def close_all() -> None:
+    """Close every buffered trail of this process (at exit: what they hold is stored)."""
+    for trail in list(_TRAILS):
+        trail.close()
+
+
+def flush_all() -> None:
+    """Store what every trail of this process holds now (a trail that cannot is logged)."""
+    for trail in list(_TRAILS):
+        try:
+            trail.flush()
+        except (StorageError, FhirError) as exc:
+            log.error("AuditEvents could not be stored: %s", type(exc).__name__)
+
+
+atexit.register(close_all)
+
+__all__ = ["AuditTrail", "close_all", "flush_all", "store_events"]
