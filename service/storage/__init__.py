@@ -6,11 +6,14 @@ one resource cannot both win (``VersionConflict``); the FHIR core maps that to 4
 A ``Store`` opens ``Transaction``s. A transaction is made of small ports, one per job, that all
 commit together: ``tx.resources`` (versions and history), ``tx.index`` (index rows and the
 look-ups on them), ``tx.searches`` (searches and kept results), ``tx.outbox`` (queued
-deliveries), ``tx.counters``, ``tx.jobs`` (progress of reindex) and ``tx.locks``.
+deliveries), ``tx.counters``, ``tx.jobs`` (progress of reindex and exports) and
+``tx.locks``. The values they take and give live beside: index_rows.py (the rows a resource
+gives), queries.py (criteria, queries, paging windows), cohorts.py (a measure's populations).
 
 This package is the port and its two implementations: ``MemoryStore`` (memory.py) and
 ``SqlStore`` (sql.py, on SQLAlchemy Core: the engine in sqlengine.py, the tables and migrations
-in schema.py, search SQL in sqlsearch.py, outbox SQL in sqloutbox.py). The errors a store raises
+in schema.py, search SQL in sqlsearch.py, cohort SQL in sqlcohort.py, outbox SQL in
+sqloutbox.py; memcohort.py for the memory store). The errors a store raises
 (``StorageError``, ``StoreUnavailable``) are defined in ``service.errors``, so callers above the
 FHIR core can handle them without importing storage.
 
@@ -22,12 +25,117 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, fields
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 from service.errors import StorageError as StorageError
 from service.errors import StoreUnavailable as StoreUnavailable
+from service.storage.cohorts import (
+    CohortCount as CohortCount,
+)
+from service.storage.cohorts import (
+    CohortMember as CohortMember,
+)
+from service.storage.cohorts import (
+    CohortQuery as CohortQuery,
+)
+from service.storage.cohorts import (
+    Evidence as Evidence,
+)
+from service.storage.cohorts import (
+    Repeat as Repeat,
+)
+from service.storage.index_rows import (
+    INDEX_KINDS as INDEX_KINDS,
+)
+from service.storage.index_rows import (
+    CompositeRow as CompositeRow,
+)
+from service.storage.index_rows import (
+    IndexKind as IndexKind,
+)
+from service.storage.index_rows import (
+    IndexRows as IndexRows,
+)
+from service.storage.index_rows import (
+    QuantityRow as QuantityRow,
+)
+from service.storage.index_rows import (
+    RangeRow as RangeRow,
+)
+from service.storage.index_rows import (
+    ReferenceRow as ReferenceRow,
+)
+from service.storage.index_rows import (
+    StringRow as StringRow,
+)
+from service.storage.index_rows import (
+    TokenRow as TokenRow,
+)
+from service.storage.index_rows import (
+    UriRow as UriRow,
+)
 from service.storage.outbox import OutboxRow
+from service.storage.queries import (
+    CompositeMatch as CompositeMatch,
+)
+from service.storage.queries import (
+    Criterion as Criterion,
+)
+from service.storage.queries import (
+    HasCriterion as HasCriterion,
+)
+from service.storage.queries import (
+    HistoryQuery as HistoryQuery,
+)
+from service.storage.queries import (
+    IdCriterion as IdCriterion,
+)
+from service.storage.queries import (
+    Key as Key,
+)
+from service.storage.queries import (
+    LastUpdatedCriterion as LastUpdatedCriterion,
+)
+from service.storage.queries import (
+    Match as Match,
+)
+from service.storage.queries import (
+    MissingCriterion as MissingCriterion,
+)
+from service.storage.queries import (
+    ParamCriterion as ParamCriterion,
+)
+from service.storage.queries import (
+    QuantityMatch as QuantityMatch,
+)
+from service.storage.queries import (
+    Query as Query,
+)
+from service.storage.queries import (
+    RangeMatch as RangeMatch,
+)
+from service.storage.queries import (
+    ReferenceMatch as ReferenceMatch,
+)
+from service.storage.queries import (
+    SortKey as SortKey,
+)
+from service.storage.queries import (
+    StringMatch as StringMatch,
+)
+from service.storage.queries import (
+    TokenMatch as TokenMatch,
+)
+from service.storage.queries import (
+    UriMatch as UriMatch,
+)
+from service.storage.queries import (
+    Window as Window,
+)
+from service.storage.queries import (
+    pages_by_cursor as pages_by_cursor,
+)
 
 
 class VersionConflict(Exception):
@@ -46,370 +154,6 @@ class StoredResource:
     content: str | None  # None for a deletion
     method: str = "PUT"  # the HTTP method that made this version, for history bundles
     seq: int = 0  # global write sequence; orders history and keeps paging stable
-
-
-@dataclass(frozen=True)
-class TokenRow:
-    """A token index row: the resource matches ``param=system|code``; ``text`` serves :text."""
-
-    param: str
-    system: str | None
-    code: str
-    text: str | None = None  # normalised display or CodeableConcept.text
-
-
-@dataclass(frozen=True)
-class StringRow:
-    """A string index row: ``norm`` is case- and accent-folded, ``exact`` as written."""
-
-    param: str
-    norm: str
-    exact: str
-
-
-@dataclass(frozen=True)
-class RangeRow:
-    """A date (microseconds) or number row: the value is the range [low, high]."""
-
-    param: str
-    low: float
-    high: float
-
-
-@dataclass(frozen=True)
-class QuantityRow:
-    """A quantity row: the value range plus its unit system and code."""
-
-    param: str
-    low: float
-    high: float
-    system: str | None
-    code: str | None
-
-
-@dataclass(frozen=True)
-class ReferenceRow:
-    """A reference row: a local target (type and id) or an absolute or canonical URL."""
-
-    param: str
-    target_type: str | None
-    target_id: str | None
-    url: str | None = None
-
-
-@dataclass(frozen=True)
-class UriRow:
-    """A uri row."""
-
-    param: str
-    value: str
-
-
-@dataclass(frozen=True)
-class CompositeRow:
-    """A two-part composite row (e.g. Observation code-value-quantity): a token and a value."""
-
-    param: str
-    system: str | None
-    code: str
-    value_system: str | None = None
-    value_code: str | None = None
-    low: float | None = None
-    high: float | None = None
-    text: str | None = None
-
-
-@dataclass
-class IndexRows:
-    """Every index row of one resource version, written with it in one transaction."""
-
-    tokens: list[TokenRow] = field(default_factory=list)
-    strings: list[StringRow] = field(default_factory=list)
-    dates: list[RangeRow] = field(default_factory=list)
-    numbers: list[RangeRow] = field(default_factory=list)
-    quantities: list[QuantityRow] = field(default_factory=list)
-    references: list[ReferenceRow] = field(default_factory=list)
-    uris: list[UriRow] = field(default_factory=list)
-    composites: list[CompositeRow] = field(default_factory=list)
-
-    def of(self, kind: str) -> list[Any]:
-        """The rows of one parameter type (token, string, date, ...)."""
-        rows: list[Any] = getattr(self, INDEX_KINDS[kind].rows)
-        return rows
-
-
-@dataclass(frozen=True)
-class IndexKind:
-    """How one search parameter type is kept: where its rows are, and what they hold."""
-
-    rows: str  # the IndexRows attribute
-    fields: tuple[str, ...]  # the row's values besides param (also the table's columns)
-    sort_field: str  # what _sort orders by (the smallest or largest of a resource's rows)
-
-
-def _values(row_type: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(row_type) if f.name != "param")
-
-
-INDEX_KINDS = {
-    "token": IndexKind("tokens", _values(TokenRow), "code"),
-    "string": IndexKind("strings", _values(StringRow), "norm"),
-    "date": IndexKind("dates", _values(RangeRow), "low"),
-    "number": IndexKind("numbers", _values(RangeRow), "low"),
-    "quantity": IndexKind("quantities", _values(QuantityRow), "low"),
-    "reference": IndexKind("references", _values(ReferenceRow), "target_id"),
-    "uri": IndexKind("uris", _values(UriRow), "value"),
-    "composite": IndexKind("composites", _values(CompositeRow), "code"),
-}
-
-
-# -- search criteria: what a query asks of the index (built by the FHIR core) -----------------
-
-
-@dataclass(frozen=True)
-class TokenMatch:
-    """system None: any; "": none. code None: any. text: prefix of the folded text instead."""
-
-    system: str | None
-    code: str | None
-    text: str | None = None
-
-
-@dataclass(frozen=True)
-class StringMatch:
-    """mode: prefix (on the folded value), exact (as written) or contains (folded)."""
-
-    mode: str
-    value: str
-
-
-@dataclass(frozen=True)
-class RangeMatch:
-    """A comparison of the stored range with the search range [low, high].
-
-    op is one of eq ne gt lt ge le sa eb ap (https://hl7.org/fhir/R4/search.html#prefix);
-    for ap the core has already widened [low, high].
-    """
-
-    op: str
-    low: float
-    high: float
-
-
-@dataclass(frozen=True)
-class QuantityMatch:
-    """A range comparison plus the unit (system None: any; code matches code or unit)."""
-
-    range: RangeMatch
-    system: str | None
-    code: str | None
-
-
-@dataclass(frozen=True)
-class ReferenceMatch:
-    """A local target, a URL, or (chained) any target of ``types`` matching ``chain``."""
-
-    target_type: str | None = None
-    target_id: str | None = None
-    url: str | None = None
-    types: tuple[str, ...] = ()
-    chain: tuple[Criterion, ...] = ()
-
-
-@dataclass(frozen=True)
-class UriMatch:
-    """mode: exact, above (the stored uri is a prefix of value) or below (value is a prefix)."""
-
-    mode: str
-    value: str
-
-
-@dataclass(frozen=True)
-class CompositeMatch:
-    """The token part and the value part of a composite parameter."""
-
-    token: TokenMatch
-    value: TokenMatch | QuantityMatch | StringMatch | RangeMatch
-
-
-Match = (
-    TokenMatch
-    | StringMatch
-    | RangeMatch
-    | QuantityMatch
-    | ReferenceMatch
-    | UriMatch
-    | CompositeMatch
-)
-
-
-@dataclass(frozen=True)
-class ParamCriterion:
-    """One search parameter: any of ``matches`` (OR); ``negate`` for :not (none of them)."""
-
-    kind: str  # token string date number quantity reference uri composite
-    param: str
-    matches: tuple[Match, ...]
-    negate: bool = False
-
-
-@dataclass(frozen=True)
-class MissingCriterion:
-    """:missing=true (no index row for the parameter) or :missing=false (at least one)."""
-
-    kind: str
-    param: str
-    missing: bool
-
-
-@dataclass(frozen=True)
-class IdCriterion:
-    """_id: the resource id is one of ``ids``."""
-
-    ids: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class LastUpdatedCriterion:
-    """_lastUpdated compared as a date range (microseconds)."""
-
-    matches: tuple[RangeMatch, ...]
-
-
-@dataclass(frozen=True)
-class HasCriterion:
-    """_has: the resource is referenced through ``param`` by a ``source_type`` matching all."""
-
-    source_type: str
-    param: str
-    criteria: tuple[Criterion, ...]
-
-
-Criterion = ParamCriterion | MissingCriterion | IdCriterion | LastUpdatedCriterion | HasCriterion
-
-
-@dataclass(frozen=True)
-class SortKey:
-    """Sort by a parameter (kind says which index) or by _id / _lastUpdated."""
-
-    kind: str  # token string date number quantity reference uri _id _lastUpdated
-    param: str
-    descending: bool = False
-
-
-@dataclass(frozen=True)
-class Query:
-    """A search within one resource type, answered from the index tables only."""
-
-    type: str
-    criteria: tuple[Criterion, ...] = ()
-    sort: tuple[SortKey, ...] = ()
-
-
-@dataclass(frozen=True)
-class Window:
-    """Which part of a search's matches a page takes, without anything kept between pages.
-
-    ``as_of`` is the write sequence when the search began: resources first written after it
-    are left out (a resource changed since still counts, at its place). ``after`` / ``before``
-    is the id of the last (first) match of the previous (next) page, for a query ordered by
-    ``_id`` (ascending or descending); ``before`` takes the page before that id, in query
-    order. ``offset`` skips matches, for a first page asked for with ``_offset``.
-    """
-
-    as_of: int | None = None
-    after: str | None = None
-    before: str | None = None
-    offset: int = 0
-
-
-def pages_by_cursor(query: Query) -> bool:
-    """Whether pages of ``query`` can be taken by a cursor: its order is the resource id
-    (no ``_sort``, or ``_sort`` led by ``_id``), which no write changes. Other orders sort on
-    values an update may change, so their matches are kept instead (``Searches.save``)."""
-    return not query.sort or query.sort[0].kind == "_id"
-
-
-@dataclass(frozen=True)
-class HistoryQuery:
-    """Versions of the whole system, one type, or one resource, newest first."""
-
-    type: str | None = None
-    id: str | None = None
-    since_us: int | None = None
-    before_seq: int | None = None  # keeps paging stable while writes continue
-    count: int = 50
-
-
-Key = tuple[str, str]  # (resource type, id)
-
-
-# -- cohorts: subjects counted by what other resources say of them (quality measures) --------
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """Resources of ``type`` matching ``criteria`` that name a subject through the reference
-    parameter ``link`` (e.g. Observations whose ``patient`` is the Patient)."""
-
-    type: str
-    link: str
-    criteria: tuple[Criterion, ...] = ()
-
-
-@dataclass(frozen=True)
-class Repeat:
-    """Subjects with a record (any of ``records``, dated by their ``date`` parameter's low end)
-    inside [``start_us``, ``end_us``] that follows an earlier record by at most ``within_us``."""
-
-    records: tuple[Evidence, ...]
-    date: str
-    start_us: int
-    end_us: int
-    within_us: int
-
-
-@dataclass(frozen=True)
-class CohortQuery:
-    """Subjects of ``subject_type`` in age-like bands, members through ``members``, each with
-    a stratum per value of ``stratum_param`` on its members' evidence, and boolean flags.
-
-    ``bands`` are (label, bound), oldest first: a subject is in the first band whose
-    ``band_param`` date ends before the bound; a subject in no band is not counted. Evidence
-    without a ``stratum_param`` value gives the stratum ``""``, only
-    to a subject with no other stratum. A flag is true when any of its
-    evidence names the subject (or, for a ``Repeat``, when a record repeats in time).
-    ``subjects`` restricts the count to those ids.
-    """
-
-    subject_type: str
-    band_param: str
-    bands: tuple[tuple[str, int], ...]
-    members: tuple[Evidence, ...]
-    stratum_param: str
-    flags: tuple[tuple[Evidence, ...] | Repeat, ...] = ()
-    subjects: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True)
-class CohortCount:
-    """How many subjects share a stratum (None: every stratum, each subject once), a band and
-    the flag values."""
-
-    stratum: str | None
-    band: str
-    flags: tuple[bool, ...]
-    count: int
-
-
-@dataclass(frozen=True)
-class CohortMember:
-    """One subject of a cohort: its band, its strata and its flags."""
-
-    id: str
-    band: str
-    strata: tuple[str, ...]
-    flags: tuple[bool, ...]
 
 
 class Resources(Protocol):
