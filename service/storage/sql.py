@@ -9,6 +9,7 @@ sqlsearch.py.
 from __future__ import annotations
 
 import uuid
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -466,6 +467,9 @@ class SqlStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        # a store dropped without close() (an app built and let go) still closes its pooled
+        # connections, rather than leaving them to the driver's garbage collection
+        weakref.finalize(self, engine.dispose)
 
     @classmethod
     def from_url(cls, url: str, pool_size: int = 5) -> SqlStore:
