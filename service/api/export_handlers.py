@@ -43,6 +43,7 @@ from service.exchange.bulk_export import (
 )
 from service.fhir.interactions import FhirService
 from service.fhir.model import SUPPORTED_TYPES, http_date, now_us, parse_instant
+from service.fhir.parameters import parameters_in, single_value
 from service.fhir.results import Result
 from service.fhir.router import FhirRequest
 
@@ -77,18 +78,11 @@ def _parameters(req: FhirRequest) -> list[tuple[str, str]]:
     if req.method != "POST":
         return given
     body, _ = request_body(req)
-    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
-        raise BadRequest("POST $export takes a Parameters resource", ("resourceType",))
-    parameters = body.get("parameter", [])
-    if not isinstance(parameters, list):
-        raise BadRequest("Parameters.parameter must be an array", ("Parameters.parameter",))
-    for index, parameter in enumerate(parameters):
-        where = f"Parameters.parameter[{index}]"
-        name = parameter.get("name") if isinstance(parameter, dict) else None
-        values = [v for k, v in (parameter or {}).items() if k.startswith("value") and k != "value"]
-        if not isinstance(name, str) or len(values) != 1:
+    for where, name, parameter in parameters_in(body, "$export"):
+        found = single_value(parameter)
+        if found is None or found[0] == "resource":
             raise BadRequest("each parameter needs a name and one value[x]", (where,))
-        value = values[0]
+        value = found[1]
         given.append((name, value if isinstance(value, str) else json.dumps(value)))
     return given
 

@@ -32,6 +32,7 @@ from service.fhir.capability import capability_statement, smart_security
 from service.fhir.ingest import Mappings, ingest
 from service.fhir.interactions import FhirService
 from service.fhir.model import parse_etag, parse_instant
+from service.fhir.parameters import parameters_in
 from service.fhir.results import Result
 from service.fhir.router import FhirRequest
 from service.fhir.search_parser import parse_query_string
@@ -187,16 +188,9 @@ def _what_matters_parameters(req: FhirRequest) -> dict[str, list[str]]:
     if req.method != "POST" or not req.body:
         return given
     body, _ = request_body(req)
-    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
-        raise BadRequest("POST $what-matters takes a Parameters resource", ("resourceType",))
-    parameters = body.get("parameter", [])
-    if not isinstance(parameters, list):
-        raise BadRequest("Parameters.parameter must be an array", ("Parameters.parameter",))
-    for index, parameter in enumerate(parameters):
-        where = f"Parameters.parameter[{index}]"
-        name = parameter.get("name") if isinstance(parameter, dict) else None
-        kind = _WHAT_MATTERS_IN.get(name) if isinstance(name, str) else None
-        if name is None or kind is None:
+    for where, name, parameter in parameters_in(body, "$what-matters"):
+        kind = _WHAT_MATTERS_IN.get(name)
+        if kind is None:
             known = ", ".join(_WHAT_MATTERS_IN)
             raise BadRequest(f"$what-matters has no in-parameter {name!r} ({known})", (where,))
         value = parameter.get(kind)

@@ -17,6 +17,7 @@ from service.errors import BadRequest, NotFound
 from service.fhir.actor import Actor
 from service.fhir.interactions import FhirService
 from service.fhir.model import instant, now_us
+from service.fhir.parameters import parameters_in
 from service.fhir.results import Result
 from service.fhir.router import FhirRequest
 from service.priorities.measure import Figures, WhatMattersMeasure, parse_period
@@ -46,13 +47,9 @@ def _parameters(req: FhirRequest) -> dict[str, str]:
     given: dict[str, list[str]] = {name: req.args(name) for name in _IN}
     if req.method == "POST" and req.body:
         body, _ = request_body(req)
-        if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
-            raise BadRequest("POST $evaluate-measure takes a Parameters resource")
-        for n, parameter in enumerate(body.get("parameter") or []):
-            name = parameter.get("name") if isinstance(parameter, dict) else None
-            kinds = _IN.get(name) if isinstance(name, str) else None
-            where = f"Parameters.parameter[{n}]"
-            if name is None or kinds is None:
+        for where, name, parameter in parameters_in(body, "$evaluate-measure"):
+            kinds = _IN.get(name)
+            if kinds is None:
                 raise BadRequest(f"$evaluate-measure has no in-parameter {name!r}", (where,))
             value = next((parameter[k] for k in kinds if k in parameter), None)
             if isinstance(value, dict):

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.errors import BadRequest, FhirError, Issue, NotFound, Unprocessable
+from service.fhir.parameters import parameters_in, single_value
 from service.fhir.results import Result
 from service.validation.value_sets import Entry, Terminology, Verdict, is_abstract
 
@@ -43,20 +44,11 @@ class Params:
                 self._values.setdefault(name, []).append(value)
         if body is None:
             return
-        if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
-            raise BadRequest("The body of a terminology operation must be a Parameters resource")
-        for index, part in enumerate(body.get("parameter", [])):
-            if not isinstance(part, dict) or not isinstance(part.get("name"), str):
-                raise BadRequest("A parameter needs a name", (f"Parameters.parameter[{index}]",))
-            found = [k for k in part if k.startswith("value")] + (
-                ["resource"] if "resource" in part else []
-            )
-            if len(found) != 1:
-                raise BadRequest(
-                    f"The parameter {part['name']!r} needs exactly one value",
-                    (f"Parameters.parameter[{index}]",),
-                )
-            self._values.setdefault(part["name"], []).append(part[found[0]])
+        for where, name, part in parameters_in(body, "a terminology operation"):
+            found = single_value(part)
+            if found is None:
+                raise BadRequest(f"The parameter {name!r} needs exactly one value", (where,))
+            self._values.setdefault(name, []).append(found[1])
 
     def one(self, name: str) -> Any:
         """The parameter's single value, or None; 400 when it is given more than once."""
