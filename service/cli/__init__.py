@@ -12,6 +12,7 @@ from pathlib import Path
 from service.cli.mapping import _map_check, _map_reload, _map_run, _map_test
 from service.cli.serving import _init_db, _serve, _worker
 from service.config import Config, ConfigError
+from service.errors import FhirError
 
 
 def _row_id(text: str) -> int:
@@ -66,9 +67,15 @@ def _outbox(config: Config, args: argparse.Namespace) -> int:
         fhir.store.close()
 
 
+def _refused(exc: FhirError) -> int:
+    """Print an import's refusal, an error line per issue with where it is; exit code 1."""
+    for issue in exc.outcome_issues():
+        print(f"error: {', '.join(issue.expression) or '-'}: {issue.diagnostics}")
+    return 1
+
+
 def _import_document(config: Config, path: Path) -> int:
     from service import build_fhir_service
-    from service.errors import FhirError
     from service.priorities.ips_import import import_document
 
     try:
@@ -80,9 +87,7 @@ def _import_document(config: Config, path: Path) -> int:
     try:
         report = import_document(fhir, document)
     except FhirError as exc:
-        for issue in exc.outcome_issues():
-            print(f"error: {', '.join(issue.expression) or '-'}: {issue.diagnostics}")
-        return 1
+        return _refused(exc)
     finally:
         fhir.store.close()
     read = ", ".join(f"{n} {t}" for t, n in report.read.items())
@@ -109,7 +114,6 @@ def _import(config: Config, args: argparse.Namespace) -> int:
         )
         return 2
     from service import build_fhir_service
-    from service.errors import FhirError
     from service.exchange.channels import Refused, Retry
     from service.exchange.partner_client import HttpPartnerClient, Unreachable
     from service.exchange.partners import load_partners
@@ -133,9 +137,7 @@ def _import(config: Config, args: argparse.Namespace) -> int:
         print(f"whatmatters: import from {partner.name} failed: {exc}", file=sys.stderr)
         return 1
     except FhirError as exc:
-        for issue in exc.outcome_issues():
-            print(f"error: {', '.join(issue.expression) or '-'}: {issue.diagnostics}")
-        return 1
+        return _refused(exc)
     finally:
         fhir.store.close()
     read = ", ".join(f"{n} {t}" for t, n in report.read.items())
@@ -170,7 +172,6 @@ def _reindex(config: Config, args: argparse.Namespace) -> int:
 
 
 def _validate(config: Config, args: argparse.Namespace) -> int:
-    from service.errors import FhirError
     from service.fhir.model import parse_json
     from service.validation.definitions import Definitions
     from service.validation.profiles import ProfileRegistry
