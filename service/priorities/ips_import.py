@@ -29,6 +29,7 @@ from service.fhir.references import replace_references
 from service.fhir.session import Session
 from service.priorities.ips import PATIENT_STORY, PLAN_OF_CARE
 from service.priorities.record import token
+from service.validation.bundle_rules import bundle_target
 
 URI_SYSTEM = "urn:ietf:rfc:3986"
 # dependencies first: Goals address Observations; Lists hold both; Provenances target them all
@@ -96,37 +97,57 @@ class DocumentReader:
             for e in entries
             if isinstance(e.get("resource"), dict) and e.get("fullUrl")
         }
+        # what a reference may name: a fullUrl, or the Type/id of an entry's resource
+        self._keys = {url: url for url in self.by_url} | {
+            f"{r.get('resourceType')}/{r['id']}": url
+            for url, r in self.by_url.items()
+            if isinstance(r.get("id"), str)
+        }
         composition = entries[0].get("resource") if entries else None
+        composition_url = str(entries[0].get("fullUrl")) if entries else None
         if not isinstance(composition, dict) or composition.get("resourceType") != "Composition":
             raise BadRequest(
                 "The document's first entry must be its Composition",
                 expression=("Bundle.entry[0]",),
             )
         self.composition = composition
-        subject = str((composition.get("subject") or {}).get("reference", ""))
-        patient = self.by_url.get(subject)
-        if patient is None or patient.get("resourceType") != "Patient":
+        self.composition_url = composition_url
+        subject = self.url_of((composition.get("subject") or {}).get("reference"), composition_url)
+        patient = self.by_url.get(subject or "")
+        if subject is None or patient is None or patient.get("resourceType") != "Patient":
             raise BadRequest(
                 "The Composition's subject is not a Patient in the document",
                 expression=("Composition.subject",),
             )
         self.patient_url, self.patient = subject, patient
 
+    def url_of(self, reference: Any, within: str | None) -> str | None:
+        """The fullUrl of the entry a reference made in the entry ``within`` names, resolved
+        as bundle.html#references says (absolute, relative to a RESTful fullUrl, by type and
+        id, or a ``urn:uuid:``); None when it names no entry."""
+        if not isinstance(reference, str):
+            return None
+        key, _ = bundle_target(reference, within, self._keys)
+        return self._keys[key] if key is not None else None
+
     def chosen(self) -> list[tuple[str, dict[str, Any]]]:
         """(fullUrl, resource) of every statement, goal and list the document's Patient Story
         and Plan of Care hold, in write order."""
-        urls: list[str] = []
+        here = self.composition_url
         story = _section(self.composition, PATIENT_STORY)
-        urls += [str(e.get("reference")) for e in _dicts(story.get("entry"))]
+        urls = [self.url_of(e.get("reference"), here) for e in _dicts(story.get("entry"))]
         plan = _section(self.composition, PLAN_OF_CARE)
         for entry in _dicts(plan.get("entry")):
-            care_plan = self.by_url.get(str(entry.get("reference"))) or {}
+            plan_url = self.url_of(entry.get("reference"), here)
+            care_plan = self.by_url.get(plan_url or "") or {}
             if care_plan.get("resourceType") == "CarePlan":
-                urls += [str(g.get("reference")) for g in _dicts(care_plan.get("goal"))]
+                urls += [
+                    self.url_of(g.get("reference"), plan_url) for g in _dicts(care_plan.get("goal"))
+                ]
         found = {
             url: self.by_url[url]
-            for url in dict.fromkeys(urls)
-            if self.by_url.get(url, {}).get("resourceType") in ORDER
+            for url in dict.fromkeys(u for u in urls if u is not None)
+            if self.by_url[url].get("resourceType") in ORDER
         }
         return sorted(found.items(), key=lambda item: ORDER.index(item[1]["resourceType"]))
 
@@ -136,21 +157,23 @@ class DocumentReader:
             (url, resource)
             for url, resource in self.by_url.items()
             if resource.get("resourceType") == "Provenance"
-            and {str(t.get("reference")) for t in _dicts(resource.get("target"))} & chosen
+            and {self.url_of(t.get("reference"), url) for t in _dicts(resource.get("target"))}
+            & chosen
         ]
 
 
 def _local(
-    resource: dict[str, Any], url: str, known: dict[str, str], by_url: dict[str, Any]
+    resource: dict[str, Any], url: str, known: dict[str, str], reader: DocumentReader
 ) -> dict[str, Any]:
     """The resource as this service stores it: references rewritten, where it came from."""
 
     def replace(element: dict[str, Any]) -> dict[str, Any] | None:
         ref = str(element.get("reference"))
-        if ref in known:
-            return {**element, "reference": known[ref]}
+        target = reader.url_of(ref, url)
+        if target in known:
+            return {**element, "reference": known[target]}
         kept = {k: v for k, v in element.items() if k != "reference"}
-        kept.setdefault("display", _display(by_url.get(ref)) or ref)
+        kept.setdefault("display", _display(reader.by_url.get(target or "")) or ref)
         return kept
 
     body = replace_references(resource, replace)
@@ -192,7 +215,7 @@ def import_document(fhir: FhirService, document: Any, actor: Actor | None = None
         criteria = _criteria(patient_ident)
         existing = session.match_one_or_none("Patient", criteria, "Import")
         if existing is None:
-            body = _local(reader.patient, reader.patient_url, {}, reader.by_url)
+            body = _local(reader.patient, reader.patient_url, {}, reader)
             identifiers = _dicts(body.get("identifier"))
             if not any(i.get("value") == patient_ident["value"] for i in identifiers):
                 body["identifier"] = [*identifiers, patient_ident]
@@ -205,9 +228,7 @@ def import_document(fhir: FhirService, document: Any, actor: Actor | None = None
         known[reader.patient_url] = report.patient
         for url, resource, criteria in written:
             kind = str(resource["resourceType"])
-            body = resolve_conditional_references(
-                session, _local(resource, url, known, reader.by_url)
-            )
+            body = resolve_conditional_references(session, _local(resource, url, known, reader))
             session.check(body, kind)
             before = session.match_one_or_none(kind, criteria, "Import")
             try:
@@ -216,9 +237,7 @@ def import_document(fhir: FhirService, document: Any, actor: Actor | None = None
                 raise BadRequest(f"{kind} {url} of the document: {exc}") from exc
             _count(report, result.status, before, result.stored)
         for url, resource in provenances:
-            body = resolve_conditional_references(
-                session, _local(resource, url, known, reader.by_url)
-            )
+            body = resolve_conditional_references(session, _local(resource, url, known, reader))
             _provenance(session, body, report)
         return report
 

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from service.errors import Issue
@@ -163,8 +163,18 @@ def _resolve(
     reference: str, base: str | None, targets: dict[str, dict[str, Any]]
 ) -> tuple[dict[str, Any] | None, str | None]:
     """The entry resource a reference names (bundle.html#references), and the version it asks."""
+    key, version = bundle_target(reference, base, targets)
+    return (targets[key] if key is not None else None), version
+
+
+def bundle_target(
+    reference: str, base: str | None, targets: Mapping[str, Any]
+) -> tuple[str | None, str | None]:
+    """Which key of ``targets`` (the Bundle's fullUrls, and ``Type/id`` of its resources) a
+    reference made in the entry whose fullUrl is ``base`` names, by the rules of
+    bundle.html#references, and the version it asks for."""
     if reference in targets:
-        return targets[reference], None
+        return reference, None
     match = _RESTFUL.fullmatch(reference)
     if match is None:
         return None, None
@@ -172,16 +182,14 @@ def _resolve(
     version = match.group("version")
     absolute = (match.group("base") or "") + plain
     if absolute in targets:
-        return targets[absolute], version
+        return absolute, version
     if match.group("base") is None:
         # relative: against the base of the entry's fullUrl, else by type and id
-        if base is not None:
-            restful = _RESTFUL.fullmatch(base)
-            if restful is not None and restful.group("base") is not None:
-                found = targets.get(restful.group("base") + plain)
-                if found is not None:
-                    return found, version
-        return targets.get(plain), version
+        restful = _RESTFUL.fullmatch(base) if base is not None else None
+        relative_to = restful.group("base") if restful is not None else None
+        if relative_to is not None and relative_to + plain in targets:
+            return relative_to + plain, version
+        return (plain if plain in targets else None), version
     return None, version
 
 

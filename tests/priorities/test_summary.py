@@ -18,9 +18,11 @@ from flask.testing import FlaskClient
 from service import create_app
 from service.config import Config
 from service.errors import Issue
+from service.fhir.actor import Actor
 from service.priorities.ips_import import import_document
 from service.priorities.view import priorities
 from service.validation.packages import IPS_BUNDLE, IPS_COMPOSITION
+from tests.builders import BASE
 from tests.ips_package import ips_checker, ips_package_path
 from tests.priorities.conversations import (
     NHS,
@@ -316,3 +318,32 @@ def test_whatmatters_import_reads_an_ips_file(
     assert main(["import", "--ips", str(path)]) == 0
     assert "10 created, 0 updated, 0 unchanged" in capsys.readouterr().out
     assert main(["import", "--ips", str(path), "--from", "gp"]) == 2
+
+
+@pytest.mark.parametrize(
+    "name", ["Bundle-bundle-ips-all-sections.json", "Bundle-bundle-minimal.json"]
+)
+def test_another_systems_ips_document_is_read_by_the_bundle_reference_rules(
+    folders: dict[str, Any], name: str
+) -> None:
+    """An IPS written elsewhere (the IPS package's own examples): the all-sections one refers
+    from RESTful fullUrls by relative ``Patient/id`` references, the minimal one by
+    ``urn:uuid:``; both name the patient, resolved as bundle.html#references says."""
+    from service import wire_fhir_service
+    from service.storage.memory import MemoryStore
+    from tests.validation.test_ips_package import _examples
+
+    document = _examples()[name]
+    composition_subject = document["entry"][0]["resource"]["subject"]["reference"]
+    fhir = wire_fhir_service(Config(public_base_url=BASE), MemoryStore(), folders["registry"])
+    report = import_document(fhir, document)
+    assert report.patient.startswith("Patient/")
+    with fhir.session(Actor.system()) as session:
+        stored = json.loads(session.read(*report.patient.split("/")).stored.content)  # type: ignore[union-attr]
+    patient = next(
+        e["resource"]
+        for e in document["entry"]
+        if e.get("fullUrl") == composition_subject
+        or f"Patient/{e['resource'].get('id')}" == composition_subject
+    )
+    assert stored["name"] == patient["name"]
