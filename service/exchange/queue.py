@@ -122,6 +122,7 @@ def retry(
     The attempts already made are kept (the row's history stays true); giving up is counted
     from now, so a row put back gets a fair chance.
     """
+    tx.locks.hold(CLAIM_LOCK)  # one at a time with claims: a claim never writes over it
     states = ("dead", "discarded", "blocked") if ids else ("dead", "blocked")
     chosen = tx.outbox.rows(states=states, destination=destination, ids=ids, limit=100_000)
     groups = {(row.destination, row.group_key) for row in chosen}
@@ -153,6 +154,9 @@ def discard(tx: Transaction, ids: Sequence[int] | None, destination: str | None)
     A worker holding the lease of a discarded row cannot settle it any more (the lease owner is
     cleared), so the row stays discarded even if its delivery was under way.
     """
+    # one at a time with claims: a claim that read the row as pending before this commits
+    # would otherwise write it back as in flight (PostgreSQL runs the two side by side)
+    tx.locks.hold(CLAIM_LOCK)
     states = ("dead", "pending", "inflight") if ids else ("dead",)
     changed = []
     for row in tx.outbox.rows(states=states, destination=destination, ids=ids, limit=100_000):
