@@ -8,6 +8,7 @@ sqlsearch.py.
 
 from __future__ import annotations
 
+import threading
 import uuid
 import weakref
 from collections.abc import Iterator, Sequence
@@ -440,6 +441,10 @@ class SqlLocks:
             self._conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": advisory_key(key)})
 
 
+# as long as SQLite waits for a lock another process holds (sqlengine.py: busy_timeout)
+WRITER_WAIT_SECONDS = 30.0
+
+
 class SqlTransaction:
     """One database transaction on a SQLAlchemy connection; its parts share the connection."""
 
@@ -467,6 +472,10 @@ class SqlStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        # SQLite lets one writer in at a time. Writers of this process queue here, where the
+        # one leaving wakes the next at once, rather than in SQLite's busy handler, which
+        # polls with sleeps of 1 to 100 ms (other processes still meet that handler).
+        self._writers = threading.RLock() if self.dialect == "sqlite" else None
         # a store dropped without close() (an app built and let go) still closes its pooled
         # connections, rather than leaving them to the driver's garbage collection
         weakref.finalize(self, engine.dispose)
@@ -479,6 +488,18 @@ class SqlStore:
     @contextmanager
     def transaction(self, write: bool = True) -> Iterator[SqlTransaction]:
         """Run a block in one database transaction."""
+        writers = self._writers if write else None
+        if writers is not None and not writers.acquire(timeout=WRITER_WAIT_SECONDS):
+            raise StoreUnavailable("The database is busy with other writes; retry")
+        try:
+            with self._transaction(write) as tx:
+                yield tx
+        finally:
+            if writers is not None:
+                writers.release()
+
+    @contextmanager
+    def _transaction(self, write: bool) -> Iterator[SqlTransaction]:
         try:
             with self.engine.connect() as conn:
                 if write:
