@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import IO, Any
 
 from service.errors import MethodNotAllowed, NotFound
@@ -114,9 +115,10 @@ class Route:
     definition: str | None = None
     in_bundle: bool = False
 
-    @property
+    @cached_property
     def segments(self) -> tuple[str, ...]:
-        """The pattern's segments (none for the base)."""
+        """The pattern's segments (none for the base); read for every route of every request,
+        so split once."""
         return tuple(self.pattern.split("/")) if self.pattern else ()
 
     @property
@@ -140,7 +142,7 @@ class Route:
                 return None
         return params
 
-    @property
+    @cached_property
     def precedence(self) -> tuple[int, ...]:
         """Literal segments before parameters, from the left (smaller is tried first)."""
         return tuple(1 if part.startswith("{") else 0 for part in self.segments)
