@@ -9,15 +9,16 @@ access its token allows (enforced by guard.py on the transaction), the origin (c
 system), whether its writes bring their own Provenance, and what the request touched. No state
 travels sideways in context variables.
 
-Modules by job: router.py (the route table: every request and Bundle entry to its
-interaction), writes.py (the write pipeline: version, index, listeners, Provenance, unique
-identifiers), checking.py (types, ids, validation, ``$validate``); search: search_parser.py
-(parameters to store criteria), search_executor.py (a search as a typed ``SearchPage``, and
-its searchset Bundle), search_index.py (the SearchParameters and the index rows they give);
-history.py, bundles.py (batch and transaction), references.py (the one reference walker),
-ingest.py, access.py (scopes, compartment, ownership), guard.py (the access guard),
-audit.py, capability.py and conformance_resources.py (the profiles folder, served),
-terminology_ops.py (``$expand``, ``$validate-code``, ``$lookup`` over the terminology held).
+Modules by job: router.py (the route table: every request and Bundle entry to its interaction),
+writes.py (the write pipeline: version, index, listeners, Provenance, unique identifiers),
+checking.py (types, ids, validation, ``$validate``); search: search_parser.py (parameters to
+store criteria), search_executor.py (a search as a typed ``SearchPage``, and its searchset
+Bundle), search_index.py (the SearchParameters and the values they find), index_values.py (the
+index rows those values give); history.py, bundles.py (batch and transaction), references.py
+(the one reference walker), ingest.py, access.py (scopes, compartment, ownership), guard.py
+(the access guard), audit.py, capability.py and conformance_resources.py (the profiles folder,
+served), terminology_ops.py (``$expand``, ``$validate-code``, ``$lookup`` over the terminology
+held).
 
 May import: ``service.storage`` (the Store port), ``service.validation``, ``service.mapping``,
 ``service.errors`` and ``service.config``. Never Flask, Werkzeug, SQLAlchemy, psycopg or

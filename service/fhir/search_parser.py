@@ -17,8 +17,9 @@ from decimal import Decimal, InvalidOperation
 from urllib.parse import parse_qsl
 
 from service.errors import BadRequest, Issue
+from service.fhir.index_values import fold, parse_reference
 from service.fhir.model import SUPPORTED_TYPES
-from service.fhir.search_index import SearchParam, SearchParameters, fold, parse_reference
+from service.fhir.search_index import SearchParam, SearchParameters
 from service.storage import (
     CompositeMatch,
     Criterion,
