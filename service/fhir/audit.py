@@ -121,3 +121,65 @@ def audit_event(
     if items:
         event["entity"] = items
     return event
+
+
+# what audit_event writes, and so all that audit_index_values reads
+_EVENT_KEYS = frozenset(
+    {
+        "resourceType",
+        "id",
+        "meta",
+        "type",
+        "subtype",
+        "action",
+        "recorded",
+        "outcome",
+        "outcomeDesc",
+        "agent",
+        "source",
+        "entity",
+    }
+)
+_AGENT_KEYS = frozenset({"type", "who", "requestor", "network"})
+_ENTITY_KEYS = frozenset({"what", "type", "role", "query"})
+_SERVER_META = frozenset({"versionId", "lastUpdated"})
+
+
+def audit_index_values(event: dict[str, Any]) -> list[tuple[str, Any, str | None]] | None:
+    """What each R4 AuditEvent search parameter finds in an event of the shape ``audit_event``
+    makes, as (parameter code, value, required target type), for
+    ``SearchParameters.index_values``; None for any other shape (index it the general way).
+
+    A request's AuditEvent is stored with every request, so its index rows are worth making
+    without running the 22 parameters' expressions; the values are the ones those expressions
+    give (tests/fhir/test_audit_index.py compares the rows both ways)."""
+    if not _EVENT_KEYS.issuperset(event) or not _SERVER_META.issuperset(event.get("meta", {})):
+        return None
+    source = event.get("source")
+    if not isinstance(source, dict) or set(source) != {"observer"}:
+        return None
+    values: list[tuple[str, Any, str | None]] = [
+        ("type", event.get("type"), None),
+        ("action", event.get("action"), None),
+        ("date", event.get("recorded"), None),
+        ("outcome", event.get("outcome"), None),
+        ("source", source["observer"], None),
+    ]
+    values.extend(("subtype", coding, None) for coding in event.get("subtype", []))
+    for agent in event.get("agent", []):
+        if not isinstance(agent, dict) or not _AGENT_KEYS.issuperset(agent):
+            return None
+        who = agent.get("who")
+        values.extend((("agent", who, None), ("patient", who, "Patient")))
+        network = agent.get("network")
+        if isinstance(network, dict):
+            values.append(("address", network.get("address"), None))
+    for item in event.get("entity", []):
+        if not isinstance(item, dict) or not _ENTITY_KEYS.issuperset(item):
+            return None
+        what = item.get("what")
+        values.extend((("entity", what, None), ("patient", what, "Patient")))
+        values.extend(
+            (("entity-type", item.get("type"), None), ("entity-role", item.get("role"), None))
+        )
+    return [(code, value, target) for code, value, target in values if value is not None]

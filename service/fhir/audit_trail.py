@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from service.errors import FhirError, StorageError, StoreUnavailable
+from service.fhir.audit import audit_index_values
 from service.fhir.writes import Change, WriteHost, next_version, notify
 from service.storage import IndexRows, Store, StoredResource
 
@@ -50,9 +51,15 @@ def store_events(host: AuditHost, events: Sequence[dict[str, Any]]) -> None:
     """Store AuditEvents as new resources, with their index rows, in one transaction."""
     batch: list[tuple[StoredResource, IndexRows]] = []
     changes: list[Change] = []
+    params = host.search_params
+    fixed_shape = params.only_core("AuditEvent")
     for event in events:
         stored, content = next_version(host, "AuditEvent", str(uuid.uuid4()), event, None, "POST")
-        batch.append((stored, host.search_params.index(content)))
+        values = audit_index_values(content) if fixed_shape else None
+        rows = (
+            params.index(content) if values is None else params.index_values("AuditEvent", values)
+        )
+        batch.append((stored, rows))
         changes.append(Change("AuditEvent", stored.id, 1, content))
     with host.store.transaction(write=True) as tx:
         tx.resources.insert_new(batch)
