@@ -72,7 +72,14 @@ class OutboxFeed:
         rows: list[OutboxRow] = []
         if change.type == "Subscription" and change.content is not None:
             rows += self._subscription_written(tx, change, now)
-        patient_ref = self._patient_of(tx, change.type, change.id, content)
+        topic = content is not None and topic_event(change.type, content)
+        # whose record it is matters to partners and subscriptions only (and may cost a read:
+        # a Provenance's target)
+        patient_ref = (
+            self._patient_of(tx, change.type, change.id, content)
+            if self.partners or topic
+            else None
+        )
         kind = "resource" if change.content is not None else "delete"
         if patient_ref is not None and self.partners:
             patient = _read_json(tx, "Patient", patient_ref.split("/", 1)[1])
@@ -88,7 +95,7 @@ class OutboxFeed:
                 if _from_partner(content, partner) or partner.knows_patient(patient) is None:
                     continue
                 rows.append(_row(partner.destination, patient_ref, kind, change, now))
-        if content is not None and topic_event(change.type, content):
+        if topic:
             rows += self._notifications(tx, change, patient_ref, now)
         tx.outbox.add(rows)
 
