@@ -478,3 +478,29 @@ def provenance_for(access: Access, target: str, activity: str, recorded: str) ->
         "activity": {"coding": [{"system": PROVENANCE_ACTIVITY, "code": activity}]},
         "agent": agents,
     }
+
+
+def provenance_index_values(made: dict[str, Any]) -> list[tuple[str, Any, str | None]] | None:
+    """What each R4 Provenance search parameter finds in a Provenance of the shape
+    ``provenance_for`` makes, as (parameter code, value, required target type), for
+    ``SearchParameters.index_values``; None for any other shape (index it the general way).
+    Every write with a token adds one, so its rows are made without running the parameters'
+    expressions (tests/fhir/test_audit_index.py compares the rows both ways)."""
+    if not _PROVENANCE_KEYS.issuperset(made) or not _SERVER_META.issuperset(made.get("meta", {})):
+        return None
+    values: list[tuple[str, Any, str | None]] = [("recorded", made.get("recorded"), None)]
+    for target in made.get("target", []):
+        values.extend((("target", target, None), ("patient", target, "Patient")))
+    for agent in made.get("agent", []):
+        if not isinstance(agent, dict) or not _PROVENANCE_AGENT_KEYS.issuperset(agent):
+            return None
+        values.extend((("agent", agent.get("who"), None), ("agent-type", agent.get("type"), None)))
+    return [(code, value, target) for code, value, target in values if value is not None]
+
+
+# what provenance_for writes, and so all that provenance_index_values reads
+_PROVENANCE_KEYS = frozenset(
+    {"resourceType", "id", "meta", "target", "recorded", "activity", "agent"}
+)
+_PROVENANCE_AGENT_KEYS = frozenset({"type", "who"})
+_SERVER_META = frozenset({"versionId", "lastUpdated"})

@@ -19,6 +19,7 @@ from service.fhir.access import (
     OWNER_ELEMENT,
     owner_of,
     provenance_for,
+    provenance_index_values,
     stamp_subscriber,
 )
 from service.fhir.actor import Actor
@@ -166,8 +167,11 @@ def provenance(
         return
     target = f"{stored.type}/{stored.id}/_history/{stored.version}"
     made = provenance_for(access, target, activity, instant(stored.last_updated_us))
+    params = host.search_params
+    values = provenance_index_values(made) if params.only_core("Provenance") else None
+    index = None if values is None else params.index_values("Provenance", values)
     # written for the service, whatever the token may write itself
-    write(host, actor, raw_of(tx), "Provenance", str(uuid.uuid4()), made, None, "POST")
+    write(host, actor, raw_of(tx), "Provenance", str(uuid.uuid4()), made, None, "POST", index)
 
 
 def check_if_match(

@@ -1,6 +1,7 @@
-"""The AuditEvent of every request is indexed from its fixed shape (audit.audit_index_values)
-rather than by running each R4 AuditEvent search parameter's expression: the rows must be the
-ones the expressions give, for any request, token and outcome the API can see."""
+"""The AuditEvent of every request and the Provenance of every write with a token are indexed
+from their fixed shapes (audit.audit_index_values, access.provenance_index_values) rather than
+by running each R4 search parameter's expression: the rows must be the ones the expressions
+give, for any request, token, outcome and write the API can see."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.fhir.access import Access, parse_scopes
+from service.fhir.access import Access, parse_scopes, provenance_for, provenance_index_values
 from service.fhir.audit import ACTIONS, RequestSeen, audit_event, audit_index_values
 from service.fhir.model import with_meta
 from service.fhir.search_index import SearchParameters
@@ -135,3 +136,30 @@ def test_a_searchparameter_of_the_profiles_folder_turns_the_fixed_shape_off() ->
     widened = SearchParameters([*core, extra])
     assert not widened.only_core("AuditEvent")
     assert widened.only_core("Goal")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    access=_ACCESS.filter(lambda access: access is not None),
+    type_=_TYPES,
+    id_=_IDS,
+    activity=st.sampled_from(["CREATE", "UPDATE", "DELETE"]),
+)
+def test_a_provenance_gives_the_rows_the_expressions_give(
+    access: Access, type_: str, id_: str, activity: str
+) -> None:
+    params = _params()
+    made = provenance_for(access, f"{type_}/{id_}/_history/3", activity, "2026-12-07T10:00:00Z")
+    values = provenance_index_values(made)
+    assert values is not None
+    stored = with_meta(made, "p1", 1, 1_796_637_600_123_456)
+    assert _rows(params.index_values("Provenance", values)) == _rows(params.index(stored))
+
+
+def test_a_provenance_of_another_shape_is_indexed_the_general_way() -> None:
+    access = Access(grants=parse_scopes("user/*.cruds"), subject="u", client_id="app")
+    made = provenance_for(access, "Goal/g1/_history/1", "CREATE", "2026-12-07T10:00:00Z")
+    assert provenance_index_values(made) is not None
+    assert provenance_index_values({**made, "location": {"reference": "Location/l"}}) is None
+    role = {**made, "agent": [{**made["agent"][0], "role": [{"text": "nurse"}]}]}
+    assert provenance_index_values(role) is None
