@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -299,8 +300,10 @@ def _boolean(name: str, raw: str) -> bool:
     raise ConfigError(f"{name} must be true or false, not {raw!r}")
 
 
+@functools.lru_cache(maxsize=1024)
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a name or address) is this machine (localhost, 127.0.0.0/8, ::1)."""
+    """Whether ``host`` (a name or address) is this machine (localhost, 127.0.0.0/8, ::1);
+    asked of every request's peer in the none mode, so remembered."""
     import ipaddress
 
     if host.lower() == "localhost":

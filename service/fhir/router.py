@@ -294,12 +294,24 @@ def split_path(path: str) -> list[str]:
     return path.split("/") if path else []
 
 
+def _by_length(routes: Sequence[Route]) -> dict[int, tuple[Route, ...]]:
+    """Routes by their number of segments, each list in the order they are tried."""
+    ordered = sorted(routes, key=lambda route: route.precedence)  # stable: table order kept
+    lengths = {len(route.segments) for route in routes}
+    return {n: tuple(r for r in ordered if len(r.segments) == n) for n in lengths}
+
+
+# the two tables every request and Bundle entry is matched against, ready to be tried
+_TRIED = {id(ROUTES): _by_length(ROUTES), id(BUNDLE_ROUTES): _by_length(BUNDLE_ROUTES)}
+
+
 def _fitting(
     segments: Sequence[str], routes: Sequence[Route]
 ) -> list[tuple[Route, dict[str, str]]]:
-    found = [(route, params) for route in routes if (params := route.parse(segments)) is not None]
-    found.sort(key=lambda item: item[0].precedence)
-    return found
+    tried = _TRIED.get(id(routes)) or _by_length(routes)
+    candidates = tried.get(len(segments), ())
+    found = [(route, route.parse(segments)) for route in candidates]
+    return [(route, params) for route, params in found if params is not None]
 
 
 def _allow(methods: Iterable[str]) -> list[str]:

@@ -24,6 +24,7 @@ from service.validation.narrative import narrative_issues
 from service.validation.primitives import primitive_issues, short
 
 ID_MAX = 64
+_ID = re.compile(r"[A-Za-z0-9\-.]+")  # datatypes.html#id, with its length below
 # Invariants not evaluated, and why:
 # - ele-1 (a value or children) is what the structural walk already checks, element by element;
 # - txt-1/txt-2 use htmlChecks(), which FHIRPath engines define for themselves: narrative.py
@@ -492,6 +493,4 @@ def lookup_element(
 
 def is_valid_id(value: str) -> bool:
     """Whether ``value`` is a valid FHIR id: https://hl7.org/fhir/R4/datatypes.html#id."""
-    if not 1 <= len(value) <= ID_MAX:
-        return False
-    return all(ch.isascii() and (ch.isalnum() or ch in "-.") for ch in value)
+    return len(value) <= ID_MAX and _ID.fullmatch(value) is not None
