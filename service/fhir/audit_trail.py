@@ -25,13 +25,13 @@ import logging
 import os
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from service.errors import FhirError, StorageError, StoreUnavailable
 from service.fhir.audit import audit_index_values
+from service.fhir.model import new_resource_id
 from service.fhir.writes import Change, WriteHost, next_version, notify
 from service.storage import IndexRows, Store, StoredResource
 
@@ -54,7 +54,7 @@ def store_events(host: AuditHost, events: Sequence[dict[str, Any]]) -> None:
     params = host.search_params
     fixed_shape = params.only_core("AuditEvent")
     for event in events:
-        stored, content = next_version(host, "AuditEvent", str(uuid.uuid4()), event, None, "POST")
+        stored, content = next_version(host, "AuditEvent", new_resource_id(), event, None, "POST")
         values = audit_index_values(content) if fixed_shape else None
         rows = (
             params.index(content) if values is None else params.index_values("AuditEvent", values)

@@ -31,7 +31,7 @@ from service.fhir import router
 from service.fhir.actor import Actor
 from service.fhir.checking import check_id, check_type, parse_json_patch, without_resource
 from service.fhir.interactions import FhirService
-from service.fhir.model import etag, instant, parse_etag, parse_json
+from service.fhir.model import etag, instant, new_resource_id, parse_etag, parse_json
 from service.fhir.references import rewrite_references, rewrite_strings
 from service.fhir.results import Result, operation_outcome
 from service.fhir.router import Match
@@ -197,9 +197,9 @@ def _resolve_identity(
             existing = session.match_one_or_none(op.type, op.if_none_exist, "If-None-Exist")
             if existing is not None:
                 return replace(op, id=existing.id, method="POST")
-            created[key] = str(uuid.uuid4())
+            created[key] = new_resource_id()
             return replace(op, id=created[key], if_none_exist=None)
-        return replace(op, id=str(uuid.uuid4()), if_none_exist=None)
+        return replace(op, id=new_resource_id(), if_none_exist=None)
     if op.method in ("PUT", "PATCH", "DELETE") and op.type and op.id is None and op.query:
         match = session.match_one_or_none(op.type, op.query, f"The conditional {op.method}")
         if match is not None:
@@ -215,7 +215,7 @@ def _resolve_identity(
                         "and does not match them"
                     )
                 return replace(op, id=body_id)
-            return replace(op, id=str(uuid.uuid4()))
+            return replace(op, id=new_resource_id())
         if op.method == "PATCH":
             raise NotFound(f"No {op.type} matches the criteria of the conditional patch")
     return op

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import uuid
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Protocol
@@ -42,7 +41,7 @@ from service.fhir.history import (
     history_page,
     parse_history_params,
 )
-from service.fhir.model import SUPPORTED_TYPES, dump_json, parse_json
+from service.fhir.model import SUPPORTED_TYPES, dump_json, new_resource_id, parse_json
 from service.fhir.results import Result
 from service.fhir.search_executor import SearchPage, search, searchset
 from service.fhir.search_index import SearchParameters
@@ -276,7 +275,7 @@ class Session:
             existing = self.match_one_or_none(type_, if_none_exist, "If-None-Exist")
             if existing is not None:
                 return Result(200, stored=existing, location=True, issues=warnings)
-        id_ = new_id or str(uuid.uuid4())
+        id_ = new_id or new_resource_id()
         stored = self._write(type_, id_, resource, None, "POST", index)
         return Result(201, stored=stored, location=True, issues=warnings)
 

@@ -9,7 +9,6 @@ itself (the Provenance, the outbox rows of the listeners) goes through the raw o
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -24,7 +23,14 @@ from service.fhir.access import (
 )
 from service.fhir.actor import Actor
 from service.fhir.guard import GuardedTransaction
-from service.fhir.model import dump_json, instant, parse_json, same_content, with_meta
+from service.fhir.model import (
+    dump_json,
+    instant,
+    new_resource_id,
+    parse_json,
+    same_content,
+    with_meta,
+)
 from service.fhir.results import Result
 from service.fhir.search_index import SearchParameters
 from service.fhir.search_parser import SearchParser, escape_value, parse_conditional
@@ -171,7 +177,7 @@ def provenance(
     values = provenance_index_values(made) if params.only_core("Provenance") else None
     index = None if values is None else params.index_values("Provenance", values)
     # written for the service, whatever the token may write itself
-    write(host, actor, raw_of(tx), "Provenance", str(uuid.uuid4()), made, None, "POST", index)
+    write(host, actor, raw_of(tx), "Provenance", new_resource_id(), made, None, "POST", index)
 
 
 def check_if_match(
@@ -241,7 +247,7 @@ def create_many(
         if held is not None:
             results.append(Result(200, stored=tx.resources.read(type_, held), location=True))
             continue
-        stored, content = next_version(host, type_, str(uuid.uuid4()), resource, None, "POST")
+        stored, content = next_version(host, type_, new_resource_id(), resource, None, "POST")
         batch.append((stored, host.search_params.index(content)))
         changes.append(Change(type_, stored.id, 1, content, actor=actor))
         pending[key] = Result(201, stored=stored, location=True)
