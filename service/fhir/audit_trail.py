@@ -4,16 +4,20 @@
 
 - With a window of 0 it stores the event in a write transaction of its own and returns once it
   is committed (every answer's record is durable before the answer is sent).
-- With a window (the default, 200 ms), it adds the event to this process's buffer, and a
-  writer thread stores everything buffered in one transaction (one multi-row insert per table)
-  at most ``window`` after the first of them came, and on ``flush`` (before the trail itself is
-  read, and at shutdown). An answered request whose record is still in the buffer when the
+- With a window (the default, 200 ms), it adds the event to this process's buffer; the buffer
+  is stored in one transaction (multi-row inserts) at most ``window`` after the first of its
+  events came, and on ``flush`` (before the trail itself is read, and at shutdown). While
+  requests come, the request that finds the buffer due (or full) stores it on its way out; a
+  timer thread stores what is left when no request comes. (A writer thread storing every batch
+  spent most of its time waiting for the interpreter's lock behind busy request threads, which
+  let it in a few milliseconds at a time: its batches fell seconds behind and held up the
+  writes waiting for them.) An answered request whose record is still in the buffer when the
   process is killed outright (a crash, SIGKILL, power loss) has no record: that is the window
   operators accept, at most ``window`` plus one transaction's time. While the buffer cannot be
   written (the last write of the buffer failed, or it has waited ``STALLED_SECONDS`` past its
-  window), ``record`` refuses (``StoreUnavailable``), so no read is answered whose record
-  could be lost for longer; the buffered events are written when the database is back. A
-  refused read is answered 503 and its event is not kept (it would say the read was answered).
+  window), ``record`` refuses (``StoreUnavailable``), so no read is answered whose record could
+  be lost for longer; the buffered events are written when the database is back. A refused read
+  is answered 503 and its event is not kept (it would say the read was answered).
 
 AuditEvents are ordinary resources once stored: indexed, searchable with system/ scopes.
 """
@@ -85,8 +89,9 @@ class AuditTrail:
             _TRAILS.add(self)
 
     def record(self, event: dict[str, Any]) -> None:
-        """Store ``event`` now (window 0) or buffer it for the writer; raise StorageError or
-        StoreUnavailable when it cannot be (read: the request must not be answered)."""
+        """Store ``event`` now (window 0) or buffer it, storing the buffer when it is due;
+        raise StorageError or StoreUnavailable when it cannot be (read: the request must not
+        be answered)."""
         if self.window <= 0 or self._closed:
             store_events(self.host, [event])
             return
@@ -99,9 +104,21 @@ class AuditTrail:
                 raise StoreUnavailable("The audit trail cannot be written")
             if not self._buffer:
                 self._oldest = now
+                self._lock.notify()  # the timer starts counting the window
             self._buffer.append(event)
+            # requests store it from half the window on, so the timer (at the full window)
+            # finds it stored unless requests have stopped coming
+            due = now - self._oldest >= self.window / 2 or len(self._buffer) >= BATCH
             self._start()
-            self._lock.notify()
+        if due and self._writing.acquire(blocking=False):
+            # this request stores the buffer on its way out (the timer thread is for lulls)
+            try:
+                self._write_head()
+            except (StorageError, FhirError) as exc:
+                # kept for the timer thread to retry; further reads are refused meanwhile
+                log.error("AuditEvents could not be stored (%s)", type(exc).__name__)
+            finally:
+                self._writing.release()
 
     def flush(self) -> None:
         """Store everything buffered so far (before the trail is read; at shutdown)."""
@@ -109,11 +126,8 @@ class AuditTrail:
             return
         while True:
             with self._writing:
-                with self._lock:
-                    taken = self._buffer[:BATCH]
-                if not taken:
+                if not self._write_head():
                     return
-                self._write(taken)
 
     def close(self) -> None:
         """Flush and stop the writer; later events are stored one by one."""
@@ -139,21 +153,33 @@ class AuditTrail:
         self._thread.start()
 
     def _run(self) -> None:
+        """The timer: store the buffer once it is due and no request has (a lull), or retry a
+        write that failed. It sleeps through the window rather than polling, so it takes the
+        interpreter's lock once per window at most."""
         while not self._closed:
             with self._lock:
                 while not self._buffer and not self._closed:
                     self._lock.wait()
                 if self._closed:
                     return
-                due = self._oldest + self.window
-            # wait out the window (or until a batch is full), then store what is there
-            while time.monotonic() < due and self.pending() < BATCH and not self._closed:
-                time.sleep(min(0.01, max(0.0, due - time.monotonic())))
+                wait = self._oldest + self.window - time.monotonic()
+                if wait > 0:
+                    self._lock.wait(wait)
+                    continue  # the buffer may have been stored meanwhile: look again
             try:
                 self.flush()
             except (StorageError, FhirError) as exc:
                 log.error("AuditEvents could not be stored (%s); retrying", type(exc).__name__)
                 time.sleep(min(1.0, self.window))
+
+    def _write_head(self) -> bool:
+        """Store the head of the buffer (a batch at most); False when it was empty. The
+        caller holds ``_writing``."""
+        with self._lock:
+            taken = self._buffer[:BATCH]
+        if taken:
+            self._write(taken)
+        return bool(taken)
 
     def _write(self, taken: list[dict[str, Any]]) -> None:
         """Store ``taken`` (the head of the buffer) and drop it from the buffer."""

@@ -111,3 +111,20 @@ def test_closing_the_trail_stores_what_it_holds(
         assert admin.get("/fhir/Goal").status_code == 200
     batched.extensions["whatmatters.audit"].close()
     assert _stored_events(batched) == 3
+
+
+def test_while_requests_come_they_store_the_buffer_themselves(
+    batched: Flask,
+    keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # no timer thread at all: only the requests that find the buffer due can store it
+    monkeypatch.setattr(audit_trail.AuditTrail, "_start", lambda _self: None)
+    admin = _admin(batched, keys)
+    trail = batched.extensions["whatmatters.audit"]
+    assert admin.get("/fhir/Goal").status_code == 200
+    time.sleep(WINDOW_MS / 1000)  # the first event is now due
+    assert trail.pending() == 1
+    assert admin.get("/fhir/Goal").status_code == 200  # this request stores both on its way out
+    assert trail.pending() == 0
+    assert _stored_events(batched) == 2
