@@ -32,7 +32,6 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from service.storage import (
-    INDEX_KINDS,
     HistoryQuery,
     IndexRows,
     Query,
@@ -58,6 +57,14 @@ from service.storage.schema import (
 from service.storage.sqlcohort import SqlCohortSearches
 from service.storage.sqlengine import advisory_key, engine_for, is_transient
 from service.storage.sqloutbox import SqlOutbox
+from service.storage.sqlrows import (
+    CURRENT_COLUMNS,
+    PUT,
+    index_values,
+    insert_index,
+    insert_rows,
+    write_index,
+)
 from service.storage.sqlsearch import (
     find_tokens_sql,
     param_mark,
@@ -74,35 +81,6 @@ _READ_VERSION = select(resource_versions).where(
     resource_versions.c.res_id == bindparam("i"),
     resource_versions.c.version == bindparam("v"),
 )
-
-
-def _index_values(type_: str, id_: str, kind: str, row: Any) -> tuple[Any, ...]:
-    """The column values of one index row, in the order of ``_insert_index_sql``."""
-    return (type_, id_, row.param, *(getattr(row, f) for f in INDEX_KINDS[kind].fields))
-
-
-def _insert_index_sql(kind: str, mark: str) -> str:
-    """The INSERT of one index row of ``kind`` (run once per table with every row)."""
-    columns = ("res_type", "res_id", "param", *INDEX_KINDS[kind].fields)
-    marks = ", ".join(mark for _ in columns)
-    table = INDEX_TABLES[kind].name
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608 - fixed names
-
-
-_INDEX_INSERTS = {
-    (kind, mark): _insert_index_sql(kind, mark) for kind in INDEX_TABLES for mark in ("?", "%s")
-}
-# The statements of a put: insert the version (returning its sequence), insert the current
-# row, or update it from the version it replaces; for sqlite3's marks and psycopg's.
-_PUT_SQLITE = (
-    "INSERT INTO resource_versions (res_type, res_id, version, last_updated, deleted, method,"
-    " content) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
-    "INSERT INTO resources (res_type, res_id, version, last_updated, deleted, method, content,"
-    " seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    "UPDATE resources SET version = ?, last_updated = ?, deleted = ?, method = ?, content = ?,"
-    " seq = ? WHERE res_type = ? AND res_id = ? AND version = ?",
-)
-_PUT = {"?": _PUT_SQLITE, "%s": tuple(q.replace("?", "%s") for q in _PUT_SQLITE)}
 
 
 def _by_type(keys: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
@@ -123,26 +101,6 @@ def _row_to_resource(row: Any) -> StoredResource:
         method=row.method,
         seq=row.seq,
     )
-
-
-_DELETE_INDEX = {
-    kind: delete(table).where(table.c.res_type == bindparam("t"), table.c.res_id == bindparam("i"))
-    for kind, table in INDEX_TABLES.items()
-}
-
-
-def _write_index(
-    conn: Connection, mark: str, type_: str, id_: str, index: IndexRows, clear: bool
-) -> None:
-    """Write the index rows of a resource (one executemany per table that gets rows), first
-    removing its old ones when ``clear``."""
-    for kind in INDEX_TABLES:
-        rows = index.of(kind)
-        if clear:
-            conn.execute(_DELETE_INDEX[kind], {"t": type_, "i": id_})
-        if rows:
-            values = [_index_values(type_, id_, kind, r) for r in rows]
-            conn.exec_driver_sql(_INDEX_INSERTS[(kind, mark)], values)
 
 
 class SqlResources:
@@ -216,7 +174,7 @@ class SqlResources:
             resource.method,
             resource.content,
         )
-        insert_version, insert_current, update_current = _PUT[mark]
+        insert_version, insert_current, update_current = PUT[mark]
         try:
             seq = self._conn.exec_driver_sql(insert_version, values).scalar_one()
             if replaces is None:
@@ -231,12 +189,13 @@ class SqlResources:
             raise VersionConflict(f"{resource.type}/{resource.id} changed") from exc
         rows = IndexRows() if resource.deleted else index or IndexRows()
         # A resource written for the first time has no index rows to remove.
-        _write_index(self._conn, mark, resource.type, resource.id, rows, clear=replaces is not None)
+        write_index(self._conn, mark, resource.type, resource.id, rows, clear=replaces is not None)
 
     def insert_new(self, items: Sequence[tuple[StoredResource, IndexRows]]) -> None:
         """Store many new resources with a few multi-row statements."""
         if not items:
             return
+        mark = param_mark(self._dialect)
         version_rows = [
             {
                 "res_type": r.type,
@@ -260,21 +219,20 @@ class SqlResources:
                 version_rows,
             ).all()
             seqs = {(row.res_type, row.res_id): row.seq for row in returned}
-            self._conn.execute(
-                insert(resources),
-                [{**row, "seq": seqs[(row["res_type"], row["res_id"])]} for row in version_rows],
-            )
+            current = [
+                (*row.values(), seqs[(row["res_type"], row["res_id"])]) for row in version_rows
+            ]
+            insert_rows(self._conn, resources.name, CURRENT_COLUMNS, mark, current)
         except IntegrityError as exc:
             raise VersionConflict("a resource of the batch exists already") from exc
-        mark = param_mark(self._dialect)
         for kind in INDEX_TABLES:
             rows = [
-                _index_values(r.type, r.id, kind, row)
+                index_values(r.type, r.id, kind, row)
                 for r, index in items
                 for row in index.of(kind)
             ]
             if rows:
-                self._conn.exec_driver_sql(_INDEX_INSERTS[(kind, mark)], rows)
+                insert_index(self._conn, mark, kind, rows)
 
     def current_keys(self, after: tuple[str, str] | None, limit: int) -> list[tuple[str, str]]:
         """Return current, non-deleted keys in (type, id) order after ``after``."""
@@ -319,7 +277,7 @@ class SqlIndex:
 
     def replace(self, type_: str, id_: str, rows: IndexRows) -> None:
         """Replace every index row of a resource."""
-        _write_index(self._conn, param_mark(self._dialect), type_, id_, rows, clear=True)
+        write_index(self._conn, param_mark(self._dialect), type_, id_, rows, clear=True)
 
     def find_tokens(
         self, type_: str, param: str, pairs: Sequence[tuple[str, str]]
