@@ -167,10 +167,17 @@ class AuditTrail:
                     self._lock.wait(wait)
                     continue  # the buffer may have been stored meanwhile: look again
             try:
-                self.flush()
+                with self._writing:  # one batch, not every event that comes meanwhile
+                    if self._due(time.monotonic() - self.window):
+                        self._write_head()
             except (StorageError, FhirError) as exc:
                 log.error("AuditEvents could not be stored (%s); retrying", type(exc).__name__)
                 time.sleep(min(1.0, self.window))
+
+    def _due(self, since: float) -> bool:
+        """Whether the buffer holds an event that came before ``since`` (monotonic)."""
+        with self._lock:
+            return bool(self._buffer) and self._oldest <= since
 
     def _write_head(self) -> bool:
         """Store the head of the buffer (a batch at most); False when it was empty. The
