@@ -58,8 +58,11 @@ from service.storage.sqlcohort import SqlCohortSearches
 from service.storage.sqlengine import advisory_key, engine_for, is_transient
 from service.storage.sqloutbox import SqlOutbox
 from service.storage.sqlrows import (
+    COPY_ITEMS,
     CURRENT_COLUMNS,
     PUT,
+    copy_new_versions,
+    create_on_postgresql,
     index_values,
     insert_index,
     insert_rows,
@@ -174,8 +177,14 @@ class SqlResources:
             resource.method,
             resource.content,
         )
+        rows = IndexRows() if resource.deleted else index or IndexRows()
         insert_version, insert_current, update_current = PUT[mark]
         try:
+            if replaces is None and self._dialect == "postgresql":
+                one = create_on_postgresql(resource.type, resource.id, values, rows)
+                if one is not None:
+                    self._conn.exec_driver_sql(*one)
+                    return
             seq = self._conn.exec_driver_sql(insert_version, values).scalar_one()
             if replaces is None:
                 self._conn.exec_driver_sql(insert_current, (*values, seq))
@@ -187,7 +196,6 @@ class SqlResources:
                     raise VersionConflict(f"{resource.type}/{resource.id} changed")
         except IntegrityError as exc:
             raise VersionConflict(f"{resource.type}/{resource.id} changed") from exc
-        rows = IndexRows() if resource.deleted else index or IndexRows()
         # A resource written for the first time has no index rows to remove.
         write_index(self._conn, mark, resource.type, resource.id, rows, clear=replaces is not None)
 
@@ -196,6 +204,22 @@ class SqlResources:
         if not items:
             return
         mark = param_mark(self._dialect)
+        if self._dialect == "postgresql" and len(items) >= COPY_ITEMS:
+            copy_new_versions(self._conn, items)
+        else:
+            self._insert_new_versions(items, mark)
+        for kind in INDEX_TABLES:
+            rows = [
+                index_values(r.type, r.id, kind, row)
+                for r, index in items
+                for row in index.of(kind)
+            ]
+            if rows:
+                insert_index(self._conn, mark, kind, rows)
+
+    def _insert_new_versions(
+        self, items: Sequence[tuple[StoredResource, IndexRows]], mark: str
+    ) -> None:
         version_rows = [
             {
                 "res_type": r.type,
@@ -225,14 +249,6 @@ class SqlResources:
             insert_rows(self._conn, resources.name, CURRENT_COLUMNS, mark, current)
         except IntegrityError as exc:
             raise VersionConflict("a resource of the batch exists already") from exc
-        for kind in INDEX_TABLES:
-            rows = [
-                index_values(r.type, r.id, kind, row)
-                for r, index in items
-                for row in index.of(kind)
-            ]
-            if rows:
-                insert_index(self._conn, mark, kind, rows)
 
     def current_keys(self, after: tuple[str, str] | None, limit: int) -> list[tuple[str, str]]:
         """Return current, non-deleted keys in (type, id) order after ``after``."""

@@ -128,3 +128,38 @@ def test_history_is_newest_first_and_pages_by_sequence(store: Store) -> None:
         assert [(r.id, r.version) for r in older] == [("a", 1)]
         recent = tx.resources.history(HistoryQuery(since_us=2_000_000))
         assert [(r.id, r.version) for r in recent] == [("a", 2)]
+
+
+@pytest.mark.parametrize("size", [3, 40])  # PostgreSQL copies batches of 8 and more
+def test_insert_new_stores_a_batch_with_its_index_rows(store: Store, size: int) -> None:
+    batch = [
+        (_version(f"n{i:02d}", 1, type_="Goal"), _tokens(("s", str(i % 5)), (None, "all")))
+        for i in range(size)
+    ]
+    with store.transaction() as tx:
+        tx.resources.insert_new(batch)
+    with store.transaction(write=False) as tx:
+        stored = tx.resources.read_many([("Goal", f"n{i:02d}") for i in range(size)])
+        assert [(r.id, r.version, r.content) for r in stored] == [
+            (f"n{i:02d}", 1, '{"v":1}') for i in range(size)
+        ]
+        all_of_them = Query(
+            "Goal", criteria=(ParamCriterion("token", "identifier", (TokenMatch(None, "all"),)),)
+        )
+        assert tx.searches.count(all_of_them) == size
+        history = tx.resources.history(HistoryQuery(type="Goal"))
+        assert sorted(r.id for r in history) == [f"n{i:02d}" for i in range(size)]
+    with store.transaction() as tx:  # a batch's resources are ordinary ones afterwards
+        tx.resources.put(_version("n00", 2), 1)
+
+
+@pytest.mark.parametrize("size", [3, 40])
+def test_insert_new_refuses_a_batch_naming_a_resource_that_exists(store: Store, size: int) -> None:
+    with store.transaction() as tx:
+        tx.resources.put(_version("n01", 1), None)
+    batch = [(_version(f"n{i:02d}", 1), _tokens(("s", "x"))) for i in range(size)]
+    with pytest.raises(VersionConflict), store.transaction() as tx:
+        tx.resources.insert_new(batch)
+    with store.transaction(write=False) as tx:  # nothing of the batch was kept
+        assert tx.searches.count(Query("Goal")) == 1
+        assert tx.resources.read("Goal", "n02") is None
