@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -99,6 +100,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
             app = create_app(worker_config, registry=fresh, mappings=mappings)
             if config.outbox_worker:
                 _start_embedded_worker(worker_config, app)
+            gc.freeze()  # as wsgi.py does: what the app loaded is never garbage
             return app
 
     print(
