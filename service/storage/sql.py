@@ -8,7 +8,6 @@ sqlsearch.py.
 
 from __future__ import annotations
 
-import threading
 import uuid
 import weakref
 from collections.abc import Iterator, Sequence
@@ -55,7 +54,7 @@ from service.storage.schema import (
     search_reference,
 )
 from service.storage.sqlcohort import SqlCohortSearches
-from service.storage.sqlengine import advisory_key, engine_for, is_transient
+from service.storage.sqlengine import SqliteWriters, advisory_key, engine_for, is_transient
 from service.storage.sqloutbox import SqlOutbox
 from service.storage.sqlrows import (
     COPY_ITEMS,
@@ -446,10 +445,8 @@ class SqlStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
-        # SQLite lets one writer in at a time. Writers of this process queue here, where the
-        # one leaving wakes the next at once, rather than in SQLite's busy handler, which
-        # polls with sleeps of 1 to 100 ms (other processes still meet that handler).
-        self._writers = threading.RLock() if self.dialect == "sqlite" else None
+        # SQLite lets one writer in at a time: writers take turns here (sqlengine.py)
+        self._writers = SqliteWriters(engine.url.database) if self.dialect == "sqlite" else None
         # a store dropped without close() (an app built and let go) still closes its pooled
         # connections, rather than leaving them to the driver's garbage collection
         weakref.finalize(self, engine.dispose)

@@ -6,7 +6,11 @@ May import SQLAlchemy (and through it the drivers); nothing of the service.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +80,55 @@ def _configure_sqlite(engine: Engine) -> None:
         # lock, and check-then-write sequences (conditional create) are atomic across processes.
         immediate = conn.get_execution_options().get("whatmatters_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class SqliteWriters:
+    """The writers of one SQLite database take turns here before their ``BEGIN IMMEDIATE``.
+
+    SQLite lets one writer in at a time, and a writer that finds it taken waits in SQLite's
+    busy handler, which sleeps 1 to 100 ms between tries: the threads of one process queued
+    there behind each other, and under load one gunicorn worker's writers could keep the
+    lock while the other's slept ever longer. Here threads of a process wait on a lock (the
+    next one is woken as soon as it is free) and processes on an advisory lock of a file
+    beside the database (``<database>-writers``), tried every half millisecond. A process that
+    does not take part (another tool on the same file) still meets SQLite's busy handler."""
+
+    POLL_SECONDS = 0.0005
+
+    def __init__(self, database: str | None) -> None:
+        self._threads = threading.RLock()
+        self._path = f"{database}-writers" if database and database != ":memory:" else None
+        self._held = 0  # how deep the holding thread is (transactions may nest)
+        self._file: int | None = None
+
+    def acquire(self, timeout: float) -> bool:
+        """Take the turn within ``timeout`` seconds; False when it could not be had."""
+        deadline = time.monotonic() + timeout
+        if not self._threads.acquire(timeout=timeout):
+            return False
+        self._held += 1
+        if self._held > 1 or self._path is None:
+            return True
+        handle = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(self.POLL_SECONDS)
+                    continue
+                os.close(handle)
+                self._held -= 1
+                self._threads.release()
+                return False
+            self._file = handle
+            return True
+
+    def release(self) -> None:
+        """End the turn (the outermost release lets the next writer in)."""
+        self._held -= 1
+        if self._held == 0 and self._file is not None:
+            handle, self._file = self._file, None
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            os.close(handle)
+        self._threads.release()

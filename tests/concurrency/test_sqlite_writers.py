@@ -1,10 +1,13 @@
 """SQLite lets one writer in at a time: the writers of one process queue on the store's own
-lock (woken as soon as the one before commits) instead of polling in SQLite's busy handler,
-readers are never held up by them, and a writer that cannot get in within the wait is
-answered "unavailable, retry" rather than left hanging."""
+lock (woken as soon as the one before commits), those of other processes on an advisory lock
+of a file beside the database, instead of sleeping in SQLite's busy handler; readers are never
+held up by them, and a writer that cannot get in within the wait is answered "unavailable,
+retry" rather than left hanging."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,3 +86,25 @@ def test_a_writer_waits_its_turn_within_a_bound_and_readers_do_not_wait(
         holder.join()
     with store.transaction(write=True) as tx:  # the next writer gets in once it is free
         assert tx.counters.next("held") == 2
+
+
+def test_writers_of_another_process_take_turns_through_the_file_beside_the_database(
+    store: SqlStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sql_module, "WRITER_WAIT_SECONDS", 0.3)
+    # what another worker process holds while it writes: the advisory lock of that file
+    other = os.open(tmp_path / "writers.db-writers", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with (
+            pytest.raises(StoreUnavailable, match="busy with other writes"),
+            store.transaction(write=True) as tx,
+        ):
+            tx.counters.next("blocked")
+        with store.transaction(write=False) as tx:  # readers do not take turns
+            assert tx.resources.read("Goal", "none") is None
+        fcntl.flock(other, fcntl.LOCK_UN)
+        with store.transaction(write=True) as tx:  # its turn over, this process writes
+            assert tx.counters.next("after") == 1
+    finally:
+        os.close(other)
