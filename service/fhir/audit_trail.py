@@ -79,8 +79,8 @@ class AuditTrail:
         self.window = window_seconds
         self._lock = threading.Condition()
         self._writing = threading.Lock()  # one batch in flight at a time
-        self._buffer: list[dict[str, Any]] = []
-        self._oldest = 0.0  # when the oldest buffered event came (monotonic)
+        # the buffered events, each with when it came (monotonic), oldest first
+        self._buffer: list[tuple[float, dict[str, Any]]] = []
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._closed = False
@@ -92,30 +92,35 @@ class AuditTrail:
         """Store ``event`` now (window 0) or buffer it, storing the buffer when it is due;
         raise StorageError or StoreUnavailable when it cannot be (read: the request must not
         be answered)."""
-        if self.window <= 0 or self._closed:
+        if self.window <= 0:
             store_events(self.host, [event])
             return
         with self._lock:
-            now = time.monotonic()
-            stalled = bool(self._buffer) and now - self._oldest > self.window + STALLED_SECONDS
-            if self._failing or stalled or len(self._buffer) >= CAPACITY:
-                # the last write of the trail failed, or it has not been written for long:
-                # the database is away
-                raise StoreUnavailable("The audit trail cannot be written")
-            if not self._buffer:
-                self._oldest = now
-                self._lock.notify()  # the timer starts counting the window
-            self._buffer.append(event)
-            # requests store it from half the window on, so the timer (at the full window)
-            # finds it stored unless requests have stopped coming
-            due = now - self._oldest >= self.window / 2 or len(self._buffer) >= BATCH
-            self._start()
+            closed = self._closed
+            if not closed:
+                self._start()  # (again, if a failure ended the timer)
+                now = time.monotonic()
+                waited = now - self._buffer[0][0] if self._buffer else 0.0
+                if self._failing or waited > self.window + STALLED_SECONDS:
+                    # the last write of the trail failed, or it has not been written for
+                    # long: the database is away
+                    raise StoreUnavailable("The audit trail cannot be written")
+                if len(self._buffer) >= CAPACITY:
+                    raise StoreUnavailable("The audit trail cannot be written")
+                if not self._buffer:
+                    self._lock.notify()  # the timer starts counting the window
+                self._buffer.append((now, event))
+                # requests store it from half the window on, so the timer (at the full
+                # window) finds it stored unless requests have stopped coming
+                due = waited >= self.window / 2 or len(self._buffer) >= BATCH
+        if closed:  # after close(): each event is stored on its own
+            store_events(self.host, [event])
+            return
         if due and self._writing.acquire(blocking=False):
             # this request stores the buffer on its way out (the timer thread is for lulls)
             try:
                 self._write_head()
-            except (StorageError, FhirError) as exc:
-                # kept for the timer thread to retry; further reads are refused meanwhile
+            except Exception as exc:  # noqa: BLE001 - kept for the timer to retry; reads are refused meanwhile
                 log.error("AuditEvents could not be stored (%s)", type(exc).__name__)
             finally:
                 self._writing.release()
@@ -130,14 +135,14 @@ class AuditTrail:
                     return
 
     def close(self) -> None:
-        """Flush and stop the writer; later events are stored one by one."""
-        self._closed = True
+        """Flush and stop the timer; later events are stored one by one."""
         with self._lock:
+            self._closed = True
             self._lock.notify_all()
         try:
             self.flush()
         except (StorageError, FhirError):
-            log.error("%d AuditEvents could not be stored at shutdown", len(self._buffer))
+            log.error("%d AuditEvents could not be stored at shutdown", self.pending())
 
     def pending(self) -> int:
         """How many events wait in the buffer."""
@@ -153,37 +158,37 @@ class AuditTrail:
         self._thread.start()
 
     def _run(self) -> None:
-        """The timer: store the buffer once it is due and no request has (a lull), or retry a
-        write that failed. It sleeps through the window rather than polling, so it takes the
-        interpreter's lock once per window at most."""
-        while not self._closed:
+        """The timer: store what is due when no request has (a lull), batch after batch while
+        more is due, or retry a write that failed. It sleeps through the window rather than
+        polling, so it takes the interpreter's lock once per window at most."""
+        while True:
             with self._lock:
                 while not self._buffer and not self._closed:
                     self._lock.wait()
                 if self._closed:
                     return
-                wait = self._oldest + self.window - time.monotonic()
+                wait = self._buffer[0][0] + self.window - time.monotonic()
                 if wait > 0:
                     self._lock.wait(wait)
                     continue  # the buffer may have been stored meanwhile: look again
             try:
-                with self._writing:  # one batch, not every event that comes meanwhile
+                with self._writing:  # one batch; the loop comes back if more is due
                     if self._due(time.monotonic() - self.window):
                         self._write_head()
-            except (StorageError, FhirError) as exc:
+            except Exception as exc:  # noqa: BLE001 - the timer must live on to retry
                 log.error("AuditEvents could not be stored (%s); retrying", type(exc).__name__)
                 time.sleep(min(1.0, self.window))
 
     def _due(self, since: float) -> bool:
         """Whether the buffer holds an event that came before ``since`` (monotonic)."""
         with self._lock:
-            return bool(self._buffer) and self._oldest <= since
+            return bool(self._buffer) and self._buffer[0][0] <= since
 
     def _write_head(self) -> bool:
         """Store the head of the buffer (a batch at most); False when it was empty. The
         caller holds ``_writing``."""
         with self._lock:
-            taken = self._buffer[:BATCH]
+            taken = [event for _, event in self._buffer[:BATCH]]
         if taken:
             self._write(taken)
         return bool(taken)
@@ -198,8 +203,6 @@ class AuditTrail:
         self._failing = False
         with self._lock:
             del self._buffer[: len(taken)]
-            if self._buffer:
-                self._oldest = time.monotonic()
 
 
 _TRAILS: weakref.WeakSet[AuditTrail] = weakref.WeakSet()

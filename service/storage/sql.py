@@ -460,8 +460,11 @@ class SqlStore:
     def transaction(self, write: bool = True) -> Iterator[SqlTransaction]:
         """Run a block in one database transaction."""
         writers = self._writers if write else None
-        if writers is not None and not writers.acquire(timeout=WRITER_WAIT_SECONDS):
-            raise StoreUnavailable("The database is busy with other writes; retry")
+        try:
+            if writers is not None and not writers.acquire(timeout=WRITER_WAIT_SECONDS):
+                raise StoreUnavailable("The database is busy with other writes; retry")
+        except OSError as exc:  # the writers' lock file beside the database
+            raise StoreUnavailable("The database's writers lock cannot be taken") from exc
         try:
             with self._transaction(write) as tx:
                 yield tx

@@ -90,8 +90,9 @@ class SqliteWriters:
     there behind each other, and under load one gunicorn worker's writers could keep the
     lock while the other's slept ever longer. Here threads of a process wait on a lock (the
     next one is woken as soon as it is free) and processes on an advisory lock of a file
-    beside the database (``<database>-writers``), tried every half millisecond. A process that
-    does not take part (another tool on the same file) still meets SQLite's busy handler."""
+    beside the database (``<database>-writers``), tried every half millisecond: fairer than the
+    busy handler's growing sleeps, though not first come, first served. A process that does
+    not take part (another tool on the same file) still meets SQLite's busy handler."""
 
     POLL_SECONDS = 0.0005
 
@@ -102,33 +103,50 @@ class SqliteWriters:
         self._file: int | None = None
 
     def acquire(self, timeout: float) -> bool:
-        """Take the turn within ``timeout`` seconds; False when it could not be had."""
+        """Take the turn within ``timeout`` seconds; False when it could not be had. An
+        OSError (the lock file cannot be opened or locked) leaves nothing held."""
         deadline = time.monotonic() + timeout
         if not self._threads.acquire(timeout=timeout):
             return False
+        try:
+            taken = self._held > 0 or self._path is None or self._take_file(self._path, deadline)
+        except BaseException:
+            self._threads.release()
+            raise
+        if not taken:
+            self._threads.release()
+            return False
         self._held += 1
-        if self._held > 1 or self._path is None:
-            return True
-        handle = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.monotonic() < deadline:
+        return True
+
+    def _take_file(self, path: str, deadline: float) -> bool:
+        # created with the permissions the umask gives (another user's tool may share it)
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        os.close(handle)
+                        return False
                     time.sleep(self.POLL_SECONDS)
                     continue
-                os.close(handle)
-                self._held -= 1
-                self._threads.release()
-                return False
-            self._file = handle
-            return True
+                self._file = handle
+                return True
+        except BaseException:
+            os.close(handle)
+            raise
 
     def release(self) -> None:
         """End the turn (the outermost release lets the next writer in)."""
         self._held -= 1
-        if self._held == 0 and self._file is not None:
-            handle, self._file = self._file, None
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            os.close(handle)
-        self._threads.release()
+        try:
+            if self._held == 0 and self._file is not None:
+                handle, self._file = self._file, None
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+                finally:
+                    os.close(handle)  # closing lets go of the lock in any case
+        finally:
+            self._threads.release()

@@ -108,3 +108,27 @@ def test_writers_of_another_process_take_turns_through_the_file_beside_the_datab
             assert tx.counters.next("after") == 1
     finally:
         os.close(other)
+
+
+def test_a_writers_lock_file_that_cannot_be_used_refuses_the_write_and_holds_nothing(
+    store: SqlStore, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "writers.db-writers"
+    blocker.unlink(missing_ok=True)
+    blocker.mkdir()  # where the lock file should be: cannot be opened as a file
+    with (
+        pytest.raises(StoreUnavailable, match="writers lock"),
+        store.transaction(write=True) as tx,
+    ):
+        tx.counters.next("refused")
+    blocker.rmdir()
+    done: list[int] = []
+
+    def write_elsewhere() -> None:  # another thread: nothing of the failure is still held
+        with store.transaction(write=True) as tx:
+            done.append(tx.counters.next("after"))
+
+    thread = threading.Thread(target=write_elsewhere)
+    thread.start()
+    thread.join(10)
+    assert done == [1]

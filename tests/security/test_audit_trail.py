@@ -128,3 +128,30 @@ def test_while_requests_come_they_store_the_buffer_themselves(
     assert admin.get("/fhir/Goal").status_code == 200  # this request stores both on its way out
     assert trail.pending() == 0
     assert _stored_events(batched) == 2
+
+
+def test_the_trail_recovers_on_its_own_from_any_failure_of_a_write(
+    batched: Flask,
+    keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    admin = _admin(batched, keys)
+    real = audit_trail.store_events
+
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("a bug, not the database")
+
+    monkeypatch.setattr(audit_trail, "store_events", broken)
+    assert admin.get("/fhir/Goal").status_code == 200
+    deadline = time.monotonic() + 5
+    while admin.get("/fhir/Goal").status_code == 200:
+        assert time.monotonic() < deadline, "reads were answered while the trail failed"
+        time.sleep(0.02)
+    monkeypatch.setattr(audit_trail, "store_events", real)
+    # nobody flushes: the timer retries by itself and reads are answered again
+    deadline = time.monotonic() + 5
+    while admin.get("/fhir/Goal").status_code != 200:
+        assert time.monotonic() < deadline, "the trail did not recover"
+        time.sleep(0.05)
+    batched.extensions["whatmatters.audit"].flush()
+    assert _stored_events(batched) >= 2
