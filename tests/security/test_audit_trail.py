@@ -5,7 +5,7 @@ answered request, and while the trail cannot be written no read is answered."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,18 @@ def test_reading_the_trail_shows_every_answered_request(
     assert system["total"] == 6
 
 
+def _break_the_trail(
+    admin: Caller, monkeypatch: pytest.MonkeyPatch, store_events: Callable[..., None]
+) -> None:
+    """Make the trail's writes fail, and wait until reads are refused for it."""
+    monkeypatch.setattr(audit_trail, "store_events", store_events)
+    assert admin.get("/fhir/Goal").status_code == 200  # buffered: the failure is not known yet
+    deadline = time.monotonic() + 5
+    while admin.get("/fhir/Goal").status_code == 200:
+        assert time.monotonic() < deadline, "reads were answered while the trail failed"
+        time.sleep(0.02)
+
+
 def test_no_read_is_answered_while_the_trail_cannot_be_written(
     batched: Flask,
     keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey],
@@ -86,13 +98,8 @@ def test_no_read_is_answered_while_the_trail_cannot_be_written(
     def refused(*_args: Any) -> None:
         raise StoreUnavailable("the database is away")
 
-    monkeypatch.setattr(audit_trail, "store_events", refused)
-    assert admin.get("/fhir/Goal").status_code == 200  # buffered: the failure is not known yet
+    _break_the_trail(admin, monkeypatch, refused)
     trail = batched.extensions["whatmatters.audit"]
-    deadline = time.monotonic() + 5
-    while admin.get("/fhir/Goal").status_code == 200:
-        assert time.monotonic() < deadline, "reads were answered while the trail failed"
-        time.sleep(0.02)
     refused_read = admin.get("/fhir/Goal")
     assert refused_read.status_code == 503
     assert refused_read.headers["Retry-After"] == "5"
@@ -141,12 +148,7 @@ def test_the_trail_recovers_on_its_own_from_any_failure_of_a_write(
     def broken(*_args: Any) -> None:
         raise RuntimeError("a bug, not the database")
 
-    monkeypatch.setattr(audit_trail, "store_events", broken)
-    assert admin.get("/fhir/Goal").status_code == 200
-    deadline = time.monotonic() + 5
-    while admin.get("/fhir/Goal").status_code == 200:
-        assert time.monotonic() < deadline, "reads were answered while the trail failed"
-        time.sleep(0.02)
+    _break_the_trail(admin, monkeypatch, broken)
     monkeypatch.setattr(audit_trail, "store_events", real)
     # nobody flushes: the timer retries by itself and reads are answered again
     deadline = time.monotonic() + 5
