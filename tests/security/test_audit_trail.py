@@ -76,15 +76,22 @@ def test_reading_the_trail_shows_every_answered_request(
 
 
 def _break_the_trail(
-    admin: Caller, monkeypatch: pytest.MonkeyPatch, store_events: Callable[..., None]
-) -> None:
-    """Make the trail's writes fail, and wait until reads are refused for it."""
-    monkeypatch.setattr(audit_trail, "store_events", store_events)
+    admin: Caller, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> Callable[..., None]:
+    """Make the trail's writes raise ``error``, wait until reads are refused for it, and
+    give back the real store_events (to mend the trail with)."""
+    real: Callable[..., None] = audit_trail.store_events
+
+    def broken(*_args: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(audit_trail, "store_events", broken)
     assert admin.get("/fhir/Goal").status_code == 200  # buffered: the failure is not known yet
     deadline = time.monotonic() + 5
     while admin.get("/fhir/Goal").status_code == 200:
         assert time.monotonic() < deadline, "reads were answered while the trail failed"
         time.sleep(0.02)
+    return real
 
 
 def test_no_read_is_answered_while_the_trail_cannot_be_written(
@@ -93,12 +100,7 @@ def test_no_read_is_answered_while_the_trail_cannot_be_written(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     admin = _admin(batched, keys)
-    real = audit_trail.store_events
-
-    def refused(*_args: Any) -> None:
-        raise StoreUnavailable("the database is away")
-
-    _break_the_trail(admin, monkeypatch, refused)
+    real = _break_the_trail(admin, monkeypatch, StoreUnavailable("the database is away"))
     trail = batched.extensions["whatmatters.audit"]
     refused_read = admin.get("/fhir/Goal")
     assert refused_read.status_code == 503
@@ -143,12 +145,7 @@ def test_the_trail_recovers_on_its_own_from_any_failure_of_a_write(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     admin = _admin(batched, keys)
-    real = audit_trail.store_events
-
-    def broken(*_args: Any) -> None:
-        raise RuntimeError("a bug, not the database")
-
-    _break_the_trail(admin, monkeypatch, broken)
+    real = _break_the_trail(admin, monkeypatch, RuntimeError("a bug, not the database"))
     monkeypatch.setattr(audit_trail, "store_events", real)
     # nobody flushes: the timer retries by itself and reads are answered again
     deadline = time.monotonic() + 5
