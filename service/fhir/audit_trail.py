@@ -101,11 +101,10 @@ class AuditTrail:
                 self._start()  # (again, if a failure ended the timer)
                 now = time.monotonic()
                 waited = now - self._buffer[0][0] if self._buffer else 0.0
-                if self._failing or waited > self.window + STALLED_SECONDS:
+                stalled = waited > self.window + STALLED_SECONDS or len(self._buffer) >= CAPACITY
+                if self._failing or stalled:
                     # the last write of the trail failed, or it has not been written for
-                    # long: the database is away
-                    raise StoreUnavailable("The audit trail cannot be written")
-                if len(self._buffer) >= CAPACITY:
+                    # long, or it is full: the database is away
                     raise StoreUnavailable("The audit trail cannot be written")
                 if not self._buffer:
                     self._lock.notify()  # the timer starts counting the window
