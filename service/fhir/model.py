@@ -29,6 +29,9 @@ SUPPORTED_TYPES: tuple[str, ...] = (
     "AuditEvent",
 )
 MAX_JSON_DEPTH = 100
+# a JSON escape of a UTF-16 surrogate (RFC 8259 section 7): paired, it spells one character;
+# alone, it is no character and has no UTF-8 form
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 _ETAG = re.compile(r'^(?:W/)?"([0-9]+)"$')
 
 
@@ -109,7 +112,43 @@ def parse_json(body: bytes | str, what: str = "The request body") -> Any:
         raise BadRequest(f"{what} is not valid JSON: {exc}") from exc
     if _depth(value) > MAX_JSON_DEPTH:
         raise BadRequest(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
+    if _SURROGATE_ESCAPE.search(text):  # rare: only then is every string looked at
+        _refuse_lone_surrogates(value, what)
     return value
+
+
+def _refuse_lone_surrogates(value: Any, what: str) -> None:
+    """400 at the first string (or property name) holding a lone surrogate: it is no Unicode
+    character (RFC 8259 section 8.2) and cannot be stored or sent as UTF-8."""
+    root = value.get("resourceType") if isinstance(value, dict) else None
+    stack: list[tuple[Any, str]] = [(value, root if isinstance(root, str) else "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if _lone_surrogate(key):
+                    _surrogate_error(what, path or "$")
+                stack.append((child, f"{path}.{key}" if path else key))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{n}]") for n, child in enumerate(item))
+        elif isinstance(item, str) and _lone_surrogate(item):
+            _surrogate_error(what, path or "$")
+
+
+def _lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _surrogate_error(what: str, path: str) -> None:
+    raise BadRequest(
+        f"{what} holds a lone UTF-16 surrogate escape (\\uD800-\\uDFFF without its pair) "
+        f"at {path}: it is no Unicode character and FHIR JSON is UTF-8",
+        expression=(path,),
+    )
 
 
 def _depth(value: Any) -> int:

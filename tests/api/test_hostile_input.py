@@ -226,3 +226,61 @@ def test_reference_with_a_very_long_id_is_stored(client: FlaskClient) -> None:
     assert response.status_code == 201
     found = client.get(f"/fhir/Goal?subject={long_ref}").get_json()
     assert len(found.get("entry", [])) == 1
+
+
+# A JSON string may spell a UTF-16 surrogate as an escape (RFC 8259 section 7); alone, one is
+# no Unicode character (RFC 8259 section 8.2) and has no UTF-8 form, which FHIR JSON requires
+# (https://hl7.org/fhir/R4/json.html): the request is refused where the escape stands.
+@pytest.mark.parametrize(
+    ("path", "method", "body", "where"),
+    [
+        (
+            "/fhir/Goal",
+            "POST",
+            '{"resourceType": "Goal", "lifecycleStatus": "active", "description": {"text":'
+            ' "walk"}, "subject": {"reference": "Patient/p1"}, "note": [{"text": "\\ud800"}]}',
+            "Goal.note[0].text",
+        ),
+        (
+            "/fhir/Patient/p1",
+            "PUT",
+            '{"resourceType": "Patient", "id": "p1", "name": [{"family": "Sm\\uDFFFith"}]}',
+            "Patient.name[0].family",
+        ),
+        (
+            "/fhir",
+            "POST",
+            '{"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET",'
+            ' "url": "Goal?identifier=\\ud800"}}]}',
+            "Bundle.entry[0].request.url",
+        ),
+        (
+            "/fhir/Patient/p1",
+            "PUT",
+            '{"resourceType": "Patient", "id": "p1", "extension": [{"url": "http://example.org",'
+            ' "valueString": "x"}], "\\ud83d": 1}',
+            "Patient",
+        ),
+    ],
+)
+def test_a_lone_surrogate_escape_is_400_at_its_place(
+    client: FlaskClient, path: str, method: str, body: str, where: str
+) -> None:
+    client.put("/fhir/Patient/p1", json=patient(id="p1"), headers=JSON)
+    response = client.open(path, method=method, data=body.encode("ascii"), headers=JSON)
+    assert response.status_code == 400, response.get_data(as_text=True)[:300]
+    issue = outcome_issues(response)[0]
+    assert "surrogate" in issue["diagnostics"]
+    assert issue["expression"] == [where]
+
+
+def test_a_surrogate_pair_escape_is_the_character_it_spells(client: FlaskClient) -> None:
+    body = goal(subject={"reference": "Patient/p1"})
+    body["note"] = [{"text": "PLACEHOLDER"}]
+    text = client.application.json.dumps(body).replace("PLACEHOLDER", "\\ud83d\\ude00 walk")
+    client.put("/fhir/Patient/p1", json=patient(id="p1"), headers=JSON)
+    created = client.post("/fhir/Goal", data=text.encode("ascii"), headers=JSON)
+    assert created.status_code == 201, created.get_data(as_text=True)[:300]
+    assert created.get_json()["note"][0]["text"] == "\U0001f600 walk"
+    read = client.get(f"/fhir/Goal/{created.get_json()['id']}")
+    assert read.get_json()["note"][0]["text"] == "\U0001f600 walk"
