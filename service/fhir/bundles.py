@@ -358,7 +358,7 @@ def _route_entry(method: str, segments: list[str], url: str, type_: str) -> Matc
 
 
 def _patch_operations(op: EntryOp) -> Any:
-    resource = op.resource or {}
+    resource = op.resource if isinstance(op.resource, dict) else {}
     if resource.get("resourceType") != "Binary" or resource.get("contentType") not in (
         "application/json-patch+json",
     ):
@@ -367,8 +367,13 @@ def _patch_operations(op: EntryOp) -> Any:
             "application/json-patch+json",
             expression=("resource",),
         )
+    data = resource.get("data", "")
+    if not isinstance(data, str):
+        raise BadRequest(
+            "Binary.data is the JSON Patch in base64, a string", expression=("resource.data",)
+        )
     try:
-        raw = base64.b64decode(resource.get("data", ""), validate=True)
+        raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise BadRequest("Binary.data is not valid base64", expression=("resource.data",)) from exc
     return parse_json_patch(parse_json(raw, "The JSON Patch"))

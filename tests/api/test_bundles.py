@@ -212,6 +212,28 @@ def test_transaction_patch_entry_uses_binary_json_patch(client: FlaskClient) -> 
     assert client.get("/fhir/Goal/g1").get_json()["lifecycleStatus"] == "completed"
 
 
+def test_batch_patch_entries_whose_patch_is_not_a_base64_string_are_400_each(
+    client: FlaskClient,
+) -> None:
+    """Another system's batch: a Binary whose data is not a string, or no Binary at all, is a
+    bad entry (400 with an OperationOutcome), not a server error; the others still run."""
+    client.put("/fhir/Goal/g1", json=goal(id="g1"), headers=JSON_HEADERS)
+    binaries: list = [
+        {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": data}
+        for data in (5, {}, [1], None, True)
+    ]
+    entries = [_entry("PATCH", "Goal/g1", b) for b in binaries]
+    entries.append({"request": {"method": "PATCH", "url": "Goal/g1"}, "resource": "x"})
+    entries.append(_entry("GET", "Goal/g1"))
+    response = _post(client, _bundle("batch", *entries))
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    answered = response.get_json()["entry"]
+    for entry in answered[:-1]:
+        assert entry["response"]["status"].startswith("400"), entry
+        assert entry["response"]["outcome"]["resourceType"] == "OperationOutcome"
+    assert answered[-1]["response"]["status"] == "200 OK"
+
+
 def test_transaction_conditional_update_entry(client: FlaskClient) -> None:
     bundle = _bundle(
         "transaction", _entry("PUT", f"Patient?identifier={NHS}|9000000009", patient())
