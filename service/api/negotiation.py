@@ -140,6 +140,15 @@ def render(
     response = Response(body if body is not None else b"", status=result.status, headers=headers)
     if body is not None:
         response.content_type = f"{media}; charset=utf-8"
+    else:
+        without_content_type(response)
+    return response
+
+
+def without_content_type(response: Response) -> Response:
+    """An answer without a body names no media type (Flask would label it text/html, which a
+    FHIR client reading by Content-Type would try to parse)."""
+    response.headers.remove("Content-Type")
     return response
 
 

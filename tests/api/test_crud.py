@@ -256,6 +256,23 @@ def test_prefer_return_minimal_sends_no_body(client: FlaskClient) -> None:
     assert response.headers["ETag"] == 'W/"1"'
 
 
+def test_answers_without_a_body_name_no_media_type(client: FlaskClient) -> None:
+    """A 201 with Prefer: return=minimal, a 204 delete, a 304 and an OPTIONS answer carry no
+    body, so no Content-Type: never text/html, which a FHIR client would try to parse."""
+    created = client.post(
+        "/fhir/Patient", json=patient(), headers={**JSON_HEADERS, "Prefer": "return=minimal"}
+    )
+    where = created.headers["Location"].split("/_history")[0].removeprefix("http://test.local")
+    unchanged = client.get(where, headers={"If-None-Match": created.headers["ETag"]})
+    options = client.open("/fhir/Patient", method="OPTIONS")
+    deleted = client.delete(where)
+    statuses = [r.status_code for r in (created, unchanged, options, deleted)]
+    assert statuses == [201, 304, 200, 204]
+    for response in (created, unchanged, options, deleted):
+        assert response.data == b""
+        assert "Content-Type" not in response.headers, response.headers
+
+
 def test_prefer_return_operation_outcome(client: FlaskClient) -> None:
     response = client.post(
         "/fhir/Patient",
