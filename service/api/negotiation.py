@@ -16,6 +16,7 @@ from service.fhir.router import FhirRequest
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = frozenset({FHIR_JSON, "application/json", "application/json+fhir", "text/json"})
 JSON_PATCH = "application/json-patch+json"
+FHIR_VERSION = "4.0"  # the fhirVersion media-type parameter this server answers in (R4)
 _FORMAT_ALIASES = {"json": FHIR_JSON, "application/json": "application/json"}
 
 
@@ -38,13 +39,18 @@ def response_type(request: Request) -> str:
         pieces = [p.strip() for p in part.split(";")]
         media = pieces[0].lower()
         quality = 1.0
+        version = FHIR_VERSION
         for param in pieces[1:]:
-            if param.startswith("q="):
+            name, _, value = param.partition("=")
+            name = name.strip().lower()
+            if name == "q":
                 try:
-                    quality = float(param[2:])
+                    quality = float(value)
                 except ValueError:
                     quality = 0.0
-        if quality <= 0:
+            elif name == "fhirversion":  # https://hl7.org/fhir/R4/versioning.html#mt-version
+                version = value.strip().strip('"')
+        if quality <= 0 or version not in (FHIR_VERSION, "4.0.1"):
             continue
         if media in (FHIR_JSON, "application/json+fhir", "*/*", "application/*"):
             chosen = FHIR_JSON
@@ -57,6 +63,7 @@ def response_type(request: Request) -> str:
     if best is None:
         raise NotAcceptable(
             f"Accept: {accept} cannot be met; this server answers in application/fhir+json"
+            f" (fhirVersion={FHIR_VERSION})"
         )
     return best[1]
 

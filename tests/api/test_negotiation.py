@@ -25,6 +25,8 @@ JSON_HEADERS = {"Content-Type": FHIR_JSON}
         "*/*",
         "application/xml;q=0.5, application/fhir+json",
         "application/json+fhir",
+        "application/fhir+json; fhirVersion=4.0",
+        "application/fhir+json; fhirVersion=3.0, application/fhir+json; fhirVersion=4.0; q=0.5",
     ],
 )
 def test_json_accept_headers_are_served(client: FlaskClient, accept: str) -> None:
@@ -38,7 +40,17 @@ def test_plain_json_accept_gets_application_json(client: FlaskClient) -> None:
     assert response.headers["Content-Type"].startswith("application/json")
 
 
-@pytest.mark.parametrize("accept", ["application/fhir+xml", "text/html", "application/xml"])
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "application/fhir+xml",
+        "text/html",
+        "application/xml",
+        # another FHIR version than this server's R4: https://hl7.org/fhir/R4/versioning.html
+        "application/fhir+json; fhirVersion=3.0",
+        "application/json; fhirVersion=5.0",
+    ],
+)
 def test_unmet_accept_is_406(client: FlaskClient, accept: str) -> None:
     response = client.get("/fhir/metadata", headers={"Accept": accept})
     assert response.status_code == 406
