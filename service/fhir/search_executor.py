@@ -399,6 +399,8 @@ def _paged(
     items.append(("_count", str(count)))
     if token is not None:
         items += [("_page_token", token), ("_offset", str(offset))]
+    elif offset:  # a first page asked for at an offset: self says so (search.html#return)
+        items.append(("_offset", str(offset)))
     return items
 
 

@@ -211,3 +211,21 @@ def test_a_page_of_a_search_is_one_read_transaction(
     finally:
         event.remove(engine, "begin", _began)
     assert pages == 3
+
+
+def test_the_self_link_of_a_page_asked_for_at_an_offset_gives_that_page(
+    client: FlaskClient,
+) -> None:
+    """bundle.html#searchset: self is the search as performed, so following it gives the same
+    page; a first page asked for with _offset keeps its _offset."""
+    client.put("/fhir/Patient/p1", json=patient(id="p1"), headers={"Content-Type": FHIR_JSON})
+    for n in range(6):
+        body = observation(id=f"o{n}", subject={"reference": "Patient/p1"})
+        client.put(f"/fhir/Observation/o{n}", json=body, headers={"Content-Type": FHIR_JSON})
+    page = client.get("/fhir/Observation?_offset=3&_count=2").get_json()
+    ids = [e["resource"]["id"] for e in page["entry"]]
+    assert ids == ["o3", "o4"]
+    self_url = {link["relation"]: link["url"] for link in page["link"]}["self"]
+    assert "_offset=3" in self_url
+    again = client.get(self_url.replace("http://test.local/fhir", "/fhir")).get_json()
+    assert [e["resource"]["id"] for e in again["entry"]] == ids
