@@ -251,7 +251,13 @@ def references_of(code: str, value: Any, target_type: str | None) -> list[Refere
     if not isinstance(value, dict):
         return out
     reference = value.get("reference")
-    if isinstance(reference, str) and not reference.startswith("#"):
+    if isinstance(reference, str) and reference.startswith("#"):
+        # a contained resource: no type or id to search by, but the element has a value
+        # (:missing=false finds it, :missing=true does not); its type is not known here, so
+        # a parameter for one target type only does not count it
+        if target_type is None and len(reference) > 1:
+            out.append(ReferenceRow(code, None, None, reference))
+    elif isinstance(reference, str):
         type_, id_, url = parse_reference(reference)
         if target_type is None or type_ == target_type:
             out.append(ReferenceRow(code, type_, id_, url))

@@ -13,7 +13,12 @@ from urllib.parse import parse_qsl
 import pytest
 
 from service.fhir.interactions import FhirService
+from service.storage import Store
+from service.storage.memory import MemoryStore
+from service.storage.sql import SqlStore
+from tests.conftest import wipe
 from tests.direct import Direct
+from tests.search.conftest import build_service
 
 BASE = "http://test.local/fhir"
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -314,3 +319,30 @@ def test_summary_text_and_data(loaded: FhirService) -> None:
     data = _search(loaded, "Patient", "_id=pat-ada&_summary=data")["entry"][0]["resource"]
     assert "text" not in data
     assert "communication" in data
+
+
+@pytest.mark.parametrize("backend", ["memory", "sql"])
+def test_a_reference_to_a_contained_resource_is_not_missing(
+    backend: str, sql_store: SqlStore
+) -> None:
+    """search.html#missing: :missing=true finds resources without a value of the element. A
+    subject that references a contained Patient (as the HL7 Apgar examples' do) has one."""
+    store: Store = MemoryStore() if backend == "memory" else sql_store
+    if backend == "sql":
+        wipe(sql_store)
+    service = build_service(store)
+    code = {"coding": [{"system": LOINC, "code": "9272-6"}]}
+    contained = {
+        "resourceType": "Observation",
+        "id": "obs-contained",
+        "contained": [{"resourceType": "Patient", "id": "newborn", "gender": "male"}],
+        "status": "final",
+        "code": code,
+        "subject": {"reference": "#newborn"},
+    }
+    nobody = {"resourceType": "Observation", "id": "obs-nobody", "status": "final", "code": code}
+    for resource in (contained, nobody):
+        Direct(service).update("Observation", resource["id"], resource)
+    assert _ids(_search(service, "Observation", "subject:missing=true")) == ["obs-nobody"]
+    assert _ids(_search(service, "Observation", "subject:missing=false")) == ["obs-contained"]
+    assert _ids(_search(service, "Observation", "subject=Patient/newborn")) == []
