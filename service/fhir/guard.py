@@ -164,11 +164,19 @@ class GuardedResources:
             )
         return [r for r in (self._seen(s) for s in self.raw.history(query)) if r is not None]
 
-    def _seen(self, stored: StoredResource | None) -> StoredResource | None:
+    def read_to_change(self, type_: str, id_: str, permission: str) -> StoredResource | None:
+        """The current version, for a request that means to update ("u") or delete ("d")
+        it: given if the access may make that change to it, whether or not it may read it
+        (SMART's permissions are separate: patient/Goal.u updates without .r)."""
+        return self._seen(self.raw.read(type_, id_), (permission,))
+
+    def _seen(
+        self, stored: StoredResource | None, permissions: Sequence[str] = ("r", "s")
+    ) -> StoredResource | None:
         if stored is None:
             return None
         touch(self.touched, stored.type, stored.id)
-        reach = self._reach_any(stored.type, ("r", "s"))
+        reach = self._reach_any(stored.type, permissions)
         if reach is None:
             return stored
         if stored.content is None:  # a deletion: whose it was is in the version before
@@ -256,6 +264,14 @@ class GuardedResources:
             return None
         loaded: dict[str, Any] = json.loads(stored.content)
         return loaded
+
+
+def read_to_change(tx: Transaction, type_: str, id_: str, permission: str) -> StoredResource | None:
+    """The current version of a resource the request means to update ("u") or delete ("d"),
+    checked for that change rather than for reading (``GuardedResources.read_to_change``)."""
+    if isinstance(tx.resources, GuardedResources):
+        return tx.resources.read_to_change(type_, id_, permission)
+    return tx.resources.read(type_, id_)
 
 
 def read_visible(tx: Transaction, keys: Sequence[tuple[str, str]]) -> list[StoredResource]:

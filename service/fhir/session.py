@@ -34,7 +34,7 @@ from service.fhir.access import confined, narrowed
 from service.fhir.actor import Actor
 from service.fhir.checking import Validator, check_id, check_type, parse_json_patch
 from service.fhir.conformance_resources import CONFORMANCE_TYPES, ConformanceResources
-from service.fhir.guard import GuardedTransaction
+from service.fhir.guard import GuardedTransaction, read_to_change
 from service.fhir.history import (
     HistoryPage,
     history_bundle,
@@ -309,7 +309,7 @@ class Session:
             index = self.fhir.search_params.index(resource)
         tx = self.tx
         tx.locks.hold(f"{type_}/{id_}")  # writers of one resource queue instead of conflicting
-        current = tx.resources.read(type_, id_)
+        current = read_to_change(tx, type_, id_, "u")
         check_if_match(current, type_, id_, if_match)
         stored = self._write(type_, id_, resource, current, "PUT", index)
         created = current is None or current.deleted
@@ -362,7 +362,7 @@ class Session:
         operations = patch if isinstance(patch, jsonpatch.JsonPatch) else parse_json_patch(patch)
         tx = self.tx
         tx.locks.hold(f"{type_}/{id_}")
-        current = tx.resources.read(type_, id_)
+        current = read_to_change(tx, type_, id_, "u")
         if current is None:
             raise NotFound(f"{type_}/{id_} is not known")
         if current.deleted:
@@ -403,7 +403,7 @@ class Session:
         check_id(id_)
         tx = self.tx
         tx.locks.hold(f"{type_}/{id_}")
-        current = tx.resources.read(type_, id_)
+        current = read_to_change(tx, type_, id_, "d")
         check_if_match(current, type_, id_, if_match)
         if current is None or current.deleted:
             return Result(204, stored=current)
