@@ -304,6 +304,25 @@ def ownership_problem(
     return None
 
 
+def other_patient_named(
+    type_: str, resource: dict[str, Any], patient: str, references: References
+) -> tuple[str, str] | None:
+    """Where ``resource`` names a Patient other than ``patient`` by a parameter of the patient
+    compartment (R4 CompartmentDefinition patient: Observation.performer, List.source,
+    QuestionnaireResponse.author, Patient.link), as (FHIRPath of the parameter, reason), or
+    None. Written with ``patient``'s token, such a resource would appear in the other
+    patient's record."""
+    params = COMPARTMENT_PARAMS.get(type_, ())
+    for row in references(resource, params):
+        if row.param in params and row.target_type == "Patient" and row.target_id != patient:
+            where = f"{type_}.{row.param}"
+            return where, (
+                f"{where} names Patient/{row.target_id}: a resource written for Patient/"
+                f"{patient} may not place itself in another patient's record"
+            )
+    return None
+
+
 def owner_of(type_: str, resource: dict[str, Any]) -> str | None:
     """The id of the Patient a resource is about (its subject, or itself), or None."""
     if type_ == "Patient":

@@ -19,6 +19,7 @@ from service.fhir.access import (
     SHARED_TYPES,
     Access,
     References,
+    other_patient_named,
     ownership_problem,
     patients_of,
 )
@@ -249,7 +250,10 @@ class GuardedResources:
     def _check_owner(self, type_: str, content: str, patient: str, verb: str) -> None:
         if type_ in SHARED_TYPES:
             return
-        problem = ownership_problem(type_, json.loads(content), patient, self._read_json)
+        resource = json.loads(content)
+        problem = ownership_problem(type_, resource, patient, self._read_json)
+        if problem is None:
+            problem = other_patient_named(type_, resource, patient, self._references)
         if problem is not None:
             where, why = problem
             raise Forbidden(

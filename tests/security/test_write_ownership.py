@@ -252,7 +252,50 @@ def _put_another_patient(a: Caller, world: dict[str, Any]) -> tuple[Any, str]:
     return a.put("/fhir/Patient/ghost", body), "Patient.id"
 
 
+def _observation_of_a_performed_by_b(a: Caller, world: dict[str, Any]) -> tuple[Any, str]:
+    # performer is a patient-compartment parameter: B's token would read it as B's own
+    body = observation("Patient/pA", performer=[{"reference": "Patient/pB"}])
+    return a.post("/fhir/Observation", body), "Observation.performer"
+
+
+def _questionnaire_response_of_a_by_b(a: Caller, world: dict[str, Any]) -> tuple[Any, str]:
+    body = {
+        "resourceType": "QuestionnaireResponse",
+        "status": "completed",
+        "subject": {"reference": "Patient/pA"},
+        "author": {"reference": "Patient/pB"},
+        "item": [{"linkId": "1", "answer": [{"valueString": INJECTED}]}],
+    }
+    return a.post("/fhir/QuestionnaireResponse", body), "QuestionnaireResponse.author"
+
+
+def _list_of_a_from_b(a: Caller, world: dict[str, Any]) -> tuple[Any, str]:
+    body = {
+        "resourceType": "List",
+        "status": "current",
+        "mode": "working",
+        "title": INJECTED,
+        "subject": {"reference": "Patient/pA"},
+        "source": {"reference": "Patient/pB"},
+    }
+    return a.post("/fhir/List", body), "List.source"
+
+
+def _a_links_itself_to_b(a: Caller, world: dict[str, Any]) -> tuple[Any, str]:
+    body = {
+        "resourceType": "Patient",
+        "id": "pA",
+        "name": [{"family": INJECTED}],
+        "link": [{"other": {"reference": "Patient/pB"}, "type": "seealso"}],
+    }
+    return a.put("/fhir/Patient/pA", body), "Patient.link"
+
+
 ATTACKS: dict[str, Attack] = {
+    "Observation subject A, performer B": _observation_of_a_performed_by_b,
+    "QuestionnaireResponse subject A, author B": _questionnaire_response_of_a_by_b,
+    "List subject A, source B": _list_of_a_from_b,
+    "A's Patient linked to B": _a_links_itself_to_b,
     "Observation subject B, performer A": _observation_for_b,
     "QuestionnaireResponse subject B, author A": _questionnaire_response_for_b,
     "List subject B, source A": _list_for_b,
