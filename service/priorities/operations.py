@@ -22,6 +22,7 @@ from service.errors import (
     PreconditionFailed,
     Unprocessable,
 )
+from service.fhir.access import owner_of
 from service.fhir.actor import Actor
 from service.fhir.bundles import process_bundle
 from service.fhir.interactions import FhirService
@@ -66,6 +67,7 @@ class WhatMatters:
         conversation = parse_conversation(body)
         with self.fhir.session(actor) as session:
             patient_id = self.patient_id(session, patient_id, conversation)
+            _check_stored_references(session, conversation, patient_id)
         for attempt in range(ATTEMPTS):
             with self.fhir.session(actor) as session:
                 current = self._current_list(session, patient_id, conversation, base)
@@ -449,3 +451,43 @@ def _entry(base: str, resource: dict[str, Any], versioned: bool = False) -> dict
     if versioned:  # an earlier version: its own URL, so it is never taken for the current one
         url += f"/_history/{resource['meta']['versionId']}"
     return {"fullUrl": url, "resource": resource}
+
+
+def _check_stored_references(session: Session, conversation: Conversation, patient_id: str) -> None:
+    """422 unless every stored Goal or Observation the input names (a ranking item, a goal's
+    'addresses') is one of this patient's: the patient's List must not rank, nor a goal
+    address, another patient's record or nothing at all. The answer is the same whether the
+    resource is another patient's, deleted or absent, so nothing shows of what the token may
+    not read."""
+    keys = {item.key for item in conversation.items}
+    named = [(ref, where) for ref, where in conversation.ranking or [] if ref not in keys]
+    named += [
+        (ref, where)
+        for item in conversation.items
+        for ref, where in item.addresses
+        if ref not in keys
+    ]
+    issues = []
+    for ref, where in named:
+        type_, _, id_ = ref.partition("/")
+        try:
+            stored = session.read(type_, id_).stored
+        except FhirError as exc:
+            if exc.status not in (400, 403, 404, 410):
+                raise
+            stored = None
+        content = parse_json(stored.content) if stored and stored.content else None
+        if not isinstance(content, dict) or owner_of(type_, content) != patient_id:
+            issues.append(
+                Issue(
+                    "error",
+                    "invalid",
+                    f"{ref} is not a stored {type_} of Patient/{patient_id}",
+                    (where,),
+                )
+            )
+    if issues:
+        raise Unprocessable(
+            "The $record-what-matters input cannot be recorded: " + issues[0].diagnostics,
+            issues=issues,
+        )

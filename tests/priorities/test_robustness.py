@@ -10,6 +10,7 @@ from tests.priorities.conversations import (
     FHIR_JSON,
     add_patient,
     conversation,
+    count,
     goal,
     ranked_texts,
     ranking,
@@ -120,3 +121,49 @@ def test_facade_fields_of_the_wrong_json_type_are_refused_not_dropped(client: Fl
         assert response.status_code == 422, (field, response.get_data(as_text=True))
         assert outcome_issues(response)[0]["expression"] == [f"$.statements[0].{field}"]
     assert client.get(url).get_json()["priorities"] == []
+
+
+def test_a_ranking_or_address_naming_no_goal_or_statement_of_the_patient_is_422(
+    client: FlaskClient,
+) -> None:
+    """A stored item the input names by reference must be the patient's own: another
+    patient's, a deleted one and one never stored get the same 422 at the input's place."""
+    add_patient(client)
+    add_patient(client, "p2", "9000000017")
+    theirs = record(client, conversation(statement("s", "Their garden")), patient="p2")
+    their_statement = next(
+        e["resource"]["id"]
+        for e in theirs.get_json()["entry"]
+        if e["resource"]["resourceType"] == "Observation"
+    )
+    mine = record(client, conversation(statement("s", "My choir"), goal("g", "Sing", "s")))
+    my_goal = next(
+        e["resource"]["id"]
+        for e in mine.get_json()["entry"]
+        if e["resource"]["resourceType"] == "Goal"
+    )
+    gone = record(client, conversation(statement("x", "Going"))).get_json()["entry"][0]
+    client.delete(f"/fhir/Observation/{gone['resource']['id']}")
+    before = count(client, "List"), _list_entries_of(client, "p1")
+    for ref in (
+        f"Observation/{their_statement}",
+        f"Observation/{gone['resource']['id']}",
+        "Goal/never-stored",
+    ):
+        ranked = record(client, conversation(statement("t", "Tea"), ranking("t", ref)))
+        assert ranked.status_code == 422, ranked.get_data(as_text=True)
+        issue = outcome_issues(ranked)[0]
+        assert issue["diagnostics"] == f"{ref} is not a stored {ref.split('/')[0]} of Patient/p1"
+        assert issue["expression"] == ["Parameters.parameter[1].part[1]"]
+        addressed = record(client, conversation(goal("h", "Walk", ref)))
+        assert addressed.status_code == 422, addressed.get_data(as_text=True)
+        assert "Their garden" not in addressed.get_data(as_text=True)
+    assert (count(client, "List"), _list_entries_of(client, "p1")) == before
+    # the patient's own stored goal is still rankable by reference
+    own = record(client, conversation(statement("t", "Tea"), ranking("t", f"Goal/{my_goal}")))
+    assert own.status_code == 200, own.get_data(as_text=True)
+
+
+def _list_entries_of(client: FlaskClient, patient: str) -> list[str]:
+    found = client.get(f"/fhir/List?subject=Patient/{patient}").get_json().get("entry", [])
+    return [e["item"]["reference"] for f in found for e in f["resource"]["entry"]]
