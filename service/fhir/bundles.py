@@ -38,6 +38,7 @@ from service.fhir.router import Match
 from service.fhir.search_parser import parse_query_string
 from service.fhir.session import Session
 from service.storage import StoredResource
+from service.validation.bundle_rules import full_url_issues
 
 log = logging.getLogger("whatmatters.fhir")
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -296,6 +297,13 @@ def _parse_entry(index: int, entry: Any, base: str) -> EntryOp:
     path, _, query = url.partition("?")
     segments = [unquote(s) for s in path.strip("/").split("/") if s]
     resource = entry.get("resource")
+    full_url = entry.get("fullUrl")
+    restful = isinstance(full_url, str) and full_url.startswith(("http:", "https:"))
+    if restful and isinstance(resource, dict):
+        # a RESTful fullUrl that names another resource than the entry's would have
+        # references to it rewritten to the wrong one
+        for issue in full_url_issues(full_url, resource, where)[:1]:
+            raise BadRequest(issue.diagnostics, expression=issue.expression)
     try:
         if_match = parse_etag(request["ifMatch"]) if "ifMatch" in request else None
     except BadRequest as exc:
@@ -308,7 +316,7 @@ def _parse_entry(index: int, entry: Any, base: str) -> EntryOp:
         version=None,
         query=query or None,
         resource=resource,
-        full_url=entry.get("fullUrl"),
+        full_url=full_url,
         if_match=if_match,
         if_none_exist=request.get("ifNoneExist"),
     )

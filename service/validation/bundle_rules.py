@@ -56,7 +56,7 @@ def bundle_issues(bundle: dict[str, Any]) -> list[Issue]:
         resource = resource if isinstance(resource, dict) else None
         full_url = entry.get("fullUrl")
         if isinstance(full_url, str):
-            issues += _full_url(full_url, resource, where)
+            issues += full_url_issues(full_url, resource, where)
             if resource is not None:
                 targets.setdefault(full_url, resource)
         if resource is not None and isinstance(resource.get("resourceType"), str):
@@ -78,7 +78,9 @@ def bundle_issues(bundle: dict[str, Any]) -> list[Issue]:
     return issues
 
 
-def _full_url(full_url: str, resource: dict[str, Any] | None, where: str) -> list[Issue]:
+def full_url_issues(full_url: str, resource: dict[str, Any] | None, where: str) -> list[Issue]:
+    """What is wrong with an entry's fullUrl: not absolute, or (a RESTful URL) disagreeing
+    with the type or id of the entry's resource (bundle.html#bundle-unique)."""
     path = (f"{where}.fullUrl",)
     if uri_problem(full_url) is not None:
         return []  # the base rules report a malformed urn:uuid or urn:oid

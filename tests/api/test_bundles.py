@@ -234,6 +234,29 @@ def test_batch_patch_entries_whose_patch_is_not_a_base64_string_are_400_each(
     assert answered[-1]["response"]["status"] == "200 OK"
 
 
+def test_a_fullurl_naming_another_resource_than_its_entry_is_400(client: FlaskClient) -> None:
+    """bundle.html#bundle-unique: a RESTful fullUrl agrees with the resource's type and id.
+    One that does not would have the other entries' references to it rewritten to the entry's
+    resource (here a Goal meant for Patient/pb would land on Patient/pa)."""
+    bundle = _bundle(
+        "transaction",
+        _entry(
+            "PUT",
+            "Patient/pa",
+            patient(id="pa"),
+            full_url="http://test.local/fhir/Patient/pb",
+        ),
+        _entry("POST", "Goal", goal(subject={"reference": "Patient/pb"})),
+    )
+    response = _post(client, bundle)
+    assert response.status_code == 400, response.get_data(as_text=True)[:300]
+    assert outcome_issues(response)[0]["expression"] == ["Bundle.entry[0].fullUrl"]
+    assert _total(client, "Goal") == 0
+    # a relative fullUrl (not allowed, but sent) is still read as before
+    relative = _bundle("transaction", _entry("PUT", "Patient/pa", patient(id="pa"), "Patient/pa"))
+    assert _post(client, relative).status_code == 200
+
+
 def test_transaction_conditional_update_entry(client: FlaskClient) -> None:
     bundle = _bundle(
         "transaction", _entry("PUT", f"Patient?identifier={NHS}|9000000009", patient())
