@@ -71,10 +71,22 @@ def test_empty_array_and_empty_object_are_errors(validator: StructureValidator) 
         ("multipleBirthInteger", 1.5),
         ("multipleBirthInteger", True),
         ("deceasedDateTime", "2020-01-01T10:00"),
+        # the R4 regexes take any day 01-31; the day must exist (as the HL7 validator says)
+        ("birthDate", "2020-02-30"),
+        ("birthDate", "2023-02-29"),
+        ("birthDate", "1941-04-31"),
+        ("deceasedDateTime", "2021-06-31T10:00:00Z"),
     ],
 )
 def test_primitive_formats(validator: StructureValidator, field: str, value: Any) -> None:
     assert ("value", f"Patient.{field}") in _problems(validator, patient(**{field: value}))
+
+
+@pytest.mark.parametrize("value", ["2024-02-29", "1941", "1941-04", "2000-12-31"])
+def test_days_of_the_calendar_and_partial_dates_are_dates(
+    validator: StructureValidator, value: str
+) -> None:
+    assert ("value", "Patient.birthDate") not in _problems(validator, patient(birthDate=value))
 
 
 def test_choice_type_with_unknown_type_suffix(validator: StructureValidator) -> None:
