@@ -402,26 +402,40 @@ class SearchParser:
                 continue
             try:
                 chained = self.criterion(target, tail, value)
-            except Ignored:
+            except Ignored as exc:
                 if type_modifier:
-                    raise
+                    raise Invalid(str(exc)) from exc  # a known parameter, not followed
                 continue
             matches.append(ReferenceMatch(types=(target,), chain=(chained,)))
         if not matches:
-            raise Ignored(f"No target of {type_}.{code} has the search parameter {tail!r}")
+            # a known parameter the search cannot follow: ignoring it would widen the search
+            # to every resource (chained through types not stored here, nothing could match)
+            stored = [t for t in candidates if t in SUPPORTED_TYPES]
+            if not stored:
+                raise Invalid(
+                    f"{type_}.{code} is chained through {', '.join(candidates) or 'no type'}, "
+                    "which this server does not store; nothing here can match"
+                )
+            raise Invalid(f"No target of {type_}.{code} has the search parameter {tail!r}")
         return ParamCriterion("reference", code, tuple(matches))
 
     def _has(self, type_: str, name: str, value: str) -> HasCriterion:
         pieces = name.split(":", 3)
+        # _has is known: a form of it the search cannot follow is refused, not ignored
+        # (ignoring it would widen the search to every resource)
         if len(pieces) != 4:
-            raise Ignored(f"{name} must be _has:Type:reference:parameter")
+            raise Invalid(f"{name} must be _has:Type:reference:parameter")
         _, source, ref_code, rest = pieces
         if source not in SUPPORTED_TYPES:
-            raise Ignored(f"_has: {source!r} is not a resource type stored here")
+            raise Invalid(f"_has: {source!r} is not a resource type stored here")
         ref = self.params.get(source, ref_code)
         if ref is None or ref.type != "reference":
-            raise Ignored(f"_has: {source}:{ref_code} is not a reference search parameter")
-        return HasCriterion(source, ref_code, (self.criterion(source, rest, value),))
+            raise Invalid(f"_has: {source}:{ref_code} is not a reference search parameter")
+        try:
+            inner = self.criterion(source, rest, value)
+        except Ignored as exc:
+            raise Invalid(f"_has: {exc}") from exc
+        return HasCriterion(source, ref_code, (inner,))
 
 
 def _whole(name: str, value: str) -> int:

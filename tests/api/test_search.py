@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from flask.testing import FlaskClient
 
 from tests.builders import FHIR_JSON, outcome_issues, patient
@@ -82,6 +83,29 @@ def test_unknown_parameter_with_strict_handling_is_400(client: FlaskClient) -> N
     response = client.get("/fhir/Patient?nickname=Ada", headers={"Prefer": "handling=strict"})
     assert response.status_code == 400
     outcome_issues(response)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "Patient?general-practitioner.name=x",  # Practitioner, Organization: not stored here
+        "Patient?organization.name=x",
+        "Observation?performer:Practitioner.name=x",
+        "Observation?subject:Patient.nickname=x",
+        "Patient?_has:Observation:bogus:code=x",
+        "Patient?_has:Encounter:patient:status=x",
+        "Patient?_has:Observation:patient:nickname=x",
+    ],
+)
+def test_a_known_parameter_the_search_cannot_follow_is_400_even_when_lenient(
+    client: FlaskClient, query: str
+) -> None:
+    """Chains and _has are known parameters: ignored, they would widen the search to every
+    resource (search.html#errors; a malformed use of a known parameter is an error)."""
+    _setup(client)
+    response = client.get(f"/fhir/{query}", headers={"Prefer": "handling=lenient"})
+    assert response.status_code == 400, response.get_data(as_text=True)[:300]
+    assert outcome_issues(response)[0]["severity"] == "error"
 
 
 def test_count_pages_with_next_and_previous(client: FlaskClient) -> None:
