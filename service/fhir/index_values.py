@@ -245,8 +245,11 @@ def parse_reference(reference: str) -> tuple[str | None, str | None, str | None]
 def references_of(code: str, value: Any, target_type: str | None) -> list[ReferenceRow | TokenRow]:
     """Reference rows (and :identifier token rows) of a Reference or canonical value."""
     out: list[ReferenceRow | TokenRow] = []
-    if isinstance(value, str):  # canonical
-        out.append(ReferenceRow(code, None, None, value.split("|", 1)[0]))
+    if isinstance(value, str):  # canonical: found by its url, and by url|version if it has one
+        url, bar, _ = value.partition("|")
+        out.append(ReferenceRow(code, None, None, url))
+        if bar:
+            out.append(ReferenceRow(code, None, None, value))
         return out
     if not isinstance(value, dict):
         return out

@@ -364,9 +364,10 @@ class SearchParser:
                     return ReferenceMatch(target_type=modifier, target_id=value)
                 # Naming the possible target types lets the index serve the whole key.
                 return ReferenceMatch(target_id=value, types=param.targets)
-            return ReferenceMatch(url=value.split("|", 1)[0])
+            # a canonical with |version matches that version only (search.html#versions)
+            return ReferenceMatch(url=value)
         if url is not None:
-            return ReferenceMatch(url=url.split("|", 1)[0])
+            return ReferenceMatch(url=url)
         if modifier and type_ != modifier:
             raise Invalid(f"{value} is not a {modifier}")
         return ReferenceMatch(target_type=type_, target_id=id_)

@@ -123,6 +123,16 @@ def test_search_by_versioned_canonical(client: FlaskClient) -> None:
     for value in (url, url + "|2.0"):
         bundle = client.get(f"/fhir/QuestionnaireResponse?questionnaire={value}").get_json()
         assert [e["resource"]["id"] for e in bundle["entry"]] == ["qr1"]
+    # search.html#versions: a version asked for matches that version only
+    other = {**response, "id": "qr2", "questionnaire": url + "|3.0"}
+    client.put("/fhir/QuestionnaireResponse/qr2", json=other, headers=JSON)
+    unversioned = {**response, "id": "qr3", "questionnaire": url, "status": "in-progress"}
+    stored = client.put("/fhir/QuestionnaireResponse/qr3", json=unversioned, headers=JSON)
+    assert stored.status_code == 201, stored.get_data(as_text=True)
+    expected = {url: ["qr1", "qr2", "qr3"], url + "|2.0": ["qr1"], url + "|3.0": ["qr2"]}
+    for value, ids in expected.items():
+        bundle = client.get(f"/fhir/QuestionnaireResponse?questionnaire={value}").get_json()
+        assert sorted(e["resource"]["id"] for e in bundle.get("entry", [])) == ids, value
 
 
 def test_uri_below_is_case_sensitive(client: FlaskClient) -> None:
