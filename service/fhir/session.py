@@ -372,7 +372,12 @@ class Session:
         try:
             patched = operations.apply(original)
         except jsonpatch.JsonPatchTestFailed as exc:
-            raise PreconditionFailed(f"A JSON Patch test operation failed: {exc}") from exc
+            # the patch cannot be applied to this version (RFC 5789 section 2.2; If-Match is
+            # the precondition that answers 412)
+            raise Unprocessable(
+                "A JSON Patch test operation failed: the value at its path is not the value "
+                "it tests; nothing was changed"
+            ) from exc
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
             raise Unprocessable(f"The JSON Patch cannot be applied: {exc}") from exc
         except (TypeError, ValueError, KeyError, IndexError) as exc:

@@ -72,11 +72,15 @@ def test_patch_changing_id_is_422(client: FlaskClient) -> None:
     outcome_issues(response)
 
 
-def test_patch_with_failed_test_operation_is_412(client: FlaskClient) -> None:
+def test_patch_with_failed_test_operation_is_422(client: FlaskClient) -> None:
+    """RFC 6902 section 4.6: a failed test makes the whole patch fail; RFC 5789 section 2.2:
+    a patch that cannot be applied is 422 (412 is for If-Match, a header precondition)."""
     _goal(client)
     response = _patch(client, [{"op": "test", "path": "/lifecycleStatus", "value": "cancelled"}])
-    assert response.status_code == 412
-    outcome_issues(response)
+    assert response.status_code == 422
+    diagnostics = outcome_issues(response)[0]["diagnostics"]
+    assert "test operation failed" in diagnostics
+    assert "<class" not in diagnostics
 
 
 def test_patch_with_path_that_does_not_exist_is_422(client: FlaskClient) -> None:
