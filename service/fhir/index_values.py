@@ -246,8 +246,8 @@ def references_of(code: str, value: Any, target_type: str | None) -> list[Refere
     """Reference rows (and :identifier token rows) of a Reference or canonical value."""
     out: list[ReferenceRow | TokenRow] = []
     if isinstance(value, str):  # canonical: found by its url, and by url|version if it has one
-        url, bar, _ = value.partition("|")
-        out.append(ReferenceRow(code, None, None, url))
+        unversioned, bar, _ = value.partition("|")
+        out.append(ReferenceRow(code, None, None, unversioned))
         if bar:
             out.append(ReferenceRow(code, None, None, value))
         return out
