@@ -175,6 +175,10 @@ def ingest(
         batch: list[tuple[Output, dict[str, Any]]] = []
         pending: set[str] = set()  # what the batch will create, as conditional references
         resolved = ResolvedReferences()  # the same patient is named by many records
+        # what this run creates is written from now on (concurrent runs of one feed take
+        # turns on its identifier system's lock): a resource found with a later first version
+        # was made by an earlier record of this input
+        started = session.fhir.clock()
 
         def flush() -> None:
             items = [(o.resource["resourceType"], r, o.identifier) for o, r in batch]
@@ -186,7 +190,10 @@ def ingest(
                 else:
                     report.unchanged += 1
                     if not output.corrects and _differs(resource, result):
-                        report.warn(_kept_stored(output, result))
+                        if _made_by_this_run(result, started):
+                            report.warn(_same_identifier(output))
+                        else:
+                            report.warn(_kept_stored(output, result))
             batch.clear()
             pending.clear()
 
@@ -328,6 +335,26 @@ def _differs(resource: dict[str, Any], result: Result) -> bool:
     # through the same JSON the store holds, so decimals compare as stored
     after = json.loads(dump_json({k: v for k, v in resource.items() if k != "meta"}))
     return bool(before != after)
+
+
+def _made_by_this_run(result: Result, started: int) -> bool:
+    stored = result.stored
+    return stored is not None and stored.version == 1 and stored.last_updated_us >= started
+
+
+def _same_identifier(output: Output) -> Issue:
+    """Two records of one input with one identifier and other content (an HL7 v2 message
+    whose OBX set ids restart in each OBR group, under an identifier template of message id
+    and set id): the first is kept, and the sender is told which record was not, and why."""
+    identifier = output.identifier
+    return Issue(
+        "warning",
+        "duplicate",
+        f"{output.position}: an earlier record of this input has the same identifier "
+        f"({identifier['system']}|{identifier['value']}) and other content; the earlier one "
+        "is kept and this one is not stored (give each record its own identifier in the "
+        "rule's identifier template)",
+    )
 
 
 def _kept_stored(output: Output, result: Result) -> Issue:

@@ -51,6 +51,34 @@ def test_ingesting_the_same_hl7_file_twice_leaves_the_store_unchanged(client: Fl
     assert statement["valueString"] == "Walking Bramble & the sea"
 
 
+def test_two_records_of_one_message_with_one_identifier_are_named_in_a_warning(
+    client: FlaskClient,
+) -> None:
+    """Another vendor's ORU^R01 with two OBR groups restarts OBX set ids at 1 in each: the
+    mapping's identifier (facility, message id, set id) is then the same for two answers.
+    The first is kept, and the warning says the second record was not stored and why (it
+    said "already stored", as if an earlier message had sent it)."""
+    add_patient(client)
+    message = (
+        "MSH|^~\\&|EPR|WARD7|WM|WM|202611201015||ORU^R01|MSG0100|P|2.5.1\r"
+        "PID|1||9000000009^^^NHS^NH||Jones\r"
+        "OBR|1|||95541-9^What matters^LN\r"
+        "OBX|1|ST|95541-9^Care^LN||Walking the dog||||||F|||20261120101500\r"
+        "OBR|2|||95541-9^What matters^LN\r"
+        "OBX|1|ST|95541-9^Care^LN||Seeing the sea||||||F|||20261120101500\r"
+    )
+    response = client.post("/fhir/$ingest?mapping=wmty-oru", data=message, headers=HL7)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    warning, counts = outcome_issues(response)
+    assert warning["severity"] == "warning"
+    assert warning["diagnostics"].startswith("message 1, segment OBX|1")
+    assert "an earlier record of this input has the same identifier" in warning["diagnostics"]
+    assert "WARD7|MSG0100|1) and other content; the earlier one is kept" in (warning["diagnostics"])
+    assert "1 resources created, 1 already present" in counts["diagnostics"]
+    stored = client.get("/fhir/Observation").get_json()["entry"]
+    assert [e["resource"]["valueString"] for e in stored] == ["Walking the dog"]
+
+
 def test_a_resent_row_with_other_words_is_kept_as_stored_and_the_sender_is_told(
     client: FlaskClient,
 ) -> None:
