@@ -288,6 +288,9 @@ def create_app(
             if p.auth.private_key_file is not None and p.auth.algorithm is not None
         ]
     )
+    from service.api.negotiation import install_bodiless_answers
+
+    install_bodiless_answers(app)  # first: its hook runs last, on the final answer
     api.register(app, config.base_path)
     from service.api import observability
 

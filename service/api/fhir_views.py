@@ -30,7 +30,7 @@ from service.api.handlers import (
     request_actor,
 )
 from service.api.measure_handlers import HANDLERS as MEASURE_HANDLERS
-from service.api.negotiation import render, response_type, without_content_type
+from service.api.negotiation import render, response_type
 from service.api.summary_handlers import SUMMARY_HANDLERS
 from service.api.terminology_handlers import TERMINOLOGY_HANDLERS
 from service.config import Config
@@ -123,7 +123,7 @@ def _options(path: str) -> Response:
     if not allowed:
         raise NotFound(f"There is nothing at {request.path}")
     _negotiate()
-    response = without_content_type(current_app.response_class())
+    response = current_app.response_class()
     response.allow.update(allowed)
     return response
 

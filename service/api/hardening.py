@@ -38,7 +38,6 @@ from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from service.api.negotiation import without_content_type
 from service.config import Config, is_loopback
 from service.errors import BadRequest, FhirError, Forbidden
 
@@ -215,7 +214,7 @@ def install_cors(app: Flask, config: Config) -> None:
     def _preflight() -> Response | None:
         if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
             g.whatmatters_preflight = True
-            return without_content_type(Response(status=204))
+            return Response(status=204)
         return None
 
     @app.after_request

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flask import Request, Response
+from flask import Flask, Request, Response
 from werkzeug.http import parse_options_header
 
 from service.errors import FhirError, Issue, NotAcceptable, UnsupportedMediaType
@@ -147,16 +147,19 @@ def render(
     response = Response(body if body is not None else b"", status=result.status, headers=headers)
     if body is not None:
         response.content_type = f"{media}; charset=utf-8"
-    else:
-        without_content_type(response)
     return response
 
 
-def without_content_type(response: Response) -> Response:
-    """An answer without a body names no media type (Flask would label it text/html, which a
-    FHIR client reading by Content-Type would try to parse)."""
-    response.headers.remove("Content-Type")
-    return response
+def install_bodiless_answers(app: Flask) -> None:
+    """Every answer without a body (201 with return=minimal, 202, 204, 304, OPTIONS) names no
+    media type: Flask labels each Response text/html, which a FHIR client choosing its parser
+    by Content-Type would try to read. Registered first, so it sees the final answer."""
+
+    @app.after_request
+    def _no_media_type_without_a_body(response: Response) -> Response:
+        if response.is_sequence and not response.get_data():
+            response.headers.remove("Content-Type")
+        return response
 
 
 def _representation(result: Result, pretty: bool) -> str | None:

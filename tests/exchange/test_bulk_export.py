@@ -114,6 +114,8 @@ def test_a_system_export_writes_every_stored_resource_once(
     assert waiting.status_code == 202
     assert waiting.headers["Retry-After"].isdigit()
     assert "X-Progress" in waiting.headers
+    assert waiting.data == b""
+    assert "Content-Type" not in waiting.headers  # no body, so no media type
     worker_of(export_app).drain()
     body = manifest(client, status)
     assert body["requiresAccessToken"] is False
