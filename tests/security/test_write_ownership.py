@@ -136,27 +136,36 @@ def _observation_for_b(a: Caller, world: dict[str, Any]) -> tuple[Any, str]:
     return a.post("/fhir/Observation", body), "Observation.subject"
 
 
-def _questionnaire_response_for_b(a: Caller, world: dict[str, Any]) -> tuple[Any, str]:
-    body = {
+def questionnaire_response(subject: str, author: str) -> dict[str, Any]:
+    return {
         "resourceType": "QuestionnaireResponse",
         "status": "completed",
-        "subject": {"reference": "Patient/pB"},
-        "author": {"reference": "Patient/pA"},
+        "subject": {"reference": subject},
+        "author": {"reference": author},
         "item": [{"linkId": "1", "answer": [{"valueString": INJECTED}]}],
     }
-    return a.post("/fhir/QuestionnaireResponse", body), "QuestionnaireResponse.subject"
 
 
-def _list_for_b(a: Caller, world: dict[str, Any]) -> tuple[Any, str]:
-    body = {
+def priorities_list(subject: str, source: str, **extra: Any) -> dict[str, Any]:
+    return {
         "resourceType": "List",
         "status": "current",
         "mode": "working",
         "title": INJECTED,
-        "subject": {"reference": "Patient/pB"},
-        "source": {"reference": "Patient/pA"},
-        "entry": [{"item": {"reference": f"Goal/{world['pB']['goal']}"}}],
+        "subject": {"reference": subject},
+        "source": {"reference": source},
+        **extra,
     }
+
+
+def _questionnaire_response_for_b(a: Caller, world: dict[str, Any]) -> tuple[Any, str]:
+    body = questionnaire_response("Patient/pB", author="Patient/pA")
+    return a.post("/fhir/QuestionnaireResponse", body), "QuestionnaireResponse.subject"
+
+
+def _list_for_b(a: Caller, world: dict[str, Any]) -> tuple[Any, str]:
+    entry = [{"item": {"reference": f"Goal/{world['pB']['goal']}"}}]
+    body = priorities_list("Patient/pB", source="Patient/pA", entry=entry)
     return a.post("/fhir/List", body), "List.subject"
 
 
@@ -259,25 +268,12 @@ def _observation_of_a_performed_by_b(a: Caller, world: dict[str, Any]) -> tuple[
 
 
 def _questionnaire_response_of_a_by_b(a: Caller, world: dict[str, Any]) -> tuple[Any, str]:
-    body = {
-        "resourceType": "QuestionnaireResponse",
-        "status": "completed",
-        "subject": {"reference": "Patient/pA"},
-        "author": {"reference": "Patient/pB"},
-        "item": [{"linkId": "1", "answer": [{"valueString": INJECTED}]}],
-    }
+    body = questionnaire_response("Patient/pA", author="Patient/pB")
     return a.post("/fhir/QuestionnaireResponse", body), "QuestionnaireResponse.author"
 
 
 def _list_of_a_from_b(a: Caller, world: dict[str, Any]) -> tuple[Any, str]:
-    body = {
-        "resourceType": "List",
-        "status": "current",
-        "mode": "working",
-        "title": INJECTED,
-        "subject": {"reference": "Patient/pA"},
-        "source": {"reference": "Patient/pB"},
-    }
+    body = priorities_list("Patient/pA", source="Patient/pB")
     return a.post("/fhir/List", body), "List.source"
 
 
