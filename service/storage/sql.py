@@ -8,7 +8,6 @@ sqlsearch.py.
 
 from __future__ import annotations
 
-import threading
 import uuid
 import weakref
 from collections.abc import Iterator, Sequence
@@ -29,7 +28,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy import event as sa_event
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from service.storage import (
@@ -56,7 +54,13 @@ from service.storage.schema import (
     search_reference,
 )
 from service.storage.sqlcohort import SqlCohortSearches
-from service.storage.sqlengine import SqliteWriters, advisory_key, engine_for, is_transient
+from service.storage.sqlengine import (
+    SqliteWriters,
+    advisory_key,
+    closer_of,
+    engine_for,
+    is_transient,
+)
 from service.storage.sqloutbox import SqlOutbox
 from service.storage.sqlrows import (
     COPY_ITEMS,
@@ -449,11 +453,10 @@ class SqlStore:
         self.dialect = engine.dialect.name
         # SQLite lets one writer in at a time: writers take turns here (sqlengine.py)
         self._writers = SqliteWriters(engine.url.database) if self.dialect == "sqlite" else None
-        self._closed = threading.Event()
-        sa_event.listen(engine, "checkin", _closing_checkin(self._closed))
+        self._close = closer_of(engine)
         # a store dropped without close() (an app built and let go) still closes its pooled
         # connections, rather than leaving them to the driver's garbage collection
-        weakref.finalize(self, _close_engine, engine, self._closed)
+        weakref.finalize(self, self._close)
 
     @classmethod
     def from_url(cls, url: str, pool_size: int = 5) -> SqlStore:
@@ -543,22 +546,4 @@ class SqlStore:
     def close(self) -> None:
         """Close pooled connections, and from now on each connection as it is given back (one
         another thread still used, or one taken later, e.g. for an AuditEvent at exit)."""
-        _close_engine(self.engine, self._closed)
-
-
-def _close_engine(engine: Engine, closed: threading.Event) -> None:
-    closed.set()
-    engine.dispose()
-
-
-def _closing_checkin(closed: threading.Event) -> Any:
-    """The pool's checkin listener of a store: once the store is closed, a connection given
-    back is closed rather than pooled. Without it a connection still in use when the store
-    closed would go back to the pool the close discarded, open until the garbage collector
-    found it (psycopg then warns that it was deleted while open)."""
-
-    def checkin(dbapi_connection: Any, record: Any) -> None:
-        if closed.is_set() and dbapi_connection is not None:
-            record.invalidate()  # closes it; the record connects again if taken again
-
-    return checkin
+        self._close()

@@ -11,6 +11,7 @@ import hashlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,26 @@ def _configure_sqlite(engine: Engine) -> None:
         # lock, and check-then-write sequences (conditional create) are atomic across processes.
         immediate = conn.get_execution_options().get("whatmatters_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def closer_of(engine: Engine) -> Callable[[], None]:
+    """What closes ``engine``: its pooled connections at once, and from then on each
+    connection as it is given back, rather than pooled. Without the second part a connection
+    still in use when the engine closed (another thread's) would go back to the pool the
+    close discarded, open until the garbage collector found it (psycopg then warns that it
+    was deleted while open)."""
+    closed = threading.Event()
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(dbapi_connection: Any, record: Any) -> None:
+        if closed.is_set() and dbapi_connection is not None:
+            record.invalidate()  # closes it; the record connects again if taken again
+
+    def close() -> None:
+        closed.set()
+        engine.dispose()
+
+    return close
 
 
 class SqliteWriters:
