@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import date
 from decimal import Decimal
 from typing import Any
 
 from service.errors import Issue
 from service.validation.bundle_rules import uri_problem
+from service.validation.dates import date_range
 from service.validation.definitions import TypeModel
 
 _INT_RANGES = {
@@ -40,19 +40,6 @@ _STRING_PRIMITIVES = frozenset(
 _CONTROL = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f]")
 _URI_TYPES = frozenset({"uri", "url", "canonical"})
 _DATE_TYPES = frozenset({"date", "dateTime", "instant"})
-_DAY = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
-
-
-def _on_the_calendar(value: str) -> bool:
-    """Whether the day of a date, dateTime or instant (when it has one) exists."""
-    found = _DAY.match(value)
-    if found is None:
-        return True  # a year, or a year and month
-    try:
-        date(int(found[1]), int(found[2]), int(found[3]))
-    except ValueError:
-        return False
-    return True
 
 
 def primitive_issues(value: Any, type_code: str, model: TypeModel, expr: str) -> list[Issue]:
@@ -86,8 +73,9 @@ def primitive_issues(value: Any, type_code: str, model: TypeModel, expr: str) ->
                 problem = "must be an XHTML <div> element"
         elif model.regex is not None and model.regex.fullmatch(value) is None:
             problem = "is not a valid " + type_code
-        elif type_code in _DATE_TYPES and not _on_the_calendar(value):
-            # the R4 regexes take any day 01-31 of any month
+        elif type_code in _DATE_TYPES and date_range(value[:10]) is None:
+            # the R4 regexes take any day 01-31 of any month; the day (its first ten
+            # characters) must exist, as search reads it
             problem = "is not a day of the calendar"
         elif type_code in _URI_TYPES and value[:4].lower() == "urn:":
             # a uri may end in a fragment (RFC 3986 3.5), as meta.source "<uri>#<request>"
