@@ -243,7 +243,6 @@ class SqlResources:
                     resource_versions.c.res_type,
                     resource_versions.c.res_id,
                     resource_versions.c.seq,
-                    sort_by_parameter_order=True,
                 ),
                 version_rows,
             ).all()

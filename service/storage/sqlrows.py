@@ -7,6 +7,8 @@ May import SQLAlchemy and the storage schema; nothing of the service above stora
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
+from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete
@@ -19,7 +21,11 @@ from service.storage.schema import INDEX_TABLES
 
 def index_values(type_: str, id_: str, kind: str, row: Any) -> tuple[Any, ...]:
     """The column values of one index row, in the order of its table's columns below."""
-    return (type_, id_, row.param, *(getattr(row, f) for f in INDEX_KINDS[kind].fields))
+    return (type_, id_, *_ROW_VALUES[kind](row))
+
+
+# each kind's row values (param first) as one tuple, read in C
+_ROW_VALUES = {kind: attrgetter("param", *INDEX_KINDS[kind].fields) for kind in INDEX_KINDS}
 
 
 _INDEX_COLUMNS = {
@@ -72,7 +78,7 @@ def insert_rows(
         count = min(_MOST_ROWS, 1 << ((len(rows) - start).bit_length() - 1))
         chunk = rows[start : start + count]
         conn.exec_driver_sql(
-            _insert_sql(table, columns, mark, count), tuple(v for row in chunk for v in row)
+            _insert_sql(table, columns, mark, count), tuple(chain.from_iterable(chunk))
         )
         start += count
 

@@ -16,7 +16,11 @@ _PATTERN = re.compile(
     r"(?:T(?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?:\.(?P<fraction>\d+))?)?"
     r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
 )
+# an instant to the millisecond in UTC, as the service writes them (meta.lastUpdated, the
+# recorded time of its AuditEvents and Provenances): read without the general pattern
+_INSTANT_MS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LAST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
 
 def _micros(moment: datetime) -> int:
@@ -26,6 +30,12 @@ def _micros(moment: datetime) -> int:
 
 def date_range(value: str) -> tuple[int, int] | None:
     """The closed microsecond range of a FHIR date/dateTime/instant, or None if malformed."""
+    if _INSTANT_MS.fullmatch(value):
+        try:
+            low = _micros(datetime.fromisoformat(value[:23]).replace(tzinfo=UTC))
+        except ValueError:
+            return None  # no such day or time (2026-02-30, 25:00)
+        return low, low + 999
     match = _PATTERN.match(value.strip())
     if match is None:
         return None
@@ -53,8 +63,7 @@ def date_range(value: str) -> tuple[int, int] | None:
     except OverflowError:
         end = None  # the period runs to the end of the calendar (9999-12-31 ...)
     low = _micros(start)
-    last = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
-    high = _micros(end) - 1 if end is not None else _micros(last)
+    high = _micros(end) - 1 if end is not None else _micros(_LAST)
     return low, high
 
 

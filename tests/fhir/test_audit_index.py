@@ -11,7 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.fhir.access import Access, parse_scopes, provenance_for, provenance_index_values
-from service.fhir.audit import ACTIONS, RequestSeen, audit_event, audit_index_values
+from service.fhir.audit import (
+    ACTIONS,
+    RequestSeen,
+    audit_event,
+    audit_index_rows,
+    audit_index_values,
+)
 from service.fhir.model import with_meta
 from service.fhir.search_index import SearchParameters
 from service.storage import INDEX_KINDS, IndexRows
@@ -69,7 +75,9 @@ def _stored(event: dict[str, Any]) -> dict[str, Any]:
     seen=_SEEN,
     access=_ACCESS,
     entities=st.lists(st.tuples(_TYPES, _IDS), max_size=4),
-    recorded=st.sampled_from(["2026-12-07T10:00:00Z", "2026-12-07T10:00:00.123+01:00"]),
+    recorded=st.sampled_from(
+        ["2026-12-07T10:00:00Z", "2026-12-07T10:00:00.123+01:00", "2026-12-07T10:00:00.123Z"]
+    ),
 )
 def test_the_fixed_shape_gives_the_rows_the_expressions_give(
     seen: RequestSeen,
@@ -81,7 +89,11 @@ def test_the_fixed_shape_gives_the_rows_the_expressions_give(
     event = _stored(audit_event(seen, access, entities, recorded, "What Matters FHIR service"))
     values = audit_index_values(event)
     assert values is not None
-    assert _rows(params.index_values("AuditEvent", values)) == _rows(params.index(event))
+    expected = _rows(params.index(event))
+    assert _rows(params.index_values("AuditEvent", values)) == expected
+    made = audit_index_rows(event)
+    assert made is not None
+    assert _rows(made) == expected
 
 
 def test_the_rows_are_the_ones_a_search_needs() -> None:
