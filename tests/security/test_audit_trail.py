@@ -4,6 +4,7 @@ answered request, and while the trail cannot be written no read is answered."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -154,3 +155,23 @@ def test_the_trail_recovers_on_its_own_from_any_failure_of_a_write(
         time.sleep(0.05)
     batched.extensions["whatmatters.audit"].flush()
     assert _stored_events(batched) >= 2
+
+
+def _events(app: Flask) -> list[dict[str, Any]]:
+    """The stored AuditEvents, read from the database (not through the API, which would flush
+    the trail first)."""
+    store: SqlStore = app.extensions["whatmatters.store"]
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(resources.c.content).where(resources.c.res_type == "AuditEvent"))
+        return [json.loads(row.content) for row in rows]
+
+
+def test_a_refused_write_is_recorded_once_with_its_failure(
+    batched: Flask, keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]
+) -> None:
+    admin = _admin(batched, keys)
+    refused = admin.post("/fhir/Goal", {"resourceType": "Goal", "lifecycleStatus": "dreaming"})
+    assert refused.status_code in (400, 422)
+    batched.extensions["whatmatters.audit"].flush()
+    events = _events(batched)
+    assert [(e["subtype"][0]["code"], e["outcome"]) for e in events] == [("create", "4")]
