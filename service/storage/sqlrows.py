@@ -94,7 +94,7 @@ def insert_index(conn: Connection, mark: str, kind: str, rows: Sequence[tuple[An
         insert_rows(conn, table, columns, mark, rows)
 
 
-_COPY_FROM = 100000  # rows; below that, one pipelined executemany costs no more
+_COPY_FROM = 64  # rows; below that, one pipelined executemany costs no more
 
 
 def _copy(

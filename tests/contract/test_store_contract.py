@@ -130,7 +130,7 @@ def test_history_is_newest_first_and_pages_by_sequence(store: Store) -> None:
         assert [(r.id, r.version) for r in recent] == [("a", 2)]
 
 
-@pytest.mark.parametrize("size", [3, 40])  # PostgreSQL copies batches of 8 and more
+@pytest.mark.parametrize("size", [3, 40])  # PostgreSQL copies 8 resources and 64 index rows on
 def test_insert_new_stores_a_batch_with_its_index_rows(store: Store, size: int) -> None:
     batch = [
         (_version(f"n{i:02d}", 1, type_="Goal"), _tokens(("s", str(i % 5)), (None, "all")))
