@@ -10,16 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.fhir.access import Access, agent_reference
-from service.fhir.index_values import (
-    MAX_INDEXED,
-    add_references,
-    dedupe,
-    fold,
-    strings_of,
-    token_rows,
-)
-from service.storage import IndexRows, RangeRow, StringRow, TokenRow
-from service.validation.dates import date_range
 
 AUDIT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
@@ -193,62 +183,3 @@ def audit_index_values(event: dict[str, Any]) -> list[tuple[str, Any, str | None
             (("entity-type", item.get("type"), None), ("entity-role", item.get("role"), None))
         )
     return [(code, value, target) for code, value, target in values if value is not None]
-
-
-# the R4 AuditEvent parameters the fixed shape gives values to, by type
-_TOKEN_PARAMS = frozenset({"type", "action", "outcome", "subtype", "entity-type", "entity-role"})
-_REFERENCE_PARAMS = frozenset({"source", "agent", "patient", "entity"})
-_CODING_KEYS = frozenset({"system", "code", "display"})
-
-
-def audit_index_rows(event: dict[str, Any]) -> IndexRows | None:
-    """The index rows the R4 AuditEvent search parameters give an event of the shape
-    ``audit_event`` makes (None for any other shape): the rows
-    ``SearchParameters.index_values`` gives ``audit_index_values``, made without going
-    through each parameter's type. A Coding, an action or outcome code, the recorded instant
-    and the network address are read by short paths; anything else by the general ones
-    (tests/fhir/test_audit_index.py compares the rows with the expressions')."""
-    values = audit_index_values(event)
-    if values is None:
-        return None
-    rows = IndexRows()
-    tokens = rows.tokens
-    for code, value, target in values:
-        if code in _TOKEN_PARAMS:
-            if isinstance(value, str):
-                if value and len(value) <= MAX_INDEXED:
-                    tokens.append(TokenRow(code, None, value, None))
-            elif _is_plain_coding(value):
-                system, display = value.get("system"), value.get("display")
-                if len(value["code"]) <= MAX_INDEXED and (
-                    system is None or len(system) <= MAX_INDEXED
-                ):
-                    text = fold(display)[:MAX_INDEXED] if display else None
-                    tokens.append(TokenRow(code, system, value["code"], text))
-            else:
-                tokens.extend(token_rows(code, value))
-        elif code in _REFERENCE_PARAMS:
-            add_references(rows, code, value, target)
-        elif code == "date":
-            span = date_range(value) if isinstance(value, str) else None
-            if span is not None:
-                rows.dates.append(RangeRow(code, span[0], span[1]))
-        elif code == "address":
-            rows.strings.extend(
-                StringRow(code, fold(s)[:MAX_INDEXED], s) for s in strings_of(value)
-            )
-        else:
-            return None  # a parameter this function does not know: the general way
-    dedupe(rows)
-    return rows
-
-
-def _is_plain_coding(value: Any) -> bool:
-    """A Coding of system, code and display strings only (as ``audit_event`` writes)."""
-    return (
-        isinstance(value, dict)
-        and _CODING_KEYS.issuperset(value)
-        and isinstance(value.get("code"), str)
-        and isinstance(value.get("system"), str | None)
-        and isinstance(value.get("display"), str | None)
-    )

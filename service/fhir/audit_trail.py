@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from service.errors import FhirError, StorageError, StoreUnavailable
-from service.fhir.audit import audit_index_rows
+from service.fhir.audit import audit_index_values
 from service.fhir.model import new_resource_id
 from service.fhir.writes import Change, WriteHost, next_version, notify
 from service.storage import IndexRows, Store, StoredResource
@@ -59,9 +59,10 @@ def store_events(host: AuditHost, events: Sequence[dict[str, Any]]) -> None:
     fixed_shape = params.only_core("AuditEvent")
     for event in events:
         stored, content = next_version(host, "AuditEvent", new_resource_id(), event, None, "POST")
-        rows = audit_index_rows(content) if fixed_shape else None
-        if rows is None:
-            rows = params.index(content)
+        values = audit_index_values(content) if fixed_shape else None
+        rows = (
+            params.index(content) if values is None else params.index_values("AuditEvent", values)
+        )
         batch.append((stored, rows))
         changes.append(Change("AuditEvent", stored.id, 1, content))
     with host.store.transaction(write=True) as tx:

@@ -83,7 +83,11 @@ def add_rows(rows: IndexRows, param: Indexed, value: Any, target_type: str | Non
     kind = param.type
     code = param.code
     if kind == "token":
-        rows.tokens.extend(token_rows(code, value))
+        rows.tokens.extend(
+            TokenRow(code, s, c, t[:MAX_INDEXED] if t else t)
+            for s, c, t in tokens_of(value)
+            if _fits(s, c)
+        )
     elif kind == "string":
         rows.strings.extend(StringRow(code, fold(s)[:MAX_INDEXED], s) for s in strings_of(value))
     elif kind == "date":
@@ -98,32 +102,17 @@ def add_rows(rows: IndexRows, param: Indexed, value: Any, target_type: str | Non
         for low, high, system, unit in quantities_of(value):
             rows.quantities.append(QuantityRow(code, low, high, system, unit))
     elif kind == "reference":
-        add_references(rows, code, value, target_type)
+        for row in references_of(code, value, target_type):
+            if isinstance(row, ReferenceRow):
+                if _fits(row.url):
+                    rows.references.append(row)
+            elif _fits(row.system, row.code):
+                rows.tokens.append(row)
     elif kind == "uri":
         if isinstance(value, str) and value and _fits(value):
             rows.uris.append(UriRow(code, value))
     elif kind == "composite" and isinstance(value, dict):
         rows.composites.extend(composites_of(param, value))
-
-
-def token_rows(code: str, value: Any) -> list[TokenRow]:
-    """The rows of one value of the token parameter ``code``."""
-    return [
-        TokenRow(code, s, c, t[:MAX_INDEXED] if t else t)
-        for s, c, t in tokens_of(value)
-        if _fits(s, c)
-    ]
-
-
-def add_references(rows: IndexRows, code: str, value: Any, target_type: str | None) -> None:
-    """Add the rows of one value of the reference parameter ``code`` (reference rows, and
-    token rows for ``:identifier``)."""
-    for row in references_of(code, value, target_type):
-        if isinstance(row, ReferenceRow):
-            if _fits(row.url):
-                rows.references.append(row)
-        elif _fits(row.system, row.code):
-            rows.tokens.append(row)
 
 
 def tokens_of(value: Any) -> list[tuple[str | None, str, str | None]]:
