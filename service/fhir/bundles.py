@@ -299,11 +299,13 @@ def _parse_entry(index: int, entry: Any, base: str) -> EntryOp:
     resource = entry.get("resource")
     full_url = entry.get("fullUrl")
     restful = isinstance(full_url, str) and full_url.startswith(("http:", "https:"))
-    if restful and isinstance(resource, dict):
-        # a RESTful fullUrl that names another resource than the entry's would have
-        # references to it rewritten to the wrong one
-        for issue in full_url_issues(full_url, resource, where)[:1]:
-            raise BadRequest(issue.diagnostics, expression=issue.expression)
+    # a RESTful fullUrl that names another resource than the entry's would have references
+    # to it rewritten to the wrong one
+    wrong = (
+        full_url_issues(full_url, resource, where) if restful and isinstance(resource, dict) else []
+    )
+    if wrong:
+        raise BadRequest(wrong[0].diagnostics, expression=wrong[0].expression)
     try:
         if_match = parse_etag(request["ifMatch"]) if "ifMatch" in request else None
     except BadRequest as exc:
