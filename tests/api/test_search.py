@@ -149,3 +149,41 @@ def test_a_meta_source_naming_a_request_after_a_fragment_is_stored(client: Flask
     )
     assert refused.status_code == 400
     assert "is not a valid urn:uuid" in refused.get_data(as_text=True)
+
+
+def test_an_instant_to_the_millisecond_from_another_system_is_found_by_it(
+    client: FlaskClient,
+) -> None:
+    """search.html#date: an EHR's effectiveDateTime to the millisecond in UTC covers that
+    millisecond; the same instant written with an offset is the same moment."""
+    _setup(client)
+    for id_, moment in (
+        ("utc", "2026-12-07T10:00:00.123Z"),
+        ("bst", "2026-12-07T11:00:00.123+01:00"),
+    ):
+        observation = {
+            "resourceType": "Observation",
+            "id": id_,
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+            "subject": {"reference": "Patient/a"},
+            "effectiveDateTime": moment,
+        }
+        put = client.put(f"/fhir/Observation/{id_}", json=observation, headers=JSON_HEADERS)
+        assert put.status_code == 201, put.get_data(as_text=True)
+
+    def found(query: str) -> list[str]:
+        response = client.get(f"/fhir/Observation?{query}")
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return sorted(e["resource"]["id"] for e in response.get_json().get("entry", []))
+
+    assert found("date=2026-12-07T10:00:00.123Z") == ["bst", "utc"]
+    assert found("date=gt2026-12-07T10:00:00.123Z") == []
+    assert found("date=ge2026-12-07T10:00:00.124Z") == []
+    assert found("date=lt2026-12-07T10:00:00.124Z") == ["bst", "utc"]
+    assert found("date=2026-12-07T10:00:00Z") == ["bst", "utc"]  # within that second
+    # the same moment asked for with an offset (%2B is +): each form covers one millisecond
+    assert found("date=2026-12-07T11:00:00.123%2B01:00") == ["bst", "utc"]
+    assert found("date=gt2026-12-07T11:00:00.123%2B01:00") == []
+    refused = client.get("/fhir/Observation?date=2026-02-30T10:00:00.000Z")
+    assert refused.status_code == 400
