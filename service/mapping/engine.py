@@ -27,10 +27,10 @@ from service.mapping.files import MappingError, MappingFile
 from service.mapping.resource_paths import set_at, value_at
 from service.mapping.sdc import sdc_observation
 from service.mapping.source_dates import DateReader, date_formats
-from service.mapping.sources import Record, hl7_field
+from service.mapping.sources import Record, hl7_field, hl7_repetitions
 
 _HL7_PATH = re.compile(
-    r"([A-Z][A-Z0-9]{2})-(\d+)(?:\((?:(\d+)|(\d+)(?:\.(\d+))?=([^)]*))\))?(?:\.(\d+))?(?:\.(\d+))?"
+    r"([A-Z][A-Z0-9]{2})-(\d+)(?:\((?:(\d+)|(\*)|(\d+)(?:\.(\d+))?=([^)]*))\))?(?:\.(\d+))?(?:\.(\d+))?"
 )
 _TEMPLATE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -360,11 +360,13 @@ class Mapper:
         match = _HL7_PATH.fullmatch(spec)
         if match is None or record.message is None:
             self._fail(path, f"{spec!r} is not an HL7 v2 path such as OBX-5.1 or PID-3(2).1")
-        name, field_text, index, on_component, on_sub, equals, component, sub = match.groups()
+        name, field_text, index, every, on_component, on_sub, equals, component, sub = (
+            match.groups()
+        )
         field_no = int(field_text)
-        repetition: int | tuple[int, int, str] = int(index or 1)
+        repetitions: list[int | tuple[int, int, str]] = [int(index or 1)]
         if on_component is not None:
-            repetition = (int(on_component), int(on_sub or 0), equals)
+            repetitions = [(int(on_component), int(on_sub or 0), equals)]
         own = record.segments or [record.segment]
         if str(own[0][0]) == name:
             segments = own if field_no == 5 and self.separator is not None else own[:1]
@@ -376,9 +378,14 @@ class Mapper:
         for segment in segments:
             if segment is None:
                 continue
-            raw = hl7_field(segment, field_no, int(component or 0), int(sub or 0), repetition)
-            if raw:
-                values.append(str(record.message.unescape(raw)))
+            if every:  # (*): every repetition of the field, one line each
+                repetitions = list(range(1, hl7_repetitions(segment, field_no) + 1))
+            parts = [
+                hl7_field(segment, field_no, int(component or 0), int(sub or 0), repetition)
+                for repetition in repetitions
+            ]
+            if any(parts):
+                values.append("\n".join(str(record.message.unescape(p)) for p in parts if p))
         if not values:
             return None
         return ("\n" if name == "NTE" else self.separator or " ").join(values)

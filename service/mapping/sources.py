@@ -119,6 +119,12 @@ def _csv(lines: Iterable[str], delimiter: str) -> Iterator[Record]:
                 return
             if None in row:
                 raise MappingError(f"row {first}: more cells than the header has columns")
+            if None in row.values():
+                # which cell is missing cannot be told: no value is guessed into a column
+                cells = sum(value is not None for value in row.values())
+                raise MappingError(
+                    f"row {first}: {cells} cells where the header has {len(row)} columns"
+                )
             yield Record(f"row {first}", dict(row))
     except csv.Error as exc:
         if str(exc) == "unexpected end of data":
@@ -262,6 +268,17 @@ def hl7_field(
     else:
         value = repetitions[repetition - 1]
     return _part(value, component, sub)
+
+
+def hl7_repetitions(segment: Any, field_no: int) -> int:
+    """How many repetitions a field of a segment has (0 when the segment ends before it)."""
+    try:
+        value: Any = segment[field_no]
+    except IndexError:
+        return 0
+    if isinstance(value, hl7.Field) and len(value) and isinstance(value[0], hl7.Repetition):
+        return len(value)
+    return 1
 
 
 def _part(value: Any, component: int, sub: int) -> str:

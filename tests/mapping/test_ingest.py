@@ -240,6 +240,50 @@ def test_hostile_inputs_get_422_outcomes_not_500(client: FlaskClient) -> None:
     assert client.get("/fhir/Observation?_summary=count").get_json()["total"] == 0
 
 
+def test_a_row_that_lost_cells_is_refused_naming_its_row_not_stored_shifted(
+    client: FlaskClient,
+) -> None:
+    """A spreadsheet export whose second row lost two trailing cells (the text editor of the
+    person fixing it trimmed them): which cells are missing cannot be told, so the input is
+    refused at that row and nothing is written (it was stored with the columns left empty)."""
+    add_patient(client)
+    short = SURVEY.replace(",Bodnant Surgery,GP\n", "\n")
+    response = client.post("/fhir/$ingest?mapping=survey-csv", data=short, headers=CSV)
+    assert response.status_code == 422
+    assert (
+        "row 2: 5 cells where the header has 7 columns"
+        in outcome_issues(response)[0]["diagnostics"]
+    )
+    assert client.get("/fhir/Observation?_summary=count").get_json()["total"] == 0
+
+
+def test_a_repeated_answer_and_the_nurses_notes_after_it_are_all_stored(
+    client: FlaskClient,
+) -> None:
+    """An EPR's ORU^R01 sends a treatment preference as two repetitions of OBX-5 (ST allows
+    ``~``) and two NTE comments after the OBX. Only the first repetition was stored and the
+    comments were dropped: now each repetition is a line of valueString and the NTEs are the
+    Observation's note (R4 Observation.note, Annotation)."""
+    add_patient(client)
+    message = (
+        "MSH|^~\\&|EPR|YSBYTY-GWYNEDD^Ward 7|WM|WM|202611201015||ORU^R01|MSG0107|P|2.5.1\r"
+        "PID|1||9000000009^^^NHS^NH||Jones^Eluned\r"
+        "OBR|1|||75773-2^Treatment preference^LN\r"
+        "OBX|1|ST|75773-2^Treatment preference^LN||At home with Huw~No ambulance at night||||||F"
+        "|||20261120101500\r"
+        "NTE|1|L|Daughter was present\r"
+        "NTE|2|L|Wants her GP told \\T\\ the out-of-hours team\r"
+    )
+    response = client.post("/fhir/$ingest?mapping=wmty-oru", data=message, headers=HL7)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    found = client.get("/fhir/Observation?code=http://loinc.org|75773-2").get_json()
+    (preference,) = [e["resource"] for e in found["entry"]]
+    assert preference["valueString"] == "At home with Huw\nNo ambulance at night"
+    assert preference["note"] == [
+        {"text": "Daughter was present\nWants her GP told & the out-of-hours team"}
+    ]
+
+
 def test_an_empty_input_writes_nothing_and_says_so(client: FlaskClient) -> None:
     response = client.post("/fhir/$ingest?mapping=survey-csv", data=b"", headers=CSV)
     assert response.status_code == 200
