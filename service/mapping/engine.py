@@ -27,7 +27,7 @@ from service.mapping.files import MappingError, MappingFile
 from service.mapping.resource_paths import set_at, value_at
 from service.mapping.sdc import sdc_observation
 from service.mapping.source_dates import DateReader, date_formats
-from service.mapping.sources import Record, hl7_field, hl7_repetitions
+from service.mapping.sources import Record, hl7_field, hl7_repetitions, hl7_text
 
 _HL7_PATH = re.compile(
     r"([A-Z][A-Z0-9]{2})-(\d+)(?:\((?:(\d+)|(\*)|(\d+)(?:\.(\d+))?=([^)]*))\))?(?:\.(\d+))?(?:\.(\d+))?"
@@ -385,7 +385,7 @@ class Mapper:
                 for repetition in repetitions
             ]
             if any(parts):
-                values.append("\n".join(str(record.message.unescape(p)) for p in parts if p))
+                values.append("\n".join(hl7_text(record.message, p) for p in parts if p))
         if not values:
             return None
         return ("\n" if name == "NTE" else self.separator or " ").join(values)

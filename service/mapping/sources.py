@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -279,6 +280,57 @@ def hl7_repetitions(segment: Any, field_no: int) -> int:
     if isinstance(value, hl7.Field) and len(value) and isinstance(value[0], hl7.Repetition):
         return len(value)
     return 1
+
+
+# HL7 v2.5 section 2.7 (escape sequences in text): formatting commands become plain text's
+# line breaks and spaces, highlighting has no plain-text form
+_FORMATTING = {".br": "\n", ".sp": "\n", ".ce": "\n", ".fi": "", ".nf": "", ".sk": " "}
+_INDENTS = (".in", ".ti")
+
+
+def hl7_text(message: Any, raw: str) -> str:
+    """The text an HL7 v2 value carries, its escape sequences decoded: the delimiters (\\F\\,
+    \\S\\, \\T\\, \\R\\, \\E\\), formatting (\\.br\\ a line break, \\.sp2\\ two, \\.sk3\\ three
+    spaces), highlighting (\\H\\, \\N\\: dropped), hexadecimal data (\\XC3A9\\: the bytes, read
+    as UTF-8 like the message) and locally defined \\Z...\\ sequences (dropped: they mean
+    nothing outside the sender). A sequence the standard does not define is kept as sent."""
+    esc: str = message.esc
+    if esc not in raw:
+        return raw
+    delimiters: dict[str, str] = {
+        "F": message.separators[1],
+        "R": message.separators[2],
+        "S": message.separators[3],
+        "T": message.separators[4],
+        "E": esc,
+        "H": "",
+        "N": "",
+    }
+
+    def decode(match: re.Match[str]) -> str:
+        value = match.group(1)
+        if value in delimiters:
+            return delimiters[value]
+        command, count = value[:3], value[3:]
+        if command in _FORMATTING and (count == "" or count.isdigit()):
+            return _FORMATTING[command] * int(count or 1)
+        if command in _INDENTS and (count == "" or count.lstrip("+-").isdigit()):
+            return ""  # an indent of the sender's layout: no plain-text form
+        if value[:1] == "X" and len(value) % 2 == 1:
+            try:
+                data = bytes.fromhex(value[1:])
+            except ValueError:
+                return match.group(0)
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError:
+                return data.decode("latin-1")
+        if value[:1] == "Z":
+            return ""
+        return match.group(0)
+
+    pattern = re.escape(esc) + "([^" + re.escape(esc) + "]+)" + re.escape(esc)
+    return re.sub(pattern, decode, raw)
 
 
 def _part(value: Any, component: int, sub: int) -> str:

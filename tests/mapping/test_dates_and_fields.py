@@ -147,3 +147,38 @@ def test_continuation_lines_join_only_with_the_same_code_and_sub_id(tmp_path: Pa
         "OBX|3|TX|X^^L|2|other||||||F\rOBX|4|TX|Y^^L|2|new code||||||F\r",
     )
     assert [r["valueString"] for r in resources] == ["first / second", "other", "new code"]
+
+
+def test_every_repetition_joins_by_line_within_a_segment_and_by_the_separator_across(
+    tmp_path: Path,
+) -> None:
+    """``OBX-5(*)`` reads every repetition of one OBX as a line; continued OBX (same code and
+    sub-ID) are still joined with the mapping's separator."""
+    path = tmp_path / "pid.yaml"
+    path.write_text(HL7_MAPPING.replace("{hl7: OBX-5}", '{hl7: "OBX-5(*)"}'), encoding="utf-8")
+    message = (
+        "MSH|^~\\&|RIO|RYJ|WM|WM|20261204||ORU^R01|1|P|2.5\r"
+        + PID
+        + "OBX|1|TX|X^^L|1|one~two||||||F\rOBX|2|TX|X^^L|1|three||||||F\r"
+        "OBX|3|ST|Y^^L||~only the second~||||||F\r"
+    )
+    resources = [o.resource for o in map_input(load_mapping(path), message, {})]
+    assert [r["valueString"] for r in resources] == ["one\ntwo / three", "only the second"]
+
+
+def test_escape_sequences_of_a_text_answer_are_decoded_as_hl7_v2_defines_them(
+    tmp_path: Path,
+) -> None:
+    """HL7 v2.5 section 2.7, as another vendor's TX result uses them: a line break (\\.br\\),
+    highlighting (\\H\\ ... \\N\\, no plain-text form), the delimiters, UTF-8 bytes in
+    hexadecimal (\\XC3A9\\ is é), a locally defined \\Z..\\ sequence (dropped) and one the
+    standard does not define (kept as sent). python-hl7 alone gave a carriage return for
+    \\.br\\, underscores for highlighting, 'Ã©' for the bytes and logged a traceback for \\Z."""
+    answer = (
+        "Singing \\H\\every\\N\\ week\\.br\\Caf\\XC3A9\\ after chapel \\T\\ a walk"
+        "\\.sp2\\Bramble\\S\\dog\\Zx1\\ \\Q\\"
+    )
+    (resource,) = _hl7(tmp_path, PID + f"OBX|1|TX|X^^L||{answer}||||||F\r")
+    assert resource["valueString"] == (
+        "Singing every week\nCafé after chapel & a walk\n\nBramble^dog \\Q\\"
+    )
