@@ -78,8 +78,10 @@ def parse_scopes(text: str) -> tuple[Grant, ...]:
     more than it says.
     """
     grants = []
-    for scope in text.split():
-        match = _SCOPE.match(scope)
+    # RFC 6749 section 3.3: tokens are separated by spaces (%x20) and hold no other whitespace;
+    # a token with a tab or a no-break space in it is no scope at all, never two
+    for scope in text.split(" "):
+        match = _SCOPE.fullmatch(scope)
         if match is None:
             continue
         context, type_, perms = match.groups()

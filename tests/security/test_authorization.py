@@ -20,6 +20,7 @@ from tests.security.support import (
     ISSUER,
     caller,
     plain_goal,
+    sign,
     text_of,
     token_for,
 )
@@ -241,6 +242,21 @@ def test_missing_scopes_are_403(world: dict[str, Any]) -> None:
     assert goals_only.get(f"/fhir/Observation/{world['pA']['observation']}").status_code == 403
     assert goals_only.get("/fhir/Observation").status_code == 403
     assert goals_only.get("/fhir/Patient/pA/$what-matters").status_code == 403
+
+
+def test_a_scope_string_joined_by_a_no_break_space_grants_nothing_more(
+    world: dict[str, Any],
+) -> None:
+    """A patient app's token whose scope claim joins two scopes with a no-break space (or a
+    tab): the authorization server saw one unknown scope; this server split it on any
+    whitespace and granted user/*.rs, so patient A read patient B's Goal (RFC 6749 section
+    3.3: scopes are separated by spaces only)."""
+    key, _ = world["keys"]
+    for separator in ("\u00a0", "\t"):
+        token = sign(key, scope=f"patient/*.rs{separator}user/*.rs", patient="pA")
+        a = caller(world, token)
+        assert a.get(f"/fhir/Goal/{world['pB']['goal']}").status_code == 403
+        assert a.get("/fhir/Goal?_summary=count").status_code == 403  # no scope at all
 
 
 def test_user_and_system_tokens_reach_every_patient(world: dict[str, Any]) -> None:

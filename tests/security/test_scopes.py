@@ -44,6 +44,22 @@ def test_other_and_malformed_scopes_grant_nothing(scope: str) -> None:
     assert parse_scopes(scope) == ()
 
 
+@pytest.mark.parametrize(
+    "separator", ["\u00a0", "\t", "\n", "\u2003", "\r\n"], ids=["nbsp", "tab", "lf", "em", "crlf"]
+)
+def test_scopes_are_separated_by_spaces_only(separator: str) -> None:
+    """RFC 6749 section 3.3: scope tokens are separated by a space (%x20) and hold no other
+    whitespace. An authorization server that checked ``patient/*.rs<NBSP>user/*.rs`` as one
+    unknown scope must not find this server granting user/*.rs (every patient's records) from
+    it; a token ending in a line break is no scope either."""
+    assert parse_scopes(f"patient/*.rs{separator}user/*.rs") == ()
+    assert parse_scopes(f"user/*.rs{separator}") == ()
+    assert parse_scopes("patient/*.rs  user/Goal.rs") == (
+        Grant("patient", "*", frozenset("rs")),
+        Grant("user", "Goal", frozenset("rs")),
+    )
+
+
 def test_a_patient_grant_reaches_only_the_launch_patient() -> None:
     access = Access(parse_scopes("patient/Goal.rs patient/Observation.read"), patient="p1")
     assert access.reach("Goal", "r") == "p1"
