@@ -202,8 +202,11 @@ class StructureValidator:
             self._element(
                 value, definition, type_code, model, f"{expr}.{name}", issues, walk, primitive_ext
             )
-            if self._invariants and definition.path == "Narrative.div" and isinstance(value, str):
-                issues += narrative_issues(value, f"{expr}.{name}")
+            if definition.path == "Narrative.div" and isinstance(value, str):
+                # txt-1 on every write, not only in $validate: a script or an event attribute
+                # stored here runs in the next reader that shows the narrative (txt-2, an
+                # empty narrative, and broken links are $validate's)
+                issues += narrative_issues(value, f"{expr}.{name}", only_txt1=not self._invariants)
             if (
                 definition.path in _ABSOLUTE_SYSTEMS
                 and isinstance(value, str)

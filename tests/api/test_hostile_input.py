@@ -294,3 +294,38 @@ def test_a_surrogate_pair_escape_is_the_character_it_spells(client: FlaskClient)
     assert created.get_json()["note"][0]["text"] == "\U0001f600 walk"
     read = client.get(f"/fhir/Goal/{created.get_json()['id']}")
     assert read.get_json()["note"][0]["text"] == "\U0001f600 walk"
+
+
+SCRIPTED = [
+    '<div xmlns="http://www.w3.org/1999/xhtml"><script>alert(1)</script></div>',
+    '<div xmlns="http://www.w3.org/1999/xhtml"><a href="javascript:steal()">GP letter</a></div>',
+    '<div xmlns="http://www.w3.org/1999/xhtml"><p onclick="steal()">Walking Bramble</p></div>',
+]
+
+
+@pytest.mark.parametrize("div", SCRIPTED, ids=["script", "javascript-url", "event-attribute"])
+def test_a_narrative_with_a_script_is_refused_on_write_as_in_validate(
+    client: FlaskClient, div: str
+) -> None:
+    """Another system's Patient whose narrative carries a script (R4 narrative.html, txt-1;
+    security.html#narrative): $validate reported it, but the create stored it (201), ready to run
+    in the next reader that shows narrative. Now the write is refused at Patient.text.div, and
+    in a transaction too; a plain narrative is still taken."""
+    body = {"resourceType": "Patient", "text": {"status": "generated", "div": div}}
+    created = client.post("/fhir/Patient", json=body, headers=JSON)
+    # 400: a base rule of the R4 definitions, not a profile (http.html, create)
+    assert created.status_code == 400, created.get_data(as_text=True)[:300]
+    issue = outcome_issues(created)[0]
+    assert issue["code"] == "invariant"
+    assert "txt-1" in issue["diagnostics"]
+    assert issue["expression"] == ["Patient.text.div"]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": body, "request": {"method": "POST", "url": "Patient"}}],
+    }
+    assert client.post("/fhir", json=bundle, headers=JSON).status_code in (400, 422)
+    assert client.get("/fhir/Patient?_summary=count").get_json()["total"] == 0
+    plain = '<div xmlns="http://www.w3.org/1999/xhtml"><p><b>Eluned</b> Jones</p></div>'
+    body["text"]["div"] = plain
+    assert client.post("/fhir/Patient", json=body, headers=JSON).status_code == 201
