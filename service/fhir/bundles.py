@@ -244,6 +244,7 @@ def _execute(
             raise NotFound(f"No {op.type} matches the criteria of the conditional patch")
         return session.patch(op.type, op.id, operations, op.if_match)
     resource = _rewrite(op.resource or {}, mapping)
+    _check_placeholders(resource)
     resource = resolve_conditional_references(session, resource)
     if not validated:
         session.check(resource, op.type)
@@ -403,6 +404,26 @@ def _rewrite(value: Any, mapping: dict[str, str]) -> Any:
         return mapping.get(text, text)
 
     return rewrite_strings(value, rewrite)
+
+
+def _check_placeholders(resource: Any) -> None:
+    """Refuse a ``urn:uuid:`` or ``urn:oid:`` reference left after the entries' fullUrls were
+    replaced: it names no entry of the Bundle, and stored as it is it would lead nowhere
+    (bundle.html#references; HAPI FHIR refuses it too)."""
+    left: list[str] = []
+
+    def look(text: str) -> str:
+        if text.startswith(("urn:uuid:", "urn:oid:")):
+            left.append(text)
+        return text
+
+    rewrite_references(resource, look)
+    if left:
+        raise BadRequest(
+            f"The reference {left[0]!r} names no entry of the Bundle (a urn:uuid or urn:oid "
+            "reference stands for the fullUrl of an entry of the same transaction)",
+            expression=("resource",),
+        )
 
 
 def resolve_conditional_references(

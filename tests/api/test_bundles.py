@@ -131,6 +131,28 @@ def test_transaction_conditional_reference_with_no_match_fails(client: FlaskClie
     assert _total(client, "Goal") == 0
 
 
+def test_a_urn_uuid_reference_that_names_no_entry_is_400_and_writes_nothing(
+    client: FlaskClient,
+) -> None:
+    """Another system's transaction whose Goal refers to ``urn:uuid:...`` of a Patient it
+    forgot to include (bundle.html#references: the urn stands for an entry's fullUrl). It was
+    stored with the urn as its subject (201), a reference that leads nowhere; now the
+    transaction fails at that entry, as HAPI FHIR's does. A batch entry fails alone."""
+    client.put("/fhir/Patient/p1", json=patient(id="p1"), headers=JSON_HEADERS)
+    lost = "urn:uuid:99999999-9999-4999-8999-999999999999"
+    kept = _entry("POST", "Goal", goal(), full_url="urn:uuid:11111111-1111-4111-8111-111111111111")
+    orphan = _entry("POST", "Goal", goal(subject={"reference": lost}))
+    response = _post(client, _bundle("transaction", kept, orphan))
+    assert response.status_code == 400, response.get_data(as_text=True)
+    issue = outcome_issues(response)[0]
+    assert lost in issue["diagnostics"]
+    assert "Bundle.entry[1]" in issue["diagnostics"]
+    assert _total(client, "Goal") == 0
+    batch = _post(client, _bundle("batch", kept, orphan)).get_json()
+    assert [e["response"]["status"][:3] for e in batch["entry"]] == ["201", "400"]
+    assert _total(client, "Goal") == 1
+
+
 def test_transaction_conditional_reference_with_several_matches_is_412(
     client: FlaskClient,
 ) -> None:
