@@ -31,7 +31,7 @@ from service.fhir.bundles import process_bundle
 from service.fhir.capability import capability_statement, smart_security
 from service.fhir.ingest import Mappings, ingest
 from service.fhir.interactions import FhirService
-from service.fhir.model import parse_etag, parse_instant
+from service.fhir.model import parse_etag, parse_if_none_match, parse_instant
 from service.fhir.parameters import parameters_in
 from service.fhir.results import Result
 from service.fhir.router import FhirRequest
@@ -146,18 +146,7 @@ def _if_match(req: FhirRequest) -> int | None:
 def _if_none_match(req: FhirRequest) -> list[int] | None:
     """The versions named by If-None-Match (W/"3", "3" or *), or None without the header."""
     value = req.headers.get("If-None-Match")
-    if value is None:
-        return None
-    versions: list[int] = []
-    for part in value.split(","):
-        part = part.strip()
-        if part == "*":
-            return []
-        try:
-            versions.append(parse_etag(part))
-        except BadRequest:
-            continue  # an ETag that is not one of ours never matches
-    return versions if versions else [-1]
+    return parse_if_none_match(value) if value is not None else None
 
 
 def _if_modified_since(req: FhirRequest) -> int | None:
@@ -376,8 +365,13 @@ def _read(ctx: Context, req: FhirRequest, p: Params) -> Result:
 
 def _update(ctx: Context, req: FhirRequest, p: Params) -> Result:
     body, _ = request_body(req)
-    if_match = _if_match(req)
-    return ctx.perform(lambda session: session.update(p["type"], p["id"], body, if_match), if_match)
+    if_match, if_none_match = _if_match(req), _if_none_match(req)
+    return ctx.perform(
+        lambda session: session.update(
+            p["type"], p["id"], body, if_match, if_none_match=if_none_match
+        ),
+        if_match,
+    )
 
 
 def _patch(ctx: Context, req: FhirRequest, p: Params) -> Result:

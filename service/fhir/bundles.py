@@ -31,7 +31,15 @@ from service.fhir import router
 from service.fhir.actor import Actor
 from service.fhir.checking import check_id, check_type, parse_json_patch, without_resource
 from service.fhir.interactions import FhirService
-from service.fhir.model import etag, instant, new_resource_id, parse_etag, parse_json
+from service.fhir.model import (
+    etag,
+    instant,
+    new_resource_id,
+    parse_etag,
+    parse_if_none_match,
+    parse_instant,
+    parse_json,
+)
 from service.fhir.references import rewrite_references, rewrite_strings
 from service.fhir.results import Result, operation_outcome
 from service.fhir.router import Match
@@ -59,6 +67,8 @@ class EntryOp:
     if_match: int | None
     if_none_exist: str | None
     history: bool = False
+    if_none_match: list[int] | None = None  # request.ifNoneMatch (an empty list: "*")
+    if_modified_since: int | None = None  # request.ifModifiedSince, seconds since the epoch
 
     @property
     def expr(self) -> str:
@@ -263,7 +273,9 @@ def _execute(
             "entry URL",
             expression=("resource.id",),
         )
-    return session.update(op.type, op.id, resource, op.if_match, checked=True)
+    return session.update(
+        op.type, op.id, resource, op.if_match, checked=True, if_none_match=op.if_none_match
+    )
 
 
 def _read_entry(session: Session, op: EntryOp, base: str) -> Result:
@@ -277,7 +289,8 @@ def _read_entry(session: Session, op: EntryOp, base: str) -> Result:
         return session.search_type(op.type, params, base)
     if op.version is not None:
         return session.vread(op.type, op.id, op.version)
-    return session.read(op.type, op.id)
+    # a conditional read (http.html#cread) as the same headers make one: 304 when unchanged
+    return session.read(op.type, op.id, op.if_none_match, op.if_modified_since)
 
 
 def _parse_entry(index: int, entry: Any, base: str) -> EntryOp:
@@ -311,6 +324,15 @@ def _parse_entry(index: int, entry: Any, base: str) -> EntryOp:
         if_match = parse_etag(request["ifMatch"]) if "ifMatch" in request else None
     except BadRequest as exc:
         raise BadRequest(exc.diagnostics, expression=(f"{where}.request.ifMatch",)) from exc
+    none_match = request.get("ifNoneMatch")
+    since = request.get("ifModifiedSince")
+    if since is not None:
+        try:
+            since = parse_instant(since, "request.ifModifiedSince") // 1_000_000
+        except BadRequest as exc:
+            raise BadRequest(
+                exc.diagnostics, expression=(f"{where}.request.ifModifiedSince",)
+            ) from exc
     op = EntryOp(
         index=index,
         method=method,
@@ -322,6 +344,8 @@ def _parse_entry(index: int, entry: Any, base: str) -> EntryOp:
         full_url=full_url,
         if_match=if_match,
         if_none_exist=request.get("ifNoneExist"),
+        if_none_match=parse_if_none_match(none_match) if isinstance(none_match, str) else None,
+        if_modified_since=since,
     )
     try:
         if op.type is None:
@@ -502,7 +526,7 @@ def _response_entry(
             entry["fullUrl"] = f"{base}/{stored.type}/{stored.id}"
         if result.location or (result.status in (200, 201) and stored.content is not None):
             response["location"] = f"{stored.type}/{stored.id}/_history/{stored.version}"
-        if stored.content is not None and prefer_return != "minimal":
+        if stored.content is not None and prefer_return != "minimal" and result.status != 304:
             entry["resource"] = parse_json(stored.content)
     elif result.body is not None and prefer_return != "minimal":
         entry["resource"] = result.body

@@ -244,6 +244,21 @@ def parse_etag(value: str) -> int:
     return int(match.group(1))
 
 
+def parse_if_none_match(value: str) -> list[int]:
+    """The versions an If-None-Match value names (W/"3", "3", several with commas); an empty
+    list stands for "*". An ETag that is not one of ours never matches (version -1)."""
+    versions: list[int] = []
+    for part in value.split(","):
+        part = part.strip()
+        if part == "*":
+            return []
+        try:
+            versions.append(parse_etag(part))
+        except BadRequest:
+            continue
+    return versions if versions else [-1]
+
+
 # Each installation is known in exchanges by a UUID made once with its database. It is
 # published in the CapabilityStatement (implementation.extension) and stamped on what the
 # installation originates (meta.tag), so no partner ever sends a resource back to where it began,

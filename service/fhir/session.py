@@ -47,7 +47,7 @@ from service.fhir.search_executor import SearchPage, search, searchset
 from service.fhir.search_index import SearchParameters
 from service.fhir.search_parser import SearchParser, parse_conditional
 from service.fhir.subsetting import subset
-from service.fhir.writes import ChangeListener, check_if_match
+from service.fhir.writes import ChangeListener, check_if_match, check_if_none_match
 from service.storage import (
     HistoryQuery,
     IndexRows,
@@ -287,8 +287,10 @@ class Session:
         if_match: int | None = None,
         *,
         checked: bool = False,
+        if_none_match: list[int] | None = None,
     ) -> Result:
-        """update and update-as-create: https://hl7.org/fhir/R4/http.html#update."""
+        """update and update-as-create: https://hl7.org/fhir/R4/http.html#update;
+        ``if_none_match`` as ``read`` takes it (412 when it holds: ``check_if_none_match``)."""
         warnings: tuple[Issue, ...] = ()
         index = None
         if not checked:
@@ -311,6 +313,7 @@ class Session:
         tx.locks.hold(f"{type_}/{id_}")  # writers of one resource queue instead of conflicting
         current = read_to_change(tx, type_, id_, "u")
         check_if_match(current, type_, id_, if_match)
+        check_if_none_match(current, type_, id_, if_none_match)
         stored = self._write(type_, id_, resource, current, "PUT", index)
         created = current is None or current.deleted
         return Result(201 if created else 200, stored=stored, location=created, issues=warnings)

@@ -197,6 +197,24 @@ def check_if_match(
         )
 
 
+def check_if_none_match(
+    current: StoredResource | None, type_: str, id_: str, versions: list[int] | None
+) -> None:
+    """412 when If-None-Match (when given) holds for a write: "*" and the resource exists, or
+    the current version is one it names (RFC 9110 section 13.1.2: an update meant as "create
+    only if absent" must not overwrite)."""
+    if versions is None or current is None or current.deleted:
+        return
+    if not versions:
+        raise PreconditionFailed(
+            f"If-None-Match is *, but {type_}/{id_} exists (version {current.version})"
+        )
+    if current.version in versions:
+        raise PreconditionFailed(
+            f"If-None-Match names version {current.version}, the current version of {type_}/{id_}"
+        )
+
+
 def _unchanged(current: StoredResource | None, resource: dict[str, Any]) -> bool:
     """Whether ``resource`` is the current version again (meta's server-owned parts aside)."""
     if current is None or current.deleted or current.content is None:

@@ -354,3 +354,67 @@ def test_entry_without_request_is_400(client: FlaskClient) -> None:
     )
     assert response.status_code == 400
     outcome_issues(response)
+
+
+def test_batch_reads_with_if_none_match_or_if_modified_since_are_conditional(
+    client: FlaskClient,
+) -> None:
+    """A client refreshing its cache in one batch (bundle.html: request.ifNoneMatch and
+    ifModifiedSince, http.html#cread): an entry whose version the client has answers
+    "304 Not Modified" without the resource, as the same GET with the header does; another
+    version, or a later change, gives 200 with it. The entries answered 200 with the resource."""
+    client.put("/fhir/Patient/p1", json=patient(id="p1"), headers=JSON_HEADERS)
+    read = client.get("/fhir/Patient/p1")
+    modified = read.headers["Last-Modified"]
+    bundle = _bundle(
+        "batch",
+        _entry("GET", "Patient/p1", ifNoneMatch='W/"1"'),
+        _entry("GET", "Patient/p1", ifNoneMatch="*"),
+        _entry("GET", "Patient/p1", ifNoneMatch='W/"7"'),
+        _entry("GET", "Patient/p1", ifModifiedSince="2999-01-01T00:00:00Z"),
+        _entry("GET", "Patient/p1", ifModifiedSince="2001-01-01T00:00:00Z"),
+    )
+    entries = _post(client, bundle).get_json()["entry"]
+    assert [e["response"]["status"] for e in entries] == [
+        "304 Not Modified",
+        "304 Not Modified",
+        "200 OK",
+        "304 Not Modified",
+        "200 OK",
+    ]
+    assert ["resource" in e for e in entries] == [False, False, True, False, True]
+    assert entries[0]["response"]["etag"] == 'W/"1"'
+    assert modified  # the REST read gave the date the batch compared with
+    bad = _bundle("batch", _entry("GET", "Patient/p1", ifModifiedSince="yesterday"))
+    refused = _post(client, bad)  # as a malformed ifMatch is: the entry cannot be read
+    assert refused.status_code == 400
+    assert outcome_issues(refused)[0]["expression"] == ["Bundle.entry[0].request.ifModifiedSince"]
+
+
+def test_an_update_with_if_none_match_star_does_not_overwrite(client: FlaskClient) -> None:
+    """``PUT`` with ``If-None-Match: *`` is "create it unless it exists" (RFC 9110 section
+    13.1.2): the server overwrote the existing Patient (200, version 2). Now 412 and the
+    stored version is untouched; with no resource there it creates (201), and a named
+    version that is current also refuses. The same in a transaction's PUT entry."""
+    first = client.put(
+        "/fhir/Patient/p1", json=patient(id="p1"), headers={**JSON_HEADERS, "If-None-Match": "*"}
+    )
+    assert first.status_code == 201
+    again = client.put(
+        "/fhir/Patient/p1",
+        json=patient(id="p1", gender="female"),
+        headers={**JSON_HEADERS, "If-None-Match": "*"},
+    )
+    assert again.status_code == 412, again.get_data(as_text=True)
+    assert outcome_issues(again)[0]["diagnostics"].startswith("If-None-Match is *")
+    named = client.put(
+        "/fhir/Patient/p1",
+        json=patient(id="p1", gender="female"),
+        headers={**JSON_HEADERS, "If-None-Match": 'W/"1"'},
+    )
+    assert named.status_code == 412
+    assert client.get("/fhir/Patient/p1").headers["ETag"] == 'W/"1"'
+    entry = _entry("PUT", "Patient/p1", patient(id="p1", gender="female"), ifNoneMatch="*")
+    refused = _post(client, _bundle("transaction", entry))
+    assert refused.status_code == 412
+    assert client.get("/fhir/Patient/p1").headers["ETag"] == 'W/"1"'
