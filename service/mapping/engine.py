@@ -338,6 +338,12 @@ class Mapper:
             return self._translate(definition["translate"], code, path, _origin(definition))
         if "reference" in definition:
             return self._reference(definition["reference"], path)
+        if "first" in definition:
+            for number, choice in enumerate(definition["first"]):
+                found = self._value(choice, f"{path}.first[{number}]")
+                if found not in (None, ""):
+                    return found
+            return None
         return None  # pragma: no cover - the schema requires one source
 
     def _reference(self, target: dict[str, Any], path: str) -> dict[str, str] | None:

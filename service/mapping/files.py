@@ -28,6 +28,7 @@ _SOURCES = (
     "template",
     "translate",
     "reference",
+    "first",
 )
 _TEMPLATE_NAME = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -152,6 +153,9 @@ def _values(content: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         found.append((path, value))
         if isinstance(value.get("from"), dict):
             walk(value["from"], f"{path}.from")
+        for number, choice in enumerate(value.get("first") or []):
+            if isinstance(choice, dict):
+                walk(choice, f"{path}.first[{number}]")
         reference = value.get("reference")
         if isinstance(reference, dict) and isinstance(reference.get("value"), dict):
             walk(reference["value"], f"{path}.reference.value")

@@ -355,3 +355,60 @@ def test_an_empty_reference_the_profile_requires_is_an_error_at_its_field(
     assert summary.endswith(
         "0 resources created, 0 already present and unchanged, 0 corrected; 1 errors"
     )
+
+
+def _result(
+    message_id: str, status: str, words: str, set_id: int = 1, code: str = "95541-9"
+) -> str:
+    return (
+        f"MSH|^~\\&|EPR|YSBYTY-GWYNEDD^Ward 7|WM|WM|202611201015||ORU^R01|{message_id}|P|2.5.1\r"
+        "PID|1||9000000009^^^NHS^NH||Jones^Eluned\r"
+        "OBR|1|PLC-31|ORD-7705|WMTY^What matters^L\r"
+        f"OBX|{set_id}|ST|{code}^What matters^LN||{words}||||||{status}|||20261120101500"
+        "||^Nurse Ada\r"
+    )
+
+
+def test_a_resend_and_a_correction_with_new_control_ids_update_one_statement(
+    client: FlaskClient,
+) -> None:
+    """An EPR's interface engine sends a result, resends it, corrects it (OBX-11 C), and later
+    deletes another (D), each message with its own MSH-10 as HL7 v2.5.1 section 2.14.9.10 asks.
+    The wmty-oru identifier held MSH-10 and the mapping had no ``corrects`` rule: four
+    Observations, the old and corrected words both on the patient's list and the deleted one
+    still final. Now the order number (OBR-3) keys the result."""
+    add_patient(client)
+    first = _result("EPR-1001", "F", "Singing in the choir")
+    preference = _result("EPR-1002", "F", "At home", set_id=2, code="75773-2")
+    for message in (first, preference):
+        assert (
+            client.post("/fhir/$ingest?mapping=wmty-oru", data=message, headers=HL7).status_code
+            == 200
+        )
+    resend = client.post(
+        "/fhir/$ingest?mapping=wmty-oru", data=first.replace("EPR-1001", "EPR-1003"), headers=HL7
+    )
+    assert "0 resources created, 1 already present" in outcome_issues(resend)[0]["diagnostics"]
+    corrected = _result("EPR-1004", "C", "Singing in the chapel choir")
+    assert (
+        client.post("/fhir/$ingest?mapping=wmty-oru", data=corrected, headers=HL7).status_code
+        == 200
+    )
+    deleted = _result("EPR-1005", "D", "At home", set_id=2, code="75773-2")
+    assert (
+        client.post("/fhir/$ingest?mapping=wmty-oru", data=deleted, headers=HL7).status_code == 200
+    )
+    found = client.get("/fhir/Observation?patient=Patient/p1").get_json()
+    stored = {e["resource"]["code"]["coding"][0]["code"]: e["resource"] for e in found["entry"]}
+    assert len(found["entry"]) == 2
+    statement, kept = stored["95541-9"], stored["75773-2"]
+    assert (statement["status"], statement["valueString"]) == (
+        "corrected",
+        "Singing in the chapel choir",
+    )
+    assert statement["meta"]["versionId"] == "2"
+    assert kept["status"] == "entered-in-error"
+    assert statement["identifier"][0]["value"] == "YSBYTY-GWYNEDD|ORD-7705|1"
+    words = json.dumps(client.get("/fhir/Patient/p1/$what-matters").get_json())
+    assert "Singing in the chapel choir" in words
+    assert 'Singing in the choir"' not in words
