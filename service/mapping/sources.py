@@ -370,12 +370,20 @@ def _questionnaire_response(
             answers = item.get("answer")
             if answers is not None and not isinstance(answers, list):
                 raise MappingError(f"{where}.answer: must be a list of answers")
+            question = questions.get(str(item.get("linkId")), {})
+            if answers and len(answers) > 1 and question and not question.get("repeats"):
+                # the Questionnaire allows one answer (R4 questionnaireresponse.html, the
+                # item's repeats): which one the patient meant cannot be told, none is dropped
+                raise MappingError(
+                    f"{where}.answer: {len(answers)} answers to item "
+                    f"{item.get('linkId')!r}, whose question in the Questionnaire does not repeat"
+                )
             if answers:
                 yield Record(
                     f"item {item.get('linkId')} ({where})",
                     item,
                     resource=resource,
-                    question=questions.get(str(item.get("linkId")), {}),
+                    question=question,
                 )
             yield from walk(item.get("item", []), where)
 

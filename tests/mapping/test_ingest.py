@@ -412,3 +412,54 @@ def test_a_resend_and_a_correction_with_new_control_ids_update_one_statement(
     words = json.dumps(client.get("/fhir/Patient/p1/$what-matters").get_json())
     assert "Singing in the chapel choir" in words
     assert 'Singing in the choir"' not in words
+
+
+def _response(status: str, *answers: str) -> str:
+    return json.dumps(
+        {
+            "resourceType": "QuestionnaireResponse",
+            "id": "gp-qr-31",
+            "questionnaire": "http://whatmatters.example/fhir/Questionnaire/wmty",
+            "status": status,
+            "subject": {"reference": "Patient/p1"},
+            "authored": "2026-11-20T10:15:00+00:00",
+            "item": [{"linkId": "what-matters", "answer": [{"valueString": a} for a in answers]}],
+        }
+    )
+
+
+def test_a_questionnaire_response_from_another_system_keeps_its_status_and_every_answer(
+    client: FlaskClient,
+) -> None:
+    """A GP system sends its QuestionnaireResponses as the patient fills them in: first
+    in-progress, then completed, later amended with other words, and finally entered in error.
+    Every one became a final statement (the status was not read), the amendment kept the old
+    words, and a second answer to the non-repeating what-matters item was dropped without a
+    word. Now: in-progress is refused, completed is final, amended updates the statement
+    (R4 QuestionnaireResponse.status), entered-in-error retracts it, and two answers to an item
+    that allows one are refused naming the item."""
+    add_patient(client)
+    headers = {"Content-Type": "application/fhir+json"}
+
+    def ingest(body: str) -> object:
+        return client.post("/fhir/$ingest?mapping=wmty-questionnaire", data=body, headers=headers)
+
+    def statements() -> list[dict[str, object]]:
+        found = client.get("/fhir/Observation?patient=Patient/p1").get_json()
+        return [e["resource"] for e in found.get("entry", [])]
+
+    early = ingest(_response("in-progress", "Singing"))
+    assert early.status_code == 422
+    assert "'in-progress' not in map 'response-status'" in outcome_issues(early)[0]["diagnostics"]
+    two = ingest(_response("completed", "Singing in the choir", "My garden"))
+    assert two.status_code == 422
+    assert "2 answers to item 'what-matters'" in outcome_issues(two)[0]["diagnostics"]
+    assert statements() == []
+    assert ingest(_response("completed", "Singing in the choir")).status_code == 200
+    assert ingest(_response("amended", "Singing in the chapel choir")).status_code == 200
+    (amended,) = statements()
+    assert (amended["status"], amended["valueString"]) == ("amended", "Singing in the chapel choir")
+    assert ingest(_response("entered-in-error", "Singing in the chapel choir")).status_code == 200
+    (retracted,) = statements()
+    assert retracted["status"] == "entered-in-error"
+    assert retracted["meta"]["versionId"] == "3"
