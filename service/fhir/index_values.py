@@ -126,13 +126,20 @@ def tokens_of(value: Any) -> list[tuple[str | None, str, str | None]]:
     if not isinstance(value, dict):
         return []
     if "coding" in value or ("text" in value and "code" not in value and "value" not in value):
+        # :text finds a concept by its text or by any coding's display (search.html, token
+        # modifiers): a coding whose display says more than the text gives a row for each, and a
+        # concept with text only (a patient's own words) a row with no system and no code
         text = value.get("text")
-        folded = fold(text) if isinstance(text, str) else None
+        folded = fold(text) if isinstance(text, str) and text.strip() else None
         out: list[tuple[str | None, str, str | None]] = []
         for coding in value.get("coding", []):
             if isinstance(coding, dict):
                 for system, code, display in tokens_of(coding):
                     out.append((system, code, folded or display))
+                    if folded is not None and display is not None and display != folded:
+                        out.append((system, code, display))
+        if not out and folded is not None:
+            out.append((None, "", folded))
         return out
     if "code" in value and isinstance(value["code"], str):  # Coding
         display = value.get("display")

@@ -415,7 +415,7 @@ class MemorySearches:
                 for r in rows.of(key.kind)
                 if r.param == key.param
             ]
-            values = [v for v in values if v is not None]
+            values = [v for v in values if v is not None and v != ""]  # as NULLIF in SQL
             if not values:
                 return (1, 0)  # resources without a value sort last either way
             value = max(values) if key.descending else min(values)

@@ -325,8 +325,10 @@ class SqlBuilder:
             i = self.alias("o")
             aggregate = "MAX" if key.descending else "MIN"
             value = INDEX_KINDS[key.kind].sort_field
+            # a concept with text only has a token row with no code: it has no code to sort by
+            sorted_by = f"NULLIF({i}.{value}, '')" if key.kind == "token" else f"{i}.{value}"
             column = (
-                f"(SELECT {aggregate}({i}.{value}) FROM {TABLES[key.kind]} {i}"
+                f"(SELECT {aggregate}({sorted_by}) FROM {TABLES[key.kind]} {i}"
                 f" WHERE {i}.res_type = {r}.res_type AND {i}.res_id = {r}.res_id AND {i}.param"
                 f" = {self.p(key.param)})"
             )

@@ -187,3 +187,39 @@ def test_an_instant_to_the_millisecond_from_another_system_is_found_by_it(
     assert found("date=gt2026-12-07T11:00:00.123%2B01:00") == []
     refused = client.get("/fhir/Observation?date=2026-02-30T10:00:00.000Z")
     assert refused.status_code == 400
+
+
+def test_text_search_finds_a_concept_by_its_text_or_by_any_display(client: FlaskClient) -> None:
+    """search.html, token :text: "the text associated with the code/value - either
+    CodeableConcept.text, Coding.display, or Identifier.type.text". Another EHR sends one
+    Observation whose code is only the patient's words (no coding) and one coded LOINC 8867-4
+    "Heart rate" with the text "HR": the first was never found by :text (no row at all) and the
+    second not by its display. The text-only concept now counts for :missing too, and sorts
+    after the coded one by code (it has none)."""
+    headers = {"Content-Type": "application/fhir+json"}
+    words = {"resourceType": "Observation", "id": "o-words", "status": "final"}
+    words["code"] = {"text": "Walking the dog"}
+    coded = {"resourceType": "Observation", "id": "o-coded", "status": "final"}
+    coded["code"] = {
+        "coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}],
+        "text": "HR",
+    }
+    for resource in (words, coded):
+        assert client.put(f"/fhir/Observation/{resource['id']}", json=resource, headers=headers)
+
+    def ids(query: str) -> list[str]:
+        found = client.get(f"/fhir/Observation?{query}").get_json()
+        return [
+            e["resource"]["id"] for e in found.get("entry", []) if e["search"]["mode"] == "match"
+        ]
+
+    assert ids("code:text=walking") == ["o-words"]
+    assert ids("code:text=WALKING%20THE") == ["o-words"]
+    assert ids("code:text=heart") == ["o-coded"]
+    assert ids("code:text=hr") == ["o-coded"]
+    assert sorted(ids("code:missing=false")) == ["o-coded", "o-words"]
+    assert ids("code:missing=true") == []
+    assert ids("_sort=code") == ["o-coded", "o-words"]
+    assert ids("_sort=-code") == ["o-coded", "o-words"]
+    assert ids("code=http://loinc.org|8867-4") == ["o-coded"]
+    assert ids("code:not=http://loinc.org|8867-4") == ["o-words"]
