@@ -120,6 +120,8 @@ def _csv(lines: Iterable[str], delimiter: str) -> Iterator[Record]:
                 return
             if None in row:
                 raise MappingError(f"row {first}: more cells than the header has columns")
+            if not any(value and value.strip() for value in row.values()):
+                continue  # a row of empty cells (,,,,) that spreadsheets leave at the end
             if None in row.values():
                 # which cell is missing cannot be told: no value is guessed into a column
                 cells = sum(value is not None for value in row.values())
@@ -165,19 +167,27 @@ def _json(text: str) -> Iterator[Record]:
         yield Record(f"line {number}", item)
 
 
+_BATCH_SEGMENTS = frozenset({"FHS", "BHS", "BTS", "FTS"})
+
+
 def _hl7(text: str, record: str, continuation: bool = False) -> Iterator[Record]:
     # MLLP framing (VT ... FS CR) is common in files captured from an interface engine
     unframed = text.replace("\x0b", "").replace("\x1c", "")
     normalised = unframed.replace("\r\n", "\r").replace("\n", "\r").strip("\r")
     while "\r\r" in normalised:
         normalised = normalised.replace("\r\r", "\r")
+    # a batch file (HL7 v2.5.1 2.10.3: FHS, BHS ... BTS, FTS) is the messages it wraps
+    segments = normalised.split("\r")
+    if segments[0][:3] in _BATCH_SEGMENTS:
+        normalised = "\r".join(s for s in segments if s[:3] not in _BATCH_SEGMENTS)
     if not normalised:
         return
-    if not normalised.startswith("MSH|"):
+    if not normalised.startswith("MSH") or len(normalised) < 4:
         raise MappingError("message 1: an HL7 v2 message starts with an MSH segment")
-    chunks = [c for c in normalised.split("\rMSH|") if c.strip()]
+    header = "MSH" + normalised[3]  # MSH-1, the field separator, is whatever follows MSH
+    chunks = [c for c in normalised.split("\r" + header) if c.strip()]
     for number, chunk in enumerate(chunks, start=1):
-        chunk = chunk if number == 1 else "MSH|" + chunk
+        chunk = chunk if number == 1 else header + chunk
         try:
             message = hl7.parse(chunk.strip("\r"))
         except Exception as exc:
@@ -260,7 +270,15 @@ def hl7_field(
         repetitions = [value]
     if isinstance(repetition, tuple):
         on_component, on_sub, wanted = repetition
-        chosen = [r for r in repetitions if _part(r, on_component, on_sub) == wanted]
+        # a component without a subcomponent named also matches on its first subcomponent:
+        # an assigning authority sent as a hierarchic designator (NHS&2.16.840.1.113883.2.1.4.1&ISO)
+        # is the NHS one (HL7 v2.5.1 2.A.33, HD)
+        chosen = [
+            r
+            for r in repetitions
+            if _part(r, on_component, on_sub) == wanted
+            or (not on_sub and _part(r, on_component, 1) == wanted)
+        ]
         if not chosen:
             return ""
         value = chosen[0]

@@ -463,3 +463,27 @@ def test_a_questionnaire_response_from_another_system_keeps_its_status_and_every
     (retracted,) = statements()
     assert retracted["status"] == "entered-in-error"
     assert retracted["meta"]["versionId"] == "3"
+
+
+def test_a_uk_spreadsheet_export_with_its_dates_and_trailing_empty_rows_is_read(
+    client: FlaskClient,
+) -> None:
+    """A practice saves the survey from Excel (UK locale): dates as 20/11/2026 10:15 and rows of
+    empty cells after the data. The dates were refused (only ISO 8601) and the empty rows
+    failed the whole file as rows without a response id."""
+    add_patient(client)
+    export = (
+        "response_id,nhs_number,answered_at,what_matters,recorded_by,setting,setting_type\r\n"
+        "x-1,9000000009,20/11/2026 10:15,Singing in the choir,Nurse Ada Okafor,Bodnant Surgery,"
+        "GP\r\n"
+        "x-2,9000000009,21/07/2026 09:00,Keeping my own front door key,,,\r\n"
+        ",,,,,,\r\n"
+        ",,,,,,\r\n"
+    )
+    response = client.post("/fhir/$ingest?mapping=survey-csv", data=export, headers=CSV)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    found = client.get("/fhir/Observation?patient=Patient/p1&_sort=date").get_json()["entry"]
+    assert [e["resource"]["effectiveDateTime"] for e in found] == [
+        "2026-07-21T09:00:00+01:00",  # British Summer Time
+        "2026-11-20T10:15:00+00:00",
+    ]

@@ -156,7 +156,10 @@ def test_missing_time_zone(tmp_path: Path) -> None:
     no_zone = load_mapping(_copy(tmp_path, "wmty-oru.yaml", ("  timezone: Europe/London", "")))
     with pytest.raises(MappingError) as caught:
         map_input(no_zone, ORU.format(status="F", time="20261120101500"), {})
-    assert "rules[0].fields.effectiveDateTime <- message 1, segment OBX|1" in str(caught.value)
+    # the error names the source tried (OBX-14, the first of the field's choices)
+    assert "rules[0].fields.effectiveDateTime.first[0] <- message 1, segment OBX|1" in str(
+        caught.value
+    )
     assert "no time zone offset" in str(caught.value)
     with_offset = map_input(no_zone, ORU.format(status="F", time="20261120101500+0100"), {})
     assert with_offset[0].resource["effectiveDateTime"] == "2026-11-20T10:15:00+01:00"
@@ -329,3 +332,19 @@ def test_serve_refuses_a_broken_mappings_folder(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "survey-csv.yaml:" in result.stderr
     assert "unknown key" in result.stderr
+
+
+def test_a_batch_file_and_another_field_separator_are_read_as_their_messages() -> None:
+    """An interface engine's overnight file wraps its messages in FHS/BHS ... BTS/FTS (HL7
+    v2.5.1 section 2.10.3), and another sender's MSH-1 is ``#``: both were refused with "an
+    HL7 v2 message starts with an MSH segment"."""
+    mapping = SHIPPED["wmty-oru"]
+    first = ORU.format(status="F", time="20261120101500")
+    second = first.replace("MSG0009", "MSG0010").replace("||Home||", "||The sea||")
+    batch = f"FHS|^~\\&|EPR|WARD7\rBHS|^~\\&|EPR|WARD7\r{first}{second}BTS|2\rFTS|1\r"
+    words = [o.resource["valueString"] for o in map_input(mapping, batch, {})]
+    assert len(words) == 2
+    assert words[0] != words[1]
+    hashed = first.replace("|", "#")
+    (made,) = map_input(mapping, hashed, {})
+    assert made.resource["valueString"] == words[0]
