@@ -26,6 +26,7 @@ from service.api.live_mappings import LiveMappings
 from service.api.negotiation import mimetype, prefer, request_body
 from service.config import Config
 from service.errors import BadRequest, UnsupportedMediaType
+from service.fhir.access import require_population_write
 from service.fhir.actor import Actor
 from service.fhir.bundles import process_bundle
 from service.fhir.capability import capability_statement, smart_security
@@ -223,7 +224,9 @@ def _strict(req: FhirRequest) -> bool:
 def _search_params(req: FhirRequest) -> list[tuple[str, str]]:
     params = list(req.query)
     if req.method == "POST":
-        if mimetype(req)[0] != "application/x-www-form-urlencoded":
+        # parameters may be in the URL, the form body or both (http.html#search); a body that
+        # is there must be a form
+        if req.body and mimetype(req)[0] != "application/x-www-form-urlencoded":
             raise BadRequest("POST _search takes application/x-www-form-urlencoded parameters")
         params += parse_query_string((req.body or b"").decode(errors="replace"))
     return params
@@ -270,6 +273,8 @@ def _what_matters(ctx: Context, req: FhirRequest, p: Params) -> Result:
 
 
 def _ingest(ctx: Context, req: FhirRequest, p: Params) -> Result:
+    # the token's right first: which mappings this server holds is not a patient app's business
+    require_population_write(ctx.actor.access, "$ingest")
     mappings = _mappings()
     name = next(iter(req.args("mapping")), None)
     mapping = mappings.files.get(name or "")

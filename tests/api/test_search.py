@@ -133,6 +133,20 @@ def test_post_search_with_form_parameters(client: FlaskClient) -> None:
     assert [e["resource"]["id"] for e in response.get_json()["entry"]] == ["d"]
 
 
+def test_post_search_with_the_parameters_in_the_url_and_no_body(client: FlaskClient) -> None:
+    """http.html#search: the parameters may be in the URL, the body or both. A client that
+    POSTs to _search with them in the query string and an empty body, no Content-Type, was
+    refused (400); a body that is not a form still is."""
+    _setup(client)
+    response = client.post(f"/fhir/Patient/_search?identifier={NHS}|2")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert [e["resource"]["id"] for e in response.get_json()["entry"]] == ["d"]
+    json_body = client.post(
+        "/fhir/Patient/_search", data='{"identifier": "x"}', content_type="application/json"
+    )
+    assert json_body.status_code == 400
+
+
 def test_a_meta_source_naming_a_request_after_a_fragment_is_stored(client: FlaskClient) -> None:
     # meta.source is a uri, and a uri may end in a fragment: "<source>#<request id>" is how
     # HAPI and this service's own exchange stamp what they write

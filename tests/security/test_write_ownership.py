@@ -399,6 +399,13 @@ def test_ingest_needs_a_user_or_system_scope(a: Caller, world: dict[str, Any]) -
     assert response.get_json()["issue"][0]["code"] == "forbidden"
     admin = caller(world, token_for(world, "system"))
     assert INJECTED not in text_of(admin.get("/fhir/Observation?patient=Patient/pB"))
+    # a name the server does not know is refused for the token too: the 400 listed the
+    # server's mappings to a patient app
+    unknown = a.client.post(
+        "/fhir/$ingest?mapping=nope", data=rows, headers=a._headers({"Content-Type": "text/csv"})
+    )
+    assert unknown.status_code == 403
+    assert "survey-csv" not in unknown.get_data(as_text=True)
 
 
 def test_a_still_writes_its_own_record(a: Caller, world: dict[str, Any]) -> None:
