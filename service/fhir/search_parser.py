@@ -10,6 +10,7 @@ handling and always in the criteria of conditional interactions.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -492,9 +493,12 @@ def _number_range(prefix: str, text: str) -> RangeMatch:
         raise Invalid(f"{text!r} is not a number this server can compare (|exponent| > 300)")
     value = float(number)
     exponent = number.as_tuple().exponent
-    half = 0.5 * 10 ** (exponent if isinstance(exponent, int) else 0)
+    half = Decimal(5).scaleb((exponent if isinstance(exponent, int) else 0) - 1)
     if prefix in ("eq", "ne"):
-        return RangeMatch(prefix, value - half, value + half)
+        # search.html#number: 100 means [99.5, 100.5), the upper edge left out; the stores
+        # compare with both edges in, so the upper one is the float just below it
+        upper = math.nextafter(float(number + half), -math.inf)
+        return RangeMatch(prefix, float(number - half), upper)
     if prefix == "ap":
         spread = abs(value) * 0.1
         return RangeMatch("ap", value - spread, value + spread)

@@ -237,3 +237,29 @@ def test_text_search_finds_a_concept_by_its_text_or_by_any_display(client: Flask
     assert ids("_sort=-code") == ["o-coded", "o-words"]
     assert ids("code=http://loinc.org|8867-4") == ["o-coded"]
     assert ids("code:not=http://loinc.org|8867-4") == ["o-words"]
+
+
+def test_a_value_on_the_edge_of_two_search_ranges_is_found_by_one(client: FlaskClient) -> None:
+    """search.html#number: ``100`` means the range [99.5, 100.5), its upper edge left out. A
+    heart rate of 80.5 was found by value-quantity=80 and by =81 alike; now by 81 (and by
+    80.5, and by ne80), not by 80."""
+    headers = {"Content-Type": "application/fhir+json"}
+    body = {
+        "resourceType": "Observation",
+        "id": "hr",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "valueQuantity": {"value": 80.5, "system": "http://unitsofmeasure.org", "code": "/min"},
+    }
+    assert client.put("/fhir/Observation/hr", json=body, headers=headers).status_code == 201
+
+    def found(value: str) -> bool:
+        bundle = client.get(f"/fhir/Observation?value-quantity={value}").get_json()
+        return bool(bundle.get("entry"))
+
+    assert not found("80")
+    assert found("81")
+    assert found("80.5")
+    assert not found("80.4")
+    assert found("ne80")
+    assert not found("ne81")
