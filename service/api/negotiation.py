@@ -78,11 +78,24 @@ def mimetype(request: FhirRequest) -> tuple[str, dict[str, str]]:
 def request_body(request: Request | FhirRequest, allow_patch: bool = False) -> tuple[Any, bool]:
     """Parse the JSON body; return (value, is_json_patch). 415 for other media types."""
     if isinstance(request, FhirRequest):
-        content_type, _ = mimetype(request)
+        content_type, options = mimetype(request)
         data = request.body or b""
     else:
         content_type = (request.mimetype or "").lower()
+        options = dict(request.mimetype_params)
         data = request.get_data(cache=True)
+    # a body in another FHIR version, or in a character set other than UTF-8 (FHIR's only one,
+    # http.html#mime-type), cannot be read as R4 JSON: 415, before anything is parsed
+    declared = {k.lower(): v.strip().strip('"') for k, v in options.items()}
+    version = declared.get("fhirversion")
+    if version is not None and version not in (FHIR_VERSION, "4.0.1"):
+        raise UnsupportedMediaType(
+            f"The body is declared as FHIR {version}; this server reads FHIR R4 "
+            f"(fhirVersion={FHIR_VERSION})"
+        )
+    charset = declared.get("charset")
+    if charset is not None and charset.lower().replace("_", "-") not in ("utf-8", "utf8"):
+        raise UnsupportedMediaType(f"charset={charset} is not UTF-8, the character set of FHIR")
     is_patch = content_type == JSON_PATCH
     if is_patch and not allow_patch:
         raise UnsupportedMediaType("application/json-patch+json is only accepted by PATCH")

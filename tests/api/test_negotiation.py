@@ -89,7 +89,35 @@ def test_body_in_other_format_is_415(client: FlaskClient, content_type: str) -> 
 
 
 @pytest.mark.parametrize(
-    "content_type", [FHIR_JSON, "application/json", "application/fhir+json; fhirVersion=4.0"]
+    "content_type",
+    [
+        "application/fhir+json; fhirVersion=5.0",
+        "application/fhir+json; fhirVersion=3.0",
+        "application/fhir+json; charset=iso-8859-1",
+        "application/json; charset=windows-1252",
+    ],
+)
+def test_a_body_declared_in_another_fhir_version_or_charset_is_415(
+    client: FlaskClient, content_type: str
+) -> None:
+    """versioning.html#mt-version and http.html#mime-type: an R5 (or STU3) body, or one in a
+    character set other than UTF-8, cannot be read as R4 JSON. A body declared fhirVersion=5.0
+    was created (201); a Latin-1 body was a 400 about invalid UTF-8 rather than a 415."""
+    body = json.dumps(patient(name=[{"family": "Pérez"}])).encode("latin-1")
+    response = client.post("/fhir/Patient", data=body, headers={"Content-Type": content_type})
+    assert response.status_code == 415, response.get_data(as_text=True)
+    assert outcome_issues(response)[0]["code"] in ("not-supported", "processing")
+    assert client.get("/fhir/Patient?_summary=count").get_json()["total"] == 0
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        FHIR_JSON,
+        "application/json",
+        "application/fhir+json; fhirVersion=4.0",
+        "application/fhir+json; fhirVersion=4.0.1; charset=UTF-8",
+    ],
 )
 def test_json_bodies_are_accepted(client: FlaskClient, content_type: str) -> None:
     response = client.post(
