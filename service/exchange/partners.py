@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 
@@ -110,6 +111,7 @@ def load_partners(path: Path | None) -> tuple[Partner, ...]:
         raise PartnerConfigError("\n".join(problems))
     partners = []
     seen: set[str] = set()
+    bases: dict[str, str] = {}
     for number, item in enumerate(located.content["partners"]):
         if item["name"] in seen:
             raise PartnerConfigError(
@@ -117,8 +119,26 @@ def load_partners(path: Path | None) -> tuple[Partner, ...]:
                 "twice"
             )
         seen.add(item["name"])
+        # one server listed twice would be sent every change twice, the two deliveries racing
+        base = _comparable(item["base_url"])
+        if base in bases:
+            raise PartnerConfigError(
+                f"{located.where(f'partners[{number}].base_url')}: {item['base_url']} is the "
+                f"server partner {bases[base]!r} already names"
+            )
+        bases[base] = item["name"]
         partners.append(_partner(item, path.parent, located.where(f"partners[{number}].auth")))
     return tuple(partners)
+
+
+def _comparable(url: str) -> str:
+    """A base URL as two entries for one server would spell it alike: scheme and host in lower
+    case, no default port, no trailing slash."""
+    parts = urlsplit(url.strip())
+    host = (parts.hostname or "").lower()
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    port = f":{parts.port}" if parts.port is not None and parts.port != default else ""
+    return f"{parts.scheme.lower()}://{host}{port}{parts.path.rstrip('/')}"
 
 
 def _message(error: jsonschema.ValidationError) -> str:

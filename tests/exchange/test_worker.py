@@ -291,6 +291,12 @@ def test_capability_flags() -> None:
             "partners:\n  - name: a\n    base_url: http://a\n  - name: a\n    base_url: http://b\n",
             "partners.yaml:4 partners[1].name: the name 'a' is used twice",
         ),
+        (
+            "partners:\n  - name: gp\n    base_url: http://gp:80/fhir\n"
+            "  - name: gp-again\n    base_url: http://GP/fhir/\n",
+            "partners.yaml:5 partners[1].base_url: http://GP/fhir/ is the server partner 'gp' "
+            "already names",
+        ),
         ("partners: [\n", "partners.yaml:2 is not valid YAML"),
         ("- just a list\n", "must hold a mapping with the key partners"),
         (
