@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from service.errors import FhirError
-from service.exchange.channels import Refused
+from service.exchange.channels import Refused, Retry
+from service.exchange.channels.partner_api import _id_of
 from service.exchange.importer import import_patient
 from service.exchange.partner_client import Answer, Unreachable
 from service.exchange.summary import SummaryItem
@@ -379,3 +380,17 @@ def test_one_heartbeat_per_period_across_worker_processes(fhir: FhirService) -> 
         worker.rest_hook.last_contact[created.id] = -1e9
         worker.heartbeats()
     assert len(sent) == 2
+
+
+def test_an_answer_that_names_no_stored_resource_says_what_came_instead() -> None:
+    """A partner behind a misconfigured proxy answers a create 200 with an HTML page: the row's
+    reason said "no body, no Location", sending the operator to look for an empty answer."""
+    html = Answer(200, {"content-type": "text/html"}, None, "<html>Sign in</html>")
+    with pytest.raises(Retry, match=r"200 with a body that is not FHIR JSON \(text/html\)"):
+        _id_of(html, "Goal")
+    outcome = Answer(200, {}, {"resourceType": "OperationOutcome", "issue": []})
+    with pytest.raises(Retry, match="200 with a OperationOutcome body and no Location"):
+        _id_of(outcome, "Goal")
+    with pytest.raises(Retry, match=r"no body, no Location"):
+        _id_of(Answer(201, {}, None, ""), "Goal")
+    assert _id_of(Answer(201, {"location": "http://gp/fhir/Goal/7/_history/1"}), "Goal") == "7"

@@ -490,4 +490,16 @@ def _id_of(answer: Answer, type_: str) -> str:
     parts = location.split("/")
     if type_ in parts and parts.index(type_) + 1 < len(parts):
         return parts[parts.index(type_) + 1]
+    if answer.body is None and answer.text.strip():
+        kind = answer.headers.get("content-type") or "no Content-Type"
+        raise Retry(
+            f"the partner answered {answer.status} with a body that is not FHIR JSON ({kind}) "
+            f"and no Location, so which {type_} it stored is not known"
+        )
+    if isinstance(answer.body, dict) and answer.body:
+        found = answer.body.get("resourceType") or "no resourceType"
+        raise Retry(
+            f"the partner answered {answer.status} with a {found} body and no Location, not "
+            f"the {type_} it stored"
+        )
     raise Retry(f"the partner did not say which {type_} it stored (no body, no Location)")
