@@ -217,7 +217,7 @@ class SearchParser:
         elif name == "_sort":
             return self._sort(type_, value)
         elif name.startswith(("_include", "_revinclude")):
-            request.includes.append(self._include(type_, name, value))
+            request.includes.extend(self._include(type_, name, value))
         elif name in ("_format", "_pretty"):
             pass
         else:
@@ -239,14 +239,20 @@ class SearchParser:
             keys.append(SortKey(param.type, code, descending))
         return tuple(keys)
 
-    def _include(self, type_: str, name: str, value: str) -> Include:
+    def _include(self, type_: str, name: str, value: str) -> list[Include]:
         reverse = name.startswith("_revinclude")
         modifier = name.partition(":")[2]
         if modifier not in ("", "iterate", "recurse"):
             raise Ignored(f"{name}: only the :iterate modifier is supported")
         iterate = modifier in ("iterate", "recurse")
         if value == "*":
-            return Include(type_, None, None, reverse, iterate)
+            if reverse:  # every resource stored here that refers to a match, by any parameter
+                # (the audit trail aside: _revinclude=AuditEvent:entity asks for it by name)
+                return [
+                    Include(t, None, None, True, iterate)
+                    for t in sorted(set(SUPPORTED_TYPES) - {"AuditEvent"})
+                ]
+            return [Include(type_, None, None, reverse, iterate)]
         pieces = value.split(":")
         if len(pieces) not in (2, 3):
             raise Ignored(f"{name}={value} must be Type:parameter or Type:parameter:TargetType")
@@ -258,7 +264,13 @@ class SearchParser:
             param = self.params.get(source, code)
             if param is None or param.type != "reference":
                 raise Ignored(f"{name}: {source}:{code} is not a reference search parameter")
-        return Include(source, None if code == "*" else code, target, reverse, iterate)
+        if not reverse and not iterate and source != type_:
+            # search.html#include: _include follows references of the matches themselves
+            raise Ignored(
+                f"{name}={value} follows {source} references, but this search finds {type_} "
+                f"(add :iterate to follow them from included {source} resources)"
+            )
+        return [Include(source, None if code == "*" else code, target, reverse, iterate)]
 
     # -- one criterion ------------------------------------------------------------------------
 

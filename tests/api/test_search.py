@@ -263,3 +263,40 @@ def test_a_value_on_the_edge_of_two_search_ranges_is_found_by_one(client: FlaskC
     assert not found("80.4")
     assert found("ne80")
     assert not found("ne81")
+
+
+def test_revinclude_wildcard_brings_what_refers_to_the_matches(client: FlaskClient) -> None:
+    """search.html#include: ``_revinclude=*`` asks for every resource that refers to a match.
+    It was taken and echoed in the self link but included nothing; and an _include whose
+    source type is not the searched type (Observation?_include=Goal:subject), which can
+    never apply, was dropped without a word even under Prefer: handling=strict."""
+    headers = {"Content-Type": "application/fhir+json"}
+    client.put("/fhir/Patient/pa", json=patient(id="pa"), headers=headers)
+    goal = {
+        "resourceType": "Goal",
+        "id": "g1",
+        "lifecycleStatus": "active",
+        "description": {"text": "Walk to the shop"},
+        "subject": {"reference": "Patient/pa"},
+    }
+    words = {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
+        "code": {"text": "What matters"},
+        "subject": {"reference": "Patient/pa"},
+    }
+    client.put("/fhir/Goal/g1", json=goal, headers=headers)
+    client.put("/fhir/Observation/o1", json=words, headers=headers)
+    bundle = client.get("/fhir/Patient?_id=pa&_revinclude=*").get_json()
+    modes = {(e["resource"]["resourceType"], e["search"]["mode"]) for e in bundle["entry"]}
+    assert modes == {("Patient", "match"), ("Goal", "include"), ("Observation", "include")}
+    lenient = client.get("/fhir/Observation?_include=Goal:subject").get_json()
+    outcome = [e for e in lenient["entry"] if e["search"]["mode"] == "outcome"]
+    assert "follows Goal references" in outcome[0]["resource"]["issue"][0]["diagnostics"]
+    strict = client.get(
+        "/fhir/Observation?_include=Goal:subject", headers={"Prefer": "handling=strict"}
+    )
+    assert strict.status_code == 400
+    iterate = client.get("/fhir/Observation?_include:iterate=Goal:subject")
+    assert iterate.status_code == 200
