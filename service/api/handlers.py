@@ -29,7 +29,11 @@ from service.errors import BadRequest, UnsupportedMediaType
 from service.fhir.access import require_population_write
 from service.fhir.actor import Actor
 from service.fhir.bundles import process_bundle
-from service.fhir.capability import capability_statement, smart_security
+from service.fhir.capability import (
+    capability_statement,
+    smart_security,
+    terminology_capabilities,
+)
 from service.fhir.ingest import Mappings, ingest
 from service.fhir.interactions import FhirService
 from service.fhir.model import parse_etag, parse_if_none_match, parse_instant
@@ -238,6 +242,18 @@ def _search_params(req: FhirRequest) -> list[tuple[str, str]]:
 def _capabilities(ctx: Context, req: FhirRequest, p: Params) -> Result:
     fhir = _service()
     config = ctx.config
+    mode = next(iter(req.args("mode")), None)
+    if mode == "terminology":
+        held = [
+            (resource["url"], resource.get("version"))
+            for key, resource in fhir.terminology.resources.items()
+            if key.startswith("CodeSystem|") and fhir.terminology.complete(resource["url"])
+        ]
+        return Result(200, body=terminology_capabilities(ctx.base, STARTED, held))
+    if mode not in (None, "full", "normative"):
+        raise BadRequest(
+            f"mode={mode} is not one of full, normative, terminology", expression=("mode",)
+        )
     security = (
         smart_security(config.auth_token_url, config.auth_authorize_url)
         if config.auth_mode == "smart"

@@ -93,12 +93,15 @@ def capability_statement(
                     ),
                     "*",
                 ],
-                "searchRevInclude": sorted(
-                    f"{source}:{code}"
-                    for source in SUPPORTED_TYPES
-                    for code, p in params.for_type(source).items()
-                    if p.type == "reference" and (type_ in p.targets or not p.targets)
-                ),
+                "searchRevInclude": [
+                    *sorted(
+                        f"{source}:{code}"
+                        for source in SUPPORTED_TYPES
+                        for code, p in params.for_type(source).items()
+                        if p.type == "reference" and (type_ in p.targets or not p.targets)
+                    ),
+                    "*",
+                ],
                 "searchParam": _search_params(params, type_),
                 "operation": _operations(type_),
             }
@@ -192,3 +195,28 @@ def smart_security(token_url: str | None, authorize_url: str | None) -> dict[str
             }
         ]
     return security
+
+
+def terminology_capabilities(
+    base: str, released: str, code_systems: list[tuple[str, str | None]]
+) -> dict[str, Any]:
+    """``GET [base]/metadata?mode=terminology`` (http.html#capabilities): the
+    TerminologyCapabilities of the code systems this server holds whole, as (url, version),
+    with what its $expand, $validate-code and $lookup do (R4 terminologycapabilities.html)."""
+    systems = []
+    for url, version in sorted(code_systems):
+        entry: dict[str, Any] = {"uri": url}
+        if version:
+            entry["version"] = [{"code": version, "isDefault": True}]
+        systems.append(entry)
+    return {
+        "resourceType": "TerminologyCapabilities",
+        "status": "active",
+        "date": released,
+        "kind": "instance",
+        "implementation": {"description": "What Matters FHIR service", "url": base},
+        "codeSystem": systems,
+        "expansion": {"hierarchical": False, "paging": True, "incomplete": False},
+        "validateCode": {"translations": False},
+        "codeSearch": "explicit",
+    }

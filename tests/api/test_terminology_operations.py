@@ -8,6 +8,9 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
+from service.validation.definitions import Definitions
+from service.validation.structure import StructureValidator
+
 GENDER = "http://hl7.org/fhir/ValueSet/administrative-gender"
 GENDER_CS = "http://hl7.org/fhir/administrative-gender"
 AGE_UNITS = "http://hl7.org/fhir/ValueSet/age-units"
@@ -190,3 +193,24 @@ def test_capability_statement_lists_the_terminology_operations(client: FlaskClie
     }
     assert [o["name"] for o in by_type["CodeSystem"]["operation"]] == ["lookup"]
     assert "operation" not in by_type["StructureDefinition"]
+
+
+def test_metadata_in_terminology_mode_is_terminology_capabilities(client: FlaskClient) -> None:
+    """http.html#capabilities: ``mode=terminology`` asks for a TerminologyCapabilities. A
+    terminology client got the CapabilityStatement (which it would read as the wrong resource);
+    now it gets the code systems $lookup and $validate-code answer for, valid against R4, and
+    an unknown mode is a 400."""
+    response = client.get("/fhir/metadata?mode=terminology")
+    assert response.status_code == 200
+    capabilities = response.get_json()
+    assert capabilities["resourceType"] == "TerminologyCapabilities"
+    assert capabilities["kind"] == "instance"
+    uris = {entry["uri"] for entry in capabilities["codeSystem"]}
+    assert "http://hl7.org/fhir/administrative-gender" in uris
+    structure = StructureValidator(Definitions.shared(), invariants=True)
+    errors = [i for i in structure.validate(capabilities) if i.severity in ("error", "fatal")]
+    assert errors == []
+    assert client.get("/fhir/metadata?mode=full").get_json()["resourceType"] == (
+        "CapabilityStatement"
+    )
+    assert client.get("/fhir/metadata?mode=everything").status_code == 400
