@@ -64,7 +64,7 @@ def read_records(
     elif fmt == "json":
         yield from _json(_text(data))
     elif fmt == "hl7v2":
-        yield from _hl7(_text(data), record or "OBX", continuation)
+        yield from _hl7(_hl7_text_of(data), record or "OBX", continuation)
     elif fmt == "questionnaire-response":
         yield from _questionnaire_response(_text(data), questionnaires or {})
     else:  # pragma: no cover - the schema allows only the four
@@ -97,6 +97,34 @@ def _text(data: bytes | str | Iterable[str]) -> str:
     if isinstance(data, str):
         return data
     return "".join(data)
+
+
+# HL7 table 0211 (MSH-18, alternate character sets) as Python codecs: a message's bytes are
+# read in the character set its header declares when they are not UTF-8
+_HL7_CHARSETS = {
+    "ASCII": "ascii",
+    "UNICODE UTF-8": "utf-8",
+    "UTF-8": "utf-8",
+    **{f"8859/{n}": f"iso8859-{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 15)},
+}
+
+
+def _hl7_text_of(data: bytes | str | Iterable[str]) -> str:
+    """An HL7 v2 input as text: UTF-8, else the character set MSH-18 names (table 0211)."""
+    if not isinstance(data, bytes):
+        return _text(data)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        header = data.split(b"\r", 1)[0].split(b"\n", 1)[0]
+        separator = header[3:4] if header.startswith(b"MSH") else b"|"
+        fields = header.split(separator) if separator else []
+        declared = fields[17].decode("ascii", "replace").strip() if len(fields) > 17 else ""
+        codec = _HL7_CHARSETS.get(declared.split("~", 1)[0].upper())
+        if codec is None or codec in ("utf-8", "ascii"):
+            named = f" (MSH-18 says {declared!r})" if declared else ""
+            raise MappingError(f"input byte {exc.start}: not UTF-8{named}") from exc
+        return data.decode(codec)
 
 
 def _lines(data: bytes | str | Iterable[str]) -> Iterable[str]:

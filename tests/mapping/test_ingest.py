@@ -487,3 +487,31 @@ def test_a_uk_spreadsheet_export_with_its_dates_and_trailing_empty_rows_is_read(
         "2026-07-21T09:00:00+01:00",  # British Summer Time
         "2026-11-20T10:15:00+00:00",
     ]
+
+
+def test_an_hl7_message_in_the_character_set_its_header_declares_is_read(
+    client: FlaskClient,
+) -> None:
+    """A Welsh EPR sends ISO 8859-1 and says so where HL7 v2 says it (MSH-18 "8859/1", table
+    0211), not in an HTTP charset. It was refused as "not UTF-8"; now MSH-18 is read. Without
+    MSH-18 the bytes are still refused, and the error says what the header declared."""
+    add_patient(client)
+    message = (
+        "MSH|^~\\&|EPR|YSBYTY-GWYNEDD^Ward 7|WM|WM|202611201015||ORU^R01|EPR-8859|P|2.5.1|||AL|NE"
+        "|GBR|8859/1\r"
+        "PID|1||9000000009^^^NHS^NH||Jones^Eluned\r"
+        "OBX|1|ST|75773-2^Treatment preference^LN||Caf\u00e9 in Llan with Si\u00e2n||||||F|||"
+        "20261120101500\r"
+    )
+    sent = client.post(
+        "/fhir/$ingest?mapping=wmty-oru", data=message.encode("latin-1"), headers=HL7
+    )
+    assert sent.status_code == 200, sent.get_data(as_text=True)
+    (stored,) = client.get("/fhir/Observation?patient=Patient/p1").get_json()["entry"]
+    assert stored["resource"]["valueString"] == "Caf\u00e9 in Llan with Si\u00e2n"
+    undeclared = message.replace("|GBR|8859/1", "|GBR|").replace("EPR-8859", "EPR-8860")
+    refused = client.post(
+        "/fhir/$ingest?mapping=wmty-oru", data=undeclared.encode("latin-1"), headers=HL7
+    )
+    assert refused.status_code == 422
+    assert "not UTF-8" in outcome_issues(refused)[0]["diagnostics"]
