@@ -211,7 +211,8 @@ def _ingest_body(req: FhirRequest, fmt: str) -> Any:
     stream = req.stream if req.stream is not None else io.BytesIO(req.body or b"")
     if fmt == "csv":
         encoding = "utf-8-sig" if utf8 else charset
-        return io.TextIOWrapper(stream, encoding=encoding, newline="")
+        # undecodable bytes become lone surrogates, refused at their row and column
+        return io.TextIOWrapper(stream, encoding=encoding, newline="", errors="surrogateescape")
     data = stream.read()
     if utf8:
         return data

@@ -128,9 +128,24 @@ def _hl7_text_of(data: bytes | str | Iterable[str]) -> str:
 
 
 def _lines(data: bytes | str | Iterable[str]) -> Iterable[str]:
-    if isinstance(data, bytes | str):
-        return io.StringIO(_text(data), newline="")
+    if isinstance(data, bytes):
+        # bytes that are not UTF-8 are kept as lone surrogates, so the row and column that
+        # holds them can be named (``_undecodable``), not the start of the input
+        return io.StringIO(data.decode("utf-8-sig", errors="surrogateescape"), newline="")
+    if isinstance(data, str):
+        return io.StringIO(data, newline="")
     return data
+
+
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+def _undecodable(row: dict[str, str | None], first: int) -> None:
+    """Refuse a row holding bytes the input's character set does not define (UTF-8, or the
+    Content-Type's charset), naming its column: the reader kept them as lone surrogates."""
+    for column, value in row.items():
+        if value and _UNDECODABLE.search(value):
+            raise MappingError(f"row {first}, column {column!r}: not UTF-8")
 
 
 def _csv(lines: Iterable[str], delimiter: str) -> Iterator[Record]:
@@ -139,7 +154,9 @@ def _csv(lines: Iterable[str], delimiter: str) -> Iterator[Record]:
     reader = csv.DictReader(lines, delimiter=delimiter, strict=True)
     first = 1
     try:
-        reader.fieldnames  # noqa: B018 - reads the header, so line_num counts from it
+        header = reader.fieldnames or []  # reads the header, so line_num counts from it
+        if any(_UNDECODABLE.search(name) for name in header):
+            raise MappingError("row 1 (the header): not UTF-8")
         while True:
             first = reader.line_num + 1
             try:
@@ -148,6 +165,7 @@ def _csv(lines: Iterable[str], delimiter: str) -> Iterator[Record]:
                 return
             if None in row:
                 raise MappingError(f"row {first}: more cells than the header has columns")
+            _undecodable(row, first)
             if not any(value and value.strip() for value in row.values()):
                 continue  # a row of empty cells (,,,,) that spreadsheets leave at the end
             if None in row.values():

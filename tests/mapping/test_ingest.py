@@ -515,3 +515,18 @@ def test_an_hl7_message_in_the_character_set_its_header_declares_is_read(
     )
     assert refused.status_code == 422
     assert "not UTF-8" in outcome_issues(refused)[0]["diagnostics"]
+
+
+def test_a_byte_that_is_not_utf8_is_refused_at_its_row_and_column(client: FlaskClient) -> None:
+    """A survey export of 50 rows whose 50th holds one Latin-1 byte (a name typed on another
+    machine): the error said "row 1: not UTF-8", the start of the input; it names the row and
+    the column now, and nothing is written."""
+    add_patient(client)
+    header = "response_id,nhs_number,answered_at,what_matters,recorded_by,setting,setting_type\n"
+    rows = "".join(f"r-{n},9000000009,2026-11-20 10:15,Walking {n},,,\n" for n in range(1, 50))
+    bad = b"r-50,9000000009,2026-11-20 10:15,Caf\xe9 with friends,,,\n"
+    data = (header + rows).encode("utf-8") + bad
+    response = client.post("/fhir/$ingest?mapping=survey-csv", data=data, headers=CSV)
+    assert response.status_code == 422
+    assert "row 51, column 'what_matters': not UTF-8" in outcome_issues(response)[0]["diagnostics"]
+    assert client.get("/fhir/Observation?_summary=count").get_json()["total"] == 0
