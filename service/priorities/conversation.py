@@ -116,6 +116,7 @@ def parse_conversation(body: Any) -> Conversation:
         problems.add("Parameters.parameter", "Parameters.parameter must be a list")
         problems.raise_if_any()
     conversation = Conversation([], None, None, None, None, None, None)
+    given: dict[str, str] = {}  # the parameters the OperationDefinition allows once, by name
     for index, parameter in enumerate(parameters):
         where = f"Parameters.parameter[{index}]"
         name = parameter.get("name") if isinstance(parameter, dict) else None
@@ -125,6 +126,15 @@ def parse_conversation(body: Any) -> Conversation:
                 f"Unknown parameter {name!r}; this operation takes {', '.join(_PARAMETERS)}",
             )
             continue
+        if name not in ("statement", "goal"):
+            if name in given:
+                # max 1 (the OperationDefinition): which one was meant cannot be told, and
+                # keeping the last would drop the other without a word
+                problems.add(
+                    where, f"'{name}' is given twice (also at {given[name]}); it takes one"
+                )
+                continue
+            given[name] = where
         kind, value = _value(parameter)
         if name in ("statement", "goal"):
             if kind != "part" or not isinstance(value, list):
@@ -228,6 +238,7 @@ def parse_conversation(body: Any) -> Conversation:
 def _item(kind: str, parts: list[Any], where: str, position: int, problems: _Problems) -> Item:
     allowed = _STATEMENT_PARTS if kind == "statement" else _GOAL_PARTS
     item = Item(kind, f"{kind}-{position + 1}", where)
+    seen: dict[str, str] = {}
     for index, part in enumerate(parts):
         part_where = f"{where}.part[{index}]"
         name = str(part.get("name")) if isinstance(part, dict) else ""
@@ -237,6 +248,15 @@ def _item(kind: str, parts: list[Any], where: str, position: int, problems: _Pro
                 f"Unknown part {name!r} of '{kind}'; it takes {', '.join(allowed)}",
             )
             continue
+        if name != "addresses":  # every other part is max 1 (the OperationDefinition)
+            if name in seen:
+                problems.add(
+                    part_where,
+                    f"'{kind}' has '{name}' twice (also at {seen[name]}); it takes one: give "
+                    f"each {'statement' if kind == 'statement' else 'goal'} its own parameter",
+                )
+                continue
+            seen[name] = part_where
         value_kind, value = _value(part)
         if name == "addresses":
             if value_kind == "String" and isinstance(value, str) and value:

@@ -167,3 +167,41 @@ def test_a_ranking_or_address_naming_no_goal_or_statement_of_the_patient_is_422(
 def _list_entries_of(client: FlaskClient, patient: str) -> list[str]:
     found = client.get(f"/fhir/List?subject=Patient/{patient}").get_json().get("entry", [])
     return [e["item"]["reference"] for f in found for e in f["resource"]["entry"]]
+
+
+def test_a_part_or_parameter_allowed_once_and_given_twice_is_422_not_the_last_kept(
+    client: FlaskClient,
+) -> None:
+    """An app written from the OperationDefinition (statement.text, ranking, recorder,
+    setting-type: max 1) sends two texts in one statement, or two rankings. The last was kept
+    and the first dropped without a word, the patient's own words among them; now a 422 names
+    both places and nothing is written."""
+    add_patient(client)
+    two_texts = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {
+                "name": "statement",
+                "part": [
+                    {"name": "text", "valueString": "I want to see my daughter"},
+                    {"name": "text", "valueString": "I do not want to go to a care home"},
+                ],
+            }
+        ],
+    }
+    response = client.post(
+        "/fhir/Patient/p1/$record-what-matters", json=two_texts, headers=FHIR_JSON
+    )
+    assert response.status_code == 422, response.get_data(as_text=True)
+    issue = outcome_issues(response)[0]
+    assert issue["expression"] == ["Parameters.parameter[0].part[1]"]
+    assert "'text' twice (also at Parameters.parameter[0].part[0])" in issue["diagnostics"]
+    once = conversation(statement("a", "Walking Bramble"), statement("b", "The sea"))
+    once["parameter"] += [
+        {"name": "ranking", "part": [{"name": "item", "valueString": "a"}]},
+        {"name": "ranking", "part": [{"name": "item", "valueString": "b"}]},
+    ]
+    twice = client.post("/fhir/Patient/p1/$record-what-matters", json=once, headers=FHIR_JSON)
+    assert twice.status_code == 422
+    assert "'ranking' is given twice" in outcome_issues(twice)[0]["diagnostics"]
+    assert count(client, "Observation") == 0
