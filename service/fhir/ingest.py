@@ -187,13 +187,18 @@ def ingest(
                     report.created += 1
                 elif output.corrects and _corrected(session, resource, result):
                     report.updated += 1
+                elif (
+                    not output.corrects
+                    and _differs(resource, result)
+                    and _made_by_this_run(result, started)
+                ):
+                    # two records of one input under one identifier, saying different things:
+                    # keeping one would lose the other's words, so the input has an error
+                    report.add_error(_same_identifier(output))
                 else:
                     report.unchanged += 1
                     if not output.corrects and _differs(resource, result):
-                        if _made_by_this_run(result, started):
-                            report.warn(_same_identifier(output))
-                        else:
-                            report.warn(_kept_stored(output, result))
+                        report.warn(_kept_stored(output, result))
             batch.clear()
             pending.clear()
 
@@ -246,6 +251,9 @@ def ingest(
             report.created = report.updated = report.unchanged = 0  # nothing is kept
             raise _Rollback
         flush()
+        if report.errors and not per_record:  # the last batch found one (_same_identifier)
+            report.created = report.updated = report.unchanged = 0
+            raise _Rollback
         if progress is not None:
             progress(report.records)
         if dry_run:
@@ -344,15 +352,16 @@ def _made_by_this_run(result: Result, started: int) -> bool:
 
 def _same_identifier(output: Output) -> Issue:
     """Two records of one input with one identifier and other content (an HL7 v2 message
-    whose OBX set ids restart in each OBR group, under an identifier template of message id
-    and set id): the first is kept, and the sender is told which record was not, and why."""
+    whose OBX set ids restart in each OBR group, under an identifier template without the
+    order number): an error naming the second record, since storing only one of them would
+    lose what the other says."""
     identifier = output.identifier
     return Issue(
-        "warning",
+        "error",
         "duplicate",
         f"{output.position}: an earlier record of this input has the same identifier "
-        f"({identifier['system']}|{identifier['value']}) and other content; the earlier one "
-        "is kept and this one is not stored (give each record its own identifier in the "
+        f"({identifier['system']}|{identifier['value']}) and other content; neither can stand "
+        "for the other, so this one is not stored (give each record its own identifier in the "
         "rule's identifier template)",
     )
 

@@ -51,13 +51,14 @@ def test_ingesting_the_same_hl7_file_twice_leaves_the_store_unchanged(client: Fl
     assert statement["valueString"] == "Walking Bramble & the sea"
 
 
-def test_two_records_of_one_message_with_one_identifier_are_named_in_a_warning(
+def test_two_records_of_one_message_with_one_identifier_are_an_error_not_one_dropped(
     client: FlaskClient,
 ) -> None:
-    """Another vendor's ORU^R01 with two OBR groups restarts OBX set ids at 1 in each: the
-    mapping's identifier (facility, message id, set id) is then the same for two answers.
-    The first is kept, and the warning says the second record was not stored and why (it
-    said "already stored", as if an earlier message had sent it)."""
+    """Another vendor's ORU^R01 with two OBR groups and no order numbers restarts OBX set ids
+    at 1 in each: the mapping's identifier (facility, message id, set id) is then the same for
+    two answers. The first was kept and the second dropped with a warning (exit status 0 for
+    ``map run``): a patient's words lost. It is now an error naming the second record, and
+    the input, one transaction, writes nothing."""
     add_patient(client)
     message = (
         "MSH|^~\\&|EPR|WARD7|WM|WM|202611201015||ORU^R01|MSG0100|P|2.5.1\r"
@@ -68,15 +69,17 @@ def test_two_records_of_one_message_with_one_identifier_are_named_in_a_warning(
         "OBX|1|ST|95541-9^Care^LN||Seeing the sea||||||F|||20261120101500\r"
     )
     response = client.post("/fhir/$ingest?mapping=wmty-oru", data=message, headers=HL7)
-    assert response.status_code == 200, response.get_data(as_text=True)
-    warning, counts = outcome_issues(response)
-    assert warning["severity"] == "warning"
-    assert warning["diagnostics"].startswith("message 1, segment OBX|1")
-    assert "an earlier record of this input has the same identifier" in warning["diagnostics"]
-    assert "WARD7|MSG0100|1) and other content; the earlier one is kept" in (warning["diagnostics"])
-    assert "1 resources created, 1 already present" in counts["diagnostics"]
-    stored = client.get("/fhir/Observation").get_json()["entry"]
-    assert [e["resource"]["valueString"] for e in stored] == ["Walking the dog"]
+    assert response.status_code == 422, response.get_data(as_text=True)
+    error = outcome_issues(response)[0]
+    assert error["severity"] == "error"
+    assert error["diagnostics"].startswith("message 1, segment OBX|1")
+    assert "an earlier record of this input has the same identifier" in error["diagnostics"]
+    assert "WARD7|MSG0100|1) and other content" in error["diagnostics"]
+    assert client.get("/fhir/Observation?_summary=count").get_json()["total"] == 0
+    numbered = message.replace("OBR|1|||", "OBR|1||ORD-1|").replace("OBR|2|||", "OBR|2||ORD-2|")
+    stored = client.post("/fhir/$ingest?mapping=wmty-oru", data=numbered, headers=HL7)
+    assert stored.status_code == 200, stored.get_data(as_text=True)
+    assert client.get("/fhir/Observation?_summary=count").get_json()["total"] == 2
 
 
 def test_a_resent_row_with_other_words_is_kept_as_stored_and_the_sender_is_told(
@@ -97,15 +100,16 @@ def test_a_resent_row_with_other_words_is_kept_as_stored_and_the_sender_is_told(
     assert "survey-csv|r-1) is already stored with other content" in warning["diagnostics"]
     assert "0 resources created, 2 already present" in counts["diagnostics"]
     assert _history_size(client) == before
-    # the same row twice in one input, the second with other words
+    # the same row twice in one input, the second with other words: an error at row 4
     twice = (
         SURVEY.replace("r-2,", "r-3,")
         + SURVEY.splitlines()[2].replace("r-2,", "r-3,").replace("front door key", "back door key")
         + "\n"
     )
     response = client.post("/fhir/$ingest?mapping=survey-csv", data=twice, headers=CSV)
-    warnings = [i for i in outcome_issues(response) if i["severity"] == "warning"]
-    assert [w["diagnostics"].split(":")[0] for w in warnings] == ["row 4"]
+    assert response.status_code == 422
+    errors = [i for i in outcome_issues(response) if i["severity"] == "error"]
+    assert [e["diagnostics"].split(":")[0] for e in errors] == ["row 4"]
     unchanged = client.post("/fhir/$ingest?mapping=survey-csv", data=SURVEY, headers=CSV)
     assert [i["severity"] for i in outcome_issues(unchanged)] == ["information"]
 
