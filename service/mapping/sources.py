@@ -62,7 +62,7 @@ def read_records(
     if fmt == "csv":
         yield from _csv(_lines(data), delimiter)
     elif fmt == "json":
-        yield from _json(_text(data))
+        yield from _json(_text(data), record)
     elif fmt == "hl7v2":
         yield from _hl7(_hl7_text_of(data), record or "OBX", continuation)
     elif fmt == "questionnaire-response":
@@ -189,14 +189,35 @@ def csv_header(data: bytes | str, delimiter: str = ",") -> list[str]:
     return list(first)
 
 
-def _json(text: str) -> Iterator[Record]:
+def _json(text: str, record: str | None = None) -> Iterator[Record]:
+    """JSON records: an array of objects, an object whose ``record`` path (``submissions``,
+    ``data.items``) holds that array, a single object (one record), or one object per line."""
     stripped = text.lstrip()
-    if stripped.startswith("["):
+    whole: Any = None
+    if stripped.startswith(("[", "{")):
         try:
-            items = json.loads(text)
+            whole = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise MappingError(f"line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
-        for index, item in enumerate(items, start=1):
+            if stripped.startswith("[") or record is not None:
+                raise MappingError(f"line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+            whole = None  # one object per line: read below, line by line
+    if record is not None:
+        found = whole
+        for step in record.split("."):
+            if not isinstance(found, dict) or step not in found:
+                raise MappingError(
+                    f"the input has no {record!r} array (source.record): its top level holds "
+                    + (", ".join(map(repr, whole)) if isinstance(whole, dict) else "no object")
+                )
+            found = found[step]
+        if not isinstance(found, list):
+            raise MappingError(f"{record!r} (source.record) is not an array of records")
+        whole = found
+    if isinstance(whole, dict):
+        yield Record("record 1", whole)
+        return
+    if isinstance(whole, list):
+        for index, item in enumerate(whole, start=1):
             if not isinstance(item, dict):
                 raise MappingError(f"record {index}: not a JSON object")
             yield Record(f"record {index}", item)

@@ -319,6 +319,35 @@ def test_json_records_as_an_array_or_ndjson(tmp_path: Path) -> None:
         map_input(mapping, [{"id": "x", "kind": "other"}], {})
 
 
+def test_json_records_under_a_path_and_a_single_pretty_printed_object(tmp_path: Path) -> None:
+    """A web form posts ``{"submissions": [...], "count": 2}`` and the mapping says
+    ``record: submissions`` (the schema's "path of the record array"): it was ignored and the
+    whole object read as one record. A single submission pretty-printed over several lines was
+    refused as invalid JSON (read line by line). A record path the input lacks is named."""
+    path = tmp_path / "app-export.yaml"
+    path.write_text(JSON_MAPPING, encoding="utf-8")
+    one = {
+        "id": "a1",
+        "kind": "what-matters",
+        "patient": {"id": "77"},
+        "answers": [{"text": "Tea in the garden"}],
+    }
+    pretty = json.dumps(one, indent=2)
+    (single,) = map_input(load_mapping(path), pretty, {})
+    assert single.resource["valueString"] == "Tea in the garden"
+    nested = JSON_MAPPING.replace(
+        "source: {format: json, timezone: Europe/London}",
+        "source: {format: json, timezone: Europe/London, record: data.submissions}",
+    )
+    path.write_text(nested, encoding="utf-8")
+    mapping = load_mapping(path)
+    wrapped = {"data": {"submissions": [one, {**one, "id": "a2"}]}, "count": 2}
+    outputs = map_input(mapping, json.dumps(wrapped, indent=2), {})
+    assert [o.resource["identifier"][0]["value"] for o in outputs] == ["a1", "a2"]
+    with pytest.raises(MappingError, match=r"no 'data.submissions' array \(source.record\)"):
+        map_input(mapping, json.dumps({"submisions": []}), {})
+
+
 @pytest.mark.slow  # runs the whatmatters command in a new process
 def test_serve_refuses_a_broken_mappings_folder(tmp_path: Path) -> None:
     folder = tmp_path / "mappings"
