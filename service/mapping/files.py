@@ -9,6 +9,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -200,7 +201,15 @@ def lint(mapping: MappingFile) -> list[str]:
             f"{mapping.where('source')}: an hl7v2 source needs 'record', the segment that "
             "makes one record (e.g. OBX)"
         )
+    formats = content["source"].get("date_formats") or []
+    for index, text in enumerate(formats if isinstance(formats, list) else [formats]):
+        problems += _date_format_problem(mapping, f"source.date_formats[{index}]", text)
+    problems += _variable_cycles(mapping, variables)
     for path, value in _values(content):
+        given = value.get("format")
+        for text in given if isinstance(given, list) else [given]:
+            if isinstance(text, str):
+                problems += _date_format_problem(mapping, f"{path}.format", text)
         for kind, ok in fits.items():
             if kind in value and not ok:
                 problems.append(f"{mapping.where(path)}: '{kind}' cannot read a {fmt} input")
@@ -231,6 +240,57 @@ def lint(mapping: MappingFile) -> list[str]:
             problems.append(
                 f"{mapping.where(f'tests[{index}]')}: a test has either 'expect' or 'error'"
             )
+    return problems
+
+
+def _date_format_problem(mapping: MappingFile, path: str, text: str) -> list[str]:
+    """A strptime format that cannot read any date (a bad directive such as %i, or one used
+    twice, such as %m for the minutes after %m for the month), found before any input is."""
+    try:
+        datetime.strptime("", text)
+    except ValueError as exc:
+        if "does not match format" in str(exc):
+            return []  # a usable format: only the empty text failed it
+        problem = str(exc)
+    except re.error as exc:
+        problem = f"a directive is used twice ({exc.msg})"
+    return [f"{mapping.where(path)}: {text!r} is not a date format this reader can use: {problem}"]
+
+
+def _variable_cycles(mapping: MappingFile, variables: dict[str, Any]) -> list[str]:
+    """A variable whose value needs itself, directly or through others (it would read as
+    empty whenever its sources are, and the error would blame whatever uses it)."""
+
+    def needs(value: Any) -> set[str]:
+        found: set[str] = set()
+        if isinstance(value, dict):
+            if isinstance(value.get("var"), str):
+                found.add(value["var"])
+            if isinstance(value.get("template"), str):
+                found.update(_TEMPLATE_NAME.findall(value["template"]))
+            for item in value.values():
+                found |= needs(item)
+        elif isinstance(value, list):
+            for item in value:
+                found |= needs(item)
+        return found
+
+    graph = {name: needs(value) & set(variables) for name, value in variables.items()}
+    problems = []
+    for name in variables:
+        seen: set[str] = set()
+        frontier = set(graph[name])
+        while frontier:
+            current = frontier.pop()
+            if current == name:
+                problems.append(
+                    f"{mapping.where(f'variables.{name}')}: the variable {name!r} needs itself "
+                    "(through var or template)"
+                )
+                break
+            if current not in seen:
+                seen.add(current)
+                frontier |= graph.get(current, set())
     return problems
 
 

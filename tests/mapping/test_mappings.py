@@ -377,3 +377,33 @@ def test_a_batch_file_and_another_field_separator_are_read_as_their_messages() -
     hashed = first.replace("|", "#")
     (made,) = map_input(mapping, hashed, {})
     assert made.resource["valueString"] == words[0]
+
+
+def test_date_formats_and_variables_that_need_themselves_fail_the_check_at_their_line(
+    tmp_path: Path,
+) -> None:
+    """A newcomer writes %H:%m (the month again) for the minutes, %i for them, and a
+    variable whose fallback is itself: each passed the check and failed later, the first with
+    a regex error blamed on the rules, the last blamed on the identifier of whatever record
+    came without the first source. The check now names each at its own line."""
+    path = _copy(
+        tmp_path,
+        "wmty-oru.yaml",
+        (
+            "  timezone: Europe/London",
+            '  timezone: Europe/London\n  date_formats: ["%d.%m.%Y %H:%m", "%H:%i"]',
+        ),
+    )
+    text = path.read_text(encoding="utf-8").replace(
+        "{var: message_id}]}", "{var: message_id}, {var: order}]}"
+    )
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(MappingError) as caught:
+        load_mapping(path)
+    message = str(caught.value)
+    assert "source.date_formats[0]: '%d.%m.%Y %H:%m' is not a date format" in message
+    assert "a directive is used twice" in message
+    assert "source.date_formats[1]: '%H:%i' is not a date format" in message
+    assert "variables.order: the variable 'order' needs itself" in message
+    line = _line(path, r"^  order:")
+    assert f"wmty-oru.yaml:{line} variables.order" in message
