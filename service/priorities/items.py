@@ -67,10 +67,14 @@ def _what_matters_category(resource: dict[str, Any]) -> bool:
 
 
 def is_statement(resource: dict[str, Any]) -> bool:
-    """A what-matters statement that counts (not entered in error)."""
+    """A what-matters statement that counts: not entered in error, not cancelled (R4
+    observation-status: "not started or not completed"), and with words to show (a value;
+    another EHR's record with its words only in a note says nothing the page could put first)."""
     if resource.get("resourceType") != "Observation":
         return False
-    if resource.get("status") == "entered-in-error":
+    if resource.get("status") in ("entered-in-error", "cancelled"):
+        return False
+    if not words(resource).strip():
         return False
     return (
         _what_matters_category(resource)

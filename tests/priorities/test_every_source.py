@@ -19,6 +19,7 @@ from tests.priorities.conversations import (
     add_patient,
     conversation,
     goal,
+    ranked_texts,
     ranking,
     record,
     statement,
@@ -207,3 +208,33 @@ def test_the_facade_and_the_page_show_the_same_items(client: FlaskClient) -> Non
     for text in GOALS:
         assert page.count(text) == 1
     assert page.count("Bodnant Surgery") == 3  # the shared sentence, the tablets, the survey
+
+
+def test_a_cancelled_statement_or_one_without_words_is_not_shown_as_what_matters(
+    client: FlaskClient,
+) -> None:
+    """Another EHR writes what-matters Observations by plain FHIR: one cancelled (R4
+    observation-status: "not started or not completed"), one with its words only in a note
+    (no value), one final. The first two were shown as current priorities (the second as an
+    empty heading on the page and "rank 3" in the IPS); now only the final one is."""
+    add_patient(client)
+    headers = {"Content-Type": "application/fhir+json"}
+    base = {
+        "resourceType": "Observation",
+        "category": [{"coding": [{"system": PCO, "code": "what-matters"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "95541-9"}]},
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": "2026-11-20T10:15:00+00:00",
+    }
+    sent = [
+        {**base, "status": "cancelled", "valueString": "EHR: never asked"},
+        {**base, "status": "final", "note": [{"text": "Talked about the garden"}]},
+        {**base, "status": "final", "valueString": "Tea in the garden"},
+    ]
+    for resource in sent:
+        assert client.post("/fhir/Observation", json=resource, headers=headers).status_code == 201
+    assert ranked_texts(what_matters(client)) == ["Tea in the garden"]
+    page = unescape(client.get("/patients/p1/what-matters").get_data(as_text=True))
+    assert "Tea in the garden" in page
+    assert "EHR: never asked" not in page
+    assert not re.search(r'<h2 class="words"[^>]*>\s*</h2>', page)
