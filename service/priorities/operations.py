@@ -150,10 +150,20 @@ class WhatMatters:
         self, session: Session, patient_id: str | None, conversation: Conversation
     ) -> str:
         """The id of the patient: from the URL, or found by ``patient-identifier``."""
+        identifier = conversation.patient_identifier
         if patient_id is not None:
             session.read("Patient", patient_id)  # 404 or 410 when there is no such patient
+            if identifier is not None:
+                # both the URL and the input name a patient: they must be the same one, or
+                # whose conversation it is cannot be told
+                named = self._patient_by_identifier(session, identifier)
+                if named != patient_id:
+                    raise Unprocessable(
+                        f"'patient-identifier' names another patient than Patient/{patient_id} "
+                        "of the URL",
+                        expression=("Parameters.parameter",),
+                    )
             return patient_id
-        identifier = conversation.patient_identifier
         if identifier is None:
             raise Unprocessable(
                 "Say whose conversation this is: POST to Patient/{id}/$record-what-matters, "

@@ -205,3 +205,35 @@ def test_a_part_or_parameter_allowed_once_and_given_twice_is_422_not_the_last_ke
     assert twice.status_code == 422
     assert "'ranking' is given twice" in outcome_issues(twice)[0]["diagnostics"]
     assert count(client, "Observation") == 0
+
+
+def test_a_patient_identifier_naming_another_patient_than_the_url_is_422(
+    client: FlaskClient,
+) -> None:
+    """An app posts to Patient/p2/$record-what-matters with 'patient-identifier' holding p1's
+    NHS number: everything was written to p2 without a word. Whose conversation it is cannot
+    be told, so it is a 422 and nothing is written; p2's own number is accepted."""
+    add_patient(client, "p1", "9000000009")
+    add_patient(client, "p2", "9000000017")
+    body = conversation(statement("a", "Walking Bramble"))
+
+    def naming(nhs: str) -> dict[str, object]:
+        identifier = {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}
+        return {
+            **body,
+            "parameter": [
+                *body["parameter"],
+                {"name": "patient-identifier", "valueIdentifier": identifier},
+            ],
+        }
+
+    other = client.post(
+        "/fhir/Patient/p2/$record-what-matters", json=naming("9000000009"), headers=FHIR_JSON
+    )
+    assert other.status_code == 422, other.get_data(as_text=True)
+    assert "names another patient than Patient/p2" in outcome_issues(other)[0]["diagnostics"]
+    assert count(client, "Observation") == 0
+    own = client.post(
+        "/fhir/Patient/p2/$record-what-matters", json=naming("9000000017"), headers=FHIR_JSON
+    )
+    assert own.status_code == 200, own.get_data(as_text=True)
