@@ -143,6 +143,12 @@ def _message(error: jsonschema.ValidationError) -> str:
             )
     if error.validator == "additionalProperties":
         return str(error.message).replace("Additional properties are not allowed", "unknown key")
+    if error.validator == "pattern" and list(error.path)[-1:] == ["hl7"]:
+        return (
+            f"{error.instance!r} is not an HL7 v2 path: SEGMENT-field, the segment in capitals, "
+            "then an optional (repetition), .component and .subcomponent: PID-3.1, OBX-5(*), "
+            "PID-3(2).1, PID-3(4=NHS).1"
+        )
     return str(error.message)
 
 

@@ -63,7 +63,12 @@ def run_golden(
         except MappingError as exc:
             expected = test.get("error")
             passed = expected is not None and expected in str(exc)
-            detail = "" if passed else f"unexpected error: {exc}"
+            if passed:
+                detail = ""
+            elif expected is not None:
+                detail = f"the error does not contain {expected!r}; it was: {exc}"
+            else:
+                detail = f"unexpected error: {exc}"
             results.append(GoldenResult(mapping.name, test["name"], where, passed, detail))
             continue
         produced = tuple(_plain(o.resource) for o in outputs)

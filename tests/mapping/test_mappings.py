@@ -407,3 +407,18 @@ def test_date_formats_and_variables_that_need_themselves_fail_the_check_at_their
     assert "variables.order: the variable 'order' needs itself" in message
     line = _line(path, r"^  order:")
     assert f"wmty-oru.yaml:{line} variables.order" in message
+
+
+def test_a_misspelt_hl7_path_and_a_golden_error_text_are_explained(tmp_path: Path) -> None:
+    """A newcomer's ``msh-4.1`` got the schema's raw regex back, and a golden test whose
+    expected error text did not match was reported as "unexpected error" without the text it
+    looked for."""
+    path = _copy(tmp_path, "wmty-oru.yaml", ("{hl7: MSH-4.1, required: true}", "{hl7: msh-4.1}"))
+    with pytest.raises(MappingError) as caught:
+        load_mapping(path)
+    assert "variables.facility.hl7: 'msh-4.1' is not an HL7 v2 path" in str(caught.value)
+    assert "PID-3(4=NHS).1" in str(caught.value)
+    wrong = _copy(tmp_path, "wmty-oru.yaml", ('error: "nhs_number"', 'error: "nhs_numbr"'))
+    results = run_golden(load_mapping(wrong), QUESTIONNAIRES, CONCEPT_MAPS)
+    (failed,) = [r for r in results if not r.passed]
+    assert failed.detail.startswith("the error does not contain 'nhs_numbr'; it was: ")
