@@ -317,7 +317,9 @@ class Mapper:
             column = definition["column"]
             if column not in record.values:
                 header = ", ".join(record.values) or "(none)"
-                self._fail(path, f"unknown column {column!r}; the header has: {header}")
+                self._fail(
+                    path, f"unknown column {column!r}; the header has: {header}{_hint(record)}"
+                )
             return record.values[column]
         if "path" in definition:
             return value_at(record.values, definition["path"])
@@ -482,6 +484,18 @@ class Mapper:
     def _fail(self, path: str, message: str, origin: str | None = None) -> NoReturn:
         position = self._record.position + (f", {origin}" if origin else "")
         raise MappingError(f"{self.mapping.where(path)} <- {position}: {message}")
+
+
+def _hint(record: Record) -> str:
+    """When a CSV header reads as one column holding ';' or a tab, the file is likely
+    separated by that character: say which setting reads it."""
+    if len(record.values) != 1:
+        return ""
+    (name,) = record.values
+    for separator, shown in ((";", "';'"), ("\t", "a tab"), ("|", "'|'")):
+        if separator in name:
+            return f" (one column: if the file is separated by {shown}, set source.delimiter)"
+    return ""
 
 
 def _origin(definition: dict[str, Any]) -> str | None:

@@ -164,7 +164,16 @@ def _csv(lines: Iterable[str], delimiter: str) -> Iterator[Record]:
             except StopIteration:
                 return
             if None in row:
-                raise MappingError(f"row {first}: more cells than the header has columns")
+                hint = next(
+                    (
+                        f" (the header reads as one column; if the file is separated by {shown},"
+                        " set source.delimiter)"
+                        for separator, shown in ((";", "';'"), ("\t", "a tab"))
+                        if len(header) == 1 and separator in header[0]
+                    ),
+                    "",
+                )
+                raise MappingError(f"row {first}: more cells than the header has columns{hint}")
             _undecodable(row, first)
             if not any(value and value.strip() for value in row.values()):
                 continue  # a row of empty cells (,,,,) that spreadsheets leave at the end

@@ -534,3 +534,20 @@ def test_a_byte_that_is_not_utf8_is_refused_at_its_row_and_column(client: FlaskC
     assert response.status_code == 422
     assert "row 51, column 'what_matters': not UTF-8" in outcome_issues(response)[0]["diagnostics"]
     assert client.get("/fhir/Observation?_summary=count").get_json()["total"] == 0
+
+
+def test_a_semicolon_export_is_refused_with_the_setting_that_reads_it(
+    client: FlaskClient,
+) -> None:
+    """A German-locale spreadsheet saves the survey with ';' between cells: the header read as
+    one column and the error said only "unknown column" (or "more cells"), with no word of
+    source.delimiter."""
+    add_patient(client)
+    export = SURVEY.replace(",", ";")
+    response = client.post("/fhir/$ingest?mapping=survey-csv", data=export, headers=CSV)
+    assert response.status_code == 422
+    assert "set source.delimiter" in outcome_issues(response)[0]["diagnostics"]
+    mixed = export.replace("Singing in the choir", "Singing, and the choir")
+    refused = client.post("/fhir/$ingest?mapping=survey-csv", data=mixed, headers=CSV)
+    assert refused.status_code == 422
+    assert "set source.delimiter" in outcome_issues(refused)[0]["diagnostics"]
