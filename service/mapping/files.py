@@ -396,7 +396,24 @@ def check_targets(mapping: MappingFile, children: ElementChildren) -> list[str]:
             problem = _target_problem(str(rule["resource"]), target, definition, children)
             if problem:
                 problems.append(f"{mapping.where(f'{rule_path}.fields.{target}')}: {problem}")
+        template = rule.get("template")
+        for key, value in (template if isinstance(template, dict) else {}).items():
+            # the fixed template is checked as its fields are: element names and constants
+            for target, leaf in _leaves(str(key), value):
+                problem = _target_problem(str(rule["resource"]), target, {"const": leaf}, children)
+                if problem:
+                    problems.append(f"{mapping.where(f'{rule_path}.template.{key}')}: {problem}")
+                    break
     return problems
+
+
+def _leaves(path: str, value: Any) -> list[tuple[str, Any]]:
+    """The leaf values of a template element, each with its target path (``a[0].b``)."""
+    if isinstance(value, dict) and value:
+        return [leaf for key, item in value.items() for leaf in _leaves(f"{path}.{key}", item)]
+    if isinstance(value, list) and value:
+        return [leaf for i, item in enumerate(value) for leaf in _leaves(f"{path}[{i}]", item)]
+    return [(path, value)]
 
 
 def _target_problem(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from service.fhir.mapping_paths import target_problems
 from service.mapping.files import MappingError, load_folder, load_mapping
 from service.mapping.golden import map_input, run_golden
 from service.validation.definitions import Definitions
@@ -422,3 +423,20 @@ def test_a_misspelt_hl7_path_and_a_golden_error_text_are_explained(tmp_path: Pat
     results = run_golden(load_mapping(wrong), QUESTIONNAIRES, CONCEPT_MAPS)
     (failed,) = [r for r in results if not r.passed]
     assert failed.detail.startswith("the error does not contain 'nhs_numbr'; it was: ")
+
+
+def test_the_check_reads_a_rules_template_as_it_reads_its_fields(tmp_path: Path) -> None:
+    """A typo in a template key (``categroy``) or a constant of the wrong JSON type in it passed
+    ``map check`` and failed only at run time, blamed on the whole rule. The template is now
+    checked element by element, at its key's line, with a "did you mean"."""
+    typo = _copy(
+        tmp_path,
+        "wmty-oru.yaml",
+        ("    template:\n      category:", "    template:\n      categroy:"),
+    )
+    problems = target_problems(load_mapping(typo))
+    assert len(problems) == 1
+    line = _line(typo, r"^      categroy:")
+    assert problems[0].startswith(f"wmty-oru.yaml:{line} rules[0].template.categroy: ")
+    assert "did you mean 'category'?" in problems[0]
+    assert target_problems(load_mapping(MAPPINGS / "wmty-oru.yaml")) == []
