@@ -203,8 +203,10 @@ def story_narrative(view: list[dict[str, Any]]) -> dict[str, str]:
             f" ({escape(str(g.get('status') or ''))})</li>"
             for g in item.get("goals", [])
         )
+        # an unranked item has a place in the list, not a rank the patient gave it
+        placed = f"rank {item['rank']}" if item["ranked"] else "not yet ranked"
         rows.append(
-            f"<li><p>{kind} (rank {item['rank']}{'' if item['ranked'] else ', not yet ranked'}):"
+            f"<li><p>{kind} ({placed}):"
             f' <span class="words" style="white-space: pre-wrap"{language}>'
             f"{words_html(item['text'])}</span></p>"
             f"<ul>{records}</ul>{f'<ul>{goals}</ul>' if goals else ''}</li>"

@@ -347,3 +347,26 @@ def test_another_systems_ips_document_is_read_by_the_bundle_reference_rules(
         or f"Patient/{e['resource'].get('id')}" == composition_subject
     )
     assert stored["name"] == patient["name"]
+
+
+def test_the_story_gives_a_rank_only_to_what_the_patient_ranked(ips_client: FlaskClient) -> None:
+    """An IPS reader that knows nothing of our profiles read "Goal (rank 1, not yet ranked)":
+    a rank number for something the patient never ranked. A ranked item keeps its rank; an
+    unranked one says only that it is not yet ranked."""
+    add_patient(ips_client)
+    ranked = conversation(statement("a", "Walking Bramble"), ranking("a"))
+    assert record(ips_client, ranked).status_code == 200
+    plain = {  # another EHR's statement, written by plain FHIR: no List ranks it
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "95541-9"}]},
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": "2026-11-20T10:15:00+00:00",
+        "valueString": "Tea in the garden",
+    }
+    headers = {"Content-Type": "application/fhir+json"}
+    assert ips_client.post("/fhir/Observation", json=plain, headers=headers).status_code == 201
+    story = _section(_summary(ips_client), STORY)["text"]["div"]
+    assert "What matters (rank 1):" in story
+    assert "What matters (not yet ranked):" in story
+    assert "rank 2, not yet ranked" not in story
