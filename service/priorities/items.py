@@ -268,8 +268,8 @@ def records_of(
     Who: the newest Provenance that targets it (its author agent, else its only agent, else
     its first), else ``performer`` / ``expressedBy``. Where: the care-setting extension and
     the settings of the Lists that rank it (``listed``, newest first), else the Provenance's
-    ``location``, else the agent's ``onBehalfOf``. When: the effective or start date, else
-    the Provenance's ``recorded``."""
+    ``location``, else the agent's ``onBehalfOf``. When: the effective date, else ``issued``,
+    else the start date, else the Provenance's ``recorded``."""
     provenance = max(provenances, key=lambda p: str(p.get("recorded", "")), default=None)
     agent = _agent(provenance) if provenance else None
     recorder = _reference(agent.get("who")) if agent else None
@@ -284,6 +284,7 @@ def records_of(
         resource.get("effectiveDateTime")
         or resource.get("effectiveInstant")
         or (resource.get("effectivePeriod") or {}).get("start")
+        or resource.get("issued")  # when it was made available: the merge orders by it too
         or resource.get("startDate")
         or (provenance or {}).get("recorded")
     )

@@ -238,3 +238,28 @@ def test_a_cancelled_statement_or_one_without_words_is_not_shown_as_what_matters
     assert "Tea in the garden" in page
     assert "EHR: never asked" not in page
     assert not re.search(r'<h2 class="words"[^>]*>\s*</h2>', page)
+
+
+def test_a_statement_dated_only_by_issued_shows_that_date(client: FlaskClient) -> None:
+    """Another EHR's statement carries ``issued`` (when it was made available) and no
+    effective time: the page said "date not recorded" although the merge already orders by
+    ``issued``. The page now shows it."""
+    add_patient(client)
+    statement_only_issued = {
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{"coding": [{"system": PCO, "code": "what-matters"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "95541-9"}]},
+        "subject": {"reference": "Patient/p1"},
+        "issued": "2026-09-02T09:00:00Z",
+        "valueString": "Sea swimming in September",
+    }
+    headers = {"Content-Type": "application/fhir+json"}
+    assert (
+        client.post("/fhir/Observation", json=statement_only_issued, headers=headers).status_code
+        == 201
+    )
+    page = unescape(client.get("/patients/p1/what-matters").get_data(as_text=True))
+    assert "Sea swimming in September" in page
+    assert "2026-09-02" in page
+    assert "date not recorded" not in page
