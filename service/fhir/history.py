@@ -86,8 +86,14 @@ def history_page(
     return HistoryPage(type_, id_, page, kept, before, following)
 
 
-def history_bundle(clock: Callable[[], int], base: str, history: HistoryPage) -> Result:
-    """The history Bundle of one page."""
+def history_bundle(
+    clock: Callable[[], int],
+    base: str,
+    history: HistoryPage,
+    recreated: set[tuple[str, str, int]] | None = None,
+) -> Result:
+    """The history Bundle of one page; ``recreated``: the versions that created their resource
+    again after a deletion (answered 201 when they were written)."""
     kept, page = history.kept, history.versions
     path = "/".join(p for p in (base, history.type, history.id, "_history") if p)
     links = [{"relation": "self", "url": _with_params(path, kept, history.before)}]
@@ -100,13 +106,15 @@ def history_bundle(clock: Callable[[], int], base: str, history: HistoryPage) ->
         "type": "history",
         "link": links,
     }
-    entries = [_history_entry(base, item) for item in page]
+    entries = [_history_entry(base, item, recreated or set()) for item in page]
     if entries:
         bundle["entry"] = entries
     return Result(200, body=bundle)
 
 
-def _history_entry(base: str, item: StoredResource) -> dict[str, Any]:
+def _history_entry(
+    base: str, item: StoredResource, recreated: set[tuple[str, str, int]]
+) -> dict[str, Any]:
     url = f"{item.type}/{item.id}"
     entry: dict[str, Any] = {"fullUrl": f"{base}/{url}"}
     if item.deleted:
@@ -118,7 +126,11 @@ def _history_entry(base: str, item: StoredResource) -> dict[str, Any]:
         }
         return entry
     entry["resource"] = parse_json(item.content or "{}")
-    created = item.version == 1 or item.method == "POST"
+    created = (
+        item.version == 1
+        or item.method == "POST"
+        or (item.type, item.id, item.version) in recreated
+    )
     entry["request"] = {
         "method": item.method if item.method in ("POST", "PUT", "PATCH") else "PUT",
         "url": item.type if item.method == "POST" else url,

@@ -484,7 +484,24 @@ class Session:
         base: str,
     ) -> Result:
         """history, answered as a history Bundle."""
-        return history_bundle(self.fhir.clock, base, self.history_page(type_, id_, params))
+        page = self.history_page(type_, id_, params)
+        return history_bundle(self.fhir.clock, base, page, self._recreated(page.versions))
+
+    def _recreated(self, versions: Sequence[StoredResource]) -> set[tuple[str, str, int]]:
+        """The versions of a page that created their resource again after it was deleted (an
+        update as create: ``201 Created`` in the history, as it was answered)."""
+        on_page = {(v.type, v.id, v.version): v.deleted for v in versions}
+        found = set()
+        for v in versions:
+            if v.deleted or v.version == 1 or v.method != "PUT":
+                continue
+            before = on_page.get((v.type, v.id, v.version - 1))
+            if before is None:
+                previous = self.tx.resources.vread(v.type, v.id, v.version - 1)
+                before = previous is not None and previous.deleted
+            if before:
+                found.add((v.type, v.id, v.version))
+        return found
 
     def history_page(
         self, type_: str | None, id_: str | None, params: Sequence[tuple[str, str]]

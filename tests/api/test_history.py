@@ -101,3 +101,28 @@ def test_history_with_unknown_parameter_is_400(client: FlaskClient) -> None:
     response = client.get("/fhir/_history?_at=2020")
     assert response.status_code == 400
     outcome_issues(response)
+
+
+def test_a_version_that_created_the_resource_again_after_a_delete_says_201(
+    client: FlaskClient,
+) -> None:
+    """PUT (201), PUT (200), DELETE (204), PUT again (201 Created, as it was answered): the
+    history said "200 OK" for the last, in the instance history and in the type history where
+    the version before it is on another page (bundle.html: entry.response says how the
+    interaction was answered)."""
+    headers = {"Content-Type": FHIR_JSON}
+    body = patient(id="p1")
+    assert client.put("/fhir/Patient/p1", json=body, headers=headers).status_code == 201
+    assert client.put("/fhir/Patient/p1", json={**body, "gender": "male"}, headers=headers)
+    assert client.delete("/fhir/Patient/p1").status_code == 204
+    again = client.put("/fhir/Patient/p1", json=body, headers=headers)
+    assert again.status_code == 201
+    instance = client.get("/fhir/Patient/p1/_history").get_json()["entry"]
+    assert [e["response"]["status"] for e in instance] == [
+        "201 Created",
+        "204 No Content",
+        "200 OK",
+        "201 Created",
+    ]
+    newest = client.get("/fhir/Patient/_history?_count=1").get_json()["entry"]
+    assert newest[0]["response"]["status"] == "201 Created"
