@@ -25,8 +25,8 @@ from service.api.exchange_views import subscription_status
 from service.api.live_mappings import LiveMappings
 from service.api.negotiation import mimetype, prefer, request_body
 from service.config import Config
-from service.errors import BadRequest, UnsupportedMediaType
-from service.fhir.access import require_population_write
+from service.errors import BadRequest, NotSupported, UnsupportedMediaType
+from service.fhir.access import SEARCH_NARROWING, require_population_write
 from service.fhir.actor import Actor
 from service.fhir.bundles import process_bundle
 from service.fhir.capability import (
@@ -34,6 +34,7 @@ from service.fhir.capability import (
     smart_security,
     terminology_capabilities,
 )
+from service.fhir.checking import check_id, check_type
 from service.fhir.ingest import Mappings, ingest
 from service.fhir.interactions import FhirService
 from service.fhir.model import parse_etag, parse_if_none_match, parse_instant
@@ -328,6 +329,24 @@ def _search_type(ctx: Context, req: FhirRequest, p: Params) -> Result:
         return session.search_type(p["type"], params, ctx.base, strict=_strict(req))
 
 
+def _search_compartment(ctx: Context, req: FhirRequest, p: Params) -> Result:
+    """A search in a patient's compartment (http.html#vsearch, R4 CompartmentDefinition
+    patient): the member type's search narrowed to the patient's records by the parameter the
+    access guard narrows with (``patient``, the subject for most types)."""
+    type_, patient = p["member"], p["id"]
+    check_id(patient)
+    check_type(type_)
+    narrowing = SEARCH_NARROWING.get(type_)
+    if narrowing is None or type_ == "Patient":
+        raise NotSupported(
+            f"{type_} is not searched in a patient's compartment here; the types that are: "
+            + ", ".join(t for t in SEARCH_NARROWING if t != "Patient")
+        )
+    params = [*_search_params(req), (narrowing, f"Patient/{patient}")]
+    with ctx.session() as session:
+        return session.search_type(type_, params, ctx.base, strict=_strict(req))
+
+
 def _create(ctx: Context, req: FhirRequest, p: Params) -> Result:
     body, _ = request_body(req)
     if_none_exist = req.headers.get("If-None-Exist")
@@ -427,6 +446,7 @@ HANDLERS: dict[str, Handler] = {
     "history_system": _history_system,
     "ingest": _ingest,
     "search_type": _search_type,
+    "search_compartment": _search_compartment,
     "create": _create,
     "conditional_update": _conditional_update,
     "conditional_patch": _conditional_patch,

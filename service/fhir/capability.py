@@ -159,6 +159,8 @@ def capability_statement(
                 "resource": resources,
                 "interaction": _interactions(router.system_interactions()),
                 **({"operation": _operations(None)} if router.operations(None) else {}),
+                # [base]/Patient/[id]/[type] searches (the member types' patient parameter)
+                "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
             }
         ],
     }

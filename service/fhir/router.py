@@ -137,6 +137,8 @@ class Route:
             if part.startswith("{"):
                 if not value:
                     return None
+                if part == "{member}" and not value[:1].isupper():
+                    return None  # a compartment's member type, never _history or $operation
                 params[part[1:-1]] = value
             elif part != value:
                 return None
@@ -254,6 +256,8 @@ ROUTES: tuple[Route, ...] = (
         _IPS_SUMMARY,
     ),
     Route(_GET, "Patient/{id}/$summary", "operation", INSTANCE, "summary", "summary", _IPS_SUMMARY),
+    # the patient compartment (http.html#vsearch): [base]/Patient/[id]/[type]
+    Route(_GET, "Patient/{id}/{member}", "search-type", INSTANCE, "search_compartment"),
     Route(
         ("GET", "POST"),
         "Patient/$export",

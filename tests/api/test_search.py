@@ -300,3 +300,36 @@ def test_revinclude_wildcard_brings_what_refers_to_the_matches(client: FlaskClie
     assert strict.status_code == 400
     iterate = client.get("/fhir/Observation?_include:iterate=Goal:subject")
     assert iterate.status_code == 200
+
+
+def test_a_search_in_a_patients_compartment(client: FlaskClient) -> None:
+    """http.html#vsearch: GET [base]/Patient/[id]/Observation finds that patient's
+    Observations, with the type's other parameters. It was a 404 (not-found); the
+    CapabilityStatement now names the patient CompartmentDefinition. A type this server does
+    not search in the compartment is a 404 not-supported naming those it does; the instance
+    routes beside it (_history, $what-matters) are unchanged."""
+    headers = {"Content-Type": "application/fhir+json"}
+    for pid in ("pa", "pb"):
+        client.put(f"/fhir/Patient/{pid}", json=patient(id=pid), headers=headers)
+        for status in ("final", "amended"):
+            body = {
+                "resourceType": "Observation",
+                "status": status,
+                "code": {"text": f"{pid} {status}"},
+                "subject": {"reference": f"Patient/{pid}"},
+            }
+            client.post("/fhir/Observation", json=body, headers=headers)
+    found = client.get("/fhir/Patient/pa/Observation").get_json()
+    assert sorted(e["resource"]["code"]["text"] for e in found["entry"]) == [
+        "pa amended",
+        "pa final",
+    ]
+    final = client.get("/fhir/Patient/pa/Observation?status=final").get_json()
+    assert [e["resource"]["code"]["text"] for e in final["entry"]] == ["pa final"]
+    assert client.get("/fhir/Patient/nobody/Observation").get_json().get("entry") is None
+    refused = client.get("/fhir/Patient/pa/AuditEvent")
+    assert refused.status_code == 404
+    assert outcome_issues(refused)[0]["code"] == "not-supported"
+    assert client.get("/fhir/Patient/pa/_history").get_json()["type"] == "history"
+    rest = client.get("/fhir/metadata").get_json()["rest"][0]
+    assert rest["compartment"] == ["http://hl7.org/fhir/CompartmentDefinition/patient"]

@@ -93,6 +93,7 @@ EVERY_ROUTE = [
         "summary",
     ),
     (("GET",), "Patient/{id}/$summary", "operation", "instance", "summary", "summary"),
+    (("GET",), "Patient/{id}/{member}", "search-type", "instance", "search_compartment", None),
     (("GET", "POST"), "Patient/$export", "operation", "type", "export", "export"),
     (("GET",), "Group/{id}/$export", "operation", "instance", "export", "export"),
     (

@@ -304,3 +304,22 @@ def test_a_chain_deeper_than_the_limit_is_400_naming_the_parameter(
 def test_chains_at_the_limit_are_answered(world: dict[str, Any], url: str, kind: str) -> None:
     response = caller(world, token_for(world, kind)).get(url)
     assert response.status_code == 200, text_of(response)
+
+
+def test_a_patient_token_finds_nothing_in_another_patients_compartment(
+    world: dict[str, Any],
+) -> None:
+    """GET /fhir/Patient/pB/Observation with patient A's token: the compartment search is the
+    type's search narrowed to pB, and A's token narrows it to pA as well, so nothing of B's
+    (not even a count) comes back; A's own compartment works."""
+    a = caller(world, token_for(world, "patient-A"))
+    for type_ in ("Observation", "Goal", "List"):
+        other = a.get(f"/fhir/Patient/pB/{type_}")
+        assert other.status_code in (200, 403)
+        assert B_WORDS not in text_of(other)
+        if other.status_code == 200:
+            assert other.get_json().get("entry") is None
+            assert a.get(f"/fhir/Patient/pB/{type_}?_summary=count").get_json()["total"] == 0
+    own = a.get("/fhir/Patient/pA/Goal")
+    assert own.status_code == 200
+    assert own.get_json()["entry"]
