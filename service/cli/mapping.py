@@ -158,10 +158,14 @@ def _map_run(config: Config, args: argparse.Namespace) -> int:
     finally:
         fhir.store.close()
     sys.stderr.write("\n")
+    # a dry run's stdout is its JSON alone (for jq and the like); what it found goes to stderr
+    told = sys.stderr if args.dry_run else sys.stdout
     if args.dry_run:
         print(json.dumps(result.body, ensure_ascii=False, indent=2, default=str))
     for issue in report.errors:
-        print(f"error: {issue.diagnostics}")
+        print(f"error: {issue.diagnostics}", file=told)
     for issue in report.summary():
-        print(issue.diagnostics + (" (dry run: nothing written)" if args.dry_run else ""))
+        print(
+            issue.diagnostics + (" (dry run: nothing written)" if args.dry_run else ""), file=told
+        )
     return 1 if report.error_count else 0  # a run with errors is not a success

@@ -183,7 +183,9 @@ def test_map_run_of_random_input_exits_with_located_errors_not_a_traceback(
     source.write_bytes(body + noise)
     capsys.readouterr()
     code = cli.main(["map", "run", str(mappings_dir / f"{name}.yaml"), str(source), "--dry-run"])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    json.loads(captured.out)  # a dry run's stdout is its JSON alone
+    out = captured.err
     assert code in (0, 1)
     errors = [line for line in out.splitlines() if line.startswith("error: ")]
     assert (code == 1) == bool(errors), out

@@ -315,8 +315,8 @@ def test_map_run_exits_non_zero_and_counts_errors(config: Config, tmp_path: Path
     mapping = str(VENDOR / "nursing-csv.yaml")
     dry = whatmatters("map", "run", mapping, str(export), "--dry-run", env=env)
     assert dry.returncode == 1, dry.stdout + dry.stderr
-    assert "row 4, column 'Visit Date'" in dry.stdout
-    assert "; 1 errors (dry run: nothing written)" in dry.stdout
+    assert "row 4, column 'Visit Date'" in dry.stderr
+    assert "; 1 errors (dry run: nothing written)" in dry.stderr
     run = whatmatters("map", "run", mapping, str(export), env=env)
     assert run.returncode == 1
     assert "6 resources created" in run.stdout
