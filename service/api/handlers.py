@@ -180,6 +180,12 @@ def _what_matters_parameters(req: FhirRequest) -> dict[str, list[str]]:
     always be invoked by POST with a Parameters body (R4 operations.html#invoking; FHIR client
     libraries do so by default); the query string counts too, so each is still given once."""
     given = {name: req.args(name) for name in _WHAT_MATTERS_IN}
+    for name, _ in req.query:
+        # as a Parameters body is read: a name the operation does not define is refused, not
+        # ignored (the general ones, _format and _pretty, aside)
+        if name not in _WHAT_MATTERS_IN and name not in ("_format", "_pretty"):
+            known = ", ".join(_WHAT_MATTERS_IN)
+            raise BadRequest(f"$what-matters has no in-parameter {name!r} ({known})", (name,))
     if req.method != "POST" or not req.body:
         return given
     body, _ = request_body(req)

@@ -237,3 +237,17 @@ def test_a_patient_identifier_naming_another_patient_than_the_url_is_422(
         "/fhir/Patient/p2/$record-what-matters", json=naming("9000000017"), headers=FHIR_JSON
     )
     assert own.status_code == 200, own.get_data(as_text=True)
+
+
+def test_what_matters_by_get_refuses_a_parameter_it_does_not_define_as_post_does(
+    client: FlaskClient,
+) -> None:
+    """``GET $what-matters?bogus=1`` answered 200 (the parameter ignored) where the same name
+    in a Parameters body was a 400: a misspelt ``histroy=true`` silently gave the current view.
+    Both are a 400 naming the parameter; _format and _pretty stay allowed."""
+    add_patient(client)
+    assert record(client, conversation(statement("a", "Walking Bramble"))).status_code == 200
+    misspelt = client.get("/fhir/Patient/p1/$what-matters?histroy=true")
+    assert misspelt.status_code == 400
+    assert "no in-parameter 'histroy'" in outcome_issues(misspelt)[0]["diagnostics"]
+    assert client.get("/fhir/Patient/p1/$what-matters?history=true&_pretty=true").status_code == 200
