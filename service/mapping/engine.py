@@ -27,7 +27,13 @@ from service.mapping.files import MappingError, MappingFile
 from service.mapping.resource_paths import set_at, value_at
 from service.mapping.sdc import sdc_observation
 from service.mapping.source_dates import DateReader, date_formats
-from service.mapping.sources import Record, hl7_field, hl7_repetitions, hl7_text
+from service.mapping.sources import (
+    Record,
+    delimiter_hint,
+    hl7_field,
+    hl7_repetitions,
+    hl7_text,
+)
 
 _HL7_PATH = re.compile(
     r"([A-Z][A-Z0-9]{2})-(\d+)(?:\((?:(\d+)|(\*)|(\d+)(?:\.(\d+))?=([^)]*))\))?(?:\.(\d+))?(?:\.(\d+))?"
@@ -317,9 +323,8 @@ class Mapper:
             column = definition["column"]
             if column not in record.values:
                 header = ", ".join(record.values) or "(none)"
-                self._fail(
-                    path, f"unknown column {column!r}; the header has: {header}{_hint(record)}"
-                )
+                hint = delimiter_hint(list(record.values))
+                self._fail(path, f"unknown column {column!r}; the header has: {header}{hint}")
             return record.values[column]
         if "path" in definition:
             return value_at(record.values, definition["path"])
@@ -484,18 +489,6 @@ class Mapper:
     def _fail(self, path: str, message: str, origin: str | None = None) -> NoReturn:
         position = self._record.position + (f", {origin}" if origin else "")
         raise MappingError(f"{self.mapping.where(path)} <- {position}: {message}")
-
-
-def _hint(record: Record) -> str:
-    """When a CSV header reads as one column holding ';' or a tab, the file is likely
-    separated by that character: say which setting reads it."""
-    if len(record.values) != 1:
-        return ""
-    (name,) = record.values
-    for separator, shown in ((";", "';'"), ("\t", "a tab"), ("|", "'|'")):
-        if separator in name:
-            return f" (one column: if the file is separated by {shown}, set source.delimiter)"
-    return ""
 
 
 def _origin(definition: dict[str, Any]) -> str | None:

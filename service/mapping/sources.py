@@ -13,7 +13,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,16 +164,9 @@ def _csv(lines: Iterable[str], delimiter: str) -> Iterator[Record]:
             except StopIteration:
                 return
             if None in row:
-                hint = next(
-                    (
-                        f" (the header reads as one column; if the file is separated by {shown},"
-                        " set source.delimiter)"
-                        for separator, shown in ((";", "';'"), ("\t", "a tab"))
-                        if len(header) == 1 and separator in header[0]
-                    ),
-                    "",
+                raise MappingError(
+                    f"row {first}: more cells than the header has columns{delimiter_hint(header)}"
                 )
-                raise MappingError(f"row {first}: more cells than the header has columns{hint}")
             _undecodable(row, first)
             if not any(value and value.strip() for value in row.values()):
                 continue  # a row of empty cells (,,,,) that spreadsheets leave at the end
@@ -190,6 +183,17 @@ def _csv(lines: Iterable[str], delimiter: str) -> Iterator[Record]:
         raise MappingError(f"row {first}: {exc}") from exc
     except UnicodeDecodeError as exc:
         raise MappingError(f"row {first}: not UTF-8") from exc
+
+
+def delimiter_hint(header: Sequence[str]) -> str:
+    """When a CSV header reads as one column holding ';', a tab or '|', the file is likely
+    separated by that character: the setting that reads it, for an error message."""
+    if len(header) != 1:
+        return ""
+    for separator, shown in ((";", "';'"), ("\t", "a tab"), ("|", "'|'")):
+        if separator in header[0]:
+            return f" (one column: if the file is separated by {shown}, set source.delimiter)"
+    return ""
 
 
 def csv_header(data: bytes | str, delimiter: str = ",") -> list[str]:
