@@ -187,18 +187,16 @@ def ingest(
                     report.created += 1
                 elif output.corrects and _corrected(session, resource, result):
                     report.updated += 1
-                elif (
-                    not output.corrects
-                    and _differs(resource, result)
-                    and _made_by_this_run(result, started)
-                ):
-                    # two records of one input under one identifier, saying different things:
-                    # keeping one would lose the other's words, so the input has an error
-                    report.add_error(_same_identifier(output))
+                elif not output.corrects and _differs(resource, result):
+                    if _made_by_this_run(result, started):
+                        # two records of one input under one identifier, saying different
+                        # things: keeping one would lose the other's words, so it is an error
+                        report.add_error(_same_identifier(output))
+                    else:
+                        report.unchanged += 1
+                        report.warn(_kept_stored(output, result))
                 else:
                     report.unchanged += 1
-                    if not output.corrects and _differs(resource, result):
-                        report.warn(_kept_stored(output, result))
             batch.clear()
             pending.clear()
 
@@ -247,12 +245,9 @@ def ingest(
                 pending.add(output.criteria)
             if len(batch) >= BATCH:
                 flush()
+        flush()  # (the last batch can find an error too: _same_identifier)
         if report.errors and not per_record:
             report.created = report.updated = report.unchanged = 0  # nothing is kept
-            raise _Rollback
-        flush()
-        if report.errors and not per_record:  # the last batch found one (_same_identifier)
-            report.created = report.updated = report.unchanged = 0
             raise _Rollback
         if progress is not None:
             progress(report.records)
