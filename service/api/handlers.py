@@ -252,12 +252,7 @@ def _capabilities(ctx: Context, req: FhirRequest, p: Params) -> Result:
     config = ctx.config
     mode = next(iter(req.args("mode")), None)
     if mode == "terminology":
-        held = [
-            (resource["url"], resource.get("version"))
-            for key, resource in fhir.terminology.resources.items()
-            if key.startswith("CodeSystem|") and fhir.terminology.complete(resource["url"])
-        ]
-        return Result(200, body=terminology_capabilities(ctx.base, STARTED, held))
+        return Result(200, body=terminology_capabilities(ctx.base, STARTED, fhir.terminology))
     if mode not in (None, "full", "normative"):
         raise BadRequest(
             f"mode={mode} is not one of full, normative, terminology", expression=("mode",)

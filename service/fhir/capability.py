@@ -14,6 +14,7 @@ from service.fhir import router
 from service.fhir.conformance_resources import CONFORMANCE_TYPES
 from service.fhir.model import FHIR_VERSION, INSTANCE_EXTENSION, SUPPORTED_TYPES, instance_uri
 from service.fhir.search_index import SearchParameters
+from service.validation.value_sets import Terminology
 
 SOFTWARE_NAME = "What Matters"
 SOFTWARE_VERSION = "0.1.0"
@@ -199,14 +200,18 @@ def smart_security(token_url: str | None, authorize_url: str | None) -> dict[str
     return security
 
 
-def terminology_capabilities(
-    base: str, released: str, code_systems: list[tuple[str, str | None]]
-) -> dict[str, Any]:
+def terminology_capabilities(base: str, released: str, terminology: Terminology) -> dict[str, Any]:
     """``GET [base]/metadata?mode=terminology`` (http.html#capabilities): the
-    TerminologyCapabilities of the code systems this server holds whole, as (url, version),
-    with what its $expand, $validate-code and $lookup do (R4 terminologycapabilities.html)."""
+    TerminologyCapabilities of the code systems this server holds whole (those $lookup and
+    $validate-code answer for), with what its $expand, $validate-code and $lookup do (R4
+    terminologycapabilities.html)."""
+    held = [
+        (resource["url"], resource.get("version"))
+        for key, resource in terminology.resources.items()
+        if key.startswith("CodeSystem|") and terminology.complete(resource["url"])
+    ]
     systems = []
-    for url, version in sorted(code_systems):
+    for url, version in sorted(held):
         entry: dict[str, Any] = {"uri": url}
         if version:
             entry["version"] = [{"code": version, "isDefault": True}]
