@@ -17,6 +17,7 @@ FHIR_JSON = "application/fhir+json"
 JSON_TYPES = frozenset({FHIR_JSON, "application/json", "application/json+fhir", "text/json"})
 JSON_PATCH = "application/json-patch+json"
 FHIR_VERSION = "4.0"  # the fhirVersion media-type parameter this server answers in (R4)
+_READS = (FHIR_VERSION, "4.0.1")  # the fhirVersion values a request may name (versioning.html)
 _FORMAT_ALIASES = {"json": FHIR_JSON, "application/json": "application/json"}
 
 
@@ -50,7 +51,7 @@ def response_type(request: Request) -> str:
                     quality = 0.0
             elif name == "fhirversion":  # https://hl7.org/fhir/R4/versioning.html#mt-version
                 version = value.strip().strip('"')
-        if quality <= 0 or version not in (FHIR_VERSION, "4.0.1"):
+        if quality <= 0 or version not in _READS:
             continue
         if media in (FHIR_JSON, "application/json+fhir", "*/*", "application/*"):
             chosen = FHIR_JSON
@@ -88,7 +89,7 @@ def request_body(request: Request | FhirRequest, allow_patch: bool = False) -> t
     # http.html#mime-type), cannot be read as R4 JSON: 415, before anything is parsed
     declared = {k.lower(): v.strip().strip('"') for k, v in options.items()}
     version = declared.get("fhirversion")
-    if version is not None and version not in (FHIR_VERSION, "4.0.1"):
+    if version is not None and version not in _READS:
         raise UnsupportedMediaType(
             f"The body is declared as FHIR {version}; this server reads FHIR R4 "
             f"(fhirVersion={FHIR_VERSION})"
