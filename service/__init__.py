@@ -56,7 +56,7 @@ def wire_fhir_service(
     registry = registry or ProfileRegistry.load(definitions, config.profiles_dir)
     search_params = SearchParameters.shared(
         definitions.search_parameters + search_parameters([f.resource for f in registry.files])
-    )
+    ).with_own_base(config.is_own_url)
     from service.exchange.feed import OutboxFeed
     from service.exchange.partners import load_partners
 

@@ -206,6 +206,29 @@ class Config:
         """This service's FHIR base URL as partners and subscribers see it."""
         return self.public_base_url or f"http://{self.host}:{self.port}{self.base_path}"
 
+    def is_own_url(self, url: str) -> bool:
+        """Whether an absolute URL lies on this service's FHIR base (a reference to a resource
+        stored here, search.html §3.1.1.4.13): the public base URL when one is set, else any
+        allowed host name, on any port, under the base path. Any other absolute URL names a
+        resource on another server."""
+        from urllib.parse import urlsplit
+
+        if self.public_base_url:
+            return url.lower().startswith(self.public_base_url.rstrip("/").lower() + "/")
+        try:
+            parts = urlsplit(url)
+            name = parts.hostname or ""
+            _ = parts.port  # checked: out of range or not a number is a ValueError
+        except ValueError:  # a malformed port or address
+            return False
+        if parts.scheme not in ("http", "https") or not parts.path.startswith(self.base_path + "/"):
+            return False
+        if "*" in self.allowed_hosts:
+            return True
+        # urlsplit gives an IPv6 address without its brackets
+        name = f"[{name}]" if ":" in name else name.rstrip(".")
+        return name in {host_name(h) for h in self.allowed_hosts}
+
     def __post_init__(self) -> None:
         if not self.base_path.startswith("/") or self.base_path.endswith("/"):
             raise ConfigError("base_path must start with '/' and not end with '/'")
@@ -301,6 +324,14 @@ def _boolean(name: str, raw: str) -> bool:
 
 
 @functools.lru_cache(maxsize=1024)
+def host_name(host: str) -> str:
+    """The name part of a Host header, without the port: ``[::1]:8080`` -> ``[::1]``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    return host.partition(":")[0].rstrip(".")
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (a name or address) is this machine (localhost, 127.0.0.0/8, ::1);
     asked of every request's peer in the none mode, so remembered."""

@@ -38,7 +38,7 @@ from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from service.config import Config, is_loopback
+from service.config import Config, host_name, is_loopback
 from service.errors import BadRequest, FhirError, Forbidden
 
 CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
@@ -110,14 +110,6 @@ class RateLimiter:
         if now - self._last_warning > 60:
             self._last_warning = now
             log.warning("rate limits are not enforced: their store failed (%s)", type(exc).__name__)
-
-
-def host_name(host: str) -> str:
-    """The name part of a Host header, without the port: ``[::1]:8080`` -> ``[::1]``."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host.partition("]")[0] + "]"
-    return host.partition(":")[0].rstrip(".")
 
 
 def install_edge_checks(app: Flask, config: Config) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
@@ -24,6 +25,9 @@ from service.storage import (
     UriRow,
 )
 from service.validation.dates import date_range
+
+# whether an absolute URL lies on this server's FHIR base (Config.is_own_url)
+OwnBase = Callable[[str], bool]
 
 
 def fold(text: str) -> str:
@@ -78,8 +82,15 @@ def dedupe(rows: IndexRows) -> None:
             setattr(rows, name, list(dict.fromkeys(found)))
 
 
-def add_rows(rows: IndexRows, param: Indexed, value: Any, target_type: str | None) -> None:
-    """Add the rows of one value of ``param`` (of ``target_type`` only, for a reference)."""
+def add_rows(
+    rows: IndexRows,
+    param: Indexed,
+    value: Any,
+    target_type: str | None,
+    own: OwnBase | None = None,
+) -> None:
+    """Add the rows of one value of ``param`` (of ``target_type`` only, for a reference;
+    ``own`` tells this server's absolute URLs from others', see ``references_of``)."""
     kind = param.type
     code = param.code
     if kind == "token":
@@ -102,7 +113,7 @@ def add_rows(rows: IndexRows, param: Indexed, value: Any, target_type: str | Non
         for low, high, system, unit in quantities_of(value):
             rows.quantities.append(QuantityRow(code, low, high, system, unit))
     elif kind == "reference":
-        for row in references_of(code, value, target_type):
+        for row in references_of(code, value, target_type, own):
             if isinstance(row, ReferenceRow):
                 if _fits(row.url):
                     rows.references.append(row)
@@ -247,8 +258,15 @@ def parse_reference(reference: str) -> tuple[str | None, str | None, str | None]
     return None, None, text
 
 
-def references_of(code: str, value: Any, target_type: str | None) -> list[ReferenceRow | TokenRow]:
-    """Reference rows (and :identifier token rows) of a Reference or canonical value."""
+def references_of(
+    code: str, value: Any, target_type: str | None, own: OwnBase | None = None
+) -> list[ReferenceRow | TokenRow]:
+    """Reference rows (and :identifier token rows) of a Reference or canonical value.
+
+    An absolute URL that ``own`` does not call this server's names a resource elsewhere: its
+    row holds the URL only, so it is found by that URL and never as the local resource of the
+    same type and id (references.html §2.3.0). Without ``own`` every such URL counts as local.
+    """
     out: list[ReferenceRow | TokenRow] = []
     if isinstance(value, str):  # canonical: found by its url, and by url|version if it has one
         unversioned, bar, _ = value.partition("|")
@@ -268,6 +286,8 @@ def references_of(code: str, value: Any, target_type: str | None) -> list[Refere
     elif isinstance(reference, str):
         type_, id_, url = parse_reference(reference)
         if target_type is None or type_ == target_type:
+            if url is not None and type_ is not None and own is not None and not own(url):
+                type_ = id_ = None  # another server's resource
             out.append(ReferenceRow(code, type_, id_, url))
     identifier = value.get("identifier")
     if (

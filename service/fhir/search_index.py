@@ -8,6 +8,7 @@ filter on the reference's type. https://hl7.org/fhir/R4/searchparameter.html
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -17,7 +18,7 @@ from typing import Any
 from fhirpathpy import compile as compile_fhirpath
 from fhirpathpy.models import models
 
-from service.fhir.index_values import Component, add_rows, dedupe
+from service.fhir.index_values import Component, OwnBase, add_rows, dedupe
 from service.fhir.model import SUPPORTED_TYPES
 from service.storage import IndexRows, ReferenceRow
 
@@ -214,6 +215,7 @@ class SearchParameters:
         self._by_url = by_url
         self._params: dict[str, dict[str, SearchParam]] = {t: {} for t in SUPPORTED_TYPES}
         self._core: dict[str, bool] = {}
+        self._own: OwnBase | None = None
         for sp in by_url.values():
             self._add(sp)
 
@@ -270,6 +272,13 @@ class SearchParameters:
             _COMPILED[key] = found
         return found
 
+    def with_own_base(self, own: OwnBase) -> SearchParameters:
+        """These parameters (compiled once, shared) indexing references for a server whose
+        absolute URLs ``own`` recognises: another server's URL is indexed as that URL only."""
+        local = copy.copy(self)
+        local._own = own
+        return local
+
     def for_type(self, type_: str) -> dict[str, SearchParam]:
         """The parameters of a resource type, by code."""
         return self._params.get(type_, {})
@@ -285,7 +294,7 @@ class SearchParameters:
             param = self.get(resource["resourceType"], code)
             if param is not None and param.type == "reference":
                 for value, target_type in param.evaluate(resource):
-                    add_rows(rows, param, value, target_type)
+                    add_rows(rows, param, value, target_type, self._own)
         return rows.references
 
     def index(self, resource: dict[str, Any]) -> IndexRows:
@@ -293,7 +302,7 @@ class SearchParameters:
         rows = IndexRows()
         for param in self.for_type(resource["resourceType"]).values():
             for value, target_type in param.evaluate(resource):
-                add_rows(rows, param, value, target_type)
+                add_rows(rows, param, value, target_type, self._own)
         dedupe(rows)
         return rows
 
@@ -316,6 +325,6 @@ class SearchParameters:
         for code, value, target_type in values:
             param = params.get(code)
             if param is not None:
-                add_rows(rows, param, value, target_type)
+                add_rows(rows, param, value, target_type, self._own)
         dedupe(rows)
         return rows

@@ -323,3 +323,22 @@ def test_a_patient_token_finds_nothing_in_another_patients_compartment(
     own = a.get("/fhir/Patient/pA/Goal")
     assert own.status_code == 200
     assert own.get_json()["entry"]
+
+
+def test_another_servers_patient_of_the_same_id_is_not_the_tokens_patient(
+    world: dict[str, Any],
+) -> None:
+    # another EHR's Patient/pA is somebody else (references.html §2.3.0): what it says about
+    # them is not in this server's Patient/pA compartment
+    foreign = _admin(world).post(
+        "/fhir/Observation",
+        _observation("http://other-ehr.example/fhir/Patient/pA", "Another EHR's patient"),
+    )
+    assert foreign.status_code == 201, text_of(foreign)
+    ident = foreign.get_json()["id"]
+    patient_a = _patient_a(world)
+    assert patient_a.get(f"/fhir/Observation/{ident}").status_code == 403
+    found = patient_a.get("/fhir/Observation?_count=100")
+    assert found.status_code == 200, text_of(found)
+    assert ident not in {e["resource"]["id"] for e in found.get_json().get("entry", [])}
+    assert "Another EHR's patient" not in text_of(patient_a.get("/fhir/Patient/pA/Observation"))

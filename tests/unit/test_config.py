@@ -86,3 +86,31 @@ def test_bulk_export_settings_are_read() -> None:
     assert config.export_ttl_seconds == 600.0
     with pytest.raises(ConfigError, match="WHATMATTERS_EXPORT_TTL_SECONDS must be positive"):
         Config.from_env({"WHATMATTERS_EXPORT_TTL_SECONDS": "0"})
+
+
+PUBLIC = Config(public_base_url="https://wm.example/fhir")
+
+
+@pytest.mark.parametrize(
+    ("config", "url", "own"),
+    [
+        (Config(), "http://127.0.0.1:8080/fhir/Patient/1", True),
+        (Config(), "https://localhost/fhir/Patient/1", True),
+        (Config(), "http://[::1]:9000/fhir/Patient/1", True),
+        (Config(), "http://LOCALHOST./fhir/Patient/1", True),
+        (Config(), "http://other-ehr.example/fhir/Patient/1", False),
+        (Config(), "http://127.0.0.1:8080/R4/Patient/1", False),  # not under the base path
+        (Config(), "ftp://127.0.0.1/fhir/Patient/1", False),
+        (Config(), "http://127.0.0.1:99999999/fhir/Patient/1", False),  # a malformed port
+        (Config(allowed_hosts=("*",)), "http://any.example/fhir/Patient/1", True),
+        (Config(public_base_url="https://wm.example/fhir"), "https://WM.example/fhir/Goal/g", True),
+        (Config(public_base_url="https://wm.example/fhir"), "http://127.0.0.1/fhir/Goal/g", False),
+        (
+            Config(public_base_url="https://wm.example/fhir"),
+            "https://wm.example/fhirx/Goal/g",
+            False,
+        ),
+    ],
+)
+def test_own_urls_are_the_base_the_service_answers_on(config: Config, url: str, own: bool) -> None:
+    assert config.is_own_url(url) is own
