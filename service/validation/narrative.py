@@ -8,9 +8,19 @@ the narrative (a warning, since a reader only loses the jump).
 
 from __future__ import annotations
 
+import re
+from html.entities import name2codepoint
 from html.parser import HTMLParser
+from xml.etree.ElementTree import ParseError
+
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring
 
 from service.errors import Issue
+
+XHTML_NS = "http://www.w3.org/1999/xhtml"
+_XML_ENTITIES = frozenset({"amp", "lt", "gt", "quot", "apos"})
+_NAMED = re.compile(r"&([A-Za-z][A-Za-z0-9]*);")
 
 ELEMENTS = frozenset(
     [
@@ -114,6 +124,34 @@ ELEMENT_ATTRIBUTES = {
     "ul": frozenset({"type"}),
     "li": frozenset({"value"}),
 }
+
+
+def _numeric(match: re.Match[str]) -> str:
+    name = match.group(1)
+    if name in _XML_ENTITIES or name not in name2codepoint:
+        return match.group(0)
+    return f"&#{name2codepoint[name]};"
+
+
+def xhtml_problem(div: str) -> str | None:
+    """Why a Narrative.div is not a well-formed XHTML fragment whose one root is a <div> in
+    the XHTML namespace (narrative.html#xhtml, json.html#xhtml), or None. HTML's named
+    entities (``&nbsp;``) are taken, as the HL7 reference validator takes them; a document
+    type declaration is not (it could define entities)."""
+    try:
+        root = fromstring(_NAMED.sub(_numeric, div.strip()), forbid_dtd=True)
+    except DefusedXmlException:
+        return "must not hold a document type or entity declaration"
+    except ParseError as exc:
+        line, column = exc.position
+        where = f"line {line}, column {column + 1}" if line > 1 else f"character {column + 1}"
+        reason = str(exc).split(":", 1)[0].removeprefix("not well-formed (").rstrip(")")
+        return f"is not well-formed XHTML ({reason} at {where})"
+    if root.tag != f"{{{XHTML_NS}}}div":
+        if root.tag == "div":
+            return f'must declare the XHTML namespace on its <div> (xmlns="{XHTML_NS}")'
+        return "must be one <div> element in the XHTML namespace"
+    return None
 
 
 class _Reader(HTMLParser):

@@ -12,6 +12,7 @@ from service.errors import Issue
 from service.validation.bundle_rules import uri_problem
 from service.validation.dates import date_range
 from service.validation.definitions import TypeModel
+from service.validation.narrative import xhtml_problem
 
 _INT_RANGES = {
     "integer": (-(2**31), 2**31 - 1),
@@ -71,6 +72,8 @@ def primitive_issues(value: Any, type_code: str, model: TypeModel, expr: str) ->
         elif type_code == "xhtml":
             if not value.lstrip().startswith("<div"):
                 problem = "must be an XHTML <div> element"
+            else:
+                problem = xhtml_problem(value)
         elif model.regex is not None and model.regex.fullmatch(value) is None:
             problem = "is not a valid " + type_code
         elif type_code in _DATE_TYPES and date_range(value[:10]) is None:

@@ -329,3 +329,45 @@ def test_a_narrative_with_a_script_is_refused_on_write_as_in_validate(
     plain = '<div xmlns="http://www.w3.org/1999/xhtml"><p><b>Eluned</b> Jones</p></div>'
     body["text"]["div"] = plain
     assert client.post("/fhir/Patient", json=body, headers=JSON).status_code == 201
+
+
+XHTML = 'xmlns="http://www.w3.org/1999/xhtml"'
+MALFORMED = [
+    "<div>no namespace</div>",
+    f"<div {XHTML}><p>unclosed</div>",
+    f"<div {XHTML}>a & b < c</div>",
+    f"<div {XHTML}><b><i>x</b></i></div>",
+    f"<div {XHTML}><br>x</div>",
+    f'<div {XHTML}><p class="a" class="b">twice</p></div>',
+    f"<div {XHTML}>one</div><div {XHTML}>two</div>",
+    f'<!DOCTYPE div [<!ENTITY e "x">]><div {XHTML}>&e;</div>',
+]
+
+
+@pytest.mark.parametrize("div", MALFORMED)
+def test_a_narrative_that_is_not_well_formed_xhtml_is_refused(
+    client: FlaskClient, div: str
+) -> None:
+    """R4 narrative.html#xhtml: Narrative.div is a well-formed XHTML fragment, one <div> in the
+    XHTML namespace. Another system's narrative with a bare '&', an unclosed tag or no
+    namespace was reported valid by $validate and stored; readers that parse it as XML fail."""
+    body = {"resourceType": "Patient", "text": {"status": "generated", "div": div}}
+    checked = client.post("/fhir/Patient/$validate", json=body, headers=JSON)
+    errors = [i for i in outcome_issues(checked) if i["severity"] == "error"]
+    assert [i["expression"] for i in errors] == [["Patient.text.div"]], errors
+    created = client.post("/fhir/Patient", json=body, headers=JSON)
+    assert created.status_code == 400, created.get_data(as_text=True)[:300]
+    assert outcome_issues(created)[0]["expression"] == ["Patient.text.div"]
+
+
+def test_html_named_entities_and_xml_forms_in_a_narrative_are_taken(client: FlaskClient) -> None:
+    # what the HL7 reference validator takes: HTML's named entities (&nbsp;), numeric ones,
+    # self-closed <br/>, xml:lang, whitespace around the div
+    for div in (
+        f"<div {XHTML}><p>Mrs&nbsp;Jones &amp; her daughter &#8212; &eacute;</p><br/></div>",
+        f"\n  <div {XHTML}><p>x</p></div>\n",
+        f'<div {XHTML} xml:lang="cy" lang="cy"><p>Croeso</p></div>',
+    ):
+        body = {"resourceType": "Patient", "text": {"status": "generated", "div": div}}
+        created = client.post("/fhir/Patient", json=body, headers=JSON)
+        assert created.status_code == 201, (div, created.get_data(as_text=True)[:300])
