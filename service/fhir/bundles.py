@@ -95,6 +95,7 @@ def process_bundle(
     entries = bundle.get("entry", [])
     if not isinstance(entries, list):
         raise BadRequest("Bundle.entry must be a JSON array", expression=("Bundle.entry",))
+    _check_entries(entries)
     if kind == "transaction":
 
         def work(session: Session) -> list[Result | FhirError]:
@@ -121,6 +122,35 @@ def process_bundle(
     if response_entries:
         body["entry"] = response_entries
     return Result(200, body=body)
+
+
+def _check_entries(entries: list[Any]) -> None:
+    """The Bundle rules a batch or transaction is refused whole for, before any entry runs:
+    every entry carries its request (bdl-3), and no two entries share a fullUrl unless their
+    versions differ (bdl-7), which would leave a reference to it naming either."""
+    seen: dict[tuple[str, Any], int] = {}
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            continue  # the Bundle's own check names it
+        if "request" not in entry:
+            raise BadRequest(
+                f"bdl-3: Bundle.entry[{index}] needs a request (request.method and request.url) "
+                "in a batch or transaction",
+                expression=(f"Bundle.entry[{index}].request",),
+            )
+        full_url = entry.get("fullUrl")
+        if not isinstance(full_url, str):
+            continue
+        resource = entry.get("resource")
+        meta = resource.get("meta") if isinstance(resource, dict) else None
+        key = (full_url, meta.get("versionId") if isinstance(meta, dict) else None)
+        if key in seen:
+            raise BadRequest(
+                f"bdl-7: Bundle.entry[{seen[key]}] and Bundle.entry[{index}] have the same "
+                f"fullUrl {full_url}; a fullUrl names one entry of a Bundle",
+                expression=(f"Bundle.entry[{index}].fullUrl",),
+            )
+        seen[key] = index
 
 
 def _batch(

@@ -418,3 +418,39 @@ def test_an_update_with_if_none_match_star_does_not_overwrite(client: FlaskClien
     refused = _post(client, _bundle("transaction", entry))
     assert refused.status_code == 412
     assert client.get("/fhir/Patient/p1").headers["ETag"] == 'W/"1"'
+
+
+def test_two_entries_with_one_fullurl_are_400_and_write_nothing(client: FlaskClient) -> None:
+    """bundle.html bdl-7: fullUrl is unique in a Bundle (unless the versions differ). Two
+    Patients under one urn:uuid left a reference to it pointing at whichever came last."""
+    same = "urn:uuid:66666666-1111-1111-1111-111111111111"
+    said = observation(subject={"reference": same})
+    for kind in ("transaction", "batch"):
+        bundle = _bundle(
+            kind,
+            _entry("POST", "Patient", {"resourceType": "Patient", "active": True}, full_url=same),
+            _entry("POST", "Patient", {"resourceType": "Patient", "active": False}, full_url=same),
+            _entry("POST", "Observation", said),
+        )
+        response = _post(client, bundle)
+        assert response.status_code == 400, response.get_data(as_text=True)[:300]
+        issue = outcome_issues(response)[0]
+        assert issue["expression"] == ["Bundle.entry[1].fullUrl"]
+        assert "bdl-7" in issue["diagnostics"] and "Bundle.entry[0]" in issue["diagnostics"]
+        assert _total(client, "Patient") == 0
+
+
+def test_a_batch_entry_without_request_is_named_whether_or_not_it_has_a_fullurl(
+    client: FlaskClient,
+) -> None:
+    # bundle.html bdl-3: a batch or transaction entry carries its request
+    for entry in (
+        {"resource": patient()},
+        {"resource": patient(), "fullUrl": "urn:uuid:55555555-1111-1111-1111-111111111111"},
+    ):
+        bundle = {"resourceType": "Bundle", "type": "batch", "entry": [entry]}
+        response = _post(client, bundle)
+        assert response.status_code == 400, response.get_data(as_text=True)[:300]
+        issue = outcome_issues(response)[0]
+        assert issue["expression"] == ["Bundle.entry[0].request"], issue
+        assert "request" in issue["diagnostics"]
