@@ -236,11 +236,17 @@ def etag(version: int) -> str:
     return f'W/"{version}"'
 
 
+ANY_VERSION = 0  # If-Match: * (versions count from 1)
+
+
 def parse_etag(value: str) -> int:
-    """Read the version from an If-Match value such as W/"3"."""
+    """Read the version from an If-Match value such as W/"3"; ``*`` (RFC 9110 §13.1.1: any
+    current representation) reads as ANY_VERSION."""
+    if value.strip() == "*":
+        return ANY_VERSION
     match = _ETAG.match(value.strip())
     if match is None:
-        raise BadRequest(f'If-Match must be an ETag such as W/"3", not {value!r}')
+        raise BadRequest(f'If-Match must be an ETag such as W/"3" or *, not {value!r}')
     return int(match.group(1))
 
 

@@ -24,6 +24,7 @@ from service.fhir.access import (
 from service.fhir.actor import Actor
 from service.fhir.guard import GuardedTransaction
 from service.fhir.model import (
+    ANY_VERSION,
     dump_json,
     instant,
     new_resource_id,
@@ -183,8 +184,13 @@ def provenance(
 def check_if_match(
     current: StoredResource | None, type_: str, id_: str, if_match: int | None
 ) -> None:
-    """412 unless ``if_match`` (when given) names the current version."""
+    """412 unless ``if_match`` (when given) names the current version, or is ``*`` and the
+    resource exists."""
     if if_match is None:
+        return
+    if if_match == ANY_VERSION:
+        if current is None or current.deleted:
+            raise PreconditionFailed(f"If-Match is *, but {type_}/{id_} does not exist")
         return
     if current is None:
         raise PreconditionFailed(

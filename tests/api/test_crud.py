@@ -221,6 +221,22 @@ def test_update_with_malformed_if_match_is_400(client: FlaskClient) -> None:
     outcome_issues(response)
 
 
+def test_if_match_star_updates_only_what_exists(client: FlaskClient) -> None:
+    """RFC 9110 §13.1.1: If-Match: * holds when a current representation exists. A client that
+    means "update, never create" sends it; it was a 400."""
+    star = {**JSON_HEADERS, "If-Match": "*"}
+    absent = client.put("/fhir/Patient/p1", json=patient(id="p1"), headers=star)
+    assert absent.status_code == 412, absent.get_data(as_text=True)
+    assert client.get("/fhir/Patient/p1").status_code == 404
+    client.put("/fhir/Patient/p1", json=patient(id="p1"), headers=JSON_HEADERS)
+    updated = client.put("/fhir/Patient/p1", json=patient(id="p1", gender="male"), headers=star)
+    assert updated.status_code == 200, updated.get_data(as_text=True)
+    assert updated.headers["ETag"] == 'W/"2"'
+    assert client.delete("/fhir/Patient/p1", headers={"If-Match": "*"}).status_code == 204
+    again = client.put("/fhir/Patient/p1", json=patient(id="p1"), headers=star)
+    assert again.status_code == 412  # deleted: no current representation
+
+
 def test_server_owns_version_and_last_updated(client: FlaskClient) -> None:
     created = _create(client, patient())
     forged = dict(
