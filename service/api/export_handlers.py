@@ -19,6 +19,7 @@ the export off. The jobs, their files and the worker's channel are in
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from flask import Blueprint, Response, current_app, send_file
@@ -49,9 +50,10 @@ from service.fhir.router import FhirRequest
 
 FILES_PATH = "/bulk-export"
 RETRY_AFTER_SECONDS = 2
-# kick-off parameters of the IG this server does not support: refused with handling=strict,
-# otherwise ignored (export.html, "Query Parameters")
-UNSUPPORTED = ("_elements", "_typeFilter", "patient", "includeAssociatedData", "organizeOutputBy")
+# kick-off parameters of the IG this server does not support: refused, unless the client
+# sends Prefer: handling=lenient, then ignored (export.html, "Query Parameters")
+UNSUPPORTED = ("_elements", "_typeFilter", "includeAssociatedData", "organizeOutputBy")
+_PATIENT = re.compile(r"^Patient/([A-Za-z0-9\-.]{1,64})$")
 # parameters any FHIR request may carry
 GENERAL = ("_format", "_pretty")
 
@@ -107,6 +109,41 @@ def _asked_types(params: list[tuple[str, str]], allowed: tuple[str, ...]) -> lis
     return asked
 
 
+def _patients(params: list[tuple[str, str]], base: str, level: str) -> tuple[str, ...] | None:
+    """The ids the ``patient`` parameter names (export.html: the export holds only their
+    compartments), or None without it. Each value is a Patient reference, as a Reference (a
+    POST's valueReference) or as its text; several by repeating it or with commas."""
+    given = [value for key, value in params if key == "patient"]
+    if not given:
+        return None
+    if level != "patient":
+        raise BadRequest(
+            "patient narrows a patient-level export: send it to Patient/$export (the IG: not "
+            "applicable to a system-level export)",
+            ("patient",),
+        )
+    ids: list[str] = []
+    for value in given:
+        if value.startswith("{"):
+            try:
+                reference = json.loads(value).get("reference")
+            except (ValueError, AttributeError):
+                reference = None
+            texts = [reference] if isinstance(reference, str) else [value]
+        else:
+            texts = [t.strip() for t in value.split(",") if t.strip()]
+        for text in texts:
+            local = text.removeprefix(base.rstrip("/") + "/")
+            match = _PATIENT.match(local)
+            if match is None:
+                raise BadRequest(
+                    f"patient must name a Patient of this server (Patient/[id]), not {text!r}",
+                    ("patient",),
+                )
+            ids.append(match.group(1))
+    return tuple(dict.fromkeys(ids))
+
+
 def _export(ctx: Context, req: FhirRequest, p: Params) -> Result:
     """The kick-off request (export.html, "Bulk Data Kick-off Request")."""
     if req.path.startswith("Group/"):
@@ -119,13 +156,26 @@ def _export(ctx: Context, req: FhirRequest, p: Params) -> Result:
         raise BadRequest(
             "Bulk Data export is asynchronous: the kick-off needs the header Prefer: respond-async"
         )
-    strict = (prefer(req, "handling") or "lenient") == "strict"
+    lenient = prefer(req, "handling") == "lenient"
     params = _parameters(req)
+    ignored: list[str] = []
     for name, _ in params:
-        known = name in ("_type", "_since", "_outputFormat", *GENERAL)
-        if not known and (strict or name not in UNSUPPORTED):
+        if name in ("_type", "_since", "_outputFormat", "patient", *GENERAL):
+            continue
+        if name not in UNSUPPORTED:
             raise BadRequest(f"$export does not support the parameter {name}", (name,))
+        if not lenient:
+            raise BadRequest(
+                f"$export does not support the parameter {name}: the export would not be "
+                "narrowed as asked. Send Prefer: handling=lenient to export without it",
+                (name,),
+            )
+        ignored.append(name)
+    patients = _patients(params, ctx.base, level)
     output_format = _once(params, "_outputFormat")
+    if output_format is not None:
+        # the '+' of application/fhir+ndjson, left unencoded, arrives as a space
+        output_format = output_format.replace(" ", "+")
     if output_format is not None and output_format not in OUTPUT_FORMATS:
         raise BadRequest(
             f"_outputFormat {output_format!r} is not supported; this server writes "
@@ -170,13 +220,15 @@ def _export(ctx: Context, req: FhirRequest, p: Params) -> Result:
         scopes=access.scopes if access is not None else None,
         client_id=access.client_id if access is not None else None,
         subject=access.subject if access is not None else None,
+        patients=patients,
     )
     start(_service(), folder, job)
-    body = outcome(
-        "information",
-        "informational",
-        f"The export of {', '.join(types)} was accepted; poll the Content-Location URL",
-    )
+    text = f"The export of {', '.join(types)} was accepted; poll the Content-Location URL"
+    if ignored:
+        text += (
+            f". Not supported, so ignored (handling=lenient): {', '.join(dict.fromkeys(ignored))}"
+        )
+    body = outcome("information", "informational", text)
     return Result(202, body=body, headers={"Content-Location": f"{files_base}/{job.id}"})
 
 

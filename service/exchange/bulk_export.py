@@ -76,6 +76,8 @@ class ExportJob:
     scopes: str | None = None
     client_id: str | None = None
     subject: str | None = None
+    # the Patient ids a patient-level export is narrowed to (its ``patient`` parameter)
+    patients: tuple[str, ...] | None = None
 
     @property
     def requires_token(self) -> bool:
@@ -112,6 +114,8 @@ class ExportJob:
         """The job stored in its folder."""
         data = json.loads(text)
         data["types"] = tuple(data["types"])
+        if data.get("patients") is not None:
+            data["patients"] = tuple(data["patients"])
         return cls(**data)
 
 
@@ -454,7 +458,7 @@ class BulkExport:
                     continue
                 if job.since_us is not None and version.last_updated_us <= job.since_us:
                     continue
-                if job.level == "patient" and not self._in_a_compartment(tx, version):
+                if job.level == "patient" and not self._in_a_compartment(tx, version, job):
                     continue
                 chunk.append(_line(version.content))
             out.write("".join(chunk).encode("utf-8"))
@@ -474,9 +478,12 @@ class BulkExport:
                 return None if version.deleted else version
         return None
 
-    def _in_a_compartment(self, tx: Transaction, resource: StoredResource) -> bool:
+    def _in_a_compartment(self, tx: Transaction, resource: StoredResource, job: ExportJob) -> bool:
+        """Whether ``resource`` is in some patient's compartment (one of the job's patients,
+        when it names them)."""
+        wanted = set(job.patients) if job.patients is not None else None
         if resource.type == "Patient":
-            return True
+            return wanted is None or resource.id in wanted
 
         def read(type_: str, id_: str) -> Any:
             found = tx.resources.read(type_, id_)
@@ -484,7 +491,8 @@ class BulkExport:
 
         content = json.loads(resource.content or "{}")
         references = self.fhir.search_params.references
-        return bool(patients_of(resource.type, content, references, read))
+        found = patients_of(resource.type, content, references, read)
+        return bool(found if wanted is None else found & wanted)
 
     # -- the end -------------------------------------------------------------------------------
 

@@ -436,7 +436,8 @@ def test_two_entries_with_one_fullurl_are_400_and_write_nothing(client: FlaskCli
         assert response.status_code == 400, response.get_data(as_text=True)[:300]
         issue = outcome_issues(response)[0]
         assert issue["expression"] == ["Bundle.entry[1].fullUrl"]
-        assert "bdl-7" in issue["diagnostics"] and "Bundle.entry[0]" in issue["diagnostics"]
+        assert "bdl-7" in issue["diagnostics"]
+        assert "Bundle.entry[0]" in issue["diagnostics"]
         assert _total(client, "Patient") == 0
 
 

@@ -207,13 +207,79 @@ def test_kick_off_refusals(
     assert words in json.dumps(outcome)
 
 
-def test_an_unsupported_parameter_is_ignored_unless_strict(
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("_elements", "id"),
+        ("_typeFilter", "Goal?lifecycle-status=active"),
+        ("includeAssociatedData", "LatestProvenanceResources"),
+    ],
+)
+def test_an_unsupported_parameter_is_refused_unless_lenient(
+    client: FlaskClient, export_app: Flask, name: str, value: str
+) -> None:
+    """export.html, Query Parameters: a server that cannot support a parameter SHOULD answer
+    an error and OperationOutcome; with Prefer: handling=lenient it MAY go on. The export ran
+    unfiltered by default, so a client that narrowed it got everything."""
+    load(client, patients=1, goals=0)
+    refused = client.get("/fhir/$export", query_string={name: value}, headers=ASYNC)
+    assert refused.status_code == 400, refused.get_json()
+    assert name in json.dumps(refused.get_json())
+    lenient = {**ASYNC, "Prefer": "respond-async, handling=lenient"}
+    taken = client.get("/fhir/$export", query_string={name: value}, headers=lenient)
+    assert taken.status_code == 202, taken.get_json()
+    assert name in json.dumps(taken.get_json())  # the kick-off's outcome says what was ignored
+    worker_of(export_app).drain()
+    status = taken.headers["Content-Location"].removeprefix("http://test.local")
+    assert set(exported(client, manifest(client, status))) == {"Patient"}
+
+
+def test_a_patient_export_holds_only_the_patients_asked_for(
     client: FlaskClient, export_app: Flask
 ) -> None:
-    load(client, patients=1, goals=0)
-    status = kick_off(client, _elements="id")
+    """export.html, Query Parameters, patient: the server SHALL NOT return resources in the
+    compartments of patients outside the list. It was ignored: every patient went out."""
+    load(client, patients=3, goals=6)  # goal n belongs to Patient/bx{n % 3}
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "patient", "valueReference": {"reference": "Patient/bx0"}},
+            {"name": "patient", "valueReference": {"reference": "Patient/bx2"}},
+        ],
+    }
+    response = client.post("/fhir/Patient/$export", json=body, headers={**ASYNC, **FHIR_JSON})
+    assert response.status_code == 202, response.get_json()
+    status = response.headers["Content-Location"].removeprefix("http://test.local")
     worker_of(export_app).drain()
-    assert set(exported(client, manifest(client, status))) == {"Patient"}
+    files = exported(client, manifest(client, status))
+    assert sorted(p["id"] for p in files["Patient"]) == ["bx0", "bx2"]
+    assert sorted(g["subject"]["reference"] for g in files["Goal"]) == [
+        "Patient/bx0",
+        "Patient/bx0",
+        "Patient/bx2",
+        "Patient/bx2",
+    ]
+    # the IG: not applicable to a system-level export; and a reference that is no Patient
+    system = client.post("/fhir/$export", json=body, headers={**ASYNC, **FHIR_JSON})
+    assert system.status_code == 400
+    assert "Patient/$export" in json.dumps(system.get_json())
+    wrong = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "patient", "valueReference": {"reference": "Goal/bx-goal1"}}],
+    }
+    answer = client.post("/fhir/Patient/$export", json=wrong, headers={**ASYNC, **FHIR_JSON})
+    assert answer.status_code == 400
+    assert "Goal/bx-goal1" in json.dumps(answer.get_json())
+
+
+def test_output_format_with_an_unencoded_plus_is_the_ndjson_format(
+    client: FlaskClient, export_app: Flask
+) -> None:
+    # export.html: the server SHALL accept application/fhir+ndjson; a client that leaves the
+    # '+' unencoded sends it as a space (form encoding)
+    load(client, patients=1, goals=0)
+    response = client.get("/fhir/$export?_outputFormat=application/fhir+ndjson", headers=ASYNC)
+    assert response.status_code == 202, response.get_json()
 
 
 def test_a_cancelled_export_leaves_no_files(
