@@ -60,7 +60,7 @@ REQUIRED_EMPTY = (
 )
 NOT_AN_EHR = (
     "This summary comes from What Matters, a service that records what matters to the patient "
-    "and the goals agreed from it. It is not a full health record and holds no information "
+    "and the goals set from it. It is not a full health record and holds no information "
     "about the patient's {what}: ask the patient's other care providers."
 )
 # the document's own resources are named from these, so the same content gives the same ids
@@ -190,7 +190,7 @@ def _who_where_when(record: dict[str, Any]) -> str:
 
 def story_narrative(view: list[dict[str, Any]]) -> dict[str, str]:
     """The Patient Story: every item's words, in rank order, with every record's who, where
-    and when, and the goals agreed from it."""
+    and when, and the goals set from it."""
     if not view:
         return _div("<p>The patient has not yet said what matters to them.</p>")
     rows = []
@@ -236,8 +236,9 @@ def plan_narrative(view: list[dict[str, Any]]) -> dict[str, str]:
                 f" — {escape(', '.join(d for d in details if d))}{answers}</li>"
             )
     if not rows:
-        return _div("<p>No goals have been agreed yet.</p>")
-    return _div(f"<p>Goals agreed with the patient.</p><ul>{''.join(rows)}</ul>")
+        return _div("<p>No goals have been recorded yet.</p>")
+    # "agreed" only where the status says so: a proposed goal is not yet agreed
+    return _div(f"<p>The patient's goals, each with its status.</p><ul>{''.join(rows)}</ul>")
 
 
 def _latest_recording(provenances: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -352,7 +353,7 @@ def build_document(
         "text": plan_narrative(view),
         "status": "active",
         "intent": "plan",
-        "title": "Goals agreed from what matters to the patient",
+        "title": "Goals from what matters to the patient",
         "subject": subject,
         "goal": [{"reference": urls[reference_of(g)]} for g in goals],
     }
@@ -382,7 +383,7 @@ def build_document(
         "id": document_id,
         "text": _div(
             "<p>International Patient Summary of what matters to the patient, from What "
-            "Matters: the patient's story in their own words and the goals agreed from it.</p>"
+            "Matters: the patient's story in their own words and the goals set from it.</p>"
         ),
         "identifier": {"system": "urn:ietf:rfc:3986", "value": composition_url},
         "status": "final",

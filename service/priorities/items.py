@@ -83,12 +83,17 @@ def is_statement(resource: dict[str, Any]) -> bool:
     )
 
 
+# R4 goal-status: never accepted (rejected), abandoned (cancelled) or never so: not something
+# the patient is working towards
+NOT_PURSUED = ("entered-in-error", "rejected", "cancelled")
+
+
 def is_goal(resource: dict[str, Any], statements: set[str], ranked: set[str]) -> bool:
     """A Goal about what matters: the category, the profile, it addresses a statement, or a
     Priorities List ranks it (``ranked``: ``Type/id``)."""
     if resource.get("resourceType") != "Goal":
         return False
-    if resource.get("lifecycleStatus") == "entered-in-error":
+    if resource.get("lifecycleStatus") in NOT_PURSUED:
         return False
     return (
         _what_matters_category(resource)
@@ -240,7 +245,7 @@ class Item:
     @property
     def newest(self) -> str:
         """The latest date any record gives, for ordering the not-yet-ranked."""
-        return max((r.date or _updated(r.resource) for r in self.records), default="")
+        return max((_moment(r.date or _updated(r.resource)) for r in self.records), default="")
 
 
 def _agent(provenance: dict[str, Any]) -> dict[str, Any] | None:
@@ -361,12 +366,33 @@ def _group(records: list[Record], instance_id: str) -> list[list[Record]]:
     return list(together.values())
 
 
+def setting_key(setting: dict[str, Any] | None) -> str:
+    """A stable key for the care setting, used in the setting's priorities List identifier."""
+    if not setting:
+        return "unspecified"
+    if setting.get("reference"):
+        return str(setting["reference"])
+    return "display:" + re.sub(r"\s+", " ", str(setting.get("display", ""))).strip().lower()
+
+
 def _ranking(lists: list[dict[str, Any]], instance_id: str) -> list[tuple[str, dict[str, Any]]]:
     """Every reference the Lists rank, the most recently recorded List first (ties broken by
-    ``merge_order``, the same on every instance), each with its List."""
+    ``merge_order``, the same on every instance), each with its List.
+
+    Each care setting ranks once: its newest List. An EHR that posts a new List each time the
+    patient re-ranks (rather than updating one) has withdrawn what the older ones said. A List
+    in ``changes`` mode (R4 list-mode: "a set of changes", not a whole list) ranks nothing."""
     ordered = sorted(lists, key=lambda r: merge_order(r, instance_id), reverse=True)
+    seen: set[str] = set()
     ranked = []
     for source in ordered:
+        if source.get("mode") == "changes":
+            continue
+        setting = _reference(extension_value(source, CARE_SETTING, "valueReference"))
+        key = setting_key(setting)
+        if key in seen:
+            continue
+        seen.add(key)
         for entry in source.get("entry", []) or []:
             if not isinstance(entry, dict) or entry.get("deleted"):
                 continue

@@ -5,7 +5,6 @@ one transaction. Every generated resource claims and must meet its WMTY profile.
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Any
 
@@ -33,15 +32,7 @@ from service.priorities.codes import (
     coding,
 )
 from service.priorities.conversation import NAMESPACE, PRIORITIES, Conversation, Item
-
-
-def setting_key(setting: dict[str, Any] | None) -> str:
-    """A stable key for the care setting, used in the setting's priorities List identifier."""
-    if not setting:
-        return "unspecified"
-    if setting.get("reference"):
-        return str(setting["reference"])
-    return "display:" + re.sub(r"\s+", " ", str(setting.get("display", ""))).strip().lower()
+from service.priorities.items import setting_key
 
 
 def list_identifier(patient_id: str, setting: dict[str, Any] | None) -> dict[str, str]:

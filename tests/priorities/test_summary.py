@@ -200,7 +200,7 @@ def test_a_patient_with_no_name_birth_date_or_words_still_gets_a_conforming_summ
     story = _section(document, STORY)
     assert story["emptyReason"]["coding"][0]["code"] == "nilknown"
     assert "has not yet said what matters" in story["text"]["div"]
-    assert "No goals have been agreed yet" in _section(document, PLAN)["text"]["div"]
+    assert "No goals have been recorded yet" in _section(document, PLAN)["text"]["div"]
     # no Provenance says who: the service is author and custodian, one Organization
     composition = document["entry"][0]["resource"]
     assert composition["author"][0]["reference"] == composition["custodian"]["reference"]
