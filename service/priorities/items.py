@@ -124,10 +124,23 @@ def words(resource: dict[str, Any]) -> str:
         return ""
     if concept.get("text"):
         return str(concept["text"])
-    for c in concept.get("coding", []) or []:
-        if isinstance(c, dict) and (c.get("display") or c.get("code")):
-            return str(c.get("display") or c.get("code"))
+    codings = [c for c in concept.get("coding", []) or [] if isinstance(c, dict)]
+    for c in codings:
+        if c.get("display"):
+            return str(c["display"])
+    for c in codings:
+        if c.get("code"):
+            # a bare code is nothing the patient said: say what it is, not a number as words
+            system = str(c.get("system") or "an unnamed code system")
+            return f"{SYSTEM_NAMES.get(system, system)} {c['code']} (code only, no words recorded)"
     return ""
+
+
+SYSTEM_NAMES = {
+    "http://snomed.info/sct": "SNOMED CT",
+    "http://loinc.org": "LOINC",
+    "http://hl7.org/fhir/sid/icd-10": "ICD-10",
+}
 
 
 def language(resource: dict[str, Any]) -> str | None:

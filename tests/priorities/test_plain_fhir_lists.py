@@ -153,3 +153,24 @@ def test_goals_the_patient_rejected_or_that_were_cancelled_are_not_priorities(
     assert "A goal that is rejected" not in text
     assert "A goal that is cancelled" not in text
     assert "Goals agreed with the patient" not in text  # proposed is not agreed
+
+
+def test_a_goal_held_only_as_a_code_is_not_shown_as_if_the_patient_said_a_number(
+    client: FlaskClient,
+) -> None:
+    add_patient(client)
+    _put(
+        client,
+        {
+            "resourceType": "Goal",
+            "id": "coded",
+            "lifecycleStatus": "active",
+            "category": CATEGORY,
+            "description": {"coding": [{"system": "http://snomed.info/sct", "code": "713052003"}]},
+            "subject": {"reference": "Patient/p1"},
+        },
+    )
+    page = client.get("/patients/p1/what-matters").get_data(as_text=True)
+    assert ">713052003<" not in page
+    assert "SNOMED CT 713052003" in page
+    assert "no words recorded" in page
