@@ -388,21 +388,34 @@ def setting_key(setting: dict[str, Any] | None) -> str:
     return "display:" + re.sub(r"\s+", " ", str(setting.get("display", ""))).strip().lower()
 
 
+def _ranker(source: dict[str, Any]) -> str:
+    """Who ranks with a List, so that their newer List replaces their older one: its care
+    setting (the extension); else its identifier (the same List sent again); else one
+    unnamed ranker (an EHR posting a new List each time)."""
+    setting = _reference(extension_value(source, CARE_SETTING, "valueReference"))
+    if setting is not None:
+        return setting_key(setting)
+    for identifier in source.get("identifier", []) or []:
+        if isinstance(identifier, dict) and identifier.get("value"):
+            return f"id:{identifier.get('system', '')}|{identifier['value']}"
+    return setting_key(None)
+
+
 def _ranking(lists: list[dict[str, Any]], instance_id: str) -> list[tuple[str, dict[str, Any]]]:
     """Every reference the Lists rank, the most recently recorded List first (ties broken by
     ``merge_order``, the same on every instance), each with its List.
 
-    Each care setting ranks once: its newest List. An EHR that posts a new List each time the
-    patient re-ranks (rather than updating one) has withdrawn what the older ones said. A List
-    in ``changes`` mode (R4 list-mode: "a set of changes", not a whole list) ranks nothing."""
+    Each ranker (``_ranker``) ranks once: by its newest List. An EHR that posts a new List each
+    time the patient re-ranks (rather than updating one) has withdrawn what the older ones
+    said. A List in ``changes`` mode (R4 list-mode: "a set of changes", not a whole list) ranks
+    nothing."""
     ordered = sorted(lists, key=lambda r: merge_order(r, instance_id), reverse=True)
     seen: set[str] = set()
     ranked = []
     for source in ordered:
         if source.get("mode") == "changes":
             continue
-        setting = _reference(extension_value(source, CARE_SETTING, "valueReference"))
-        key = setting_key(setting)
+        key = _ranker(source)
         if key in seen:
             continue
         seen.add(key)
