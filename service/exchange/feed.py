@@ -12,11 +12,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from service.errors import Forbidden, Unprocessable
+from service.errors import FhirError, Forbidden, Unprocessable
 from service.exchange.destinations import Destination
 from service.exchange.partners import Partner
 from service.exchange.subscriptions import (
     SubscriptionInvalid,
+    SubscriptionSpec,
     endpoint_refusal,
     matches,
     parse_subscription,
@@ -26,7 +27,7 @@ from service.exchange.subscriptions import (
 )
 from service.fhir.access import Access, owner_of, require_reads, subscriber_access
 from service.fhir.interactions import Change
-from service.fhir.model import instance_uri, origin_of
+from service.fhir.model import instance_uri, origin_of, parse_instant
 from service.storage import ParamCriterion, Query, TokenMatch, Transaction
 from service.storage.outbox import OutboxRow
 
@@ -151,6 +152,12 @@ class OutboxFeed:
                 "'requested' (the server activates it after a successful handshake) or 'off'",
                 expression=("Subscription.status",),
             )
+        if status in ("requested", "active") and _ended(spec, now):
+            raise Unprocessable(
+                f"Subscription.end {spec.end} has passed: a Subscription gets nothing after its "
+                "end (R4: the time for the server to turn it off). Give a later end, or none",
+                expression=("Subscription.end",),
+            )
         if status != "requested":
             return []
         destination = subscription_destination(change.id)
@@ -165,7 +172,9 @@ class OutboxFeed:
                 spec = parse_subscription(json.loads(stored.content or "{}"))
             except SubscriptionInvalid:
                 continue  # stored before a rule tightened; it gets no events
-            if spec.status != "active" or not matches(spec, change.type, patient_ref):
+            if spec.status != "active" or _ended(spec, now):
+                continue
+            if not matches(spec, change.type, patient_ref):
                 continue
             if not _may_read(subscriber_access(json.loads(stored.content or "{}")), change):
                 continue  # the subscriber's access does not reach this change
@@ -178,6 +187,16 @@ class OutboxFeed:
                 )
             )
         return rows
+
+
+def _ended(spec: SubscriptionSpec, now: int) -> bool:
+    """Whether the Subscription's ``end`` has passed at ``now`` (microseconds)."""
+    if spec.end is None:
+        return False
+    try:
+        return parse_instant(spec.end, "Subscription.end") <= now
+    except FhirError:  # not an instant: the Subscription's own check names it
+        return False
 
 
 def _may_read(access: Access | None, change: Change) -> bool:

@@ -84,7 +84,7 @@ def subscription(
         "id": "s1",
         "meta": {"profile": [f"{IG}/StructureDefinition/backport-subscription"]},
         "status": "requested",
-        "end": "2025-12-31T12:00:00Z",
+        "end": "2099-12-31T12:00:00Z",
         "reason": "Keep the care plan in step with what matters to the patient",
         "criteria": TOPIC_URL,
         "_criteria": {
@@ -173,7 +173,7 @@ def test_parse_reads_every_field() -> None:
         heartbeat_seconds=120,
         timeout_seconds=10,
         filters=(("Goal", "patient", "Patient/123"),),
-        end="2025-12-31T12:00:00Z",
+        end="2099-12-31T12:00:00Z",
     )
 
 

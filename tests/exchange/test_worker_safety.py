@@ -25,6 +25,7 @@ from service.exchange.summary import SummaryItem
 from service.exchange.worker import Worker
 from service.fhir.actor import Actor
 from service.fhir.interactions import FhirService
+from service.fhir.model import instant
 from service.storage import Query
 from tests.exchange.test_subscriptions import subscription
 from tests.exchange.test_worker import (
@@ -256,6 +257,43 @@ def test_only_the_handshake_activates_and_a_client_may_keep_or_switch_off(
     with pytest.raises(FhirError):
         fhir.update("Subscription", created.id, {**active, "channel": moved})
     fhir.update("Subscription", created.id, {**active, "status": "off"})
+
+
+def test_a_subscription_is_refused_past_its_end_and_notified_of_nothing_after_it(
+    fhir: FhirService,
+) -> None:
+    """R4 Subscription.end: "The time for the server to turn the subscription off". One that
+    ended in 2020 was activated and notified; one that ended a minute ago still was."""
+    with pytest.raises(FhirError) as caught:
+        fhir.create("Subscription", a_subscription(fhir, end="2020-01-01T00:00:00Z"))
+    assert caught.value.status == 422
+    assert "Subscription.end" in caught.value.expression
+    feed = fhir.listeners[0]
+    start = feed.clock()
+    end = instant(start + 3600 * 1_000_000)
+    resource = a_subscription(fhir, end=end)
+    patient = resource["_criteria"]["extension"][0]["valueString"].split("=", 1)[1]
+    created = fhir.create("Subscription", resource).stored
+    assert created is not None
+    active = {**json.loads(created.content or "{}"), "status": "active"}
+    fhir.acting(Actor.server()).update("Subscription", created.id, active)
+
+    def notified() -> int:
+        return sum(1 for row in rows_of(fhir) if row.kind == "notification")
+
+    goal = {
+        "resourceType": "Goal",
+        "lifecycleStatus": "active",
+        "description": {"text": "Walk to the chapel"},
+        "subject": {"reference": patient},
+    }
+    fhir.create("Goal", goal)
+    assert notified() == 1
+    feed.clock = lambda: start + 2 * 3600 * 1_000_000  # an hour past its end
+    fhir.create("Goal", goal)
+    assert notified() == 1
+    off = {**active, "status": "off"}  # a client may still switch an ended one off
+    fhir.update("Subscription", created.id, off)
 
 
 @pytest.mark.parametrize("header", ["Host: evil.example", "Content-Length: 5", "content-type: x"])
