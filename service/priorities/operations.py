@@ -102,7 +102,10 @@ class WhatMatters:
         for item in conversation.items:
             identifier = item_identifier(item, patient_id, conversation.setting)
             type_ = "Observation" if item.kind == "statement" else "Goal"
-            matches = self._search(session, type_, [("identifier", token(identifier))], base)
+            # only the patient's own: a resource of another patient's record under the same
+            # identifier is not this one (and must never be updated into this record)
+            criteria = [("identifier", token(identifier)), ("patient", f"Patient/{patient_id}")]
+            matches = self._search(session, type_, criteria, base)
             if len(matches) == 1:
                 found[item.key] = matches[0]
         return found
@@ -193,7 +196,8 @@ class WhatMatters:
         self, session: Session, patient_id: str, conversation: Conversation, base: str
     ) -> dict[str, Any] | None:
         identifier = list_identifier(patient_id, conversation.setting)
-        found = self._search(session, "List", [("identifier", token(identifier))], base)
+        criteria = [("identifier", token(identifier)), ("subject", f"Patient/{patient_id}")]
+        found = self._search(session, "List", criteria, base)
         return found[0] if found else None
 
     # -- $what-matters --------------------------------------------------------------------

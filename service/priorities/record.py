@@ -99,7 +99,8 @@ def build_transaction(
             type_ = "Goal"
         if setting_extensions:
             resource["extension"] = [*resource.get("extension", []), *setting_extensions]
-        search = f"identifier={token(identifier)}"
+        # the patient's own only (as the lookups before the transaction)
+        search = f"identifier={token(identifier)}&patient=Patient/{patient_id}"
         origins[len(entries)] = item.where
         entries.append(
             {

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from service.priorities.codes import LIST_IDS
 from tests.priorities.conversations import conversation, ranking, statement
 from tests.security.support import (
     B_WORDS,
@@ -301,3 +302,52 @@ def test_conditional_writes_cannot_probe_another_patients_identifiers(
     # the same answer as if B had no such Goal: A's own Goal is created
     assert response.status_code == 201
     assert response.get_json()["subject"]["reference"] == "Patient/pA"
+
+
+def test_what_patient_a_planted_under_b_s_identifiers_is_never_taken_for_b_s(
+    world: dict[str, Any],
+) -> None:
+    """An outside attacker with A's token stored, in A's own record, a List under the
+    identifier B's ward List would have and an Observation under the identifier B's EHR sends.
+    $record-what-matters for B then updated A's List into B's record (keeping A's entries) and
+    took A's Observation for B's statement, so B's words were never stored as B's: lookups by
+    identifier were not confined to the patient being recorded."""
+    a = caller(world, token_for(world, "patient-A"))
+    system = caller(world, token_for(world, "system"))
+    a_statement = world["pA"]["observation"]
+    planted_list = {
+        "resourceType": "List",
+        "status": "current",
+        "mode": "snapshot",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "81340-2"}]},
+        "subject": {"reference": "Patient/pA"},
+        "identifier": [{"system": LIST_IDS, "value": "pB|display:ward 7, ysbyty gwynedd"}],
+        "entry": [{"item": {"reference": f"Observation/{a_statement}"}}],
+    }
+    listed = a.post("/fhir/List", planted_list)
+    assert listed.status_code == 201, text_of(listed)
+    planted = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "95541-9"}]},
+        "subject": {"reference": "Patient/pA"},
+        "identifier": [{"system": "urn:ehr:ids", "value": "S-3001"}],
+        "valueString": "A's planted words",
+    }
+    said = a.post("/fhir/Observation", planted)
+    assert said.status_code == 201, text_of(said)
+
+    b_words = "B's real words: home for Christmas"
+    body = conversation(statement("s1", b_words, identifier="S-3001"), ranking("s1"))
+    recorded = system.post("/fhir/Patient/pB/$record-what-matters", body)
+    assert recorded.status_code == 200, text_of(recorded)
+
+    for planted_one in (listed, said):
+        kept = system.get(planted_one.headers["Location"].split("/_history/")[0])
+        assert kept.get_json()["meta"]["versionId"] == "1"
+        assert kept.get_json()["subject"] == {"reference": "Patient/pA"}
+    b_statements = system.get("/fhir/Observation?patient=Patient/pB&identifier=urn:ehr:ids|S-3001")
+    assert [e["resource"]["valueString"] for e in b_statements.get_json()["entry"]] == [b_words]
+    assert b_words not in text_of(a.get("/fhir/Observation?_count=100"))
+    assert b_words not in text_of(a.get("/fhir/List?_count=100"))
+    assert b_words in text_of(system.get("/fhir/Patient/pB/$what-matters"))
