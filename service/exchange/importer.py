@@ -98,6 +98,14 @@ def import_patient(
             "one is needed"
         )
     remote_patient = patients[0]
+    if not _holds(remote_patient, system, value):
+        # a partner that ignores the search parameter answers with whoever it holds: that is
+        # somebody else's record
+        raise Refused(
+            f"{partner.name} answered the search for the patient with identifier "
+            f"{system}|{value} with Patient/{remote_patient.get('id')}, who does not hold it; "
+            "nothing was imported"
+        )
     remote_id = str(remote_patient["id"])
     wanted = [t for t in IMPORT_ORDER if t in (partner.receive_types or IMPORT_ORDER)]
     pulled: list[tuple[str, dict[str, Any]]] = []
@@ -124,10 +132,12 @@ def import_patient(
         known[f"{type_}/{resource.get('id')}"] = f"{type_}?{criteria}"
         identified.append((type_, {**resource, "identifier": _with(resource, ident)}, criteria))
 
-    def local(resource: dict[str, Any]) -> dict[str, Any]:
-        body = _rewrite(resource, known, partner.base_url)
+    def local(resource: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
+        body = _rewrite(resource, refs, partner.base_url)
         given = resource.get("meta")
-        meta = {k: v for k, v in given.items() if k == "profile"} if isinstance(given, dict) else {}
+        # the profiles, and the security labels (a restricted record stays restricted here)
+        kept = ("profile", "security")
+        meta = {k: v for k, v in given.items() if k in kept} if isinstance(given, dict) else {}
         origin = origin_of(resource)
         if origin is not None:  # the instance that originated it, when the partner names one
             meta["tag"] = [{"system": ORIGIN_TAG_SYSTEM, "code": origin}]
@@ -139,7 +149,7 @@ def import_patient(
         body = {k: v for k, v in body.items() if k not in ("id", "meta")}
         return {**body, "meta": meta}
 
-    patient_body = local(remote_patient)
+    patient_body = local(remote_patient, known)
 
     def work(session: Session) -> ImportReport:
         existing = session.match_one_or_none("Patient", patient_criteria.split("?", 1)[1], "Import")
@@ -150,8 +160,13 @@ def import_patient(
             report.patient = f"Patient/{created.stored.id}"
         else:
             report.patient = f"Patient/{existing.id}"
-        for type_, resource, criteria in identified:
-            body = resolve_conditional_references(session, local(resource))
+        # a partner's identifiers may be unique per patient only: each is looked up in this
+        # patient's record, never matched to (and moved out of) another patient's
+        scope = urlencode({"patient": report.patient})
+        refs = {k: v if v == patient_criteria else f"{v}&{scope}" for k, v in known.items()}
+        for type_, resource, unscoped in identified:
+            criteria = f"{unscoped}&{scope}"
+            body = resolve_conditional_references(session, local(resource, refs))
             session.check(body, type_)
             before = session.match_one_or_none(type_, criteria, "Import")
             try:
@@ -268,6 +283,14 @@ def _identifier(resource: dict[str, Any], url: str) -> dict[str, str]:
         if isinstance(item, dict) and item.get("system") and item.get("value"):
             return {"system": str(item["system"]), "value": str(item["value"])}
     return {"system": URI_SYSTEM, "value": url}
+
+
+def _holds(resource: dict[str, Any], system: str, value: str) -> bool:
+    """Whether ``resource`` carries the identifier ``system|value``."""
+    return any(
+        isinstance(i, dict) and i.get("system") == system and i.get("value") == value
+        for i in resource.get("identifier") or []
+    )
 
 
 def _with(resource: dict[str, Any], ident: dict[str, str]) -> list[Any]:

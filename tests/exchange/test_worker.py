@@ -152,6 +152,23 @@ def test_delivery_uses_conditional_create_and_rewrites_the_patient(fhir: FhirSer
     assert states(fhir) == [("Patient", "done", 1), ("Goal", "done", 1)]
 
 
+def test_a_security_label_travels_with_what_is_sent(fhir: FhirService) -> None:
+    # security-labels.html: a restricted record (v3-Confidentiality R) must stay restricted at
+    # the partner; the label was dropped with the rest of meta
+    [goal_id] = patient_with_goal(fhir)
+    stored = fhir.read("Goal", goal_id).stored
+    assert stored is not None
+    label = {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}
+    goal = json.loads(stored.content or "{}")
+    goal["meta"] = {"security": [label]}
+    fhir.update("Goal", goal_id, goal)
+    fake = FakePartner(load_partners_of(fhir)[0])
+    make_worker(fhir, fake).drain()
+    sent = [c[2] for c in fake.calls if c[1].startswith("Goal") and c[0] in ("POST", "PUT")]
+    assert sent
+    assert all(body["meta"]["security"] == [label] for body in sent)
+
+
 def test_without_conditional_create_the_worker_searches_first(fhir: FhirService) -> None:
     patient_with_goal(fhir)
     fake = FakePartner(load_partners_of(fhir)[0], conditional=False)

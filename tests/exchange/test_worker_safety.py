@@ -395,6 +395,83 @@ def test_imported_resources_name_the_partner_as_their_source(fhir: FhirService) 
     assert not [r for r in rows_of(fhir) if r.res_type == "Goal"]
 
 
+class TwoPatients:
+    """A partner whose goal identifiers are unique per patient only (HAPI-style servers number
+    them so), whose Goals carry a security label, and that may ignore the identifier search."""
+
+    def __init__(self, fhir: FhirService, ignores_identifier: bool = False) -> None:
+        self.partner = load_partners_of(fhir)[0]
+        self.ignores_identifier = ignores_identifier
+
+    def request(self, method: str, path: str, *args: Any, **kwargs: Any) -> Answer:
+        params = kwargs.get("params") or (args[2] if len(args) > 2 else {}) or {}
+        if path == "Patient":
+            wanted = "" if self.ignores_identifier else str(params.get("identifier", ""))
+            found = [
+                {
+                    "resourceType": "Patient",
+                    "id": f"r{n}",
+                    "identifier": [{"system": MRN, "value": f"M{n}"}],
+                }
+                for n in (1, 2)
+                if not wanted or wanted.endswith(f"|M{n}")
+            ]
+            entries = [{"resource": r} for r in found[:1]]
+            return Answer(200, {}, {"resourceType": "Bundle", "entry": entries})
+        if path == "Goal":
+            owner = str(params.get("patient", "")).rsplit("/", 1)[-1]
+            goal = {
+                "resourceType": "Goal",
+                "id": f"goal-{owner}",
+                "meta": {
+                    "security": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
+                            "code": "R",
+                        }
+                    ]
+                },
+                "identifier": [{"system": "urn:goals", "value": "1"}],
+                "lifecycleStatus": "active",
+                "description": {"text": f"The goal of {owner}"},
+                "subject": {"reference": f"Patient/{owner}"},
+            }
+            return Answer(200, {}, {"resourceType": "Bundle", "entry": [{"resource": goal}]})
+        return Answer(200, {}, {"resourceType": "Bundle", "entry": []})
+
+
+def test_an_import_never_moves_a_goal_between_patients(fhir: FhirService) -> None:
+    """A partner numbers goals per patient: both patients' first goal is urn:goals|1. Importing
+    the second patient updated the first one's Goal into the second's record (subject and
+    words), and each later import swapped it back: a conditional update on identifier alone."""
+    for n in (1, 2):
+        fhir.create(
+            "Patient",
+            {"resourceType": "Patient", "identifier": [{"system": MRN, "value": f"M{n}"}]},
+        )
+    partner = TwoPatients(fhir)
+    first = import_patient(fhir, partner, MRN, "M1")
+    second = import_patient(fhir, partner, MRN, "M2")
+    assert (first.created, second.created, second.updated) == (1, 1, 0)
+    goals = fhir.read_only(
+        lambda tx: tx.resources.read_many(tx.searches.keys(Query("Goal", ()), 10))
+    )
+    said = sorted(json.loads(g.content or "{}")["description"]["text"] for g in goals)
+    assert said == ["The goal of r1", "The goal of r2"]
+    assert all(g.version == 1 for g in goals)
+    # the partner's security label travels with the imported copy
+    labels = [json.loads(g.content or "{}")["meta"].get("security") for g in goals]
+    assert all(label and label[0]["code"] == "R" for label in labels)
+    again = import_patient(fhir, partner, MRN, "M1")
+    assert (again.created, again.updated, again.unchanged) == (0, 0, 1)
+
+
+def test_an_import_refuses_a_patient_the_partner_did_not_match(fhir: FhirService) -> None:
+    # a partner that ignores the identifier search answers with whoever it holds first
+    with pytest.raises(Refused, match="M2"):
+        import_patient(fhir, TwoPatients(fhir, ignores_identifier=True), MRN, "M2")
+
+
 def test_one_heartbeat_per_period_across_worker_processes(fhir: FhirService) -> None:
     resource = a_subscription(fhir, heartbeat=60)
     created = fhir.create("Subscription", resource).stored

@@ -370,7 +370,9 @@ class PartnerApi:
         """The resource as the partner should hold it: identified, sourced, references
         pointing at the partner's own resources."""
         body = self.identified(type_, content)
-        meta = {k: v for k, v in (body.get("meta") or {}).items() if k == "profile"}
+        # the profiles and the security labels: a restricted record stays restricted there
+        kept = ("profile", "security")
+        meta = {k: v for k, v in (body.get("meta") or {}).items() if k in kept}
         # meta.source names where the resource comes from, and the tag the instance that
         # originated it: no partner ever sends it back there
         meta["source"] = self.source(type_, content)
