@@ -20,6 +20,7 @@ from service.exchange.partners import Partner, PartnerConfigError, load_partners
 from service.exchange.queue import Backoff
 from service.exchange.worker import Worker
 from service.fhir.interactions import FhirService
+from service.storage import Query
 from tests.exchange.conftest import MRN
 
 
@@ -150,6 +151,27 @@ def test_delivery_uses_conditional_create_and_rewrites_the_patient(fhir: FhirSer
     assert goal["meta"]["source"].startswith(f"urn:uuid:{fhir.instance_id}#Goal/")
     assert "id" not in goal
     assert states(fhir) == [("Patient", "done", 1), ("Goal", "done", 1)]
+
+
+def test_a_partners_patient_is_found_or_created_never_overwritten(fhir: FhirService) -> None:
+    """A partner already held the patient (its own MRN, address, GP, birth date). Our second
+    version of the Patient went as PUT Patient?identifier=..., a full replacement
+    (http.html#update): the partner's record lost everything we do not hold. The partner's
+    Patient is the partner's: each version is sent as a create-if-absent."""
+    patient_with_goal(fhir)
+    fake = FakePartner(load_partners_of(fhir)[0])
+    worker = make_worker(fhir, fake)
+    worker.drain()
+    stored = fhir.read_only(
+        lambda tx: tx.resources.read_many(tx.searches.keys(Query("Patient", ()), 10))
+    )[0]
+    changed = {**json.loads(stored.content or "{}"), "telecom": [{"system": "phone", "value": "1"}]}
+    fhir.update("Patient", stored.id, changed)
+    fake.calls.clear()
+    worker.drain()
+    patient_calls = [(c[0], c[1]) for c in fake.calls if c[1].startswith("Patient")]
+    assert patient_calls == [("POST", "Patient")]
+    assert all(c[0] != "PUT" for c in fake.calls)
 
 
 def test_a_security_label_travels_with_what_is_sent(fhir: FhirService) -> None:

@@ -253,6 +253,10 @@ class PartnerApi:
         body = self.outbound(client, type_, content)
         criteria = urlencode({param: token})
         what = f"{type_} {param}={token} to {client.partner.name}"
+        if type_ == "Patient":
+            # the partner's Patient is the partner's record (its MRN, address, GP...): it is
+            # found or created, never replaced by ours (an update replaces the whole resource)
+            version = 1
         if version == 1 and capability.flag(type_, "conditionalCreate"):
             answer = check(
                 client.request("POST", type_, body, {"If-None-Exist": criteria}), f"create {what}"
