@@ -190,6 +190,7 @@ def build_worker(
         ips=ips_document,
         records=records,
         learned=feeds[0].learn if feeds else None,
+        endpoint_allow=config.subscription_endpoint_allow,
         lease_seconds=config.outbox_lease_seconds,
         backoff=Backoff(
             base_seconds=config.outbox_retry_base_seconds,

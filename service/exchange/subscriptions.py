@@ -223,10 +223,53 @@ def endpoint_refusal(endpoint: str, allowed: Sequence[str]) -> str | None:
 
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a host names literally, in any form the system resolver also reads as one:
+    dotted quads, and the inet_aton shorthands (``127.1``, octal ``0177.0.0.1``, hex
+    ``0x7f.1``, one number ``2130706433``) that name the same addresses."""
     try:
         return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
+        return _inet_aton(host)
+
+
+def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
+    parts = host.split(".")
+    if not 1 <= len(parts) <= 4:
         return None
+    numbers = []
+    for part in parts:
+        try:
+            if part[:2].lower() == "0x":
+                numbers.append(int(part[2:], 16))
+            elif part.startswith("0") and len(part) > 1:
+                numbers.append(int(part[1:], 8))
+            else:
+                numbers.append(int(part, 10))
+        except ValueError:
+            return None
+    *leading, last = numbers
+    if any(n > 255 for n in leading) or last >= 256 ** (5 - len(numbers)):
+        return None
+    value = last
+    for index, number in enumerate(leading):
+        value += number << (8 * (3 - index))
+    return ipaddress.IPv4Address(value)
+
+
+def address_refusal(host: str, addresses: Sequence[str], allowed: Sequence[str]) -> str | None:
+    """Why notifications may not go to ``host`` now that it resolves to ``addresses``, or
+    None: a public name that resolves to a loopback, link-local or private address (a name
+    made for that, or rebound) is refused as the address itself would be, unless listed."""
+    if _listed(host, allowed):
+        return None
+    for text in addresses:
+        address = _address(text.split("%", 1)[0])
+        if address is not None and not address.is_global and not _listed(str(address), allowed):
+            return (
+                f"{host!r} resolves to {address}, a loopback, link-local or private address; "
+                "it must be listed in WHATMATTERS_SUBSCRIPTION_ENDPOINT_ALLOW"
+            )
+    return None
 
 
 def _listed(host: str, allowed: Sequence[str]) -> bool:

@@ -58,6 +58,7 @@ class Worker:
         learned: Callable[[Partner, str], None] | None = None,
         hooks: HookClient | None = None,
         exports: ExportFolder | None = None,
+        endpoint_allow: Sequence[str] = (),
     ) -> None:
         self.fhir = fhir
         self.partners = {p.destination: p for p in partners}
@@ -81,7 +82,9 @@ class Worker:
         )
         self.documents = Documents(self.partner_api, summarise, now, ips=ips, records=records)
         self.partner_sync = PartnerSync(self.partner_api, self.documents)
-        self.rest_hook = RestHook(fhir, self.base_url, hooks or HttpHookClient(), now)
+        self.rest_hook = RestHook(
+            fhir, self.base_url, hooks or HttpHookClient(), now, endpoint_allow
+        )
         self.channels: dict[Kind, Channel] = {
             Kind.PARTNER: self.partner_sync,
             Kind.SUBSCRIPTION: self.rest_hook,

@@ -15,7 +15,7 @@ import pytest
 from service.exchange.channels import Refused
 from service.exchange.channels.rest_hook import NOTIFY_TIMEOUT_CAP, RestHook
 from service.exchange.partner_client import Answer, HttpHookClient, Unreachable
-from service.exchange.subscriptions import parse_subscription
+from service.exchange.subscriptions import endpoint_refusal, parse_subscription
 from service.fhir.interactions import FhirService
 from tests.exchange.test_subscriptions import subscription
 
@@ -57,6 +57,33 @@ def test_a_refusal_by_the_subscriber_keeps_its_text_as_the_reason(fhir: FhirServ
     reason = re.escape("notification to https://ehr.example/hooks/what-matters: HTTP 410: refused")
     with pytest.raises(Refused, match=reason):
         hook.post(parse_subscription(subscription()), {"resourceType": "Bundle"})
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "169.254.169.254", "10.0.0.7", "::1"])
+def test_a_public_name_that_resolves_into_our_network_is_not_called(
+    fhir: FhirService, address: str
+) -> None:
+    """An attacker's Subscription named https://localtest.me/x (a public DNS name that
+    resolves to 127.0.0.1), or a name rebound after it was checked: the endpoint check read
+    only the URL's text, so the server connected inside its own network."""
+    hooks = Hooks()
+    hook = RestHook(
+        fhir, "https://wm.example/fhir", hooks, lambda: 0, resolve=lambda host: [address]
+    )
+    with pytest.raises(Refused, match="loopback, link-local or private"):
+        hook.post(parse_subscription(subscription()), {"resourceType": "Bundle"})
+    assert hooks.posts == []
+    listed = RestHook(
+        fhir, "https://wm.example/fhir", hooks, lambda: 0, ["ehr.example"], lambda host: [address]
+    )
+    listed.post(parse_subscription(subscription()), {"resourceType": "Bundle"})
+    assert len(hooks.posts) == 1
+
+
+@pytest.mark.parametrize("host", ["127.1", "0177.0.0.1", "0x7f.1", "2130706433", "10.1"])
+def test_shorthand_addresses_of_our_network_are_refused_at_create(host: str) -> None:
+    # inet_aton's forms: the resolver reads 127.1 and 0177.0.0.1 as 127.0.0.1
+    assert endpoint_refusal(f"https://{host}:8443/hook", ()) is not None
 
 
 class _Redirecting(BaseHTTPRequestHandler):

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from service.errors import FhirError, Forbidden
 from service.exchange.channels import Refused, Retry, Skipped, check
@@ -22,7 +24,12 @@ from service.exchange.destinations import Destination
 from service.exchange.feed import ACTIVE_SUBSCRIPTIONS
 from service.exchange.notifications import event_bundle, handshake_bundle, heartbeat_bundle
 from service.exchange.partner_client import HookClient, Unreachable
-from service.exchange.subscriptions import SubscriptionSpec, parse_subscription, with_status
+from service.exchange.subscriptions import (
+    SubscriptionSpec,
+    address_refusal,
+    parse_subscription,
+    with_status,
+)
 from service.fhir.access import subscriber_access
 from service.fhir.actor import Actor
 from service.fhir.interactions import FhirService
@@ -31,6 +38,18 @@ from service.storage import StoredResource
 from service.storage.outbox import OutboxRow
 
 log = logging.getLogger("whatmatters.exchange")
+
+
+def resolve_host(host: str) -> list[str]:
+    """The addresses the system resolver gives ``host`` (none when it gives none: the HTTP
+    client then reports the failure)."""
+    try:
+        found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return []
+    return [str(item[4][0]) for item in found]
+
+
 NOTIFY_TIMEOUT_CAP = 60.0  # seconds; a subscriber's backport-timeout is honoured up to this
 
 
@@ -40,12 +59,21 @@ class RestHook:
     coalesces = False  # each event is a notification of its own
 
     def __init__(
-        self, fhir: FhirService, base_url: str, hooks: HookClient, clock: Callable[[], int]
+        self,
+        fhir: FhirService,
+        base_url: str,
+        hooks: HookClient,
+        clock: Callable[[], int],
+        endpoint_allow: Sequence[str] = (),
+        resolve: Callable[[str], list[str]] | None = None,
     ) -> None:
         self.fhir = fhir
         self.base_url = base_url
         self.hooks = hooks
         self.clock = clock
+        # WHATMATTERS_SUBSCRIPTION_ENDPOINT_ALLOW, and how a host name is resolved
+        self.endpoint_allow = tuple(endpoint_allow)
+        self.resolve = resolve or resolve_host
         self.last_contact: dict[str | None, float] = {}  # by subscription id
 
     def gave_up(self, row: OutboxRow, reason: str) -> None:
@@ -108,7 +136,12 @@ class RestHook:
         return None
 
     def post(self, spec: SubscriptionSpec, bundle: dict[str, Any]) -> None:
-        """POST a notification to the subscriber's endpoint, with its own headers."""
+        """POST a notification to the subscriber's endpoint, with its own headers; refused
+        when the endpoint's name now resolves into this server's own network."""
+        host = (urlsplit(spec.endpoint).hostname or "").lower().rstrip(".")
+        refusal = address_refusal(host, self.resolve(host), self.endpoint_allow)
+        if refusal is not None:
+            raise Refused(f"notification to {spec.endpoint}: {refusal}")
         headers = {"Content-Type": spec.payload_mime}
         for header in spec.headers:
             name, _, value = header.partition(":")
