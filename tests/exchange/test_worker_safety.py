@@ -497,6 +497,59 @@ def test_one_heartbeat_per_period_across_worker_processes(fhir: FhirService) -> 
     assert len(sent) == 2
 
 
+class Minimal(FakePartner):
+    """A partner that answers every write return=minimal: 200/201, no body, no Location."""
+
+    def request(self, method: str, path: str, *args: Any, **kwargs: Any) -> Answer:
+        answer = super().request(method, path, *args, **kwargs)
+        if method in ("POST", "PUT") and path != "metadata":
+            return Answer(answer.status, {}, None, "")
+        return answer
+
+
+def test_a_write_answered_with_no_body_and_no_location_is_done(fhir: FhirService) -> None:
+    """The partner stored the Goal and answered 200 with nothing else (its default
+    return=minimal). The row was retried every few seconds for 72 hours, holding the
+    patient's later changes behind it: a 2xx is success (RFC 9110 §15.3); the partner's id
+    is found by identifier."""
+    patient_with_goal(fhir)
+    fake = Minimal(load_partners_of(fhir)[0])
+    make_worker(fhir, fake).drain()
+    assert [s for _, s, _ in states(fhir)] == ["done", "done"]
+    assert len([r for r in fake.stored.values() if r["resourceType"] == "Goal"]) == 1
+
+
+class MatchesAnything(FakePartner):
+    """A partner that does not search by the conditional create's parameter: If-None-Exist
+    matches whatever it holds first (200)."""
+
+    def request(self, method: str, path: str, *args: Any, **kwargs: Any) -> Answer:
+        if method == "POST" and path == "Goal":
+            held = {
+                "resourceType": "Goal",
+                "id": "someone-elses",
+                "identifier": [{"system": "urn:other", "value": "x"}],
+                "lifecycleStatus": "active",
+                "description": {"text": "Another patient's goal"},
+                "subject": {"reference": "Patient/other"},
+            }
+            return Answer(200, {}, held)
+        return super().request(method, path, *args, **kwargs)
+
+
+def test_a_conditional_create_answered_with_another_resource_is_not_taken_as_done(
+    fhir: FhirService,
+) -> None:
+    """The partner ignored If-None-Exist's parameter and answered 200 with a resource it held;
+    the row was marked done, and what we sent was never stored there (silent loss)."""
+    patient_with_goal(fhir)
+    fake = MatchesAnything(load_partners_of(fhir)[0])
+    make_worker(fhir, fake).drain()
+    goal_rows = [r for r in rows_of(fhir) if r.res_type == "Goal"]
+    assert [r.state for r in goal_rows] == ["dead"]
+    assert "does not carry it" in (goal_rows[0].last_error or "")
+
+
 def test_an_answer_that_names_no_stored_resource_says_what_came_instead() -> None:
     """A partner behind a misconfigured proxy answers a create 200 with an HTML page: the row's
     reason said "no body, no Location", sending the operator to look for an empty answer."""

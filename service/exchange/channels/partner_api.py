@@ -261,12 +261,12 @@ class PartnerApi:
             answer = check(
                 client.request("POST", type_, body, {"If-None-Exist": criteria}), f"create {what}"
             )
-            return _id_of(answer, type_)
+            return self.stored_id(client, answer, type_, param, token)
         if capability.flag(type_, "conditionalUpdate"):
             answer = check(
                 client.request("PUT", f"{type_}?{criteria}", body), f"conditional update {what}"
             )
-            return _id_of(answer, type_)
+            return self.stored_id(client, answer, type_, param, token)
         existing = self.find(client, type_, param, token)
         if existing is None:
             return _id_of(check(client.request("POST", type_, body), f"create {what}"), type_)
@@ -280,6 +280,35 @@ class PartnerApi:
         body["id"] = existing
         check(client.request("PUT", f"{type_}/{existing}", body), f"update {what}")
         return existing
+
+    def stored_id(
+        self, client: PartnerClient, answer: Answer, type_: str, param: str, token: str
+    ) -> str:
+        """The partner's id of what a conditional write stored.
+
+        A 2xx is success (RFC 9110 §15.3) even with no body and no Location (a partner that
+        answers ``return=minimal``): the id is then found by ``param=token``. A 200 whose body
+        is a resource without that key is not ours: the partner matched another resource (it
+        does not search by ``param``), and what we sent was not stored.
+        """
+        body = answer.body if isinstance(answer.body, dict) else None
+        if body is not None and body.get("resourceType") == type_ and body.get("id"):
+            if answer.status == 200 and not _has_key(body, param, token):
+                raise Refused(
+                    f"{client.partner.name} answered the conditional write of {type_} "
+                    f"{param}={token} with {type_}/{body['id']}, which does not carry it: the "
+                    f"partner does not search by {param}, and what was sent is not stored there"
+                )
+            return str(body["id"])
+        try:
+            return _id_of(answer, type_)
+        except Retry:
+            if answer.body is not None or answer.text.strip():
+                raise
+            found = self.find(client, type_, param, token)
+            if found is None:
+                raise
+            return found
 
     def send_delete(self, client: PartnerClient, row: OutboxRow) -> None:
         """Delete the resource the row deleted here, if the partner holds it."""
