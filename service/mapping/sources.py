@@ -366,7 +366,10 @@ def hl7_field(
         return ""
     else:
         value = repetitions[repetition - 1]
-    return _part(value, component, sub)
+    found = _part(value, component, sub)
+    # HL7 v2.5 2.5.3: "" (two double quotes) is the null value (delete what is held), never
+    # text: it reads as absent
+    return "" if found == '""' else found
 
 
 def hl7_repetitions(segment: Any, field_no: int) -> int:

@@ -555,3 +555,38 @@ def test_a_semicolon_export_is_refused_with_the_setting_that_reads_it(
     refused = client.post("/fhir/$ingest?mapping=survey-csv", data=mixed, headers=CSV)
     assert refused.status_code == 422
     assert "set source.delimiter" in outcome_issues(refused)[0]["diagnostics"]
+
+
+def test_hl7_null_values_and_text_split_over_obx_lines(client: FlaskClient) -> None:
+    """HL7 v2.5 §2.5.3: a field of "" (two double quotes) is null, not text; §7.4.2.4: OBX
+    segments sharing OBX-3 and the OBX-4 sub-ID are parts of one observation. Another vendor's
+    ORU stored '""' as the patient's words, refused an OBX-14 of "" rather than falling back
+    to OBR-7, and made two statements of one sentence split over two TX lines."""
+    add_patient(client)
+    message = (
+        "MSH|^~\\&|EPR|WARD7|WM|WM|202611201015||ORU^R01|MSG0200|P|2.5.1\r"
+        "PID|1||9000000009^^^NHS^NH||Jones\r"
+        "OBR|1||ORD-7|95541-9^What matters^LN|||20261120093000\r"
+        'OBX|1|TX|95541-9^Care^LN|1|I do not want to go back into a care home,||||||F|||""\r'
+        "OBX|2|TX|95541-9^Care^LN|1|I want to die at home with my dog.||||||F\r"
+        'OBX|3|ST|95541-9^Care^LN|2|""||||||F|||20261120101500\r'
+    )
+    response = client.post("/fhir/$ingest?mapping=wmty-oru", data=message, headers=HL7)
+    assert response.status_code == 422, response.get_data(as_text=True)
+    problem = outcome_issues(response)[0]["diagnostics"]
+    assert "OBX|3" in problem
+    assert "valueString" in problem
+    fixed = message.replace('OBX|3|ST|95541-9^Care^LN|2|""', "OBX|3|ST|95541-9^Care^LN|2|Tea")
+    stored = client.post("/fhir/$ingest?mapping=wmty-oru", data=fixed, headers=HL7)
+    assert stored.status_code == 200, stored.get_data(as_text=True)
+    found = client.get("/fhir/Observation?code=http://loinc.org|95541-9&_sort=_id").get_json()
+    said = sorted(
+        (e["resource"]["valueString"], e["resource"]["effectiveDateTime"]) for e in found["entry"]
+    )
+    assert said == [
+        (
+            "I do not want to go back into a care home,\nI want to die at home with my dog.",
+            "2026-11-20T09:30:00+00:00",
+        ),
+        ("Tea", "2026-11-20T10:15:00+00:00"),
+    ]
