@@ -17,6 +17,7 @@ from typing import Any
 
 from service.errors import Issue
 from service.validation.bindings import add_once, binding_issues
+from service.validation.contained import local_reference_issues
 from service.validation.dates import date_range
 from service.validation.definitions import Definitions, ElementDef, TypeModel
 from service.validation.fhirpath import InvariantEngine
@@ -35,6 +36,7 @@ _ID = re.compile(r"[A-Za-z0-9\-.]+")  # datatypes.html#id, with its length below
 #   quantities, 'as' on a collection); per-1 and rng-2 are checked in Python below;
 # - ref-1 looks up %rootResource.contained.id for every reference, which is quadratic in the
 #   size of the resource.
+# dom-3 and ref-1 are checked in Python instead, on every write: contained.py.
 NOT_EVALUATED = frozenset(
     {"ele-1", "txt-1", "txt-2", "que-7", "per-1", "rng-2", "age-1", "ctm-1", "dom-3", "ref-1"}
 )
@@ -150,6 +152,8 @@ class StructureValidator:
         # Bundle entry's resource, a Parameters resource, are roots of their own)
         contained = expr.rsplit(".", 1)[-1].startswith("contained[")
         self._object(node, model, rtype, expr, issues, walk.enter(node, contained), True)
+        if not contained:
+            issues += local_reference_issues(node, expr)
 
     def _object(
         self,

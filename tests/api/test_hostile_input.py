@@ -3,6 +3,8 @@ that silently widens (https://hl7.org/fhir/R4/search.html#errors)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from flask.testing import FlaskClient
 
@@ -371,3 +373,58 @@ def test_html_named_entities_and_xml_forms_in_a_narrative_are_taken(client: Flas
         body = {"resourceType": "Patient", "text": {"status": "generated", "div": div}}
         created = client.post("/fhir/Patient", json=body, headers=JSON)
         assert created.status_code == 201, (div, created.get_data(as_text=True)[:300])
+
+
+CONDITION = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"}}
+
+
+@pytest.mark.parametrize(
+    ("changes", "rule", "where"),
+    [
+        # a contained resource nothing refers to (dom-3)
+        ({"contained": [CONDITION]}, "dom-3", "Goal.contained[0]"),
+        # a local reference with no contained resource of that id (ref-1)
+        ({"addresses": [{"reference": "#c2"}]}, "ref-1", "Goal.addresses[0]"),
+        (
+            {"contained": [CONDITION], "addresses": [{"reference": "#c1"}, {"reference": "#x"}]},
+            "ref-1",
+            "Goal.addresses[1]",
+        ),
+        # a contained resource without an id cannot be referred to (dom-3)
+        (
+            {"contained": [{k: v for k, v in CONDITION.items() if k != "id"}]},
+            "dom-3",
+            "Goal.contained[0]",
+        ),
+    ],
+)
+def test_contained_resources_and_local_references_must_meet(
+    client: FlaskClient, changes: dict[str, Any], rule: str, where: str
+) -> None:
+    """R4 dom-3: a contained resource is referred to from elsewhere in the resource (or refers
+    to its container); ref-1: a local reference (#id) names a contained resource. Both were
+    left unevaluated, so another system's Goal with an orphan or a dangling #reference was
+    valid and stored; the HL7 reference validator refuses both."""
+    body = goal(**changes)
+    checked = client.post("/fhir/Goal/$validate", json=body, headers=JSON)
+    errors = [i for i in outcome_issues(checked) if i["severity"] == "error"]
+    assert [(rule in i["diagnostics"], i["expression"]) for i in errors] == [(True, [where])]
+    created = client.post("/fhir/Goal", json=body, headers=JSON)
+    assert created.status_code == 400, created.get_data(as_text=True)[:300]
+
+
+def test_a_contained_resource_referred_to_or_referring_to_its_container_is_taken(
+    client: FlaskClient,
+) -> None:
+    referred = goal(contained=[CONDITION], addresses=[{"reference": "#c1"}])
+    assert client.post("/fhir/Goal", json=referred, headers=JSON).status_code == 201
+    # a contained Provenance pointing back at its container with "#" (dom-3's other way)
+    back = {
+        "resourceType": "Provenance",
+        "id": "pv",
+        "target": [{"reference": "#"}],
+        "recorded": "2026-12-01T09:00:00Z",
+        "agent": [{"who": {"display": "Nurse"}}],
+    }
+    pointing = goal(contained=[back])
+    assert client.post("/fhir/Goal", json=pointing, headers=JSON).status_code == 201
