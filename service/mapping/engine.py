@@ -39,6 +39,7 @@ _HL7_PATH = re.compile(
     r"([A-Z][A-Z0-9]{2})-(\d+)(?:\((?:(\d+)|(\*)|(\d+)(?:\.(\d+))?=([^)]*))\))?(?:\.(\d+))?(?:\.(\d+))?"
 )
 _TEMPLATE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_EACH_CHOICE = object()  # a ``first`` whose choices are tried one after the other
 
 
 @dataclass
@@ -346,6 +347,9 @@ class Mapper:
         if "reference" in definition:
             return self._reference(definition["reference"], path)
         if "first" in definition:
+            merged = self._first_by_repetition(definition["first"], path)
+            if merged is not _EACH_CHOICE:
+                return merged
             for number, choice in enumerate(definition["first"]):
                 found = self._value(choice, f"{path}.first[{number}]")
                 if found not in (None, ""):
@@ -402,6 +406,59 @@ class Mapper:
         if not values:
             return None
         return ("\n" if name == "NTE" else self.separator or " ").join(values)
+
+    def _first_by_repetition(self, choices: list[Any], path: str) -> Any:
+        """``first`` over every repetition of one field (``OBX-5(*).9``, then ``OBX-5(*).2``):
+        chosen repetition by repetition, so each coded answer gives its own words (its
+        original text, else its text) and none is dropped because another repetition had the
+        first choice. ``_EACH_CHOICE`` when the choices are not all such paths of one field."""
+        fields = set()
+        for choice in choices:
+            spec = choice.get("hl7") if isinstance(choice, dict) else None
+            if not isinstance(spec, str) or "(*)" not in spec or set(choice) - {"hl7", "when"}:
+                return _EACH_CHOICE
+            fields.add(spec.split("(", 1)[0])
+        if len(fields) != 1:
+            return _EACH_CHOICE
+        columns = []
+        for number, choice in enumerate(choices):
+            condition = choice.get("when")
+            if condition is not None and not self._holds(condition, f"{path}.first[{number}].when"):
+                continue
+            parts = self._hl7_repetitions(choice["hl7"], f"{path}.first[{number}]")
+            if parts is None:
+                return _EACH_CHOICE
+            columns.append(parts)
+        longest = max((len(c) for c in columns), default=0)
+        chosen = [next((c[i] for c in columns if i < len(c) and c[i]), "") for i in range(longest)]
+        text = "\n".join(hl7_text(self._record.message, p) for p in chosen if p)
+        return text or None
+
+    def _hl7_repetitions(self, spec: str, path: str) -> list[str] | None:
+        """Each repetition of an ``(*)`` path, in order ('' where it has nothing), or None
+        when the path reads several segments (continued OBX lines, notes)."""
+        record = self._record
+        match = _HL7_PATH.fullmatch(spec)
+        if match is None or record.message is None:
+            self._fail(path, f"{spec!r} is not an HL7 v2 path such as OBX-5.1 or PID-3(2).1")
+        name, field_text, _, _, _, _, _, component, sub = match.groups()
+        field_no = int(field_text)
+        own = record.segments or [record.segment]
+        if str(own[0][0]) == name:
+            if len(own) > 1 and field_no == 5 and self.separator is not None:
+                return None
+            segment = own[0]
+        elif name == "NTE":
+            return None
+        else:
+            segment = record.nearest(name)
+        if segment is None:
+            return []
+        count = hl7_repetitions(segment, field_no)
+        return [
+            hl7_field(segment, field_no, int(component or 0), int(sub or 0), repetition)
+            for repetition in range(1, count + 1)
+        ]
 
     def _variable(self, name: str) -> Any:
         if name not in self._variables:

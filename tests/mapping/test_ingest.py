@@ -590,3 +590,23 @@ def test_hl7_null_values_and_text_split_over_obx_lines(client: FlaskClient) -> N
         ),
         ("Tea", "2026-11-20T10:15:00+00:00"),
     ]
+
+
+def test_each_coded_answer_gives_its_own_words(client: FlaskClient) -> None:
+    """HL7 v2.5.1 2.A.13 (CWE): the original text (component 9) is optional on each
+    repetition. A treatment preference of two coded answers, one with its original text and
+    one without, kept only one of them: ``first`` took the choice that found anything in any
+    repetition, and dropped the other answer's words."""
+    add_patient(client)
+    message = (
+        "MSH|^~\\&|EPR|WARD7|WM|WM|202611201015||ORU^R01|MSG0300|P|2.5.1\r"
+        "PID|1||9000000009^^^NHS^NH||Jones\r"
+        "OBR|1||ORD-9|75773-2^Treatment preferences^LN\r"
+        "OBX|1|CWE|75773-2^TP^LN||A^Home^L^^^^^^Home with my family~B^No feeding tubes^L"
+        "||||||F|||20261201090000\r"
+    )
+    response = client.post("/fhir/$ingest?mapping=wmty-oru", data=message, headers=HL7)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    found = client.get("/fhir/Observation?code=http://loinc.org|75773-2").get_json()
+    (preference,) = [e["resource"] for e in found["entry"]]
+    assert preference["valueString"] == "Home with my family\nNo feeding tubes"
