@@ -143,6 +143,11 @@ def _message(error: jsonschema.ValidationError) -> str:
             )
     if error.validator == "additionalProperties":
         return str(error.message).replace("Additional properties are not allowed", "unknown key")
+    if error.validator == "pattern" and list(error.path)[-1:] == ["path"]:
+        return (
+            f"{error.instance!r} is not a path: names and numbered indexes only, such as "
+            "answers[0].text (a path reads one value; [*] and other wildcards are not read)"
+        )
     if error.validator == "pattern" and list(error.path)[-1:] == ["hl7"]:
         return (
             f"{error.instance!r} is not an HL7 v2 path: SEGMENT-field, the segment in capitals, "
@@ -457,7 +462,22 @@ def _target_problem(
         indexed = isinstance(parts[-1], int)
         repeats = element.max not in ("0", "1")
         return _const_problem(definition["const"], type_, repeats and not indexed, walked)
+    if element is not None and element.max not in ("0", "1") and not isinstance(parts[-1], int):
+        if _one_value(definition):
+            last = parts[-1]
+            return f"{walked} repeats: a value goes into one of them, e.g. {last}[0]"
     return None
+
+
+def _one_value(definition: dict[str, Any]) -> bool:
+    """Whether a value definition always gives one value, never a list (a ``path`` or a
+    ``const`` may give a list)."""
+    if "const" in definition or "path" in definition:
+        return False
+    choices = definition.get("first")
+    if isinstance(choices, list):
+        return all(isinstance(c, dict) and _one_value(c) for c in choices)
+    return True
 
 
 def _child(kids: dict[str, Element], name: str) -> tuple[Element, str] | None:

@@ -68,6 +68,17 @@ def test_indexes_and_constants_must_fit_the_definitions(tmp_path: Path) -> None:
     assert "is not true or false" in out
 
 
+def test_a_single_value_into_a_repeating_element_is_named(tmp_path: Path) -> None:
+    """An outside mapping author wrote ``name[0].given: {hl7: PID-5.2}`` (given repeats, and
+    is the last element named): map check said "valid", and every record then failed at run
+    time ("must be a JSON array"). The same here with a note from a column."""
+    path, lines = _with_fields(tmp_path, "      note: {column: setting}\n")
+    result = whatmatters("map", "check", str(path))
+    assert result.returncode == 1
+    assert f":{lines['note']} rules[0].fields.note: " in result.stdout
+    assert "Observation.note repeats: a value goes into one of them, e.g. note[0]" in result.stdout
+
+
 def test_choice_types_nested_types_and_backbone_elements_are_known(tmp_path: Path) -> None:
     path, _ = _with_fields(
         tmp_path,

@@ -286,6 +286,16 @@ rules:
 """
 
 
+@pytest.mark.parametrize("wildcard", ["answers[*].text", "answers[x].text", "answers[].text"])
+def test_a_json_path_is_names_and_numbered_indexes_only(tmp_path: Path, wildcard: str) -> None:
+    # a path reads one value: [*] read nothing at all, silently, and a required one then
+    # failed with "a required value is missing" though the value was there
+    path = tmp_path / "app-export.yaml"
+    path.write_text(JSON_MAPPING.replace("answers[0].text", wildcard), encoding="utf-8")
+    with pytest.raises(MappingError, match=re.escape(f"{wildcard!r} is not a path")):
+        load_mapping(path)
+
+
 def test_json_records_as_an_array_or_ndjson(tmp_path: Path) -> None:
     path = tmp_path / "app-export.yaml"
     path.write_text(JSON_MAPPING, encoding="utf-8")
