@@ -462,10 +462,10 @@ def _target_problem(
         indexed = isinstance(parts[-1], int)
         repeats = element.max not in ("0", "1")
         return _const_problem(definition["const"], type_, repeats and not indexed, walked)
-    if element is not None and element.max not in ("0", "1") and not isinstance(parts[-1], int):
-        if _one_value(definition):
-            last = parts[-1]
-            return f"{walked} repeats: a value goes into one of them, e.g. {last}[0]"
+    last = parts[-1] if parts else None
+    unindexed = element is not None and element.max not in ("0", "1") and isinstance(last, str)
+    if unindexed and _one_value(definition):
+        return f"{walked} repeats: a value goes into one of them, e.g. {last}[0]"
     return None
 
 
