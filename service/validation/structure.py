@@ -33,7 +33,8 @@ _ID = re.compile(r"[A-Za-z0-9\-.]+")  # datatypes.html#id, with its length below
 # - que-7 tests "answer is Boolean", which fhirpathpy answers false for a FHIR boolean (a false
 #   alarm on the official Questionnaire-bb example);
 # - per-1, rng-2, age-1, ctm-1 and dom-3 raise errors inside fhirpathpy (hasValue(), comparing
-#   quantities, 'as' on a collection); per-1 and rng-2 are checked in Python below;
+#   quantities, 'as' on a collection); per-1, rng-2, age-1 and que-7 are checked in Python
+#   below;
 # - ref-1 looks up %rootResource.contained.id for every reference, which is quadratic in the
 #   size of the resource.
 # dom-3 and ref-1 are checked in Python instead, on every write: contained.py.
@@ -62,12 +63,57 @@ def _range_reversed(node: dict[str, Any]) -> bool:
     return same_unit and numbers and a > b  # type: ignore[operator]
 
 
+def _age_invalid(node: dict[str, Any]) -> bool:
+    """age-1 as R4 writes it: a value has a code; the system, if any, is UCUM; a value is
+    positive."""
+    value, system = node.get("value"), node.get("system")
+    number = isinstance(value, int | float | Decimal) and not isinstance(value, bool)
+    return (
+        (value is not None and node.get("code") is None)
+        or (system is not None and system != "http://unitsofmeasure.org")
+        or (number and value <= 0)  # type: ignore[operator]
+    )
+
+
+def _exists_without_boolean(node: dict[str, Any]) -> bool:
+    """que-7: an enableWhen with operator 'exists' answers with a boolean."""
+    return node.get("operator") == "exists" and "answerBoolean" not in node
+
+
 # Invariants fhirpathpy cannot run, checked here in Python instead.
-_PYTHON_CHECKS = {"per-1": _period_reversed, "rng-2": _range_reversed}
+_PYTHON_CHECKS = {
+    "per-1": _period_reversed,
+    "rng-2": _range_reversed,
+    "age-1": _age_invalid,
+    "que-7": _exists_without_boolean,
+}
 _CODED = frozenset({"code", "Coding", "CodeableConcept"})
 # Elements naming a code or identifier system: absolute URIs, never local names
 _ABSOLUTE_SYSTEMS = frozenset({"Coding.system", "Quantity.system", "Identifier.system"})
 _ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:\S+")
+
+
+def _unpaired_nulls(node: dict[str, Any], expr: str) -> list[Issue]:
+    """json.html#primitive: a null in a primitive array only keeps it aligned with its
+    ``_name`` companion, whose item there must then hold something (an id or extensions)."""
+    issues = []
+    for key, value in node.items():
+        if key.startswith("_") or not isinstance(value, list) or None not in value:
+            continue
+        companion = node.get(f"_{key}")
+        for index, item in enumerate(value):
+            paired = isinstance(companion, list) and index < len(companion) and companion[index]
+            if item is None and not paired and any(v is not None for v in value):
+                issues.append(
+                    Issue(
+                        "error",
+                        "structure",
+                        f"{key}[{index}] is null, and _{key}[{index}] gives it no id or "
+                        "extension: a null only stands beside one",
+                        (f"{expr}.{key}[{index}]",),
+                    )
+                )
+    return issues
 
 
 def _capitalise(type_code: str) -> str:
@@ -169,11 +215,13 @@ class StructureValidator:
         choices = {d.name[:-3]: d for d in children.values() if d.is_choice}
         seen: set[str] = set()
         chosen: dict[str, set[str]] = {}
-        if not node:
+        if not node or (not is_resource and set(node) == {"id"}):
+            # ele-1: an id alone is neither a value nor a child
             issues.append(
                 Issue("error", "structure", "An element must have a value or children", (expr,))
             )
             return
+        issues += _unpaired_nulls(node, expr)
         for key, value in node.items():
             if is_resource and key == "resourceType":
                 continue

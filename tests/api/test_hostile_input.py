@@ -428,3 +428,97 @@ def test_a_contained_resource_referred_to_or_referring_to_its_container_is_taken
     }
     pointing = goal(contained=[back])
     assert client.post("/fhir/Goal", json=pointing, headers=JSON).status_code == 201
+
+
+def _condition_with_age(age: dict[str, Any]) -> dict[str, Any]:
+    condition = {**CONDITION, "onsetAge": age}
+    return goal(contained=[condition], addresses=[{"reference": "#c1"}])
+
+
+QUESTION = {"linkId": "1", "type": "string", "text": "Anything else?"}
+
+
+@pytest.mark.parametrize(
+    ("type_", "resource", "words", "where"),
+    [
+        # age-1: a value needs a code; UCUM only; a positive value
+        ("Goal", _condition_with_age({"value": 5}), "age-1", "Goal.contained[0].onsetAge"),
+        (
+            "Goal",
+            _condition_with_age({"value": 5, "system": "http://snomed.info/sct", "code": "a"}),
+            "age-1",
+            "Goal.contained[0].onsetAge",
+        ),
+        (
+            "Goal",
+            _condition_with_age({"value": -1, "system": "http://unitsofmeasure.org", "code": "a"}),
+            "age-1",
+            "Goal.contained[0].onsetAge",
+        ),
+        # que-7: operator exists answers true or false
+        (
+            "Questionnaire",
+            {
+                "resourceType": "Questionnaire",
+                "status": "active",
+                "item": [
+                    QUESTION,
+                    {
+                        **QUESTION,
+                        "linkId": "2",
+                        "enableWhen": [
+                            {"question": "1", "operator": "exists", "answerString": "x"}
+                        ],
+                    },
+                ],
+            },
+            "que-7",
+            "Questionnaire.item[1].enableWhen[0]",
+        ),
+        # ele-1: an id alone is neither a value nor a child
+        (
+            "Patient",
+            {"resourceType": "Patient", "name": [{"id": "x"}]},
+            "value or children",
+            "Patient.name[0]",
+        ),
+        (
+            "Patient",
+            {"resourceType": "Patient", "_birthDate": {"id": "x"}},
+            "value or children",
+            "Patient.birthDate",
+        ),
+        # json.html: a null in a primitive array stands beside its _name companion only
+        (
+            "Patient",
+            {"resourceType": "Patient", "name": [{"given": ["A", None]}]},
+            "null",
+            "Patient.name[0].given[1]",
+        ),
+    ],
+)
+def test_rules_the_reference_validator_applies_are_applied(
+    client: FlaskClient, type_: str, resource: dict[str, Any], words: str, where: str
+) -> None:
+    checked = client.post(f"/fhir/{type_}/$validate", json=resource, headers=JSON)
+    errors = [i for i in outcome_issues(checked) if i["severity"] == "error"]
+    assert [(words in i["diagnostics"], i["expression"]) for i in errors] == [(True, [where])]
+
+
+def test_a_null_beside_its_extension_and_a_good_age_are_taken(client: FlaskClient) -> None:
+    paired = {
+        "resourceType": "Patient",
+        "name": [
+            {
+                "given": ["A", None],
+                "_given": [
+                    None,
+                    {"extension": [{"url": "http://x.example/e", "valueString": "y"}]},
+                ],
+            }
+        ],
+    }
+    age = _condition_with_age({"value": 5, "system": "http://unitsofmeasure.org", "code": "a"})
+    for type_, body in (("Patient", paired), ("Goal", age)):
+        checked = client.post(f"/fhir/{type_}/$validate", json=body, headers=JSON)
+        assert [i for i in outcome_issues(checked) if i["severity"] == "error"] == []
