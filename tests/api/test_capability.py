@@ -112,3 +112,12 @@ def test_subscription_status_operation_is_declared(client: FlaskClient) -> None:
         "name": "status",
         "definition": f"{backport}/OperationDefinition/backport-subscription-status",
     } in subscription["operation"]
+    # how a client learns what to subscribe to (the Backport IG's R4 server example): the
+    # profile a Subscription must meet, and the topic's canonical; it was only in a 422's text
+    assert (
+        f"{backport}/StructureDefinition/backport-subscription" in subscription["supportedProfile"]
+    )
+    assert {
+        "url": f"{backport}/StructureDefinition/capabilitystatement-subscriptiontopic-canonical",
+        "valueCanonical": "http://whatmatters.example/fhir/SubscriptionTopic/what-matters-changed",
+    } in subscription["extension"]
