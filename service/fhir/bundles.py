@@ -340,6 +340,12 @@ def _parse_entry(index: int, entry: Any, base: str) -> EntryOp:
         url = url[len(base) + 1 :]
     path, _, query = url.partition("?")
     segments = [unquote(s) for s in path.strip("/").split("/") if s]
+    if segments[:1] == ["metadata"]:
+        raise BadRequest(
+            f"{where}: the CapabilityStatement is not read inside a batch or transaction; "
+            "GET [base]/metadata reads it",
+            expression=(f"{where}.request.url",),
+        )
     resource = entry.get("resource")
     full_url = entry.get("fullUrl")
     restful = isinstance(full_url, str) and full_url.startswith(("http:", "https:"))

@@ -455,3 +455,14 @@ def test_a_batch_entry_without_request_is_named_whether_or_not_it_has_a_fullurl(
         issue = outcome_issues(response)[0]
         assert issue["expression"] == ["Bundle.entry[0].request"], issue
         assert "request" in issue["diagnostics"]
+
+
+def test_metadata_in_a_batch_is_answered_for_what_it_is(client: FlaskClient) -> None:
+    # it was answered "Resource type 'metadata' is not supported here"
+    bundle = _bundle("batch", {"request": {"method": "GET", "url": "metadata"}})
+    response = _post(client, bundle)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    entry = response.get_json()["entry"][0]
+    assert entry["response"]["status"].startswith("400")
+    issue = entry["response"]["outcome"]["issue"][0]
+    assert "GET [base]/metadata" in issue["diagnostics"]
