@@ -18,6 +18,7 @@ from service.api.handlers import base_url, request_actor, since_parameter, what_
 from service.errors import FhirError
 from service.fhir.interactions import FhirService
 from service.fhir.model import parse_json
+from service.priorities.ips import direction
 from service.priorities.view import priorities
 
 # Security headers for the HTML page: nothing loads from elsewhere, no framing, no sniffing.
@@ -50,7 +51,6 @@ def patient_name(patient: dict[str, Any]) -> str | None:
 NHS_NUMBER = "https://fhir.nhs.uk/Id/nhs-number"
 CARD_ITEMS = 8  # what one printed A4 card holds
 # scripts written right to left (BCP 47 primary language subtags)
-_RTL = {"ar", "arc", "ckb", "dv", "fa", "he", "iw", "ks", "ku", "ps", "sd", "ug", "ur", "yi"}
 
 
 def human_date(value: Any) -> str:
@@ -65,13 +65,6 @@ def human_date(value: Any) -> str:
     except ValueError:
         return text
     return f"{day.day} {day.strftime('%b %Y')}"
-
-
-def direction(language: str | None) -> str:
-    """``rtl`` or ``ltr`` for a known language, ``auto`` when it is not known."""
-    if not language:
-        return "auto"
-    return "rtl" if language.split("-", 1)[0].lower() in _RTL else "ltr"
 
 
 def identifiers(patient: dict[str, Any]) -> list[tuple[str, str]]:

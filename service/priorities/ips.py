@@ -168,6 +168,26 @@ def _div(body: str) -> dict[str, str]:
     return {"status": "generated", "div": f'<div xmlns="{XHTML}">{body}</div>'}
 
 
+_RTL = {"ar", "arc", "ckb", "dv", "fa", "he", "iw", "ks", "ku", "ps", "sd", "ug", "ur", "yi"}
+
+
+def direction(language: str | None) -> str:
+    """``rtl`` or ``ltr`` for a known language, ``auto`` when it is not known."""
+    if not language:
+        return "auto"
+    return "rtl" if language.split("-", 1)[0].lower() in _RTL else "ltr"
+
+
+def words_span(text: str, language: str | None, style: str = "") -> str:
+    """The patient's words as a span in their own language and direction (an isolated run:
+    right-to-left words keep their order inside a left-to-right sentence)."""
+    lang = f' lang="{escape(language)}"' if language else ""
+    styled = f' style="{style}"' if style else ""
+    return (
+        f'<span class="words"{styled}{lang} dir="{direction(language)}">{words_html(text)}</span>'
+    )
+
+
 def words_html(text: str) -> str:
     """The patient's words as XHTML text: escaped, with carriage returns kept as ``&#13;``
     (an XML parser would otherwise fold ``\\r\\n`` into ``\\n``)."""
@@ -195,20 +215,18 @@ def story_narrative(view: list[dict[str, Any]]) -> dict[str, str]:
         return _div("<p>The patient has not yet said what matters to them.</p>")
     rows = []
     for item in view:
-        language = f' lang="{escape(item["language"])}"' if item.get("language") else ""
         kind = "Goal" if item["kind"] == "goal" else "What matters"
         records = "".join(f"<li>{_who_where_when(r)}</li>" for r in item.get("records", []))
         goals = "".join(
-            f'<li>Goal: <span class="words">{words_html(g["text"])}</span>'
+            f"<li>Goal: {words_span(g['text'], g.get('language'))}"
             f" ({escape(str(g.get('status') or ''))})</li>"
             for g in item.get("goals", [])
         )
         # an unranked item has a place in the list, not a rank the patient gave it
         placed = f"rank {item['rank']}" if item["ranked"] else "not yet ranked"
         rows.append(
-            f"<li><p>{kind} ({placed}):"
-            f' <span class="words" style="white-space: pre-wrap"{language}>'
-            f"{words_html(item['text'])}</span></p>"
+            f"<li><p>{kind} ({placed}): "
+            f"{words_span(item['text'], item.get('language'), 'white-space: pre-wrap')}</p>"
             f"<ul>{records}</ul>{f'<ul>{goals}</ul>' if goals else ''}</li>"
         )
     intro = "<p>What matters to the patient, in their own words, most important first.</p>"
@@ -230,9 +248,10 @@ def plan_narrative(view: list[dict[str, Any]]) -> dict[str, str]:
                 details.append(f"{goal['priority']} priority")
             if goal.get("targetDate"):
                 details.append(f"by {goal['targetDate']}")
-            answers = "" if item["kind"] == "goal" else f" (for: {words_html(item['text'])})"
+            answered = words_span(item["text"], item.get("language"))
+            answers = "" if item["kind"] == "goal" else f" (for: {answered})"
             rows.append(
-                f'<li><span class="words">{words_html(text)}</span>'
+                f"<li>{words_span(text, goal.get('language'))}"
                 f" — {escape(', '.join(d for d in details if d))}{answers}</li>"
             )
     if not rows:

@@ -25,6 +25,7 @@ from service.validation.packages import IPS_BUNDLE, IPS_COMPOSITION
 from tests.builders import BASE
 from tests.ips_package import ips_checker, ips_package_path
 from tests.priorities.conversations import (
+    FHIR_JSON,
     NHS,
     add_patient,
     conversation,
@@ -370,3 +371,56 @@ def test_the_story_gives_a_rank_only_to_what_the_patient_ranked(ips_client: Flas
     assert "What matters (rank 1):" in story
     assert "What matters (not yet ranked):" in story
     assert "rank 2, not yet ranked" not in story
+
+
+class _Spans(HTMLParser):
+    """(lang, dir, text) of every ``span class="words"`` of a narrative."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.found: list[list[str | None]] = []
+        self._inside = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "span" and ("class", "words") in attrs:
+            self._inside = True
+            self.found.append([dict(attrs).get("lang"), dict(attrs).get("dir"), ""])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "span":
+            self._inside = False
+
+    def handle_data(self, data: str) -> None:
+        if self._inside:
+            self.found[-1][2] = str(self.found[-1][2]) + data
+
+
+def test_words_keep_their_language_and_direction_in_the_summary(client: FlaskClient) -> None:
+    """The page showed an Arabic goal with lang="ar" dir="rtl"; the summary's Patient Story and
+    Plan of Care showed it with no language or direction, so a reader laid it out left to
+    right, and "(for: ...)" ran into it."""
+    add_patient(client)
+    arabic = "ثم امشي إلى المسجد"
+    goal_body = {
+        "resourceType": "Goal",
+        "language": "ar",
+        "lifecycleStatus": "active",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://hl7.org/fhir/us/pco/CodeSystem/pco-concepts-temporary",
+                        "code": "what-matters",
+                    }
+                ]
+            }
+        ],
+        "description": {"text": arabic},
+        "subject": {"reference": "Patient/p1"},
+    }
+    assert client.post("/fhir/Goal", json=goal_body, headers=FHIR_JSON).status_code == 201
+    document = _summary(client)
+    for code in (STORY, PLAN):
+        spans = _Spans()
+        spans.feed(_section(document, code)["text"]["div"])
+        assert ["ar", "rtl", arabic] in spans.found, (code, spans.found)
