@@ -185,6 +185,8 @@ def ingest(
             for (output, resource), result in zip(batch, session.create_many(items), strict=True):
                 if result.status == 201:
                     report.created += 1
+                    if output.corrects:
+                        report.warn(_corrects_nothing(output))
                 elif output.corrects and _corrected(session, resource, result):
                     report.updated += 1
                 elif not output.corrects and _differs(resource, result):
@@ -358,6 +360,21 @@ def _same_identifier(output: Output) -> Issue:
         f"({identifier['system']}|{identifier['value']}) and other content; neither can stand "
         "for the other, so this one is not stored (give each record its own identifier in the "
         "rule's identifier template)",
+    )
+
+
+def _corrects_nothing(output: Output) -> Issue:
+    """A record marked a correction (a C, D or W result) with nothing of its patient's under
+    its identifier: stored as new, and the sender told, since it may be a result first posted
+    to another patient, which this does not touch."""
+    identifier = output.identifier
+    return Issue(
+        "warning",
+        "business-rule",
+        f"{output.position}: this correction corrects nothing: the patient has no record "
+        f"with identifier {identifier['system']}|{identifier['value']}, so it was stored as "
+        "new. If it was first posted to another patient, that patient's record is unchanged "
+        "(retract it there)",
     )
 
 

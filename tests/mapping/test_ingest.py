@@ -610,3 +610,24 @@ def test_each_coded_answer_gives_its_own_words(client: FlaskClient) -> None:
     found = client.get("/fhir/Observation?code=http://loinc.org|75773-2").get_json()
     (preference,) = [e["resource"] for e in found["entry"]]
     assert preference["valueString"] == "Home with my family\nNo feeding tubes"
+
+
+def test_a_correction_with_nothing_of_the_patients_to_correct_is_flagged(
+    client: FlaskClient,
+) -> None:
+    """An interface engineer sent a result for one patient, then a correction (OBX-11 C) of
+    the same order and OBX for another patient: the correction was stored as a new result,
+    'corrected' with no earlier version, and the first patient's result stayed final, with no
+    word to anyone. It is still stored (the other patient's result is not touched), and the
+    sender is now told: a correction that corrects nothing may be a wrong-patient posting."""
+    add_patient(client)
+    add_patient(client, "p2", "9000000017")
+    first = _result("EPR-2001", "F", "Singing in the choir")
+    assert client.post("/fhir/$ingest?mapping=wmty-oru", data=first, headers=HL7).status_code == 200
+    other = _result("EPR-2002", "C", "Singing in the choir").replace("9000000009", "9000000017")
+    response = client.post("/fhir/$ingest?mapping=wmty-oru", data=other, headers=HL7)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    warnings = [i for i in outcome_issues(response) if i["severity"] == "warning"]
+    assert len(warnings) == 1
+    assert "corrects nothing" in warnings[0]["diagnostics"]
+    assert "YSBYTY-GWYNEDD|ORD-7705|1" in warnings[0]["diagnostics"]
