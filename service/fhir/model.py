@@ -236,7 +236,7 @@ def etag(version: int) -> str:
     return f'W/"{version}"'
 
 
-ANY_VERSION = 0  # If-Match: * (versions count from 1)
+ANY_VERSION = -1  # If-Match: * (no ETag names it: W/"0" is a version that never exists)
 
 
 def parse_etag(value: str) -> int:

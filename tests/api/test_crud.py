@@ -235,6 +235,9 @@ def test_if_match_star_updates_only_what_exists(client: FlaskClient) -> None:
     assert client.delete("/fhir/Patient/p1", headers={"If-Match": "*"}).status_code == 204
     again = client.put("/fhir/Patient/p1", json=patient(id="p1"), headers=star)
     assert again.status_code == 412  # deleted: no current representation
+    # W/"0" names a version that never exists: it is not "*"
+    zero = {**JSON_HEADERS, "If-Match": 'W/"0"'}
+    assert client.put("/fhir/Patient/p1", json=patient(id="p1"), headers=zero).status_code == 412
 
 
 def test_server_owns_version_and_last_updated(client: FlaskClient) -> None:
