@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -207,27 +208,33 @@ class Config:
         return self.public_base_url or f"http://{self.host}:{self.port}{self.base_path}"
 
     def is_own_url(self, url: str) -> bool:
-        """Whether an absolute URL lies on this service's FHIR base (a reference to a resource
-        stored here, search.html §3.1.1.4.13): the public base URL when one is set, else any
-        allowed host name, on any port, under the base path. Any other absolute URL names a
-        resource on another server."""
+        """Whether an absolute URL names a resource on this service's FHIR base
+        (search.html §3.1.1.4.13): ``http(s)://host[:port]/<base path>/Type/id`` (a version
+        may follow), where host is the public base URL's, or an allowed host name (on any
+        port: behind a proxy the service is also called on its inner name). With no public
+        base URL and any Host answered (``*``) this server has no name of its own, and no
+        absolute URL is taken for one of its resources."""
         from urllib.parse import urlsplit
 
-        if self.public_base_url:
-            return url.lower().startswith(self.public_base_url.rstrip("/").lower() + "/")
         try:
             parts = urlsplit(url)
             name = parts.hostname or ""
             _ = parts.port  # checked: out of range or not a number is a ValueError
         except ValueError:  # a malformed port or address
             return False
-        if parts.scheme not in ("http", "https") or not parts.path.startswith(self.base_path + "/"):
+        public = urlsplit(self.public_base_url) if self.public_base_url else None
+        base_path = public.path.rstrip("/") if public is not None else self.base_path
+        resource = parts.path[len(base_path) :] if parts.path.startswith(base_path) else ""
+        if parts.scheme not in ("http", "https") or _OWN_PATH.fullmatch(resource) is None:
             return False
-        if "*" in self.allowed_hosts:
-            return True
+        if parts.username is not None or parts.password is not None:
+            return False
         # urlsplit gives an IPv6 address without its brackets
         name = f"[{name}]" if ":" in name else name.rstrip(".")
-        return name in {host_name(h) for h in self.allowed_hosts}
+        names = {host_name(h) for h in self.allowed_hosts if h.strip() != "*"}
+        if public is not None:
+            names.add(host_name(public.netloc))
+        return name in names
 
     def __post_init__(self) -> None:
         if not self.base_path.startswith("/") or self.base_path.endswith("/"):
@@ -323,7 +330,12 @@ def _boolean(name: str, raw: str) -> bool:
     raise ConfigError(f"{name} must be true or false, not {raw!r}")
 
 
-@functools.lru_cache(maxsize=1024)
+# what follows the base path in a resource's URL: /Type/id, perhaps /_history/version
+_OWN_PATH = re.compile(
+    r"/[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}(/_history/[A-Za-z0-9\-.]{1,64})?"
+)
+
+
 def host_name(host: str) -> str:
     """The name part of a Host header, without the port: ``[::1]:8080`` -> ``[::1]``."""
     host = host.strip().lower()
@@ -332,6 +344,7 @@ def host_name(host: str) -> str:
     return host.partition(":")[0].rstrip(".")
 
 
+@functools.lru_cache(maxsize=1024)
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (a name or address) is this machine (localhost, 127.0.0.0/8, ::1);
     asked of every request's peer in the none mode, so remembered."""

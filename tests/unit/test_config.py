@@ -102,9 +102,17 @@ PUBLIC = Config(public_base_url="https://wm.example/fhir")
         (Config(), "http://127.0.0.1:8080/R4/Patient/1", False),  # not under the base path
         (Config(), "ftp://127.0.0.1/fhir/Patient/1", False),
         (Config(), "http://127.0.0.1:99999999/fhir/Patient/1", False),  # a malformed port
-        (Config(allowed_hosts=("*",)), "http://any.example/fhir/Patient/1", True),
+        # any Host answered: this server has no name of its own to recognise
+        (Config(allowed_hosts=("*",)), "http://any.example/fhir/Patient/1", False),
+        (Config(), "http://127.0.0.1/fhir/x/y/Patient/1", False),  # not Type/id
+        (Config(), "http://evil@127.0.0.1/fhir/Patient/1", False),  # userinfo
+        (Config(), "http://127.0.0.1:8080/fhir/Patient/1/_history/2", True),
+        (PUBLIC, "http://localhost:8080/fhir/Goal/g", True),  # the inner name, behind a proxy
+        (PUBLIC, "http://wm.example:80/fhir/Goal/g", True),
         (Config(public_base_url="https://wm.example/fhir"), "https://WM.example/fhir/Goal/g", True),
-        (Config(public_base_url="https://wm.example/fhir"), "http://127.0.0.1/fhir/Goal/g", False),
+        # an allowed host name too (the inner name behind a proxy); nothing else
+        (Config(public_base_url="https://wm.example/fhir"), "http://127.0.0.1/fhir/Goal/g", True),
+        (Config(public_base_url="https://wm.example/fhir"), "http://o.example/fhir/Goal/g", False),
         (
             Config(public_base_url="https://wm.example/fhir"),
             "https://wm.example/fhirx/Goal/g",
