@@ -95,7 +95,7 @@ def process_bundle(
     entries = bundle.get("entry", [])
     if not isinstance(entries, list):
         raise BadRequest("Bundle.entry must be a JSON array", expression=("Bundle.entry",))
-    _check_entries(entries)
+    _check_entries(entries, whole=kind == "transaction")
     if kind == "transaction":
 
         def work(session: Session) -> list[Result | FhirError]:
@@ -124,14 +124,24 @@ def process_bundle(
     return Result(200, body=body)
 
 
-def _check_entries(entries: list[Any]) -> None:
-    """The Bundle rules a batch or transaction is refused whole for, before any entry runs:
+def _check_entries(entries: list[Any], whole: bool) -> None:
+    """The Bundle rules a transaction (``whole``) is refused whole for, before any entry runs:
     every entry carries its request (bdl-3), and no two entries share a fullUrl unless their
-    versions differ (bdl-7), which would leave a reference to it naming either."""
+    versions differ (bdl-7), which would leave a reference to it naming either. In a batch
+    each entry stands alone: only an entry that holds nothing but its resource is named here
+    (the batch's own check would report it as an empty element)."""
     seen: dict[tuple[str, Any], int] = {}
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict):
             continue  # the Bundle's own check names it
+        if not whole:
+            if set(entry) == {"resource"}:
+                raise BadRequest(
+                    f"bdl-3: Bundle.entry[{index}] needs a request (request.method and "
+                    "request.url) in a batch",
+                    expression=(f"Bundle.entry[{index}].request",),
+                )
+            continue
         if "request" not in entry:
             raise BadRequest(
                 f"bdl-3: Bundle.entry[{index}] needs a request (request.method and request.url) "
@@ -143,7 +153,8 @@ def _check_entries(entries: list[Any]) -> None:
             continue
         resource = entry.get("resource")
         meta = resource.get("meta") if isinstance(resource, dict) else None
-        key = (full_url, meta.get("versionId") if isinstance(meta, dict) else None)
+        version = meta.get("versionId") if isinstance(meta, dict) else None
+        key = (full_url, version if isinstance(version, str) else None)
         if key in seen:
             raise BadRequest(
                 f"bdl-7: Bundle.entry[{seen[key]}] and Bundle.entry[{index}] have the same "

@@ -425,7 +425,7 @@ def test_two_entries_with_one_fullurl_are_400_and_write_nothing(client: FlaskCli
     Patients under one urn:uuid left a reference to it pointing at whichever came last."""
     same = "urn:uuid:66666666-1111-1111-1111-111111111111"
     said = observation(subject={"reference": same})
-    for kind in ("transaction", "batch"):
+    for kind in ("transaction",):
         bundle = _bundle(
             kind,
             _entry("POST", "Patient", {"resourceType": "Patient", "active": True}, full_url=same),
@@ -444,17 +444,52 @@ def test_two_entries_with_one_fullurl_are_400_and_write_nothing(client: FlaskCli
 def test_a_batch_entry_without_request_is_named_whether_or_not_it_has_a_fullurl(
     client: FlaskClient,
 ) -> None:
-    # bundle.html bdl-3: a batch or transaction entry carries its request
+    # bundle.html bdl-3: a batch or transaction entry carries its request; in a batch each
+    # entry stands alone, so the good entry beside it is still written
+    good = _entry("POST", "Patient", patient())
     for entry in (
         {"resource": patient()},
         {"resource": patient(), "fullUrl": "urn:uuid:55555555-1111-1111-1111-111111111111"},
     ):
-        bundle = {"resourceType": "Bundle", "type": "batch", "entry": [entry]}
-        response = _post(client, bundle)
+        transaction = {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}
+        response = _post(client, transaction)
         assert response.status_code == 400, response.get_data(as_text=True)[:300]
         issue = outcome_issues(response)[0]
         assert issue["expression"] == ["Bundle.entry[0].request"], issue
-        assert "request" in issue["diagnostics"]
+        batch = {"resourceType": "Bundle", "type": "batch", "entry": [good, entry]}
+        answered = _post(client, batch)
+        if set(entry) == {"resource"}:  # nothing but a resource: named before anything runs
+            assert answered.status_code == 400
+            assert outcome_issues(answered)[0]["expression"] == ["Bundle.entry[1].request"]
+            continue
+        assert answered.status_code == 200, answered.get_data(as_text=True)[:300]
+        statuses = [e["response"]["status"][:3] for e in answered.get_json()["entry"]]
+        assert statuses == ["201", "400"]
+
+
+def test_two_batch_entries_with_one_fullurl_each_stand_alone(client: FlaskClient) -> None:
+    # no entry of a batch refers to another, so a repeated fullUrl makes nothing ambiguous
+    same = "urn:uuid:77777777-1111-1111-1111-111111111111"
+    bundle = _bundle(
+        "batch",
+        _entry("POST", "Patient", {"resourceType": "Patient", "active": True}, full_url=same),
+        _entry("POST", "Patient", {"resourceType": "Patient", "active": False}, full_url=same),
+    )
+    response = _post(client, bundle)
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    assert [e["response"]["status"][:3] for e in response.get_json()["entry"]] == ["201", "201"]
+
+
+def test_a_version_id_that_is_not_text_is_a_400_not_a_500(client: FlaskClient) -> None:
+    same = "urn:uuid:88888888-1111-1111-1111-111111111111"
+    odd = {"resourceType": "Patient", "meta": {"versionId": ["1"]}}
+    bundle = _bundle(
+        "transaction",
+        _entry("POST", "Patient", odd, full_url=same),
+        _entry("POST", "Patient", odd, full_url=same),
+    )
+    response = _post(client, bundle)
+    assert response.status_code == 400, response.get_data(as_text=True)[:300]
 
 
 def test_metadata_in_a_batch_is_answered_for_what_it_is(client: FlaskClient) -> None:
