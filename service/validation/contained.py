@@ -24,7 +24,7 @@ def local_reference_issues(resource: dict[str, Any], expr: str) -> list[Issue]:
     ids = {c["id"] for c in contained if isinstance(c.get("id"), str)}
     mentioned: set[str] = set()
     dangling: list[tuple[str, str]] = []
-    _walk(resource, expr, True, ids, mentioned, dangling)
+    _walk(resource, expr, True, ids | {""}, mentioned, dangling)  # "#" alone: the container
     issues = [
         Issue(
             "error",
@@ -77,8 +77,8 @@ def _walk(
         ):
             return  # a Bundle entry's or a parameter's resource: a container of its own
         reference = value.get("reference")
-        # "#" alone is the container; "#id" must name a contained resource
-        if isinstance(reference, str) and reference[:1] == "#" and reference[1:] not in ids | {""}:
+        # "#id" must name a contained resource (``ids`` holds "" too: "#" is the container)
+        if isinstance(reference, str) and reference[:1] == "#" and reference[1:] not in ids:
             dangling.append((path, reference))
         for key, child in value.items():
             if key != "resourceType":

@@ -215,8 +215,9 @@ class StructureValidator:
         choices = {d.name[:-3]: d for d in children.values() if d.is_choice}
         seen: set[str] = set()
         chosen: dict[str, set[str]] = {}
-        if not node or (not is_resource and set(node) == {"id"}):
-            # ele-1: an id alone is neither a value nor a child
+        if not node or (not is_resource and path != "Element" and set(node) == {"id"}):
+            # ele-1: an id alone is neither a value nor a child (a primitive's _name companion
+            # may hold only an id: the primitive holds the value)
             issues.append(
                 Issue("error", "structure", "An element must have a value or children", (expr,))
             )

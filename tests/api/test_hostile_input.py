@@ -482,12 +482,6 @@ QUESTION = {"linkId": "1", "type": "string", "text": "Anything else?"}
             "value or children",
             "Patient.name[0]",
         ),
-        (
-            "Patient",
-            {"resourceType": "Patient", "_birthDate": {"id": "x"}},
-            "value or children",
-            "Patient.birthDate",
-        ),
         # json.html: a null in a primitive array stands beside its _name companion only
         (
             "Patient",
@@ -503,6 +497,15 @@ def test_rules_the_reference_validator_applies_are_applied(
     checked = client.post(f"/fhir/{type_}/$validate", json=resource, headers=JSON)
     errors = [i for i in outcome_issues(checked) if i["severity"] == "error"]
     assert [(words in i["diagnostics"], i["expression"]) for i in errors] == [(True, [where])]
+
+
+def test_a_primitive_whose_companion_holds_only_an_id_is_taken(client: FlaskClient) -> None:
+    # json.html: the _name companion carries the primitive's id; the value is the primitive's
+    for body in (
+        {"resourceType": "Patient", "birthDate": "1970-01-01", "_birthDate": {"id": "bd1"}},
+        {"resourceType": "Patient", "name": [{"given": ["A"], "_given": [{"id": "g1"}]}]},
+    ):
+        assert client.post("/fhir/Patient", json=body, headers=JSON).status_code == 201
 
 
 def test_a_null_beside_its_extension_and_a_good_age_are_taken(client: FlaskClient) -> None:
