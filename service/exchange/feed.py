@@ -152,7 +152,7 @@ class OutboxFeed:
                 "'requested' (the server activates it after a successful handshake) or 'off'",
                 expression=("Subscription.status",),
             )
-        if status in ("requested", "active") and _ended(spec, now):
+        if status in ("requested", "active") and ended(spec, now):
             raise Unprocessable(
                 f"Subscription.end {spec.end} has passed: a Subscription gets nothing after its "
                 "end (R4: the time for the server to turn it off). Give a later end, or none",
@@ -172,7 +172,7 @@ class OutboxFeed:
                 spec = parse_subscription(json.loads(stored.content or "{}"))
             except SubscriptionInvalid:
                 continue  # stored before a rule tightened; it gets no events
-            if spec.status != "active" or _ended(spec, now):
+            if spec.status != "active" or ended(spec, now):
                 continue
             if not matches(spec, change.type, patient_ref):
                 continue
@@ -189,7 +189,7 @@ class OutboxFeed:
         return rows
 
 
-def _ended(spec: SubscriptionSpec, now: int) -> bool:
+def ended(spec: SubscriptionSpec, now: int) -> bool:
     """Whether the Subscription's ``end`` has passed at ``now`` (microseconds)."""
     if spec.end is None:
         return False

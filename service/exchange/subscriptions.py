@@ -234,26 +234,27 @@ def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
     parts = host.split(".")
-    if not 1 <= len(parts) <= 4:
+    if not 1 <= len(parts) <= 4 or not all(_ATON_PART.fullmatch(p) for p in parts):
         return None
     numbers = []
     for part in parts:
-        try:
-            if part[:2].lower() == "0x":
-                numbers.append(int(part[2:], 16))
-            elif part.startswith("0") and len(part) > 1:
-                numbers.append(int(part[1:], 8))
-            else:
-                numbers.append(int(part, 10))
-        except ValueError:
-            return None
+        if part[:2].lower() == "0x":
+            numbers.append(int(part[2:] or "0", 16))
+        elif part.startswith("0") and len(part) > 1:
+            numbers.append(int(part[1:], 8))
+        else:
+            numbers.append(int(part, 10))
     *leading, last = numbers
     if any(n > 255 for n in leading) or last >= 256 ** (5 - len(numbers)):
         return None
     value = last
     for index, number in enumerate(leading):
         value += number << (8 * (3 - index))
-    return ipaddress.IPv4Address(value)
+    return ipaddress.IPv4Address(value) if value < 2**32 else None
+
+
+# one part of an inet_aton address: hexadecimal, octal or decimal digits, nothing else
+_ATON_PART = re.compile(r"0[xX][0-9a-fA-F]*|0[0-7]*|[1-9][0-9]*")
 
 
 def address_refusal(host: str, addresses: Sequence[str], allowed: Sequence[str]) -> str | None:

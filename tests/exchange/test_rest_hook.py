@@ -86,6 +86,13 @@ def test_shorthand_addresses_of_our_network_are_refused_at_create(host: str) -> 
     assert endpoint_refusal(f"https://{host}:8443/hook", ()) is not None
 
 
+@pytest.mark.parametrize("host", ["-1.0.0.1", "1_0.0.0.1", "1.2.3.-4", "1.2.3.4.5"])
+def test_what_no_resolver_reads_as_an_address_is_a_name(host: str) -> None:
+    # a sign or an underscore is no part of an address (the check answered 500 on -1.0.0.1);
+    # as a name it is resolved before each notification
+    assert endpoint_refusal(f"https://{host}/hook", ()) is None
+
+
 class _Redirecting(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", "0")))

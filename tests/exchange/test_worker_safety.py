@@ -472,6 +472,22 @@ def test_an_import_refuses_a_patient_the_partner_did_not_match(fhir: FhirService
         import_patient(fhir, TwoPatients(fhir, ignores_identifier=True), MRN, "M2")
 
 
+def test_no_heartbeat_after_the_subscriptions_end(fhir: FhirService) -> None:
+    resource = a_subscription(fhir, heartbeat=60, end="2099-01-01T00:00:00Z")
+    created = fhir.create("Subscription", resource).stored
+    assert created is not None
+    fhir.acting(Actor.server()).update(
+        "Subscription", created.id, {**json.loads(created.content or "{}"), "status": "active"}
+    )
+    sent: list[str] = []
+    worker = make_worker(fhir, FakePartner(load_partners_of(fhir)[0]))
+    worker.rest_hook.post = lambda spec, bundle: sent.append(bundle["id"])  # type: ignore[method-assign]
+    worker.rest_hook.last_contact[created.id] = -1e9
+    worker.clock = lambda: 4_200_000_000 * 1_000_000  # 2103: past its end
+    worker.heartbeats()
+    assert sent == []
+
+
 def test_one_heartbeat_per_period_across_worker_processes(fhir: FhirService) -> None:
     resource = a_subscription(fhir, heartbeat=60)
     created = fhir.create("Subscription", resource).stored

@@ -257,6 +257,12 @@ class PartnerApi:
             # the partner's Patient is the partner's record (its MRN, address, GP...): it is
             # found or created, never replaced by ours (an update replaces the whole resource)
             version = 1
+            if not capability.flag(type_, "conditionalCreate"):
+                existing = self.find(client, type_, param, token)
+                if existing is not None:
+                    return existing
+                answer = check(client.request("POST", type_, body), f"create {what}")
+                return _id_of(answer, type_)
         if version == 1 and capability.flag(type_, "conditionalCreate"):
             answer = check(
                 client.request("POST", type_, body, {"If-None-Exist": criteria}), f"create {what}"

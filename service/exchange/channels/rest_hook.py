@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from service.errors import FhirError, Forbidden
 from service.exchange.channels import Refused, Retry, Skipped, check
 from service.exchange.destinations import Destination
-from service.exchange.feed import ACTIVE_SUBSCRIPTIONS
+from service.exchange.feed import ACTIVE_SUBSCRIPTIONS, ended
 from service.exchange.notifications import event_bundle, handshake_bundle, heartbeat_bundle
 from service.exchange.partner_client import HookClient, Unreachable
 from service.exchange.subscriptions import (
@@ -215,6 +215,8 @@ class RestHook:
                 continue
             if not spec.heartbeat_seconds or spec.status != "active" or spec.id is None:
                 continue
+            if ended(spec, self.clock()):
+                continue  # nothing after Subscription.end, heartbeats neither
             last = self.last_contact.setdefault(spec.id, time.monotonic())
             if time.monotonic() - last < spec.heartbeat_seconds:
                 continue
