@@ -153,13 +153,16 @@ def test_delivery_uses_conditional_create_and_rewrites_the_patient(fhir: FhirSer
     assert states(fhir) == [("Patient", "done", 1), ("Goal", "done", 1)]
 
 
-def test_a_partners_patient_is_found_or_created_never_overwritten(fhir: FhirService) -> None:
+@pytest.mark.parametrize("conditional", [True, False])
+def test_a_partners_patient_is_found_or_created_never_overwritten(
+    fhir: FhirService, conditional: bool
+) -> None:
     """A partner already held the patient (its own MRN, address, GP, birth date). Our second
     version of the Patient went as PUT Patient?identifier=..., a full replacement
     (http.html#update): the partner's record lost everything we do not hold. The partner's
     Patient is the partner's: each version is sent as a create-if-absent."""
     patient_with_goal(fhir)
-    fake = FakePartner(load_partners_of(fhir)[0])
+    fake = FakePartner(load_partners_of(fhir)[0], conditional=conditional)
     worker = make_worker(fhir, fake)
     worker.drain()
     stored = fhir.read_only(
@@ -170,7 +173,12 @@ def test_a_partners_patient_is_found_or_created_never_overwritten(fhir: FhirServ
     fake.calls.clear()
     worker.drain()
     patient_calls = [(c[0], c[1]) for c in fake.calls if c[1].startswith("Patient")]
-    assert patient_calls == [("POST", "Patient")]
+    # with conditional create: a create-if-absent; without: found (by search, or as known
+    # from the first delivery), never written again
+    if conditional:
+        assert patient_calls == [("POST", "Patient")]
+    else:
+        assert [m for m, _ in patient_calls if m != "GET"] == []
     assert all(c[0] != "PUT" for c in fake.calls)
 
 
