@@ -202,6 +202,12 @@ def endpoint_refusal(endpoint: str, allowed: Sequence[str]) -> str | None:
     """
     parts = urlsplit(endpoint)
     host = (parts.hostname or "").lower().rstrip(".")
+    if "%" in host:
+        # the HTTP client decodes %31%32%37.0.0.1 to 127.0.0.1, which no check here would see
+        return (
+            f"Subscription.channel.endpoint names the host {host!r} with percent-encoded "
+            "characters; write the host name or address as it is"
+        )
     if _listed(host, allowed):
         return None
     if parts.scheme != "https":
@@ -261,6 +267,8 @@ def address_refusal(host: str, addresses: Sequence[str], allowed: Sequence[str])
     """Why notifications may not go to ``host`` now that it resolves to ``addresses``, or
     None: a public name that resolves to a loopback, link-local or private address (a name
     made for that, or rebound) is refused as the address itself would be, unless listed."""
+    if "%" in host:
+        return f"{host!r} has percent-encoded characters, which the HTTP client would decode"
     if _listed(host, allowed):
         return None
     for text in addresses:

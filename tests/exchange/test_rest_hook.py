@@ -86,6 +86,22 @@ def test_shorthand_addresses_of_our_network_are_refused_at_create(host: str) -> 
     assert endpoint_refusal(f"https://{host}:8443/hook", ()) is not None
 
 
+@pytest.mark.parametrize("host", ["%31%32%37.0.0.1", "127.0.0.1%2e", "%6c%6f%63%61%6c%68%6f%73%74"])
+def test_a_percent_encoded_host_is_refused_at_create_and_before_sending(
+    fhir: FhirService, host: str
+) -> None:
+    """An attacker's endpoint https://%31%32%37.0.0.1:8443/h: read as a public name, it
+    resolved to nothing here, and the HTTP client decoded it to 127.0.0.1 and connected."""
+    assert endpoint_refusal(f"https://{host}:8443/h", ()) is not None
+    hooks = Hooks()
+    hook = RestHook(fhir, "https://wm.example/fhir", hooks, lambda: 0, resolve=lambda _: [])
+    spec = parse_subscription(subscription())
+    spec = type(spec)(**{**spec.__dict__, "endpoint": f"https://{host}:8443/h"})
+    with pytest.raises(Refused, match="percent-encoded"):
+        hook.post(spec, {"resourceType": "Bundle"})
+    assert hooks.posts == []
+
+
 @pytest.mark.parametrize("host", ["-1.0.0.1", "1_0.0.0.1", "1.2.3.-4", "1.2.3.4.5"])
 def test_what_no_resolver_reads_as_an_address_is_a_name(host: str) -> None:
     # a sign or an underscore is no part of an address (the check answered 500 on -1.0.0.1);
