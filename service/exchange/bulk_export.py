@@ -129,7 +129,9 @@ class ExportFolder:
     end ``manifest.json`` (or ``error.json``). Removed ``ttl_seconds`` after the job ended."""
 
     def __init__(self, root: Path, ttl_seconds: float = 3600.0) -> None:
-        self.root = Path(root)
+        # absolute: a relative folder (the default instance/exports) is the working
+        # directory's, where Flask's send_file would read it from the package's folder
+        self.root = Path(root).absolute()
         self.ttl_seconds = ttl_seconds
         self._swept = 0.0
 

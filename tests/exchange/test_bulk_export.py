@@ -465,3 +465,22 @@ def test_a_kick_off_may_be_posted_with_a_parameters_resource(
     assert wrong.status_code == 400
     bad_type = {"resourceType": "Parameters", "parameter": [{"name": "_type", "valueString": "X"}]}
     assert client.post("/fhir/$export", json=bad_type, headers=headers).status_code == 400
+
+
+def test_files_in_a_relative_export_folder_are_served(
+    config: Config, folders: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default WHATMATTERS_EXPORT_DIR is relative (instance/exports): every download was a
+    500, as Flask's send_file reads a relative path from the package's folder, not the working
+    directory the files were written under."""
+    monkeypatch.chdir(tmp_path)
+    app = create_app(replace(config, export_dir=Path("instance") / "exports"), **folders)
+    try:
+        client = app.test_client()
+        load(client, patients=1, goals=1)
+        status = kick_off(client)
+        worker_of(app).drain()
+        files = exported(client, manifest(client, status))
+        assert {t: len(found) for t, found in files.items()} == {"Goal": 1, "Patient": 1}
+    finally:
+        app.extensions["whatmatters.store"].close()
