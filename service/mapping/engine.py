@@ -372,7 +372,10 @@ class Mapper:
             return None
         return {"reference": conditional_reference(target["type"], target["system"], value)}
 
-    def _hl7(self, spec: str, path: str) -> str | None:
+    def _hl7_read(self, spec: str, path: str) -> tuple[str, list[list[str]]]:
+        """The segment an HL7 path names and, for each segment it reads (this record's, its
+        continued OBX lines, its notes, or the nearest one named), the value of each
+        repetition the path names ('' where it has nothing)."""
         record = self._record
         match = _HL7_PATH.fullmatch(spec)
         if match is None or record.message is None:
@@ -391,18 +394,26 @@ class Mapper:
             segments = record.notes  # the notes on this record's segment
         else:
             segments = [record.nearest(name)]
-        values = []
+        read = []
         for segment in segments:
             if segment is None:
                 continue
             if every:  # (*): every repetition of the field, one line each
                 repetitions = list(range(1, hl7_repetitions(segment, field_no) + 1))
-            parts = [
-                hl7_field(segment, field_no, int(component or 0), int(sub or 0), repetition)
-                for repetition in repetitions
-            ]
-            if any(parts):
-                values.append("\n".join(hl7_text(record.message, p) for p in parts if p))
+            read.append(
+                [
+                    hl7_field(segment, field_no, int(component or 0), int(sub or 0), repetition)
+                    for repetition in repetitions
+                ]
+            )
+        return name, read
+
+    def _hl7(self, spec: str, path: str) -> str | None:
+        name, read = self._hl7_read(spec, path)
+        message = self._record.message
+        values = [
+            "\n".join(hl7_text(message, p) for p in parts if p) for parts in read if any(parts)
+        ]
         if not values:
             return None
         return ("\n" if name == "NTE" else self.separator or " ").join(values)
@@ -437,28 +448,10 @@ class Mapper:
     def _hl7_repetitions(self, spec: str, path: str) -> list[str] | None:
         """Each repetition of an ``(*)`` path, in order ('' where it has nothing), or None
         when the path reads several segments (continued OBX lines, notes)."""
-        record = self._record
-        match = _HL7_PATH.fullmatch(spec)
-        if match is None or record.message is None:
-            self._fail(path, f"{spec!r} is not an HL7 v2 path such as OBX-5.1 or PID-3(2).1")
-        name, field_text, _, _, _, _, _, component, sub = match.groups()
-        field_no = int(field_text)
-        own = record.segments or [record.segment]
-        if str(own[0][0]) == name:
-            if len(own) > 1 and field_no == 5 and self.separator is not None:
-                return None
-            segment = own[0]
-        elif name == "NTE":
+        name, read = self._hl7_read(spec, path)
+        if name == "NTE" or len(read) > 1:
             return None
-        else:
-            segment = record.nearest(name)
-        if segment is None:
-            return []
-        count = hl7_repetitions(segment, field_no)
-        return [
-            hl7_field(segment, field_no, int(component or 0), int(sub or 0), repetition)
-            for repetition in range(1, count + 1)
-        ]
+        return read[0] if read else []
 
     def _variable(self, name: str) -> Any:
         if name not in self._variables:
