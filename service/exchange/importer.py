@@ -20,7 +20,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 from service.errors import BadRequest, FhirError
 from service.exchange.channels import Refused, check
-from service.exchange.channels.partner_api import URI_SYSTEM, identifier_token
+from service.exchange.channels.partner_api import URI_SYSTEM, has_key, identifier_token
 from service.exchange.partner_client import PartnerClient
 from service.exchange.summary_data import DATA_TYPES, NoData, read_block, resources_of
 from service.fhir.actor import Actor
@@ -98,7 +98,7 @@ def import_patient(
             "one is needed"
         )
     remote_patient = patients[0]
-    if not _holds(remote_patient, system, value):
+    if not has_key(remote_patient, "identifier", identifier_token(system, value)):
         # a partner that ignores the search parameter answers with whoever it holds: that is
         # somebody else's record
         raise Refused(
@@ -283,14 +283,6 @@ def _identifier(resource: dict[str, Any], url: str) -> dict[str, str]:
         if isinstance(item, dict) and item.get("system") and item.get("value"):
             return {"system": str(item["system"]), "value": str(item["value"])}
     return {"system": URI_SYSTEM, "value": url}
-
-
-def _holds(resource: dict[str, Any], system: str, value: str) -> bool:
-    """Whether ``resource`` carries the identifier ``system|value``."""
-    return any(
-        isinstance(i, dict) and i.get("system") == system and i.get("value") == value
-        for i in resource.get("identifier") or []
-    )
 
 
 def _with(resource: dict[str, Any], ident: dict[str, str]) -> list[Any]:

@@ -253,22 +253,15 @@ class PartnerApi:
         body = self.outbound(client, type_, content)
         criteria = urlencode({param: token})
         what = f"{type_} {param}={token} to {client.partner.name}"
-        if type_ == "Patient":
-            # the partner's Patient is the partner's record (its MRN, address, GP...): it is
-            # found or created, never replaced by ours (an update replaces the whole resource)
-            version = 1
-            if not capability.flag(type_, "conditionalCreate"):
-                existing = self.find(client, type_, param, token)
-                if existing is not None:
-                    return existing
-                answer = check(client.request("POST", type_, body), f"create {what}")
-                return _id_of(answer, type_)
-        if version == 1 and capability.flag(type_, "conditionalCreate"):
+        # the partner's Patient is the partner's record (its MRN, address, GP...): it is found
+        # or created, never replaced by ours (an update replaces the whole resource)
+        never_update = type_ == "Patient"
+        if (version == 1 or never_update) and capability.flag(type_, "conditionalCreate"):
             answer = check(
                 client.request("POST", type_, body, {"If-None-Exist": criteria}), f"create {what}"
             )
             return self.stored_id(client, answer, type_, param, token)
-        if capability.flag(type_, "conditionalUpdate"):
+        if not never_update and capability.flag(type_, "conditionalUpdate"):
             answer = check(
                 client.request("PUT", f"{type_}?{criteria}", body), f"conditional update {what}"
             )
@@ -276,6 +269,8 @@ class PartnerApi:
         existing = self.find(client, type_, param, token)
         if existing is None:
             return _id_of(check(client.request("POST", type_, body), f"create {what}"), type_)
+        if never_update:
+            return existing
         if not capability.updates(type_):
             if version == 1:
                 return existing  # a redelivery of the first version: it is there already
@@ -299,7 +294,7 @@ class PartnerApi:
         """
         body = answer.body if isinstance(answer.body, dict) else None
         if body is not None and body.get("resourceType") == type_ and body.get("id"):
-            if answer.status == 200 and not _has_key(body, param, token):
+            if answer.status == 200 and not has_key(body, param, token):
                 raise Refused(
                     f"{client.partner.name} answered the conditional write of {type_} "
                     f"{param}={token} with {type_}/{body['id']}, which does not carry it: the "
@@ -356,7 +351,7 @@ class PartnerApi:
             and e["resource"].get("resourceType") == type_
             and e["resource"].get("id")
             and (e.get("search") or {}).get("mode", "match") == "match"
-            and _has_key(e["resource"], param, token)
+            and has_key(e["resource"], param, token)
         ]
         if len(ids) > 1:
             raise Refused(
@@ -497,7 +492,7 @@ def _has_identifier(content: dict[str, Any]) -> bool:
     )
 
 
-def _has_key(resource: dict[str, Any], param: str, token: str) -> bool:
+def has_key(resource: dict[str, Any], param: str, token: str) -> bool:
     """Whether a resource the partner returned really has the searched identifier or source."""
     if param == "_source":
         return bool((resource.get("meta") or {}).get("source") == token)
