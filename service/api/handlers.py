@@ -26,7 +26,7 @@ from service.api.live_mappings import LiveMappings
 from service.api.negotiation import mimetype, prefer, request_body
 from service.config import Config
 from service.errors import BadRequest, NotSupported, UnsupportedMediaType
-from service.exchange.subscriptions import IG, TOPIC_URL
+from service.exchange.subscriptions import TOPIC_URL
 from service.fhir.access import SEARCH_NARROWING, require_population_write
 from service.fhir.actor import Actor
 from service.fhir.bundles import process_bundle
@@ -270,25 +270,9 @@ def _capabilities(ctx: Context, req: FhirRequest, p: Params) -> Result:
         fhir.validator.supported_profiles,
         security,
         fhir.instance_id,
+        topics=(TOPIC_URL,),
     )
-    _advertise_topic(statement)
     return Result(200, body=statement)
-
-
-def _advertise_topic(statement: dict[str, Any]) -> None:
-    """Say on Subscription what a client subscribes with (the Backport IG's R4 server
-    CapabilityStatement): the backport-subscription profile and the topic's canonical."""
-    topic_extension = f"{IG}/StructureDefinition/capabilitystatement-subscriptiontopic-canonical"
-    for resource in statement["rest"][0]["resource"]:
-        if resource["type"] == "Subscription":
-            profiles = resource.setdefault("supportedProfile", [])
-            profiles.append(f"{IG}/StructureDefinition/backport-subscription")
-            resource["extension"] = [
-                {
-                    "url": topic_extension,
-                    "valueCanonical": TOPIC_URL,
-                }
-            ]
 
 
 def _transaction(ctx: Context, req: FhirRequest, p: Params) -> Result:

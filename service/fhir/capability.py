@@ -7,7 +7,7 @@ routes), the search parameters from the SearchParameters, the profiles from the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from service.fhir import router
@@ -45,6 +45,7 @@ def _search_params(params: SearchParameters, type_: str) -> list[dict[str, Any]]
 
 
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport"
+TOPIC_EXTENSION = f"{BACKPORT}/StructureDefinition/capabilitystatement-subscriptiontopic-canonical"
 
 
 def _interactions(codes: list[str]) -> list[dict[str, str]]:
@@ -62,16 +63,22 @@ def capability_statement(
     supported_profiles: Callable[[str], list[str]] = lambda _type: [],
     security: dict[str, Any] | None = None,
     instance_id: str | None = None,
+    topics: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Build the CapabilityStatement for the server at ``base``.
 
     ``supported_profiles`` gives, per type, the profiles the server validates against
     (CapabilityStatement.rest.resource.supportedProfile). ``instance_id`` is this
     installation's identifier, published in ``implementation`` for partners (exchange).
+    ``topics`` are the SubscriptionTopics a Subscription may name: Subscription then lists
+    the backport-subscription profile and each topic's canonical (the Backport IG's R4 server
+    CapabilityStatement), so a client learns what to subscribe with.
     """
     resources = []
     for type_ in SUPPORTED_TYPES:
         supported = supported_profiles(type_)
+        if type_ == "Subscription" and topics:
+            supported = [*supported, f"{BACKPORT}/StructureDefinition/backport-subscription"]
         resources.append(
             {
                 "type": type_,
@@ -105,6 +112,11 @@ def capability_statement(
                 ],
                 "searchParam": _search_params(params, type_),
                 "operation": _operations(type_),
+                **(
+                    {"extension": [{"url": TOPIC_EXTENSION, "valueCanonical": t} for t in topics]}
+                    if type_ == "Subscription" and topics
+                    else {}
+                ),
             }
         )
     for type_ in CONFORMANCE_TYPES:
