@@ -201,7 +201,7 @@ def endpoint_refusal(endpoint: str, allowed: Sequence[str]) -> str | None:
     unless listed, so a Subscription cannot make this server call into its own network.
     """
     parts = urlsplit(endpoint)
-    host = (parts.hostname or "").lower().rstrip(".")
+    host = endpoint_host(endpoint)
     if "%" in host:
         # the HTTP client decodes %31%32%37.0.0.1 to 127.0.0.1, which no check here would see
         return (
@@ -226,6 +226,11 @@ def endpoint_refusal(endpoint: str, allowed: Sequence[str]) -> str | None:
             "host; it must be listed in WHATMATTERS_SUBSCRIPTION_ENDPOINT_ALLOW"
         )
     return None
+
+
+def endpoint_host(endpoint: str) -> str:
+    """The host an endpoint URL names, as the checks compare it (lower case, no final dot)."""
+    return (urlsplit(endpoint).hostname or "").lower().rstrip(".")
 
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -16,7 +16,6 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 from service.errors import FhirError, Forbidden
 from service.exchange.channels import Refused, Retry, Skipped, check
@@ -27,6 +26,7 @@ from service.exchange.partner_client import HookClient, Unreachable
 from service.exchange.subscriptions import (
     SubscriptionSpec,
     address_refusal,
+    endpoint_host,
     parse_subscription,
     with_status,
 )
@@ -138,7 +138,7 @@ class RestHook:
     def post(self, spec: SubscriptionSpec, bundle: dict[str, Any]) -> None:
         """POST a notification to the subscriber's endpoint, with its own headers; refused
         when the endpoint's name now resolves into this server's own network."""
-        host = (urlsplit(spec.endpoint).hostname or "").lower().rstrip(".")
+        host = endpoint_host(spec.endpoint)
         refusal = address_refusal(host, self.resolve(host), self.endpoint_allow)
         if refusal is not None:
             raise Refused(f"notification to {spec.endpoint}: {refusal}")
