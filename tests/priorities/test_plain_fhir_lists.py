@@ -73,17 +73,7 @@ def _ranking(
 
 def _shown(client: FlaskClient) -> list[str]:
     """Every item of the merged List, ranked first, in order, as the patient's words."""
-    bundle = what_matters(client)
-    by_ref = {
-        f"{e['resource']['resourceType']}/{e['resource']['id']}": e["resource"]
-        for e in bundle["entry"][1:]
-        if "/_history/" not in e["fullUrl"]
-    }
-    out = []
-    for entry in bundle["entry"][0]["resource"].get("entry", []):
-        found = by_ref[entry["item"]["reference"]]
-        out.append(found.get("valueString") or found.get("description", {}).get("text", ""))
-    return out
+    return ranked_texts(what_matters(client))
 
 
 def test_a_newer_ranking_from_the_same_setting_replaces_the_older(client: FlaskClient) -> None:
