@@ -453,6 +453,7 @@ class BulkExport:
             if not keys:
                 return [], 0, False
             stored = sorted(tx.resources.read_many(keys), key=lambda s: s.id)
+            wanted = set(job.patients) if job.patients is not None else None
             chunk = []
             for resource in stored:
                 version = self._as_of(tx, resource, job.transaction_us)
@@ -460,7 +461,7 @@ class BulkExport:
                     continue
                 if job.since_us is not None and version.last_updated_us <= job.since_us:
                     continue
-                if job.level == "patient" and not self._in_a_compartment(tx, version, job):
+                if job.level == "patient" and not self._in_a_compartment(tx, version, wanted):
                     continue
                 chunk.append(_line(version.content))
             out.write("".join(chunk).encode("utf-8"))
@@ -480,10 +481,11 @@ class BulkExport:
                 return None if version.deleted else version
         return None
 
-    def _in_a_compartment(self, tx: Transaction, resource: StoredResource, job: ExportJob) -> bool:
-        """Whether ``resource`` is in some patient's compartment (one of the job's patients,
-        when it names them)."""
-        wanted = set(job.patients) if job.patients is not None else None
+    def _in_a_compartment(
+        self, tx: Transaction, resource: StoredResource, wanted: set[str] | None
+    ) -> bool:
+        """Whether ``resource`` is in some patient's compartment (one of ``wanted``, the
+        job's patients, when it names them)."""
         if resource.type == "Patient":
             return wanted is None or resource.id in wanted
 
