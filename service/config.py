@@ -231,10 +231,7 @@ class Config:
             return False
         # urlsplit gives an IPv6 address without its brackets
         name = f"[{name}]" if ":" in name else name.rstrip(".")
-        names = {host_name(h) for h in self.allowed_hosts if h.strip() != "*"}
-        if public is not None:
-            names.add(host_name(public.netloc))
-        return name in names
+        return name in _own_hosts(self.public_base_url, self.allowed_hosts)
 
     def __post_init__(self) -> None:
         if not self.base_path.startswith("/") or self.base_path.endswith("/"):
@@ -334,6 +331,17 @@ def _boolean(name: str, raw: str) -> bool:
 _OWN_PATH = re.compile(
     r"/[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}(/_history/[A-Za-z0-9\-.]{1,64})?"
 )
+
+
+@functools.lru_cache(maxsize=16)
+def _own_hosts(public_base_url: str | None, allowed_hosts: tuple[str, ...]) -> frozenset[str]:
+    """The host names this service answers on (worked out once per configuration)."""
+    from urllib.parse import urlsplit
+
+    names = {host_name(h) for h in allowed_hosts if h.strip() != "*"}
+    if public_base_url:
+        names.add(host_name(urlsplit(public_base_url).netloc))
+    return frozenset(names)
 
 
 def host_name(host: str) -> str:
