@@ -12,12 +12,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from service.errors import FhirError, Forbidden, Unprocessable
+from service.errors import Forbidden, Unprocessable
 from service.exchange.destinations import Destination
 from service.exchange.partners import Partner
 from service.exchange.subscriptions import (
     SubscriptionInvalid,
-    SubscriptionSpec,
+    ended,
     endpoint_refusal,
     matches,
     parse_subscription,
@@ -27,7 +27,7 @@ from service.exchange.subscriptions import (
 )
 from service.fhir.access import Access, owner_of, require_reads, subscriber_access
 from service.fhir.interactions import Change
-from service.fhir.model import instance_uri, origin_of, parse_instant
+from service.fhir.model import instance_uri, origin_of
 from service.storage import ParamCriterion, Query, TokenMatch, Transaction
 from service.storage.outbox import OutboxRow
 
@@ -187,16 +187,6 @@ class OutboxFeed:
                 )
             )
         return rows
-
-
-def ended(spec: SubscriptionSpec, now: int) -> bool:
-    """Whether the Subscription's ``end`` has passed at ``now`` (microseconds)."""
-    if spec.end is None:
-        return False
-    try:
-        return parse_instant(spec.end, "Subscription.end") <= now
-    except FhirError:  # not an instant: the Subscription's own check names it
-        return False
 
 
 def _may_read(access: Access | None, change: Change) -> bool:

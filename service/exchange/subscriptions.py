@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from service.errors import FhirError
+from service.fhir.model import parse_instant
 from service.priorities.codes import (
     LOINC,
     PCO_CONCEPTS,
@@ -121,6 +123,17 @@ class SubscriptionSpec:
 
 
 # --- Subscription --------------------------------------------------------------------------
+
+
+def ended(spec: SubscriptionSpec, now: int) -> bool:
+    """Whether the Subscription's ``end`` has passed at ``now`` (microseconds): it gets
+    nothing after it (R4 Subscription.end, "the time for the server to turn it off")."""
+    if spec.end is None:
+        return False
+    try:
+        return parse_instant(spec.end, "Subscription.end") <= now
+    except FhirError:  # not an instant: the Subscription's own check names it
+        return False
 
 
 def parse_subscription(resource: dict[str, Any]) -> SubscriptionSpec:

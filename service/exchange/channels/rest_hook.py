@@ -20,12 +20,13 @@ from typing import Any
 from service.errors import FhirError, Forbidden
 from service.exchange.channels import Refused, Retry, Skipped, check
 from service.exchange.destinations import Destination
-from service.exchange.feed import ACTIVE_SUBSCRIPTIONS, ended
+from service.exchange.feed import ACTIVE_SUBSCRIPTIONS
 from service.exchange.notifications import event_bundle, handshake_bundle, heartbeat_bundle
 from service.exchange.partner_client import HookClient, Unreachable
 from service.exchange.subscriptions import (
     SubscriptionSpec,
     address_refusal,
+    ended,
     endpoint_host,
     parse_subscription,
     with_status,
